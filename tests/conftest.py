@@ -1,0 +1,13 @@
+"""Test-session setup: 4 simulated CPU devices, set before jax is first imported.
+
+Multi-device behaviour (pmap, NamedSharding) is tested on simulated CPU devices so that the
+suite runs anywhere; single-device references use `jax.devices()[:1]`.
+"""
+
+import os
+
+_FLAG = "--xla_force_host_platform_device_count=4"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
