@@ -1,0 +1,84 @@
+"""Optimizers by name: ours (`create`) and their optax twins (`reference`).
+
+Experiments, configs and the CLI name optimizers as strings; this is the one place where a
+name becomes a `GradientTransformation`. `reference` exists so that every comparison of ours
+against optax is a one-word switch with identical hyperparameters.
+"""
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import optax
+
+from adamlab.optim import alias
+
+_OURS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "adam": alias.adam,
+    "adamw": alias.adamw,
+    "amsgrad": alias.amsgrad,
+    "nadam": alias.nadam,
+    "nadamw": alias.nadamw,
+    "radam": alias.radam,
+    "adamax": alias.adamax,
+    "adabelief": alias.adabelief,
+}
+
+_REFERENCE: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "adam": optax.adam,
+    "adamw": optax.adamw,
+    "amsgrad": optax.amsgrad,
+    "nadam": functools.partial(optax.adam, nesterov=True),
+    "nadamw": functools.partial(optax.adamw, nesterov=True),
+    "radam": optax.radam,
+    "adamax": optax.adamax,
+    "adabelief": optax.adabelief,
+}
+
+
+def names() -> tuple[str, ...]:
+    """The optimizer names that `create` and `reference` accept."""
+    return tuple(_OURS)
+
+
+def hyperparameters(name: str) -> tuple[str, ...]:
+    """The keyword arguments that optimizer `name` accepts (the same for ours and optax's)."""
+    return tuple(inspect.signature(_lookup(_OURS, name)).parameters)
+
+
+def _lookup(table: dict[str, Callable], name: str) -> Callable:
+    if name not in table:
+        raise ValueError(f"unknown optimizer {name!r}; valid names are: {', '.join(table)}")
+    return table[name]
+
+
+def _build(table: dict[str, Callable], name: str, hparams: dict[str, Any]):
+    factory = _lookup(table, name)
+    parameters = inspect.signature(factory).parameters
+    unknown = sorted(set(hparams) - set(parameters))
+    if unknown:
+        raise ValueError(
+            f"{name} got unknown hyperparameter(s) {', '.join(unknown)}; "
+            f"it accepts: {', '.join(parameters)}"
+        )
+    if "learning_rate" not in hparams:
+        raise ValueError(f"{name} needs a learning_rate (a positive float or an optax schedule)")
+    return factory(**hparams)
+
+
+def create(name: str, **hparams: Any) -> optax.GradientTransformation:
+    """Builds adamlab's own optimizer `name` (one of `names()`) with optax-style hparams.
+
+    >>> tx = create("adamw", learning_rate=3e-3, weight_decay=1e-2)
+    """
+    return _build(_OURS, name, hparams)
+
+
+def reference(name: str, **hparams: Any) -> optax.GradientTransformation:
+    """Builds optax's implementation of `name`: the twin that `create(name, ...)` must match.
+
+    Nadam and NadamW are optax's Adam/AdamW with ``nesterov=True`` (optax.nadam is the same
+    partial).
+    """
+    return _build(_REFERENCE, name, hparams)
