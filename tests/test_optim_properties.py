@@ -1,0 +1,422 @@
+"""Properties of our optimizers that follow from the papers, independent of optax.
+
+Hand-derived first steps, identities between variants, convergence on classic test functions,
+behaviour under JAX transformations and optax wrappers, dtypes, and multi-device equivalence.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from adamlab import optim
+
+LR = 1e-2
+GRAD = jnp.array([0.5, -2.0, 3e-3, -7.0])
+PARAMS = jnp.array([1.0, -1.0, 0.5, 2.0])
+
+
+def _first_update(tx, grads=GRAD, params=PARAMS):
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return updates
+
+
+# --- The first step, by hand --------------------------------------------------------------
+# After one step m_1 = (1-b1) g and v_1 = (1-b2) g^2, so the bias-corrected moments are g and
+# g^2 exactly and, with eps -> 0, Adam moves every coordinate by lr in the direction -sign(g),
+# whatever the gradient's scale (Kingma & Ba 2015, Section 2.1).
+#
+# Tolerance: in float32, 0.999 is stored as 0.99900001 and the bias correction 1 - b2^t is
+# computed in float32 (as in optax), so (1 - b2) and 1 - b2^1 differ by ~2^-24 / (1 - b2)
+# = 6e-5 relative: the exact identity holds to ~1e-4, not to float32 epsilon.
+FIRST_STEP_RTOL = 1e-4
+
+
+@pytest.mark.parametrize("name", ["adam", "amsgrad", "adamax"])
+def test_first_step_is_minus_lr_times_sign_of_gradient(name):
+    tx = optim.create(name, learning_rate=LR, eps=0.0)
+    np.testing.assert_allclose(_first_update(tx), -LR * jnp.sign(GRAD), rtol=FIRST_STEP_RTOL)
+
+
+def test_adamw_first_step_adds_decoupled_decay():
+    tx = optim.adamw(LR, eps=0.0, weight_decay=0.1)
+    np.testing.assert_allclose(
+        _first_update(tx), -LR * (jnp.sign(GRAD) + 0.1 * PARAMS), rtol=FIRST_STEP_RTOL
+    )
+
+
+def test_nadam_first_step_looks_one_step_ahead():
+    # m_hat = b1 m_1 / (1 - b1^2) + (1 - b1) g / (1 - b1) = g (1 + b1 / (1 + b1)).
+    b1 = 0.9
+    tx = optim.nadam(LR, b1=b1, eps=0.0)
+    np.testing.assert_allclose(
+        _first_update(tx), -LR * (1 + b1 / (1 + b1)) * jnp.sign(GRAD), rtol=FIRST_STEP_RTOL
+    )
+
+
+def test_radam_first_steps_are_momentum_sgd():
+    # rho_1 = 1 < threshold: the update is the bias-corrected first moment, i.e. -lr * g.
+    tx = optim.radam(LR)
+    np.testing.assert_allclose(_first_update(tx), -LR * GRAD, rtol=FIRST_STEP_RTOL)
+
+
+def test_adabelief_first_step():
+    # s_1 = (1-b2) (g - (1-b1) g)^2 = (1-b2) b1^2 g^2, so s_hat = b1^2 g^2 and the step is
+    # -lr * sign(g) / b1 (eps, eps_root -> 0).
+    b1 = 0.9
+    tx = optim.adabelief(LR, b1=b1, eps=0.0, eps_root=0.0)
+    np.testing.assert_allclose(_first_update(tx), -LR * jnp.sign(GRAD) / b1, rtol=FIRST_STEP_RTOL)
+
+
+def test_adam_with_b1_zero_is_bias_corrected_rmsprop():
+    """b1 = 0 removes momentum: Adam becomes RMSProp with a bias-corrected v (numpy model)."""
+    b2, eps, steps = 0.99, 1e-8, 100
+    rng = np.random.default_rng(0)
+    grads = rng.normal(size=(steps, 6)).astype(np.float32)
+    params = np.ones(6, np.float32)
+    v = np.zeros(6, np.float64)
+    expected = params.astype(np.float64)
+    for t, g in enumerate(grads, start=1):
+        v = b2 * v + (1 - b2) * g.astype(np.float64) ** 2
+        expected = expected - LR * g / (np.sqrt(v / (1 - b2**t)) + eps)
+
+    tx = optim.adam(LR, b1=0.0, b2=b2, eps=eps)
+    p, state = jnp.asarray(params), tx.init(jnp.asarray(params))
+    update = jax.jit(tx.update)
+    for g in grads:
+        updates, state = update(jnp.asarray(g), state, p)
+        p = optax.apply_updates(p, updates)
+    np.testing.assert_allclose(p, expected, rtol=1e-5)
+
+
+# --- Convergence table --------------------------------------------------------------------
+
+_TARGET = jnp.array([1.0, -2.0, 3.0])
+_CURVATURE = jnp.array([1.0, 10.0, 100.0])
+
+
+def _quadratic(p):
+    return 0.5 * jnp.sum(_CURVATURE * (p - _TARGET) ** 2)
+
+
+def _rosenbrock(p):
+    return (1 - p[0]) ** 2 + 100 * (p[1] - p[0] ** 2) ** 2
+
+
+def _minimise(tx, f, p0, steps):
+    def body(carry, _):
+        p, state = carry
+        updates, state = tx.update(jax.grad(f)(p), state, p)
+        return (optax.apply_updates(p, updates), state), None
+
+    (p, _), _ = jax.jit(lambda p0: jax.lax.scan(body, (p0, tx.init(p0)), None, length=steps))(p0)
+    return p
+
+
+# Learning rates per optimizer for Rosenbrock from (-1.2, 1), 10k steps. AMSGrad needs a large
+# one (its step size never grows back after the huge early gradients), RAdam a small one (its
+# first steps are plain momentum SGD on gradients of size ~200).
+ROSENBROCK_LR = {
+    "adam": 3e-2,
+    "adamw": 3e-2,
+    "amsgrad": 3e-1,
+    "nadam": 1e-2,
+    "nadamw": 1e-2,
+    "radam": 1e-3,
+    "adamax": 3e-2,
+    "adabelief": 3e-2,
+}
+
+
+@pytest.mark.parametrize("name", optim.names())
+def test_converges_on_quadratic_and_rosenbrock(name):
+    quad_lr = 3e-2
+    p = _minimise(optim.create(name, learning_rate=quad_lr), _quadratic, jnp.zeros(3), 2000)
+    # Decoupled weight decay pulls the optimum towards 0 by ~wd/curvature: 1e-4 relative here.
+    np.testing.assert_allclose(p, _TARGET, rtol=1e-3, atol=1e-3)
+    tx = optim.create(name, learning_rate=ROSENBROCK_LR[name])
+    p = _minimise(tx, _rosenbrock, jnp.array([-1.2, 1.0]), 10_000)
+    np.testing.assert_allclose(p, jnp.ones(2), atol=1e-2)
+
+
+# --- Compilation, transformations and optax wrappers -------------------------------------
+
+
+def test_no_recompilation_on_second_step():
+    traces = []
+    tx = optim.adamw(LR)
+
+    @jax.jit
+    def step(params, state, grads):
+        traces.append(1)  # runs only while tracing
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    params, state = PARAMS, tx.init(PARAMS)
+    for _ in range(3):
+        params, state = step(params, state, GRAD)
+    assert len(traces) == 1
+    assert step._cache_size() == 1
+
+
+@pytest.mark.parametrize("name", optim.names())
+def test_vmap_over_a_batch_of_problems_equals_a_loop(name):
+    tx = optim.create(name, learning_rate=LR)
+    grads = jnp.stack([GRAD, -GRAD * 3, GRAD**2])
+    params = jnp.stack([PARAMS] * 3)
+    batched, _ = jax.vmap(lambda g, p: tx.update(g, tx.init(p), p))(grads, params)
+    for i in range(3):
+        np.testing.assert_allclose(batched[i], _first_update(tx, grads[i], params[i]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", optim.names())
+def test_inject_hyperparams_matches_fixed_hyperparams_and_vmaps_over_them(name):
+    factory = getattr(optim, name)
+    injected = optax.inject_hyperparams(factory)(learning_rate=LR, b1=0.8)
+    state = injected.init(PARAMS)
+    updates, state = injected.update(GRAD, state, PARAMS)
+    # optax's nadam/nadamw are partials with nesterov=True; inject into the underlying alias.
+    twin_factory, twin_kwargs = {
+        "nadam": (optax.adam, {"nesterov": True}),
+        "nadamw": (optax.adamw, {"nesterov": True}),
+    }.get(name, (getattr(optax, name), {}))
+    twin = optax.inject_hyperparams(twin_factory)
+    ref = twin(learning_rate=LR, b1=0.8, **twin_kwargs)
+    ref_updates, _ = ref.update(GRAD, ref.init(PARAMS), PARAMS)
+    np.testing.assert_allclose(updates, ref_updates, rtol=1e-6)
+    # Injected hyperparameters are float32 arrays, so 1 - b2 is rounded in float32, where the
+    # fixed version uses the Python float: the two agree to FIRST_STEP_RTOL, not to 1e-6.
+    np.testing.assert_allclose(updates, _first_update(factory(LR, b1=0.8)), rtol=FIRST_STEP_RTOL)
+    assert float(state.hyperparams["learning_rate"]) == pytest.approx(LR)
+
+    # A learning-rate sweep as one vmapped program: the first step scales with the rate.
+    rates = jnp.array([1e-3, 1e-2, 1e-1])
+
+    def first_step(lr):
+        tx = optax.inject_hyperparams(factory)(learning_rate=lr)
+        return tx.update(GRAD, tx.init(PARAMS), PARAMS)[0]
+
+    swept = jax.jit(jax.vmap(first_step))(rates)
+    for lr, row in zip(rates, swept, strict=True):
+        np.testing.assert_allclose(row, _first_update(factory(float(lr))), rtol=FIRST_STEP_RTOL)
+
+
+def test_multisteps_accumulates_like_optax():
+    ours = optax.MultiSteps(optim.adam(LR), every_k_schedule=3)
+    ref = optax.MultiSteps(optax.adam(LR), every_k_schedule=3)
+    p_ours, p_ref = PARAMS, PARAMS
+    s_ours, s_ref = ours.init(PARAMS), ref.init(PARAMS)
+    for i in range(7):
+        g = GRAD * (i + 1)
+        u, s_ours = ours.update(g, s_ours, p_ours)
+        p_ours = optax.apply_updates(p_ours, u)
+        u, s_ref = ref.update(g, s_ref, p_ref)
+        p_ref = optax.apply_updates(p_ref, u)
+        np.testing.assert_allclose(p_ours, p_ref, rtol=1e-6)
+    assert not np.allclose(p_ours, PARAMS)
+
+
+def test_masked_freezes_the_masked_out_leaves():
+    params = {"backbone": jnp.ones(3), "head": jnp.ones(2)}
+    grads = {"backbone": jnp.ones(3), "head": -jnp.ones(2)}
+    tx = optax.masked(optim.adam(LR), {"backbone": False, "head": True})
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_array_equal(updates["backbone"], grads["backbone"])  # passed through
+    np.testing.assert_allclose(updates["head"], LR * jnp.ones(2), rtol=FIRST_STEP_RTOL)
+
+
+def test_apply_if_finite_skips_non_finite_updates_and_keeps_state():
+    tx = optax.apply_if_finite(optim.adam(LR), max_consecutive_errors=2)
+    state = tx.init(PARAMS)
+    updates, state = tx.update(GRAD.at[0].set(jnp.nan), state, PARAMS)
+    np.testing.assert_array_equal(updates, jnp.zeros_like(PARAMS))
+    assert int(state.notfinite_count) == 1
+    assert int(state.inner_state[0].count) == 0  # the Adam state did not advance
+    updates, state = tx.update(GRAD, state, PARAMS)
+    np.testing.assert_allclose(updates, _first_update(optim.adam(LR)), rtol=1e-6)
+
+
+def test_pmap_over_four_devices_matches_one_device():
+    """Data-parallel Adam: per-device gradients averaged with pmean, same optimizer step.
+
+    The only difference from one device is the order of the gradient reduction (a mean of 4
+    partial means vs one mean), ~1e-7 relative per step in float32; 20 steps stay < 1e-5.
+    """
+    assert jax.local_device_count() == 4
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(32, 5)), jnp.float32)
+    y = x @ jnp.array([0.5, -1.0, 0.25, 0.0, 1.0])  # realisable: the loss can reach 0
+    tx = optim.adam(1e-1)
+
+    def loss(w, x, y):
+        return jnp.mean((x @ w - y) ** 2)
+
+    def step(w, state, x, y, axis_name=None):
+        g = jax.grad(loss)(w, x, y)
+        if axis_name:
+            g = jax.lax.pmean(g, axis_name)
+        updates, state = tx.update(g, state, w)
+        return optax.apply_updates(w, updates), state
+
+    w1, s1 = jnp.zeros(5), tx.init(jnp.zeros(5))
+    single = jax.jit(step)
+
+    def replicate(tree):  # a leading device axis; pmap places one slice per device
+        return jax.tree.map(lambda x: jnp.broadcast_to(x, (4, *jnp.shape(x))), tree)
+
+    wp, sp = replicate(jnp.zeros(5)), replicate(tx.init(jnp.zeros(5)))
+    parallel = jax.pmap(lambda w, s, x, y: step(w, s, x, y, "d"), axis_name="d")
+    xs, ys = x.reshape(4, 8, 5), y.reshape(4, 8)
+    for _ in range(20):
+        w1, s1 = single(w1, s1, x, y)
+        wp, sp = parallel(wp, sp, xs, ys)
+    for device_copy in wp:  # every replica holds the same parameters
+        np.testing.assert_allclose(device_copy, w1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sp[0].nu[0], s1[0].nu, rtol=1e-5, atol=1e-7)
+    assert float(loss(w1, x, y)) < 0.5 * float(loss(jnp.zeros(5), x, y))
+
+
+# --- Pytrees and dtypes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", optim.names())
+def test_pytrees_with_none_and_empty_subtrees(name):
+    params = {"w": jnp.ones((2, 3)), "none": None, "empty": {}, "nested": {"b": jnp.ones(2)}}
+    grads = {"w": jnp.ones((2, 3)), "none": None, "empty": {}, "nested": {"b": -jnp.ones(2)}}
+    tx = optim.create(name, learning_rate=LR)
+    updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+    assert jax.tree.structure(updates) == jax.tree.structure(grads)
+    ref = optim.reference(name, learning_rate=LR)
+    ref_updates, _ = ref.update(grads, ref.init(params), params)
+    for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(ref_updates), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize("name", optim.names())
+def test_dtypes_are_preserved(name, dtype):
+    params = {"w": jnp.ones((4,), dtype), "b": jnp.zeros((2,), dtype)}
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.25), params)
+    tx = optim.create(name, learning_rate=LR)
+    state = tx.init(params)
+    for _ in range(2):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    for leaf in jax.tree.leaves(params):
+        assert leaf.dtype == dtype
+    moments = state[0]
+    for leaf in jax.tree.leaves((moments.mu, moments.nu)):
+        assert leaf.dtype == dtype
+    assert jnp.all(params["w"] < 1)  # it stepped in the right direction
+
+
+def test_mu_dtype_stores_first_moment_in_bfloat16():
+    params = {"w": jnp.ones((4,), jnp.float32)}
+    tx = optim.adam(LR, mu_dtype=jnp.bfloat16)
+    updates, state = tx.update({"w": jnp.ones(4)}, tx.init(params), params)
+    assert state[0].mu["w"].dtype == jnp.bfloat16
+    assert state[0].nu["w"].dtype == jnp.float32
+    assert updates["w"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "nadam", "amsgrad", "adabelief"])
+def test_complex_parameters_match_optax(name):
+    params = jnp.array([1.0 + 1.0j, -0.5 + 2.0j])
+    grads = jnp.array([0.3 - 0.1j, -1.0 + 0.5j])
+    ours, ref = optim.create(name, learning_rate=LR), optim.reference(name, learning_rate=LR)
+    s_ours, s_ref = ours.init(params), ref.init(params)
+    p_ours = p_ref = params
+    for _ in range(5):
+        u, s_ours = ours.update(grads, s_ours, p_ours)
+        p_ours = optax.apply_updates(p_ours, u)
+        u, s_ref = ref.update(grads, s_ref, p_ref)
+        p_ref = optax.apply_updates(p_ref, u)
+    assert p_ours.dtype == jnp.complex64
+    np.testing.assert_allclose(p_ours, p_ref, rtol=1e-6)
+
+
+# --- Validation -------------------------------------------------------------------------------
+
+BAD_HPARAMS = [
+    ("adam", {"learning_rate": 0.0}, r"adam: learning_rate must be in \(0, inf\), got 0.0"),
+    ("adam", {"learning_rate": -1e-3}, r"learning_rate must be in \(0, inf\), got -0.001"),
+    ("adam", {"learning_rate": float("nan")}, r"learning_rate must be in \(0, inf\)"),
+    ("adam", {"b1": 1.0}, r"adam: b1 must be in \[0, 1\), got 1.0"),
+    ("adam", {"b1": -0.1}, r"adam: b1 must be in \[0, 1\), got -0.1"),
+    ("adam", {"b2": 1.5}, r"adam: b2 must be in \[0, 1\), got 1.5"),
+    ("adam", {"eps": -1e-8}, r"adam: eps must be in \[0, inf\), got -1e-08"),
+    ("adam", {"eps_root": -1.0}, r"adam: eps_root must be in \[0, inf\)"),
+    ("adam", {"mu_dtype": jnp.int32}, r"adam: mu_dtype must be None or a floating dtype"),
+    ("adam", {"nesterov": "yes"}, r"adam: nesterov must be True or False"),
+    ("adamw", {"weight_decay": -1e-4}, r"adamw: weight_decay must be in \[0, inf\)"),
+    ("adamw", {"mask": {"w": "yes"}}, r"adamw: mask must be None, a callable, or a pytree"),
+    ("nadamw", {"weight_decay": -1.0}, r"weight_decay must be in \[0, inf\), got -1.0"),
+    ("amsgrad", {"b2": 1.0}, r"amsgrad: b2 must be in \[0, 1\)"),
+    ("radam", {"threshold": 3.0}, r"radam: threshold must be in \[4, inf\), got 3.0"),
+    ("adamax", {"b1": 2.0}, r"adamax: b1 must be in \[0, 1\)"),
+    ("adabelief", {"eps": -1.0}, r"adabelief: eps must be in \[0, inf\)"),
+    ("adabelief", {"learning_rate": None}, r"adabelief: learning_rate must be a positive"),
+]
+
+
+@pytest.mark.parametrize("name,hparams,message", BAD_HPARAMS)
+def test_bad_hyperparameters_are_refused_at_construction(name, hparams, message):
+    hparams = {"learning_rate": LR, **hparams}
+    with pytest.raises(ValueError, match=message):
+        optim.create(name, **hparams)
+
+
+def test_transforms_validate_too():
+    with pytest.raises(ValueError, match=r"scale_by_adam: b2 must be in \[0, 1\)"):
+        optim.scale_by_adam(b2=1.0)
+    with pytest.raises(ValueError, match=r"add_decayed_weights: weight_decay must be"):
+        optim.add_decayed_weights(-0.1)
+
+
+def test_unknown_optimizer_and_hyperparameter():
+    with pytest.raises(
+        ValueError, match=r"unknown optimizer 'adamz'; valid names are: adam, adamw"
+    ):
+        optim.create("adamz", learning_rate=LR)
+    with pytest.raises(ValueError, match=r"unknown optimizer 'sgd'"):
+        optim.reference("sgd", learning_rate=LR)
+    with pytest.raises(ValueError, match=r"adamax got unknown hyperparameter\(s\) weight_decay"):
+        optim.create("adamax", learning_rate=LR, weight_decay=0.1)
+    with pytest.raises(ValueError, match=r"adam needs a learning_rate"):
+        optim.create("adam")
+
+
+def test_registry_builds_optax_twins():
+    assert optim.names() == (
+        "adam",
+        "adamw",
+        "amsgrad",
+        "nadam",
+        "nadamw",
+        "radam",
+        "adamax",
+        "adabelief",
+    )
+    assert "weight_decay" in optim.hyperparameters("adamw")
+    assert "threshold" in optim.hyperparameters("radam")
+    # reference() really is optax and create() really is ours: their states are different
+    # classes, and they agree on the first step.
+    ours, ref = (
+        optim.create("nadamw", learning_rate=LR),
+        optim.reference("nadamw", learning_rate=LR),
+    )
+    assert type(ours.init(PARAMS)[0]) is optim.ScaleByAdamState
+    assert type(ref.init(PARAMS)[0]) is optax.ScaleByAdamState
+    np.testing.assert_allclose(_first_update(ours), _first_update(ref), rtol=1e-6)
+
+
+def test_schedules_are_accepted_and_used():
+    schedule = optax.linear_schedule(1e-2, 0.0, 10)
+    tx = optim.adam(schedule, eps=0.0)
+    state = tx.init(PARAMS)
+    for step in range(3):
+        updates, state = tx.update(GRAD, state, PARAMS)
+        # A constant gradient keeps the bias-corrected moments at g and g^2: the step is
+        # -lr_t * sign(g) at every t, tracking the schedule.
+        np.testing.assert_allclose(updates, -schedule(step) * jnp.sign(GRAD), rtol=FIRST_STEP_RTOL)
