@@ -1,0 +1,209 @@
+"""Benchmark: our optimizer step vs its optax twin, and against the machine's memory bandwidth.
+
+One optimizer step (update + apply_updates) is a memory-bound elementwise pass: at minimum it
+reads params, grads, m and v and writes params, m and v, i.e. 28 bytes per float32 parameter
+(for Adam; AMSGrad's extra nu_max makes it 36). We time ours and optax's step side by side in
+one process, jitted with donated params and state, interleaved repeat by repeat, and report:
+
+  * ratio = median(ours) / median(optax)   (target <= 1.00 at every size),
+  * effective bandwidth = bytes moved / median time, against a triad bandwidth
+    (a = b + s * c, 24 bytes per element) measured in the same run on the same device
+    (target >= 80% at the large sizes),
+
+for trees of 1M, 10M and 50M parameters, as one array and as ~200 CNN-like leaves.
+
+Usage:
+    python benchmarks/optimizer_step.py [--sizes 1e6,1e7,5e7] [--optimizers adam,adamw]
+        [--repeats 20] [--out benchmarks/results/optimizer_step_<backend>.json]
+
+Runs without TensorFlow (only jax, optax and adamlab.optim), so it also runs on bare GPU
+images.
+"""
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from adamlab import optim
+
+BYTES_PER_PARAM = {"adam": 28, "adamw": 28, "nadam": 28, "amsgrad": 36}
+
+
+def cnn_like_shapes(num_params: int, num_leaves: int = 200) -> list[tuple[int, ...]]:
+    """~`num_leaves` conv kernels, biases, norm scales and a dense head totalling ~num_params.
+
+    A ResNet-like stack of blocks (3x3 conv kernel, bias, norm scale, norm bias: 4 leaves each)
+    whose width is solved for so the total matches `num_params` within a few percent.
+    """
+    blocks = (num_leaves - 2) // 4
+    width = max(1, int(math.sqrt(num_params / (9 * blocks))))
+    shapes: list[tuple[int, ...]] = []
+    for _ in range(blocks):
+        shapes += [(3, 3, width, width), (width,), (width,), (width,)]
+    used = sum(math.prod(s) for s in shapes)
+    head = max(1, (num_params - used) // (width + 1))
+    shapes += [(width, head), (head,)]
+    return shapes
+
+
+def make_tree(shapes, key):
+    keys = jax.random.split(key, len(shapes))
+    return [jax.random.normal(k, s, jnp.float32) * 0.01 for k, s in zip(keys, shapes, strict=True)]
+
+
+def make_step(tx):
+    """One fused optimizer step; params and state are donated (updated in place)."""
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def time_interleaved(runners: dict, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each runner, alternating runners within each repeat."""
+    samples = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+class _StepRunner:
+    """Holds the (donated) params and state of one optimizer between timed calls."""
+
+    def __init__(self, tx, params, grads):
+        self.step = make_step(tx)
+        self.params = jax.tree.map(jnp.copy, params)
+        self.state = tx.init(self.params)
+        self.grads = grads
+        for _ in range(3):  # compile and warm up
+            self()
+
+    def __call__(self):
+        self.params, self.state = self.step(self.params, self.state, self.grads)
+        jax.block_until_ready(self.params)
+
+
+def device_triad_bandwidth(num_elements: int, repeats: int) -> float:
+    """Bytes/s of a = b + s * c on the default jax device (24 bytes per float32 element)."""
+    b = jnp.ones(num_elements, jnp.float32)
+    c = jnp.ones(num_elements, jnp.float32)
+    triad = jax.jit(lambda b, c: b + 3.0 * c)
+    jax.block_until_ready(triad(b, c))
+    seconds = time_interleaved({"triad": lambda: jax.block_until_ready(triad(b, c))}, repeats)
+    return 24 * num_elements / seconds["triad"]
+
+
+def numpy_triad_bandwidth(num_elements: int, repeats: int) -> float:
+    """Bytes/s of the STREAM triad in numpy on the host, written into a preallocated array."""
+    a = np.empty(num_elements, np.float32)
+    b = np.ones(num_elements, np.float32)
+    c = np.ones(num_elements, np.float32)
+
+    def triad():
+        np.multiply(c, np.float32(3.0), out=a)
+        np.add(a, b, out=a)  # two passes over a: 32 bytes per element in total
+
+    triad()
+    seconds = time_interleaved({"triad": triad}, repeats)
+    return 32 * num_elements / seconds["triad"]
+
+
+def machine_description() -> dict:
+    device = jax.devices()[0]
+    return {
+        "backend": jax.default_backend(),
+        "device": getattr(device, "device_kind", str(device)),
+        "device_count": jax.device_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "jax": jax.__version__,
+        "optax": optax.__version__,
+    }
+
+
+def run(sizes, optimizers, repeats):
+    results = []
+    largest = int(max(sizes))
+    bandwidth = {
+        "device_triad_bytes_per_s": device_triad_bandwidth(largest, repeats),
+        "numpy_triad_bytes_per_s": numpy_triad_bandwidth(largest, repeats),
+    }
+    reference_bw = bandwidth["device_triad_bytes_per_s"]
+    print(
+        f"device triad: {reference_bw / 1e9:.1f} GB/s, "
+        f"numpy triad: {bandwidth['numpy_triad_bytes_per_s'] / 1e9:.1f} GB/s"
+    )
+    header = (
+        f"{'optimizer':9s} {'layout':10s} {'params':>7s} {'ours ms':>9s} {'optax ms':>9s}"
+        f" {'ours/optax':>10s} {'GB/s':>7s} {'% triad':>7s}"
+    )
+    print(header)
+    for num_params in sizes:
+        num_params = int(num_params)
+        for layout, shapes in (
+            ("1 array", [(num_params,)]),
+            ("200 leaves", cnn_like_shapes(num_params)),
+        ):
+            params = make_tree(shapes, jax.random.key(0))
+            grads = make_tree(shapes, jax.random.key(1))
+            actual = sum(math.prod(s) for s in shapes)
+            for name in optimizers:
+                hparams = {"learning_rate": 1e-3}
+                runners = {
+                    "ours": _StepRunner(optim.create(name, **hparams), params, grads),
+                    "optax": _StepRunner(optim.reference(name, **hparams), params, grads),
+                }
+                seconds = time_interleaved(runners, repeats)
+                del runners
+                bytes_moved = BYTES_PER_PARAM.get(name, 28) * actual
+                row = {
+                    "optimizer": name,
+                    "layout": layout,
+                    "num_leaves": len(shapes),
+                    "num_params": actual,
+                    "ours_ms": 1e3 * seconds["ours"],
+                    "optax_ms": 1e3 * seconds["optax"],
+                    "ratio_ours_over_optax": seconds["ours"] / seconds["optax"],
+                    "ours_bytes_per_s": bytes_moved / seconds["ours"],
+                    "fraction_of_triad": bytes_moved / seconds["ours"] / reference_bw,
+                }
+                results.append(row)
+                print(
+                    f"{name:9s} {layout:10s} {actual / 1e6:6.1f}M {row['ours_ms']:9.3f}"
+                    f" {row['optax_ms']:9.3f} {row['ratio_ours_over_optax']:10.3f}"
+                    f" {row['ours_bytes_per_s'] / 1e9:7.1f}"
+                    f" {100 * row['fraction_of_triad']:6.1f}%"
+                )
+    return {"machine": machine_description(), "repeats": repeats, **bandwidth, "results": results}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1e6,1e7,5e7")
+    parser.add_argument("--optimizers", default="adam,adamw")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    sizes = [float(s) for s in args.sizes.split(",")]
+    report = run(sizes, args.optimizers.split(","), args.repeats)
+    out = Path(args.out or f"benchmarks/results/optimizer_step_{jax.default_backend()}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
