@@ -114,9 +114,7 @@ def nadamw(
     mask: Any = None,
 ) -> optax.GradientTransformation:
     """NadamW: Nadam's look-ahead momentum with AdamW's decoupled weight decay."""
-    return adamw(
-        learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=True
-    )
+    return adamw(learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=True)
 
 
 def amsgrad(

@@ -357,9 +357,7 @@ def _broadcast_mask(mask: Any, params: Tree) -> Tree:
     return jax.tree.map(lambda m, subtree: jax.tree.map(lambda _: m, subtree), mask_tree, params)
 
 
-def add_decayed_weights(
-    weight_decay: Any = 0.0, mask: Any = None
-) -> optax.GradientTransformation:
+def add_decayed_weights(weight_decay: Any = 0.0, mask: Any = None) -> optax.GradientTransformation:
     r"""Adds ``weight_decay * params`` to the updates: decoupled weight decay.
 
     Placed after the adaptive rescaling (AdamW), the decay is not divided by
