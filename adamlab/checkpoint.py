@@ -1,0 +1,483 @@
+"""Checkpoints of train state pytrees, with Orbax behind one small, stable API.
+
+Every orbax call in adamlab goes through this module, so an orbax API change touches one file.
+A step directory holds two items, written by one `ocp.CheckpointManager`:
+
+* ``state``: the train state pytree (`ocp.args.StandardSave` / `StandardRestore`): params,
+  batch stats, optimizer state NamedTuples, the step counter, rng keys, numpy arrays, scalars.
+* ``extra``: a JSON dict saved beside it (`ocp.args.JsonSave`): data position, config, seed...
+
+plus the step's metrics (orbax's own ``metrics`` item), which rank checkpoints for "best".
+
+Semantics, and why:
+
+* **When to save.** `save` writes when ``step % save_interval_steps == 0``, when ``force=True``
+  (e.g. the end of training) or when orbax detects a preemption. A step that is already on
+  disk is never rewritten: `save` returns False.
+* **What is kept.** The last ``max_to_keep`` steps, plus the best step by ``best_metric`` even
+  when it is older (orbax's `LatestN` and `BestN(n=1)` preservation policies, combined with
+  `AnyPreservationPolicy`). A checkpoint is deleted only after a newer one is committed.
+* **Crash safety.** Orbax writes a step into ``<step>.orbax-checkpoint-tmp*`` and renames it
+  atomically once complete, so a crash mid-save leaves the previous steps intact. Unfinished
+  temporary directories are ignored and removed when a `Checkpointer` opens the directory.
+* **Resume.** A new `Checkpointer` on the same directory sees the steps (and metrics) on disk.
+* **Device counts.** Arrays restore with the sharding of the target (a `jax.Array` or a
+  `jax.ShapeDtypeStruct` with ``.sharding``), whatever sharding they were saved with: a state
+  saved from 4 devices restores onto 1 and vice versa. Target leaves without a sharding land
+  on ``jax.local_devices()[0]``.
+* **Typed PRNG keys.** `jax.random.key` arrays can be saved as they are: orbax stores their
+  key data (uint32) and the key impl, and wraps them back when the target leaf is a typed key.
+  Mismatch checks compare a typed key by its key data's shape and dtype.
+* **Mismatches.** Before reading arrays, `restore` compares the saved tree (orbax metadata) with
+  the target, leaf by leaf, and raises `CheckpointMismatchError` naming every missing,
+  unexpected, reshaped or retyped leaf. Orbax alone would silently cast dtypes.
+* **Multi-host.** Call every method on every process: orbax synchronises the processes, writes
+  each process's shards and lets only the primary process (0) write JSON metadata, metrics and
+  delete old steps. This module writes no file itself.
+
+Example::
+
+    with Checkpointer(workdir / "checkpoints", max_to_keep=2, best_metric="val_accuracy",
+                      save_interval_steps=100) as ckpt:
+        if ckpt.latest_step() is not None:
+            state, extra = ckpt.restore(state)  # resume where the last run stopped
+        ...
+        ckpt.save(step, state, metrics={"val_accuracy": acc}, extra={"epoch": epoch})
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+__all__ = ["Checkpointer", "CheckpointMismatchError"]
+
+_STATE = "state"
+_EXTRA = "extra"
+_MAX_DIFF_LINES = 20  # A mismatch message lists at most this many leaves, then "... and N more".
+
+
+class CheckpointMismatchError(ValueError):
+    """A saved train state does not match the restore target.
+
+    The message says which checkpoint, and lists leaf by leaf (as ``a/b/c`` paths) what is
+    missing, unexpected, or saved with another shape or dtype. `differences` holds every line.
+    """
+
+    def __init__(self, message: str, differences: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.differences = differences
+
+
+class Checkpointer:
+    """Saves and restores train state pytrees + JSON metadata in `directory`.
+
+    Args:
+        directory: where the step directories live; created if absent. Reopening a directory
+            resumes: its existing steps are listed and restorable.
+        max_to_keep: how many of the most recent steps to keep (None keeps every step).
+        best_metric: a key of the `metrics` passed to `save`; the best step by it is kept even when
+            older than the last `max_to_keep`, and is what ``restore(..., step="best")`` loads.
+        best_mode: "max" (e.g. accuracy) or "min" (e.g. loss). A NaN metric ranks worst.
+        save_interval_steps: `save` writes only steps that are multiples of this (unless forced).
+        async_save: write in a background thread; `save` returns once arrays are copied to host.
+            Call `wait_until_finished` (or `close`) before relying on the files.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        max_to_keep: int | None = 3,
+        best_metric: str | None = None,
+        best_mode: str = "max",
+        save_interval_steps: int = 1,
+        async_save: bool = False,
+    ):
+        if max_to_keep is not None and (not _is_int(max_to_keep) or max_to_keep < 1):
+            raise ValueError(
+                f"max_to_keep must be a positive int or None (keep all), got {max_to_keep!r}"
+            )
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+        if best_metric is not None and not isinstance(best_metric, str):
+            raise TypeError(f"best_metric must be a metric name (str) or None, got {best_metric!r}")
+        if not _is_int(save_interval_steps) or save_interval_steps < 1:
+            raise ValueError(
+                f"save_interval_steps must be a positive int, got {save_interval_steps!r}"
+            )
+        self._directory = os.path.abspath(os.fspath(directory))
+        self._best_metric = best_metric
+        self._best_mode = best_mode
+        rank = _metric_ranker(best_metric, best_mode)
+
+        policies = [ocp.checkpoint_managers.LatestN(n=max_to_keep)]
+        if best_metric is not None:
+            policies.append(
+                ocp.checkpoint_managers.BestN(
+                    get_metric_fn=rank,
+                    reverse=best_mode == "min",  # BestN keeps the tail of an ascending sort.
+                    n=1,
+                    # Steps saved without metrics are governed by LatestN alone.
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            save_decision_policy=ocp.checkpoint_managers.AnySavePolicy(
+                [
+                    ocp.checkpoint_managers.FixedIntervalPolicy(save_interval_steps),
+                    ocp.checkpoint_managers.PreemptionCheckpointingPolicy(),
+                ]
+            ),
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            # Orbax writes a step's metrics only when best_fn is set. Without a best_metric the
+            # ranking is never used (best_step() returns None), but metrics are still stored.
+            best_fn=rank,
+            best_mode=best_mode,
+            keep_checkpoints_without_metrics=False,
+            cleanup_tmp_directories=True,  # Remove saves that a crash left unfinished.
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        handlers = {
+            _STATE: ocp.handlers.StandardCheckpointHandler(),
+            _EXTRA: ocp.handlers.JsonCheckpointHandler(),  # written by the primary process only
+        }
+        registry = ocp.handlers.create_default_handler_registry(**handlers)
+        self._manager = ocp.CheckpointManager(
+            self._directory, options=options, handler_registry=registry
+        )
+        # Metrics of steps saved or read by this object: an async save's metrics are not on
+        # disk until it commits, yet best_step() must see them.
+        self._metrics_cache: dict[int, dict[str, float]] = {}
+
+    @property
+    def directory(self) -> str:
+        """The absolute checkpoint directory."""
+        return self._directory
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Saves `state` (a pytree of arrays) at `step` if due; returns whether it saved.
+
+        Args:
+            step: the training step, a non-negative int.
+            state: any pytree of jax/numpy arrays and Python scalars.
+            metrics: scalar metrics of this step, stored beside it; `best_metric` ranks checkpoints.
+            extra: a JSON-serialisable dict (data position, config, seed...) returned by `restore`.
+                JSON rules apply: tuples come back as lists, dict keys as strings.
+            force: save even if `step` is not a multiple of `save_interval_steps` (e.g. the end).
+        """
+        step = _check_step(step)
+        if step in self.all_steps():
+            return False  # Already on disk (e.g. the final save of a step that was just saved).
+        metrics = _check_metrics(metrics, self._best_metric)
+        extra = _check_extra(extra)
+        args = ocp.args.Composite(
+            **{_STATE: ocp.args.StandardSave(state), _EXTRA: ocp.args.JsonSave(extra)}
+        )
+        # `{}` rather than None: orbax warns on every save without metrics once best_fn is set,
+        # and an empty dict ranks worst, exactly like a missing best_metric.
+        saved = self._manager.save(step, args=args, metrics=metrics or {}, force=force)
+        if saved:
+            kept = set(self.all_steps())
+            self._metrics_cache = {s: m for s, m in self._metrics_cache.items() if s in kept}
+            self._metrics_cache[step] = metrics or {}
+        return bool(saved)
+
+    def latest_step(self) -> int | None:
+        """The most recent saved step, or None if there is none."""
+        return self._manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The step with the best finite `best_metric`, or None (no best_metric, no such step)."""
+        if self._best_metric is None:
+            return None
+        step = self._manager.best_step()
+        if step is None:
+            return None
+        # Orbax ranks steps without the metric (or with NaN) worst, but still returns one of them
+        # when nothing better exists: that is not a best step.
+        value = self.metrics(step).get(self._best_metric, math.nan)
+        return None if math.isnan(value) else step
+
+    def all_steps(self) -> list[int]:
+        """Every saved step on disk, ascending."""
+        return sorted(self._manager.all_steps())
+
+    def metrics(self, step: int | str = "latest") -> dict[str, float]:
+        """The metrics saved with `step` (int, "latest" or "best"); empty if none were given."""
+        step = self._resolve_step(step)
+        if step not in self._metrics_cache:
+            self._metrics_cache[step] = dict(self._manager.metrics(step) or {})
+        return dict(self._metrics_cache[step])
+
+    def restore(self, target: Any, step: int | str = "latest") -> tuple[Any, dict]:
+        """Restores the state saved at `step` into the structure, shardings and dtypes of `target`.
+
+        Args:
+            target: a pytree like the saved state, of arrays or `jax.ShapeDtypeStruct`s (with
+                ``.sharding`` to place the result, e.g. replicated over a mesh or on one device).
+            step: an int, "latest" or "best".
+
+        Returns:
+            ``(state, extra)``: the state with `target`'s structure, and the saved `extra` dict.
+
+        Raises:
+            FileNotFoundError: no such step (the message lists the available ones).
+            CheckpointMismatchError: the saved tree differs from `target` (paths, shapes, dtypes).
+        """
+        self.wait_until_finished()
+        step = self._resolve_step(step)
+        abstract = jax.tree.map(_abstract_leaf, target)
+        differences = _diff_trees(self._saved_specs(step), _flat_specs(abstract, _target_spec))
+        if differences:
+            raise CheckpointMismatchError(self._mismatch_message(step, differences), differences)
+        args = ocp.args.Composite(
+            **{_STATE: ocp.args.StandardRestore(abstract), _EXTRA: ocp.args.JsonRestore()}
+        )
+        restored = self._manager.restore(step, args=args)
+        return restored[_STATE], dict(restored[_EXTRA] or {})
+
+    def restore_extra(self, step: int | str = "latest") -> dict:
+        """The `extra` dict saved with `step`, without reading the arrays."""
+        self.wait_until_finished()
+        step = self._resolve_step(step)
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(**{_EXTRA: ocp.args.JsonRestore()})
+        )
+        return dict(restored[_EXTRA] or {})
+
+    def wait_until_finished(self) -> None:
+        """Blocks until an asynchronous save (if any) is committed."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finishes pending saves and deletions and releases orbax's resources."""
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Checkpointer({self._directory!r}, steps={self.all_steps()})"
+
+    # -- private helpers ------------------------------------------------------------------------
+
+    def _resolve_step(self, step: int | str) -> int:
+        """Turns "latest", "best" or an int into a step on disk, or raises FileNotFoundError."""
+        available = self.all_steps()
+        where = f"in {self._directory} (available steps: {available or 'none'})"
+        if isinstance(step, str) and step == "latest":
+            resolved = self.latest_step()
+            if resolved is None:
+                raise FileNotFoundError(f"No checkpoint {where}.")
+            return resolved
+        if isinstance(step, str) and step == "best":
+            if self._best_metric is None:
+                raise ValueError("step='best' needs a Checkpointer created with best_metric=...")
+            resolved = self.best_step()
+            if resolved is None:
+                raise FileNotFoundError(f"No checkpoint with metric {self._best_metric!r} {where}.")
+            return resolved
+        if not _is_int(step):
+            raise ValueError(f"step must be an int, 'latest' or 'best', got {step!r}")
+        if int(step) not in available:
+            raise FileNotFoundError(f"No checkpoint for step {int(step)} {where}.")
+        return int(step)
+
+    def _saved_specs(self, step: int) -> dict[str, tuple[tuple[int, ...], np.dtype | None]]:
+        """{leaf path: (shape, dtype)} of the state saved at `step`, from orbax's metadata."""
+        metadata = self._manager.item_metadata(step)
+        item = metadata[_STATE] if _STATE in metadata else None
+        if item is None:
+            raise CheckpointMismatchError(
+                f"Checkpoint step {step} in {self._directory} has no {_STATE!r} item; it was not "
+                "written by adamlab.checkpoint.Checkpointer."
+            )
+        return _flat_specs(getattr(item, "tree", item), _saved_spec)
+
+    def _mismatch_message(self, step: int, differences: tuple[str, ...]) -> str:
+        shown = list(differences[:_MAX_DIFF_LINES])
+        if len(differences) > _MAX_DIFF_LINES:
+            shown.append(f"... and {len(differences) - _MAX_DIFF_LINES} more")
+        return (
+            f"Checkpoint step {step} in {self._directory} does not match the restore target "
+            f"({len(differences)} differing leaves). The likely cause is a model or optimizer "
+            "config that differs from the run that wrote it (layer sizes, optimizer, param "
+            "dtype).\n  " + "\n  ".join(shown)
+        )
+
+
+# -- pure helpers -------------------------------------------------------------------------------
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
+def _check_step(step: Any) -> int:
+    try:
+        step = operator.index(step)
+    except TypeError:
+        raise TypeError(f"step must be an int, got {type(step).__name__}: {step!r}") from None
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    return step
+
+
+def _check_metrics(metrics: Mapping[str, Any] | None, best_metric: str | None) -> dict | None:
+    """Metrics as a {str: float} dict, or None if there are none.
+
+    A non-empty dict must hold the best_metric: its absence is most likely a misspelt name,
+    which would otherwise silently disable "best" tracking.
+    """
+    if metrics is None:
+        return None
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must be a dict of name -> scalar, got {type(metrics).__name__}")
+    if not metrics:
+        return None  # e.g. no validation split: this step just takes no part in the ranking
+    out = {}
+    for name, value in metrics.items():
+        if np.size(value) != 1:
+            raise TypeError(f"metric {name!r} must be a scalar, got shape {np.shape(value)}")
+        out[str(name)] = float(np.asarray(value).reshape(()))
+    if best_metric is not None and best_metric not in out:
+        raise ValueError(
+            f"metrics lack best_metric {best_metric!r} (got {sorted(out)}); pass it, or save "
+            "with metrics=None (or {}) to leave this step out of the best ranking."
+        )
+    return out
+
+
+def _check_extra(extra: Mapping[str, Any] | None) -> dict:
+    """`extra` as a dict, checked to be JSON-serialisable now rather than in a writer thread."""
+    if extra is None:
+        return {}
+    if not isinstance(extra, Mapping):
+        raise TypeError(f"extra must be a dict, got {type(extra).__name__}")
+    try:
+        json.dumps(dict(extra))
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            "extra must be JSON-serialisable (dicts, lists, str, int, float, bool, None; convert "
+            f"numpy/jax scalars with int()/float()): {e}"
+        ) from None
+    return dict(extra)
+
+
+def _metric_ranker(name: str | None, mode: str):
+    """Score for orbax's best_fn: higher ranks better in "max" mode, lower in "min" mode.
+
+    A missing or NaN metric ranks worst, so it never displaces a real best.
+    """
+    worst = -math.inf if mode == "max" else math.inf
+
+    def rank(metrics: Mapping[str, Any]) -> float:
+        if name is None:
+            return 0.0
+        value = float(metrics.get(name, math.nan))
+        return worst if math.isnan(value) else value
+
+    return rank
+
+
+def _abstract_leaf(x: Any) -> Any:
+    """A restore-target leaf: jax arrays become ShapeDtypeStructs that keep their sharding.
+
+    ShapeDtypeStructs without a sharding are placed on the first local device (otherwise orbax
+    would reuse the saved sharding, which names devices that may not exist here). numpy arrays
+    and Python scalars stay as they are: orbax restores them as numpy arrays / scalars.
+    """
+    if isinstance(x, jax.Array):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    if isinstance(x, jax.ShapeDtypeStruct) and x.sharding is None:
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device)
+    return x
+
+
+def _path_str(path: tuple) -> str:
+    """'params/dense/kernel' for a key path: dict keys, attribute names and indices alike.
+
+    Orbax stores NamedTuples as dicts and tuples as lists, so the path, not the node type, is
+    what identifies a leaf in both trees.
+    """
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def _flat_specs(tree: Any, spec_fn) -> dict[str, tuple[tuple[int, ...], np.dtype | None]]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {_path_str(path): spec_fn(leaf) for path, leaf in leaves}
+
+
+def _saved_spec(meta: Any) -> tuple[tuple[int, ...], np.dtype | None]:
+    """(shape, dtype) from orbax's metadata; dtype None (any) for a saved Python scalar.
+
+    A Python scalar (say a TrainState's ``step=0`` before the first update) is stored as int64 or
+    float64 and restores into whatever scalar dtype the target asks for: not a mismatch.
+    """
+    if isinstance(meta, ocp.metadata.ScalarMetadata):
+        return (), None
+    dtype = getattr(meta, "dtype", None)
+    return tuple(getattr(meta, "shape", ())), None if dtype is None else np.dtype(dtype)
+
+
+def _target_spec(leaf: Any) -> tuple[tuple[int, ...], np.dtype | None]:
+    """(shape, dtype) as orbax would save `leaf`; dtype None (any) for a Python scalar."""
+    if isinstance(leaf, bool | int | float | complex):
+        return (), None
+    shape, dtype = tuple(np.shape(leaf)), leaf.dtype
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        # Typed keys are saved as their key data: compare with what key_data would give.
+        data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(shape, dtype))
+        return tuple(data.shape), np.dtype(data.dtype)
+    return shape, np.dtype(dtype)
+
+
+def _diff_trees(saved: dict, target: dict) -> tuple[str, ...]:
+    """One line per leaf that is missing, unexpected, or of another shape or dtype."""
+
+    def fmt(spec):
+        shape, dtype = spec
+        return f"{dtype or 'scalar'}{list(shape)}"
+
+    lines = []
+    for path in sorted(target.keys() - saved.keys()):
+        lines.append(f"missing from checkpoint (in target only): {path} {fmt(target[path])}")
+    for path in sorted(saved.keys() - target.keys()):
+        lines.append(f"unexpected in checkpoint (not in target): {path} {fmt(saved[path])}")
+    for path in sorted(saved.keys() & target.keys()):
+        (s_shape, s_dtype), (t_shape, t_dtype) = saved[path], target[path]
+        if s_shape != t_shape:
+            lines.append(f"shape differs: {path} checkpoint {s_shape} vs target {t_shape}")
+        elif None not in (s_dtype, t_dtype) and s_dtype != t_dtype:
+            lines.append(f"dtype differs: {path} checkpoint {s_dtype} vs target {t_dtype}")
+    return tuple(lines)

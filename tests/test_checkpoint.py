@@ -1,0 +1,443 @@
+"""Tests for adamlab.checkpoint: round trips, retention, resume, device counts, errors, crashes.
+
+Every test writes to its own `tmp_path`; states are tiny so that orbax's I/O dominates (~50 ms
+per save). Two tests start a subprocess (a crash mid-save, a restore on a 1-device machine).
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+from jax.sharding import PartitionSpec as P
+
+from adamlab.checkpoint import Checkpointer, CheckpointMismatchError
+
+
+def _make_state(seed: int = 0, scale: float = 1.0):
+    """A realistic train state: Flax-like params, optax Adam state, int step and rng keys."""
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    params = {
+        "Dense_0": {
+            "kernel": scale * jax.random.normal(k1, (3, 4)),
+            "bias": scale * jnp.arange(4, dtype=jnp.float32),
+        },
+        "Embed_0": {"embedding": jax.random.normal(k2, (5, 2)).astype(jnp.bfloat16)},
+    }
+    opt_state = optax.adam(1e-3).init(params)  # (ScaleByAdamState(count, mu, nu), EmptyState())
+    adam = opt_state[0]._replace(
+        count=jnp.asarray(7, jnp.int32),
+        mu=jax.tree.map(lambda p: 0.1 * p, params),
+        nu=jax.tree.map(lambda p: p * p, params),
+    )
+    return {
+        "params": params,
+        "batch_stats": {"BatchNorm_0": {"mean": jnp.full((4,), 0.5), "var": jnp.ones((4,))}},
+        "opt_state": (adam, opt_state[1]),
+        "step": jnp.asarray(123, jnp.int32),
+        "epoch": 2,  # a Python int leaf
+        "rng": jax.random.key_data(k3),  # raw key data (uint32[2])
+        "dropout_rng": jax.random.key(seed + 1),  # a typed key, wrapped back by orbax
+        "data_order": np.arange(6, dtype=np.int64),  # a numpy leaf stays numpy
+    }
+
+
+def _assert_trees_equal(actual, expected):
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for (path, a), e in zip(
+        jax.tree_util.tree_flatten_with_path(actual)[0], jax.tree.leaves(expected), strict=True
+    ):
+        where = jax.tree_util.keystr(path)
+        if isinstance(e, jax.Array) and jax.dtypes.issubdtype(e.dtype, jax.dtypes.prng_key):
+            assert a.dtype == e.dtype, where
+            a, e = jax.random.key_data(a), jax.random.key_data(e)
+        assert np.asarray(a).dtype == np.asarray(e).dtype, where
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(e), err_msg=where)
+
+
+def _zeros_like(x):
+    """A target leaf of the same kind (jax/numpy array, Python scalar) holding no saved data."""
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.key(99)
+    if isinstance(x, jax.Array):
+        return jnp.zeros_like(x)
+    return np.zeros_like(x) if isinstance(x, np.ndarray) else type(x)(0)
+
+
+def _step_dirs(directory) -> list[int]:
+    """Finished steps on disk: plain integer directories (unfinished ones carry a suffix)."""
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+@pytest.fixture(scope="module")
+def state():
+    return _make_state()
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return Mesh(np.array(jax.devices()[:4]), ("data",))
+
+
+# -- round trips --------------------------------------------------------------------------------
+
+
+def test_round_trip_is_exact_and_keeps_structure(tmp_path, state):
+    extra = {"data_position": {"epoch": 2, "batch": 17}, "seed": 0, "lr": 3e-4, "tag": None}
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.save(123, state, extra=extra, metrics={"loss": jnp.float32(0.25)})
+        restored, restored_extra = ckpt.restore(jax.tree.map(_zeros_like, state))
+        assert ckpt.metrics(123) == {"loss": 0.25}
+    _assert_trees_equal(restored, state)
+    assert isinstance(restored["opt_state"][0], optax.ScaleByAdamState)
+    assert isinstance(restored["data_order"], np.ndarray) and restored["epoch"] == 2
+    assert restored_extra == extra
+
+
+def test_restore_extra_reads_metadata_only_and_follows_json_rules(tmp_path, state):
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state, extra={"position": (3, 4), "config": {"b1": 0.9}})
+        ckpt.save(2, state)  # no extra: an empty dict comes back
+        assert ckpt.restore_extra(1) == {"position": [3, 4], "config": {"b1": 0.9}}
+        assert ckpt.restore_extra() == {}
+        assert ckpt.metrics(2) == {}
+
+
+def test_async_save_round_trips_even_if_buffers_are_donated_meanwhile(tmp_path, state):
+    live = _make_state()  # equal to `state`, but its buffers are ours to delete
+    with Checkpointer(tmp_path, async_save=True, best_metric="acc") as ckpt:
+        assert ckpt.save(5, live, extra={"k": 1}, metrics={"acc": 0.5})
+        assert ckpt.best_step() == 5  # known before the background write commits
+        for leaf in jax.tree.leaves(live):  # what a jitted step with donate_argnums does
+            if isinstance(leaf, jax.Array):
+                leaf.delete()
+        ckpt.wait_until_finished()
+        assert _step_dirs(tmp_path) == [5]
+        restored, extra = ckpt.restore(state)
+    _assert_trees_equal(restored, state)
+    assert extra == {"k": 1}
+
+
+def test_flax_train_state_restores_into_an_eval_shape_target(tmp_path):
+    """TrainState.create leaves `step` a Python int; eval_shape makes it an int32 struct."""
+    params = {"Dense_0": {"kernel": jnp.arange(6.0).reshape(2, 3)}}
+    created = train_state.TrainState.create(apply_fn=None, params=params, tx=optax.adamw(1e-3))
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(0, created)
+        restored, _ = ckpt.restore(jax.eval_shape(lambda: created))
+    assert isinstance(restored, train_state.TrainState) and int(restored.step) == 0
+    _assert_trees_equal(restored.params, params)
+    _assert_trees_equal(restored.opt_state, created.opt_state)
+
+
+# -- which steps are saved and kept -------------------------------------------------------------
+
+
+def test_keeps_last_k_plus_best_also_after_reopening(tmp_path):
+    small = {"w": jnp.zeros(2)}
+    losses = {1: 0.9, 2: 0.2, 3: 0.5, 4: 0.6, 5: float("nan"), 6: 0.7}
+    with Checkpointer(tmp_path, max_to_keep=2, best_metric="loss", best_mode="min") as ckpt:
+        for step, loss in losses.items():
+            ckpt.save(step, small, metrics={"loss": loss, "acc": 1.0 - loss})
+            # The best (lowest) loss so far is always on disk, NaN never counts as best.
+            finite = [s for s in losses if s <= step and not math.isnan(losses[s])]
+            assert min(finite, key=losses.get) in _step_dirs(tmp_path)
+        assert _step_dirs(tmp_path) == ckpt.all_steps() == [2, 5, 6]
+        assert (ckpt.latest_step(), ckpt.best_step()) == (6, 2)
+    # A new run in the same directory reads the metrics back: step 2 is still the best.
+    with Checkpointer(tmp_path, max_to_keep=2, best_metric="loss", best_mode="min") as ckpt:
+        ckpt.save(7, small, metrics={"loss": 0.8})
+        assert _step_dirs(tmp_path) == [2, 6, 7]
+        ckpt.save(8, small, metrics={"loss": 0.1})  # a new best: old best 2 may now go
+        assert _step_dirs(tmp_path) == [7, 8]
+        assert ckpt.best_step() == 8
+
+
+def test_without_best_metric_keeps_last_k_only(tmp_path):
+    with Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+        for step in range(1, 7):
+            ckpt.save(step, {"w": jnp.zeros(1)}, metrics={"acc": 1.0 if step == 1 else 0.0})
+        assert _step_dirs(tmp_path) == [4, 5, 6]
+        assert ckpt.best_step() is None
+        with pytest.raises(ValueError, match="best_metric"):
+            ckpt.restore({"w": jnp.zeros(1)}, step="best")
+
+
+def test_save_interval_force_and_existing_steps(tmp_path):
+    small = {"w": jnp.zeros(1)}
+    with Checkpointer(tmp_path, save_interval_steps=3, max_to_keep=None) as ckpt:
+        saved = [step for step in range(1, 8) if ckpt.save(step, small)]
+        assert saved == [3, 6]
+        assert ckpt.save(7, small, force=True)  # the end of training
+        assert not ckpt.save(7, small, force=True)  # already on disk: not rewritten
+        assert _step_dirs(tmp_path) == [3, 6, 7]
+
+
+def test_restore_latest_best_and_int_step(tmp_path):
+    accuracy = {10: 0.3, 20: 0.8, 30: 0.5}
+    with Checkpointer(tmp_path, max_to_keep=3, best_metric="acc") as ckpt:
+        for step, acc in accuracy.items():
+            ckpt.save(
+                step, {"w": jnp.full((2,), float(step))}, metrics={"acc": acc}, extra={"step": step}
+            )
+        target = {"w": jnp.zeros(2)}
+        for which, expected in [("latest", 30), ("best", 20), (10, 10), (np.int64(20), 20)]:
+            restored, extra = ckpt.restore(target, step=which)
+            np.testing.assert_array_equal(restored["w"], [expected, expected])
+            assert extra == {"step": expected}
+
+
+def test_reopened_directory_resumes(tmp_path, state):
+    with Checkpointer(tmp_path, max_to_keep=2) as ckpt:
+        ckpt.save(1, state, extra={"batch": 1})
+        ckpt.save(2, _make_state(seed=1), extra={"batch": 2})
+    with Checkpointer(tmp_path, max_to_keep=2) as ckpt:
+        assert (ckpt.all_steps(), ckpt.latest_step()) == ([1, 2], 2)
+        restored, extra = ckpt.restore(state)
+        _assert_trees_equal(restored, _make_state(seed=1))
+        assert extra == {"batch": 2}
+        ckpt.save(3, state)
+        assert _step_dirs(tmp_path) == [2, 3]
+
+
+# -- restoring onto another device count ---------------------------------------------------------
+
+
+def _target(tree, sharding):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+@pytest.mark.parametrize("saved_spec", [P("data"), P()], ids=["sharded", "replicated"])
+def test_state_saved_on_4_devices_restores_onto_1(tmp_path, mesh, saved_spec):
+    values = {"w": jnp.arange(16.0).reshape(8, 2), "b": jnp.arange(4, dtype=jnp.int32)}
+    saved = jax.device_put(values, NamedSharding(mesh, saved_spec))
+    one_device = SingleDeviceSharding(jax.devices()[0])
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, saved)
+        restored, _ = ckpt.restore(_target(values, one_device))
+    for name, value in values.items():
+        assert restored[name].sharding == one_device
+        np.testing.assert_array_equal(restored[name], value)
+
+
+@pytest.mark.parametrize("target_spec", [P("data"), P()], ids=["sharded", "replicated"])
+def test_state_saved_on_1_device_restores_onto_4(tmp_path, mesh, target_spec):
+    values = {"w": jnp.arange(16.0).reshape(8, 2), "b": jnp.arange(4, dtype=jnp.int32)}
+    saved = jax.device_put(values, jax.devices()[0])
+    sharding = NamedSharding(mesh, target_spec)
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, saved)
+        restored, _ = ckpt.restore(_target(values, sharding))
+    for name, value in values.items():
+        result = restored[name]
+        assert result.sharding == sharding and len(result.addressable_shards) == 4
+        shard_rows = value.shape[0] // 4 if target_spec == P("data") else value.shape[0]
+        assert all(s.data.shape[0] == shard_rows for s in result.addressable_shards)
+        np.testing.assert_array_equal(result, value)
+
+
+def test_sharded_state_restores_in_a_one_device_process(tmp_path, mesh, state):
+    """A separate process with 1 device (another machine) restores a 4-device checkpoint,
+    from a target without shardings (`jax.eval_shape` output)."""
+    sharded = dict(state, params=jax.device_put(state["params"], NamedSharding(mesh, P())))
+    sharded["batch_stats"] = jax.device_put(state["batch_stats"], NamedSharding(mesh, P("data")))
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, sharded)
+    script = f"""
+        import json, jax, numpy as np, optax, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_checkpoint import _make_state
+        from adamlab.checkpoint import Checkpointer
+        target = jax.eval_shape(_make_state)
+        target["data_order"] = np.zeros(6, np.int64)  # x64 is off: keep numpy's int64
+        restored, _ = Checkpointer({str(tmp_path)!r}).restore(target)
+        leaves = [x for x in jax.tree.leaves(restored) if isinstance(x, jax.Array)]
+        print(json.dumps({{
+            "devices": jax.device_count(),
+            "placed": sorted({{d.id for x in leaves for d in x.devices()}}),
+            "kernel": np.asarray(restored["params"]["Dense_0"]["kernel"]).tolist(),
+            "mean": np.asarray(restored["batch_stats"]["BatchNorm_0"]["mean"]).tolist(),
+        }}))
+    """
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 1 and out["placed"] == [0]
+    np.testing.assert_array_equal(out["kernel"], state["params"]["Dense_0"]["kernel"])
+    np.testing.assert_array_equal(out["mean"], state["batch_stats"]["BatchNorm_0"]["mean"])
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_dir(tmp_path_factory, state):
+    directory = tmp_path_factory.mktemp("saved")
+    with Checkpointer(directory) as ckpt:
+        ckpt.save(42, state)
+    return directory
+
+
+def _with(tree, path, value):
+    """A copy of `tree` (nested dicts) with `path` set to `value`, or removed if value is None."""
+    tree = dict(tree)
+    if len(path) == 1:
+        if value is None:
+            del tree[path[0]]
+        else:
+            tree[path[0]] = value
+    else:
+        tree[path[0]] = _with(tree[path[0]], path[1:], value)
+    return tree
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            ("params", "Dense_0", "extra_bias"),
+            ["missing from checkpoint", "params/Dense_0/extra_bias", "float32[7]"],
+        ),
+        (
+            ("batch_stats", "BatchNorm_0", "var"),
+            ["unexpected in checkpoint", "batch_stats/BatchNorm_0/var", "float32[4]"],
+        ),
+        (
+            ("params", "Dense_0", "kernel"),
+            ["shape differs", "params/Dense_0/kernel", "(3, 4)", "(4, 3)"],
+        ),
+        (
+            ("params", "Embed_0", "embedding"),
+            ["dtype differs", "params/Embed_0/embedding", "bfloat16", "float32"],
+        ),
+    ],
+    ids=["extra_leaf_in_target", "missing_leaf_in_target", "shape", "dtype"],
+)
+def test_mismatch_names_the_leaf_and_both_specs(saved_dir, state, change, expected):
+    replacement = {
+        "extra_bias": jnp.zeros(7),
+        "var": None,
+        "kernel": jnp.zeros((4, 3)),
+        "embedding": jnp.zeros((5, 2), jnp.float32),
+    }[change[-1]]
+    target = _with(state, change, replacement)
+    with Checkpointer(saved_dir) as ckpt:
+        with pytest.raises(CheckpointMismatchError) as info:
+            ckpt.restore(target)
+    message = str(info.value)
+    assert f"step 42 in {saved_dir}" in message and "model or optimizer config" in message
+    for fragment in expected:
+        assert fragment in message
+    assert len(info.value.differences) == 1
+
+
+def test_mismatch_of_an_optimizer_state_and_a_long_listing(saved_dir, state):
+    # A different optimizer (SGD with momentum) has a different state tree.
+    target = dict(state, opt_state=optax.sgd(0.1, momentum=0.9).init(state["params"]))
+    with Checkpointer(saved_dir) as ckpt, pytest.raises(CheckpointMismatchError) as info:
+        ckpt.restore(target)
+    assert "unexpected in checkpoint (not in target): opt_state/0/count int32[]" in str(info.value)
+    assert "missing from checkpoint (in target only): opt_state/0/trace/Dense_0/bias" in str(
+        info.value
+    )
+    # 40 distinct missing leaves are capped at 20 lines plus a count.
+    many = dict(state, more={f"leaf_{i:02d}": jnp.zeros(1) for i in range(40)})
+    with Checkpointer(saved_dir) as ckpt, pytest.raises(CheckpointMismatchError) as info:
+        ckpt.restore(many)
+    lines = str(info.value).splitlines()
+    assert len(info.value.differences) == 40
+    assert "more/leaf_19" in str(info.value) and "more/leaf_20" not in str(info.value)
+    assert lines[-1].strip() == "... and 20 more"
+
+
+def test_missing_checkpoints_raise_file_not_found(tmp_path, state):
+    with Checkpointer(tmp_path / "empty", best_metric="acc") as ckpt:
+        with pytest.raises(FileNotFoundError, match="No checkpoint in .*available steps: none"):
+            ckpt.restore(state)
+        with pytest.raises(FileNotFoundError, match="No checkpoint with metric 'acc'"):
+            ckpt.restore_extra("best")
+        ckpt.save(3, {"w": jnp.zeros(1)}, metrics={})  # no metrics: not a "best" candidate
+        with pytest.raises(FileNotFoundError, match=r"step 4 .*available steps: \[3\]"):
+            ckpt.restore({"w": jnp.zeros(1)}, step=4)
+        with pytest.raises(ValueError, match="'latest' or 'best'"):
+            ckpt.restore({"w": jnp.zeros(1)}, step="last")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"max_to_keep": 0}, ValueError, "max_to_keep must be a positive int"),
+        ({"best_mode": "maximum"}, ValueError, "best_mode must be 'max' or 'min'"),
+        ({"save_interval_steps": 0}, ValueError, "save_interval_steps must be a positive"),
+    ],
+)
+def test_bad_options_are_rejected(tmp_path, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        Checkpointer(tmp_path, **kwargs)
+
+
+def test_bad_save_arguments_are_rejected_before_writing(tmp_path):
+    small = {"w": jnp.zeros(1)}
+    with Checkpointer(tmp_path, best_metric="acc") as ckpt:
+        with pytest.raises(TypeError, match="extra must be JSON-serialisable"):
+            ckpt.save(1, small, extra={"array": np.zeros(2)})
+        with pytest.raises(ValueError, match="metrics lack best_metric 'acc'"):
+            ckpt.save(1, small, metrics={"loss": 1.0})
+        with pytest.raises(TypeError, match="metric 'acc' must be a scalar"):
+            ckpt.save(1, small, metrics={"acc": np.zeros(3)})
+        with pytest.raises(ValueError, match="step must be >= 0"):
+            ckpt.save(-1, small)
+        with pytest.raises(TypeError, match="step must be an int"):
+            ckpt.save(1.5, small)
+        assert ckpt.all_steps() == [] and _step_dirs(tmp_path) == []
+
+
+# -- crash safety ---------------------------------------------------------------------------------
+
+
+def test_crash_during_save_keeps_previous_checkpoint(tmp_path, state):
+    """A process dies (os._exit, no cleanup) after writing step 2's data, just before orbax's
+    atomic rename commits it. The next run sees step 1 only, restores it, removes the debris."""
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state, extra={"ok": True})
+    script = f"""
+        import os, jax.numpy as jnp
+        from orbax.checkpoint._src.path import atomicity
+        from adamlab.checkpoint import Checkpointer
+
+        async def die(*args, **kwargs):
+            os._exit(17)
+
+        atomicity.AtomicRenameTemporaryPath.finalize = die
+        Checkpointer({str(tmp_path)!r}).save(2, {{"w": jnp.ones(3)}})
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 17, result.stderr[-3000:]  # it died inside the commit step
+    leftovers = [name for name in os.listdir(tmp_path) if name.startswith("2.")]
+    assert leftovers, os.listdir(tmp_path)  # the unfinished step 2 is on disk...
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.all_steps() == [1]  # ...but is not a checkpoint,
+        restored, extra = ckpt.restore(state)
+        _assert_trees_equal(restored, state)
+        assert extra == {"ok": True}
+        assert not [n for n in os.listdir(tmp_path) if n.startswith("2.")]  # and is removed.
+        assert ckpt.save(2, state)  # The run can go on and save step 2 again.
+        assert ckpt.all_steps() == [1, 2]
