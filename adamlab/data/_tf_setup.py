@@ -1,0 +1,31 @@
+"""Keep TensorFlow a quiet, CPU-only input-pipeline engine.
+
+TF is only used by tf.data here. Left alone it would grab (almost) all GPU memory on import of
+its first op and log at INFO level. This module runs before anything else in `adamlab.data`
+touches TF: it hides every GPU from TF (JAX keeps them) and turns TF's own logging down.
+"""
+
+import os
+import warnings
+
+# Must be set before TF's C++ runtime loads; setdefault keeps a user's explicit choice.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+
+def hide_gpus_from_tensorflow() -> None:
+    """Makes TF see no GPU, so that it never allocates GPU memory that JAX needs."""
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError as e:  # TF already initialised its devices (someone used TF before us).
+        if tf.config.get_visible_devices("GPU"):
+            warnings.warn(
+                f"adamlab.data could not hide GPUs from TensorFlow ({e}); TF may take GPU "
+                "memory. Import adamlab.data before running any TensorFlow op.",
+                stacklevel=2,
+            )
+
+
+hide_gpus_from_tensorflow()
+tf.get_logger().setLevel("ERROR")

@@ -1,0 +1,206 @@
+"""Training and evaluation batch streams over tf.data, handed over as numpy on the host.
+
+Training (`train_batches`) is an infinite stream of epochs. Epoch `e` is this process's slice of
+the train split, shuffled with a seed derived from (seed, process, e), augmented per example
+with stateless seeds, and cut into `drop_remainder` batches (so batches never straddle epochs).
+Hence step `k` lies in epoch `k // steps` at batch `k % steps`, and a stream started at
+`start_step=k` skips only the first `k % steps` batches of that epoch, before augmentation and
+normalisation: it yields exactly what an uninterrupted stream yields from its `k`-th batch on.
+
+Evaluation (`eval_batches`) is one pass. The last batches are padded with zero images and
+`mask=False`, and every process yields the same number of batches (collectives stay in step),
+so summing over `mask` counts each example of the split exactly once.
+
+Batches are `{"image": float32, "label": int32[, "mask": bool]}` with a leading axis of
+`global_batch_size // process_count` ("flat", for the jit engine) or
+`[num_local_devices, per_device_batch]` ("pmap"). Data stay numpy on the host: the engines do
+the device_put.
+"""
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from adamlab.data import preprocess, source
+from adamlab.data.config import read_settings
+
+LAYOUTS: tuple[str, ...] = ("flat", "pmap")
+
+
+def steps_per_epoch(info: source.DatasetInfo, global_batch_size: int) -> int:
+    """Full training batches per epoch: `info.num_train // global_batch_size`."""
+    _check_positive_int("global_batch_size", global_batch_size)
+    if global_batch_size > info.num_train:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} is larger than the {info.num_train} "
+            f"training examples of {info.name!r}; use at most {info.num_train}."
+        )
+    return info.num_train // global_batch_size
+
+
+def train_batches(
+    data_config,
+    *,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    layout: str = "flat",
+    num_local_devices: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Infinite, seeded stream of training batches {"image", "label"}, from `start_step` on.
+
+    Args:
+      data_config: the data config (see `default_data_config`).
+      global_batch_size: examples per step over all processes; each process yields its
+        `global_batch_size // process_count`. Must be divisible by devices x processes.
+      seed: decides the shuffles and augmentations; same seed, same stream.
+      start_step: first step to yield (0-based); resuming at `k` yields batches `k, k+1, ...`
+        of the uninterrupted stream.
+      layout: "flat" ([B, H, W, C]) or "pmap" ([num_local_devices, B // devices, H, W, C]).
+      num_local_devices, process_index, process_count: default to jax's values.
+    """
+    settings = read_settings(data_config)
+    local_batch, devices, index, count = _topology(
+        global_batch_size, layout, num_local_devices, process_index, process_count
+    )
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise ValueError(f"seed must be an int, got {seed!r}.")
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
+        raise ValueError(f"start_step must be an int >= 0, got {start_step!r}.")
+    builder = source.load_builder(settings)
+    split = source.process_split(
+        source.tfds_split(settings, "train"), index, count, drop_remainder=True
+    )
+    num_examples = source.count_examples(builder, split, settings.classes)
+    steps = num_examples // local_batch
+    if steps == 0:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} is larger than the training data: this "
+            f"process has {num_examples} examples of {settings.name!r} for a batch of "
+            f"{local_batch}. Use a smaller global_batch_size."
+        )
+    start_epoch, skip_steps = divmod(start_step, steps)
+    spec = preprocess.AUGMENTATION[settings.name]
+    do_augment = spec.default_on if settings.augment is None else settings.augment
+    stream_seed = preprocess.fold_in(tf.constant([seed, 0], tf.int64), index)
+    examples = source.read_examples(builder, split, settings.classes).enumerate().cache()
+
+    def one_epoch(epoch):
+        # Traced into the flat_map's function graph, which inherits TF's global seed; shuffle would
+        # pair it with our op seed, so a `tf.random.set_seed` elsewhere would change the stream.
+        tf.compat.v1.get_default_graph().seed = None
+        epoch_seed = preprocess.fold_in(stream_seed, epoch)
+        ds = examples.shuffle(
+            settings.shuffle_buffer,
+            seed=preprocess.fold_in(epoch_seed, 0)[0],
+            reshuffle_each_iteration=False,
+        )
+        skip = tf.constant(skip_steps * local_batch, tf.int64)
+        ds = ds.skip(tf.where(epoch == start_epoch, skip, tf.constant(0, tf.int64)))
+        if do_augment:
+            aug_seed = preprocess.fold_in(epoch_seed, 1)
+            augment = lambda i, ex: {
+                "image": preprocess.augment(ex["image"], preprocess.fold_in(aug_seed, i), spec),
+                "label": ex["label"],
+            }
+            ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        else:
+            ds = ds.map(lambda i, ex: ex)
+        return ds.batch(local_batch, drop_remainder=True)
+
+    def finish(batch):
+        image = preprocess.normalize(batch["image"], settings.name)
+        return _apply_layout({"image": image, "label": batch["label"]}, layout, devices)
+
+    ds = tf.data.Dataset.counter(start_epoch).flat_map(one_epoch)
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return iter(tfds.as_numpy(ds))
+
+
+def eval_batches(
+    data_config,
+    *,
+    split: str,
+    global_batch_size: int,
+    layout: str = "flat",
+    num_local_devices: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over `split` ("train", "validation" or "test") in padded, masked batches.
+
+    Each process reads its slice of the split; the union over processes is every example of
+    the split exactly once (where `mask` is True). Padding: zero images, label 0, mask False.
+    """
+    settings = read_settings(data_config)
+    local_batch, devices, index, count = _topology(
+        global_batch_size, layout, num_local_devices, process_index, process_count
+    )
+    builder = source.load_builder(settings)
+    full_split = source.tfds_split(settings, split)
+    slices = [source.process_split(full_split, i, count, False) for i in range(count)]
+    sizes = [source.count_examples(builder, s, settings.classes) for s in slices]
+    num_batches = math.ceil(max(sizes) / local_batch)  # The same on every process.
+
+    image_shape = builder.info.features["image"].shape
+    ds = source.read_examples(builder, slices[index], settings.classes)
+    ds = ds.map(
+        lambda ex: {
+            "image": preprocess.normalize(ex["image"], settings.name),
+            "label": ex["label"],
+            "mask": tf.constant(True),
+        },
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    padding = {
+        "image": tf.zeros(image_shape, tf.float32),
+        "label": tf.constant(0, tf.int32),
+        "mask": tf.constant(False),
+    }
+    ds = ds.concatenate(
+        tf.data.Dataset.from_tensors(padding).repeat(num_batches * local_batch - sizes[index])
+    )
+    ds = ds.batch(local_batch, drop_remainder=True)
+    ds = ds.map(lambda b: _apply_layout(b, layout, devices)).prefetch(tf.data.AUTOTUNE)
+    return iter(tfds.as_numpy(ds))
+
+
+def _topology(global_batch_size, layout, num_local_devices, process_index, process_count):
+    """Checks the batch/device/process arguments; returns (local_batch, devices, index, count)."""
+    import jax  # Local import: only the defaults need jax.
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"Unknown layout {layout!r}; allowed: {', '.join(LAYOUTS)}.")
+    devices = jax.local_device_count() if num_local_devices is None else num_local_devices
+    count = jax.process_count() if process_count is None else process_count
+    index = jax.process_index() if process_index is None else process_index
+    _check_positive_int("global_batch_size", global_batch_size)
+    _check_positive_int("num_local_devices", devices)
+    _check_positive_int("process_count", count)
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
+        raise ValueError(f"process_index must be an int in [0, {count}), got {index!r}.")
+    shards = devices * count
+    if global_batch_size % shards:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} is not divisible by num_local_devices="
+            f"{devices} x process_count={count} = {shards}; use a multiple of {shards}, e.g. "
+            f"{max(shards, global_batch_size // shards * shards)}."
+        )
+    return global_batch_size // count, devices, index, count
+
+
+def _apply_layout(batch, layout, devices):
+    """Leaves a batch as is ("flat") or splits its leading axis into [devices, per_device]."""
+    if layout == "flat":
+        return batch
+    return {k: tf.reshape(v, [devices, -1, *v.shape[1:]]) for k, v in batch.items()}
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
