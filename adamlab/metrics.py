@@ -1,0 +1,115 @@
+"""Classification metrics from accumulated eval sums (pure numpy, host side).
+
+The eval step returns sums (loss_sum, correct, count, confusion) per batch, already summed over
+devices; `accumulate_eval_sums` adds batches up exactly (int64 counts, float64 loss), and
+`classification_metrics` turns the totals into the reported numbers.
+
+Macro averages and 0/0 (the conventions of `sklearn.metrics.precision_recall_fscore_support`
+with `average="macro", zero_division=0`, and tested against it):
+- precision_c = TP_c / (TP_c + FP_c), recall_c = TP_c / (TP_c + FN_c),
+  f1_c = 2 TP_c / (2 TP_c + FP_c + FN_c) (the harmonic mean of the two when both are defined);
+  a 0/0 (a class never predicted, or with no true examples) counts as 0.
+- The macro average is the unweighted mean over the classes that occur, i.e. that have a true
+  example or a prediction. A class absent from both the labels and the predictions is left out
+  (it has no evidence either way); a class that occurs only on one side counts with its zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+
+def _check_confusion(confusion: Any) -> np.ndarray:
+    confusion = np.asarray(confusion)
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(
+            f"confusion must be a square [classes, classes] matrix, got {confusion.shape}"
+        )
+    if not np.issubdtype(confusion.dtype, np.integer) or np.any(confusion < 0):
+        raise ValueError("confusion must hold non-negative integer counts")
+    return confusion.astype(np.int64)
+
+
+def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator with 0 where the denominator is 0."""
+    out = np.zeros(numerator.shape, np.float64)
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    return out
+
+
+def per_class_precision_recall_f1(confusion: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision, recall and F1 from confusion[true, predicted] (0/0 -> 0)."""
+    confusion = _check_confusion(confusion)
+    tp = np.diag(confusion).astype(np.float64)
+    predicted = confusion.sum(axis=0)  # TP + FP
+    actual = confusion.sum(axis=1)  # TP + FN
+    precision = _safe_divide(tp, predicted)
+    recall = _safe_divide(tp, actual)
+    f1 = _safe_divide(2 * tp, predicted + actual)
+    return precision, recall, f1
+
+
+def macro_precision_recall_f1(confusion: Any) -> tuple[float, float, float]:
+    """Macro precision, recall and F1 over the classes that occur (see the module docstring)."""
+    confusion = _check_confusion(confusion)
+    occurs = (confusion.sum(axis=0) + confusion.sum(axis=1)) > 0
+    if not occurs.any():
+        return 0.0, 0.0, 0.0
+    precision, recall, f1 = per_class_precision_recall_f1(confusion)
+    return tuple(float(np.mean(x[occurs])) for x in (precision, recall, f1))
+
+
+def classification_metrics(confusion: Any, loss_sum: float, count: int) -> dict[str, Any]:
+    """Loss, accuracy, macro precision/recall/F1 and the confusion matrix of an evaluation.
+
+    Args:
+      confusion: [classes, classes] counts, confusion[true, predicted], summed over the split.
+      loss_sum: summed cross-entropy over the (unpadded) examples.
+      count: number of (unpadded) examples; must equal confusion.sum().
+
+    Returns:
+      {"loss", "accuracy", "precision", "recall", "f1": float, "count": int,
+       "confusion": list of lists of int (JSON-ready)}.
+    """
+    confusion = _check_confusion(confusion)
+    count = int(count)
+    if count < 1:
+        raise ValueError(f"count={count}: cannot compute metrics of an empty evaluation")
+    if count != confusion.sum():
+        raise ValueError(f"count={count} differs from the confusion matrix total {confusion.sum()}")
+    precision, recall, f1 = macro_precision_recall_f1(confusion)
+    return {
+        "loss": float(loss_sum) / count,
+        "accuracy": float(np.trace(confusion)) / count,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "count": count,
+        "confusion": confusion.tolist(),
+    }
+
+
+def accumulate_eval_sums(total: Mapping[str, Any] | None, sums: Mapping[str, Any]) -> dict:
+    """Adds one batch's eval sums (device arrays or numpy) to a running host total.
+
+    Counts accumulate in int64 and the loss in float64, so the total is exact for counts and
+    does not lose precision over many batches. Start with `total=None`.
+    """
+    sums = {k: np.asarray(v) for k, v in sums.items()}
+    batch = {
+        "loss_sum": np.float64(sums["loss_sum"]),
+        "correct": np.int64(sums["correct"]),
+        "count": np.int64(sums["count"]),
+        "confusion": sums["confusion"].astype(np.int64),
+    }
+    if total is None:
+        return batch
+    return {k: total[k] + batch[k] for k in batch}
+
+
+def metrics_from_sums(total: Mapping[str, Any]) -> dict[str, Any]:
+    """`classification_metrics` of accumulated eval sums."""
+    return classification_metrics(total["confusion"], total["loss_sum"], total["count"])

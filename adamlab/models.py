@@ -1,0 +1,197 @@
+"""Flax (linen) image classifiers: a small CNN for grey digits and a CIFAR-style ResNet.
+
+linen rather than nnx: linen keeps parameters and BatchNorm statistics as plain pytrees outside
+the module, which is exactly what a pure, donated `train_step` and a checkpointer want, and it is
+what the Flax examples and big_vision use. Both models compute in `dtype` (float32 or bfloat16)
+and keep parameters in float32; logits are always returned in float32 so the loss is float32.
+
+Both take `__call__(x, *, train)`: `train` switches dropout and BatchNorm between batch statistics
+(train) and running averages (eval). Build them from a config with `create_model`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+MODELS: tuple[str, ...] = ("cnn", "resnet")
+DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class CNN(nn.Module):
+    """conv-relu-maxpool blocks, then a dense hidden layer and the classifier.
+
+    Defaults (32 -> 64 channels, 3x3 kernels, dense 128) follow the Flax MNIST example. Each block
+    halves the spatial size with a 2x2 max pool while the size is at least 2, so the same network
+    works on 8x8 digits (8 -> 4 -> 2) and 28x28 MNIST (28 -> 14 -> 7).
+    """
+
+    num_classes: int
+    features: Sequence[int] = (32, 64)
+    dense_features: int = 128
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+        x = x.astype(self.dtype)
+        for features in self.features:
+            x = nn.relu(nn.Conv(features, (3, 3), dtype=self.dtype)(x))
+            if min(x.shape[-3:-1]) >= 2:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(self.dense_features, dtype=self.dtype)(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+        return x.astype(jnp.float32)
+
+
+class ResidualBlock(nn.Module):
+    """Basic block of He et al. 2016 (two 3x3 convs, post-activation), 1x1 projection shortcut.
+
+    The last BatchNorm's scale starts at zero (Goyal et al. 2017), so each block starts as the
+    identity, which makes the net train stably with Adam's larger early steps.
+    """
+
+    features: int
+    strides: int = 1
+    dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+        norm = lambda **kw: nn.BatchNorm(
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=self.dtype,
+            axis_name=self.axis_name,
+            **kw,
+        )
+        conv = lambda f, k, s: nn.Conv(f, k, (s, s), use_bias=False, dtype=self.dtype)
+        y = nn.relu(norm()(conv(self.features, (3, 3), self.strides)(x)))
+        y = norm(scale_init=nn.initializers.zeros)(conv(self.features, (3, 3), 1)(y))
+        if x.shape != y.shape:
+            x = norm()(conv(self.features, (1, 1), self.strides)(x))
+        return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet: a 3x3 stem, stages of residual blocks, global average pool, classifier.
+
+    The defaults are ResNet-20 (3 stages of 3 blocks, 16/32/64 channels, 0.27M parameters), the
+    CIFAR-10 network of He et al. 2016. `axis_name` is BatchNorm's: set it (the pmap step does,
+    via `model.clone`) to average batch statistics across devices so that they equal the
+    statistics of the global batch.
+    """
+
+    num_classes: int
+    stage_sizes: Sequence[int] = (3, 3, 3)
+    num_filters: int = 16
+    dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+        x = x.astype(self.dtype)
+        x = nn.Conv(self.num_filters, (3, 3), use_bias=False, dtype=self.dtype)(x)
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=self.dtype,
+            axis_name=self.axis_name,
+        )(x)
+        x = nn.relu(x)
+        for i, num_blocks in enumerate(self.stage_sizes):
+            for j in range(num_blocks):
+                x = ResidualBlock(
+                    self.num_filters * 2**i,
+                    strides=2 if i > 0 and j == 0 else 1,
+                    dtype=self.dtype,
+                    axis_name=self.axis_name,
+                )(x, train=train)
+        x = jnp.mean(x, axis=(-3, -2))
+        x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+        return x.astype(jnp.float32)
+
+
+_CLASSES: dict[str, type[nn.Module]] = {"cnn": CNN, "resnet": ResNet}
+# Fields a config may not set: filled in by create_model / the engines.
+_RESERVED = ("name", "num_classes", "dtype", "axis_name", "parent")
+
+
+def _architecture_fields(name: str) -> tuple[str, ...]:
+    fields = (f.name for f in dataclasses.fields(_CLASSES[name]) if f.init)
+    return tuple(f for f in fields if f not in _RESERVED)
+
+
+def default_model_config(name: str = "cnn") -> ml_collections.ConfigDict:
+    """The model part of an experiment config with every architecture field at its default."""
+    validate_model_config({"name": name})
+    config = ml_collections.ConfigDict({"name": name, "dtype": "float32"})
+    for field in dataclasses.fields(_CLASSES[name]):
+        if field.name in _architecture_fields(name):
+            config[field.name] = field.default
+    return config
+
+
+def _as_dict(config: Any) -> dict[str, Any]:
+    if hasattr(config, "to_dict"):
+        return config.to_dict()
+    if isinstance(config, Mapping):
+        return dict(config)
+    raise TypeError(f"model config must be a ConfigDict or a mapping, got {type(config).__name__}")
+
+
+def validate_model_config(model_config: Any) -> None:
+    """Raises ValueError naming the problem if `model_config` cannot build a model."""
+    config = _as_dict(model_config)
+    name = config.get("name")
+    if name not in MODELS:
+        raise ValueError(f"model.name={name!r} is not a model; allowed: {', '.join(MODELS)}")
+    dtype = config.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype={dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
+    allowed = _architecture_fields(name)
+    unknown = sorted(set(config) - set(allowed) - {"name", "dtype"})
+    if unknown:
+        raise ValueError(
+            f"model fields {unknown} are not fields of model {name!r}; "
+            f"allowed: name, dtype, {', '.join(allowed)}"
+        )
+    rate = config.get("dropout_rate", 0.0)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"model.dropout_rate={rate} must be in [0, 1)")
+    for key in ("features", "stage_sizes"):
+        if key in config and (not config[key] or any(int(v) != v or v < 1 for v in config[key])):
+            raise ValueError(f"model.{key}={config[key]} must be a non-empty sequence of ints >= 1")
+
+
+def create_model(model_config: Any, num_classes: int) -> nn.Module:
+    """Builds the model named by `model_config.name` ("cnn" or "resnet").
+
+    Args:
+      model_config: ConfigDict (or mapping) with `name`, optional `dtype` ("float32" or
+        "bfloat16", the computation dtype; parameters stay float32) and architecture fields of
+        the chosen model (`CNN`: features, dense_features, dropout_rate; `ResNet`: stage_sizes,
+        num_filters). Missing fields take the model's defaults.
+      num_classes: size of the logits.
+
+    Returns:
+      A linen module called as `model.apply(variables, images, train=...)` on float32 images
+      [B, H, W, C]; it returns float32 logits [B, num_classes].
+    """
+    validate_model_config(model_config)
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes={num_classes!r} must be an int >= 2")
+    config = _as_dict(model_config)
+    name = config.pop("name")
+    dtype = DTYPES[config.pop("dtype", "float32")]
+    kwargs = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in config.items()}
+    return _CLASSES[name](num_classes=num_classes, dtype=dtype, **kwargs)

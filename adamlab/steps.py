@@ -1,0 +1,156 @@
+"""Pure train and eval steps: `(state, batch) -> (state, metrics)` and `(state, batch) -> sums`.
+
+The factories return plain (un-jitted) functions; the engines jit/pmap them once with the state
+donated. With `axis_name` set, the functions are meant to run under `jax.pmap` (one shard of the
+batch per device): gradients, metrics and BatchNorm statistics are averaged across the axis so
+the result equals the single-device step on the global batch, and eval sums are summed.
+
+Train metrics (all scalars, left on device; the loop fetches them every log interval):
+  loss, accuracy        mean cross-entropy / fraction correct on the batch (before the update)
+  learning_rate         schedule(step) at the step that produced this update
+  grad_norm, update_norm, param_norm
+                        global L2 norms of the (averaged) gradient, of the optimizer's update and
+                        of the parameters after the update
+  update_param_ratio    update_norm / param_norm, the relative size of the step
+  finite                True iff loss, every gradient and every update entry are finite; the loop
+                        stops at the first False (the step itself never branches on it)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from adamlab.train_state import TrainState
+
+Batch = dict[str, jax.Array]
+TrainStep = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
+EvalStep = Callable[[TrainState, Batch], dict[str, jax.Array]]
+
+
+def _with_axis_name(model: nn.Module, axis_name: str | None) -> nn.Module:
+    """Gives BatchNorm the device axis so batch statistics are averaged across devices."""
+    if axis_name is not None and "axis_name" in getattr(model, "__dataclass_fields__", {}):
+        return model.clone(axis_name=axis_name)
+    return model
+
+
+def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def _all_finite(*trees: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for tree in trees for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves))
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    axis_name: str | None = None,
+) -> TrainStep:
+    """Builds the cross-entropy train step (see the module docstring for the metrics).
+
+    Args:
+      model: linen module, `model.apply(variables, x, train=True, rngs={"dropout": key},
+        mutable=["batch_stats"])`.
+      tx: the optimizer; its update gets the parameters (for weight decay).
+      schedule: the learning-rate schedule inside `tx`, evaluated at `state.step` for logging.
+      axis_name: the pmap axis, or None for a single device / jit with shardings.
+
+    Returns:
+      `train_step(state, batch)` with batch {"image": float [B, H, W, C], "label": int [B]}.
+    """
+    model = _with_axis_name(model, axis_name)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        # fold_in(step): a fresh dropout key per step, derived from the one seed, reproducible on
+        # resume; fold_in(device) under pmap so shards of the batch get independent masks.
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        if axis_name is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+        labels = batch["label"]
+
+        def loss_fn(params):
+            logits, new_variables = model.apply(
+                _variables(params, state.batch_stats),
+                batch["image"],
+                train=True,
+                rngs={"dropout": key},
+                mutable=["batch_stats"],
+            )
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            return loss, (logits, new_variables.get("batch_stats", state.batch_stats))
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+        if axis_name is not None:
+            # Equal shard sizes, so the mean of per-device means is the global mean.
+            grads, loss, accuracy = jax.lax.pmean((grads, loss, accuracy), axis_name)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        update_norm = optax.tree.norm(updates)
+        param_norm = optax.tree.norm(params)
+        metrics = {
+            "loss": loss,
+            "accuracy": accuracy,
+            "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+            "grad_norm": optax.tree.norm(grads),
+            "update_norm": update_norm,
+            "param_norm": param_norm,
+            "update_param_ratio": update_norm / param_norm,
+            "finite": _all_finite(loss, grads, updates),
+        }
+        new_state = state.replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model: nn.Module, num_classes: int, *, axis_name: str | None = None) -> EvalStep:
+    """Builds the eval step, which returns sums so batches and devices add up exactly.
+
+    Padding examples (`batch["mask"]` False) count nowhere; their labels may be anything.
+
+    Returns:
+      `eval_step(state, batch) -> {"loss_sum": float32 [], "correct": int32 [],
+      "count": int32 [], "confusion": int32 [num_classes, num_classes]}`, where
+      confusion[true, predicted] counts examples. Under pmap the sums are over all devices.
+    """
+
+    def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
+        logits = model.apply(
+            _variables(state.params, state.batch_stats), batch["image"], train=False
+        )
+        mask = batch.get("mask")
+        if mask is None:
+            mask = jnp.ones(logits.shape[:1], bool)
+        mask = mask.astype(bool)
+        # Padding rows get label 0 and zero weight, so out-of-range pad labels cannot index.
+        labels = jnp.where(mask, batch["label"], 0)
+        predictions = jnp.argmax(logits, -1)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        sums = {
+            "loss_sum": jnp.sum(jnp.where(mask, losses, 0.0)),
+            "correct": jnp.sum(mask & (predictions == labels), dtype=jnp.int32),
+            "count": jnp.sum(mask, dtype=jnp.int32),
+            "confusion": jnp.zeros((num_classes, num_classes), jnp.int32)
+            .at[labels, predictions]
+            .add(mask.astype(jnp.int32)),
+        }
+        if axis_name is not None:
+            sums = jax.lax.psum(sums, axis_name)
+        return sums
+
+    return eval_step
