@@ -1,0 +1,143 @@
+r"""Throughput of our Adam's train step vs the same step with `optax.adam`.
+
+Builds the default config's CNN train step twice, identical except for
+`optimizer.implementation` ("ours" -> `adamlab.optim.create`, "optax" -> `optax.adam` via
+`adamlab.optim.reference`), on one device with the "jit" engine (the state donated, as in
+training). Batches are synthetic in-memory arrays already on the device, so the timing is the
+step alone and the script needs neither TensorFlow nor the datasets: it runs as is on a GPU
+machine. The two steps are timed interleaved in one process (the order alternates every
+repeat), each repeat `--steps` steps ended by `block_until_ready`, after a warm-up that
+compiles both; medians over `--repeats`.
+
+    python benchmarks/train_step.py                       # the digits CNN, 8x8x1, batch 64
+    python benchmarks/train_step.py --image_shape 28,28,1 --batch_size 128   # MNIST-sized
+
+Prints and writes JSON (`--out`, default benchmarks/results/train_step_<backend>.json) with
+per-step medians, the ratio ours/optax (1.0 = same speed; > 1 = ours slower) and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+
+from adamlab import engines, models, optimizer_factory, run_io, train_state
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "digits.py"))
+    parser.add_argument("--image_shape", default="8,8,1", help="H,W,C of the synthetic images")
+    parser.add_argument("--num_classes", type=int, default=10)
+    parser.add_argument("--batch_size", type=int, default=None, help="default: the config's")
+    parser.add_argument("--steps", type=int, default=50, help="steps per timed repeat")
+    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per implementation")
+    parser.add_argument("--out", default=None)
+    return parser.parse_args()
+
+
+def build_step(config, implementation: str, image_shape, num_classes: int, total_steps: int):
+    """(engine, state) of the config's model with our or optax's optimizer on one device."""
+    config = config.copy_and_resolve_references()
+    config.optimizer.implementation = implementation
+    tx, schedule = optimizer_factory.make_optimizer(config.optimizer, total_steps)
+    model = models.create_model(config.model, num_classes)
+    engine = engines.make_engine("jit", model, tx, schedule, num_classes, devices=jax.devices()[:1])
+    state = train_state.create_train_state(jax.random.key(config.seed), model, tx, image_shape)
+    return engine, engine.put_state(state)
+
+
+def _time(engine, state, batches, steps: int):
+    start = time.perf_counter()
+    for i in range(steps):
+        state, metrics = engine.train_step(state, batches[i % len(batches)])
+    jax.block_until_ready((state, metrics))
+    return state, (time.perf_counter() - start) / steps
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    if pathlib.Path("/proc/cpuinfo").is_file():
+        names = [ln for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
+        cpu = names[0].split(":", 1)[1].strip() if names else cpu
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "tensorflow_loaded": "tensorflow" in sys.modules,  # False: the step needs no TF.
+    }
+
+
+def main() -> None:
+    args = _parse_args()
+    config = run_io.load_config_file(args.config)
+    batch_size = args.batch_size or config.train.batch_size
+    image_shape = tuple(int(v) for v in args.image_shape.split(","))
+    rng = np.random.default_rng(0)
+    total = args.warmup + args.steps * args.repeats  # the schedule spans the whole benchmark
+    runs = {
+        impl: build_step(config, impl, image_shape, args.num_classes, total)
+        for impl in ("ours", "optax")
+    }
+    sharding = next(iter(runs.values()))[0].data_sharding
+    batches = [
+        jax.device_put(
+            {
+                "image": rng.standard_normal((batch_size, *image_shape), np.float32),
+                "label": rng.integers(0, args.num_classes, batch_size, dtype=np.int32),
+            },
+            sharding,
+        )
+        for _ in range(4)
+    ]
+    states = {}
+    for impl, (engine, state) in runs.items():
+        states[impl], _ = _time(engine, state, batches, args.warmup)  # compiles
+    times = {impl: [] for impl in runs}
+    for r in range(args.repeats):
+        for impl in list(runs)[:: 1 if r % 2 == 0 else -1]:
+            states[impl], seconds = _time(runs[impl][0], states[impl], batches, args.steps)
+            times[impl].append(seconds)
+    median = {impl: statistics.median(t) for impl, t in times.items()}
+    paired = [o / x for o, x in zip(times["ours"], times["optax"], strict=True)]
+    result = {
+        "benchmark": "train_step",
+        "config": os.path.relpath(args.config, ROOT),
+        "optimizer": config.optimizer.name,
+        "model": config.model.name,
+        "image_shape": image_shape,
+        "batch_size": batch_size,
+        "steps_per_repeat": args.steps,
+        "repeats": args.repeats,
+        "median_step_ms": {impl: 1e3 * t for impl, t in median.items()},
+        "steps_per_sec": {impl: 1.0 / t for impl, t in median.items()},
+        "ratio_ours_over_optax": median["ours"] / median["optax"],
+        "median_paired_ratio": statistics.median(paired),
+        "machine": machine(),
+    }
+    out = pathlib.Path(
+        args.out or ROOT / "benchmarks" / "results" / f"train_step_{jax.default_backend()}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

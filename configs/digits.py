@@ -1,0 +1,81 @@
+r"""Default experiment: a small CNN with our Adam on scikit-learn's 8x8 `digits` (offline).
+
+Run it:
+
+    adamlab train --config configs/digits.py --workdir runs/digits
+
+Expected: ~98.6% test accuracy (>= 97%) in ~20 s on a 2-core CPU, start-up and compilation
+included. Measured (2-core Intel Xeon, jax 0.10.2, CPU): test accuracy 0.986 / 0.992 / 0.986 /
+0.986 / 0.992 for seeds 0-4 (mean 0.988; 360 test images, so one image is 0.28%); 12-14 s per
+run in-process, 21.5 s for the whole command. Tuning (seed 0, on the 144 validation images
+only): learning rate {1e-3, 3e-3, 1e-2} x epochs {6, 12, 24}, plus 3e-2 x 24; the best was
+1e-2 x 24 (validation accuracy 0.993, loss 0.012).
+
+Override any field from the command line, e.g.
+
+    adamlab train --config configs/digits.py --config.optimizer.name=adamw \
+        --config.optimizer.weight_decay=1e-4 --config.train.num_epochs=10
+
+Every other config in this directory starts from `get_config()` here (loaded by path with
+`adamlab.run_io.load_config_file`) and overrides only what changes, so this file documents
+every field.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+# Measured on this config (2-core Intel Xeon CPU, jax 0.10.2, seeds 0-4): see the docstring.
+RESULT = "test accuracy 0.988 mean over seeds 0-4 (min 0.986)"
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the default config: CNN + Adam on digits."""
+    config = ml_collections.ConfigDict()
+    # The one seed: parameter init, data order and dropout (folded with the step inside the step).
+    config.seed = 0
+
+    config.data = data = ml_collections.ConfigDict()
+    data.name = "digits"  # One of adamlab.data.DATASETS.
+    data.data_dir = config_dict.placeholder(str)  # TFDS data dir; None = TFDS default.
+    data.download = False  # digits ships with scikit-learn: nothing to download.
+    data.validation_fraction = 0.1  # Held out of the training split for model selection.
+    # Augmentation on/off; None = the dataset's default (digits and MNISTs: none).
+    data.augment = config_dict.placeholder(bool)
+    data.shuffle_buffer = 10_000  # Larger than the dataset: a full shuffle every epoch.
+    data.classes = config_dict.placeholder(tuple)  # None = all classes; or a subset, e.g. (3, 8).
+
+    config.model = model = ml_collections.ConfigDict()
+    model.name = "cnn"  # "cnn" (small grey images) or "resnet" (CIFAR-10).
+    model.dtype = "float32"  # Computation dtype, "float32" or "bfloat16"; params stay float32.
+    model.features = (32, 64)  # Channels of the conv blocks.
+    model.dense_features = 128  # Width of the hidden dense layer.
+    model.dropout_rate = 0.0  # Dropout before the classifier; 0 disables it.
+
+    config.optimizer = opt = ml_collections.ConfigDict()
+    opt.name = "adam"  # One of adamlab.optim.names().
+    opt.implementation = "ours"  # "ours" (adamlab.optim.create) or "optax" (the optax twin).
+    opt.learning_rate = 1e-2  # Peak learning rate (tuned on validation: 1e-3..3e-2).
+    opt.schedule = "warmup_cosine"  # "constant" or "warmup_cosine" (linear warmup, cosine to 0).
+    opt.warmup_steps = 20  # Linear warmup length, in steps.
+    # The optimizer's own defaults are used for the fields left at None.
+    opt.b1 = config_dict.placeholder(float)  # First-moment decay (Adam: 0.9).
+    opt.b2 = config_dict.placeholder(float)  # Second-moment decay (Adam: 0.999).
+    opt.eps = config_dict.placeholder(float)  # Denominator epsilon, outside the sqrt (1e-8).
+    opt.weight_decay = config_dict.placeholder(float)  # Decoupled decay (adamw/nadamw only).
+
+    config.train = train = ml_collections.ConfigDict()
+    train.engine = "jit"  # "jit" (jax.jit + NamedSharding) or "pmap"; both use all local devices.
+    train.batch_size = 64  # Global batch size, split over the devices.
+    train.num_epochs = 24.0  # Training length in epochs of the training split (may be fractional).
+    train.num_steps = config_dict.placeholder(int)  # If set, overrides num_epochs.
+    train.eval_batch_size = 256  # Evaluation batch (padded at the end; padding is masked).
+    train.log_every_steps = 20  # Train metrics to metrics.jsonl/TensorBoard every this many steps.
+    train.eval_every_steps = 100  # Validation every this many steps (and at every checkpoint).
+    train.checkpoint_every_steps = 100  # Save every this many steps, and always at the end.
+    train.keep_checkpoints = 3  # Keep the last this many checkpoints (plus the best).
+    # Picks the best checkpoint (kept beside the last ones): validation_{accuracy,loss,f1,...}.
+    train.best_metric = "validation_accuracy"
+    train.progress_bar = True  # tqdm bar with steps/s and ETA; shown only on a terminal.
+    # Testing only: replace the batch of this step with NaNs to exercise the non-finite stop.
+    train.inject_nan_at_step = config_dict.placeholder(int)
+    return config

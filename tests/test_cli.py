@@ -1,0 +1,173 @@
+"""The `adamlab` command line: parsing, overrides, errors, and SIGTERM in a real subprocess."""
+
+import datetime
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from adamlab import cli, run_io
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DIGITS = str(ROOT / "configs" / "digits.py")
+# A tiny, fast model and frequent checkpoints for the subprocess runs.
+TINY = [
+    "--config.model.features=(8,)",
+    "--config.model.dense_features=16",
+    "--config.optimizer.schedule=constant",
+    "--config.optimizer.warmup_steps=0",
+    "--config.train.batch_size=32",
+    "--config.train.eval_batch_size=128",
+    "--config.train.log_every_steps=10",
+    "--config.train.eval_every_steps=20",
+    "--config.train.checkpoint_every_steps=20",
+]
+
+
+def test_overrides_are_applied_to_the_config_file():
+    fv = cli.parse_flags(
+        "train",
+        [
+            f"--config={DIGITS}",
+            "--workdir=/tmp/x",
+            "--config.optimizer.name=adamw",
+            "--config.optimizer.learning_rate=3e-3",
+            "--config.optimizer.weight_decay=1e-4",
+            "--config.train.num_steps=7",
+            "--config.model.features=(16, 32)",
+        ],
+    )
+    config = fv["config"].value
+    assert config.optimizer.name == "adamw"
+    assert config.optimizer.learning_rate == 3e-3
+    assert config.optimizer.weight_decay == 1e-4  # A None placeholder takes a float.
+    assert config.train.num_steps == 7
+    assert tuple(config.model.features) == (16, 32)
+    assert config.optimizer.b1 is None  # Untouched fields keep the file's values.
+    assert fv["workdir"].value == "/tmp/x"
+
+
+def test_the_default_config_is_digits():
+    config = cli.parse_flags("train", [])["config"].value
+    assert config.to_dict() == run_io.load_config_file(DIGITS).to_dict()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--config.optimizer.nme=adamw"], 'Did you mean "name"'),
+        (["train", "--config.train.batch_size=abc"], "batch_size"),
+        (["train", "--config=missing.py"], "missing.py"),
+        (["train", "--bogus=1"], "bogus"),
+        (["evaluate"], "--workdir"),
+        (["evaluate", "--workdir=/tmp", "--split=dev"], "<test|validation|train>"),
+        (["fit"], "commands: train, evaluate"),
+    ],
+)
+def test_bad_command_lines_exit_2_with_a_message(capsys, args, message):
+    assert cli.main(["adamlab", *args]) == cli.EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_invalid_config_value_exits_2_before_creating_the_workdir(capsys, tmp_path):
+    workdir = tmp_path / "run"
+    args = ["adamlab", "train", f"--workdir={workdir}", "--config.train.engine=tpu"]
+    assert cli.main(args) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "train.engine='tpu'" in err and "jit, pmap" in err
+    assert not workdir.exists()
+
+
+def test_help_lists_commands_and_flags(capsys):
+    assert cli.main(["adamlab", "--help"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "train" in out and "evaluate" in out
+    assert cli.main(["adamlab", "evaluate", "--help"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "--checkpoint" in out and "--split" in out
+
+
+def test_default_workdir_names_config_and_time():
+    now = datetime.datetime(2025, 1, 2, 3, 4, 5)
+    assert cli.default_workdir("configs/mnist.py", now) == "runs/mnist-20250102-030405"
+
+
+def test_python_dash_m_adamlab_runs_the_cli():
+    result = subprocess.run(
+        [sys.executable, "-m", "adamlab", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0 and "evaluate" in result.stdout
+
+
+def _wait_for(predicate, timeout, process):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"training exited early:\n{process.communicate()[1][-3000:]}")
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"timed out after {timeout}s")
+
+
+def test_sigterm_saves_a_checkpoint_exits_75_and_the_run_resumes(tmp_path, capsys):
+    """Preemption: SIGTERM after the first checkpoint; the run stops cleanly and resumes."""
+    workdir = tmp_path / "run"
+    args = [
+        f"--config={DIGITS}",
+        f"--workdir={workdir}",
+        "--config.optimizer.name=adamw",
+        "--config.train.num_steps=100000",
+        *TINY,
+    ]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adamlab", "train", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: (workdir / "checkpoints" / "20").is_dir(), 120, process)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == cli.EXIT_INTERRUPTED, stderr[-3000:]
+    assert "SIGTERM received" in stderr
+
+    # The override reached the run's config.json.
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["optimizer"]["name"] == "adamw"
+    # A checkpoint at the step where training stopped (the last logged train step).
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    stopped = run_io.read_metrics(workdir, "train")[-1]["step"]
+    assert steps[-1] == stopped >= 20
+    assert f"stopped at step {stopped}/100000" in stderr
+
+    # Running the same command again resumes it (here shortened to end 4 steps later).
+    resume = [a for a in args if "num_steps" not in a] + [f"--config.train.num_steps={stopped + 4}"]
+    assert cli.main(["adamlab", "train", *resume]) == cli.EXIT_OK
+    result = json.loads(capsys.readouterr().out)
+    assert result["step"] == stopped + 4 and not result["interrupted"]
+    train_steps = [r["step"] for r in run_io.read_metrics(workdir, "train")]
+    # The resumed run logs its first step and its end; logging steps (every 10) may lie between.
+    resumed = train_steps[train_steps.index(stopped) + 1 :]
+    assert resumed[0] == stopped + 1 and resumed[-1] == stopped + 4, train_steps
+    # A different optimizer in the same workdir is refused.
+    other = [a.replace("adamw", "nadam") for a in resume]
+    assert cli.main(["adamlab", "train", *other]) == cli.EXIT_USAGE
+    assert "optimizer.name: 'adamw' (saved) != 'nadam' (given)" in capsys.readouterr().err
