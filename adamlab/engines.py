@@ -20,8 +20,21 @@ across devices (no host transfer; the loop fetches them when it logs). Typical u
         state, metrics = engine.train_step(state, engine.put_batch(batch))
     plain = engine.get_state(state)  # host numpy copy: checkpoint, compare
 
-Multi-host (later): the global batch is per-process batch * `jax.process_count()`; put_batch would
-use `jax.make_array_from_process_local_data` and get_state would gather from local devices only.
+Options (keywords of `make_engine`, defaults = the replicated float32 engines above):
+
+- `shard_optimizer=True`: ZeRO-1 (`adamlab.zero`): each device keeps 1/N of the optimizer state.
+  jit: the moments get `NamedSharding(mesh, P(..., "data", ...))` and XLA partitions the update;
+  pmap: reduce-scatter of the gradients, update of the local slice, all-gather of the parameters.
+  `get_state` returns the full (unsharded) state either way, so checkpoints do not depend on it.
+- `policy`: mixed precision (`adamlab.precision.Policy`), e.g. bfloat16 compute on float32
+  master parameters.
+
+Multi-host (`jax.distributed`, see `adamlab.distributed`): the jit engine's mesh spans every
+device of every process (`jax.devices()`); each process feeds its own slice of the global batch
+(`put_batch` assembles the global array with `jax.make_array_from_process_local_data`), places
+the state it restored or built identically on every process with `make_array_from_callback`, and
+`get_state` gathers sharded leaves from all processes (`process_allgather`). The pmap engine is
+single-process here.
 """
 
 from __future__ import annotations
@@ -34,9 +47,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from adamlab import zero
+from adamlab.precision import Policy
 from adamlab.steps import make_eval_step, make_train_step
 from adamlab.train_state import TrainState
 
@@ -79,9 +95,10 @@ def validate_batch_size(batch_size: int, num_devices: int, *, what: str = "train
 def validate_engine_config(train_config: Any, num_devices: int | None = None) -> None:
     """Checks `train.engine`, `train.batch_size` and `train.eval_batch_size` before training.
 
-    `num_devices` defaults to `jax.local_device_count()` (single process).
+    `num_devices` defaults to `jax.device_count()`: all devices of all processes (one process:
+    the local devices), over which the global batch is split.
     """
-    num_devices = jax.local_device_count() if num_devices is None else num_devices
+    num_devices = jax.device_count() if num_devices is None else num_devices
     validate_engine_name(train_config.engine)
     validate_batch_size(train_config.batch_size, num_devices, what="train.batch_size")
     eval_batch_size = train_config.get("eval_batch_size", None)
@@ -105,10 +122,34 @@ def _cpu_collectives_need_sync(devices: Sequence[jax.Device]) -> bool:
 
 def _host_copy(tree: Any) -> Any:
     # np.array copies: the result stays valid after the engine donates the device state.
-    return jax.tree.map(lambda x: np.array(x), tree)
+    return jax.tree.map(_host_array, tree)
+
+
+def _host_array(x: Any) -> np.ndarray:
+    """A numpy copy of a (possibly multi-host, sharded) array: the global value."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+        return np.array(multihost_utils.process_allgather(x, tiled=True))
+    return np.array(x)
+
+
+def _place(tree: Any, shardings: Any) -> Any:
+    """Host arrays (the same on every process) -> global arrays with the given shardings.
+
+    One process: `jax.device_put`. Several: every process builds its addressable shards from its
+    own copy (`make_array_from_callback`), so nothing is sent between processes.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def one(x, sharding):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(one, tree, shardings)
 
 
 def _check_leading_dim(batch: dict[str, np.ndarray], num_devices: int, layout: str) -> None:
+    """`num_devices`: the devices this process feeds (its local devices)."""
     for key, value in batch.items():
         shape = np.shape(value)
         if layout == "pmap" and (not shape or shape[0] != num_devices):
@@ -119,7 +160,7 @@ def _check_leading_dim(batch: dict[str, np.ndarray], num_devices: int, layout: s
         if layout == "flat" and (not shape or shape[0] % num_devices):
             raise ValueError(
                 f"batch[{key!r}] has shape {shape}; the jit engine needs a leading batch axis "
-                f"divisible by {num_devices} devices (layout='flat')"
+                f"divisible by this process's {num_devices} devices (layout='flat')"
             )
 
 
@@ -143,72 +184,145 @@ class _EngineBase:
 
 
 class JitEngine(_EngineBase):
-    """`jax.jit` with the state replicated and the batch sharded over a "data" mesh axis."""
+    """`jax.jit` with the state replicated and the batch sharded over a "data" mesh axis.
+
+    With `shard_optimizer`, the optimizer's moments are sharded over the axis instead (ZeRO-1).
+    """
 
     name = "jit"
     batch_layout = "flat"
 
-    def __init__(self, model, tx, schedule, num_classes, devices, synchronous=None):
+    def __init__(
+        self, model, tx, schedule, num_classes, devices, synchronous=None, *,
+        shard_optimizer=False, policy=None,
+    ):  # fmt: skip
         super().__init__(devices, synchronous)
+        self.tx, self.shard_optimizer = tx, shard_optimizer
         self.mesh = Mesh(np.array(self.devices), (MESH_AXIS,))
         self.replicated = NamedSharding(self.mesh, P())
         self.data_sharding = NamedSharding(self.mesh, P(MESH_AXIS))
-        # A single sharding is a pytree prefix: it applies to every leaf of the state / batch.
-        self.compiled_train_step = jax.jit(
-            make_train_step(model, tx, schedule),
-            in_shardings=(self.replicated, self.data_sharding),
-            out_shardings=(self.replicated, self.replicated),
-            donate_argnums=0,
-        )
+        self.num_local_devices = sum(d.process_index == jax.process_index() for d in self.devices)
+        train_step = make_train_step(model, tx, schedule, policy=policy)
+        if shard_optimizer:
+            # The state's shardings follow from its shapes: constrain the new state at trace
+            # time, and let jit take the input shardings `put_state` gave the state.
+            self.compiled_train_step = jax.jit(
+                self._constrained(train_step),
+                in_shardings=(None, self.data_sharding),
+                donate_argnums=0,
+            )
+        else:
+            # A single sharding is a pytree prefix: it applies to every leaf of the state / batch.
+            self.compiled_train_step = jax.jit(
+                train_step,
+                in_shardings=(self.replicated, self.data_sharding),
+                out_shardings=(self.replicated, self.replicated),
+                donate_argnums=0,
+            )
         self.compiled_eval_step = jax.jit(
-            make_eval_step(model, num_classes),
-            in_shardings=(self.replicated, self.data_sharding),
+            make_eval_step(model, num_classes, policy=policy),
+            in_shardings=(None if shard_optimizer else self.replicated, self.data_sharding),
             out_shardings=self.replicated,
         )
 
+    def state_shardings(self, state: Any) -> Any:
+        """Replicated, except the optimizer's moments under `shard_optimizer` (shapes suffice)."""
+        shardings = jax.tree.map(lambda _: self.replicated, state)
+        if self.shard_optimizer:
+            opt = zero.opt_state_shardings(self.tx, state.opt_state, self.mesh, MESH_AXIS)
+            shardings = shardings.replace(opt_state=opt)
+        return shardings
+
+    def _constrained(self, train_step):
+        def step(state, batch):
+            state, metrics = train_step(state, batch)
+            constrain = jax.lax.with_sharding_constraint
+            state = constrain(state, self.state_shardings(state))
+            return state, constrain(metrics, self.replicated)
+
+        return step
+
     def put_state(self, state: TrainState) -> TrainState:
-        return jax.device_put(state, self.replicated)
+        return _place(state, self.state_shardings(state))
 
     def get_state(self, state: TrainState) -> TrainState:
         return _host_copy(state)
 
     def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        _check_leading_dim(batch, self.num_devices, "flat")
-        return jax.device_put(dict(batch), self.data_sharding)
+        _check_leading_dim(batch, self.num_local_devices, "flat")
+        if jax.process_count() == 1:
+            return jax.device_put(dict(batch), self.data_sharding)
+        # This process's rows of the global batch (adamlab.data gives each process its slice).
+        return {
+            k: jax.make_array_from_process_local_data(self.data_sharding, np.asarray(v))
+            for k, v in batch.items()
+        }
 
 
 class PmapEngine(_EngineBase):
-    """`jax.pmap` over a leading device axis, with `lax.pmean`/`psum` over the axis "batch"."""
+    """`jax.pmap` over a leading device axis, with `lax.pmean`/`psum` over the axis "batch".
+
+    With `shard_optimizer`, device i keeps slice i of the optimizer state (ZeRO-1): the state's
+    moments are laid out [devices, ceil(size / devices)] (`adamlab.zero.shard_leaves`).
+    """
 
     name = "pmap"
     batch_layout = "pmap"
 
-    def __init__(self, model, tx, schedule, num_classes, devices, synchronous=None):
+    def __init__(
+        self, model, tx, schedule, num_classes, devices, synchronous=None, *,
+        shard_optimizer=False, policy=None,
+    ):  # fmt: skip
+        if jax.process_count() > 1:
+            raise ValueError(
+                f"train.engine='pmap' runs in one process, but this is one of "
+                f"{jax.process_count()} processes; use train.engine='jit' for multi-host runs"
+            )
         super().__init__(devices, synchronous)
+        self.tx, self.shard_optimizer = tx, shard_optimizer
         # Same layout as pmap's own outputs: leading axis sharded one slice per device.
         self.mesh = Mesh(np.array(self.devices), (PMAP_AXIS,))
         self.data_sharding = NamedSharding(self.mesh, P(PMAP_AXIS))
         # out_axes=None for metrics/sums: they are identical on all devices after pmean/psum,
         # so return one copy instead of a [devices] stack.
+        train_step = make_train_step(
+            model, tx, schedule, axis_name=PMAP_AXIS, policy=policy,
+            shard_optimizer=shard_optimizer, num_shards=self.num_devices,
+        )  # fmt: skip
         self.compiled_train_step = jax.pmap(
-            make_train_step(model, tx, schedule, axis_name=PMAP_AXIS),
+            train_step,
             axis_name=PMAP_AXIS,
             devices=self.devices,
             donate_argnums=0,
             out_axes=(0, None),
         )
         self.compiled_eval_step = jax.pmap(
-            make_eval_step(model, num_classes, axis_name=PMAP_AXIS),
+            make_eval_step(model, num_classes, axis_name=PMAP_AXIS, policy=policy),
             axis_name=PMAP_AXIS,
             devices=self.devices,
             out_axes=None,
         )
 
     def put_state(self, state: TrainState) -> TrainState:
-        return flax.jax_utils.replicate(state, self.devices)
+        if not self.shard_optimizer:
+            return flax.jax_utils.replicate(state, self.devices)
+        n = self.num_devices
+        stack = lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x)))
+        host = jax.tree.map(stack, state.replace(opt_state=None))
+        opt_state = optax.tree_map_params(
+            self.tx, lambda x: zero.shard_leaves(x, n), state.opt_state, transform_non_params=stack
+        )
+        return jax.device_put(host.replace(opt_state=opt_state), self.data_sharding)
 
     def get_state(self, state: TrainState) -> TrainState:
-        return _host_copy(jax.tree.map(lambda x: x.addressable_shards[0].data[0], state))
+        first = lambda x: x.addressable_shards[0].data[0]
+        if not self.shard_optimizer:
+            return _host_copy(jax.tree.map(first, state))
+        host = _host_copy(jax.tree.map(first, state.replace(opt_state=None)))
+        opt_state = optax.tree_map_params(
+            self.tx, np.asarray, state.opt_state, transform_non_params=lambda x: np.array(first(x))
+        )
+        return host.replace(opt_state=zero.from_sharded_opt_state(self.tx, opt_state, host.params))
 
     def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         _check_leading_dim(batch, self.num_devices, "pmap")
@@ -224,17 +338,26 @@ def make_engine(
     *,
     devices: Sequence[jax.Device] | None = None,
     synchronous: bool | None = None,
+    shard_optimizer: bool = False,
+    policy: Policy | None = None,
 ) -> Engine:
-    """Builds the "jit" or "pmap" engine over `devices` (default: `jax.local_devices()`).
+    """Builds the "jit" or "pmap" engine over `devices` (default: `jax.devices()`, i.e. the
+    local devices in one process and every process's devices under `jax.distributed`).
 
     The engine's `compiled_train_step` / `compiled_eval_step` are the jitted / pmapped
     functions (jit: state and batch sharded by `NamedSharding`; pmap: leading device axis);
     `train_step` / `eval_step` call them. `synchronous` (default: only for several CPU devices,
     see `_cpu_collectives_need_sync`) makes each call wait for its result.
+    `shard_optimizer` shards the optimizer state over the devices (ZeRO-1, `adamlab.zero`);
+    `policy` sets mixed precision (`adamlab.precision`). Their defaults keep the replicated
+    float32 engine.
     """
     validate_engine_name(name)
-    devices = jax.local_devices() if devices is None else list(devices)
+    devices = jax.devices() if devices is None else list(devices)
     if not devices:
         raise ValueError("devices must name at least one device")
     cls = JitEngine if name == "jit" else PmapEngine
-    return cls(model, tx, schedule, num_classes, devices, synchronous)
+    return cls(
+        model, tx, schedule, num_classes, devices, synchronous,
+        shard_optimizer=shard_optimizer, policy=policy,
+    )  # fmt: skip

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adamlab import zero
+from adamlab.precision import Policy
 from adamlab.train_state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -55,6 +57,9 @@ def make_train_step(
     schedule: optax.Schedule,
     *,
     axis_name: str | None = None,
+    policy: Policy | None = None,
+    shard_optimizer: bool = False,
+    num_shards: int | None = None,
 ) -> TrainStep:
     """Builds the cross-entropy train step (see the module docstring for the metrics).
 
@@ -64,11 +69,24 @@ def make_train_step(
       tx: the optimizer; its update gets the parameters (for weight decay).
       schedule: the learning-rate schedule inside `tx`, evaluated at `state.step` for logging.
       axis_name: the pmap axis, or None for a single device / jit with shardings.
+      policy: mixed precision (`adamlab.precision`): the forward/backward pass runs on a copy of
+        the float32 parameters cast to `policy.compute_dtype`; the gradient and the update stay
+        float32. None: the parameters are used as they are (today's float32 step).
+      shard_optimizer: ZeRO-1 under pmap (`adamlab.zero.sharded_update`): gradients are
+        reduce-scattered, `state.opt_state` holds this device's slices only, and parameters are
+        all-gathered after the update. Needs `axis_name` and `num_shards` (the axis size).
 
     Returns:
       `train_step(state, batch)` with batch {"image": float [B, H, W, C], "label": int [B]}.
     """
+    if shard_optimizer and (axis_name is None or not num_shards):
+        raise ValueError(
+            "shard_optimizer=True is the pmap ZeRO-1 step: it needs axis_name and num_shards "
+            f"(got axis_name={axis_name!r}, num_shards={num_shards!r}); under jit, shard the "
+            "optimizer state with shardings instead (adamlab.zero.opt_state_shardings)"
+        )
     model = _with_axis_name(model, axis_name)
+    mixed = policy is not None and policy.is_mixed
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         # fold_in(step): a fresh dropout key per step, derived from the one seed, reproducible on
@@ -79,6 +97,8 @@ def make_train_step(
         labels = batch["label"]
 
         def loss_fn(params):
+            if mixed:  # The cast's transpose brings the gradient back to float32.
+                params = policy.cast_to_compute(params)
             logits, new_variables = model.apply(
                 _variables(params, state.batch_stats),
                 batch["image"],
@@ -93,22 +113,32 @@ def make_train_step(
             state.params
         )
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-        if axis_name is not None:
-            # Equal shard sizes, so the mean of per-device means is the global mean.
-            grads, loss, accuracy = jax.lax.pmean((grads, loss, accuracy), axis_name)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        update_norm = optax.tree.norm(updates)
+        if shard_optimizer:
+            loss, accuracy = jax.lax.pmean((loss, accuracy), axis_name)
+            params, opt_state, norms = zero.sharded_update(
+                tx, grads, state.opt_state, state.params, axis_name=axis_name,
+                num_shards=num_shards,
+            )  # fmt: skip
+            grad_norm, update_norm = norms["grad_norm"], norms["update_norm"]
+            finite = jnp.isfinite(loss) & norms["finite"]
+        else:
+            if axis_name is not None:
+                # Equal shard sizes, so the mean of per-device means is the global mean.
+                grads, loss, accuracy = jax.lax.pmean((grads, loss, accuracy), axis_name)
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            grad_norm, update_norm = optax.tree.norm(grads), optax.tree.norm(updates)
+            finite = _all_finite(loss, grads, updates)
         param_norm = optax.tree.norm(params)
         metrics = {
             "loss": loss,
             "accuracy": accuracy,
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
             "update_norm": update_norm,
             "param_norm": param_norm,
             "update_param_ratio": update_norm / param_norm,
-            "finite": _all_finite(loss, grads, updates),
+            "finite": finite,
         }
         new_state = state.replace(
             step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
@@ -118,7 +148,13 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(model: nn.Module, num_classes: int, *, axis_name: str | None = None) -> EvalStep:
+def make_eval_step(
+    model: nn.Module,
+    num_classes: int,
+    *,
+    axis_name: str | None = None,
+    policy: Policy | None = None,
+) -> EvalStep:
     """Builds the eval step, which returns sums so batches and devices add up exactly.
 
     Padding examples (`batch["mask"]` False) count nowhere; their labels may be anything.
@@ -129,10 +165,11 @@ def make_eval_step(model: nn.Module, num_classes: int, *, axis_name: str | None 
       confusion[true, predicted] counts examples. Under pmap the sums are over all devices.
     """
 
+    mixed = policy is not None and policy.is_mixed
+
     def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
-        logits = model.apply(
-            _variables(state.params, state.batch_stats), batch["image"], train=False
-        )
+        params = policy.cast_to_compute(state.params) if mixed else state.params
+        logits = model.apply(_variables(params, state.batch_stats), batch["image"], train=False)
         mask = batch.get("mask")
         if mask is None:
             mask = jnp.ones(logits.shape[:1], bool)

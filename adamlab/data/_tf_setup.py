@@ -10,6 +10,9 @@ import warnings
 
 # Must be set before TF's C++ runtime loads; setdefault keeps a user's explicit choice.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# oneDNN kernels speed up TF's matmuls and convolutions, which tf.data here never runs; left on,
+# TF announces them on stderr at every start (through absl, past TF_CPP_MIN_LOG_LEVEL).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import tensorflow as tf  # noqa: E402
 
