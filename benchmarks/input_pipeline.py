@@ -5,10 +5,10 @@ Question: does training ever wait on data? The data side is `adamlab.data.train_
 TFDS `mnist` builder under `tfds.testing.mock_data`, which serves `--num_examples` random uint8
 28x28x1 images through the same `as_dataset` path, offline. The first epoch (filling the cache,
 as with real MNIST's one-time TFRecord/PNG decode) is a warm-up; we time the steady state.
-The training side is one jitted, donated step (cross-entropy + `optax.adam`) of the default CNN
-(`adamlab.models.create_model`, or the stand-in below if that module is missing) on a batch
-already on the device. A third measure runs them together as training does (next batch ->
-device_put -> step), so it shows any wait directly: it should match the step alone.
+The training side is the train step `adamlab train` runs for configs/mnist.py (the default CNN,
+our Adam, the jit engine, donated state) on a batch already on the device(s). A third measure
+runs them together as training does (next batch -> device_put -> step), so it shows any wait
+directly: it should match the step alone.
 
 Measured side by side in one process: each repeat times `--steps` batches of each, the order
 alternating between repeats; medians over `--repeats`.
@@ -28,50 +28,25 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import flax.linen as nn  # noqa: E402
+import pathlib  # noqa: E402
+
 import jax  # noqa: E402
-import optax  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from adamlab import data  # noqa: E402
+from adamlab import data, run_io, train  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-class StandInCNN(nn.Module):
-    """conv 3x3 32 -> relu -> avgpool 2 -> conv 3x3 64 -> relu -> avgpool 2 -> dense 128 -> 10."""
-
-    @nn.compact
-    def __call__(self, x, *, train: bool = True):
-        del train
-        for features in (32, 64):
-            x = nn.avg_pool(nn.relu(nn.Conv(features, (3, 3))(x)), (2, 2), strides=(2, 2))
-        x = nn.relu(nn.Dense(128)(x.reshape((x.shape[0], -1))))
-        return nn.Dense(10)(x)
-
-
-def default_cnn() -> tuple[nn.Module, str]:
-    try:
-        from adamlab import models
-    except ImportError:
-        return StandInCNN(), "stand-in CNN (adamlab.models not importable)"
-    return models.create_model(models.default_model_config("cnn"), 10), "adamlab.models CNN"
-
-
-def make_train_step(model, batch):
-    """(jitted donated step, params, opt_state) for cross-entropy + optax.adam(1e-3)."""
-    params = model.init(jax.random.key(0), batch["image"], train=False)["params"]
-    tx = optax.adam(1e-3)
-
-    def step(params, opt_state, batch):
-        def loss_fn(p):
-            logits = model.apply({"params": p}, batch["image"], train=True)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return jax.jit(step, donate_argnums=(0, 1)), params, tx.init(params)
+def mnist_experiment(num_examples: int, batch_size: int, augment: bool):
+    """configs/mnist.py as `adamlab train` builds it (our Adam, jit engine), on mock data."""
+    config = run_io.load_config_file(ROOT / "configs" / "mnist.py")
+    config.data.download, config.data.augment = True, augment  # Mock data: nothing downloads.
+    config.train.batch_size = batch_size
+    with tfds.testing.mock_data(num_examples=num_examples):
+        experiment = train.build_experiment(config)
+    return config, experiment
 
 
 def main() -> None:
@@ -84,18 +59,14 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="optional JSON output path")
     args = parser.parse_args()
 
-    config = data.default_data_config()
-    config.name, config.download, config.augment = "mnist", True, args.augment
-    model, model_name = default_cnn()
-    device = jax.devices()[0]
+    config, experiment = mnist_experiment(args.num_examples, args.batch_size, args.augment)
+    engine = experiment.engine
     with tfds.testing.mock_data(num_examples=args.num_examples):
         batches = data.train_batches(
-            config,
+            config.data,
             global_batch_size=args.batch_size,
             seed=0,
-            num_local_devices=1,
-            process_index=0,
-            process_count=1,
+            layout=engine.batch_layout,
         )
         steps_per_epoch = args.num_examples * 9 // 10 // args.batch_size
         start = time.perf_counter()
@@ -103,11 +74,11 @@ def main() -> None:
             first = next(batches)
         warmup_s = time.perf_counter() - start
 
-        step, params, opt_state = make_train_step(model, first)
-        on_device = jax.device_put(first, device)
+        state = engine.put_state(train.initial_state(config, experiment))
+        on_device = engine.put_batch(first)
         for _ in range(3):  # Compile.
-            params, opt_state, loss = step(params, opt_state, on_device)
-        loss.block_until_ready()
+            state, metrics = engine.train_step(state, on_device)
+        jax.block_until_ready(metrics)
 
         def time_pipeline():
             start = time.perf_counter()
@@ -116,20 +87,19 @@ def main() -> None:
             return time.perf_counter() - start
 
         def time_training():
-            nonlocal params, opt_state
+            nonlocal state
             start = time.perf_counter()
             for _ in range(args.steps):
-                params, opt_state, loss = step(params, opt_state, on_device)
-            loss.block_until_ready()
+                state, metrics = engine.train_step(state, on_device)
+            jax.block_until_ready(metrics)
             return time.perf_counter() - start
 
         def time_together():
-            nonlocal params, opt_state
+            nonlocal state
             start = time.perf_counter()
             for _ in range(args.steps):
-                batch = jax.device_put(next(batches), device)
-                params, opt_state, loss = step(params, opt_state, batch)
-            loss.block_until_ready()
+                state, metrics = engine.train_step(state, engine.put_batch(next(batches)))
+            jax.block_until_ready(metrics)
             return time.perf_counter() - start
 
         timers = {"pipeline": time_pipeline, "train_step": time_training, "fed": time_together}
@@ -144,7 +114,8 @@ def main() -> None:
         "images_per_s": {k: round(v) for k, v in rate.items()},
         "pipeline_over_train_step": round(rate["pipeline"] / rate["train_step"], 2),
         "fed_over_train_step": round(rate["fed"] / rate["train_step"], 3),
-        "model": model_name,
+        "model": f"configs/mnist.py: {config.model.name} {tuple(config.model.features)}, "
+        f"{config.optimizer.name} ({config.optimizer.implementation}), {engine.name} engine",
         "batch_size": args.batch_size,
         "num_examples": args.num_examples,
         "augment": args.augment,
@@ -155,7 +126,7 @@ def main() -> None:
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
             "jax_backend": jax.default_backend(),
-            "jax_device": str(device),
+            "jax_devices": [str(d) for d in engine.devices],
             "jax": jax.__version__,
             "tensorflow": tf.__version__,
         },
