@@ -160,7 +160,7 @@ def _check_leading_dim(batch: dict[str, np.ndarray], num_devices: int, layout: s
         if layout == "flat" and (not shape or shape[0] % num_devices):
             raise ValueError(
                 f"batch[{key!r}] has shape {shape}; the jit engine needs a leading batch axis "
-                f"divisible by this process's {num_devices} devices (layout='flat')"
+                f"divisible by {num_devices} devices (this process's; layout='flat')"
             )
 
 
@@ -307,11 +307,8 @@ class PmapEngine(_EngineBase):
         if not self.shard_optimizer:
             return flax.jax_utils.replicate(state, self.devices)
         n = self.num_devices
-        stack = lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x)))
-        host = jax.tree.map(stack, state.replace(opt_state=None))
-        opt_state = optax.tree_map_params(
-            self.tx, lambda x: zero.shard_leaves(x, n), state.opt_state, transform_non_params=stack
-        )
+        host = jax.tree.map(lambda x: np.broadcast_to(x, (n, *np.shape(x))), state)
+        opt_state = zero.to_sharded_opt_state(self.tx, state.opt_state, n)
         return jax.device_put(host.replace(opt_state=opt_state), self.data_sharding)
 
     def get_state(self, state: TrainState) -> TrainState:
@@ -319,9 +316,7 @@ class PmapEngine(_EngineBase):
         if not self.shard_optimizer:
             return _host_copy(jax.tree.map(first, state))
         host = _host_copy(jax.tree.map(first, state.replace(opt_state=None)))
-        opt_state = optax.tree_map_params(
-            self.tx, np.asarray, state.opt_state, transform_non_params=lambda x: np.array(first(x))
-        )
+        opt_state = jax.tree.map(np.asarray, state.opt_state)  # [devices, ...]: all slices
         return host.replace(opt_state=zero.from_sharded_opt_state(self.tx, opt_state, host.params))
 
     def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:

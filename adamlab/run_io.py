@@ -38,6 +38,12 @@ CHECKPOINT_DIR = "checkpoints"
 # Config fields that may differ when a run is started again in its workdir: they change how
 # long it trains or how it reports progress, never the trajectory up to the restored step.
 RESUMABLE_CHANGES = ("train.num_steps", "train.num_epochs", "train.progress_bar")
+# How the processes find each other (`adamlab.distributed`) differs per process and may change
+# between a run and its resumption (e.g. resumed on more hosts): never part of the comparison.
+PROCESS_FIELDS = "distributed"
+# Fields added after runs were already written: a saved config.json without them matches a
+# config that leaves them at these defaults (which reproduce what those runs did).
+ADDED_FIELDS: dict[str, Any] = {"optimizer.mu_dtype": None, "train.shard_optimizer": False}
 
 
 class ConfigMismatchError(ValueError):
@@ -108,7 +114,7 @@ def check_resumable(workdir: str | os.PathLike, config: ml_collections.ConfigDic
         return False
     saved = json.loads(path.read_text())
     differences = config_differences(saved, config_to_dict(config))
-    refused = [d for d in differences if d[0] not in RESUMABLE_CHANGES]
+    refused = [d for d in differences if not _may_differ(*d)]
     if refused:
         lines = "\n".join(f"  {name}: {a!r} (saved) != {b!r} (given)" for name, a, b in refused)
         raise ConfigMismatchError(
@@ -117,6 +123,12 @@ def check_resumable(workdir: str | os.PathLike, config: ml_collections.ConfigDic
             f"{', '.join(RESUMABLE_CHANGES)} may change."
         )
     return True
+
+
+def _may_differ(name: str, saved: Any, given: Any) -> bool:
+    if name in RESUMABLE_CHANGES or name.split(".")[0] == PROCESS_FIELDS:
+        return True
+    return name in ADDED_FIELDS and saved == "<missing>" and given == ADDED_FIELDS[name]
 
 
 class MetricWriter:

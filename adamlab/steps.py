@@ -69,9 +69,11 @@ def make_train_step(
       tx: the optimizer; its update gets the parameters (for weight decay).
       schedule: the learning-rate schedule inside `tx`, evaluated at `state.step` for logging.
       axis_name: the pmap axis, or None for a single device / jit with shardings.
-      policy: mixed precision (`adamlab.precision`): the forward/backward pass runs on a copy of
-        the float32 parameters cast to `policy.compute_dtype`; the gradient and the update stay
-        float32. None: the parameters are used as they are (today's float32 step).
+      policy: mixed precision (`adamlab.precision`): the forward/backward pass runs on copies of
+        the float32 parameters and images cast to `policy.compute_dtype`, logits are cast to
+        `policy.output_dtype`; the gradient and the update stay float32. For models whose
+        layers follow their inputs' dtype; None: today's step (adamlab's models cast
+        themselves, by their `dtype`).
       shard_optimizer: ZeRO-1 under pmap (`adamlab.zero.sharded_update`): gradients are
         reduce-scattered, `state.opt_state` holds this device's slices only, and parameters are
         all-gathered after the update. Needs `axis_name` and `num_shards` (the axis size).
@@ -97,15 +99,18 @@ def make_train_step(
         labels = batch["label"]
 
         def loss_fn(params):
+            images = batch["image"]
             if mixed:  # The cast's transpose brings the gradient back to float32.
-                params = policy.cast_to_compute(params)
+                params, images = policy.cast_to_compute((params, images))
             logits, new_variables = model.apply(
                 _variables(params, state.batch_stats),
-                batch["image"],
+                images,
                 train=True,
                 rngs={"dropout": key},
                 mutable=["batch_stats"],
             )
+            if mixed:
+                logits = policy.cast_to_output(logits)  # The loss in float32.
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
             return loss, (logits, new_variables.get("batch_stats", state.batch_stats))
 
@@ -168,8 +173,12 @@ def make_eval_step(
     mixed = policy is not None and policy.is_mixed
 
     def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
-        params = policy.cast_to_compute(state.params) if mixed else state.params
-        logits = model.apply(_variables(params, state.batch_stats), batch["image"], train=False)
+        params, images = state.params, batch["image"]
+        if mixed:
+            params, images = policy.cast_to_compute((params, images))
+        logits = model.apply(_variables(params, state.batch_stats), images, train=False)
+        if mixed:
+            logits = policy.cast_to_output(logits)
         mask = batch.get("mask")
         if mask is None:
             mask = jnp.ones(logits.shape[:1], bool)

@@ -26,6 +26,7 @@ What a run does, in order:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -42,7 +43,7 @@ import numpy as np
 import optax
 import tqdm
 
-from adamlab import data, engines, models, optimizer_factory, run_io
+from adamlab import data, distributed, engines, models, optimizer_factory, run_io
 from adamlab.checkpoint import Checkpointer
 from adamlab.evaluate import evaluate_split
 from adamlab.train_state import TrainState, create_train_state
@@ -130,8 +131,12 @@ def validate_config(config: ml_collections.ConfigDict) -> int:
         _fail("train.progress_bar", train.progress_bar, "must be True or False")
     if train.best_metric is not None and train.best_metric not in BEST_METRICS:
         _fail("train.best_metric", train.best_metric, f"allowed: None, {', '.join(BEST_METRICS)}")
+    if not isinstance(train.get("shard_optimizer", False), bool):
+        _fail("train.shard_optimizer", train.shard_optimizer, "must be True or False")
     try:
         models.validate_model_config(config.model)
+        if config.get("distributed") is not None:
+            distributed.resolve_parameters(config.distributed)
         engines.validate_engine_config(train)
         info = data.dataset_info(config.data)
         num_steps = total_steps(config, info)
@@ -174,12 +179,26 @@ class Experiment:
 
 
 def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
-    """Validates `config` and builds dataset info, model, optimizer, schedule and engine."""
+    """Validates `config` and builds dataset info, model, optimizer, schedule and engine.
+
+    Mixed precision: the models compute in `config.model.dtype` themselves (Flax casts each
+    layer's float32 parameters to it; BatchNorm statistics and scales stay float32), so no
+    `precision.Policy` is passed to the engine and bfloat16 configs keep their numbers. The
+    engine shards the optimizer state if `config.train.shard_optimizer` (ZeRO-1,
+    `adamlab.zero`).
+    """
     num_steps = validate_config(config)
     info = data.dataset_info(config.data)
     tx, schedule = optimizer_factory.make_optimizer(config.optimizer, num_steps)
     model = models.create_model(config.model, info.num_classes)
-    engine = engines.make_engine(config.train.engine, model, tx, schedule, info.num_classes)
+    engine = engines.make_engine(
+        config.train.engine,
+        model,
+        tx,
+        schedule,
+        info.num_classes,
+        shard_optimizer=config.train.get("shard_optimizer", False),
+    )
     return Experiment(info, num_steps, model, tx, schedule, engine)
 
 
@@ -318,12 +337,23 @@ def train_and_evaluate(
     Raises:
       ConfigError: invalid config; run_io.ConfigMismatchError: the workdir holds a different
       run; NonFiniteError: a non-finite loss/gradient/update (the last good checkpoint stays).
+
+    Multi-host (`config.distributed.enabled`, see `adamlab.distributed`): every process calls
+    this with the same config and workdir (a shared filesystem); each reads its slice of every
+    batch, all save the checkpoints together (orbax), and process 0 alone writes config.json,
+    metrics and the progress bar.
     """
+    try:
+        distributed.initialize(config.get("distributed"))  # Before anything touches a backend.
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     experiment = build_experiment(config)
+    primary = distributed.is_primary()
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     run_io.check_resumable(workdir, config)
-    run_io.write_config(workdir, config)
+    if primary:
+        run_io.write_config(workdir, config)
     info, num_steps, engine = experiment.info, experiment.num_steps, experiment.engine
     train_cfg = config.train
 
@@ -361,11 +391,13 @@ def train_and_evaluate(
         unit="step",
         dynamic_ncols=True,
         mininterval=1.0,
-        disable=None if train_cfg.progress_bar else True,  # None: only on a terminal.
+        disable=None if train_cfg.progress_bar and primary else True,  # None: on a terminal.
     )
     try:
         with (
-            run_io.MetricWriter(workdir, resume_step=start or None) as writer,
+            run_io.MetricWriter(workdir, resume_step=start or None)
+            if primary
+            else contextlib.nullcontext(None) as writer,
             _StopOnSignal() as stop,
         ):
             for step in range(start + 1, num_steps + 1):
@@ -386,7 +418,8 @@ def train_and_evaluate(
                 final["step"] = step
                 if log:
                     summary = pending.summary()
-                    writer.write(step, "train", summary)
+                    if writer is not None:
+                        writer.write(step, "train", summary)
                     _log(step, "train", summary)
                     bar.set_postfix(loss=f"{summary['loss']:.4f}", refresh=False)
                     final.update(_prefixed("train", summary))

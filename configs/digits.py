@@ -62,9 +62,15 @@ def get_config() -> ml_collections.ConfigDict:
     opt.b2 = config_dict.placeholder(float)  # Second-moment decay (Adam: 0.999).
     opt.eps = config_dict.placeholder(float)  # Denominator epsilon, outside the sqrt (1e-8).
     opt.weight_decay = config_dict.placeholder(float)  # Decoupled decay (adamw/nadamw only).
+    # Storage dtype of Adam's first moment: None (= the parameters' float32) or "bfloat16"
+    # (mixed precision: 2 bytes less per parameter; see docs/scaling.md). Adam-type only.
+    opt.mu_dtype = config_dict.placeholder(str)
 
     config.train = train = ml_collections.ConfigDict()
     train.engine = "jit"  # "jit" (jax.jit + NamedSharding) or "pmap"; both use all local devices.
+    # ZeRO-1: shard the optimizer state over the devices (1/N of it per device) instead of
+    # replicating it; same results up to float32 rounding. See adamlab/zero.py.
+    train.shard_optimizer = False
     train.batch_size = 64  # Global batch size, split over the devices.
     train.num_epochs = 24.0  # Training length in epochs of the training split (may be fractional).
     train.num_steps = config_dict.placeholder(int)  # If set, overrides num_epochs.
@@ -78,4 +84,13 @@ def get_config() -> ml_collections.ConfigDict:
     train.progress_bar = True  # tqdm bar with steps/s and ETA; shown only on a terminal.
     # Testing only: replace the batch of this step with NaNs to exercise the non-finite stop.
     train.inject_nan_at_step = config_dict.placeholder(int)
+
+    # Multi-host (adamlab/distributed.py, docs/scaling.md): one process per host, all started
+    # with the same config. Fields left at None come from JAX_COORDINATOR_ADDRESS,
+    # JAX_NUM_PROCESSES, JAX_PROCESS_ID or JAX's cluster auto-detection (SLURM, TPU pods, MPI).
+    config.distributed = dist = ml_collections.ConfigDict()
+    dist.enabled = False  # True: call jax.distributed.initialize before training.
+    dist.coordinator_address = config_dict.placeholder(str)  # "host:port" of process 0.
+    dist.num_processes = config_dict.placeholder(int)  # Number of processes in the run.
+    dist.process_id = config_dict.placeholder(int)  # This process's index, 0..num_processes-1.
     return config

@@ -1,0 +1,173 @@
+r"""Optimizer memory per device: replicated vs ZeRO-1, float32 vs bfloat16 first moment; and the
+accuracy cost of mixed precision on digits.
+
+`--mode memory` (default): for each model (the digits CNN, the MNIST CNN, CIFAR-10's ResNet-20)
+builds the real engines ("jit" and "pmap") over all devices, places the state and runs one train
+step on a synthetic batch (so the bytes are those of the state the step returns, after XLA chose
+its layouts), then counts the bytes of the parameters and of the optimizer state stored on
+device 0 (`adamlab.zero.bytes_on_device`). Configurations: replicated vs
+`train.shard_optimizer=True`, `optimizer.mu_dtype` None (float32) vs "bfloat16". Bytes are exact
+counts, not timings: they do not depend on the machine, only on the number of devices.
+
+`--mode accuracy`: trains configs/digits.py (24 epochs) with float32 and with bfloat16 compute +
+bfloat16 first moment for `--seeds`, and reports test accuracy and loss per seed.
+
+    python benchmarks/optimizer_memory.py --cpu_devices 4          # CPU: 4 simulated devices
+    python benchmarks/optimizer_memory.py                          # GPU/TPU box: real devices
+    python benchmarks/optimizer_memory.py --mode accuracy --seeds 0,1,2
+
+Prints a table and writes JSON (`--out`, default benchmarks/results/optimizer_<mode>_<backend>
+.json) with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import platform
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MODELS = {  # name: (config file, image shape, batch size)
+    "digits_cnn": ("digits.py", (8, 8, 1), 64),
+    "mnist_cnn": ("mnist.py", (28, 28, 1), 128),
+    "cifar10_resnet20": ("cifar10.py", (32, 32, 3), 128),
+}
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=("memory", "accuracy"), default="memory")
+    parser.add_argument(
+        "--cpu_devices", type=int, default=None, help="simulate this many CPU devices (CPU only)"
+    )
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--seeds", default="0,1,2", help="accuracy mode: comma-separated seeds")
+    parser.add_argument("--out", default=None)
+    return parser.parse_args()
+
+
+def _memory(args) -> dict:
+    import jax
+    import numpy as np
+
+    from adamlab import engines, models, optimizer_factory, precision, run_io, zero
+    from adamlab.train_state import create_train_state
+
+    d0 = jax.devices()[0]
+    rows = []
+    for name in args.models.split(","):
+        config_file, image_shape, batch_size = MODELS[name]
+        config = run_io.load_config_file(ROOT / "configs" / config_file)
+        for engine_name in ("jit", "pmap"):
+            for shard in (False, True):
+                for mu_dtype in (None, "bfloat16"):
+                    config.optimizer.mu_dtype = mu_dtype
+                    tx, schedule = optimizer_factory.make_optimizer(config.optimizer, 100_000)
+                    model = models.create_model(config.model, 10)
+                    engine = engines.make_engine(
+                        engine_name, model, tx, schedule, 10, shard_optimizer=shard
+                    )
+                    host = create_train_state(0, model, tx, image_shape)
+                    state = engine.put_state(host)
+                    rng = np.random.default_rng(0)
+                    batch = {
+                        "image": rng.normal(size=(batch_size, *image_shape)).astype(np.float32),
+                        "label": rng.integers(0, 10, batch_size).astype(np.int32),
+                    }
+                    if engine.batch_layout == "pmap":
+                        n = engine.num_devices
+                        batch = {k: v.reshape(n, -1, *v.shape[1:]) for k, v in batch.items()}
+                    state, _ = engine.train_step(state, engine.put_batch(batch))
+                    jax.block_until_ready(state)
+                    row = {
+                        "model": name,
+                        "engine": engine_name,
+                        "shard_optimizer": shard,
+                        "mu_dtype": mu_dtype or "float32",
+                        "params": int(sum(np.size(x) for x in jax.tree.leaves(host.params))),
+                        "param_bytes_device0": zero.bytes_on_device(state.params, d0),
+                        "opt_bytes_device0": zero.bytes_on_device(state.opt_state, d0),
+                        "opt_bytes_total": precision.tree_bytes(host.opt_state),
+                    }
+                    rows.append(row)
+                    print(
+                        f"{name:17s} {engine_name:4s} zero={shard!s:5s} mu={row['mu_dtype']:8s} "
+                        f"params={row['params']:8d} param B/dev={row['param_bytes_device0']:9d} "
+                        f"opt B/dev={row['opt_bytes_device0']:9d} (unsharded "
+                        f"{row['opt_bytes_total']:9d}, ratio "
+                        f"{row['opt_bytes_device0'] / row['opt_bytes_total']:.3f})",
+                        flush=True,
+                    )
+    return {"rows": rows}
+
+
+def _accuracy(args) -> dict:
+    from adamlab import run_io, train
+
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for label, dtype, mu_dtype in (
+            ("float32", "float32", None),
+            ("bf16", "bfloat16", "bfloat16"),
+        ):
+            config = run_io.load_config_file(ROOT / "configs" / "digits.py")
+            config.seed = seed
+            config.model.dtype = dtype
+            config.optimizer.mu_dtype = mu_dtype
+            config.train.progress_bar = False
+            with tempfile.TemporaryDirectory() as workdir:
+                start = time.perf_counter()
+                final = train.train_and_evaluate(config, workdir)
+                seconds = time.perf_counter() - start
+            row = {
+                "seed": seed,
+                "precision": label,
+                "test_accuracy": final["test_accuracy"],
+                "test_loss": final["test_loss"],
+                "seconds": seconds,
+            }
+            rows.append(row)
+            print(
+                f"seed {seed} {label:8s} test_accuracy={row['test_accuracy']:.4f} "
+                f"test_loss={row['test_loss']:.4f} ({seconds:.1f} s)",
+                flush=True,
+            )
+    return {"rows": rows}
+
+
+def main() -> None:
+    args = _parse_args()
+    if args.cpu_devices:
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        os.environ["XLA_FLAGS"] = (
+            f"{os.environ.get('XLA_FLAGS', '')} "
+            f"--xla_force_host_platform_device_count={args.cpu_devices}"
+        ).strip()
+    import jax
+
+    from adamlab import run_io
+
+    result = _memory(args) if args.mode == "memory" else _accuracy(args)
+    result["machine"] = {
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "device_kind": jax.devices()[0].device_kind,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "python": sys.version.split()[0],
+        "jax": jax.__version__,
+    }
+    out = args.out or ROOT / "benchmarks" / "results" / (
+        f"optimizer_{args.mode}_{jax.default_backend()}.json"
+    )
+    run_io.write_json(out, result)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
