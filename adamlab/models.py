@@ -23,6 +23,20 @@ MODELS: tuple[str, ...] = ("cnn", "resnet")
 DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
+    """`nn.max_pool(x, (2, 2), strides=(2, 2))` (VALID) as a reshape and a max over [..., H, W, C].
+
+    The same values, and the same gradient wherever the maximum of a window is unique (after a
+    ReLU, ties are zeros, whose gradient the ReLU zeroes anyway). Why not `nn.max_pool`: XLA:CPU
+    runs reduce_window's backward pass (select_and_scatter) slowly, and much more slowly under
+    `vmap` (the vectorized sweeps of `adamlab.multirun`); a reshape-max is a plain reduction.
+    """
+    *batch, height, width, channels = x.shape
+    x = x[..., : height // 2 * 2, : width // 2 * 2, :]
+    x = x.reshape(*batch, height // 2, 2, width // 2, 2, channels)
+    return x.max(axis=(-4, -2))
+
+
 class CNN(nn.Module):
     """conv-relu-maxpool blocks, then a dense hidden layer and the classifier.
 
@@ -43,7 +57,7 @@ class CNN(nn.Module):
         for features in self.features:
             x = nn.relu(nn.Conv(features, (3, 3), dtype=self.dtype)(x))
             if min(x.shape[-3:-1]) >= 2:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool_2x2(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(self.dense_features, dtype=self.dtype)(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -1,5 +1,6 @@
 """Models: output shapes and exact parameter counts, BatchNorm modes, dtypes, config errors."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,6 +65,23 @@ def test_cnn_pools_only_while_the_image_is_large_enough():
     variables, logits = _shapes(model, (8, 8, 1))
     assert logits.shape == (2, 3)
     assert variables["params"]["Dense_0"]["kernel"].shape == (1 * 1 * 4, 128)
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8, 5), (3, 7, 7, 5), (2, 3, 28, 28, 4)])
+def test_reshape_max_pool_equals_flax_max_pool_and_its_gradient(shape):
+    """Random normals have no ties, so values and gradients must agree exactly (odd sizes crop)."""
+    x = jax.random.normal(jax.random.key(0), shape)
+
+    def flax_pool(x):
+        flat = nn.max_pool(x.reshape(-1, *shape[-3:]), (2, 2), strides=(2, 2))
+        return flat.reshape(*shape[:-3], *flat.shape[1:])
+
+    np.testing.assert_array_equal(models.max_pool_2x2(x), flax_pool(x))
+    weights = jax.random.normal(jax.random.key(1), flax_pool(x).shape)
+    loss = lambda pool: lambda x: jnp.sum(pool(x) * weights)  # noqa: E731
+    np.testing.assert_array_equal(
+        jax.grad(loss(models.max_pool_2x2))(x), jax.grad(loss(flax_pool))(x)
+    )
 
 
 @pytest.fixture(scope="module")
