@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from absl import flags
 from ml_collections import config_flags
 
+from adamlab import compare, sweep
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -114,6 +116,16 @@ COMMANDS: dict[str, Command] = {
     "train": Command("Train (or resume) a run.", _define_train_flags, _run_train),
     "evaluate": Command(
         "Evaluate a run's checkpoint on a split.", _define_evaluate_flags, _run_evaluate
+    ),
+    "compare": Command(
+        "Ours vs the optax twin per optimizer, over seeds; writes a report.",
+        compare.define_flags,
+        compare.main,
+    ),
+    "sweep": Command(
+        "A hyperparameter sweep x seeds in one compiled program; writes a report.",
+        sweep.define_flags,
+        sweep.main,
     ),
 }
 

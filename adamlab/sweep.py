@@ -1,0 +1,219 @@
+"""`adamlab sweep`: a hyperparameter grid x seeds trained in one compiled program per optimizer.
+
+    adamlab sweep --sweep optimizer.learning_rate=1e-4:1e-1:8 --seeds 2
+    adamlab sweep --sweep optimizer.b2=0.9,0.99,0.999 --optimizers adam,nadam \
+        --implementations ours,optax
+
+A sweep spec is `path=start:stop:num` (num values log-spaced from start to stop, both > 0) or
+`path=v1,v2,...` (the values as given). `path` is a field of the config; only numeric optimizer
+hyperparameters (`multirun.SWEEPABLE`) can vary inside one program, because they are state
+leaves under `optax.inject_hyperparams`; other fields change the program (shapes, steps).
+
+For each optimizer, `multirun.train_runs` trains every (value, seed) at once, and with
+`--implementations ours,optax` ours and the twin in lockstep. The report directory holds
+`config.json`, `results.csv` (a row per run), `summary.md` (mean ± 95% t-interval over seeds
+per value), `sweep.png` (final train loss and validation accuracy against the value, mean and range
+over seeds) and
+`tensorboard/`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from absl import flags
+
+from adamlab import compare
+
+DEFAULT_SEEDS = 2
+GRAMMAR = (
+    "path=start:stop:num (num log-spaced values, start and stop > 0, num an int >= 1) or "
+    "path=v1,v2,... (explicit values), e.g. optimizer.learning_rate=1e-4:1e-1:8"
+)
+SUMMARY_METRICS = {
+    "final_train_loss": "final train loss",
+    "validation_accuracy": "validation accuracy",
+    "test_accuracy": "test accuracy",
+}
+
+
+class SweepSpecError(ValueError):
+    """A --sweep spec does not parse or names a field that cannot be swept."""
+
+
+def parse_sweep(spec: str, config: Any) -> tuple[str, tuple[float, ...]]:
+    """`"optimizer.learning_rate=1e-4:1e-1:4"` -> ("learning_rate", (1e-4, 1e-3, 1e-2, 1e-1)).
+
+    Returns the optimizer hyperparameter's name and the values.
+
+    Raises:
+      SweepSpecError: the spec does not follow `GRAMMAR`, the field is not in the config, or it
+        is not a sweepable optimizer hyperparameter.
+    """
+    from adamlab import multirun
+
+    path, sep, values_text = spec.partition("=")
+    path = path.strip()
+    if not sep or not path or not values_text.strip():
+        raise SweepSpecError(f"--sweep={spec!r} does not parse; expected {GRAMMAR}")
+    section, _, field = path.partition(".")
+    if section not in config or not field or field not in config[section]:
+        raise SweepSpecError(f"--sweep={spec!r}: the config has no field {path!r}")
+    if section != "optimizer" or field not in multirun.SWEEPABLE:
+        raise SweepSpecError(
+            f"--sweep={spec!r}: {path} cannot vary inside one compiled program; sweepable: "
+            f"{', '.join('optimizer.' + f for f in multirun.SWEEPABLE)}"
+        )
+    try:
+        if ":" in values_text:
+            start, stop, num = values_text.split(":")
+            start, stop, num = float(start), float(stop), int(num)
+            if not (start > 0 and stop > 0 and num >= 1):
+                raise ValueError
+            values = tuple(float(v) for v in np.geomspace(start, stop, num))
+        else:
+            values = tuple(float(v) for v in values_text.split(","))
+    except ValueError:
+        raise SweepSpecError(f"--sweep={spec!r} does not parse; expected {GRAMMAR}") from None
+    if not all(math.isfinite(v) for v in values) or len(set(values)) != len(values):
+        raise SweepSpecError(f"--sweep={spec!r}: values must be finite and distinct")
+    return field, values
+
+
+def run_sweep(
+    config: Any,
+    workdir: str | os.PathLike,
+    *,
+    sweep: str,
+    optimizers: Sequence[str] | str | None = None,
+    implementations: Sequence[str] = ("ours",),
+    num_seeds: int = DEFAULT_SEEDS,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Sweeps one hyperparameter for each optimizer (default: `config.optimizer.name`).
+
+    Returns:
+      {"workdir", "name" (the hyperparameter), "values", "rows", "summary", "wall_time_s",
+       "results" (optimizer -> multirun.RunsResult)}.
+    """
+    from adamlab import multirun, report, run_io
+
+    name, values = parse_sweep(sweep, config)
+    optimizers = compare.parse_names(optimizers or config.optimizer.name)
+    seeds = compare.seeds_from(config, num_seeds)
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_io.write_config(workdir, config)
+    start = time.perf_counter()
+    rows, results = [], {}
+    for optimizer in optimizers:
+        cfg = config.copy_and_resolve_references()
+        cfg.optimizer.name = optimizer
+        results[optimizer] = multirun.train_runs(
+            cfg,
+            seeds=seeds,
+            implementations=implementations,
+            sweep={name: values},
+            workdir=workdir / "tensorboard" / optimizer,
+            progress=progress,
+        )
+        rows += results[optimizer].rows
+    wall = time.perf_counter() - start
+    report.write_csv(workdir / "results.csv", rows)
+    plot_sweep(rows, name, values, workdir / "sweep.png", title=config.data.name)
+    summary = _summary_markdown(config, name, rows, seeds, wall, results)
+    (workdir / "summary.md").write_text(summary)
+    return {"workdir": workdir, "name": name, "values": values, "rows": rows,
+            "summary": summary, "wall_time_s": wall, "results": results}  # fmt: skip
+
+
+def plot_sweep(
+    rows: Sequence[dict], name: str, values: Sequence[float], path: os.PathLike, *, title: str
+) -> pathlib.Path:
+    """sweep.png: final train loss and validation accuracy against `name`, a line per
+    (optimizer, implementation), from the rows of results.csv."""
+    from adamlab import report
+
+    panels: dict[str, dict] = {"final train loss": {}, "validation accuracy": {}}
+    groups = dict.fromkeys((r["optimizer"], r["implementation"]) for r in rows)
+    for optimizer, impl in groups:
+        group = [r for r in rows if (r["optimizer"], r["implementation"]) == (optimizer, impl)]
+        for panel, metric in (("final train loss", "final_train_loss"),
+                              ("validation accuracy", "validation_accuracy")):  # fmt: skip
+            by_value = [[float(r[metric]) for r in group if float(r[name]) == v] for v in values]
+            panels[panel][f"{optimizer} ({impl})"] = (np.array(values), np.array(by_value).T)
+    return report.plot_sweep(
+        path, panels, xlabel=f"optimizer.{name}", log_x=min(values) > 0, title=title
+    )
+
+
+def _summary_markdown(config, name, rows, seeds, wall, results) -> str:
+    from adamlab import report
+
+    lockstep = not any(math.isnan(r["parity"]) for r in rows)  # ours and optax, in pairs
+    keys = ("optimizer", "implementation", name)
+    parity = ("parity",) if lockstep else ()
+    summary = report.summarize(rows, by=keys, metrics=tuple(SUMMARY_METRICS), maxima=parity)
+    table = report.markdown_table(
+        summary, keys=keys, metrics=SUMMARY_METRICS,
+        maxima={"parity": "parity (max rel. param diff)"} if lockstep else None,
+    )  # fmt: skip
+    diverged = sum(not r["finite"] for r in rows)
+    speed = ", ".join(f"{k}: {r.steps_per_sec:.1f} steps/s" for k, r in results.items())
+    return (
+        f"# Sweep of optimizer.{name} on {config.data.name}\n\n"
+        f"Seeds {', '.join(map(str, seeds))}; {rows[0]['steps']} steps each; one compiled "
+        f"program per optimizer trains all {len(rows) // len(results)} of its runs "
+        f"({speed}). Mean ± 95% t-interval over seeds.\n\n{table}\n"
+        f"Wall time {wall:.1f} s. Diverged (non-finite) runs: {diverged} of {len(rows)}.\n"
+    )
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    """Flags of `adamlab sweep`: --config, --workdir, --sweep, --seeds, --optimizers, ..."""
+    from adamlab import cli
+
+    cli._define_train_flags(fv, argv)
+    flags.DEFINE_string("sweep", None, f"What to sweep: {GRAMMAR}.", flag_values=fv)
+    flags.DEFINE_integer("seeds", DEFAULT_SEEDS, "Number of seeds: config.seed + 0, 1, ...",
+                         lower_bound=1, flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("optimizers", None, "Comma-separated optimizer names; default: "
+                        "config.optimizer.name.", flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("implementations", "ours", "ours, optax or ours,optax (lockstep).",
+                        flag_values=fv)  # fmt: skip
+    flags.mark_flag_as_required("sweep", flag_values=fv)
+
+
+def main(fv: flags.FlagValues) -> int:
+    """Runs `adamlab sweep` from parsed flags; prints the report directory and the table."""
+    from adamlab import cli, train
+
+    config_path = compare.config_flags_path(fv)
+    config = fv["config"].value
+    try:
+        parse_sweep(fv["sweep"].value, config)
+        optimizers = compare.parse_names(fv["optimizers"].value or config.optimizer.name)
+    except ValueError as e:
+        raise flags.Error(str(e)) from None
+    implementations = tuple(i.strip() for i in fv["implementations"].value.split(","))
+    workdir = fv["workdir"].value or cli.default_workdir(f"sweep-{pathlib.Path(config_path).stem}")
+    try:
+        result = run_sweep(
+            config, workdir, sweep=fv["sweep"].value, optimizers=optimizers,
+            implementations=implementations, num_seeds=fv["seeds"].value, progress=True,
+        )  # fmt: skip
+    except train.ConfigError as e:
+        raise flags.Error(str(e)) from None
+    print(result["summary"])
+    print(f"report: {pathlib.Path(workdir).absolute()} (results.csv, summary.md, sweep.png, "
+          "tensorboard/)")  # fmt: skip
+    return cli.EXIT_OK

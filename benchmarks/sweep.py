@@ -1,0 +1,117 @@
+"""Benchmark: a learning-rate sweep as one vmapped program vs the same runs one after another.
+
+    python benchmarks/sweep.py                       # 8 learning rates x 2 seeds, digits CNN
+    python benchmarks/sweep.py --steps 480 --repeats 1 --out benchmarks/results/sweep_cpu.json
+
+Both sides train the same 16 runs (configs/digits.py: CNN 32-64-128, batch 64, warmup-cosine;
+learning rates log-spaced 1e-4..1e-1, seeds 0 and 1, `--steps` steps each) and evaluate them on
+validation and test at the end, in the same process, alternating, `--repeats` times:
+
+- vectorized: one `multirun.train_runs` call with the sweep: one compiled program, the runs on
+  leading [values, seeds] axes (optax.inject_hyperparams holds each run's learning rate);
+- sequential: `multirun.train_runs` once per (learning rate, seed), no sweep: 16 programs,
+  each compiled for its own learning rate, as 16 `adamlab train` runs would be (without their
+  checkpoints and logging, which would only slow the sequential side further).
+
+Reported: medians of the wall time (compilation, data and evaluation included) and of the
+training steps per second of all runs together (run-steps/s, compilation excluded), and their
+ratios. Also the machine's load average, since the CPU is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from adamlab import multirun, run_io
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(steps: int):
+    config = run_io.load_config_file(ROOT / "configs" / "digits.py")
+    config.train.num_steps = steps
+    config.train.eval_every_steps = steps  # Evaluate once, at the end, on both sides.
+    config.train.log_every_steps = min(config.train.log_every_steps, steps)
+    config.train.progress_bar = False
+    return config
+
+
+def vectorized(config, rates, seeds) -> tuple[float, float]:
+    start = time.perf_counter()
+    result = multirun.train_runs(
+        config, seeds=seeds, implementations=("ours",), sweep={"learning_rate": rates}
+    )
+    wall = time.perf_counter() - start
+    return wall, result.steps_per_sec * len(rates) * len(seeds)
+
+
+def sequential(config, rates, seeds) -> tuple[float, float]:
+    start, train_seconds = time.perf_counter(), 0.0
+    for rate in rates:
+        for seed in seeds:
+            cfg = config.copy_and_resolve_references()
+            cfg.optimizer.learning_rate = float(rate)
+            result = multirun.train_runs(cfg, seeds=(seed,), implementations=("ours",))
+            train_seconds += (result.num_steps - 1) / result.steps_per_sec
+    wall = time.perf_counter() - start
+    runs = len(rates) * len(seeds)
+    return wall, runs * (config.train.num_steps - 1) / train_seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200, help="training steps per run")
+    parser.add_argument("--rates", type=int, default=8, help="learning rates, 1e-4..1e-1")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=pathlib.Path, help="write the results as JSON here")
+    args = parser.parse_args()
+    config = _config(args.steps)
+    rates = tuple(float(r) for r in np.geomspace(1e-4, 1e-1, args.rates))
+    seeds = tuple(range(args.seeds))
+    times: dict[str, list[tuple[float, float]]] = {"vectorized": [], "sequential": []}
+    loads = [os.getloadavg()[0]]
+    for repeat in range(args.repeats):
+        for name, fn in (("vectorized", vectorized), ("sequential", sequential)):
+            times[name].append(fn(config, rates, seeds))
+            loads.append(os.getloadavg()[0])
+            wall, speed = times[name][-1]
+            print(f"repeat {repeat} {name}: {wall:.1f} s, {speed:.0f} run-steps/s", flush=True)
+    median = {
+        name: {
+            "wall_s": statistics.median(w for w, _ in runs),
+            "run_steps_per_s": statistics.median(s for _, s in runs),
+        }
+        for name, runs in times.items()
+    }
+    result = {
+        "benchmark": "sweep",
+        "runs": f"{args.rates} learning rates x {args.seeds} seeds, {args.steps} steps each",
+        "model": "configs/digits.py CNN (32-64 conv, 128 dense), batch 64",
+        "median": median,
+        "speedup_wall": median["sequential"]["wall_s"] / median["vectorized"]["wall_s"],
+        "speedup_steps": median["vectorized"]["run_steps_per_s"]
+        / median["sequential"]["run_steps_per_s"],
+        "repeats": args.repeats,
+        "all": times,
+        "load_average_1min": loads,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads",
+        "jax": f"{jax.__version__} on {jax.devices()[0].platform}",
+    }
+    print(json.dumps({k: result[k] for k in ("median", "speedup_wall", "speedup_steps")}, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
