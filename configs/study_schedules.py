@@ -1,0 +1,19 @@
+"""Schedule study: constant learning rate vs linear warmup + cosine decay, at three peak rates.
+
+    python experiments/schedules.py --report_dir reports/schedules
+"""
+
+import pathlib
+
+import ml_collections
+
+from adamlab.run_io import load_config_file
+
+_BASE = pathlib.Path(__file__).with_name("study_common.py")
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = load_config_file(_BASE)
+    config.schedules = ("constant", "warmup_cosine")
+    config.learning_rates = (1e-3, 1e-2, 3e-2)  # Peak learning rates.
+    return config

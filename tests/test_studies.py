@@ -1,0 +1,199 @@
+"""The studies: scaling rules, Adam+L2 vs AdamW, baselines, and tiny versions of each report."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from adamlab import baselines, report, studies
+from adamlab.run_io import load_config_file
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------- pure pieces
+
+
+@pytest.mark.parametrize(
+    "rule, batch_size, expected",
+    [
+        ("none", 256, 1e-2),
+        ("linear", 256, 4e-2),
+        ("sqrt", 256, 2e-2),
+        ("linear", 16, 2.5e-3),
+        ("sqrt", 16, 5e-3),
+        ("linear", 64, 1e-2),
+    ],
+)
+def test_scaled_learning_rate(rule, batch_size, expected):
+    assert studies.scaled_learning_rate(1e-2, 64, batch_size, rule) == pytest.approx(expected)
+
+
+def test_scaled_learning_rate_rejects_bad_input():
+    with pytest.raises(ValueError, match="rule='cubic' is unknown; allowed: none, linear, sqrt"):
+        studies.scaled_learning_rate(1e-2, 64, 128, "cubic")
+    with pytest.raises(ValueError, match="batch_size=0 must be an int >= 1"):
+        studies.scaled_learning_rate(1e-2, 64, 0, "linear")
+
+
+def _last_update(tx, grads_sequence, params):
+    """The update of the last step, with the parameters held fixed (decay sees the same theta)."""
+    state = tx.init(params)
+    for grads in grads_sequence:
+        updates, state = tx.update(grads, state, params)
+    return updates
+
+
+def test_l2_decay_is_divided_by_sqrt_v_but_adamw_decay_is_not():
+    # Zero-mean gradients of very different scales c per coordinate: v_hat ~ c^2, m_hat ~ 0.
+    c = jnp.array([10.0, 1.0, 0.1])
+    theta = jnp.ones(3)
+    grads = [c * (-1.0) ** t for t in range(60)]
+    lr, lam = 0.1, 1e-3
+    decay = {}
+    for name, build in (("adam_l2", studies.adam_l2), ("adamw", studies.adamw)):
+        with_decay = _last_update(build(lr, lam), grads, theta)
+        without = _last_update(build(lr, 0.0), grads, theta)
+        # Effective decay of the step, in units of AdamW's nominal lr * lambda * theta.
+        decay[name] = np.asarray((without - with_decay) / (lr * lam * theta))
+    np.testing.assert_allclose(decay["adamw"], 1.0, rtol=1e-4)  # The same for every weight.
+    np.testing.assert_allclose(decay["adam_l2"] * np.asarray(c), 1.0, rtol=1e-2)  # 1/sqrt(v).
+    assert decay["adam_l2"][2] / decay["adam_l2"][0] == pytest.approx(100.0, rel=2e-2)
+
+
+def test_adam_l2_gradient_is_the_penalty_gradient():
+    # The first Adam step normalises away scale; compare the gradients that Adam sees instead.
+    params = {"w": jnp.array([2.0, -1.0])}
+    grads = {"w": jnp.array([0.5, 0.5])}
+    l2 = optax.chain(studies.optim.add_decayed_weights(0.1))
+    seen, _ = l2.update(grads, l2.init(params), params)
+    penalty = jax.grad(lambda p: 0.05 * jnp.sum(p["w"] ** 2))(params)  # (lambda / 2) |w|^2
+    np.testing.assert_allclose(seen["w"], grads["w"] + penalty["w"], rtol=1e-6)
+
+
+def test_inverse_sqrt_schedule():
+    schedule = baselines.make_schedule("inverse_sqrt", 0.3, total_steps=100)
+    np.testing.assert_allclose([schedule(0), schedule(3), schedule(99)], [0.3, 0.15, 0.03])
+    with pytest.raises(ValueError, match="schedule='cyclic' is unknown; allowed: constant"):
+        baselines.make_schedule("cyclic", 0.1, 10)
+
+
+def test_baseline_models_and_optimizers():
+    x = jnp.zeros((2, 8, 8, 1))
+    logreg = baselines.create_model({"name": "logreg"}, 10)
+    params = logreg.init(jax.random.key(0), x, train=False)["params"]
+    assert jax.tree.map(jnp.shape, params) == {"Dense_0": {"kernel": (64, 10), "bias": (10,)}}
+    mlp = baselines.create_model({"name": "mlp", "hidden": (32, 16)}, 10)
+    params = mlp.init(jax.random.key(0), x, train=False)["params"]
+    assert [params[f"Dense_{i}"]["kernel"].shape for i in range(3)] == [
+        (64, 32),
+        (32, 16),
+        (16, 10),
+    ]
+    with pytest.raises(ValueError, match="model.name='vgg' is not a model; allowed: logreg, mlp"):
+        baselines.create_model({"name": "vgg"}, 10)
+    with pytest.raises(ValueError, match="optimizer 'lion' is unknown; allowed: sgd_nesterov"):
+        baselines.make_optimizer("lion", 0.1)
+    # sgd_nesterov is optax's Nesterov SGD with momentum 0.9: identical updates.
+    g, p = {"w": jnp.array([1.0, -2.0])}, {"w": jnp.zeros(2)}
+    ours = baselines.make_optimizer("sgd_nesterov", 0.1)
+    ref = optax.sgd(0.1, momentum=0.9, nesterov=True)
+    s1, s2 = ours.init(p), ref.init(p)
+    for _ in range(3):
+        (u1, s1), (u2, s2) = ours.update(g, s1, p), ref.update(g, s2, p)
+    np.testing.assert_array_equal(u1["w"], u2["w"])
+
+
+# ---------------------------------------------------------------------------- tiny studies
+
+
+def _tiny(path: str, **fields):
+    config = load_config_file(f"configs/{path}")
+    if "model" in config:  # Logistic regression compiles in a fraction of the CNN's time.
+        config.model = ml_collections.ConfigDict({"name": "logreg"})
+    config.num_epochs = 1
+    config.seeds = (0,)
+    for key, value in fields.items():
+        setattr(config, key, value)
+    return config
+
+
+def _check_report(directory, *, rows: int, plots: tuple[str, ...]):
+    for name in ("config.json", "results.csv", "results.json", "summary.md", *plots):
+        assert (directory / name).is_file(), name
+    for plot in plots:
+        assert (directory / plot).read_bytes()[:8] == PNG
+    csv_rows = report.read_csv(directory / "results.csv")
+    assert len(csv_rows) == rows
+    json_rows = json.loads((directory / "results.json").read_text())
+    assert [len(r["epoch_loss"]) for r in json_rows] == [len(json_rows[0]["epoch_loss"])] * rows
+    return csv_rows, (directory / "summary.md").read_text()
+
+
+def test_batch_size_study_report(tmp_path):
+    config = _tiny(
+        "study_batch_size.py",
+        batch_sizes=(32, 64),
+        rules=("none", "linear"),
+        base_learning_rate=1e-2,
+    )
+    summary = studies.run_study("batch_size", config, tmp_path, seeds=[3])
+    rows, text = _check_report(tmp_path, rows=4, plots=("batch_size.png",))
+    lrs = {(r["rule"], int(r["batch_size"])): float(r["learning_rate"]) for r in rows}
+    expected = {("none", 32): 1e-2, ("none", 64): 1e-2, ("linear", 32): 5e-3, ("linear", 64): 1e-2}
+    assert lrs == expected
+    # The base batch size is the same run under both rules (reused, not retrained).
+    base = [r for r in rows if r["batch_size"] == "64"]
+    assert base[0]["test_accuracy"] == base[1]["test_accuracy"]
+    assert all(s["test_accuracy_mean"] > 0.5 for s in summary)  # 1 epoch of logreg on digits.
+    assert "| rule | batch_size | learning_rate | diverged | n | final train loss |" in text
+    assert "(n=1, no interval)" in text
+    assert json.loads((tmp_path / "config.json").read_text())["seeds"] == [3]
+
+
+def test_schedules_study_report(tmp_path):
+    config = _tiny("study_schedules.py", learning_rates=(1e-2,))
+    summary = studies.schedules_study(config, tmp_path)
+    rows, text = _check_report(tmp_path, rows=2, plots=("schedules.png", "training_loss.png"))
+    assert [r["schedule"] for r in rows] == ["constant", "warmup_cosine"]
+    assert "| constant | 0.01 | 0 | 1 |" in text
+    assert all(math.isfinite(s["final_train_loss_mean"]) for s in summary)
+
+
+def test_weight_decay_study_report(tmp_path):
+    config = _tiny("study_weight_decay.py", strengths=(0.0, 1.0))
+    summary = studies.weight_decay_study(config, tmp_path)
+    rows, _ = _check_report(tmp_path, rows=4, plots=("weight_decay.png",))
+    by = {(s["method"], s["strength"]): s for s in summary}
+    # Strength 0 is plain Adam for both methods: one run.
+    assert by["adam_l2", 0.0]["param_norm_mean"] == by["adamw", 0.0]["param_norm_mean"]
+    # A strong L2 penalty through Adam shrinks the weights far more than AdamW's lr*lambda.
+    assert by["adam_l2", 1.0]["param_norm_mean"] < by["adamw", 1.0]["param_norm_mean"]
+    assert by["adamw", 1.0]["param_norm_mean"] < by["adamw", 0.0]["param_norm_mean"]
+    with pytest.raises(ValueError, match="method 'sgdw' is unknown; allowed: adam_l2, adamw"):
+        studies.weight_decay_study(_tiny("study_weight_decay.py", methods=("sgdw",)), tmp_path)
+
+
+def test_kingma_ba_study_tunes_then_runs_seeds(tmp_path):
+    config = _tiny("kingma_ba_digits.py", optimizers=("adam",), seeds=(0, 1))
+    del config.models["mlp"]
+    config.learning_rates.adam = (1e-3, 1e-1)
+    summary = studies.kingma_ba_study(config, tmp_path)
+    rows, text = _check_report(tmp_path, rows=2 + 2, plots=("training_loss.png",))
+    tune = [r for r in rows if r["phase"] == "tune"]
+    final = [r for r in rows if r["phase"] == "final"]
+    assert [(r["learning_rate"], r["seed"]) for r in tune] == [("0.001", "0"), ("0.1", "0")]
+    best = min(tune, key=lambda r: float(r["validation_loss"]))
+    assert best["learning_rate"] == "0.1"  # 1e-3 barely moves logistic regression in 1 epoch.
+    assert [(r["learning_rate"], r["seed"]) for r in final] == [("0.1", "0"), ("0.1", "1")]
+    assert final[0]["test_accuracy"] == best["test_accuracy"]  # The tuning run is reused.
+    (group,) = [s for s in summary if s["phase"] == "final"]
+    values = [float(r["test_accuracy"]) for r in final]
+    mean, half = report.t_interval(values)
+    assert (group["n"], group["test_accuracy_mean"], group["test_accuracy_half"]) == (2, mean, half)
+    assert "| final | logreg | adam | 0.1 | 0 | 2 |" in text
