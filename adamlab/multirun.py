@@ -30,6 +30,8 @@ step trains them all:
   whether all of its steps were finite (`finite` in the rows), and its metrics are reported
   as they are (NaN loss, chance accuracy).
 
+The steps between two log or eval points run as one `lax.scan` over their stacked batches
+(one call, no per-step dispatch or host work; compiled once per distinct chunk length).
 Metrics stay on the device and are fetched every `train.log_every_steps`; validation runs every
 `train.eval_every_steps` and at the end, test at the end. With a `workdir`, each run writes
 `metrics.jsonl` and TensorBoard events to `workdir/<implementation>/<run name>/`.
@@ -63,6 +65,7 @@ from adamlab.train_state import TrainState, create_train_state
 # Numeric hyperparameters that can vary inside one compiled program (state leaves under
 # optax.inject_hyperparams). Anything else changes shapes or the program: run it separately.
 SWEEPABLE: tuple[str, ...] = ("learning_rate", "b1", "b2", "eps", "eps_root", "weight_decay")
+_MAX_CHUNK = 100  # Most steps per compiled call (the chunk's batches are stacked on the host).
 _TINY = 1e-30  # Floor of the parity's denominator: a leaf of zeros compares absolutely.
 
 
@@ -85,6 +88,9 @@ class RunsResult:
         {"loss", "accuracy"}: arrays [values, seeds, T]).
       params: implementation -> final parameters with leading axes [values, seeds] (host).
       num_steps, steps_per_sec, wall_time_s: of the one program that trained all the runs.
+      phases: seconds spent in "setup" (data, initial states), "compile" (the training
+        scans), "train" (the scans, their batches and metric fetches) and "evaluate"
+        (validation and test, compilation of the eval step included).
     """
 
     rows: list[dict[str, Any]]
@@ -93,6 +99,7 @@ class RunsResult:
     num_steps: int
     steps_per_sec: float
     wall_time_s: float
+    phases: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def relative_difference(a: Any, b: Any) -> jax.Array:
@@ -268,19 +275,59 @@ def make_lockstep_step(
     return step
 
 
-def _stacked(trees: Sequence[Any], shape: tuple[int, int]) -> Any:
-    """Stacks `values x seeds` pytrees (row-major) into one with leading axes `shape`."""
-    return jax.tree.map(lambda *xs: np.stack(xs).reshape(*shape, *np.shape(xs[0])), *trees)
+def _initial_members(model, make_tx, image_shape, seeds: Sequence[int], values: Any) -> Any:
+    """Every run's step-0 `TrainState` with leading axes [values, seeds].
+
+    `make_tx(**values_of_one_run)` builds a run's optimizer; `values`: name -> [V] array, or {}
+    for one value. Each seed's parameters are `create_train_state`'s (as `train_and_evaluate`'s
+    `initial_state`, whose init is compiled once per model); with a sweep, the optimizer states
+    of all values are initialised by one vmapped program (not V x S eager inits).
+    """
+    first = {k: v[0] for k, v in values.items()}
+    states = [
+        create_train_state(jax.random.key(s), model, make_tx(**first), image_shape) for s in seeds
+    ]
+    stacked = jax.tree.map(lambda *xs: np.stack(xs)[None], *states)  # [1, seeds]
+    if not values:
+        return stacked
+    init = lambda v, params: make_tx(**v).init(params)
+    init = jax.jit(jax.vmap(jax.vmap(init, in_axes=(None, 0)), in_axes=(0, None)))
+    opt_state = init(values, jax.tree.map(lambda x: x[0], stacked.params))
+    broadcast = lambda x: np.broadcast_to(x, (len(values[next(iter(values))]), *x.shape[1:]))
+    return jax.device_get(jax.tree.map(broadcast, stacked).replace(opt_state=opt_state))
 
 
-def _seed_batches(config, seeds: Sequence[int]):
-    """One batch per step with a leading seed axis: seed i's stream is train_and_evaluate's."""
+def _seed_chunks(config, seeds: Sequence[int]):
+    """`send(k)` -> the next k steps' batches, leading axes [k, seeds] (a generator).
+
+    Seed i's stream is `train_and_evaluate`'s (`data.train_batches(seed=seed)`); a chunk is
+    drawn and stacked on the host before the scan that consumes it is dispatched.
+    """
     streams = [
         data.train_batches(config.data, global_batch_size=config.train.batch_size, seed=s)
         for s in seeds
     ]
+    k = yield
     while True:
-        yield jax.tree.map(lambda *xs: np.stack(xs), *[next(s) for s in streams])
+        steps = [
+            jax.tree.map(lambda *xs: np.stack(xs), *[next(s) for s in streams]) for _ in range(k)
+        ]
+        k = yield jax.tree.map(lambda *xs: np.stack(xs), *steps)
+
+
+def _chunks(num_steps: int, every: Sequence[int], max_length: int) -> list[int]:
+    """Lengths of the scans that cover steps 1..num_steps, each ending at a multiple of some
+    interval in `every` (where metrics are fetched or runs evaluated) or at the end, none
+    longer than `max_length`."""
+    ends = sorted({s for e in every for s in range(e, num_steps, e)} | {num_steps})
+    lengths, start = [], 0
+    for end in ends:
+        while end - start > max_length:
+            lengths.append(max_length)
+            start += max_length
+        lengths.append(end - start)
+        start = end
+    return lengths
 
 
 def _evaluate(eval_fn, carry: Lockstep, eval_data: list[dict]) -> list[dict]:
@@ -362,27 +409,24 @@ def train_runs(
     shape = (num_values, len(seeds))
     grid = list(itertools.product(range(num_values), seeds))  # Row-major [values, seeds].
 
-    # One tx per (implementation, value): the same structure, so the first one's update serves
-    # all runs (inject_hyperparams reads the values from the state).
-    txs: dict[str, list[optax.GradientTransformation]] = {}
+    # Per implementation, `make_tx(values)` builds a run's optimizer (values: name -> value;
+    # {} without a sweep). All runs' optimizers share one structure, so one run's update serves
+    # all of them (inject_hyperparams reads the values from the state).
+    make_tx: dict[str, Any] = {}
     for impl in implementations:
         opt_config = config.optimizer.to_dict() | {"implementation": impl}
         if sweep:
-            injected = swept_optimizer(opt_config, impl, num_steps, tuple(sweep))
-            txs[impl] = [injected(**{k: sweep[k][v] for k in sweep}) for v in range(num_values)]
+            make_tx[impl] = swept_optimizer(opt_config, impl, num_steps, tuple(sweep))
         else:
-            txs[impl] = [optimizer_factory.make_optimizer(opt_config, num_steps)[0]]
+            tx = optimizer_factory.make_optimizer(opt_config, num_steps)[0]
+            make_tx[impl] = lambda tx=tx: tx
     schedule = optimizer_factory.make_schedule(config.optimizer, num_steps)  # Logging only.
 
+    phases = dict.fromkeys(("setup", "compile", "train", "evaluate"), 0.0)
+    values = {k: np.asarray(sweep[k], np.float32) for k in sweep}
     members = tuple(
-        _stacked(
-            [
-                create_train_state(jax.random.key(s), model, txs[impl][v], info.image_shape)
-                for v, s in grid
-            ],
-            shape,
-        )
-        for impl in implementations
+        _initial_members(model, make_tx[i], info.image_shape, seeds, values)
+        for i in implementations
     )
     carry = Lockstep(
         members=members,
@@ -390,10 +434,15 @@ def train_runs(
         finite=np.ones((*shape, len(implementations)), bool),
     )
     conv_matmul = jax.default_backend() == "cpu"  # See conv_as_matmul.
+    first = {k: v[0] for k, v in sweep.items()}
     lockstep = make_lockstep_step(
-        model, [txs[i][0] for i in implementations], schedule, conv_matmul=conv_matmul
+        model, [make_tx[i](**first) for i in implementations], schedule, conv_matmul=conv_matmul
     )
-    step_fn = jax.jit(_run_axes(lockstep, 0), donate_argnums=0)
+    run_step = _run_axes(lockstep, 0)
+    # K steps per call (a scan over K stacked batches per seed): no per-step dispatch, host
+    # work or metric transfer; one compilation per distinct K (usually one).
+    scan = jax.jit(lambda c, chunk: jax.lax.scan(run_step, c, chunk), donate_argnums=0)
+    compiled: dict[int, Any] = {}
     eval_step = _intercepted(make_eval_step(model, info.num_classes), conv_matmul)
     eval_fn = jax.jit(
         _run_axes(lambda states, batch: tuple(eval_step(s, batch) for s in states), None)
@@ -425,7 +474,9 @@ def train_runs(
     curves = {i: {"train": ([], []), "validation": ([], [])} for i in implementations}
     pending: list = []
     last_train: list[dict[str, np.ndarray]] = []
-    batches = _seed_batches(config, seeds)
+    final: dict[str, list] = {}
+    chunks = _seed_chunks(config, seeds)
+    next(chunks)
     bar = tqdm.tqdm(
         total=num_steps,
         desc=config.optimizer.name,
@@ -434,51 +485,67 @@ def train_runs(
         dynamic_ncols=True,
         mininterval=1.0,
     )
-    train_seconds, timed_from = 0.0, None
+    lengths = _chunks(
+        num_steps, (config.train.log_every_steps, config.train.eval_every_steps), _MAX_CHUNK
+    )
     try:
-        for step in range(1, num_steps + 1):
-            carry, logged = step_fn(carry, next(batches))
+        step, batch = 0, chunks.send(lengths[0])
+        phases["setup"] = time.perf_counter() - start
+        for i, length in enumerate(lengths):
+            tick = time.perf_counter()
+            if length not in compiled:  # Compilation is not throughput.
+                begun = time.perf_counter()
+                compiled[length] = scan.lower(carry, batch).compile()
+                phases["compile"] += time.perf_counter() - begun
+                tick += time.perf_counter() - begun
+            carry, logged = compiled[length](carry, batch)  # logged: [K] leading axis
+            if i + 1 < len(lengths):  # Drawn on the host while the scan runs.
+                batch = chunks.send(lengths[i + 1])
             pending.append(logged)
-            bar.update(1)
-            if step == 1:
-                jax.block_until_ready(carry)  # Compilation is not throughput.
-                timed_from = time.perf_counter()
+            step += length
+            bar.update(length)
             log = step % config.train.log_every_steps == 0 or step == num_steps
             evaluate = step % config.train.eval_every_steps == 0 or step == num_steps
-            if not (log or evaluate):
-                continue
             if log:
-                fetched = jax.device_get(pending)  # [steps][member]{loss, accuracy} [V, S]
+                fetched = jax.device_get(pending)  # [chunks][member]{loss, accuracy} [K, V, S]
                 last_train = [
-                    {k: np.mean([p[m][k] for p in fetched], axis=0) for k in ("loss", "accuracy")}
+                    {
+                        k: np.concatenate([p[m][k] for p in fetched]).mean(axis=0)
+                        for k in ("loss", "accuracy")
+                    }
                     for m in range(len(implementations))
                 ]
                 pending = []
+            if log or evaluate:
+                jax.block_until_ready(carry)
+            phases["train"] += time.perf_counter() - tick
+            if log:
                 for m, impl in enumerate(implementations):
                     curves[impl]["train"][0].append(step)
                     curves[impl]["train"][1].append(last_train[m])
                 if writers:
                     write("train", step, [_as_grid(t) for t in last_train])
-            if evaluate and "validation" in eval_data:
-                jax.block_until_ready(carry)
-                paused = time.perf_counter()
-                train_seconds += paused - timed_from
+            if not evaluate:
+                continue
+            tick = time.perf_counter()
+            if "validation" in eval_data:
                 result = _evaluate(eval_fn, carry, eval_data["validation"])
                 for m, impl in enumerate(implementations):
                     curves[impl]["validation"][0].append(step)
                     curves[impl]["validation"][1].append(_metric_arrays(result[m]))
                 write("validation", step, result)
-                timed_from = time.perf_counter()
-        jax.block_until_ready(carry)
-        train_seconds += time.perf_counter() - timed_from
-        final = {split: _evaluate(eval_fn, carry, eval_data[split]) for split in splits}
-        write("test", num_steps, final["test"])
+                if step == num_steps:
+                    final["validation"] = result
+            if step == num_steps:
+                final["test"] = _evaluate(eval_fn, carry, eval_data["test"])
+                write("test", num_steps, final["test"])
+            phases["evaluate"] += time.perf_counter() - tick
     finally:
         bar.close()
         for writer in writers.values():
             writer.close()
     wall = time.perf_counter() - start
-    steps_per_sec = (num_steps - 1) / train_seconds if num_steps > 1 else math.nan
+    steps_per_sec = num_steps / phases["train"]
     host = jax.device_get(carry)
     rows = []
     for m, impl in enumerate(implementations):
@@ -514,6 +581,7 @@ def train_runs(
         num_steps=num_steps,
         steps_per_sec=steps_per_sec,
         wall_time_s=wall,
+        phases=phases,
     )
 
 

@@ -15,12 +15,15 @@ validation and test at the end, in the same process, alternating, `--repeats` ti
 
 Reported: medians of the wall time (compilation, data and evaluation included) and of the
 training steps per second of all runs together (run-steps/s, compilation excluded), and their
-ratios. Also the machine's load average, since the CPU is shared.
+ratios; the medians of `RunsResult.phases` (setup, compile, train, evaluate; summed over the 16
+calls on the sequential side), which say where the wall time goes. Also the machine's load
+average, since the CPU is shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import pathlib
@@ -45,26 +48,26 @@ def _config(steps: int):
     return config
 
 
-def vectorized(config, rates, seeds) -> tuple[float, float]:
+def vectorized(config, rates, seeds) -> tuple[float, float, dict[str, float]]:
     start = time.perf_counter()
     result = multirun.train_runs(
         config, seeds=seeds, implementations=("ours",), sweep={"learning_rate": rates}
     )
     wall = time.perf_counter() - start
-    return wall, result.steps_per_sec * len(rates) * len(seeds)
+    return wall, result.steps_per_sec * len(rates) * len(seeds), result.phases
 
 
-def sequential(config, rates, seeds) -> tuple[float, float]:
-    start, train_seconds = time.perf_counter(), 0.0
+def sequential(config, rates, seeds) -> tuple[float, float, dict[str, float]]:
+    start, phases = time.perf_counter(), collections.Counter()
     for rate in rates:
         for seed in seeds:
             cfg = config.copy_and_resolve_references()
             cfg.optimizer.learning_rate = float(rate)
             result = multirun.train_runs(cfg, seeds=(seed,), implementations=("ours",))
-            train_seconds += (result.num_steps - 1) / result.steps_per_sec
+            phases.update(result.phases)
     wall = time.perf_counter() - start
     runs = len(rates) * len(seeds)
-    return wall, runs * (config.train.num_steps - 1) / train_seconds
+    return wall, runs * config.train.num_steps / phases["train"], dict(phases)
 
 
 def main() -> None:
@@ -78,18 +81,23 @@ def main() -> None:
     config = _config(args.steps)
     rates = tuple(float(r) for r in np.geomspace(1e-4, 1e-1, args.rates))
     seeds = tuple(range(args.seeds))
-    times: dict[str, list[tuple[float, float]]] = {"vectorized": [], "sequential": []}
+    times: dict[str, list[tuple[float, float, dict[str, float]]]] = {
+        "vectorized": [],
+        "sequential": [],
+    }
     loads = [os.getloadavg()[0]]
     for repeat in range(args.repeats):
         for name, fn in (("vectorized", vectorized), ("sequential", sequential)):
             times[name].append(fn(config, rates, seeds))
             loads.append(os.getloadavg()[0])
-            wall, speed = times[name][-1]
-            print(f"repeat {repeat} {name}: {wall:.1f} s, {speed:.0f} run-steps/s", flush=True)
+            wall, speed, phases = times[name][-1]
+            parts = ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
+            print(f"repeat {repeat} {name}: {wall:.1f} s ({parts}), {speed:.0f} run-steps/s")
     median = {
         name: {
-            "wall_s": statistics.median(w for w, _ in runs),
-            "run_steps_per_s": statistics.median(s for _, s in runs),
+            "wall_s": statistics.median(w for w, _, _ in runs),
+            "run_steps_per_s": statistics.median(s for _, s, _ in runs),
+            "phases_s": {k: statistics.median(p[k] for _, _, p in runs) for k in runs[0][2]},
         }
         for name, runs in times.items()
     }

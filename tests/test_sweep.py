@@ -163,3 +163,17 @@ def test_cli(capsys, tmp_path):
     assert not list(tmp_path.iterdir())
     assert not math.isnan(sweep.parse_sweep(  # The CLI's grammar is the library's.
         "optimizer.learning_rate=1e-3,1e-2", tiny_config())[1][0])  # fmt: skip
+
+
+def test_chunks_end_at_every_log_and_eval_step():
+    """The scans stop wherever metrics are fetched or runs evaluated, and at the end."""
+    assert multirun._chunks(10, (5, 5), 100) == [5, 5]
+    assert multirun._chunks(12, (5, 4), 100) == [4, 1, 3, 2, 2]  # ends 4, 5, 8, 10, 12
+    assert multirun._chunks(250, (1000,), 100) == [100, 100, 50]
+    assert sum(multirun._chunks(607, (20, 100), 100)) == 607
+
+
+def test_phases_are_reported(swept):
+    phases = swept["results"]["adam"].phases
+    assert set(phases) == {"setup", "compile", "train", "evaluate"}
+    assert all(v > 0 for v in phases.values())
