@@ -13,14 +13,14 @@ decay for logistic regression.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 import optax
 
-from adamlab import models, optim, optimizer_factory
+from adamlab import config_dict, models, optim, optimizer_factory
 
 MODELS: tuple[str, ...] = ("logreg", "mlp", *models.MODELS)
 BASELINES: tuple[str, ...] = ("sgd_nesterov", "adagrad", "rmsprop")
@@ -54,14 +54,6 @@ class MLP(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
-def _as_dict(config: Any) -> dict[str, Any]:
-    if hasattr(config, "to_dict"):
-        return config.to_dict()
-    if isinstance(config, Mapping):
-        return dict(config)
-    raise TypeError(f"model config must be a ConfigDict or a mapping, got {type(config).__name__}")
-
-
 def create_model(model_config: Any, num_classes: int) -> nn.Module:
     """Builds "logreg" / "mlp" here, or any `adamlab.models` model by falling back to it.
 
@@ -70,7 +62,7 @@ def create_model(model_config: Any, num_classes: int) -> nn.Module:
         or an `adamlab.models` config.
       num_classes: size of the logits.
     """
-    config = _as_dict(model_config)
+    config = config_dict.as_dict(model_config, "model config")
     name = config.get("name")
     if name not in ("logreg", "mlp"):
         if name not in models.MODELS:

@@ -47,7 +47,8 @@ class Command:
     run: Callable[[flags.FlagValues], int]
 
 
-def _define_train_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+def define_train_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    """--config (with --config.<field> overrides) and --workdir; `adamlab sweep` takes them too."""
     config_flags.DEFINE_config_file(
         "config",
         str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None,
@@ -65,14 +66,20 @@ def _define_train_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     )
 
 
-def _run_train(fv: flags.FlagValues) -> int:
+def checked_config_path(fv: flags.FlagValues) -> str:
+    """The --config file, checked to exist (a missing one is a command-line error)."""
     if fv["config"].value is None:
         raise flags.Error("--config is required (e.g. --config=configs/digits.py)")
-    config_path = config_flags.get_config_filename(fv["config"])
-    if not pathlib.Path(config_path).is_file():
-        raise flags.Error(f"--config={config_path}: no such file (e.g. configs/digits.py)")
+    path = config_flags.get_config_filename(fv["config"])
+    if not pathlib.Path(path).is_file():
+        raise flags.Error(f"--config={path}: no such file (e.g. configs/digits.py)")
+    return path
+
+
+def _run_train(fv: flags.FlagValues) -> int:
+    path = checked_config_path(fv)
     config = fv["config"].value
-    workdir = fv["workdir"].value or default_workdir(config_path)
+    workdir = fv["workdir"].value or default_workdir(path)
     from adamlab import train  # Imported here: `adamlab --help` need not import jax and TF.
 
     try:
@@ -113,7 +120,7 @@ def _run_evaluate(fv: flags.FlagValues) -> int:
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command("Train (or resume) a run.", _define_train_flags, _run_train),
+    "train": Command("Train (or resume) a run.", define_train_flags, _run_train),
     "evaluate": Command(
         "Evaluate a run's checkpoint on a split.", _define_evaluate_flags, _run_evaluate
     ),

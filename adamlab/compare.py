@@ -200,7 +200,7 @@ def main(fv: flags.FlagValues) -> int:
     """Runs `adamlab compare` from parsed flags; prints the report directory and the table."""
     from adamlab import cli
 
-    config_path = config_flags_path(fv)
+    config_path = cli.checked_config_path(fv)
     try:
         optimizers = parse_names(fv["optimizers"].value)
     except ValueError as e:
@@ -220,14 +220,3 @@ def main(fv: flags.FlagValues) -> int:
           "tensorboard/)")  # fmt: skip
     return cli.EXIT_OK
 
-
-def config_flags_path(fv: flags.FlagValues) -> str:
-    """The --config file, checked to exist."""
-    from ml_collections import config_flags
-
-    if fv["config"].value is None:
-        raise flags.Error("--config is required (e.g. --config=configs/digits.py)")
-    path = config_flags.get_config_filename(fv["config"])
-    if not pathlib.Path(path).is_file():
-        raise flags.Error(f"--config={path}: no such file (e.g. configs/digits.py)")
-    return path

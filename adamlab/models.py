@@ -12,12 +12,14 @@ Both take `__call__(x, *, train)`: `train` switches dropout and BatchNorm betwee
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
+
+from adamlab import config_dict
 
 MODELS: tuple[str, ...] = ("cnn", "resnet")
 DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -155,17 +157,9 @@ def default_model_config(name: str = "cnn") -> ml_collections.ConfigDict:
     return config
 
 
-def _as_dict(config: Any) -> dict[str, Any]:
-    if hasattr(config, "to_dict"):
-        return config.to_dict()
-    if isinstance(config, Mapping):
-        return dict(config)
-    raise TypeError(f"model config must be a ConfigDict or a mapping, got {type(config).__name__}")
-
-
 def validate_model_config(model_config: Any) -> None:
     """Raises ValueError naming the problem if `model_config` cannot build a model."""
-    config = _as_dict(model_config)
+    config = config_dict.as_dict(model_config, "model config")
     name = config.get("name")
     if name not in MODELS:
         raise ValueError(f"model.name={name!r} is not a model; allowed: {', '.join(MODELS)}")
@@ -204,7 +198,7 @@ def create_model(model_config: Any, num_classes: int) -> nn.Module:
     validate_model_config(model_config)
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes={num_classes!r} must be an int >= 2")
-    config = _as_dict(model_config)
+    config = config_dict.as_dict(model_config, "model config")
     name = config.pop("name")
     dtype = DTYPES[config.pop("dtype", "float32")]
     kwargs = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in config.items()}

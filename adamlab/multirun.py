@@ -58,7 +58,7 @@ import numpy as np
 import optax
 import tqdm
 
-from adamlab import data, metrics, models, optim, optimizer_factory, run_io, train
+from adamlab import config_dict, data, metrics, models, optim, optimizer_factory, run_io, train
 from adamlab.steps import make_eval_step, make_train_step
 from adamlab.train_state import TrainState, create_train_state
 
@@ -124,7 +124,7 @@ def schedule_with_peak(optimizer_config: Any, total_steps: int, peak: Any) -> op
     traced value cannot do; this builds the same two pieces and join (end value 0, hence
     alpha = 0), so a float `peak` gives the same numbers as `make_schedule` (tested).
     """
-    config = optimizer_factory._as_dict(optimizer_config)
+    config = config_dict.as_dict(optimizer_config, "optimizer config")
     if config.get("schedule", "constant") == "constant":
         return optax.constant_schedule(peak)
     warmup = config.get("warmup_steps", 0) or 0
@@ -147,7 +147,7 @@ def swept_optimizer(
     The learning rate, if swept, is the schedule's peak; every other field comes from the
     config as in `make_optimizer`.
     """
-    config = optimizer_factory._as_dict(optimizer_config)
+    config = config_dict.as_dict(optimizer_config, "optimizer config")
     fixed = {k: v for k, v in optimizer_factory.optimizer_hparams(config).items() if k not in names}
     build = optim.create if implementation == "ours" else optim.reference
 

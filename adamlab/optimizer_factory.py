@@ -15,10 +15,11 @@ optimizer's default"; `adamlab.optim` rejects hyperparameters the optimizer does
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import optax
+
+from adamlab import config_dict
 
 IMPLEMENTATIONS: tuple[str, ...] = ("ours", "optax")
 SCHEDULES: tuple[str, ...] = ("constant", "warmup_cosine")
@@ -26,19 +27,9 @@ SCHEDULES: tuple[str, ...] = ("constant", "warmup_cosine")
 _FACTORY_FIELDS = ("name", "implementation", "learning_rate", "schedule", "warmup_steps")
 
 
-def _as_dict(config: Any) -> dict[str, Any]:
-    if hasattr(config, "to_dict"):
-        return config.to_dict()
-    if isinstance(config, Mapping):
-        return dict(config)
-    raise TypeError(
-        f"optimizer config must be a ConfigDict or mapping, got {type(config).__name__}"
-    )
-
-
 def optimizer_hparams(optimizer_config: Any) -> dict[str, Any]:
     """The hyperparameters passed to the optimizer: non-None fields not used by the factory."""
-    config = _as_dict(optimizer_config)
+    config = config_dict.as_dict(optimizer_config, "optimizer config")
     return {k: v for k, v in config.items() if k not in _FACTORY_FIELDS and v is not None}
 
 
@@ -50,7 +41,7 @@ def validate_optimizer_config(optimizer_config: Any, total_steps: int) -> None:
     """
     from adamlab import optim  # lazily: keeps this module importable while optim is built
 
-    config = _as_dict(optimizer_config)
+    config = config_dict.as_dict(optimizer_config, "optimizer config")
     name = config.get("name")
     if name not in optim.names():
         raise ValueError(f"optimizer.name={name!r} is unknown; allowed: {', '.join(optim.names())}")
@@ -93,7 +84,7 @@ def make_schedule(optimizer_config: Any, total_steps: int) -> optax.Schedule:
     and stays at 0 after it.
     """
     validate_optimizer_config(optimizer_config, total_steps)
-    config = _as_dict(optimizer_config)
+    config = config_dict.as_dict(optimizer_config, "optimizer config")
     lr = float(config["learning_rate"])
     if config.get("schedule", "constant") == "constant":
         return optax.constant_schedule(lr)
@@ -124,7 +115,7 @@ def make_optimizer(
     from adamlab import optim
 
     schedule = make_schedule(optimizer_config, total_steps)
-    config = _as_dict(optimizer_config)
+    config = config_dict.as_dict(optimizer_config, "optimizer config")
     build = optim.create if config.get("implementation", "ours") == "ours" else optim.reference
     tx = build(config["name"], learning_rate=schedule, **optimizer_hparams(config))
     return tx, schedule

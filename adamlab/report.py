@@ -186,21 +186,7 @@ def plot_curves(
       curves: panel title -> {line label: (steps [points], values [seeds, points])}.
       title: figure title.
     """
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), squeeze=False)
-    for ax, (panel, lines) in zip(axes[0], curves.items(), strict=True):
-        _lines(ax, lines)
-        ax.set_xlabel("step")
-        ax.set_title(panel)
-        ax.grid(alpha=0.3)
-        if "loss" in panel:
-            ax.set_yscale("log")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title + " (mean over seeds; band: range over seeds)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return pathlib.Path(path)
+    return _plot_panels(path, curves, xlabel="step", log_x=False, marker="", title=title)
 
 
 def plot_sweep(
@@ -220,10 +206,15 @@ def plot_sweep(
       xlabel: the hyperparameter's name.
       log_x: log-scaled x axis (learning rates).
     """
+    return _plot_panels(path, panels, xlabel=xlabel, log_x=log_x, marker="o", title=title)
+
+
+def _plot_panels(path, panels, *, xlabel: str, log_x: bool, marker: str, title: str):
+    """One panel per entry of `panels`, lines drawn by `_lines`; loss panels on a log y axis."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, (panel, lines) in zip(axes[0], panels.items(), strict=True):
-        _lines(ax, lines, marker="o")
+        _lines(ax, lines, marker=marker)
         ax.set_xlabel(xlabel)
         ax.set_title(panel)
         ax.grid(alpha=0.3)

@@ -182,7 +182,7 @@ def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     """Flags of `adamlab sweep`: --config, --workdir, --sweep, --seeds, --optimizers, ..."""
     from adamlab import cli
 
-    cli._define_train_flags(fv, argv)
+    cli.define_train_flags(fv, argv)
     flags.DEFINE_string("sweep", None, f"What to sweep: {GRAMMAR}.", flag_values=fv)
     flags.DEFINE_integer("seeds", DEFAULT_SEEDS, "Number of seeds: config.seed + 0, 1, ...",
                          lower_bound=1, flag_values=fv)  # fmt: skip
@@ -197,7 +197,7 @@ def main(fv: flags.FlagValues) -> int:
     """Runs `adamlab sweep` from parsed flags; prints the report directory and the table."""
     from adamlab import cli, train
 
-    config_path = compare.config_flags_path(fv)
+    config_path = cli.checked_config_path(fv)
     config = fv["config"].value
     try:
         parse_sweep(fv["sweep"].value, config)
