@@ -310,6 +310,32 @@ def test_unprepared_dataset_without_download_says_how_to_prepare(tmp_path):
     assert not list(tmp_path.iterdir())  # Nothing was downloaded or written.
 
 
+def test_download_reaches_the_official_files(tmp_path, monkeypatch):
+    """With download on, preparing MNIST gets as far as fetching its four files (stopped there:
+    no network in tests). The steps before it read TFDS's checksum registry, which needs
+    `importlib_resources`, a dependency TFDS does not declare (tensorflow/datasets#11212)."""
+    requested = []
+
+    class Offline(Exception):
+        pass
+
+    def download_and_extract(self, urls):
+        requested.extend(urls.values())
+        raise Offline
+
+    monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", download_and_extract)
+    config = make_config(str(tmp_path), name="mnist")
+    config.download = True
+    with pytest.raises(Offline):
+        data.dataset_info(config)
+    assert sorted(url.rsplit("/", 1)[-1] for url in requested) == [
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+    ]
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -17,7 +17,6 @@ Examples are keyed by `i`; TFDS stores them in a deterministic hashed order of t
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 
 NUM_EXAMPLES = 1797
 TEST_EVERY = 5  # example i is a test example iff i % TEST_EVERY == 0.
@@ -48,12 +47,6 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release: 1437 train / 360 test (index % 5 == 0)."}
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        """This file. TFDS 4.9.10's own lookup needs `importlib_resources` on Python >= 3.9."""
-        return epath.Path(__file__)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

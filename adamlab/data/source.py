@@ -84,14 +84,6 @@ def load_builder(settings: DataSettings) -> tfds.core.DatasetBuilder:
 def _prepare(builder, settings, config) -> tfds.core.DatasetBuilder:
     try:
         builder.download_and_prepare(download_config=config)
-    except ModuleNotFoundError as e:
-        if e.name != "importlib_resources":
-            raise
-        raise RuntimeError(
-            f"tensorflow-datasets needs the `importlib_resources` package to prepare "
-            f"{settings.name!r} (it declares it only for Python < 3.9): "
-            "`pip install importlib_resources`."
-        ) from e
     except Exception:
         # Another process may have prepared the same data_dir at the same time (TFDS renames a
         # finished temporary folder into place; the second rename fails). Then use its result.
