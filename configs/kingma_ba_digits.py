@@ -39,10 +39,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizers = ("adam", "sgd_nesterov", "adagrad", "rmsprop")
     config.learning_rates = ml_collections.ConfigDict(
         {
-            "adam": (1e-3, 1e-2, 1e-1),
-            "sgd_nesterov": (1e-2, 1e-1, 1.0),  # momentum 0.9
-            "adagrad": (1e-2, 1e-1, 1.0),
-            "rmsprop": (1e-4, 1e-3, 1e-2),
+            # Wide enough that every chosen rate, for both models, lies inside its grid
+            # (logistic regression under alpha/sqrt(t) wants rates ~100x the MLP's).
+            "adam": (1e-3, 1e-2, 1e-1, 1.0),
+            "sgd_nesterov": (1e-2, 1e-1, 1.0, 10.0),  # momentum 0.9
+            "adagrad": (1e-2, 1e-1, 1.0, 10.0),
+            "rmsprop": (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
         }
     )
     config.select_by = "validation_loss"  # Final metric that picks each learning rate.
