@@ -219,4 +219,3 @@ def main(fv: flags.FlagValues) -> int:
     print(f"report: {pathlib.Path(workdir).absolute()} (results.csv, summary.md, curves.png, "
           "tensorboard/)")  # fmt: skip
     return cli.EXIT_OK
-

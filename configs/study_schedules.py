@@ -1,6 +1,8 @@
 """Schedule study: constant learning rate vs linear warmup + cosine decay, at three peak rates.
 
     python experiments/schedules.py --report_dir reports/schedules
+
+Results and their reading: experiments/README.md.
 """
 
 import pathlib
