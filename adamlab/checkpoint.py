@@ -222,7 +222,7 @@ class Checkpointer:
 
     def metrics(self, step: int | str = "latest") -> dict[str, float]:
         """The metrics saved with `step` (int, "latest" or "best"); empty if none were given."""
-        step = self._resolve_step(step)
+        step = self.resolve_step(step)
         if step not in self._metrics_cache:
             self._metrics_cache[step] = dict(self._manager.metrics(step) or {})
         return dict(self._metrics_cache[step])
@@ -243,7 +243,7 @@ class Checkpointer:
             CheckpointMismatchError: the saved tree differs from `target` (paths, shapes, dtypes).
         """
         self.wait_until_finished()
-        step = self._resolve_step(step)
+        step = self.resolve_step(step)
         abstract = jax.tree.map(_abstract_leaf, target)
         differences = _diff_trees(self._saved_specs(step), _flat_specs(abstract, _target_spec))
         if differences:
@@ -257,7 +257,7 @@ class Checkpointer:
     def restore_extra(self, step: int | str = "latest") -> dict:
         """The `extra` dict saved with `step`, without reading the arrays."""
         self.wait_until_finished()
-        step = self._resolve_step(step)
+        step = self.resolve_step(step)
         restored = self._manager.restore(
             step, args=ocp.args.Composite(**{_EXTRA: ocp.args.JsonRestore()})
         )
@@ -280,9 +280,7 @@ class Checkpointer:
     def __repr__(self) -> str:
         return f"Checkpointer({self._directory!r}, steps={self.all_steps()})"
 
-    # -- private helpers ------------------------------------------------------------------------
-
-    def _resolve_step(self, step: int | str) -> int:
+    def resolve_step(self, step: int | str) -> int:
         """Turns "latest", "best" or an int into a step on disk, or raises FileNotFoundError."""
         available = self.all_steps()
         where = f"in {self._directory} (available steps: {available or 'none'})"
@@ -293,7 +291,10 @@ class Checkpointer:
             return resolved
         if isinstance(step, str) and step == "best":
             if self._best_metric is None:
-                raise ValueError("step='best' needs a Checkpointer created with best_metric=...")
+                raise ValueError(
+                    f"step='best' is undefined: the checkpoints in {self._directory} are not "
+                    "ranked by a metric (best_metric=None); use 'latest' or a step"
+                )
             resolved = self.best_step()
             if resolved is None:
                 raise FileNotFoundError(f"No checkpoint with metric {self._best_metric!r} {where}.")
@@ -303,6 +304,8 @@ class Checkpointer:
         if int(step) not in available:
             raise FileNotFoundError(f"No checkpoint for step {int(step)} {where}.")
         return int(step)
+
+    # -- private helpers ------------------------------------------------------------------------
 
     def _saved_specs(self, step: int) -> dict[str, tuple[tuple[int, ...], np.dtype | None]]:
         """{leaf path: (shape, dtype)} of the state saved at `step`, from orbax's metadata."""

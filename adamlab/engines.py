@@ -101,9 +101,7 @@ def validate_engine_config(train_config: Any, num_devices: int | None = None) ->
     num_devices = jax.device_count() if num_devices is None else num_devices
     validate_engine_name(train_config.engine)
     validate_batch_size(train_config.batch_size, num_devices, what="train.batch_size")
-    eval_batch_size = train_config.get("eval_batch_size", None)
-    if eval_batch_size is not None:
-        validate_batch_size(eval_batch_size, num_devices, what="train.eval_batch_size")
+    validate_batch_size(train_config.eval_batch_size, num_devices, what="train.eval_batch_size")
 
 
 def _cpu_collectives_need_sync(devices: Sequence[jax.Device]) -> bool:

@@ -87,7 +87,10 @@ def evaluate_checkpoint(
     experiment = train.build_experiment(config)
     checkpointer = train.make_checkpointer(workdir, config)
     try:
-        step = _checkpoint_step(checkpointer, checkpoint, workdir)
+        try:
+            step = checkpointer.resolve_step(checkpoint)
+        except FileNotFoundError as e:
+            raise NoCheckpointError(f"Run {str(workdir)!r}: {e}") from None
         state, _ = checkpointer.restore(train.abstract_state(config, experiment), step=step)
     finally:
         checkpointer.close()
@@ -103,28 +106,6 @@ def evaluate_checkpoint(
     path = workdir / f"eval_{split}_{step}.json"
     run_io.write_json(path, result)
     return result, path
-
-
-def _checkpoint_step(checkpointer: Any, checkpoint: str | int, workdir: pathlib.Path) -> int:
-    steps = list(checkpointer.all_steps())
-    if not steps:
-        raise NoCheckpointError(
-            f"{str(workdir)!r} has no checkpoints (nothing in {run_io.CHECKPOINT_DIR}/): "
-            "train first, or point --workdir at a run that saved one"
-        )
-    if checkpoint == "latest":
-        return checkpointer.latest_step()
-    if checkpoint == "best":
-        step = checkpointer.best_step()
-        if step is None:
-            raise NoCheckpointError(f"{str(workdir)!r} records no best checkpoint; saved: {steps}")
-        return step
-    if isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint not in steps:
-        raise NoCheckpointError(
-            f"checkpoint={checkpoint!r} is not saved in {str(workdir)!r}; "
-            f"use latest, best or one of the steps {sorted(steps)}"
-        )
-    return checkpoint
 
 
 def format_metrics(result: dict[str, Any]) -> str:

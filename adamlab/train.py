@@ -135,8 +135,8 @@ def validate_config(config: ml_collections.ConfigDict) -> int:
         _fail("train.shard_optimizer", train.shard_optimizer, "must be True or False")
     try:
         models.validate_model_config(config.model)
-        if config.get("distributed") is not None:
-            distributed.resolve_parameters(config.distributed)
+        if config.get("distributed") is not None and config.distributed.get("enabled", False):
+            distributed.resolve_parameters(config.distributed)  # As `initialize` will read it.
         engines.validate_engine_config(train)
         info = data.dataset_info(config.data)
         num_steps = total_steps(config, info)
@@ -330,9 +330,10 @@ def train_and_evaluate(
         step is done; for splitting a run over time-limited jobs, and for testing resumption.
 
     Returns:
-      {"step", "interrupted", "train_<metric>" (means of the last log interval),
-      "validation_<metric>", "test_<metric>" (not when interrupted)}: accuracy, loss, macro
-      precision/recall/f1 per split.
+      {"step", "interrupted", "train_<metric>" (means of the last log interval; absent when
+      the run was already finished and nothing was trained), "validation_<metric>",
+      "test_<metric>" (not when interrupted)}: accuracy, loss, macro precision/recall/f1 per
+      split.
 
     Raises:
       ConfigError: invalid config; run_io.ConfigMismatchError: the workdir holds a different
@@ -348,33 +349,56 @@ def train_and_evaluate(
     except ValueError as e:
         raise ConfigError(str(e)) from e
     experiment = build_experiment(config)
-    primary = distributed.is_primary()
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     run_io.check_resumable(workdir, config)
-    if primary:
+    if distributed.is_primary():
         run_io.write_config(workdir, config)
-    info, num_steps, engine = experiment.info, experiment.num_steps, experiment.engine
-    train_cfg = config.train
 
     checkpointer = make_checkpointer(workdir, config)
-    if checkpointer.latest_step() is None:
-        state, start = initial_state(config, experiment), 0
-    else:
-        state, extra = checkpointer.restore(abstract_state(config, experiment), step="latest")
-        start = int(state.step)
-        if extra["data_start_step"] != start:  # Both are saved together; guard the invariant.
-            raise RuntimeError(f"checkpoint {start} has data position {extra['data_start_step']}")
-        logging.info("resuming %s from step %d of %d", workdir, start, num_steps)
-    state = engine.put_state(state)
-
-    final: dict[str, Any] = {"step": start, "interrupted": False}
-    if start >= num_steps:  # A finished run: report its metrics, but log nothing twice.
-        logging.info("%s is already trained to step %d", workdir, num_steps)
-        checkpointer.close()
-        for split in ("validation", "test") if info.num_validation else ("test",):
-            final.update(_prefixed(split, _evaluate(engine, state, config, split, None, None)))
+    try:  # The checkpointer is closed on every exit, errors before the first step included.
+        if checkpointer.latest_step() is None:
+            state, start = initial_state(config, experiment), 0
+        else:
+            state, extra = checkpointer.restore(abstract_state(config, experiment), step="latest")
+            start = int(state.step)
+            if extra["data_start_step"] != start:  # Saved together; guard the invariant.
+                raise RuntimeError(
+                    f"checkpoint {start} has data position {extra['data_start_step']}"
+                )
+            logging.info("resuming %s from step %d of %d", workdir, start, experiment.num_steps)
+        state = experiment.engine.put_state(state)
+        if start < experiment.num_steps:
+            return _train_loop(config, experiment, workdir, checkpointer, state, start,
+                               stop_after_step)  # fmt: skip
+        # A finished run (or one asked for fewer steps): its metrics, logging nothing twice.
+        logging.info("%s is already trained to step %d", workdir, start)
+        final: dict[str, Any] = {"step": start, "interrupted": False}
+        splits = ("validation", "test") if experiment.info.num_validation else ("test",)
+        for split in splits:
+            result = _evaluate(experiment.engine, state, config, split, None, None)
+            final.update(_prefixed(split, result))
         return final
+    finally:
+        checkpointer.wait_until_finished()
+        checkpointer.close()
+
+
+def _train_loop(
+    config: ml_collections.ConfigDict,
+    experiment: Experiment,
+    workdir: pathlib.Path,
+    checkpointer: Checkpointer,
+    state: Any,
+    start: int,
+    stop_after_step: int | None,
+) -> dict[str, Any]:
+    """Steps start+1 .. num_steps of `train_and_evaluate` (see its docstring), from `state`
+    placed by the engine; logs, evaluates and checkpoints on the way."""
+    info, num_steps, engine = experiment.info, experiment.num_steps, experiment.engine
+    train_cfg = config.train
+    primary = distributed.is_primary()
+    final: dict[str, Any] = {"step": start, "interrupted": False}
     # The data restarts exactly where the checkpoint left it: batch i is the same in every run.
     batches = data.train_batches(
         config.data,
@@ -395,7 +419,7 @@ def train_and_evaluate(
     )
     try:
         with (
-            run_io.MetricWriter(workdir, resume_step=start or None)
+            run_io.MetricWriter(workdir, resume_step=start)
             if primary
             else contextlib.nullcontext(None) as writer,
             _StopOnSignal() as stop,
@@ -450,8 +474,6 @@ def train_and_evaluate(
                 final.update(_prefixed("test", result))
     finally:
         bar.close()
-        checkpointer.wait_until_finished()
-        checkpointer.close()
     return final
 
 

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -59,9 +60,24 @@ def test_best_checkpoint_and_a_step_on_the_validation_split(run):
     assert at_4["count"] == 144  # 10% of digits' 1437 training images.
 
 
+def test_best_is_the_best_ranked_checkpoint_not_the_latest(run, tmp_path):
+    workdir, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    config = run_io.read_config(copy)
+    experiment = train.build_experiment(config)
+    with train.make_checkpointer(copy, config) as checkpointer:
+        state, _ = checkpointer.restore(train.abstract_state(config, experiment))
+        worse = {"validation_accuracy": 0.0}  # A later checkpoint that ranks last.
+        checkpointer.save(12, state, metrics=worse, extra={"data_start_step": 12}, force=True)
+    latest, _ = evaluate.evaluate_checkpoint(copy, checkpoint="latest", split="validation")
+    best, _ = evaluate.evaluate_checkpoint(copy, checkpoint="best", split="validation")
+    assert (latest["step"], best["step"]) == (12, 8)
+
+
 def test_unknown_step_and_split_are_refused(run):
     workdir, _ = run
-    with pytest.raises(evaluate.NoCheckpointError, match=r"steps \[4, 8\]"):
+    with pytest.raises(evaluate.NoCheckpointError, match=r"step 5 .*available steps: \[4, 8\]"):
         evaluate.evaluate_checkpoint(workdir, checkpoint=5)
     with pytest.raises(ValueError, match="test, validation, train"):
         evaluate.evaluate_checkpoint(workdir, split="dev")
@@ -70,7 +86,7 @@ def test_unknown_step_and_split_are_refused(run):
 def test_workdir_without_checkpoints_or_config_is_a_clear_error(run, tmp_path):
     workdir, _ = run
     (tmp_path / "config.json").write_text((workdir / "config.json").read_text())
-    with pytest.raises(evaluate.NoCheckpointError, match="has no checkpoints"):
+    with pytest.raises(evaluate.NoCheckpointError, match="No checkpoint in .*steps: none"):
         evaluate.evaluate_checkpoint(tmp_path)
     with pytest.raises(FileNotFoundError, match="not a run workdir"):
         evaluate.evaluate_checkpoint(tmp_path / "nothing")

@@ -1,5 +1,7 @@
 """Mixed precision: float32 master weights, bfloat16 compute and first moment, still learning."""
 
+import pathlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,9 +14,11 @@ from adamlab import models, optim, precision, run_io, train
 from adamlab.steps import make_train_step
 from adamlab.train_state import create_train_state
 
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
 
 def _config(**model):
-    config = run_io.load_config_file("configs/digits.py")
+    config = run_io.load_config_file(CONFIGS / "digits.py")
     config.model.update(model)
     return config
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,8 @@ import pytest
 
 from adamlab import baselines, report, studies
 from adamlab.run_io import load_config_file
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -113,7 +116,7 @@ def test_baseline_models_and_optimizers():
 
 
 def _tiny(path: str, **fields):
-    config = load_config_file(f"configs/{path}")
+    config = load_config_file(CONFIGS / path)
     if "model" in config:  # Logistic regression compiles in a fraction of the CNN's time.
         config.model = ml_collections.ConfigDict({"name": "logreg"})
     config.num_epochs = 1

@@ -190,6 +190,21 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
 
 
+def test_a_run_that_failed_before_its_first_checkpoint_restarts_its_metrics(tmp_path):
+    config = tiny_config(inject_nan_at_step=3)  # Fails at the log of step 4; checkpoint at 6.
+    for _ in range(2):
+        with pytest.raises(train.NonFiniteError):
+            train.train_and_evaluate(config, tmp_path)
+    steps = [(r["split"], r["step"]) for r in run_io.read_metrics(tmp_path)]
+    assert steps == [("train", 1)]  # The second attempt's lines only, not both attempts'.
+
+
+def test_a_disabled_distributed_section_ignores_the_environment(monkeypatch):
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "2")  # Invalid, but unused: distributed is disabled.
+    assert train.validate_config(tiny_config()) == NUM_STEPS
+
+
 def test_pmap_engine_matches_jit_engine(run, tmp_path):
     workdir, _ = run
     config = tiny_config(engine="pmap")
@@ -219,6 +234,7 @@ INVALID = [
     ("train.engine", "tpu", "jit, pmap"),
     ("train.batch_size", 30, "divisible by the 4 devices"),
     ("train.eval_batch_size", 0, "train.eval_batch_size=0"),
+    ("train.eval_batch_size", None, "train.eval_batch_size=None"),
     ("train.num_epochs", 0.0, "train.num_epochs=0.0"),
     ("train.num_steps", 0, "train.num_steps=0"),
     ("train.log_every_steps", 0, "train.log_every_steps=0"),

@@ -1,5 +1,7 @@
 """Transfer learning: orbax round trip of the pretrained net, head surgery, freezing, the report."""
 
+import pathlib
+
 import jax
 import ml_collections
 import numpy as np
@@ -7,6 +9,8 @@ import pytest
 
 from adamlab import baselines, data, report, transfer
 from adamlab.run_io import load_config_file
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 BACKBONE = ("Conv_0", "Dense_0")  # The tiny CNN below: one conv block, dense, then Dense_1.
 
@@ -19,7 +23,7 @@ def _tree_equal(a, b) -> bool:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """Pretrains a tiny CNN on classes 0-4 (saved), then fine-tunes on 5-7 frozen and full."""
-    config = load_config_file("configs/transfer_digits.py")
+    config = load_config_file(CONFIGS / "transfer_digits.py")
     config.model = ml_collections.ConfigDict(
         {"name": "cnn", "features": (4,), "dense_features": 8, "dropout_rate": 0.0}
     )
