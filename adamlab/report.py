@@ -52,7 +52,10 @@ def t_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple
 
 
 def format_interval(mean: float, half: float, digits: int = 4) -> str:
-    """`0.9861 ± 0.0042`, or `0.9861 (n=1, no interval)` when `half` is NaN."""
+    """`0.9861 ± 0.0042`; `0.9861 (n=1, no interval)` for one value (`half` NaN); `nan (a run
+    diverged)` when the mean is NaN (`t_interval` keeps a diverged run's NaN)."""
+    if math.isnan(mean):
+        return "nan (a run diverged)"
     if math.isnan(half):
         return f"{mean:.{digits}f} (n=1, no interval)"
     return f"{mean:.{digits}f} ± {half:.{digits}f}"
@@ -83,7 +86,8 @@ def summarize(
                 float(m[metric]) for m in members
             )
         for column in maxima:
-            summary[f"{column}_max"] = max(float(m[column]) for m in members)
+            # np.max, not max(): a NaN (a diverged run) must win wherever it is in the group.
+            summary[f"{column}_max"] = float(np.max([float(m[column]) for m in members]))
         out.append(summary)
     return out
 

@@ -63,7 +63,8 @@ def parse_sweep(spec: str, config: Any) -> tuple[str, tuple[float, ...]]:
     if not sep or not path or not values_text.strip():
         raise SweepSpecError(f"--sweep={spec!r} does not parse; expected {GRAMMAR}")
     section, _, field = path.partition(".")
-    if section not in config or not field or field not in config[section]:
+    has_fields = section in config and hasattr(config[section], "keys")  # "seed" has none.
+    if not has_fields or not field or field not in config[section]:
         raise SweepSpecError(f"--sweep={spec!r}: the config has no field {path!r}")
     if section != "optimizer" or field not in multirun.SWEEPABLE:
         raise SweepSpecError(
@@ -156,7 +157,8 @@ def plot_sweep(
 def _summary_markdown(config, name, rows, seeds, wall, results) -> str:
     from adamlab import report
 
-    lockstep = not any(math.isnan(r["parity"]) for r in rows)  # ours and optax, in pairs
+    # Both implementations ran in lockstep, so rows have a parity (NaN where a run diverged).
+    lockstep = {r["implementation"] for r in rows} == {"ours", "optax"}
     keys = ("optimizer", "implementation", name)
     parity = ("parity",) if lockstep else ()
     summary = report.summarize(rows, by=keys, metrics=tuple(SUMMARY_METRICS), maxima=parity)

@@ -35,6 +35,8 @@ def test_t_interval_edge_cases():
 def test_format_interval():
     assert report.format_interval(0.98765, 0.0123) == "0.9877 ± 0.0123"
     assert report.format_interval(0.5, math.nan) == "0.5000 (n=1, no interval)"
+    mean, half = report.t_interval([0.9, math.nan, 0.95])
+    assert report.format_interval(mean, half) == "nan (a run diverged)"
 
 
 ROWS = [
@@ -53,6 +55,13 @@ def test_summarize_groups_in_order_with_intervals_and_maxima():
     assert adam["acc_half"] == pytest.approx(4.30265273 / math.sqrt(3), rel=1e-9)
     assert adam["parity_max"] == 3e-7
     assert adamw["n"] == 1 and math.isnan(adamw["acc_half"])
+
+
+@pytest.mark.parametrize("parities", [(math.nan, 1e-7), (1e-7, math.nan)])
+def test_a_nan_in_a_group_is_its_maximum_wherever_it_stands(parities):
+    rows = [{"optimizer": "adam", "acc": 1.0, "parity": p} for p in parities]
+    (summary,) = report.summarize(rows, by=("optimizer",), metrics=("acc",), maxima=("parity",))
+    assert math.isnan(summary["parity_max"])
 
 
 def test_markdown_table():
