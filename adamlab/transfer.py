@@ -21,6 +21,7 @@ pretrained weights) and "scratch" (the same model trained from a random initiali
 
 from __future__ import annotations
 
+import json
 import logging
 import pathlib
 import re
@@ -56,19 +57,32 @@ def pretrain(
 ) -> tuple[Any, RunResult]:
     """Trains on `config.pretrain_data` and saves the final state in `checkpoint_dir`.
 
-    Reuses a finished pretraining found there (same checkpoint step), so the three fine-tuning
-    modes, and reruns of the study, start from one pretrained network.
+    Reuses a pretraining found there if its settings (`pretraining_settings`, saved with it)
+    are this config's, so the three fine-tuning modes, and reruns of the study, start from one
+    pretrained network.
 
     Returns:
       (pretrained params, the pretraining RunResult or None if it was reused).
+
+    Raises:
+      ValueError: `checkpoint_dir` holds a pretraining with other settings (it is kept: use
+        another directory, or delete it to pretrain again).
     """
-    info = data.dataset_info(config.pretrain_data)
-    model = baselines.create_model(config.model, info.num_classes)
-    schedule, tx = _adam(config, info, config.pretrain_learning_rate, config.pretrain_epochs)
+    settings = pretraining_settings(config)
     with Checkpointer(checkpoint_dir, max_to_keep=1) as checkpointer:
         if checkpointer.latest_step() is not None:
+            saved = checkpointer.restore_extra().get("pretraining")
+            if saved != settings:
+                differ = sorted(k for k in settings if (saved or {}).get(k) != settings[k])
+                raise ValueError(
+                    f"{checkpoint_dir} holds a pretraining with other settings ({', '.join(differ)}"
+                    " differ); use another report directory, or delete it to pretrain again"
+                )
             logging.info("reusing the pretrained network in %s", checkpoint_dir)
             return restore_params(config, checkpoint_dir), None
+        info = data.dataset_info(config.pretrain_data)
+        model = baselines.create_model(config.model, info.num_classes)
+        schedule, tx = _adam(config, info, config.pretrain_learning_rate, config.pretrain_epochs)
         result = fit(
             data_config=config.pretrain_data,
             model=model,
@@ -80,9 +94,17 @@ def pretrain(
         )
         steps = int(result.metrics["steps"])
         checkpointer.save(
-            steps, {"params": result.params}, extra={"num_classes": info.num_classes}, force=True
+            steps, {"params": result.params}, extra={"pretraining": settings}, force=True
         )
     return result.params, result
+
+
+def pretraining_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What decides the pretrained network (JSON values): reused only if these are equal."""
+    fields = ("pretrain_data", "model", "pretrain_learning_rate", "pretrain_epochs",
+              "pretrain_seed", "batch_size", "schedule", "warmup_fraction")  # fmt: skip
+    as_json = lambda v: v.to_dict() if hasattr(v, "to_dict") else v
+    return json.loads(json.dumps({k: as_json(config[k]) for k in fields}))
 
 
 def restore_params(config: ml_collections.ConfigDict, checkpoint_dir: str | pathlib.Path) -> Any:

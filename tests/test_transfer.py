@@ -95,3 +95,14 @@ def test_transfer_study_report_reuses_the_pretrained_checkpoint(setup):
     text = (directory / "summary.md").read_text()
     assert "(reused from its checkpoint)" in text and "| frozen | 0 | 1 |" in text
     assert (directory / "training_loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_pretraining_with_other_settings_is_refused_and_kept(setup):
+    config, directory, _, _, _ = setup
+    checkpoint = directory / "pretrain_checkpoint"
+    before = sorted(p.name for p in checkpoint.iterdir())
+    changed = ml_collections.ConfigDict(config.to_dict())
+    changed.pretrain_learning_rate = 3e-2  # Same step count, another network.
+    with pytest.raises(ValueError, match=r"other settings \(pretrain_learning_rate differ\)"):
+        transfer.pretrain(changed, checkpoint)
+    assert sorted(p.name for p in checkpoint.iterdir()) == before
