@@ -385,6 +385,9 @@ def test_unknown_optimizer_and_hyperparameter():
         optim.create("adamax", learning_rate=LR, weight_decay=0.1)
     with pytest.raises(ValueError, match=r"adam needs a learning_rate"):
         optim.create("adam")
+    for build in (optim.create, optim.reference):  # optax.nadam would take nesterov=False.
+        with pytest.raises(ValueError, match=r"nadam got unknown hyperparameter\(s\) nesterov"):
+            build("nadam", learning_rate=LR, nesterov=False)
 
 
 def test_registry_builds_optax_twins():

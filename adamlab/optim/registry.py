@@ -55,7 +55,9 @@ def _lookup(table: dict[str, Callable], name: str) -> Callable:
 
 def _build(table: dict[str, Callable], name: str, hparams: dict[str, Any]):
     factory = _lookup(table, name)
-    parameters = inspect.signature(factory).parameters
+    # Ours' signature is the contract for both tables: optax's nadam is adam with a default
+    # nesterov=True that would otherwise accept nesterov=False and quietly become Adam.
+    parameters = inspect.signature(_OURS[name]).parameters
     unknown = sorted(set(hparams) - set(parameters))
     if unknown:
         raise ValueError(
