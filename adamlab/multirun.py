@@ -117,28 +117,6 @@ def relative_difference(a: Any, b: Any) -> jax.Array:
 # ---------------------------------------------------------------------------- optimizers
 
 
-def schedule_with_peak(optimizer_config: Any, total_steps: int, peak: Any) -> optax.Schedule:
-    """`optimizer_factory.make_schedule` with a peak that may be a traced array.
-
-    optax's `warmup_cosine_decay_schedule` branches in Python on `peak_value == 0`, which a
-    traced value cannot do; this builds the same two pieces and join (end value 0, hence
-    alpha = 0), so a float `peak` gives the same numbers as `make_schedule` (tested).
-    """
-    config = config_dict.as_dict(optimizer_config, "optimizer config")
-    if config.get("schedule", "constant") == "constant":
-        return optax.constant_schedule(peak)
-    warmup = config.get("warmup_steps", 0) or 0
-    return optax.join_schedules(
-        [
-            optax.linear_schedule(init_value=0.0, end_value=peak, transition_steps=warmup),
-            optax.cosine_decay_schedule(
-                init_value=peak, decay_steps=total_steps - warmup, alpha=0.0
-            ),
-        ],
-        [warmup],
-    )
-
-
 def swept_optimizer(
     optimizer_config: Any, implementation: str, total_steps: int, names: Sequence[str]
 ):
@@ -153,7 +131,7 @@ def swept_optimizer(
 
     def factory(**values):
         peak = values.pop("learning_rate", config["learning_rate"])
-        schedule = schedule_with_peak(config, total_steps, peak)
+        schedule = optimizer_factory.make_schedule(config, total_steps, peak)
         return build(config["name"], learning_rate=schedule, **fixed, **values)
 
     # inject_hyperparams binds its arguments to the factory's signature: name them.
@@ -209,11 +187,12 @@ def conv_as_matmul(next_fun, args, kwargs, context):
     """A `flax.linen.intercept_methods` interceptor: plain convs as shifted slices + one matmul.
 
     Why: vmapped over runs, a convolution has one kernel per run, and XLA's CPU backend lowers
-    that to a grouped convolution which it expands to a dense one (runs x the FLOPs): on the
-    digits CNN a 16-run step took 50x one run's time, 2x less with this rewrite (measured, see
-    benchmarks/sweep.py). Same sums in another order: results agree with `nn.Conv` to float32
-    rounding (tests/test_compare.py checks the runs against `train_and_evaluate`). Other convs
-    (strided, dilated, grouped) and other modules run unchanged.
+    that to a grouped convolution which it expands to a dense one (runs x the FLOPs); as
+    slices and a batched matmul it stays runs x one run's work (compare with
+    `benchmarks/sweep.py --conv plain`). Same sums in another order: results agree with
+    `nn.Conv` to float32 rounding (tests/test_compare.py checks the runs against
+    `train_and_evaluate`). Other convs (strided, dilated, grouped) and other modules run
+    unchanged.
     """
     conv = context.module
     if context.method_name != "__call__" or len(args) != 1 or not _is_plain_conv(conv, args[0]):
@@ -332,14 +311,10 @@ def _chunks(num_steps: int, every: Sequence[int], max_length: int) -> list[int]:
 
 def _evaluate(eval_fn, carry: Lockstep, eval_data: list[dict]) -> list[dict]:
     """Per member, per run (as a [values, seeds] object array of metric dicts)."""
-    totals = None
+    totals = [None] * len(carry.members)
     for batch in eval_data:
-        sums = jax.device_get(eval_fn(carry.members, batch))
-        sums = [
-            {k: v.astype(np.float64 if k == "loss_sum" else np.int64) for k, v in s.items()}
-            for s in sums
-        ]
-        totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+        sums = jax.device_get(eval_fn(carry.members, batch))  # Per member, arrays [V, S, ...].
+        totals = [metrics.accumulate_eval_sums(t, s) for t, s in zip(totals, sums, strict=True)]
     out = []
     for total in totals:
         shape = total["count"].shape
@@ -363,6 +338,7 @@ def train_runs(
     sweep: Mapping[str, Sequence[float]] | None = None,
     workdir: str | os.PathLike | None = None,
     progress: bool = False,
+    conv_matmul: bool | None = None,
 ) -> RunsResult:
     """Trains every (implementation, swept value, seed) of `config.optimizer.name` at once.
 
@@ -376,6 +352,7 @@ def train_runs(
         None or {} for no sweep. Only `SWEEPABLE` numeric hyperparameters.
       workdir: where each run writes metrics.jsonl and TensorBoard events; None writes nothing.
       progress: show a tqdm bar (on a terminal only).
+      conv_matmul: compute plain convolutions as `conv_as_matmul`; None: on CPU only.
 
     Returns:
       A `RunsResult`. Each row: optimizer, implementation, the swept values, seed, steps,
@@ -433,7 +410,8 @@ def train_runs(
         parity=np.zeros(shape, np.float32),
         finite=np.ones((*shape, len(implementations)), bool),
     )
-    conv_matmul = jax.default_backend() == "cpu"  # See conv_as_matmul.
+    if conv_matmul is None:
+        conv_matmul = jax.default_backend() == "cpu"  # See conv_as_matmul.
     first = {k: v[0] for k, v in sweep.items()}
     lockstep = make_lockstep_step(
         model, [make_tx[i](**first) for i in implementations], schedule, conv_matmul=conv_matmul

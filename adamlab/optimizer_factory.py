@@ -76,24 +76,30 @@ def validate_optimizer_config(optimizer_config: Any, total_steps: int) -> None:
         )
 
 
-def make_schedule(optimizer_config: Any, total_steps: int) -> optax.Schedule:
+def make_schedule(optimizer_config: Any, total_steps: int, peak: Any = None) -> optax.Schedule:
     """The learning-rate schedule: constant, or linear warmup from 0 then cosine decay to 0.
 
     "warmup_cosine" rises linearly from 0 at step 0 to `learning_rate` at `warmup_steps`, then
-    follows a half cosine down to 0 at `total_steps` (optax's `decay_steps` includes the warmup)
-    and stays at 0 after it.
+    follows a half cosine down to 0 at `total_steps` and stays at 0 after it: optax's
+    `warmup_cosine_decay_schedule(0, lr, warmup_steps, total_steps, 0)`, built from the same two
+    pieces and join so that `peak` (default: `learning_rate`) may be a traced array, as in a
+    vectorized sweep (`adamlab.multirun`); optax's function branches in Python on the peak.
+    Same numbers as optax's (tests/test_sweep.py).
     """
     validate_optimizer_config(optimizer_config, total_steps)
     config = config_dict.as_dict(optimizer_config, "optimizer config")
-    lr = float(config["learning_rate"])
+    peak = float(config["learning_rate"]) if peak is None else peak
     if config.get("schedule", "constant") == "constant":
-        return optax.constant_schedule(lr)
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=lr,
-        warmup_steps=config.get("warmup_steps", 0) or 0,
-        decay_steps=total_steps,
-        end_value=0.0,
+        return optax.constant_schedule(peak)
+    warmup = config.get("warmup_steps", 0) or 0
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(init_value=0.0, end_value=peak, transition_steps=warmup),
+            optax.cosine_decay_schedule(
+                init_value=peak, decay_steps=total_steps - warmup, alpha=0.0
+            ),
+        ],
+        [warmup],
     )
 
 

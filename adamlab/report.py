@@ -190,7 +190,7 @@ def plot_curves(
       curves: panel title -> {line label: (steps [points], values [seeds, points])}.
       title: figure title.
     """
-    return _plot_panels(path, curves, xlabel="step", log_x=False, marker="", title=title)
+    return plot_panels(path, curves, xlabel="step", title=title)
 
 
 def plot_sweep(
@@ -210,21 +210,34 @@ def plot_sweep(
       xlabel: the hyperparameter's name.
       log_x: log-scaled x axis (learning rates).
     """
-    return _plot_panels(path, panels, xlabel=xlabel, log_x=log_x, marker="o", title=title)
+    return plot_panels(path, panels, xlabel=xlabel, log_x=log_x, marker="o", title=title)
 
 
-def _plot_panels(path, panels, *, xlabel: str, log_x: bool, marker: str, title: str):
-    """One panel per entry of `panels`, lines drawn by `_lines`; loss panels on a log y axis."""
+def plot_panels(
+    path: str | os.PathLike,
+    panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+    *,
+    xlabel: str,
+    title: str,
+    ylabel: str | None = None,
+    log_x: bool = False,
+    log_y: bool | None = None,
+    marker: str = "",
+) -> pathlib.Path:
+    """One panel per entry of `panels` ({line label: (xs, values [seeds, xs])}), lines drawn
+    by `_lines`; `log_y` None puts the panels whose title says "loss" on a log y axis."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, (panel, lines) in zip(axes[0], panels.items(), strict=True):
         _lines(ax, lines, marker=marker)
         ax.set_xlabel(xlabel)
+        if ylabel:
+            ax.set_ylabel(ylabel)
         ax.set_title(panel)
         ax.grid(alpha=0.3)
         if log_x:
             ax.set_xscale("log")
-        if "loss" in panel:
+        if log_y or (log_y is None and "loss" in panel):
             ax.set_yscale("log")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title + " (mean over seeds; band: range over seeds)", fontsize=9)

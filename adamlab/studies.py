@@ -31,7 +31,6 @@ from adamlab.study_run import RunResult, fit
 
 SCALING_RULES: tuple[str, ...] = ("none", "linear", "sqrt")
 WEIGHT_DECAY_METHODS: tuple[str, ...] = ("adam_l2", "adamw")
-STUDIES: tuple[str, ...] = ("batch_size", "schedules", "weight_decay", "kingma_ba")
 
 
 def scaled_learning_rate(

@@ -127,26 +127,15 @@ def plot_epoch_curves(
     title: str,
     ylabel: str = "training loss (NLL)",
 ) -> pathlib.Path:
-    """Training loss against epochs, a line (mean over seeds, min-max band) per label."""
-    import matplotlib
+    """Training loss against epochs, a line (mean over seeds, min-max band) per label.
 
-    matplotlib.use("Agg")  # Files only: no display needed.
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
-    for ax, (panel, lines) in zip(axes[0], panels.items(), strict=True):
-        for label, values in lines.items():
-            epochs = np.arange(1, values.shape[1] + 1)
-            (line,) = ax.plot(epochs, values.mean(0), label=label, lw=1.3)
-            ax.fill_between(epochs, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
-        ax.set(xlabel="epoch", ylabel=ylabel, title=panel, yscale="log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"{title} (mean over seeds; band: min-max)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return pathlib.Path(path)
+    `panels`: panel title -> {line label: values [seeds, epochs]}.
+    """
+    curves = {
+        panel: {label: (np.arange(1, v.shape[1] + 1), v) for label, v in lines.items()}
+        for panel, lines in panels.items()
+    }
+    return report.plot_panels(path, curves, xlabel="epoch", ylabel=ylabel, log_y=True, title=title)
 
 
 def sweep_panels(

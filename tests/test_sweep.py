@@ -9,6 +9,7 @@ import types
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from adamlab import cli, data, models, multirun, optimizer_factory, report, run_io, sweep, train
@@ -60,8 +61,9 @@ def test_vmapped_sweep_equals_sequential_runs(swept):
     """Each (learning rate, seed) of the one program is the run made alone, up to rounding.
 
     The programs differ in how XLA orders float32 reductions once the runs are vmapped, and in
-    nothing else (the schedule is rebuilt with the same ops: test_schedule_with_peak). Measured
-    difference ~1e-7 of each leaf's scale; 1e-5 leaves ~80 ulps, while the two learning rates
+    nothing else (the schedule is the same ops, see
+    test_schedule_with_a_traced_peak_is_optax_schedule). Measured difference ~1e-7 of each
+    leaf's scale; 1e-5 leaves ~80 ulps, while the two learning rates
     differ from each other by > 1e-2.
     """
     params = swept["results"]["adam"].params
@@ -100,18 +102,24 @@ def test_swept_values_are_state_leaves():
 
 
 @pytest.mark.parametrize("schedule,warmup", [("warmup_cosine", 3), ("constant", 0)])
-def test_schedule_with_peak(schedule, warmup):
-    """With the peak traced (as in a sweep) the schedule equals make_schedule's bit for bit.
+def test_schedule_with_a_traced_peak_is_optax_schedule(schedule, warmup):
+    """With the peak traced (as in a sweep) make_schedule equals optax's own schedule bit for bit.
 
     Both are evaluated as the train step does: jitted, at a scalar int32 step. (Eager or
     vmapped evaluation may round the last bit differently, for both alike.)
     """
     config = tiny_config().optimizer
     config.update(schedule=schedule, warmup_steps=warmup, learning_rate=0.03)
-    expected = jax.jit(optimizer_factory.make_schedule(config, 10))
-    traced = jax.jit(lambda peak, step: multirun.schedule_with_peak(config, 10, peak)(step))
+    if schedule == "constant":
+        reference = optax.constant_schedule(0.03)
+    else:
+        reference = optax.warmup_cosine_decay_schedule(0.0, 0.03, warmup, 10, end_value=0.0)
+    expected = jax.jit(reference)
+    traced = jax.jit(lambda peak, step: optimizer_factory.make_schedule(config, 10, peak)(step))
+    plain = jax.jit(optimizer_factory.make_schedule(config, 10))
     for step in range(12):
         assert traced(np.float32(0.03), np.int32(step)) == expected(np.int32(step)), step
+        assert plain(np.int32(step)) == expected(np.int32(step)), step
 
 
 def test_parse_sweep():
