@@ -10,8 +10,12 @@ validation and test at the end, in the same process, alternating, `--repeats` ti
 - vectorized: one `multirun.train_runs` call with the sweep: one compiled program, the runs on
   leading [values, seeds] axes (optax.inject_hyperparams holds each run's learning rate);
 - sequential: `multirun.train_runs` once per (learning rate, seed), no sweep: 16 programs,
-  each compiled for its own learning rate, as 16 `adamlab train` runs would be (without their
-  checkpoints and logging, which would only slow the sequential side further).
+  each compiled for its own learning rate, with the same scan over steps and the same
+  convolutions as the vectorized side, and without the per-step dispatch, checkpoints and
+  logging of 16 `adamlab train` runs: the fastest way to run them one after another here.
+
+`--conv plain` runs both sides with plain `nn.Conv` instead of `multirun.conv_as_matmul` (the
+default on CPU): what that rewrite is worth to each.
 
 Reported: medians of the wall time (compilation, data and evaluation included) and of the
 training steps per second of all runs together (run-steps/s, compilation excluded), and their
@@ -48,22 +52,28 @@ def _config(steps: int):
     return config
 
 
-def vectorized(config, rates, seeds) -> tuple[float, float, dict[str, float]]:
+def vectorized(config, rates, seeds, conv_matmul) -> tuple[float, float, dict[str, float]]:
     start = time.perf_counter()
     result = multirun.train_runs(
-        config, seeds=seeds, implementations=("ours",), sweep={"learning_rate": rates}
+        config,
+        seeds=seeds,
+        implementations=("ours",),
+        sweep={"learning_rate": rates},
+        conv_matmul=conv_matmul,
     )
     wall = time.perf_counter() - start
     return wall, result.steps_per_sec * len(rates) * len(seeds), result.phases
 
 
-def sequential(config, rates, seeds) -> tuple[float, float, dict[str, float]]:
+def sequential(config, rates, seeds, conv_matmul) -> tuple[float, float, dict[str, float]]:
     start, phases = time.perf_counter(), collections.Counter()
     for rate in rates:
         for seed in seeds:
             cfg = config.copy_and_resolve_references()
             cfg.optimizer.learning_rate = float(rate)
-            result = multirun.train_runs(cfg, seeds=(seed,), implementations=("ours",))
+            result = multirun.train_runs(
+                cfg, seeds=(seed,), implementations=("ours",), conv_matmul=conv_matmul
+            )
             phases.update(result.phases)
     wall = time.perf_counter() - start
     runs = len(rates) * len(seeds)
@@ -76,6 +86,8 @@ def main() -> None:
     parser.add_argument("--rates", type=int, default=8, help="learning rates, 1e-4..1e-1")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--conv", choices=("matmul", "plain"), default="matmul",
+                        help="convolutions of both sides (see the docstring)")  # fmt: skip
     parser.add_argument("--out", type=pathlib.Path, help="write the results as JSON here")
     args = parser.parse_args()
     config = _config(args.steps)
@@ -88,7 +100,7 @@ def main() -> None:
     loads = [os.getloadavg()[0]]
     for repeat in range(args.repeats):
         for name, fn in (("vectorized", vectorized), ("sequential", sequential)):
-            times[name].append(fn(config, rates, seeds))
+            times[name].append(fn(config, rates, seeds, args.conv == "matmul"))
             loads.append(os.getloadavg()[0])
             wall, speed, phases = times[name][-1]
             parts = ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
@@ -105,6 +117,7 @@ def main() -> None:
         "benchmark": "sweep",
         "runs": f"{args.rates} learning rates x {args.seeds} seeds, {args.steps} steps each",
         "model": "configs/digits.py CNN (32-64 conv, 128 dense), batch 64",
+        "convolutions": args.conv,
         "median": median,
         "speedup_wall": median["sequential"]["wall_s"] / median["vectorized"]["wall_s"],
         "speedup_steps": median["vectorized"]["run_steps_per_s"]
