@@ -12,7 +12,7 @@ validation and test at the end, in the same process, alternating, `--repeats` ti
 - sequential: `multirun.train_runs` once per (learning rate, seed), no sweep: 16 programs,
   each compiled for its own learning rate, with the same scan over steps and the same
   convolutions as the vectorized side, and without the per-step dispatch, checkpoints and
-  logging of 16 `adamlab train` runs: the fastest way to run them one after another here.
+  logging of 16 `adamlab train` runs.
 
 `--conv plain` runs both sides with plain `nn.Conv` instead of `multirun.conv_as_matmul` (the
 default on CPU): what that rewrite is worth to each.
