@@ -82,11 +82,11 @@ def pretrain(
             return restore_params(config, checkpoint_dir), None
         info = data.dataset_info(config.pretrain_data)
         model = baselines.create_model(config.model, info.num_classes)
-        schedule, tx = _adam(config, info, config.pretrain_learning_rate, config.pretrain_epochs)
+        schedule = _schedule(config, info, config.pretrain_learning_rate, config.pretrain_epochs)
         result = fit(
             data_config=config.pretrain_data,
             model=model,
-            tx=tx,
+            tx=optim.adam(schedule),
             schedule=schedule,
             batch_size=config.batch_size,
             num_epochs=config.pretrain_epochs,
@@ -146,7 +146,10 @@ def transfer_params(pretrained: Any, model: Any, image_shape, seed: int) -> Any:
 def finetune_tx(
     learning_rate: Any, params: Any, mode: str, **adam_hparams: Any
 ) -> optax.GradientTransformation:
-    """Our Adam on the trainable parameters; "frozen" zeroes every update but the head's."""
+    """Our Adam on the trainable parameters; "frozen" zeroes every update but the head's.
+
+    `params` (their structure names the head) matters only for "frozen"; None is fine otherwise.
+    """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is unknown; allowed: {', '.join(MODES)}")
     adam = optim.adam(learning_rate, **adam_hparams)
@@ -158,11 +161,10 @@ def finetune_tx(
     return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, labels)
 
 
-def _adam(config, info, learning_rate: float, epochs: int):
+def _schedule(config, info, learning_rate: float, epochs: int) -> optax.Schedule:
     steps = data.steps_per_epoch(info, config.batch_size) * epochs
     warmup = round(config.warmup_fraction * steps) if config.schedule == "warmup_cosine" else 0
-    schedule = baselines.make_schedule(config.schedule, learning_rate, steps, warmup)
-    return schedule, optim.adam(schedule)
+    return baselines.make_schedule(config.schedule, learning_rate, steps, warmup)
 
 
 def finetune(config: ml_collections.ConfigDict, pretrained: Any, mode: str, seed: int) -> RunResult:
@@ -175,12 +177,11 @@ def finetune(config: ml_collections.ConfigDict, pretrained: Any, mode: str, seed
     if mode != "scratch":
         params = transfer_params(pretrained, model, info.image_shape, seed)
     lr = config.learning_rates[mode]
-    schedule, _ = _adam(config, info, lr, config.num_epochs)
-    template = params or create_train_state(seed, model, optax.identity(), info.image_shape).params
+    schedule = _schedule(config, info, lr, config.num_epochs)
     return fit(
         data_config=config.data,
         model=model,
-        tx=finetune_tx(schedule, template, mode),
+        tx=finetune_tx(schedule, params, mode),  # params: None from scratch (no mask needed).
         schedule=schedule,
         batch_size=config.batch_size,
         num_epochs=config.num_epochs,
