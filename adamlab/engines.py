@@ -42,7 +42,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import flax.jax_utils
 import flax.linen as nn
 import jax
 import numpy as np
@@ -302,12 +301,13 @@ class PmapEngine(_EngineBase):
         )
 
     def put_state(self, state: TrainState) -> TrainState:
-        if not self.shard_optimizer:
-            return flax.jax_utils.replicate(state, self.devices)
+        """Every leaf with a leading device axis (a copy per device; under ZeRO-1 the moments
+        split instead), laid out one row per device as pmap's own outputs are."""
         n = self.num_devices
-        host = jax.tree.map(lambda x: np.broadcast_to(x, (n, *np.shape(x))), state)
-        opt_state = zero.to_sharded_opt_state(self.tx, state.opt_state, n)
-        return jax.device_put(host.replace(opt_state=opt_state), self.data_sharding)
+        host = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), state)
+        if self.shard_optimizer:
+            host = host.replace(opt_state=zero.to_sharded_opt_state(self.tx, state.opt_state, n))
+        return jax.device_put(host, self.data_sharding)
 
     def get_state(self, state: TrainState) -> TrainState:
         first = lambda x: x.addressable_shards[0].data[0]

@@ -136,8 +136,9 @@ class MetricWriter:
 
     Args:
       workdir: the run directory.
-      resume_step: the step a resumed run restarted from: earlier-logged lines with a larger
-        step (from the interrupted run) are dropped. None for a fresh run.
+      resume_step: the step the run (re)starts from: lines logged with a larger step, by an
+        earlier attempt that did not get further, are dropped (all of them for 0). None keeps
+        the file as it is (a directory no earlier attempt wrote to).
     """
 
     def __init__(self, workdir: str | os.PathLike, *, resume_step: int | None = None):
