@@ -22,6 +22,8 @@ from jax.sharding import PartitionSpec as P
 
 from adamlab.checkpoint import Checkpointer, CheckpointMismatchError
 
+from helpers import assert_trees_equal
+
 
 def _make_state(seed: int = 0, scale: float = 1.0):
     """A realistic train state: Flax-like params, optax Adam state, int step and rng keys."""
@@ -49,19 +51,6 @@ def _make_state(seed: int = 0, scale: float = 1.0):
         "dropout_rng": jax.random.key(seed + 1),  # a typed key, wrapped back by orbax
         "data_order": np.arange(6, dtype=np.int64),  # a numpy leaf stays numpy
     }
-
-
-def _assert_trees_equal(actual, expected):
-    assert jax.tree.structure(actual) == jax.tree.structure(expected)
-    for (path, a), e in zip(
-        jax.tree_util.tree_flatten_with_path(actual)[0], jax.tree.leaves(expected), strict=True
-    ):
-        where = jax.tree_util.keystr(path)
-        if isinstance(e, jax.Array) and jax.dtypes.issubdtype(e.dtype, jax.dtypes.prng_key):
-            assert a.dtype == e.dtype, where
-            a, e = jax.random.key_data(a), jax.random.key_data(e)
-        assert np.asarray(a).dtype == np.asarray(e).dtype, where
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(e), err_msg=where)
 
 
 def _zeros_like(x):
@@ -97,7 +86,7 @@ def test_round_trip_is_exact_and_keeps_structure(tmp_path, state):
         assert ckpt.save(123, state, extra=extra, metrics={"loss": jnp.float32(0.25)})
         restored, restored_extra = ckpt.restore(jax.tree.map(_zeros_like, state))
         assert ckpt.metrics(123) == {"loss": 0.25}
-    _assert_trees_equal(restored, state)
+    assert_trees_equal(restored, state)
     assert isinstance(restored["opt_state"][0], optax.ScaleByAdamState)
     assert isinstance(restored["data_order"], np.ndarray) and restored["epoch"] == 2
     assert restored_extra == extra
@@ -123,7 +112,7 @@ def test_async_save_round_trips_even_if_buffers_are_donated_meanwhile(tmp_path, 
         ckpt.wait_until_finished()
         assert _step_dirs(tmp_path) == [5]
         restored, extra = ckpt.restore(state)
-    _assert_trees_equal(restored, state)
+    assert_trees_equal(restored, state)
     assert extra == {"k": 1}
 
 
@@ -135,8 +124,8 @@ def test_flax_train_state_restores_into_an_eval_shape_target(tmp_path):
         ckpt.save(0, created)
         restored, _ = ckpt.restore(jax.eval_shape(lambda: created))
     assert isinstance(restored, train_state.TrainState) and int(restored.step) == 0
-    _assert_trees_equal(restored.params, params)
-    _assert_trees_equal(restored.opt_state, created.opt_state)
+    assert_trees_equal(restored.params, params)
+    assert_trees_equal(restored.opt_state, created.opt_state)
 
 
 # -- which steps are saved and kept -------------------------------------------------------------
@@ -203,7 +192,7 @@ def test_reopened_directory_resumes(tmp_path, state):
     with Checkpointer(tmp_path, max_to_keep=2) as ckpt:
         assert (ckpt.all_steps(), ckpt.latest_step()) == ([1, 2], 2)
         restored, extra = ckpt.restore(state)
-        _assert_trees_equal(restored, _make_state(seed=1))
+        assert_trees_equal(restored, _make_state(seed=1))
         assert extra == {"batch": 2}
         ckpt.save(3, state)
         assert _step_dirs(tmp_path) == [2, 3]
@@ -436,7 +425,7 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, state):
     with Checkpointer(tmp_path) as ckpt:
         assert ckpt.all_steps() == [1]  # ...but is not a checkpoint,
         restored, extra = ckpt.restore(state)
-        _assert_trees_equal(restored, state)
+        assert_trees_equal(restored, state)
         assert extra == {"ok": True}
         assert not [n for n in os.listdir(tmp_path) if n.startswith("2.")]  # and is removed.
         assert ckpt.save(2, state)  # The run can go on and save step 2 again.

@@ -15,6 +15,8 @@ from sklearn.datasets import load_digits
 from adamlab import engines, models
 from adamlab.train_state import create_train_state
 
+from helpers import digits_batches, to_layout
+
 NUM_STEPS = 3
 GLOBAL_BATCH = 32
 NUM_CLASSES = 10
@@ -32,25 +34,6 @@ NUM_CLASSES = 10
 ATOL, RTOL = 1e-6, 1e-5
 
 
-def _digits_batches(channels):
-    images, labels = load_digits(return_X_y=True)
-    images = (images / 16.0).reshape(-1, 8, 8, 1).astype(np.float32)
-    images = np.repeat(images, channels, axis=-1)
-    return [
-        {
-            "image": images[i * GLOBAL_BATCH : (i + 1) * GLOBAL_BATCH],
-            "label": labels[i * GLOBAL_BATCH : (i + 1) * GLOBAL_BATCH].astype(np.int32),
-        }
-        for i in range(NUM_STEPS)
-    ]
-
-
-def _to_layout(batch, engine):
-    if engine.batch_layout == "flat":
-        return batch
-    return {k: v.reshape(engine.num_devices, -1, *v.shape[1:]) for k, v in batch.items()}
-
-
 def _train(name, devices, model, batches, image_shape):
     schedule = optax.constant_schedule(1e-3)
     tx = optax.adam(schedule)
@@ -58,7 +41,7 @@ def _train(name, devices, model, batches, image_shape):
     state = engine.put_state(create_train_state(0, model, tx, image_shape))
     history = []
     for batch in batches:
-        state, metrics = engine.train_step(state, engine.put_batch(_to_layout(batch, engine)))
+        state, metrics = engine.train_step(state, engine.put_batch(to_layout(batch, engine)))
         history.append(jax.device_get(metrics))
     return engine, state, history
 
@@ -79,7 +62,7 @@ def cnn_runs():
     model = models.create_model(
         {"name": "cnn", "features": (8, 16), "dense_features": 32}, NUM_CLASSES
     )
-    return model, _run_all(model, _digits_batches(1), (8, 8, 1))
+    return model, _run_all(model, digits_batches(NUM_STEPS, GLOBAL_BATCH), (8, 8, 1))
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +70,7 @@ def resnet_runs():
     model = models.create_model(
         {"name": "resnet", "stage_sizes": (1, 1), "num_filters": 4}, NUM_CLASSES
     )
-    return model, _run_all(model, _digits_batches(3), (8, 8, 3))
+    return model, _run_all(model, digits_batches(NUM_STEPS, GLOBAL_BATCH, channels=3), (8, 8, 3))
 
 
 def _assert_trees_close(actual, expected, what):
@@ -164,7 +147,7 @@ def test_eval_sums_equal_across_engines_and_numpy(cnn_runs, eval_batch):
 
     for name, (engine, state, _) in results.items():
         sums = jax.device_get(
-            engine.eval_step(state, engine.put_batch(_to_layout(eval_batch, engine)))
+            engine.eval_step(state, engine.put_batch(to_layout(eval_batch, engine)))
         )
         assert int(sums["count"]) == 28, name
         assert int(sums["correct"]) == int((predictions == labels).sum()), name
@@ -183,7 +166,7 @@ def test_get_state_is_a_host_copy_that_survives_donation(cnn_runs):
         kernel = copy.params["Dense_1"]["kernel"]
         assert kernel.shape == (32, NUM_CLASSES)  # one copy, no device axis
         snapshot = kernel.copy()
-        batch = _to_layout(_digits_batches(1)[0], engine)
+        batch = to_layout(digits_batches(NUM_STEPS, GLOBAL_BATCH)[0], engine)
         new_state, _ = engine.train_step(state, engine.put_batch(batch))
         np.testing.assert_array_equal(copy.params["Dense_1"]["kernel"], snapshot)
         assert not np.array_equal(engine.get_state(new_state).params["Dense_1"]["kernel"], snapshot)
@@ -194,7 +177,7 @@ def test_steps_compile_once(cnn_runs):
     engine, state, _ = results["jit"]
     # 3 train steps ran on this engine, all on one batch shape: one compiled program.
     assert engine.compiled_train_step._cache_size() == 1
-    batch = engine.put_batch(_to_layout(_digits_batches(1)[0], engine))
+    batch = engine.put_batch(to_layout(digits_batches(NUM_STEPS, GLOBAL_BATCH)[0], engine))
     engine.eval_step(state, batch)  # Compiles for this shape unless another test did.
     compiled = engine.compiled_eval_step._cache_size()
     assert compiled >= 1
@@ -207,7 +190,7 @@ def test_engines_place_state_and_batches_as_documented(cnn_runs):
     jit_engine, jit_state, _ = results["jit"]
     leaf = jax.tree.leaves(jit_state.params)[0]
     assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 4
-    batch = jit_engine.put_batch(_digits_batches(1)[0])
+    batch = jit_engine.put_batch(digits_batches(NUM_STEPS, GLOBAL_BATCH)[0])
     assert batch["image"].sharding.spec == jax.sharding.PartitionSpec("data")
     assert {s.data.shape[0] for s in batch["image"].addressable_shards} == {8}
 
@@ -219,7 +202,7 @@ def test_engines_place_state_and_batches_as_documented(cnn_runs):
 
 def test_put_batch_rejects_the_wrong_layout(cnn_runs):
     _, results = cnn_runs
-    flat = _digits_batches(1)[0]
+    flat = digits_batches(NUM_STEPS, GLOBAL_BATCH)[0]
     with pytest.raises(ValueError, match="layout='pmap'"):
         results["pmap"][0].put_batch(flat)  # [32, ...] instead of [4, 8, ...]
     with pytest.raises(ValueError, match="divisible by 4 devices"):

@@ -13,6 +13,8 @@ import pytest
 
 from adamlab import run_io, train
 
+from helpers import assert_trees_equal
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_FIELDS = ("loss", "accuracy", "learning_rate", "grad_norm", "update_norm", "param_norm")
 NUM_STEPS = 12
@@ -49,14 +51,6 @@ def final_state(workdir, config=None):
     finally:
         checkpointer.close()
     return jax.device_get(state), extra
-
-
-def assert_trees_equal(a, b):
-    leaves_a, tree_a = jax.tree.flatten(a)
-    leaves_b, tree_b = jax.tree.flatten(b)
-    assert tree_a == tree_b
-    for x, y in zip(leaves_a, leaves_b, strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.fixture(scope="module")

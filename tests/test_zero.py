@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from sklearn.datasets import load_digits
 
 from adamlab import engines, models, optim, zero
 from adamlab.train_state import create_train_state
+
+from helpers import digits_batches, to_layout
 
 NUM_STEPS = 4
 GLOBAL_BATCH = 32
@@ -28,27 +29,9 @@ NUM_CLASSES = 10
 ATOL, RTOL = 1e-6, 1e-5
 
 
-def _batches():
-    images, labels = load_digits(return_X_y=True)
-    images = (images / 16.0).reshape(-1, 8, 8, 1).astype(np.float32)
-    return [
-        {
-            "image": images[i * GLOBAL_BATCH : (i + 1) * GLOBAL_BATCH],
-            "label": labels[i * GLOBAL_BATCH : (i + 1) * GLOBAL_BATCH].astype(np.int32),
-        }
-        for i in range(NUM_STEPS)
-    ]
-
-
 def _mask(params):
     """Decay kernels only: a per-leaf pytree mask, which ZeRO must apply to the right slices."""
     return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
-
-
-def _layout(batch, engine):
-    if engine.batch_layout == "flat":
-        return batch
-    return {k: v.reshape(engine.num_devices, -1, *v.shape[1:]) for k, v in batch.items()}
 
 
 def _model():
@@ -67,8 +50,8 @@ def _train(name, shard_optimizer):
     )
     state = engine.put_state(create_train_state(0, model, tx, (8, 8, 1)))
     history = []
-    for batch in _batches():
-        state, metrics = engine.train_step(state, engine.put_batch(_layout(batch, engine)))
+    for batch in digits_batches(NUM_STEPS, GLOBAL_BATCH):
+        state, metrics = engine.train_step(state, engine.put_batch(to_layout(batch, engine)))
         history.append(jax.device_get(metrics))
     return engine, state, history
 

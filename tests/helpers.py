@@ -1,0 +1,40 @@
+"""Helpers shared by the test modules (importable as `helpers`: pytest puts tests/ on sys.path)."""
+
+import jax
+import numpy as np
+from sklearn.datasets import load_digits
+
+
+def digits_batches(num_steps: int, batch_size: int, channels: int = 1) -> list[dict]:
+    """The first `num_steps` batches of scikit-learn's digits, in file order, in [0, 1]."""
+    images, labels = load_digits(return_X_y=True)
+    images = (images / 16.0).reshape(-1, 8, 8, 1).astype(np.float32)
+    images = np.repeat(images, channels, axis=-1)
+    return [
+        {
+            "image": images[i * batch_size : (i + 1) * batch_size],
+            "label": labels[i * batch_size : (i + 1) * batch_size].astype(np.int32),
+        }
+        for i in range(num_steps)
+    ]
+
+
+def to_layout(batch: dict, engine) -> dict:
+    """A flat global batch in the engine's layout ([devices, per_device, ...] for pmap)."""
+    if engine.batch_layout == "flat":
+        return batch
+    return {k: v.reshape(engine.num_devices, -1, *v.shape[1:]) for k, v in batch.items()}
+
+
+def assert_trees_equal(actual, expected) -> None:
+    """Same structure and bitwise-equal leaves (dtypes included; PRNG keys by their data)."""
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for (path, a), e in zip(
+        jax.tree_util.tree_flatten_with_path(actual)[0], jax.tree.leaves(expected), strict=True
+    ):
+        where = jax.tree_util.keystr(path)
+        if isinstance(e, jax.Array) and jax.dtypes.issubdtype(e.dtype, jax.dtypes.prng_key):
+            assert a.dtype == e.dtype, where
+            a, e = jax.random.key_data(a), jax.random.key_data(e)
+        assert np.asarray(a).dtype == np.asarray(e).dtype, where
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(e), err_msg=where)
