@@ -186,10 +186,13 @@ def _is_plain_conv(conv: nn.Module, x: jax.Array) -> bool:
 def conv_as_matmul(next_fun, args, kwargs, context):
     """A `flax.linen.intercept_methods` interceptor: plain convs as shifted slices + one matmul.
 
-    Why: vmapped over runs, a convolution has one kernel per run, and XLA's CPU backend lowers
-    that to a grouped convolution which it expands to a dense one (runs x the FLOPs); as
-    slices and a batched matmul it stays runs x one run's work (compare with
-    `benchmarks/sweep.py --conv plain`). Same sums in another order: results agree with
+    Why, on XLA:CPU: inside a loop body (the `lax.scan` over steps) a convolution runs far
+    slower than in a plain jitted step (jax-ml/jax#12868, open; 16x for the digits CNN's step,
+    `benchmarks/conv_in_scan.py`); and
+    vmapped over runs, a convolution has one kernel per run, which XLA lowers to a grouped
+    convolution and expands to a dense one (runs x the FLOPs). As slices and a batched matmul
+    it stays runs x one run's work (compare with `benchmarks/sweep.py --conv plain`). Same sums
+    in another order: results agree with
     `nn.Conv` to float32 rounding (tests/test_compare.py checks the runs against
     `train_and_evaluate`). Other convs (strided, dilated, grouped) and other modules run
     unchanged.
