@@ -101,6 +101,12 @@ def validate_config(config: ml_collections.ConfigDict) -> int:
       ConfigError: naming the field, the value and what is allowed (unknown dataset, model,
         optimizer and engine names list the valid ones).
     """
+    return _validated(config)[0]
+
+
+def _validated(config: ml_collections.ConfigDict):
+    """`validate_config`, returning what checking needed to build: (num_steps, dataset info,
+    (tx, schedule)), so that `build_experiment` does not build them twice."""
     for section in ("data", "model", "optimizer", "train"):
         if section not in config:
             raise ConfigError(f"config has no {section!r} section; see configs/digits.py")
@@ -140,7 +146,7 @@ def validate_config(config: ml_collections.ConfigDict) -> int:
         engines.validate_engine_config(train)
         info = data.dataset_info(config.data)
         num_steps = total_steps(config, info)
-        optimizer_factory.make_optimizer(config.optimizer, num_steps)  # checks hyperparameters
+        optimizer = optimizer_factory.make_optimizer(config.optimizer, num_steps)
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:
@@ -152,7 +158,7 @@ def validate_config(config: ml_collections.ConfigDict) -> int:
             f"needs a validation split, but data.validation_fraction="
             f"{config.data.get('validation_fraction')} leaves none; set best_metric=None",
         )
-    return num_steps
+    return num_steps, info, optimizer
 
 
 def total_steps(config: ml_collections.ConfigDict, info: Any) -> int:
@@ -187,9 +193,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     engine shards the optimizer state if `config.train.shard_optimizer` (ZeRO-1,
     `adamlab.zero`).
     """
-    num_steps = validate_config(config)
-    info = data.dataset_info(config.data)
-    tx, schedule = optimizer_factory.make_optimizer(config.optimizer, num_steps)
+    num_steps, info, (tx, schedule) = _validated(config)
     model = models.create_model(config.model, info.num_classes)
     engine = engines.make_engine(
         config.train.engine,
