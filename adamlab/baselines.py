@@ -20,7 +20,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import optax
 
-from adamlab import config_dict, models, optim, optimizer_factory
+from adamlab import config_dict, models, optim
+from adamlab.training import optimizer_factory
 
 MODELS: tuple[str, ...] = ("logreg", "mlp", *models.MODELS)
 BASELINES: tuple[str, ...] = ("sgd_nesterov", "adagrad", "rmsprop")

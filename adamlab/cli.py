@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from adamlab import compare, sweep
+from adamlab import config_dict
+from adamlab.experiments import compare, sweep
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -35,7 +36,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 75
 
 # The repository's default config; `adamlab` is installed editable from a clone (see README).
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits.py"
+DEFAULT_CONFIG = config_dict.resolve_config_path("digits")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +81,9 @@ def _run_train(fv: flags.FlagValues) -> int:
     path = checked_config_path(fv)
     config = fv["config"].value
     workdir = fv["workdir"].value or default_workdir(path)
-    from adamlab import train  # Imported here: `adamlab --help` need not import jax and TF.
+    from adamlab.training import (
+        train,  # Imported here: `adamlab --help` need not import jax and TF.
+    )
 
     try:
         result = train.train_and_evaluate(config, workdir)
@@ -104,7 +107,7 @@ def _define_evaluate_flags(fv: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _run_evaluate(fv: flags.FlagValues) -> int:
-    from adamlab import evaluate
+    from adamlab.training import evaluate
 
     checkpoint = fv["checkpoint"].value
     if checkpoint not in ("latest", "best"):
@@ -205,7 +208,7 @@ def _is_user_error(error: Exception) -> bool:
     """Errors whose message says what to fix (bad config, workdir or checkpoint)."""
     if isinstance(error, flags.Error | FileNotFoundError):  # FileNotFoundError: no config.json,
         return True  # checkpoint or prepared dataset.
-    from adamlab import checkpoint, run_io, train  # Loaded already when a command has run.
+    from adamlab.training import checkpoint, run_io, train  # Loaded already when a command has run.
 
     user_errors = (
         train.ConfigError,

@@ -24,8 +24,9 @@ import time
 import jax
 import numpy as np
 
-from adamlab import multirun, run_io, train
-from adamlab.steps import make_train_step
+from adamlab import config_dict
+from adamlab.training import multirun, train
+from adamlab.training.steps import make_train_step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path, help="write the results as JSON here")
     args = parser.parse_args()
 
-    config = run_io.load_config_file(ROOT / "configs" / "digits.py")
+    config = config_dict.load_config_file(ROOT / "configs" / "digits.py")
     experiment = train.build_experiment(config)
     state = train.initial_state(config, experiment)
     rng = np.random.default_rng(0)

@@ -33,14 +33,15 @@ import time
 import jax
 import tensorflow_datasets as tfds  # Loads TF lazily: adamlab.data configures it first.
 
-from adamlab import data, run_io, train
+from adamlab import config_dict, data
+from adamlab.training import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def mnist_experiment(num_examples: int, batch_size: int, augment: bool):
     """configs/mnist.py as `adamlab train` builds it (our Adam, jit engine), on mock data."""
-    config = run_io.load_config_file(ROOT / "configs" / "mnist.py")
+    config = config_dict.load_config_file(ROOT / "configs" / "mnist.py")
     config.data.download, config.data.augment = True, augment  # Mock data: nothing downloads.
     config.train.batch_size = batch_size
     with tfds.testing.mock_data(num_examples=num_examples):

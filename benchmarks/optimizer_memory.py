@@ -54,14 +54,15 @@ def _memory(args) -> dict:
     import jax
     import numpy as np
 
-    from adamlab import engines, models, optimizer_factory, precision, run_io, zero
-    from adamlab.train_state import create_train_state
+    from adamlab import config_dict, models
+    from adamlab.training import engines, optimizer_factory, precision, zero
+    from adamlab.training.train_state import create_train_state
 
     d0 = jax.devices()[0]
     rows = []
     for name in args.models.split(","):
         config_file, image_shape, batch_size = MODELS[name]
-        config = run_io.load_config_file(ROOT / "configs" / config_file)
+        config = config_dict.load_config_file(ROOT / "configs" / config_file)
         for engine_name in ("jit", "pmap"):
             for shard in (False, True):
                 for mu_dtype in (None, "bfloat16"):
@@ -106,7 +107,8 @@ def _memory(args) -> dict:
 
 
 def _accuracy(args) -> dict:
-    from adamlab import run_io, train
+    from adamlab import config_dict
+    from adamlab.training import train
 
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -114,7 +116,7 @@ def _accuracy(args) -> dict:
             ("float32", "float32", None),
             ("bf16", "bfloat16", "bfloat16"),
         ):
-            config = run_io.load_config_file(ROOT / "configs" / "digits.py")
+            config = config_dict.load_config_file(ROOT / "configs" / "digits.py")
             config.seed = seed
             config.model.dtype = dtype
             config.optimizer.mu_dtype = mu_dtype
@@ -149,7 +151,7 @@ def main() -> None:
         ).strip()
     import jax
 
-    from adamlab import run_io
+    from adamlab.training import run_io
 
     result = _memory(args) if args.mode == "memory" else _accuracy(args)
     result["machine"] = {

@@ -38,13 +38,14 @@ import time
 import jax
 import numpy as np
 
-from adamlab import multirun, run_io
+from adamlab import config_dict
+from adamlab.training import multirun
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(steps: int):
-    config = run_io.load_config_file(ROOT / "configs" / "digits.py")
+    config = config_dict.load_config_file(ROOT / "configs" / "digits.py")
     config.train.num_steps = steps
     config.train.eval_every_steps = steps  # Evaluate once, at the end, on both sides.
     config.train.log_every_steps = min(config.train.log_every_steps, steps)

@@ -30,7 +30,8 @@ import time
 import jax
 import numpy as np
 
-from adamlab import engines, models, optimizer_factory, run_io, train_state
+from adamlab import config_dict, models
+from adamlab.training import engines, optimizer_factory, train_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -85,7 +86,7 @@ def machine() -> dict:
 
 def main() -> None:
     args = _parse_args()
-    config = run_io.load_config_file(args.config)
+    config = config_dict.load_config_file(args.config)
     batch_size = args.batch_size or config.train.batch_size
     image_shape = tuple(int(v) for v in args.image_shape.split(","))
     rng = np.random.default_rng(0)

@@ -17,7 +17,7 @@ Override any field from the command line, e.g.
         --config.optimizer.weight_decay=1e-4 --config.train.num_epochs=10
 
 Every other config in this directory starts from `get_config()` here (loaded by path with
-`adamlab.run_io.load_config_file`) and overrides only what changes, so this file documents
+`adamlab.config_dict.load_config_file`) and overrides only what changes, so this file documents
 every field.
 """
 

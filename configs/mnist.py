@@ -14,7 +14,7 @@ import pathlib
 
 import ml_collections
 
-from adamlab.run_io import load_config_file
+from adamlab.config_dict import load_config_file
 
 # The config this one builds on (loaded by path: configs/ is not a package).
 _BASE = pathlib.Path(__file__).with_name("digits.py")

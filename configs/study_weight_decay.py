@@ -10,7 +10,7 @@ import pathlib
 
 import ml_collections
 
-from adamlab.run_io import load_config_file
+from adamlab.config_dict import load_config_file
 
 _BASE = pathlib.Path(__file__).with_name("study_common.py")
 

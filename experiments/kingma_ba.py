@@ -8,7 +8,7 @@ writes a report directory (config, results CSV/JSON, summary.md, plots).
 import pathlib
 import sys
 
-from adamlab import studies
+from adamlab.experiments import studies
 
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "kingma_ba_digits.py"
 

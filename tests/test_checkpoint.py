@@ -20,7 +20,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
-from adamlab.checkpoint import Checkpointer, CheckpointMismatchError
+from adamlab.training.checkpoint import Checkpointer, CheckpointMismatchError
 
 from helpers import assert_trees_equal
 
@@ -245,7 +245,7 @@ def test_sharded_state_restores_in_a_one_device_process(tmp_path, mesh, state):
         import json, jax, numpy as np, optax, sys
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from test_checkpoint import _make_state
-        from adamlab.checkpoint import Checkpointer
+        from adamlab.training.checkpoint import Checkpointer
         target = jax.eval_shape(_make_state)
         target["data_order"] = np.zeros(6, np.int64)  # x64 is off: keep numpy's int64
         restored, _ = Checkpointer({str(tmp_path)!r}).restore(target)
@@ -408,7 +408,7 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, state):
     script = f"""
         import os, jax.numpy as jnp
         from orbax.checkpoint._src.path import atomicity
-        from adamlab.checkpoint import Checkpointer
+        from adamlab.training.checkpoint import Checkpointer
 
         async def die(*args, **kwargs):
             os._exit(17)

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from adamlab import cli, run_io
+from adamlab import cli, config_dict
+from adamlab.training import run_io
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "configs" / "digits.py")
@@ -54,7 +55,7 @@ def test_overrides_are_applied_to_the_config_file():
 
 def test_the_default_config_is_digits():
     config = cli.parse_flags("train", [])["config"].value
-    assert config.to_dict() == run_io.load_config_file(DIGITS).to_dict()
+    assert config.to_dict() == config_dict.load_config_file(DIGITS).to_dict()
 
 
 @pytest.mark.parametrize(

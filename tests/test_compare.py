@@ -11,7 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from adamlab import cli, compare, multirun, report, run_io, train
+from adamlab import cli, config_dict
+from adamlab.experiments import compare, report
+from adamlab.training import multirun, run_io, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 12
@@ -20,7 +22,7 @@ SEEDS = 2
 
 def tiny_config():
     """configs/digits.py shrunk to seconds (as tests/test_train.py): 12 steps, warmup 2."""
-    config = run_io.load_config_file(ROOT / "configs" / "digits.py")
+    config = config_dict.load_config_file(ROOT / "configs" / "digits.py")
     config.seed = 3
     config.model.features = (8,)
     config.model.dense_features = 16

@@ -12,7 +12,8 @@ import pathlib
 import pytest
 import tensorflow_datasets as tfds
 
-from adamlab import run_io, train
+from adamlab import config_dict
+from adamlab.training import train
 
 # The training configs (`adamlab train --config ...`); study configs are tested with their studies.
 CONFIGS = [
@@ -36,7 +37,7 @@ def shortened(config):
 
 
 def test_every_dataset_has_its_config():
-    names = [run_io.load_config_file(path).data.name for path in CONFIGS]
+    names = [config_dict.load_config_file(path).data.name for path in CONFIGS]
     assert names == [path.stem for path in CONFIGS]
 
 
@@ -45,7 +46,7 @@ def test_config_is_documented_valid_and_trains(path, tmp_path):
     module_text = path.read_text()
     assert "adamlab train --config configs/" in module_text  # Says how to run it...
     assert "Expected:" in module_text  # ...and what to expect.
-    config = shortened(run_io.load_config_file(path))
+    config = shortened(config_dict.load_config_file(path))
     if config.data.name in NEEDS_DOWNLOAD:
         config.data.download = True  # As users pass it; under mock_data nothing is fetched.
         with tfds.testing.mock_data(num_examples=64):

@@ -30,8 +30,9 @@ import jax
 import numpy as np
 import pytest
 
-from adamlab import data, distributed, run_io, train
-from adamlab.evaluate import evaluate_split
+from adamlab import config_dict, data
+from adamlab.training import distributed, run_io, train
+from adamlab.training.evaluate import evaluate_split
 
 TIMEOUT_S = 150
 NUM_STEPS = 6
@@ -44,7 +45,9 @@ ATOL, RTOL = 1e-6, 1e-5
 
 
 def _config():
-    config = run_io.load_config_file(pathlib.Path(__file__).parents[1] / "configs" / "digits.py")
+    config = config_dict.load_config_file(
+        pathlib.Path(__file__).parents[1] / "configs" / "digits.py"
+    )
     config.model.features = (4, 8)
     config.model.dense_features = 16
     config.optimizer.warmup_steps = 2

@@ -12,8 +12,9 @@ import scipy.special
 from ml_collections import ConfigDict
 from sklearn.datasets import load_digits
 
-from adamlab import engines, models
-from adamlab.train_state import create_train_state
+from adamlab import models
+from adamlab.training import engines
+from adamlab.training.train_state import create_train_state
 
 from helpers import digits_batches, to_layout
 

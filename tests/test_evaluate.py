@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from adamlab import cli, evaluate, run_io, train
+from adamlab import cli, config_dict
+from adamlab.training import evaluate, run_io, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -15,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny run: checkpoints at steps 4 and 8, validation at both, test at 8."""
-    config = run_io.load_config_file(ROOT / "configs" / "digits.py")
+    config = config_dict.load_config_file(ROOT / "configs" / "digits.py")
     config.model.features = (8,)
     config.model.dense_features = 16
     config.optimizer.learning_rate = 1e-2

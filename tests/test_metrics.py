@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from adamlab import metrics
+from adamlab.training import metrics
 
 
 def _confusion(y_true, y_pred, num_classes):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from adamlab import models
-from adamlab.train_state import param_count
+from adamlab.training.train_state import param_count
 
 
 def _shapes(model, image_shape):

@@ -10,7 +10,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from adamlab import optim
-from adamlab.optimizer_factory import make_optimizer, optimizer_hparams
+from adamlab.training.optimizer_factory import make_optimizer, optimizer_hparams
 
 
 def _config(**overrides):

@@ -10,15 +10,16 @@ import numpy as np
 import optax
 import pytest
 
-from adamlab import models, optim, precision, run_io, train
-from adamlab.steps import make_train_step
-from adamlab.train_state import create_train_state
+from adamlab import config_dict, models, optim
+from adamlab.training import precision, train
+from adamlab.training.steps import make_train_step
+from adamlab.training.train_state import create_train_state
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 def _config(**model):
-    config = run_io.load_config_file(CONFIGS / "digits.py")
+    config = config_dict.load_config_file(CONFIGS / "digits.py")
     config.model.update(model)
     return config
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from adamlab import report
+from adamlab.experiments import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -9,8 +9,8 @@ import scipy.special
 from sklearn.datasets import load_digits
 
 from adamlab import models
-from adamlab.steps import make_eval_step, make_train_step
-from adamlab.train_state import TrainState, create_train_state
+from adamlab.training.steps import make_eval_step, make_train_step
+from adamlab.training.train_state import TrainState, create_train_state
 
 NUM_CLASSES = 10
 

@@ -11,8 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from adamlab import baselines, optim, report, studies
-from adamlab.run_io import load_config_file
+from adamlab import baselines, optim
+from adamlab.config_dict import load_config_file
+from adamlab.experiments import report, studies
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 

@@ -12,9 +12,11 @@ import numpy as np
 import optax
 import pytest
 
-from adamlab import cli, data, models, multirun, optimizer_factory, report, run_io, sweep, train
-from adamlab.steps import make_train_step
-from adamlab.train_state import create_train_state
+from adamlab import cli, config_dict, data, models
+from adamlab.experiments import report, sweep
+from adamlab.training import multirun, optimizer_factory, train
+from adamlab.training.steps import make_train_step
+from adamlab.training.train_state import create_train_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 10
@@ -23,7 +25,7 @@ SPEC = "optimizer.learning_rate=3e-3,3e-2"
 
 
 def tiny_config():
-    config = run_io.load_config_file(ROOT / "configs" / "digits.py")
+    config = config_dict.load_config_file(ROOT / "configs" / "digits.py")
     config.model.features = (8,)
     config.model.dense_features = 16
     config.optimizer.warmup_steps = 3

@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from adamlab import run_io, train
+from adamlab import config_dict
+from adamlab.training import run_io, train
 
 from helpers import assert_trees_equal
 
@@ -22,7 +23,7 @@ NUM_STEPS = 12
 
 def tiny_config(**train_overrides):
     """configs/digits.py shrunk to seconds: 12 steps, log every 4, checkpoint/eval every 6."""
-    config = run_io.load_config_file(ROOT / "configs" / "digits.py")
+    config = config_dict.load_config_file(ROOT / "configs" / "digits.py")
     config.model.features = (8,)
     config.model.dense_features = 16
     config.optimizer.learning_rate = 1e-2  # Tiny runs learn in 12 steps.
@@ -276,7 +277,7 @@ def test_total_steps_from_epochs():
 
 @pytest.mark.slow
 def test_default_digits_config_reaches_97_percent(tmp_path):
-    config = run_io.load_config_file(ROOT / "configs" / "digits.py")
+    config = config_dict.load_config_file(ROOT / "configs" / "digits.py")
     config.train.progress_bar = False
     result = train.train_and_evaluate(config, tmp_path)
     assert result["test_accuracy"] >= 0.97

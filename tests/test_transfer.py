@@ -7,8 +7,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from adamlab import baselines, data, report, transfer
-from adamlab.run_io import load_config_file
+from adamlab import baselines, data
+from adamlab.config_dict import load_config_file
+from adamlab.experiments import report, transfer
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 

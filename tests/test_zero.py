@@ -11,8 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from adamlab import engines, models, optim, zero
-from adamlab.train_state import create_train_state
+from adamlab import models, optim
+from adamlab.training import engines, zero
+from adamlab.training.train_state import create_train_state
 
 from helpers import digits_batches, to_layout
 
@@ -149,7 +150,7 @@ def test_shard_round_trip_and_padding():
 
 
 def test_sharded_step_needs_pmap_axis():
-    from adamlab.steps import make_train_step
+    from adamlab.training.steps import make_train_step
 
     with pytest.raises(ValueError, match="needs axis_name and num_shards"):
         make_train_step(

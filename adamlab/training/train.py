@@ -1,6 +1,6 @@
 """The training loop: `train_and_evaluate(config, workdir)`, the one readable loop of adamlab.
 
-    config = run_io.load_config_file("configs/digits.py")
+    config = config_dict.load_config_file("configs/digits.py")
     final = train_and_evaluate(config, "runs/digits")   # {"test_accuracy": ..., ...}
 
 What a run does, in order:
@@ -43,10 +43,11 @@ import numpy as np
 import optax
 import tqdm
 
-from adamlab import data, distributed, engines, models, optimizer_factory, run_io
-from adamlab.checkpoint import Checkpointer
-from adamlab.evaluate import evaluate_split
-from adamlab.train_state import TrainState, create_train_state
+from adamlab import data, models
+from adamlab.training import distributed, engines, optimizer_factory, run_io
+from adamlab.training.checkpoint import Checkpointer
+from adamlab.training.evaluate import evaluate_split
+from adamlab.training.train_state import TrainState, create_train_state
 
 # The quantities the step checks for finiteness, in the order a non-finite value is blamed on.
 _WATCHED = ("loss", "grad_norm", "update_norm")

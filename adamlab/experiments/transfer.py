@@ -31,10 +31,11 @@ import jax
 import ml_collections
 import optax
 
-from adamlab import baselines, data, optim, study_report
-from adamlab.checkpoint import Checkpointer
-from adamlab.study_run import RunResult, fit
-from adamlab.train_state import create_train_state
+from adamlab import baselines, data, optim
+from adamlab.experiments import study_report
+from adamlab.training.checkpoint import Checkpointer
+from adamlab.training.study_run import RunResult, fit
+from adamlab.training.train_state import create_train_state
 
 MODES: tuple[str, ...] = ("frozen", "full", "scratch")
 _DENSE = re.compile(r"Dense_(\d+)$")

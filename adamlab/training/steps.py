@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamlab import zero
-from adamlab.precision import Policy
-from adamlab.train_state import TrainState
+from adamlab.training import zero
+from adamlab.training.precision import Policy
+from adamlab.training.train_state import TrainState
 
 Batch = dict[str, jax.Array]
 TrainStep = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]

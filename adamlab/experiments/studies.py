@@ -26,8 +26,9 @@ from typing import Any
 import ml_collections
 import optax
 
-from adamlab import baselines, data, optim, report, study_report
-from adamlab.study_run import RunResult, fit
+from adamlab import baselines, data, optim
+from adamlab.experiments import report, study_report
+from adamlab.training.study_run import RunResult, fit
 
 SCALING_RULES: tuple[str, ...] = ("none", "linear", "sqrt")
 WEIGHT_DECAY_METHODS: tuple[str, ...] = ("adam_l2", "adamw")
@@ -384,7 +385,9 @@ def run_study(
     Args:
       seeds: None keeps `config.seeds`; an int n uses seeds 0..n-1; a sequence uses those.
     """
-    from adamlab import transfer  # Its own module; imported here to keep this one light.
+    from adamlab.experiments import (
+        transfer,  # Its own module; imported here to keep this one light.
+    )
 
     functions: Mapping[str, Any] = {**STUDY_FUNCTIONS, "transfer": transfer.transfer_study}
     if name not in functions:

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import tqdm
 
-from adamlab import report, run_io
-from adamlab.study_run import RunResult
+from adamlab.experiments import report
+from adamlab.training import run_io
+from adamlab.training.study_run import RunResult
 
 METRICS = ("final_train_loss", "validation_accuracy", "test_accuracy", "test_loss", "param_norm")
 

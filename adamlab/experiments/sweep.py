@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from adamlab import compare
+from adamlab.experiments import compare
 
 DEFAULT_SEEDS = 2
 GRAMMAR = (
@@ -56,7 +56,7 @@ def parse_sweep(spec: str, config: Any) -> tuple[str, tuple[float, ...]]:
       SweepSpecError: the spec does not follow `GRAMMAR`, the field is not in the config, or it
         is not a sweepable optimizer hyperparameter.
     """
-    from adamlab import multirun
+    from adamlab.training import multirun
 
     path, sep, values_text = spec.partition("=")
     path = path.strip()
@@ -103,7 +103,8 @@ def run_sweep(
       {"workdir", "name" (the hyperparameter), "values", "rows", "summary", "wall_time_s",
        "results" (optimizer -> multirun.RunsResult)}.
     """
-    from adamlab import multirun, report, run_io
+    from adamlab.experiments import report
+    from adamlab.training import multirun, run_io
 
     name, values = parse_sweep(sweep, config)
     optimizers = compare.parse_names(optimizers or config.optimizer.name)
@@ -139,7 +140,7 @@ def plot_sweep(
 ) -> pathlib.Path:
     """sweep.png: final train loss and validation accuracy against `name`, a line per
     (optimizer, implementation), from the rows of results.csv."""
-    from adamlab import report
+    from adamlab.experiments import report
 
     panels: dict[str, dict] = {"final train loss": {}, "validation accuracy": {}}
     groups = dict.fromkeys((r["optimizer"], r["implementation"]) for r in rows)
@@ -155,7 +156,7 @@ def plot_sweep(
 
 
 def _summary_markdown(config, name, rows, seeds, wall, results) -> str:
-    from adamlab import report
+    from adamlab.experiments import report
 
     # Both implementations ran in lockstep, so rows have a parity (NaN where a run diverged).
     lockstep = {r["implementation"] for r in rows} == {"ours", "optax"}
@@ -197,7 +198,8 @@ def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
 
 def main(fv: flags.FlagValues) -> int:
     """Runs `adamlab sweep` from parsed flags; prints the report directory and the table."""
-    from adamlab import cli, train
+    from adamlab import cli
+    from adamlab.training import train
 
     config_path = cli.checked_config_path(fv)
     config = fv["config"].value

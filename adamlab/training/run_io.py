@@ -20,7 +20,6 @@ trajectory.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import numbers
 import os
@@ -48,23 +47,6 @@ ADDED_FIELDS: dict[str, Any] = {"optimizer.mu_dtype": None, "train.shard_optimiz
 
 class ConfigMismatchError(ValueError):
     """A workdir already holds a run with a different config."""
-
-
-def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    """Calls `get_config()` of a Python config file, as `--config=path` does.
-
-    Config files use it to build on a sibling (`mnist.py` starts from `digits.py`) without
-    `configs/` having to be an importable package.
-    """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    spec = importlib.util.spec_from_file_location(f"_adamlab_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"config file {str(path)!r} defines no get_config()")
-    return module.get_config()
 
 
 def config_to_dict(config: ml_collections.ConfigDict | Mapping) -> dict[str, Any]:

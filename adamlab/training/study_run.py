@@ -25,9 +25,10 @@ import jax
 import numpy as np
 import optax
 
-from adamlab import data, engines
-from adamlab.evaluate import evaluate_split
-from adamlab.train_state import create_train_state
+from adamlab import data
+from adamlab.training import engines
+from adamlab.training.evaluate import evaluate_split
+from adamlab.training.train_state import create_train_state
 
 EVAL_BATCH_SIZE = 256
 

@@ -31,11 +31,13 @@ from typing import Any
 
 from absl import flags
 
+from adamlab import config_dict
+
 # The defaults of `adamlab compare` (with DEFAULT_CONFIG: < 2 minutes on a 2-core CPU, README).
 DEFAULT_OPTIMIZERS: tuple[str, ...] = ("adam", "adamw")
 DEFAULT_SEEDS = 3
 # configs/digits.py at 12 epochs (in a clone; `adamlab` is installed editable, see README).
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "compare_digits.py"
+DEFAULT_CONFIG = config_dict.resolve_config_path("compare_digits")
 COLUMNS = (
     "optimizer", "implementation", "seed", "steps", "final_train_loss", "final_train_accuracy",
     "validation_loss", "validation_accuracy", "validation_f1", "test_loss", "test_accuracy",
@@ -87,7 +89,8 @@ def run_compare(
     Raises:
       ValueError / train.ConfigError: unknown optimizer names, bad seeds, an invalid config.
     """
-    from adamlab import multirun, report, run_io
+    from adamlab.experiments import report
+    from adamlab.training import multirun, run_io
 
     optimizers = parse_names(optimizers)
     seeds = seeds_from(config, num_seeds)
@@ -128,7 +131,7 @@ def run_compare(
 
 def summary_markdown(config: Any, rows: list[dict], seeds: Sequence[int], wall: float) -> str:
     """summary.md: what was run, then the table (mean ± 95% interval over seeds, parity)."""
-    from adamlab import report
+    from adamlab.experiments import report
 
     summary = report.summarize(
         rows,

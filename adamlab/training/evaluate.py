@@ -13,8 +13,9 @@ from typing import Any
 
 import ml_collections
 
-from adamlab import data, metrics, run_io
-from adamlab.engines import Engine
+from adamlab import data
+from adamlab.training import metrics, run_io
+from adamlab.training.engines import Engine
 
 SPLITS = ("test", "validation", "train")
 
@@ -78,7 +79,7 @@ def evaluate_checkpoint(
       FileNotFoundError: no config.json in `workdir`; NoCheckpointError: no checkpoint (or not
       the one asked for).
     """
-    from adamlab import train  # Here, not at the top: train imports this module.
+    from adamlab.training import train  # Here, not at the top: train imports this module.
 
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not a split; allowed: {', '.join(SPLITS)}")

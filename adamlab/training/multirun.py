@@ -58,9 +58,10 @@ import numpy as np
 import optax
 import tqdm
 
-from adamlab import config_dict, data, metrics, models, optim, optimizer_factory, run_io, train
-from adamlab.steps import make_eval_step, make_train_step
-from adamlab.train_state import TrainState, create_train_state
+from adamlab import config_dict, data, models, optim
+from adamlab.training import metrics, optimizer_factory, run_io, train
+from adamlab.training.steps import make_eval_step, make_train_step
+from adamlab.training.train_state import TrainState, create_train_state
 
 # Numeric hyperparameters that can vary inside one compiled program (state leaves under
 # optax.inject_hyperparams). Anything else changes shapes or the program: run it separately.

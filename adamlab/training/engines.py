@@ -50,10 +50,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from adamlab import zero
-from adamlab.precision import Policy
-from adamlab.steps import make_eval_step, make_train_step
-from adamlab.train_state import TrainState
+from adamlab.training import zero
+from adamlab.training.precision import Policy
+from adamlab.training.steps import make_eval_step, make_train_step
+from adamlab.training.train_state import TrainState
 
 ENGINES: tuple[str, ...] = ("jit", "pmap")
 PMAP_AXIS = "batch"
