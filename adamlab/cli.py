@@ -1,17 +1,22 @@
 r"""The `adamlab` command line: `adamlab <command> [flags]` (also `python -m adamlab`).
 
-    adamlab train --config configs/digits.py --workdir runs/digits \
+    adamlab train --config digits --workdir runs/digits \
         --config.optimizer.name=adamw --config.optimizer.learning_rate=3e-3
     adamlab evaluate --workdir runs/digits --checkpoint best --split test
+    adamlab compare --optimizers adam,adamw --seeds 5
+    adamlab sweep --sweep optimizer.learning_rate=1e-4:1e-1:8 --seeds 2
+    adamlab study batch_size --seeds 5
 
-Each command is a `Command`: a function that defines its absl flags on a fresh `FlagValues`
-and a function that runs it from the parsed flags and returns the exit code. Adding a command
-is adding one entry to `COMMANDS`. Configs are `ml_collections` config files (`--config`)
-whose fields are overridden with `--config.<field>=<value>`, as in the Flax examples.
+This module owns every flag and command; the library never imports it. Each command is a
+`Command`: a function that defines its absl flags on a fresh `FlagValues` and a function that
+runs it from the parsed flags and returns the exit code. `--config` takes a config file's path
+or the name of a shipped config (`digits`, `mnist`, ...; `adamlab.config_dict`), and
+`--config.<field>=<value>` overrides a field, as in the Flax examples (`None` sets a field to
+None).
 
-Exit codes: 0 done; 1 the run failed (e.g. a non-finite loss); 2 bad command line or config;
-`EXIT_INTERRUPTED` (75, sysexits' EX_TEMPFAIL: "try again") a SIGTERM/SIGINT stopped training
-after saving a checkpoint; running the same command again resumes it.
+Exit codes: 0 done; 1 the run failed (e.g. a non-finite loss); 2 bad command line, config or
+workdir (nothing was written); `EXIT_INTERRUPTED` (75, sysexits' EX_TEMPFAIL: "try again") a
+SIGTERM/SIGINT stopped training after saving a checkpoint; the same command again resumes it.
 """
 
 from __future__ import annotations
@@ -28,15 +33,11 @@ from absl import flags
 from ml_collections import config_flags
 
 from adamlab import config_dict
-from adamlab.experiments import compare, sweep
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 75
-
-# The repository's default config; `adamlab` is installed editable from a clone (see README).
-DEFAULT_CONFIG = config_dict.resolve_config_path("digits")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,13 +49,15 @@ class Command:
     run: Callable[[flags.FlagValues], int]
 
 
-def define_train_flags(fv: flags.FlagValues, argv: list[str]) -> None:
-    """--config (with --config.<field> overrides) and --workdir; `adamlab sweep` takes them too."""
+# ---------------------------------------------------------------------------- shared flags
+
+
+def _define_config(fv: flags.FlagValues, argv: list[str], default: str | None) -> None:
     config_flags.DEFINE_config_file(
         "config",
-        str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None,
-        "Experiment config file (a Python file with get_config()); override fields with "
-        "--config.<field>=<value>.",
+        str(config_dict.resolve_config_path(default)) if default else None,
+        "Experiment config: a shipped config's name (digits, mnist, ...) or a Python file with "
+        "get_config(); override fields with --config.<field>=<value>.",
         flag_values=fv,
         sys_argv=argv,
     )
@@ -67,26 +70,57 @@ def define_train_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     )
 
 
-def checked_config_path(fv: flags.FlagValues) -> str:
-    """The --config file, checked to exist (a missing one is a command-line error)."""
+def _define_seeds(fv: flags.FlagValues, default: int) -> None:
+    flags.DEFINE_integer("seeds", default, "Number of seeds: config.seed + 0, 1, ...",
+                         lower_bound=1, flag_values=fv)  # fmt: skip
+
+
+def _config(fv: flags.FlagValues):
+    """The parsed --config, its "None" strings turned into None (ml_collections parses
+    `--config.train.best_metric=None` on a str field as the string 'None')."""
     if fv["config"].value is None:
-        raise flags.Error("--config is required (e.g. --config=configs/digits.py)")
-    path = config_flags.get_config_filename(fv["config"])
-    if not pathlib.Path(path).is_file():
-        raise flags.Error(f"--config={path}: no such file (e.g. configs/digits.py)")
-    return path
+        raise flags.Error("--config is required (e.g. --config=digits)")
+    config = fv["config"].value
+
+    def clean(section):
+        for key, value in section.items():
+            if hasattr(value, "items"):
+                clean(value)
+            elif value == "None":
+                with section.ignore_type():
+                    section[key] = None
+
+    clean(config)
+    return config
+
+
+def _config_stem(fv: flags.FlagValues) -> str:
+    return pathlib.Path(config_flags.get_config_filename(fv["config"])).stem
+
+
+def default_workdir(name: str, now: datetime.datetime | None = None) -> str:
+    """`runs/<name>-<YYYYmmdd-HHMMSS>`."""
+    now = now or datetime.datetime.now()
+    return str(pathlib.Path("runs") / f"{name}-{now:%Y%m%d-%H%M%S}")
+
+
+def _workdir(fv: flags.FlagValues, prefix: str = "") -> str:
+    return fv["workdir"].value or default_workdir(prefix + _config_stem(fv))
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def _define_train_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    _define_config(fv, argv, "digits")
 
 
 def _run_train(fv: flags.FlagValues) -> int:
-    path = checked_config_path(fv)
-    config = fv["config"].value
-    workdir = fv["workdir"].value or default_workdir(path)
-    from adamlab.training import (
-        train,  # Imported here: `adamlab --help` need not import jax and TF.
-    )
+    from adamlab.training import train  # Here: `adamlab --help` need not import jax and TF.
 
+    config = _config(fv)
     try:
-        result = train.train_and_evaluate(config, workdir)
+        result = train.train_and_evaluate(config, _workdir(fv))
     except train.NonFiniteError as e:
         logging.error("%s", e)
         return EXIT_FAILED
@@ -122,28 +156,126 @@ def _run_evaluate(fv: flags.FlagValues) -> int:
     return EXIT_OK
 
 
+def _define_compare_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    from adamlab.experiments import compare
+
+    _define_config(fv, argv, compare.DEFAULT_CONFIG)
+    _define_seeds(fv, compare.DEFAULT_SEEDS)
+    flags.DEFINE_string(
+        "optimizers", ",".join(compare.DEFAULT_OPTIMIZERS),
+        "Comma-separated optimizer names (each trained as ours and as its optax twin).",
+        flag_values=fv,
+    )  # fmt: skip
+
+
+def _run_compare(fv: flags.FlagValues) -> int:
+    from adamlab.experiments import compare
+
+    try:
+        optimizers = compare.parse_names(fv["optimizers"].value)
+    except ValueError as e:
+        raise flags.Error(str(e)) from None
+    workdir = _workdir(fv, "compare-")
+    result = compare.run_compare(
+        _config(fv), workdir, optimizers=optimizers, num_seeds=fv["seeds"].value
+    )
+    return _report_done(result, "results.csv, summary.md, curves.png, <optimizer>/members/")
+
+
+def _define_sweep_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    from adamlab.experiments import sweep
+
+    _define_config(fv, argv, "digits")
+    flags.DEFINE_string("sweep", None, f"What to sweep: {sweep.GRAMMAR}.", flag_values=fv)
+    _define_seeds(fv, sweep.DEFAULT_SEEDS)
+    flags.DEFINE_string("optimizers", None, "Comma-separated optimizer names; default: "
+                        "config.optimizer.name.", flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("implementations", "ours", "ours, optax or ours,optax (lockstep).",
+                        flag_values=fv)  # fmt: skip
+    flags.mark_flag_as_required("sweep", flag_values=fv)
+
+
+def _run_sweep(fv: flags.FlagValues) -> int:
+    from adamlab.experiments import compare, sweep
+
+    config = _config(fv)
+    try:
+        sweep.parse_sweep(fv["sweep"].value, config)
+        optimizers = compare.parse_names(fv["optimizers"].value or config.optimizer.name)
+    except ValueError as e:
+        raise flags.Error(str(e)) from None
+    implementations = tuple(i.strip() for i in fv["implementations"].value.split(","))
+    result = sweep.run_sweep(
+        config, _workdir(fv, "sweep-"), sweep=fv["sweep"].value, optimizers=optimizers,
+        implementations=implementations, num_seeds=fv["seeds"].value,
+    )  # fmt: skip
+    return _report_done(result, "results.csv, summary.md, sweep.png, <optimizer>/members/")
+
+
+def _define_study_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    from adamlab.experiments import studies
+
+    name = _study_name(argv)
+    _define_config(fv, argv, studies.STUDIES.get(name))
+    flags.DEFINE_integer("seeds", None, "Number of seeds (0..n-1); default: the config's "
+                         "runs.seeds.", lower_bound=1, flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("study", name, "The study (given as the positional argument).",
+                        flag_values=fv)  # fmt: skip
+
+
+def _study_name(argv: list[str]) -> str | None:
+    """The study's name: the first positional argument after `adamlab study`."""
+    args = argv[1:]
+    for i, arg in enumerate(args):
+        takes_value = i > 0 and args[i - 1] in ("--config", "--workdir", "--seeds")
+        if not arg.startswith("-") and not takes_value:
+            return arg
+    return None
+
+
+def _run_study(fv: flags.FlagValues) -> int:
+    from adamlab.experiments import studies
+
+    name = fv["study"].value
+    workdir = fv["workdir"].value or default_workdir(f"study-{name}")
+    studies.run_study(name, _config(fv), workdir, fv["seeds"].value)
+    print(f"report: {pathlib.Path(workdir).absolute()} (summary.md, results.csv, *.png)")
+    return EXIT_OK
+
+
+def _report_done(result: dict, files: str) -> int:
+    if result["interrupted"]:
+        print(f"interrupted; run the same command again to resume {result['workdir']}")
+        return EXIT_INTERRUPTED
+    print(result["summary"])
+    print(f"report: {pathlib.Path(result['workdir']).absolute()} ({files})")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Command] = {
-    "train": Command("Train (or resume) a run.", define_train_flags, _run_train),
+    "train": Command("Train (or resume) a run.", _define_train_flags, _run_train),
     "evaluate": Command(
         "Evaluate a run's checkpoint on a split.", _define_evaluate_flags, _run_evaluate
     ),
     "compare": Command(
         "Ours vs the optax twin per optimizer, over seeds; writes a report.",
-        compare.define_flags,
-        compare.main,
+        _define_compare_flags,
+        _run_compare,
     ),
     "sweep": Command(
         "A hyperparameter sweep x seeds in one compiled program; writes a report.",
-        sweep.define_flags,
-        sweep.main,
+        _define_sweep_flags,
+        _run_sweep,
+    ),
+    "study": Command(
+        "A study (batch_size, schedules, weight_decay, kingma_ba, transfer); writes a report.",
+        _define_study_flags,
+        _run_study,
     ),
 }
 
 
-def default_workdir(config_path: str, now: datetime.datetime | None = None) -> str:
-    """`runs/<config file stem>-<YYYYmmdd-HHMMSS>`."""
-    now = now or datetime.datetime.now()
-    return str(pathlib.Path("runs") / f"{pathlib.Path(config_path).stem}-{now:%Y%m%d-%H%M%S}")
+# ---------------------------------------------------------------------------- main
 
 
 def _usage(prog: str) -> str:
@@ -152,18 +284,40 @@ def _usage(prog: str) -> str:
     return "\n".join(lines)
 
 
+def _resolve_config_names(args: Sequence[str]) -> list[str]:
+    """`--config digits` / `--config=digits` -> the shipped config's path (a path stays)."""
+    out, args = [], list(args)
+    for i, arg in enumerate(args):
+        if arg.startswith("--config="):
+            out.append("--config=" + str(config_dict.resolve_config_path(arg.split("=", 1)[1])))
+        elif i > 0 and args[i - 1] == "--config":
+            out.append(str(config_dict.resolve_config_path(arg)))
+        else:
+            out.append(arg)
+    return out
+
+
 def parse_flags(name: str, args: Sequence[str], prog: str = "adamlab") -> flags.FlagValues:
     """The parsed flags of `prog name *args` (config overrides applied).
 
     Raises:
-      flags.Error: bad flags or override values; AttributeError/KeyError: an unknown
-      `--config.<field>` (ml_collections' message suggests the field meant).
+      flags.Error: bad flags or override values; FileNotFoundError: no such config;
+      AttributeError/KeyError: an unknown `--config.<field>` (ml_collections' message suggests
+      the field meant).
     """
-    sub_argv = [f"{prog} {name}", *args]
+    sub_argv = [f"{prog} {name}", *_resolve_config_names(args)]
     fv = flags.FlagValues()
     COMMANDS[name].define_flags(fv, sub_argv)
     extra = fv(sub_argv)[1:]
-    if extra:
+    if name == "study":
+        from adamlab.experiments import studies
+
+        if len(extra) != 1 or extra[0] not in studies.STUDIES:
+            raise flags.Error(
+                f"give one study name from: {', '.join(studies.STUDIES)} (got {extra})"
+            )
+        fv["study"].value = extra[0]
+    elif extra:
         raise flags.Error(f"unexpected positional arguments {extra}")
     return fv
 
@@ -184,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = COMMANDS[name]
     if any(a in ("-h", "--help", "--helpfull") for a in args):
         fv = flags.FlagValues()
-        command.define_flags(fv, [f"{prog} {name}"])
+        command.define_flags(fv, [f"{prog} {name}", *args])
         help_text = fv.get_help(include_special_flags=False)
         print(f"usage: {prog} {name} [flags]\n{command.help}\n\n{help_text}")
         return EXIT_OK
@@ -200,22 +354,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if not _is_user_error(e):
             raise  # A bug: keep the traceback.
-        print(f"{prog} {name}: error: {e}", file=sys.stderr)
+        print(f"{prog} {name}: error: {_message(e)}", file=sys.stderr)
         return EXIT_USAGE
 
 
 def _is_user_error(error: Exception) -> bool:
     """Errors whose message says what to fix (bad config, workdir or checkpoint)."""
-    if isinstance(error, flags.Error | FileNotFoundError):  # FileNotFoundError: no config.json,
-        return True  # checkpoint or prepared dataset.
-    from adamlab.training import checkpoint, run_io, train  # Loaded already when a command has run.
-
-    user_errors = (
-        train.ConfigError,
-        run_io.ConfigMismatchError,
-        checkpoint.CheckpointMismatchError,
-    )
-    return isinstance(error, user_errors)
+    if isinstance(error, flags.Error | FileNotFoundError | ValueError):
+        # ValueError: ConfigError, ConfigMismatchError, Checkpoint{Mismatch,Corrupt}Error, a
+        # busy workdir, bad arguments; FileNotFoundError: no config.json, checkpoint, dataset.
+        return True
+    return isinstance(error, PermissionError | NotADirectoryError | FileExistsError)
 
 
 def _message(error: BaseException) -> str:

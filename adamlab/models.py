@@ -1,4 +1,8 @@
-"""Flax (linen) image classifiers: a small CNN for grey digits and a CIFAR-style ResNet.
+"""Flax (linen) image classifiers, by name: "cnn", "resnet", "mlp" and "logreg".
+
+"cnn" is a small CNN for grey digits, "resnet" a CIFAR-style ResNet; "mlp" (dense ReLU layers
+with dropout) and "logreg" (multinomial logistic regression) are Kingma & Ba 2015's models of
+Figures 1-2. All are built by one factory, `create_model(config.model, num_classes)`.
 
 linen rather than nnx: linen keeps parameters and BatchNorm statistics as plain pytrees outside
 the module, which is exactly what a pure, donated `train_step` and a checkpointer want, and it is
@@ -21,7 +25,7 @@ import ml_collections
 
 from adamlab import config_dict
 
-MODELS: tuple[str, ...] = ("cnn", "resnet")
+MODELS: tuple[str, ...] = ("cnn", "resnet", "mlp", "logreg")
 DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -31,7 +35,7 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
     The same values, and the same gradient wherever the maximum of a window is unique (after a
     ReLU, ties are zeros, whose gradient the ReLU zeroes anyway). Why not `nn.max_pool`: XLA:CPU
     runs reduce_window's backward pass (select_and_scatter) slowly, and much more slowly under
-    `vmap` (the vectorized sweeps of `adamlab.multirun`); a reshape-max is a plain reduction.
+    `vmap` (vectorized runs of the one loop); a reshape-max is a plain reduction.
     """
     *batch, height, width, channels = x.shape
     x = x[..., : height // 2 * 2, : width // 2 * 2, :]
@@ -137,7 +141,42 @@ class ResNet(nn.Module):
         return x.astype(jnp.float32)
 
 
-_CLASSES: dict[str, type[nn.Module]] = {"cnn": CNN, "resnet": ResNet}
+class MLP(nn.Module):
+    """Dense ReLU layers with dropout after each (Kingma & Ba 2015: 2 x 1000 units, dropout)."""
+
+    num_classes: int
+    hidden: Sequence[int] = (1000, 1000)
+    dropout_rate: float = 0.5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+        x = x.reshape((x.shape[0], -1)).astype(self.dtype)
+        for width in self.hidden:
+            x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class LogisticRegression(nn.Module):
+    """Softmax regression: one dense layer on the flattened image (64 -> 10 on digits)."""
+
+    num_classes: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+        del train  # No dropout or statistics.
+        x = x.reshape((x.shape[0], -1)).astype(self.dtype)
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+_CLASSES: dict[str, type[nn.Module]] = {
+    "cnn": CNN,
+    "resnet": ResNet,
+    "mlp": MLP,
+    "logreg": LogisticRegression,
+}
 # Fields a config may not set: filled in by create_model / the engines.
 _RESERVED = ("name", "num_classes", "dtype", "axis_name", "parent")
 
@@ -167,16 +206,19 @@ def validate_model_config(model_config: Any) -> None:
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype={dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
     allowed = _architecture_fields(name)
-    unknown = sorted(set(config) - set(allowed) - {"name", "dtype"})
+    # Fields of the other models are ignored, so that `--config.model.name=mlp` works on a config
+    # written for the CNN; a field of no model is a typo.
+    known = {f for other in MODELS for f in _architecture_fields(other)}
+    unknown = sorted(set(config) - known - {"name", "dtype"})
     if unknown:
         raise ValueError(
-            f"model fields {unknown} are not fields of model {name!r}; "
+            f"model fields {unknown} are fields of no model; for {name!r} "
             f"allowed: name, dtype, {', '.join(allowed)}"
         )
-    rate = config.get("dropout_rate", 0.0)
+    rate = config.get("dropout_rate", 0.0) if "dropout_rate" in allowed else 0.0
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"model.dropout_rate={rate} must be in [0, 1)")
-    for key in ("features", "stage_sizes"):
+    for key in ("features", "stage_sizes", "hidden"):
         if key in config and (not config[key] or any(int(v) != v or v < 1 for v in config[key])):
             raise ValueError(f"model.{key}={config[key]} must be a non-empty sequence of ints >= 1")
 
@@ -201,5 +243,9 @@ def create_model(model_config: Any, num_classes: int) -> nn.Module:
     config = config_dict.as_dict(model_config, "model config")
     name = config.pop("name")
     dtype = DTYPES[config.pop("dtype", "float32")]
-    kwargs = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in config.items()}
+    kwargs = {
+        k: tuple(v) if isinstance(v, list | tuple) else v
+        for k, v in config.items()
+        if k in _architecture_fields(name)
+    }
     return _CLASSES[name](num_classes=num_classes, dtype=dtype, **kwargs)

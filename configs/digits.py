@@ -45,17 +45,25 @@ def get_config() -> ml_collections.ConfigDict:
     data.classes = config_dict.placeholder(tuple)  # None = all classes; or a subset, e.g. (3, 8).
 
     config.model = model = ml_collections.ConfigDict()
-    model.name = "cnn"  # "cnn" (small grey images) or "resnet" (CIFAR-10).
+    # "cnn" (small grey images), "resnet" (CIFAR-10), "mlp" or "logreg" (Kingma & Ba 2015).
+    # Fields of the other models are ignored: --config.model.name=mlp works on this config.
+    model.name = "cnn"
     model.dtype = "float32"  # Computation dtype, "float32" or "bfloat16"; params stay float32.
     model.features = (32, 64)  # Channels of the conv blocks.
     model.dense_features = 128  # Width of the hidden dense layer.
-    model.dropout_rate = 0.0  # Dropout before the classifier; 0 disables it.
+    model.dropout_rate = 0.0  # Dropout before the classifier (mlp: after each layer); 0: none.
+    model.hidden = (1000, 1000)  # mlp only: widths of the hidden ReLU layers.
 
     config.optimizer = opt = ml_collections.ConfigDict()
-    opt.name = "adam"  # One of adamlab.optim.names().
+    # Ours: adamlab.optim.names(); or a baseline from optax (not ours): sgd, adagrad, rmsprop,
+    # which need implementation="optax".
+    opt.name = "adam"
     opt.implementation = "ours"  # "ours" (adamlab.optim.create) or "optax" (the optax twin).
+    # Whose numerics ours follow: "optax", "pytorch" or "paper" (docs/conventions.md).
+    opt.convention = "optax"
     opt.learning_rate = 1e-2  # Peak learning rate (tuned on validation: 1e-3..3e-2).
-    opt.schedule = "warmup_cosine"  # "constant" or "warmup_cosine" (linear warmup, cosine to 0).
+    # "constant", "warmup_cosine" (linear warmup, cosine to 0) or "inverse_sqrt" (lr / sqrt(t)).
+    opt.schedule = "warmup_cosine"
     opt.warmup_steps = 20  # Linear warmup length, in steps.
     # The optimizer's own defaults are used for the fields left at None.
     opt.b1 = config_dict.placeholder(float)  # First-moment decay (Adam: 0.9).
@@ -65,6 +73,11 @@ def get_config() -> ml_collections.ConfigDict:
     # Storage dtype of Adam's first moment: None (= the parameters' float32) or "bfloat16"
     # (mixed precision: 2 bytes less per parameter; see docs/scaling.md). Adam-type only.
     opt.mu_dtype = config_dict.placeholder(str)
+    opt.momentum = config_dict.placeholder(float)  # sgd, rmsprop: momentum (None: none).
+    opt.nesterov = config_dict.placeholder(bool)  # sgd, rmsprop: Nesterov momentum.
+    # L2 penalty (l2 / 2) * ||params||^2 in the loss, for any optimizer (Adam + L2, as opposed
+    # to AdamW's decoupled weight_decay); None or 0: none.
+    opt.l2 = config_dict.placeholder(float)
 
     config.train = train = ml_collections.ConfigDict()
     train.engine = "jit"  # "jit" (jax.jit + NamedSharding) or "pmap"; both use all local devices.
@@ -82,10 +95,32 @@ def get_config() -> ml_collections.ConfigDict:
     # Picks the best checkpoint (kept beside the last ones): validation_{accuracy,loss,f1,...}.
     train.best_metric = "validation_accuracy"
     train.progress_bar = True  # tqdm bar with steps/s and ETA; shown only on a terminal.
+    # Steps per compiled call (a lax.scan over that many batches, ending at every log, eval and
+    # checkpoint point). None: 1 for a single run on CPU (XLA:CPU runs convolutions slowly in
+    # loops, jax-ml/jax#12868), else up to 100. Numbers are the same either way.
+    train.steps_per_dispatch = config_dict.placeholder(int)
+    # (first, last): write a jax.profiler trace of these steps to <workdir>/profile
+    # (open it with TensorBoard's profile plugin or Perfetto); None: no trace.
+    train.profile_steps = config_dict.placeholder(tuple)
     # Testing only: replace the batch of this step with NaNs to exercise the non-finite stop.
     train.inject_nan_at_step = config_dict.placeholder(int)
 
-    # Multi-host (adamlab/distributed.py, docs/scaling.md): one process per host, all started
+    # Several members in one compiled program (adamlab compare/sweep/study fill these in): each
+    # seed x each swept value x each implementation is one run, with its own metrics under
+    # <workdir>/members/. Defaults: one run, config.seed, optimizer.implementation.
+    config.runs = runs = ml_collections.ConfigDict()
+    runs.seeds = config_dict.placeholder(tuple)  # e.g. (0, 1, 2); None: (config.seed,).
+    runs.implementations = config_dict.placeholder(tuple)  # e.g. ("ours", "optax").
+    runs.sweep = ml_collections.ConfigDict()  # optimizer field -> values, e.g. learning_rate.
+
+    # Start from another run's parameters (transfer learning; adamlab/training/transfer.py).
+    config.init = init = ml_collections.ConfigDict()
+    init.workdir = config_dict.placeholder(str)  # The pretrained run; None: train from scratch.
+    init.checkpoint = "best"  # "latest", "best" or a step of that run.
+    init.dont_load = ()  # Regexes of parameter paths re-initialised (e.g. the head).
+    init.frozen = ()  # Regexes of parameter paths that get zero updates.
+
+    # Multi-host (adamlab/training/distributed.py, docs/scaling.md): one process per host, all started
     # with the same config. Fields left at None come from JAX_COORDINATOR_ADDRESS,
     # JAX_NUM_PROCESSES, JAX_PROCESS_ID or JAX's cluster auto-detection (SLURM, TPU pods, MPI).
     config.distributed = dist = ml_collections.ConfigDict()

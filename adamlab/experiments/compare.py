@@ -3,9 +3,11 @@
     adamlab compare          # configs/compare_digits.py (12 epochs), adam + adamw, 3 seeds
     adamlab compare --config configs/digits.py --seeds 5 --optimizers adam,nadam,radam
 
-For each optimizer, `multirun.train_runs` trains ours and the optax twin in lockstep (same
-initialisation, same batches, one jitted step) for every seed at once, seed `config.seed + i`
-for i < seeds, so each run is the `adamlab train` run of that seed. The report directory holds
+For each optimizer, the one loop (`adamlab.training.train.run`) trains ours and the optax twin
+in lockstep (same initialisation, same batches, one compiled step) for every seed at once, seed
+`config.seed + i` for i < seeds, so each run is the `adamlab train` run of that seed (to float32
+rounding: on CPU the vectorized runs compute convolutions as matmuls). The report directory
+holds
 
 * `config.json`: the config (its `optimizer.name`/`implementation`/`seed` are replaced as above);
 * `results.csv`: one row per run (optimizer, implementation, seed, final train loss,
@@ -15,7 +17,8 @@ for i < seeds, so each run is the `adamlab train` run of that seed. The report d
   steps and seeds (`multirun.relative_difference`; 0 means bitwise equal parameters);
 * `curves.png`: train loss and validation accuracy against step, mean and range over seeds
   (the twin dashed);
-* `tensorboard/<optimizer>/<implementation>/seed<s>/`: metrics.jsonl and TensorBoard events.
+* `<optimizer>/`: that optimizer's run directory (config.json, checkpoints, result.json, and
+  `members/<implementation>/seed<s>/` with metrics.jsonl and TensorBoard events).
 
 Heavy imports (jax, TF) happen inside the functions, so `adamlab --help` stays fast.
 """
@@ -29,19 +32,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from absl import flags
-
-from adamlab import config_dict
-
 # The defaults of `adamlab compare` (with DEFAULT_CONFIG: < 2 minutes on a 2-core CPU, README).
 DEFAULT_OPTIMIZERS: tuple[str, ...] = ("adam", "adamw")
 DEFAULT_SEEDS = 3
-# configs/digits.py at 12 epochs (in a clone; `adamlab` is installed editable, see README).
-DEFAULT_CONFIG = config_dict.resolve_config_path("compare_digits")
+DEFAULT_CONFIG = "compare_digits"  # configs/digits.py at 12 epochs, shipped with the package.
 COLUMNS = (
     "optimizer", "implementation", "seed", "steps", "final_train_loss", "final_train_accuracy",
     "validation_loss", "validation_accuracy", "validation_f1", "test_loss", "test_accuracy",
-    "test_f1", "finite", "parity", "steps_per_sec", "wall_time_s", "runs_in_program",
+    "test_f1", "finite", "diverged_at", "parity", "steps_per_sec", "wall_time_s",
+    "runs_in_program",
 )  # fmt: skip
 SUMMARY_METRICS = {
     "final_train_loss": "final train loss",
@@ -53,23 +52,16 @@ SUMMARY_METRICS = {
 
 def parse_names(text: str | Sequence[str]) -> tuple[str, ...]:
     """`"adam,adamw"` -> ("adam", "adamw"); raises ValueError listing the valid names."""
-    from adamlab import optim
+    from adamlab.training import optimizers
 
     names = tuple(n.strip() for n in text.split(",")) if isinstance(text, str) else tuple(text)
-    unknown = [n for n in names if n not in optim.names()]
+    unknown = [n for n in names if n not in optimizers.names()]
     if not names or unknown or len(set(names)) != len(names):
         raise ValueError(
             f"optimizers={','.join(names)!r}: unknown {unknown} or empty/repeated; give distinct "
-            f"names separated by commas from: {', '.join(optim.names())}"
+            f"names separated by commas from: {', '.join(optimizers.names())}"
         )
     return names
-
-
-def seeds_from(config: Any, num_seeds: int) -> tuple[int, ...]:
-    """`config.seed + i` for i < num_seeds."""
-    if isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 1:
-        raise ValueError(f"seeds={num_seeds!r} must be an int >= 1 (the number of seeds)")
-    return tuple(config.seed + i for i in range(num_seeds))
 
 
 def run_compare(
@@ -78,37 +70,39 @@ def run_compare(
     *,
     optimizers: Sequence[str] | str = DEFAULT_OPTIMIZERS,
     num_seeds: int = DEFAULT_SEEDS,
-    progress: bool = False,
 ) -> dict[str, Any]:
     """Trains ours and the optax twin of each optimizer over seeds; writes the report.
 
+    Each optimizer is one group (`groups.run_groups`, in `workdir/<optimizer>/`): ours and the
+    twin of every seed train in one program, in lockstep. Rerunning an interrupted compare
+    resumes it and ends with exactly the results of an uninterrupted one.
+
     Returns:
       {"workdir", "rows" (the rows of results.csv), "summary" (the markdown of summary.md),
-       "wall_time_s", "results" (optimizer -> multirun.RunsResult, with the final params)}.
+       "wall_time_s", "interrupted", "results" (optimizer -> train.RunsResult)}.
 
     Raises:
       ValueError / train.ConfigError: unknown optimizer names, bad seeds, an invalid config.
     """
-    from adamlab.experiments import report
-    from adamlab.training import multirun, run_io
+    from adamlab.experiments import groups, report
 
     optimizers = parse_names(optimizers)
-    seeds = seeds_from(config, num_seeds)
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    run_io.write_config(workdir, config)
+    seeds = groups.seeds_from(config, num_seeds)
+    implementations = ("ours", "optax")
+    members = {
+        name: groups.with_members(
+            config, seeds=seeds, implementations=implementations, **{"optimizer.name": name}
+        )  # fmt: skip
+        for name in optimizers
+    }
+    overview = groups.with_members(config, seeds=seeds, implementations=implementations)
     start = time.perf_counter()
-    rows, results, curves = [], {}, {"train loss": {}, "validation accuracy": {}}
-    for name in optimizers:
-        cfg = config.copy_and_resolve_references()
-        cfg.optimizer.name = name
-        results[name] = result = multirun.train_runs(
-            cfg,
-            seeds=seeds,
-            implementations=("ours", "optax"),
-            workdir=workdir / "tensorboard" / name,
-            progress=progress,
-        )
+    results = groups.run_groups(members, workdir, overview)
+    wall = time.perf_counter() - start
+    workdir = pathlib.Path(workdir)
+    interrupted = any(r.interrupted for r in results.values()) or len(results) < len(optimizers)
+    rows, curves = [], {"train loss": {}, "validation accuracy": {}}
+    for name, result in results.items():
         rows += [{k: row[k] for k in COLUMNS} for row in result.rows]
         for impl, splits in result.curves.items():
             label = f"{name} ({impl})"
@@ -117,15 +111,16 @@ def run_compare(
             steps, validation = splits["validation"]
             if validation:
                 curves["validation accuracy"][label] = (steps, validation["accuracy"][0])
-    wall = time.perf_counter() - start
-    report.write_csv(workdir / "results.csv", rows)
-    curves = {panel: lines for panel, lines in curves.items() if lines}
-    report.plot_curves(workdir / "curves.png", curves, title=f"{config.data.name}")
-    summary = summary_markdown(config, rows, seeds, wall)
-    (workdir / "summary.md").write_text(summary)
+    summary = ""
+    if not interrupted:
+        report.write_csv(workdir / "results.csv", rows)
+        curves = {panel: lines for panel, lines in curves.items() if lines}
+        report.plot_curves(workdir / "curves.png", curves, title=f"{config.data.name}")
+        summary = summary_markdown(config, rows, seeds, wall)
+        (workdir / "summary.md").write_text(summary)
     return {
         "workdir": workdir, "rows": rows, "summary": summary, "wall_time_s": wall,
-        "results": results,
+        "interrupted": interrupted, "results": results,
     }  # fmt: skip
 
 
@@ -174,51 +169,3 @@ def _device() -> str:
 
     device = jax.devices()[0]
     return f"jax {jax.__version__} on {device.platform}:{device.device_kind}"
-
-
-# ---------------------------------------------------------------------------- command line
-
-
-def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
-    """Flags of `adamlab compare`: --config (+ overrides), --workdir, --seeds, --optimizers."""
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file(
-        "config", str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None,
-        "Experiment config file; override fields with --config.<field>=<value>.",
-        flag_values=fv, sys_argv=argv,
-    )  # fmt: skip
-    flags.DEFINE_string("workdir", None, "Report directory. Default: runs/compare-<config>-<time>.",
-                        flag_values=fv)  # fmt: skip
-    flags.DEFINE_integer("seeds", DEFAULT_SEEDS, "Number of seeds: config.seed + 0, 1, ...",
-                         lower_bound=1, flag_values=fv)  # fmt: skip
-    flags.DEFINE_string(
-        "optimizers", ",".join(DEFAULT_OPTIMIZERS),
-        "Comma-separated optimizer names (each trained as ours and as its optax twin).",
-        flag_values=fv,
-    )  # fmt: skip
-
-
-def main(fv: flags.FlagValues) -> int:
-    """Runs `adamlab compare` from parsed flags; prints the report directory and the table."""
-    from adamlab import cli
-
-    config_path = cli.checked_config_path(fv)
-    try:
-        optimizers = parse_names(fv["optimizers"].value)
-    except ValueError as e:
-        raise flags.Error(str(e)) from None
-    workdir = fv["workdir"].value or cli.default_workdir(
-        f"compare-{pathlib.Path(config_path).stem}"
-    )
-    result = run_compare(
-        fv["config"].value,
-        workdir,
-        optimizers=optimizers,
-        num_seeds=fv["seeds"].value,
-        progress=True,
-    )
-    print(result["summary"])
-    print(f"report: {pathlib.Path(workdir).absolute()} (results.csv, summary.md, curves.png, "
-          "tensorboard/)")  # fmt: skip
-    return cli.EXIT_OK

@@ -6,15 +6,15 @@
 
 A sweep spec is `path=start:stop:num` (num values log-spaced from start to stop, both > 0) or
 `path=v1,v2,...` (the values as given). `path` is a field of the config; only numeric optimizer
-hyperparameters (`multirun.SWEEPABLE`) can vary inside one program, because they are state
+hyperparameters (`adamlab.training.optimizers.SWEEPABLE`) can vary inside one program, because they are state
 leaves under `optax.inject_hyperparams`; other fields change the program (shapes, steps).
 
-For each optimizer, `multirun.train_runs` trains every (value, seed) at once, and with
-`--implementations ours,optax` ours and the twin in lockstep. The report directory holds
-`config.json`, `results.csv` (a row per run), `summary.md` (mean ± 95% t-interval over seeds
-per value), `sweep.png` (final train loss and validation accuracy against the value, mean and range
-over seeds) and
-`tensorboard/`.
+For each optimizer, the one loop (`adamlab.training.train.run`) trains every (value, seed) at
+once, and with `--implementations ours,optax` ours and the twin in lockstep. The report
+directory holds `config.json`, `results.csv` (a row per run), `summary.md` (mean ± 95%
+t-interval over seeds per value), `sweep.png` (final train loss and validation accuracy against
+the value, mean and range over seeds) and a run directory per optimizer (`<optimizer>/`, with
+each member's metrics and TensorBoard events under `members/`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from absl import flags
 
 from adamlab.experiments import compare
 
@@ -56,7 +55,7 @@ def parse_sweep(spec: str, config: Any) -> tuple[str, tuple[float, ...]]:
       SweepSpecError: the spec does not follow `GRAMMAR`, the field is not in the config, or it
         is not a sweepable optimizer hyperparameter.
     """
-    from adamlab.training import multirun
+    from adamlab.training import optimizers
 
     path, sep, values_text = spec.partition("=")
     path = path.strip()
@@ -66,10 +65,10 @@ def parse_sweep(spec: str, config: Any) -> tuple[str, tuple[float, ...]]:
     has_fields = section in config and hasattr(config[section], "keys")  # "seed" has none.
     if not has_fields or not field or field not in config[section]:
         raise SweepSpecError(f"--sweep={spec!r}: the config has no field {path!r}")
-    if section != "optimizer" or field not in multirun.SWEEPABLE:
+    if section != "optimizer" or field not in optimizers.SWEEPABLE:
         raise SweepSpecError(
             f"--sweep={spec!r}: {path} cannot vary inside one compiled program; sweepable: "
-            f"{', '.join('optimizer.' + f for f in multirun.SWEEPABLE)}"
+            f"{', '.join('optimizer.' + f for f in optimizers.SWEEPABLE)}"
         )
     try:
         if ":" in values_text:
@@ -95,44 +94,49 @@ def run_sweep(
     optimizers: Sequence[str] | str | None = None,
     implementations: Sequence[str] = ("ours",),
     num_seeds: int = DEFAULT_SEEDS,
-    progress: bool = False,
 ) -> dict[str, Any]:
     """Sweeps one hyperparameter for each optimizer (default: `config.optimizer.name`).
 
+    Each optimizer is one group (`groups.run_groups`, in `workdir/<optimizer>/`): every value
+    x seed (x implementation) in one compiled program; resumable like every run.
+
     Returns:
       {"workdir", "name" (the hyperparameter), "values", "rows", "summary", "wall_time_s",
-       "results" (optimizer -> multirun.RunsResult)}.
+       "interrupted", "results" (optimizer -> train.RunsResult)}.
     """
-    from adamlab.experiments import report
-    from adamlab.training import multirun, run_io
+    from adamlab.experiments import groups, report
 
     name, values = parse_sweep(sweep, config)
     optimizers = compare.parse_names(optimizers or config.optimizer.name)
-    seeds = compare.seeds_from(config, num_seeds)
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    run_io.write_config(workdir, config)
-    start = time.perf_counter()
-    rows, results = [], {}
-    for optimizer in optimizers:
-        cfg = config.copy_and_resolve_references()
-        cfg.optimizer.name = optimizer
-        results[optimizer] = multirun.train_runs(
-            cfg,
+    seeds = groups.seeds_from(config, num_seeds)
+    swept = {name: values}
+    members = {
+        optimizer: groups.with_members(
+            config,
             seeds=seeds,
-            implementations=implementations,
-            sweep={name: values},
-            workdir=workdir / "tensorboard" / optimizer,
-            progress=progress,
-        )
-        rows += results[optimizer].rows
+            implementations=tuple(implementations),
+            sweep=swept,
+            **{"optimizer.name": optimizer},
+        )  # fmt: skip
+        for optimizer in optimizers
+    }
+    overview = groups.with_members(config, seeds=seeds, implementations=tuple(implementations),
+                                   sweep=swept)  # fmt: skip
+    start = time.perf_counter()
+    results = groups.run_groups(members, workdir, overview)
     wall = time.perf_counter() - start
-    report.write_csv(workdir / "results.csv", rows)
-    plot_sweep(rows, name, values, workdir / "sweep.png", title=config.data.name)
-    summary = _summary_markdown(config, name, rows, seeds, wall, results)
-    (workdir / "summary.md").write_text(summary)
+    workdir = pathlib.Path(workdir)
+    interrupted = any(r.interrupted for r in results.values()) or len(results) < len(optimizers)
+    rows = [row for result in results.values() for row in result.rows]
+    summary = ""
+    if not interrupted:
+        report.write_csv(workdir / "results.csv", rows)
+        plot_sweep(rows, name, values, workdir / "sweep.png", title=config.data.name)
+        summary = _summary_markdown(config, name, rows, seeds, wall, results)
+        (workdir / "summary.md").write_text(summary)
     return {"workdir": workdir, "name": name, "values": values, "rows": rows,
-            "summary": summary, "wall_time_s": wall, "results": results}  # fmt: skip
+            "summary": summary, "wall_time_s": wall, "interrupted": interrupted,
+            "results": results}  # fmt: skip
 
 
 def plot_sweep(
@@ -176,48 +180,3 @@ def _summary_markdown(config, name, rows, seeds, wall, results) -> str:
         f"({speed}). Mean ± 95% t-interval over seeds.\n\n{table}\n"
         f"Wall time {wall:.1f} s. Diverged (non-finite) runs: {diverged} of {len(rows)}.\n"
     )
-
-
-# ---------------------------------------------------------------------------- command line
-
-
-def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
-    """Flags of `adamlab sweep`: --config, --workdir, --sweep, --seeds, --optimizers, ..."""
-    from adamlab import cli
-
-    cli.define_train_flags(fv, argv)
-    flags.DEFINE_string("sweep", None, f"What to sweep: {GRAMMAR}.", flag_values=fv)
-    flags.DEFINE_integer("seeds", DEFAULT_SEEDS, "Number of seeds: config.seed + 0, 1, ...",
-                         lower_bound=1, flag_values=fv)  # fmt: skip
-    flags.DEFINE_string("optimizers", None, "Comma-separated optimizer names; default: "
-                        "config.optimizer.name.", flag_values=fv)  # fmt: skip
-    flags.DEFINE_string("implementations", "ours", "ours, optax or ours,optax (lockstep).",
-                        flag_values=fv)  # fmt: skip
-    flags.mark_flag_as_required("sweep", flag_values=fv)
-
-
-def main(fv: flags.FlagValues) -> int:
-    """Runs `adamlab sweep` from parsed flags; prints the report directory and the table."""
-    from adamlab import cli
-    from adamlab.training import train
-
-    config_path = cli.checked_config_path(fv)
-    config = fv["config"].value
-    try:
-        parse_sweep(fv["sweep"].value, config)
-        optimizers = compare.parse_names(fv["optimizers"].value or config.optimizer.name)
-    except ValueError as e:
-        raise flags.Error(str(e)) from None
-    implementations = tuple(i.strip() for i in fv["implementations"].value.split(","))
-    workdir = fv["workdir"].value or cli.default_workdir(f"sweep-{pathlib.Path(config_path).stem}")
-    try:
-        result = run_sweep(
-            config, workdir, sweep=fv["sweep"].value, optimizers=optimizers,
-            implementations=implementations, num_seeds=fv["seeds"].value, progress=True,
-        )  # fmt: skip
-    except train.ConfigError as e:
-        raise flags.Error(str(e)) from None
-    print(result["summary"])
-    print(f"report: {pathlib.Path(workdir).absolute()} (results.csv, summary.md, sweep.png, "
-          "tensorboard/)")  # fmt: skip
-    return cli.EXIT_OK

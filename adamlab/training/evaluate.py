@@ -1,21 +1,24 @@
-"""Evaluation: a model state on one split, and a saved run's checkpoint from its workdir.
+"""Evaluation: every member of a run on one split, and a saved run's checkpoint.
 
-`evaluate_split` is what the training loop calls on validation/test; `evaluate_checkpoint` is
+`evaluate_members` is what the training loop calls on validation/test; `evaluate_checkpoint` is
 `adamlab evaluate`: it rebuilds the run from its `config.json`, restores a checkpoint (latest,
-best or a step), evaluates a split and writes `workdir/eval_<split>_<step>.json`.
+best or a step) read-only, evaluates a split and writes `workdir/eval_<split>_<step>.json`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-import ml_collections
+import jax
+import numpy as np
 
 from adamlab import data
+from adamlab.training import experiment as experiment_lib
 from adamlab.training import metrics, run_io
-from adamlab.training.engines import Engine
 
 SPLITS = ("test", "validation", "train")
 
@@ -24,38 +27,30 @@ class NoCheckpointError(FileNotFoundError):
     """The workdir holds no checkpoint to evaluate."""
 
 
-def evaluate_split(
-    engine: Engine,
-    state: Any,
-    data_config: ml_collections.ConfigDict,
-    *,
-    split: str,
-    batch_size: int,
-) -> dict[str, Any]:
-    """Loss, accuracy, macro precision/recall/F1 and confusion matrix of `state` on `split`.
+def evaluate_members(
+    engine: Any, carry: Any, batches: Iterable[dict], names: Sequence[tuple]
+) -> list[dict[str, Any]]:
+    """Loss, accuracy, macro precision/recall/F1 and confusion matrix of every member.
 
     Every example counts exactly once: the last batch is padded and the padding masked out.
 
     Args:
-      engine: the engine `state` lives in (its `eval_step` and batch layout are used).
-      state: the model state in the engine's layout (`engine.put_state`).
-      data_config: the `data` part of the experiment config.
-      split: "train", "validation" or "test".
-      batch_size: global eval batch size (divisible by the engine's devices).
+      engine: the engine `carry` lives in (`engine.put_members`).
+      batches: host eval batches [B, ...] with a "mask" (`data.eval_batches`).
+      names: the members, `(implementation index, grid index, name)` as
+        `experiment.MemberGrid.names()` lists them; the result follows their order.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r} is not a split; allowed: {', '.join(SPLITS)}")
-    total = None
-    batches = data.eval_batches(
-        data_config, split=split, global_batch_size=batch_size, layout=engine.batch_layout
-    )
+    totals = None
     for batch in batches:
-        total = metrics.accumulate_eval_sums(
-            total, engine.eval_step(state, engine.put_batch(batch))
-        )
-    if total is None:
-        raise ValueError(f"split {split!r} of dataset {data_config.name!r} is empty")
-    return metrics.metrics_from_sums(total)
+        sums = jax.device_get(engine.evaluate(carry, engine.put_batch(batch)))
+        totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+    if totals is None:
+        raise ValueError("the split is empty: nothing to evaluate")
+    out = []
+    for m, index, _ in names:
+        one = {k: np.asarray(v)[index] for k, v in totals[m].items()}
+        out.append(metrics.metrics_from_sums(one))
+    return out
 
 
 def evaluate_checkpoint(
@@ -66,46 +61,55 @@ def evaluate_checkpoint(
 ) -> tuple[dict[str, Any], pathlib.Path]:
     """Evaluates a saved checkpoint of the run in `workdir`; writes and returns its metrics.
 
+    The run directory is opened read-only (nothing is created, deleted or renamed there but
+    the result file), so a run can be evaluated while it trains. On one device: the training
+    batch size does not constrain evaluation.
+
     Args:
-      workdir: a run directory written by `train_and_evaluate` (config.json + checkpoints/).
+      workdir: a run directory written by `adamlab train` (config.json + checkpoints/).
       checkpoint: "latest", "best" (by the run's `train.best_metric`) or a step number.
       split: "test", "validation" or "train".
 
     Returns:
-      (metrics, path): metrics as `evaluate_split` plus "step", "split" and "checkpoint"; path of
-      the JSON file written, `workdir/eval_<split>_<step>.json`.
+      (metrics, path): metrics of the run (for a run of several members, "members": name ->
+      metrics) plus "step", "split" and "checkpoint"; path of the JSON file written,
+      `workdir/eval_<split>_<step>.json`.
 
     Raises:
       FileNotFoundError: no config.json in `workdir`; NoCheckpointError: no checkpoint (or not
-      the one asked for).
+      the one asked for); CheckpointCorruptError: the checkpoint is damaged (names an intact
+      one); ValueError: a split the run does not have.
     """
-    from adamlab.training import train  # Here, not at the top: train imports this module.
-
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not a split; allowed: {', '.join(SPLITS)}")
     workdir = pathlib.Path(workdir)
     config = run_io.read_config(workdir)
-    experiment = train.build_experiment(config)
-    checkpointer = train.make_checkpointer(workdir, config)
-    try:
+    experiment = experiment_lib.build_experiment(config, devices=jax.local_devices()[:1])
+    if split == "validation" and not experiment.info.num_validation:
+        raise ValueError(
+            f"run {str(workdir)!r} has no validation split (data.validation_fraction="
+            f"{config.data.get('validation_fraction')}); use --split test"
+        )
+    with experiment_lib.make_checkpointer(workdir, config, read_only=True) as checkpointer:
         try:
             step = checkpointer.resolve_step(checkpoint)
         except FileNotFoundError as e:
             raise NoCheckpointError(f"Run {str(workdir)!r}: {e}") from None
-        state, _ = checkpointer.restore(train.abstract_state(config, experiment), step=step)
-    finally:
-        checkpointer.close()
+        carry, _ = checkpointer.restore(experiment_lib.abstract_members(experiment), step=step)
     engine = experiment.engine
-    result = evaluate_split(
-        engine,
-        engine.put_state(state),
-        config.data,
-        split=split,
-        batch_size=config.train.eval_batch_size,
+    batches = data.eval_batches(
+        config.data, split=split, global_batch_size=config.train.eval_batch_size
     )
+    names = experiment.who.names()
+    results = evaluate_members(engine, engine.put_members(carry), batches, names)
+    result = results[0] if len(names) == 1 else {"members": dict(zip([n for *_, n in names],
+                                                                     results, strict=True))}  # fmt: skip
     result = {"step": step, "split": split, "checkpoint": str(checkpoint), **result}
     path = workdir / f"eval_{split}_{step}.json"
-    run_io.write_json(path, result)
+    try:
+        run_io.write_json(path, result)
+    except OSError as e:  # A read-only run directory: the metrics are still returned.
+        logging.warning("could not write %s (%s); the metrics are printed only", path, e)
     return result, path
 
 

@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import optax
 
 from adamlab.training import zero
-from adamlab.training.precision import Policy
 from adamlab.training.train_state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -57,7 +56,6 @@ def make_train_step(
     schedule: optax.Schedule,
     *,
     axis_name: str | None = None,
-    policy: Policy | None = None,
     shard_optimizer: bool = False,
     num_shards: int | None = None,
 ) -> TrainStep:
@@ -69,12 +67,7 @@ def make_train_step(
       tx: the optimizer; its update gets the parameters (for weight decay).
       schedule: the learning-rate schedule inside `tx`, evaluated at `state.step` for logging.
       axis_name: the pmap axis, or None for a single device / jit with shardings.
-      policy: mixed precision (`adamlab.precision`): the forward/backward pass runs on copies of
-        the float32 parameters and images cast to `policy.compute_dtype`, logits are cast to
-        `policy.output_dtype`; the gradient and the update stay float32. For models whose
-        layers follow their inputs' dtype; None: today's step (adamlab's models cast
-        themselves, by their `dtype`).
-      shard_optimizer: ZeRO-1 under pmap (`adamlab.zero.sharded_update`): gradients are
+      shard_optimizer: ZeRO-1 under pmap (`adamlab.training.zero.sharded_update`): gradients are
         reduce-scattered, `state.opt_state` holds this device's slices only, and parameters are
         all-gathered after the update. Needs `axis_name` and `num_shards` (the axis size).
 
@@ -88,7 +81,6 @@ def make_train_step(
             "optimizer state with shardings instead (adamlab.zero.opt_state_shardings)"
         )
     model = _with_axis_name(model, axis_name)
-    mixed = policy is not None  # Casts to a dtype a value already has are no-ops.
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         # fold_in(step): a fresh dropout key per step, derived from the one seed, reproducible on
@@ -100,8 +92,6 @@ def make_train_step(
 
         def loss_fn(params):
             images = batch["image"]
-            if mixed:  # The cast's transpose brings the gradient back to float32.
-                params, images = policy.cast_to_compute((params, images))
             logits, new_variables = model.apply(
                 _variables(params, state.batch_stats),
                 images,
@@ -109,8 +99,6 @@ def make_train_step(
                 rngs={"dropout": key},
                 mutable=["batch_stats"],
             )
-            if mixed:
-                logits = policy.cast_to_output(logits)  # The loss in float32.
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
             return loss, (logits, new_variables.get("batch_stats", state.batch_stats))
 
@@ -158,7 +146,6 @@ def make_eval_step(
     num_classes: int,
     *,
     axis_name: str | None = None,
-    policy: Policy | None = None,
 ) -> EvalStep:
     """Builds the eval step, which returns sums so batches and devices add up exactly.
 
@@ -170,15 +157,10 @@ def make_eval_step(
       confusion[true, predicted] counts examples. Under pmap the sums are over all devices.
     """
 
-    mixed = policy is not None  # Casts to a dtype a value already has are no-ops.
-
     def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
-        params, images = state.params, batch["image"]
-        if mixed:
-            params, images = policy.cast_to_compute((params, images))
-        logits = model.apply(_variables(params, state.batch_stats), images, train=False)
-        if mixed:
-            logits = policy.cast_to_output(logits)
+        logits = model.apply(
+            _variables(state.params, state.batch_stats), batch["image"], train=False
+        )
         mask = batch.get("mask")
         if mask is None:
             mask = jnp.ones(logits.shape[:1], bool)

@@ -1,33 +1,40 @@
-"""The training loop: `train_and_evaluate(config, workdir)`, the one readable loop of adamlab.
+"""The one training loop: every run, comparison, sweep and study trains through `run`.
 
-    config = config_dict.load_config_file("configs/digits.py")
-    final = train_and_evaluate(config, "runs/digits")   # {"test_accuracy": ..., ...}
+    config = config_dict.load_config("digits")
+    final = train_and_evaluate(config, "runs/digits")    # one run: {"test_accuracy": ...}
+    result = run(config, "runs/grid")                    # N >= 1 members: RunsResult
 
-What a run does, in order:
+A run trains a grid of members in one compiled program (`adamlab.training.members`): every
+implementation of `runs.implementations` (ours, the optax twin) x every value of the swept
+hyperparameters `runs.sweep` x every seed of `runs.seeds`. `adamlab train` is the one-member
+case (`train_and_evaluate`); `adamlab compare` runs ours and optax in lockstep over seeds,
+`adamlab sweep` and the studies vary hyperparameters. What a run does, in order:
 
-1. Validates the whole config (`validate_config`) before anything is built or trained: a bad
+1. Validates the whole config (`validate_config`) before anything is built or written: a bad
    value raises `ConfigError` naming the field, the value and what is allowed.
-2. Refuses a workdir that holds a run with a different config (`run_io.check_resumable`; only
-   the training length may change, to extend a run), then writes `config.json`.
-3. Builds dataset info, optimizer + schedule, model, engine and the initial state from the one
-   seed; if the workdir has a checkpoint, restores the latest one (parameters, optimizer state,
-   step, rng) and restarts the data at that step, so a resumed run ends bitwise equal to an
-   uninterrupted one.
-4. Trains. Metrics stay on the device and are fetched every log interval (and before every
-   evaluation or checkpoint): train means go to `metrics.jsonl` and TensorBoard, and the first
-   step whose `finite` flag is False stops the run with `NonFiniteError` naming the step and
-   the quantity, before that state can be saved. Validation runs every `eval_every_steps` and
-   at every checkpoint (it picks the best checkpoint); checkpoints are saved every
-   `checkpoint_every_steps` and at the end.
-5. SIGTERM/SIGINT (preemption, Ctrl-C) finish the current step, save a checkpoint and return
-   with `"interrupted": True` (a second Ctrl-C aborts at once); previous handlers are restored.
-6. At the end evaluates validation and test and returns the final metrics.
+2. Takes the workdir (one writer at a time), refuses one that holds a run with a different
+   config (only the training length may change, to extend a run), writes `config.json`.
+3. Builds dataset info, model, optimizers, engine and every member's step-0 state from its seed
+   (or a pretrained run's parameters, `init`); if the workdir has a checkpoint, restores the
+   newest intact one and restarts every seed's data at that step, so a resumed run ends bitwise
+   equal to an uninterrupted one.
+4. Trains in chunks of `train.steps_per_dispatch` steps per call, each ending at the next log,
+   eval or checkpoint point. Metrics stay on the device until a log point, then go to each
+   member's `metrics.jsonl` and TensorBoard. A member whose loss, gradient or update becomes
+   non-finite is frozen at its last finite state and recorded (`diverged_at`); the others go
+   on. A single run stops instead with `NonFiniteError` naming the step (its last good
+   checkpoint is kept). Validation runs every `eval_every_steps` and at every checkpoint;
+   checkpoints (all members) every `checkpoint_every_steps` and at the end.
+5. SIGTERM/SIGINT (preemption, Ctrl-C) finish the current chunk, save a checkpoint and return
+   with `interrupted=True` (a second Ctrl-C aborts at once).
+6. At the end evaluates validation and test, writes `result.json`, and returns the results.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -35,36 +42,33 @@ import pathlib
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-import optax
 import tqdm
 
-from adamlab import data, models
-from adamlab.training import distributed, engines, optimizer_factory, run_io
-from adamlab.training.checkpoint import Checkpointer
-from adamlab.training.evaluate import evaluate_split
-from adamlab.training.train_state import TrainState, create_train_state
+from adamlab import data
+from adamlab.training import distributed, evaluate, members, restore, run_io, transfer
+from adamlab.training.experiment import (
+    ConfigError,
+    Experiment,
+    abstract_members,
+    build_experiment,
+    initial_members,
+    make_checkpointer,
+    read_members,
+    validate_config,
+)
 
-# The quantities the step checks for finiteness, in the order a non-finite value is blamed on.
-_WATCHED = ("loss", "grad_norm", "update_norm")
-BEST_METRICS = tuple(f"validation_{m}" for m in ("accuracy", "loss", "precision", "recall", "f1"))
-_TRAIN_FIELDS = (
-    "engine", "batch_size", "num_epochs", "num_steps", "eval_batch_size", "log_every_steps",
-    "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints", "best_metric",
-    "progress_bar", "inject_nan_at_step",
-)  # fmt: skip
-
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the field, the value and what is allowed."""
+_WATCHED = ("loss", "grad_norm", "update_norm")  # Blamed for a divergence, in this order.
+RESULT_FILE = "result.json"
 
 
 class NonFiniteError(FloatingPointError):
-    """Training produced a non-finite loss, gradient or update; nothing after it was saved."""
+    """A single run produced a non-finite loss, gradient or update; nothing after it was saved."""
 
     def __init__(self, step: int, quantity: str, values: dict[str, float], last_checkpoint):
         self.step, self.quantity, self.values = step, quantity, values
@@ -80,163 +84,11 @@ class NonFiniteError(FloatingPointError):
         )
 
 
-# ---------------------------------------------------------------------------- config checks
-
-
-def _fail(field: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"{field}={value!r} is invalid: {allowed}")
-
-
-def _check_int(section: Any, prefix: str, name: str, minimum: int, optional: bool = False):
-    value = section[name]
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        _fail(f"{prefix}.{name}", value, f"must be an int >= {minimum}" + (" or None" * optional))
-
-
-def validate_config(config: ml_collections.ConfigDict) -> int:
-    """Checks every field before training; returns the run's total number of steps.
-
-    Raises:
-      ConfigError: naming the field, the value and what is allowed (unknown dataset, model,
-        optimizer and engine names list the valid ones).
-    """
-    return _validated(config)[0]
-
-
-def _validated(config: ml_collections.ConfigDict):
-    """`validate_config`, returning what checking needed to build: (num_steps, dataset info,
-    (tx, schedule)), so that `build_experiment` does not build them twice."""
-    for section in ("data", "model", "optimizer", "train"):
-        if section not in config:
-            raise ConfigError(f"config has no {section!r} section; see configs/digits.py")
-    missing = [f for f in _TRAIN_FIELDS if f not in config.train]
-    if missing:
-        raise ConfigError(f"config.train lacks {missing}; see configs/digits.py for every field")
-    seed = config.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        _fail("seed", seed, "must be an int >= 0")
-    if config.data.get("name") not in data.DATASETS:
-        _fail("data.name", config.data.get("name"), f"allowed: {', '.join(data.DATASETS)}")
-    train = config.train
-    epochs = train.num_epochs
-    if isinstance(epochs, bool) or not isinstance(epochs, int | float) or not epochs > 0:
-        _fail("train.num_epochs", epochs, "must be a number > 0")
-    if not math.isfinite(epochs):
-        _fail("train.num_epochs", epochs, "must be finite")
-    _check_int(train, "train", "num_steps", 1, optional=True)
-    for name in (
-        "log_every_steps",
-        "eval_every_steps",
-        "checkpoint_every_steps",
-        "keep_checkpoints",
-    ):
-        _check_int(train, "train", name, 1)
-    _check_int(train, "train", "inject_nan_at_step", 1, optional=True)
-    if not isinstance(train.progress_bar, bool):
-        _fail("train.progress_bar", train.progress_bar, "must be True or False")
-    if train.best_metric is not None and train.best_metric not in BEST_METRICS:
-        _fail("train.best_metric", train.best_metric, f"allowed: None, {', '.join(BEST_METRICS)}")
-    if not isinstance(train.get("shard_optimizer", False), bool):
-        _fail("train.shard_optimizer", train.shard_optimizer, "must be True or False")
-    try:
-        models.validate_model_config(config.model)
-        if config.get("distributed") is not None and config.distributed.get("enabled", False):
-            distributed.resolve_parameters(config.distributed)  # As `initialize` will read it.
-        engines.validate_engine_config(train)
-        info = data.dataset_info(config.data)
-        num_steps = total_steps(config, info)
-        optimizer = optimizer_factory.make_optimizer(config.optimizer, num_steps)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as e:
-        raise ConfigError(str(e)) from e
-    if train.best_metric is not None and not info.num_validation:
-        _fail(
-            "train.best_metric",
-            train.best_metric,
-            f"needs a validation split, but data.validation_fraction="
-            f"{config.data.get('validation_fraction')} leaves none; set best_metric=None",
-        )
-    return num_steps, info, optimizer
-
-
-def total_steps(config: ml_collections.ConfigDict, info: Any) -> int:
-    """`train.num_steps` if set, else `ceil(num_epochs * steps_per_epoch)`."""
-    if config.train.num_steps is not None:
-        return int(config.train.num_steps)
-    per_epoch = data.steps_per_epoch(info, config.train.batch_size)
-    return max(1, math.ceil(config.train.num_epochs * per_epoch))
-
-
-# ---------------------------------------------------------------------------- building a run
-
-
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-    """Everything a config builds before the first step (shared by training and evaluation)."""
-
-    info: Any  # adamlab.data.DatasetInfo
-    num_steps: int
-    model: Any
-    tx: optax.GradientTransformation
-    schedule: optax.Schedule
-    engine: engines.Engine
-
-
-def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
-    """Validates `config` and builds dataset info, model, optimizer, schedule and engine.
-
-    Mixed precision: the models compute in `config.model.dtype` themselves (Flax casts each
-    layer's float32 parameters to it; BatchNorm statistics and scales stay float32), so no
-    `precision.Policy` is passed to the engine and bfloat16 configs keep their numbers. The
-    engine shards the optimizer state if `config.train.shard_optimizer` (ZeRO-1,
-    `adamlab.zero`).
-    """
-    num_steps, info, (tx, schedule) = _validated(config)
-    model = models.create_model(config.model, info.num_classes)
-    engine = engines.make_engine(
-        config.train.engine,
-        model,
-        tx,
-        schedule,
-        info.num_classes,
-        shard_optimizer=config.train.get("shard_optimizer", False),
-    )
-    return Experiment(info, num_steps, model, tx, schedule, engine)
-
-
-def initial_state(config: ml_collections.ConfigDict, experiment: Experiment) -> TrainState:
-    """The step-0 state from `config.seed` (host/single-device layout)."""
-    return create_train_state(
-        jax.random.key(config.seed), experiment.model, experiment.tx, experiment.info.image_shape
-    )
-
-
-def abstract_state(config: ml_collections.ConfigDict, experiment: Experiment) -> TrainState:
-    """Shapes and dtypes of `initial_state` (no compilation): the target of a restore."""
-    return jax.eval_shape(lambda: initial_state(config, experiment))
-
-
-def make_checkpointer(
-    workdir: str | os.PathLike, config: ml_collections.ConfigDict
-) -> Checkpointer:
-    """The run's checkpointer: the last `keep_checkpoints` plus the best by `best_metric`."""
-    best = config.train.best_metric
-    return Checkpointer(
-        pathlib.Path(workdir).absolute() / run_io.CHECKPOINT_DIR,
-        max_to_keep=config.train.keep_checkpoints,
-        best_metric=best,
-        best_mode="min" if best and best.endswith("loss") else "max",
-    )
-
-
 # ---------------------------------------------------------------------------- loop helpers
 
 
 class _StopOnSignal:
-    """SIGTERM/SIGINT set `requested` (the loop stops after the current step); restored on exit.
+    """SIGTERM/SIGINT set `requested` (the loop stops after the current chunk); restored on exit.
 
     A second SIGINT raises KeyboardInterrupt, for a user who does not want to wait. Outside the
     main thread signals cannot be caught, and the loop runs without this protection.
@@ -257,64 +109,75 @@ class _StopOnSignal:
         if self.requested is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = name
-        logging.warning("%s received: stopping after this step and saving a checkpoint", name)
+        logging.warning("%s received: stopping after this chunk and saving a checkpoint", name)
 
     def __exit__(self, *exc_info) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
 
 
-class _TrainMetrics:
-    """Per-step metrics kept on device until `fetch`, which checks them for finiteness.
+def chunk_lengths(start: int, num_steps: int, every: Sequence[int], max_length: int) -> list[int]:
+    """Lengths of the calls covering steps start+1..num_steps: each ends at a multiple of an
+    interval in `every` (log, eval, checkpoint points) or at the end, none longer than
+    `max_length`. Long gaps split at gap start + j * max_length, so a run resumed at any chunk
+    end continues with exactly the chunks of an uninterrupted one."""
+    ends = sorted({s for e in every for s in range((start // e + 1) * e, num_steps, e)}
+                  | {num_steps})  # fmt: skip
+    lengths, position = [], start
+    for end in ends:
+        while end - position > max_length:
+            lengths.append(max_length)
+            position += max_length
+        lengths.append(end - position)
+        position = end
+    return lengths
 
-    Throughput (`steps_per_sec`) is timed between fetches, so it leaves out the first step
-    (compilation) and, via `restart_clock`, the time spent evaluating and saving.
+
+def _draw_chunk(streams, length: int, first_step: int, nan_step: int | None, grid) -> dict:
+    """The next `length` batches of every seed's stream: [K, B, ...] or [K, seeds, B, ...]."""
+    steps = []
+    for step in range(first_step, first_step + length):
+        per_seed = [next(s) for s in streams]
+        if step == nan_step:  # Testing: a batch of NaNs exercises the non-finite path.
+            per_seed = [dict(b, image=np.full_like(b["image"], np.nan)) for b in per_seed]
+        batch = jax.tree.map(lambda *xs: np.stack(xs), *per_seed) if grid else per_seed[0]
+        steps.append(batch)
+    return jax.tree.map(lambda *xs: np.stack(xs), *steps)
+
+
+def _log(name: str, step: int | None, split: str, values: dict) -> None:
+    shown = ("loss", "accuracy", "learning_rate", "grad_norm", "steps_per_sec", "f1")
+    text = " ".join(f"{k}={values[k]:.4g}" for k in shown if k in values)
+    logging.info("%sstep %s %s: %s", name, "final" if step is None else step, split, text)
+
+
+@dataclasses.dataclass
+class RunsResult:
+    """What `run` returns.
+
+    Attributes:
+      rows: one dict per member: optimizer, implementation, swept values, seed, steps,
+        final_train_{loss,accuracy}, validation_/test_{loss,accuracy,f1}, finite, diverged_at
+        (0 if never), parity, steps_per_sec, wall_time_s, runs_in_program.
+      finals: per member (row order) {"train_<metric>", "validation_<metric>", "test_<metric>"}
+        with every metric (train: means of the last log interval).
+      curves: implementation -> split ("train", "validation") -> (steps [T], {"loss",
+        "accuracy": arrays [values, seeds, T]}).
+      params: implementation -> final parameters with leading axes [values, seeds] (host).
+      step, interrupted, num_steps, steps_per_sec, wall_time_s; phases: seconds in "setup",
+        "compile", "train", "evaluate".
     """
 
-    def __init__(self):
-        self._device: list[tuple[int, dict]] = []
-        self._host: list[dict] = []
-        self._clock: float | None = None  # Start of the timed stretch; None before 1st fetch.
-        self._timed_steps, self._seconds = 0, 0.0
-
-    def add(self, step: int, metrics: dict) -> None:
-        self._device.append((step, metrics))
-
-    def fetch(self, last_checkpoint: int | None) -> None:
-        """Copies pending metrics to the host; raises NonFiniteError at the first bad step."""
-        for step, values in jax.device_get(self._device):
-            if not bool(values["finite"]):
-                values = {k: float(v) for k, v in values.items()}
-                quantity = next((k for k in _WATCHED if not math.isfinite(values[k])), "update")
-                raise NonFiniteError(step, quantity, values, last_checkpoint)
-            self._host.append(values)
-        now = time.perf_counter()
-        if self._clock is not None:
-            self._timed_steps += len(self._device)
-            self._seconds += now - self._clock
-        self._device, self._clock = [], now
-
-    def restart_clock(self) -> None:
-        self._clock = time.perf_counter()
-
-    def summary(self) -> dict[str, float]:
-        """Means over the steps fetched since the last summary."""
-        keys = [k for k in self._host[0] if k != "finite"]
-        out = {k: float(np.mean([m[k] for m in self._host])) for k in keys}
-        if self._timed_steps:
-            out["steps_per_sec"] = self._timed_steps / self._seconds
-        self._host, self._timed_steps, self._seconds = [], 0, 0.0
-        return out
-
-
-def _prefixed(prefix: str, metrics: dict) -> dict:
-    return {f"{prefix}_{k}": v for k, v in metrics.items() if k != "confusion"}
-
-
-def _log(step: int | None, split: str, metrics: dict) -> None:
-    shown = ("loss", "accuracy", "learning_rate", "grad_norm", "steps_per_sec", "f1")
-    text = " ".join(f"{k}={metrics[k]:.4g}" for k in shown if k in metrics)
-    logging.info("step %s %s: %s", "final" if step is None else step, split, text)
+    rows: list[dict[str, Any]]
+    finals: list[dict[str, Any]]
+    curves: dict[str, Any]
+    params: dict[str, Any]
+    step: int
+    interrupted: bool
+    num_steps: int
+    steps_per_sec: float
+    wall_time_s: float
+    phases: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -326,168 +189,439 @@ def train_and_evaluate(
     *,
     stop_after_step: int | None = None,
 ) -> dict[str, Any]:
-    """Trains (or resumes) the run described by `config` in `workdir`; returns final metrics.
-
-    Args:
-      config: the experiment config (see configs/digits.py for every field).
-      workdir: run directory; created if missing, resumed if it holds a checkpoint.
-      stop_after_step: stop as a preemption would (checkpoint, `"interrupted": True`) once this
-        step is done; for splitting a run over time-limited jobs, and for testing resumption.
+    """Trains (or resumes) the single run described by `config`; returns its final metrics.
 
     Returns:
       {"step", "interrupted", "train_<metric>" (means of the last log interval; absent when
-      the run was already finished and nothing was trained), "validation_<metric>",
-      "test_<metric>" (not when interrupted)}: accuracy, loss, macro precision/recall/f1 per
-      split.
+      the run was already finished), "validation_<metric>", "test_<metric>" (not when
+      interrupted)}: accuracy, loss, macro precision/recall/f1 per split.
 
     Raises:
-      ConfigError: invalid config; run_io.ConfigMismatchError: the workdir holds a different
-      run; NonFiniteError: a non-finite loss/gradient/update (the last good checkpoint stays).
-
-    Multi-host (`config.distributed.enabled`, see `adamlab.distributed`): every process calls
-    this with the same config and workdir (a shared filesystem); each reads its slice of every
-    batch, all save the checkpoints together (orbax), and process 0 alone writes config.json,
-    metrics and the progress bar.
+      ConfigError: invalid config, or a config with several members (use `run`);
+      run_io.ConfigMismatchError: the workdir holds a different run; NonFiniteError: a
+      non-finite loss/gradient/update (the last good checkpoint stays).
     """
+    validate_config(config)
+    who = read_members(config)
+    if who.grid or len(who.implementations) > 1:
+        raise ConfigError(
+            f"train_and_evaluate trains one run, but runs={who} describes several members; "
+            "use adamlab.training.train.run"
+        )
+    result = run(config, workdir, stop_after_step=stop_after_step)
+    return {"step": result.step, "interrupted": result.interrupted, **result.finals[0]}
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    *,
+    stop_after_step: int | None = None,
+) -> RunsResult:
+    """Trains (or resumes) every member of `config` in `workdir`; see the module docstring.
+
+    Args:
+      config: the experiment config (configs/digits.py documents every field).
+      workdir: run directory; created if missing, resumed if it holds a checkpoint.
+      stop_after_step: stop as a preemption would (checkpoint, `interrupted=True`) at the end
+        of the first chunk that reaches this step; for splitting a run over time-limited jobs.
+
+    Multi-host (`config.distributed.enabled`): every process calls this with the same config and
+    workdir (a shared filesystem); each reads its slice of every batch, all save the
+    checkpoints together (orbax), and process 0 alone writes config.json, metrics and the bar.
+    """
+    start_time = time.perf_counter()
     try:
         distributed.initialize(config.get("distributed"))  # Before anything touches a backend.
     except ValueError as e:
         raise ConfigError(str(e)) from e
     experiment = build_experiment(config)
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    run_io.check_resumable(workdir, config)
-    if distributed.is_primary():
-        run_io.write_config(workdir, config)
-
-    checkpointer = make_checkpointer(workdir, config)
-    try:  # The checkpointer is closed on every exit, errors before the first step included.
-        if checkpointer.latest_step() is None:
-            state, start = initial_state(config, experiment), 0
-        else:
-            state, extra = checkpointer.restore(abstract_state(config, experiment), step="latest")
-            start = int(state.step)
-            if extra["data_start_step"] != start:  # Saved together; guard the invariant.
-                raise RuntimeError(
-                    f"checkpoint {start} has data position {extra['data_start_step']}"
-                )
-            logging.info("resuming %s from step %d of %d", workdir, start, experiment.num_steps)
-        state = experiment.engine.put_state(state)
-        if start < experiment.num_steps:
-            return _train_loop(config, experiment, workdir, checkpointer, state, start,
-                               stop_after_step)  # fmt: skip
-        # A finished run (or one asked for fewer steps): its metrics, logging nothing twice.
-        logging.info("%s is already trained to step %d", workdir, start)
-        final: dict[str, Any] = {"step": start, "interrupted": False}
-        splits = ("validation", "test") if experiment.info.num_validation else ("test",)
-        for split in splits:
-            result = _evaluate(experiment.engine, state, config, split, None, None)
-            final.update(_prefixed(split, result))
-        return final
-    finally:
-        checkpointer.wait_until_finished()
-        checkpointer.close()
-
-
-def _train_loop(
-    config: ml_collections.ConfigDict,
-    experiment: Experiment,
-    workdir: pathlib.Path,
-    checkpointer: Checkpointer,
-    state: Any,
-    start: int,
-    stop_after_step: int | None,
-) -> dict[str, Any]:
-    """Steps start+1 .. num_steps of `train_and_evaluate` (see its docstring), from `state`
-    placed by the engine; logs, evaluates and checkpoints on the way."""
-    info, num_steps, engine = experiment.info, experiment.num_steps, experiment.engine
-    train_cfg = config.train
+    getattr(run_io, "prepare_workdir", lambda w: w.mkdir(parents=True, exist_ok=True))(
+        workdir
+    )  # TODO(lock)
     primary = distributed.is_primary()
-    final: dict[str, Any] = {"step": start, "interrupted": False}
-    # The data restarts exactly where the checkpoint left it: batch i is the same in every run.
-    batches = data.train_batches(
-        config.data,
-        global_batch_size=train_cfg.batch_size,
-        seed=config.seed,
-        start_step=start,
-        layout=engine.batch_layout,
-    )
-    last_saved = checkpointer.latest_step()
-    pending = _TrainMetrics()
-    bar = tqdm.tqdm(
-        total=num_steps,
-        initial=start,
-        unit="step",
-        dynamic_ncols=True,
-        mininterval=1.0,
-        disable=None if train_cfg.progress_bar and primary else True,  # None: on a terminal.
-    )
-    try:
-        with (
-            run_io.MetricWriter(workdir, resume_step=start)
-            if primary
-            else contextlib.nullcontext(None) as writer,
-            _StopOnSignal() as stop,
-        ):
-            for step in range(start + 1, num_steps + 1):
-                batch = next(batches)
-                if step == train_cfg.inject_nan_at_step:
-                    batch = dict(batch, image=np.full_like(batch["image"], np.nan))
-                state, metrics = engine.train_step(state, engine.put_batch(batch))
-                pending.add(step, metrics)
-                bar.update(1)
-
-                stopping = stop.requested is not None or step == stop_after_step
-                save = step % train_cfg.checkpoint_every_steps == 0 or step == num_steps or stopping
-                evaluate = save or step % train_cfg.eval_every_steps == 0
-                log = save or step % train_cfg.log_every_steps == 0 or step == start + 1
-                if not (log or evaluate):
-                    continue
-                pending.fetch(last_saved)  # Raises NonFiniteError before anything is saved.
-                final["step"] = step
-                if log:
-                    summary = pending.summary()
-                    if writer is not None:
-                        writer.write(step, "train", summary)
-                    _log(step, "train", summary)
-                    bar.set_postfix(loss=f"{summary['loss']:.4f}", refresh=False)
-                    final.update(_prefixed("train", summary))
-                validation = None  # Validation metrics rank the checkpoints ("best").
-                if evaluate and info.num_validation:
-                    result = _evaluate(engine, state, config, "validation", step, writer)
-                    validation = _prefixed("validation", result)
-                    final.update(validation)
-                if save:
-                    checkpointer.save(
-                        step,
-                        engine.get_state(state),
-                        metrics=validation,
-                        extra={"data_start_step": step},
-                        force=True,
+    with getattr(run_io, "WorkdirLock", lambda w, primary: contextlib.nullcontext())(
+        workdir, primary=primary
+    ):
+        run_io.check_resumable(workdir, config)
+        if primary:
+            run_io.write_config(workdir, config)
+        checkpointer = make_checkpointer(workdir, config)
+        try:  # The checkpointer is closed on every exit, errors before the first step included.
+            if checkpointer.latest_step() is None:
+                carry, start = initial_members(config, experiment, _pretrained(config)), 0
+            else:
+                target = abstract_members(experiment)
+                start, carry, extra = checkpointer.restore_newest_intact(target)
+                if extra["data_start_step"] != start:  # Saved together; guard the invariant.
+                    raise RuntimeError(
+                        f"checkpoint {start} has data position {extra['data_start_step']}"
                     )
-                    last_saved = step
-                pending.restart_clock()
-                if stopping:
-                    final["interrupted"] = True
-                    logging.warning(
-                        "stopped at step %d/%d (%s); checkpoint saved, run again to resume",
-                        step, num_steps, stop.requested or "stop_after_step",
-                    )  # fmt: skip
-                    break
-            if not final["interrupted"]:
-                result = _evaluate(engine, state, config, "test", num_steps, writer)
-                final.update(_prefixed("test", result))
-    finally:
-        bar.close()
-    return final
+                logging.info("resuming %s from step %d of %d", workdir, start,
+                             experiment.num_steps)  # fmt: skip
+            finished = workdir / RESULT_FILE
+            if start >= experiment.num_steps and finished.is_file():
+                logging.info("%s is already trained to step %d", workdir, start)
+                return _result_from_json(json.loads(finished.read_text()))
+            loop = _Loop(config, experiment, workdir, checkpointer, start_time)
+            result = loop.train(experiment.engine.put_members(carry), start, stop_after_step)
+        finally:
+            checkpointer.wait_until_finished()
+            checkpointer.close()
+        if primary and not result.interrupted:
+            run_io.write_json(workdir / RESULT_FILE, _result_to_json(result))
+        return result
 
 
-def _evaluate(engine, state, config, split: str, step: int | None, writer) -> dict[str, Any]:
-    """Evaluates `split`; logs it at `step` (and to `writer` unless it is None)."""
-    result = evaluate_split(
-        engine, state, config.data, split=split, batch_size=config.train.eval_batch_size
-    )
-    if writer is not None:
-        writer.write(step, split, result)
-    _log(step, split, result)
-    return result
+def _pretrained(config: ml_collections.ConfigDict):
+    """`params_for_seed` of `initial_members` for a config with an `init` run, else None."""
+    init = config.get("init")
+    if not transfer.enabled(init):
+        return None
+    pretrained = restore.restore(init.workdir, checkpoint=init.checkpoint)
+    return lambda seed, params: transfer.merge_params(params, pretrained.params, init)
+
+
+class _Loop:
+    """The steps start+1..num_steps of `run` and everything logged on the way."""
+
+    def __init__(self, config, experiment: Experiment, workdir, checkpointer, start_time):
+        self.config, self.experiment, self.workdir = config, experiment, workdir
+        self.checkpointer, self.start_time = checkpointer, start_time
+        self.who, self.engine = experiment.who, experiment.engine
+        self.names = self.who.names()
+        self.single = len(self.names) == 1
+        self.phases = dict.fromkeys(("setup", "compile", "train", "evaluate"), 0.0)
+        self.curves = {
+            impl: {"train": ([], []), "validation": ([], [])} for impl in self.who.implementations
+        }
+        self.finals: list[dict[str, Any]] = [{} for _ in self.names]
+        self.timed_steps, self.timed_seconds = 0, 0.0
+        self.eval_cache: dict[str, list] = {}
+        self.reported: set[int] = set()  # Members whose divergence was logged.
+
+    # -------------------------------------------------------------------- writers
+
+    def _member_dir(self, name: str) -> pathlib.Path:
+        return self.workdir if self.single else self.workdir / "members" / name
+
+    def _open_writers(self, start: int) -> dict[int, run_io.MetricWriter]:
+        if not distributed.is_primary():
+            return {}
+        writers = {}
+        for i, (_, _, name) in enumerate(self.names):
+            path = self._member_dir(name)
+            path.mkdir(parents=True, exist_ok=True)
+            writers[i] = run_io.MetricWriter(path, resume_step=start)
+        return writers
+
+    def _write(self, step: int | None, split: str, per_member: list[dict]) -> None:
+        for i, values in enumerate(per_member):
+            if i in self.writers:
+                self.writers[i].write(self.experiment.num_steps if step is None else step,
+                                      split, values)  # fmt: skip
+        if self.single:
+            _log("", step, split, per_member[0])
+
+    # -------------------------------------------------------------------- metrics
+
+    def _per_member(self, arrays: dict[str, np.ndarray]) -> list[dict[str, float]]:
+        """{key: [*grid, implementations]} -> one dict of floats per member (row order)."""
+        out = []
+        for m, index, _ in self.names:
+            out.append({k: float(np.asarray(v)[(*index, m)]) for k, v in arrays.items()})
+        return out
+
+    def _learning_rate_scale(self) -> list[float]:
+        """A swept peak learning rate scales the logged schedule (all schedules are linear in
+        their peak)."""
+        if "learning_rate" not in self.who.sweep:
+            return [1.0] * len(self.names)
+        base = float(self.config.optimizer.learning_rate)
+        return [self.who.sweep["learning_rate"][index[0]] / base for _, index, _ in self.names]
+
+    def _train_summary(self, fetched: list[dict[str, np.ndarray]]) -> list[dict[str, float]]:
+        """Means over the fetched steps of every LOGGED metric, per member."""
+        stacked = {k: np.concatenate([f[k] for f in fetched]) for k in members.LOGGED}
+        means = self._per_member({k: v.mean(axis=0) for k, v in stacked.items()})
+        for values, scale in zip(means, self._learning_rate_scale(), strict=True):
+            values["learning_rate"] *= scale
+        if self.timed_steps:
+            for values in means:
+                values["steps_per_sec"] = self.timed_steps / self.timed_seconds
+        self.timed_steps, self.timed_seconds = 0, 0.0
+        return means
+
+    def _check_divergence(self, carry, fetched, first_steps: list[int]) -> bool:
+        """Logs newly diverged members; raises NonFiniteError for a single run; returns whether
+        every member has diverged."""
+        host = jax.device_get((carry.alive, carry.diverged_at))
+        alive, diverged_at = (np.asarray(x) for x in host)
+        if self.engine.pmap:
+            alive, diverged_at = alive[0], diverged_at[0]
+        for i, (m, index, name) in enumerate(self.names):
+            at = int(diverged_at[(*index, m)])
+            if alive[(*index, m)] or i in self.reported:
+                continue
+            self.reported.add(i)
+            values = self._values_at(fetched, first_steps, at, m, index)
+            if self.single:
+                quantity = next((k for k in _WATCHED if not math.isfinite(values[k])), "update")
+                raise NonFiniteError(at, quantity, values, self.checkpointer.latest_step())
+            logging.warning("member %s diverged at step %d (%s); frozen, the others go on",
+                            name, at, ", ".join(f"{k}={values[k]:.4g}" for k in _WATCHED))  # fmt: skip
+        return not alive.any()
+
+    @staticmethod
+    def _values_at(fetched, first_steps, step, m, index) -> dict[str, float]:
+        for chunk, first in zip(fetched, first_steps, strict=True):
+            k = step - first
+            if 0 <= k < len(chunk["loss"]):
+                return {key: float(v[(k, *index, m)]) for key, v in chunk.items()}
+        return {key: math.nan for key in (*members.LOGGED, "finite")}
+
+    # -------------------------------------------------------------------- evaluation
+
+    def _evaluate(self, carry, split: str) -> list[dict[str, Any]]:
+        """Metrics of every member on `split` (eval batches cached on the host)."""
+        if split not in self.eval_cache:
+            self.eval_cache[split] = list(
+                data.eval_batches(
+                    self.config.data, split=split,
+                    global_batch_size=self.config.train.eval_batch_size,
+                )
+            )  # fmt: skip
+        return evaluate.evaluate_members(self.engine, carry, self.eval_cache[split], self.names)
+
+    def _validate(self, carry, step: int) -> dict[str, float] | None:
+        """Validation of every member at `step` (logged); the mean ranks the checkpoints."""
+        if not self.experiment.info.num_validation:
+            return None
+        results = self._evaluate(carry, "validation")
+        self._write(step, "validation", results)
+        for i, result in enumerate(results):
+            self.finals[i].update(_prefixed("validation", result))
+        for impl_index, impl in enumerate(self.who.implementations):
+            steps, values = self.curves[impl]["validation"]
+            steps.append(step)
+            values.append(self._grid_arrays(results, impl_index))
+        keys = [k for k in results[0] if k != "confusion"]
+        return {f"validation_{k}": float(np.mean([r[k] for r in results])) for k in keys}
+
+    def _grid_arrays(self, per_member: list[dict], impl_index: int) -> dict[str, np.ndarray]:
+        """{"loss", "accuracy"}: [values, seeds] arrays of one implementation's members."""
+        grid = self.who.grid or (1, 1)
+        out = {k: np.full(grid, np.nan) for k in ("loss", "accuracy")}
+        for (m, index, _), values in zip(self.names, per_member, strict=True):
+            if m == impl_index:
+                for k in out:
+                    out[k][index or (0, 0)] = values[k]
+        return out
+
+    # -------------------------------------------------------------------- the loop
+
+    def train(self, carry, start: int, stop_after_step: int | None) -> RunsResult:
+        config, experiment, engine = self.config, self.experiment, self.engine
+        train_cfg, num_steps = config.train, experiment.num_steps
+        primary = distributed.is_primary()
+        streams = [
+            data.train_batches(
+                config.data, global_batch_size=train_cfg.batch_size, seed=seed, start_step=start
+            )
+            for seed in self.who.seeds
+        ]
+        profile = tuple(train_cfg.get("profile_steps") or ())
+        every = [train_cfg.log_every_steps, train_cfg.eval_every_steps,
+                 train_cfg.checkpoint_every_steps]  # fmt: skip
+        every += [p - 1 for p in profile[:1] if p > 1] + list(profile[1:])
+        lengths = chunk_lengths(start, num_steps, every, experiment.steps_per_dispatch)
+        compiled_lengths: set[int] = set()
+        fetched_pending, firsts_pending, pending = [], [], []
+        step, interrupted, stopped_early = start, False, False
+        bar = tqdm.tqdm(
+            total=num_steps, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0,
+            desc=None if self.single else f"{len(self.names)} members",
+            disable=None if train_cfg.progress_bar and primary else True,
+        )  # fmt: skip
+        self.writers = self._open_writers(start)
+        self.phases["setup"] = time.perf_counter() - self.start_time
+        clock = None  # Start of the timed stretch (throughput leaves out compiles and evals).
+        try:
+            with _StopOnSignal() as stop:
+                for length in lengths:
+                    tick = time.perf_counter()
+                    if profile and step + 1 == profile[0]:
+                        jax.profiler.start_trace(str(self.workdir / "profile"))
+                    chunk = _draw_chunk(streams, length, step + 1,
+                                        train_cfg.get("inject_nan_at_step"), self.who.grid)  # fmt: skip
+                    if length not in compiled_lengths:
+                        clock = None  # This call compiles: not throughput.
+                    carry, step_metrics = engine.train(carry, engine.put_chunk(chunk))
+                    if length not in compiled_lengths:
+                        jax.block_until_ready(step_metrics)
+                        self.phases["compile"] += time.perf_counter() - tick
+                        compiled_lengths.add(length)
+                    pending.append(step_metrics)
+                    firsts_pending.append(step + 1)
+                    step += length
+                    bar.update(length)
+                    if profile and step == profile[1]:
+                        jax.block_until_ready(carry)
+                        jax.profiler.stop_trace()
+                        logging.info("profile of steps %d-%d written to %s", *profile,
+                                     self.workdir / "profile")  # fmt: skip
+
+                    stopping = stop.requested is not None or (
+                        stop_after_step is not None and step >= stop_after_step
+                    )
+                    save = (step % train_cfg.checkpoint_every_steps == 0 or step == num_steps
+                            or stopping)  # fmt: skip
+                    evaluate = save or step % train_cfg.eval_every_steps == 0
+                    log = save or step % train_cfg.log_every_steps == 0 or step == start + length
+                    if not (log or evaluate):
+                        continue
+                    fetched = jax.device_get(pending)
+                    fetched_pending += fetched
+                    pending = []
+                    now = time.perf_counter()
+                    if clock is not None:
+                        self.timed_seconds += now - clock
+                        self.timed_steps += sum(len(f["loss"]) for f in fetched)
+                    self.phases["train"] += now - tick
+                    all_diverged = self._check_divergence(carry, fetched_pending, firsts_pending)
+                    if log:
+                        summary = self._train_summary(fetched_pending)
+                        self._write(step, "train", summary)
+                        for i, values in enumerate(summary):
+                            self.finals[i].update(_prefixed("train", values))
+                        for impl_index, impl in enumerate(self.who.implementations):
+                            steps, values = self.curves[impl]["train"]
+                            steps.append(step)
+                            values.append(self._grid_arrays(summary, impl_index))
+                        loss = np.nanmean([s["loss"] for s in summary])
+                        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                        fetched_pending, firsts_pending = [], []
+                    tick = time.perf_counter()
+                    validation = self._validate(carry, step) if evaluate else None
+                    if save:
+                        self.checkpointer.save(
+                            step, engine.get_members(carry), metrics=validation,
+                            extra={"data_start_step": step}, force=True,
+                        )  # fmt: skip
+                    self.phases["evaluate"] += time.perf_counter() - tick
+                    clock = time.perf_counter()
+                    if all_diverged and step < num_steps:
+                        logging.warning("every member diverged by step %d; stopping", step)
+                        stopped_early = True
+                    if stopping or stopped_early:
+                        interrupted = stopping and not stopped_early
+                        if interrupted:
+                            logging.warning(
+                                "stopped at step %d/%d (%s); checkpoint saved, run again to "
+                                "resume", step, num_steps, stop.requested or "stop_after_step",
+                            )  # fmt: skip
+                        break
+                if not interrupted:
+                    tick = time.perf_counter()
+                    if not self.finals[0].get("validation_loss") and experiment.info.num_validation:
+                        self._validate(carry, step)
+                    results = self._evaluate(carry, "test")
+                    self._write(step, "test", results)
+                    for i, result in enumerate(results):
+                        self.finals[i].update(_prefixed("test", result))
+                    self.phases["evaluate"] += time.perf_counter() - tick
+        finally:
+            bar.close()
+            for writer in self.writers.values():
+                writer.close()
+        return self._result(engine.get_members(carry), step, interrupted)
+
+    def _result(self, host, step: int, interrupted: bool) -> RunsResult:
+        wall = time.perf_counter() - self.start_time
+        steps_per_sec = self.finals[0].get("train_steps_per_sec", math.nan)
+        grid = self.who.grid or (1, 1)
+        rows = []
+        for i, (m, index, _) in enumerate(self.names):
+            v, s = index or (0, 0)
+            final = self.finals[i]
+            row: dict[str, Any] = {
+                "optimizer": self.config.optimizer.name,
+                "implementation": self.who.implementations[m],
+            }
+            row.update({k: vals[v] for k, vals in self.who.sweep.items()})
+            row.update(seed=self.who.seeds[s], steps=step)
+            row["final_train_loss"] = final.get("train_loss", math.nan)
+            row["final_train_accuracy"] = final.get("train_accuracy", math.nan)
+            for split in ("validation", "test"):
+                for k in ("loss", "accuracy", "f1"):
+                    row[f"{split}_{k}"] = float(final.get(f"{split}_{k}", math.nan))
+            alive = np.asarray(host.alive)[(*index, m)]
+            row["finite"] = bool(alive)
+            row["diverged_at"] = int(np.asarray(host.diverged_at)[(*index, m)])
+            row["parity"] = (
+                float(np.asarray(host.parity)[index])
+                if len(self.who.implementations) == 2
+                else math.nan
+            )
+            row.update(steps_per_sec=steps_per_sec, wall_time_s=wall,
+                       runs_in_program=len(self.names))  # fmt: skip
+            rows.append(row)
+        params = {
+            impl: jax.tree.map(
+                lambda x: np.reshape(x, (*grid, *np.shape(x)[len(self.who.grid) :])),
+                host.states[m].params,
+            )  # fmt: skip
+            for m, impl in enumerate(self.who.implementations)
+        }
+        curves = {
+            impl: {
+                split: (np.asarray(steps), _stack_curve(values))
+                for split, (steps, values) in per_split.items()
+            }
+            for impl, per_split in self.curves.items()
+        }
+        return RunsResult(
+            rows=rows, finals=self.finals, curves=curves, params=params, step=step,
+            interrupted=interrupted, num_steps=self.experiment.num_steps,
+            steps_per_sec=steps_per_sec, wall_time_s=wall, phases=self.phases,
+        )  # fmt: skip
+
+
+def _prefixed(prefix: str, values: dict) -> dict:
+    return {f"{prefix}_{k}": v for k, v in values.items() if k != "confusion"}
+
+
+def _stack_curve(values: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """[T] of {"loss": [V, S]} -> {"loss": [V, S, T]}."""
+    if not values:
+        return {}
+    return {k: np.stack([x[k] for x in values], axis=-1) for k in values[0]}
+
+
+def _result_to_json(result: RunsResult) -> dict[str, Any]:
+    """`result.json`: everything of a finished run but its parameters (in the checkpoint)."""
+    curves = {
+        impl: {
+            split: {"steps": steps.tolist(), **{k: v.tolist() for k, v in values.items()}}
+            for split, (steps, values) in per_split.items()
+        }
+        for impl, per_split in result.curves.items()
+    }
+    fields = dataclasses.asdict(result) | {"curves": curves}
+    fields.pop("params")
+    return fields
+
+
+def _result_from_json(saved: dict[str, Any]) -> RunsResult:
+    curves = {
+        impl: {
+            split: (
+                np.asarray(values.pop("steps"), int),
+                {k: np.asarray(v, float) for k, v in values.items()},
+            )
+            for split, values in per_split.items()
+        }
+        for impl, per_split in saved["curves"].items()
+    }
+    return RunsResult(**(saved | {"curves": curves, "params": {}}))

@@ -1,0 +1,322 @@
+"""From a config to everything a run builds before its first step: one place, checked.
+
+    num_steps = validate_config(config)         # ConfigError names the field, value, what is allowed
+    experiment = build_experiment(config)       # model, optimizers, engine, who trains
+    carry = initial_members(config, experiment) # every member's step-0 state (host)
+
+`MemberGrid` reads the optional `runs` section: the seeds (default: `config.seed`), the
+implementations (default: `optimizer.implementation`) and the swept hyperparameters
+(name -> values, all equally long), whose product is the grid of members one program trains.
+Used by the loop (`adamlab.training.train`), evaluation and `restore`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from adamlab import data, models
+from adamlab.training import distributed, engines, members, optimizers, run_io, transfer
+from adamlab.training.checkpoint import Checkpointer
+from adamlab.training.train_state import create_train_state
+
+BEST_METRICS = tuple(f"validation_{m}" for m in ("accuracy", "loss", "precision", "recall", "f1"))
+_MAX_DISPATCH = 100  # Most steps per call when train.steps_per_dispatch is None (auto).
+_TRAIN_FIELDS = (
+    "engine", "batch_size", "num_epochs", "num_steps", "eval_batch_size", "log_every_steps",
+    "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints", "best_metric",
+    "progress_bar",
+)  # fmt: skip
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field, the value and what is allowed."""
+
+
+# ---------------------------------------------------------------------------- config checks
+
+
+def _fail(field: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{field}={value!r} is invalid: {allowed}")
+
+
+def _check_int(section: Any, prefix: str, name: str, minimum: int, optional: bool = False):
+    value = section.get(name)
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        _fail(f"{prefix}.{name}", value, f"must be an int >= {minimum}" + (" or None" * optional))
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberGrid:
+    """Who trains: the seeds, the implementations and the swept values (name -> values)."""
+
+    seeds: tuple[int, ...]
+    implementations: tuple[str, ...]
+    sweep: dict[str, tuple[float, ...]]
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """() for a single run, else (values, seeds)."""
+        num_values = len(next(iter(self.sweep.values()))) if self.sweep else 1
+        if num_values == 1 and len(self.seeds) == 1 and not self.sweep:
+            return ()
+        return (num_values, len(self.seeds))
+
+    def names(self) -> list[tuple[int, tuple[int, ...], str]]:
+        """(implementation index, grid index, member name) of every member, in row order."""
+        out = []
+        num_values = self.grid[0] if self.grid else 1
+        for m, impl in enumerate(self.implementations):
+            for v in range(num_values):
+                for i, seed in enumerate(self.seeds):
+                    values = "".join(f"{k}={self.sweep[k][v]:.4g}_" for k in self.sweep)
+                    out.append((m, (v, i) if self.grid else (), f"{impl}/{values}seed{seed}"))
+        return out
+
+
+def read_members(config: ml_collections.ConfigDict) -> MemberGrid:
+    """The `runs` section (optional): seeds, implementations and sweep, checked."""
+    runs = config.get("runs") or {}
+    seeds = runs.get("seeds") or (config.seed,)
+    seeds = tuple(seeds)
+    if any(isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 0 for s in seeds):
+        _fail("runs.seeds", seeds, "must be a non-empty sequence of ints >= 0")
+    if len(set(seeds)) != len(seeds):
+        _fail("runs.seeds", seeds, "must be distinct")
+    implementations = tuple(
+        runs.get("implementations") or (config.optimizer.get("implementation", "ours"),)
+    )
+    known = optimizers.IMPLEMENTATIONS
+    if any(i not in known for i in implementations) or len(set(implementations)) != len(
+        implementations
+    ):
+        _fail("runs.implementations", implementations, f"distinct names from {', '.join(known)}")
+    sweep_section = runs.get("sweep") or {}
+    sweep_section = sweep_section.to_dict() if hasattr(sweep_section, "to_dict") else sweep_section
+    sweep = {k: tuple(float(x) for x in v) for k, v in dict(sweep_section).items()}
+    lengths = {len(v) for v in sweep.values()}
+    if len(lengths) > 1 or 0 in lengths:
+        _fail("runs.sweep", sweep, "swept values must be non-empty and equally long")
+    return MemberGrid(seeds, implementations, sweep)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> int:
+    """Checks every field before training; returns the run's total number of steps.
+
+    Raises:
+      ConfigError: naming the field, the value and what is allowed (unknown dataset, model,
+        optimizer and engine names list the valid ones).
+    """
+    return _validated(config)[0]
+
+
+def _validated(config: ml_collections.ConfigDict):
+    """`validate_config`, returning what checking built: (num_steps, info, members)."""
+    for section in ("data", "model", "optimizer", "train"):
+        if section not in config:
+            raise ConfigError(f"config has no {section!r} section; see configs/digits.py")
+    missing = [f for f in _TRAIN_FIELDS if f not in config.train]
+    if missing:
+        raise ConfigError(f"config.train lacks {missing}; see configs/digits.py for every field")
+    seed = config.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        _fail("seed", seed, "must be an int >= 0")
+    if config.data.get("name") not in data.DATASETS:
+        _fail("data.name", config.data.get("name"), f"allowed: {', '.join(data.DATASETS)}")
+    train = config.train
+    epochs = train.num_epochs
+    if isinstance(epochs, bool) or not isinstance(epochs, int | float) or not epochs > 0:
+        _fail("train.num_epochs", epochs, "must be a number > 0")
+    if not math.isfinite(epochs):
+        _fail("train.num_epochs", epochs, "must be finite")
+    _check_int(train, "train", "num_steps", 1, optional=True)
+    for name in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+        _check_int(train, "train", name, 1)
+    _check_int(train, "train", "keep_checkpoints", 1)
+    _check_int(train, "train", "steps_per_dispatch", 1, optional=True)
+    _check_int(train, "train", "inject_nan_at_step", 1, optional=True)
+    for flag in ("progress_bar", "shard_optimizer"):
+        if not isinstance(train.get(flag, False), bool):
+            _fail(f"train.{flag}", train.get(flag), "must be True or False")
+    if train.best_metric is not None and train.best_metric not in BEST_METRICS:
+        _fail("train.best_metric", train.best_metric, f"allowed: None, {', '.join(BEST_METRICS)}")
+    profile = train.get("profile_steps")
+    if profile is not None and (
+        len(profile) != 2 or not all(isinstance(s, int) and s >= 1 for s in profile)
+        or profile[0] > profile[1]
+    ):  # fmt: skip
+        _fail(
+            "train.profile_steps",
+            profile,
+            "must be None or (first, last) steps, 1 <= first <= last",
+        )
+    who = read_members(config)
+    try:
+        models.validate_model_config(config.model)
+        if config.get("distributed") is not None and config.distributed.get("enabled", False):
+            distributed.resolve_parameters(config.distributed)  # As `initialize` will read it.
+        engines.validate_engine_name(train.engine)
+        engines.validate_batch_size(train.batch_size, jax.device_count())
+        engines.validate_batch_size(
+            train.eval_batch_size, jax.device_count(), what="train.eval_batch_size"
+        )
+        info = data.dataset_info(config.data)
+        num_steps = total_steps(config, info)
+        for impl in who.implementations:
+            optimizers.make_optimizer(_optimizer_section(config, impl), num_steps)
+        _check_sweep(config, who, num_steps)
+        transfer.validate_init(config.get("init"))
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from e
+    if train.best_metric is not None and not info.num_validation:
+        _fail(
+            "train.best_metric",
+            train.best_metric,
+            f"needs a validation split, but data.validation_fraction="
+            f"{config.data.get('validation_fraction')} leaves none; set best_metric=None",
+        )
+    return num_steps, info, who
+
+
+def _optimizer_section(config: ml_collections.ConfigDict, implementation: str) -> dict:
+    return config.optimizer.to_dict() | {"implementation": implementation}
+
+
+def _check_sweep(config, who: MemberGrid, num_steps: int) -> None:
+    """Every swept value builds a valid optimizer (inside the program values are traced)."""
+    for impl in who.implementations:
+        section = _optimizer_section(config, impl)
+        optimizers.make_optimizer(section, num_steps, swept=tuple(who.sweep))
+        for name, values in who.sweep.items():
+            for value in values:
+                try:
+                    optimizers.make_optimizer(section | {name: float(value)}, num_steps)
+                except ValueError as e:
+                    raise ConfigError(f"runs.sweep optimizer.{name}={value!r}: {e}") from e
+
+
+def total_steps(config: ml_collections.ConfigDict, info: Any) -> int:
+    """`train.num_steps` if set, else `ceil(num_epochs * steps_per_epoch)`."""
+    if config.train.num_steps is not None:
+        return int(config.train.num_steps)
+    per_epoch = data.steps_per_epoch(info, config.train.batch_size)
+    return max(1, math.ceil(config.train.num_epochs * per_epoch))
+
+
+# ---------------------------------------------------------------------------- building a run
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything a config builds before the first step (shared by training and evaluation)."""
+
+    info: Any  # adamlab.data.DatasetInfo
+    num_steps: int
+    model: Any
+    txs: tuple[optax.GradientTransformation, ...]  # One per implementation.
+    schedule: optax.Schedule
+    engine: engines.Engine
+    who: MemberGrid
+    steps_per_dispatch: int
+
+
+def build_experiment(
+    config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None
+) -> Experiment:
+    """Validates `config` and builds dataset info, model, optimizers, schedule and engine."""
+    num_steps, info, who = _validated(config)
+    model = models.create_model(config.model, info.num_classes)
+    frozen = transfer.frozen_patterns(config.get("init"))
+    txs, schedule = [], None
+    for impl in who.implementations:
+        tx, schedule = optimizers.make_optimizer(
+            _optimizer_section(config, impl), num_steps, frozen=frozen, swept=tuple(who.sweep)
+        )
+        first = {k: v[0] for k, v in who.sweep.items()}
+        txs.append(optimizers.with_values(tx, first))
+    dispatch = config.train.get("steps_per_dispatch")
+    on_cpu = (devices or jax.devices())[0].platform == "cpu"
+    if dispatch is None:  # One step per call for one run on CPU (jax-ml/jax#12868), else chunks.
+        dispatch = 1 if (on_cpu and not who.grid) else _MAX_DISPATCH
+    engine = engines.make_engine(
+        config.train.engine, model, txs, schedule, info.num_classes,
+        grid=who.grid, devices=devices,
+        shard_optimizer=config.train.get("shard_optimizer", False),
+        conv_matmul=on_cpu and (bool(who.grid) or dispatch > 1),
+    )  # fmt: skip
+    return Experiment(info, num_steps, model, tuple(txs), schedule, engine, who, dispatch)
+
+
+def initial_members(
+    config: ml_collections.ConfigDict,
+    experiment: Experiment,
+    params_for_seed: Callable[[int, Any], Any] | None = None,
+) -> Any:
+    """Every member's step-0 state (host), from its seed; `params_for_seed(seed, params)` may
+    replace a seed's parameters (a transfer's pretrained ones)."""
+    who = experiment.who
+    makers = []
+    for impl in who.implementations:
+        tx, _ = optimizers.make_optimizer(
+            _optimizer_section(config, impl), experiment.num_steps,
+            frozen=transfer.frozen_patterns(config.get("init")), swept=tuple(who.sweep),
+        )  # fmt: skip
+        makers.append(lambda values, tx=tx: optimizers.with_values(tx, values))
+    return members.initial_members(
+        experiment.model,
+        experiment.txs,
+        experiment.info.image_shape,
+        who.seeds,
+        {k: np.asarray(v, np.float32) for k, v in who.sweep.items()},
+        makers,
+        params_for_seed=params_for_seed,
+    )
+
+
+def abstract_members(experiment: Experiment) -> members.Members:
+    """Shapes and dtypes of `initial_members` (no initialisation): the target of a restore."""
+    grid, shape = experiment.who.grid, experiment.info.image_shape
+    with_grid = lambda x: jax.ShapeDtypeStruct((*grid, *x.shape), x.dtype)
+    states = tuple(
+        jax.tree.map(
+            with_grid,
+            jax.eval_shape(
+                lambda tx=tx: create_train_state(jax.random.key(0), experiment.model, tx, shape)
+            ),
+        )
+        for tx in experiment.txs
+    )
+    m = len(states)
+    return members.Members(
+        states=states,
+        alive=jax.ShapeDtypeStruct((*grid, m), np.bool_),
+        diverged_at=jax.ShapeDtypeStruct((*grid, m), np.int32),
+        parity=jax.ShapeDtypeStruct(grid, np.float32),
+    )
+
+
+def make_checkpointer(
+    workdir: str | os.PathLike, config: ml_collections.ConfigDict, *, read_only: bool = False
+) -> Checkpointer:
+    """The run's checkpointer: the last `keep_checkpoints` plus the best by `best_metric`."""
+    best = config.train.best_metric
+    return Checkpointer(
+        pathlib.Path(workdir).absolute() / run_io.CHECKPOINT_DIR,
+        max_to_keep=config.train.keep_checkpoints,
+        best_metric=best,
+        best_mode="min" if best and best.endswith("loss") else "max",
+        read_only=read_only,
+    )

@@ -1,0 +1,273 @@
+"""The one place where a config's `optimizer` section becomes a GradientTransformation.
+
+    tx, schedule = make_optimizer(config.optimizer, total_steps)
+
+Names (`optimizer.name`):
+
+* ours, the Adam family under study: every name of `adamlab.optim.names()`. With
+  `implementation="ours"` our from-scratch code runs (`optim.create`, in the numerics of
+  `optimizer.convention`); with `implementation="optax"` its optax twin (`optim.reference`),
+  so a comparison is a one-field switch with identical hyperparameters.
+* the comparison baselines, NOT ours: `sgd` (fields `momentum`, `nesterov`), `adagrad` and
+  `rmsprop`, straight from optax (the well-kept reference for them).
+
+Every other non-None field (b1, b2, eps, weight_decay, momentum, ...) is passed to the
+optimizer under its own name; None means the optimizer's default, and an optimizer that does not
+take a field says so. `optimizer.l2` adds the gradient of (l2 / 2) * ||params||^2 to the
+gradient before any optimizer (L2 in the loss, as opposed to AdamW's decoupled decay).
+
+Schedules (`optimizer.schedule`): "constant", "warmup_cosine" (linear warmup over
+`warmup_steps`, then cosine to 0 at the last step) and "inverse_sqrt" (Kingma & Ba's
+alpha / sqrt(t)).
+
+Vectorized runs (`make_optimizer(..., swept=names)`): the swept hyperparameters (of `SWEEPABLE`)
+become state leaves through `optax.inject_hyperparams`, so one compiled update serves runs with
+different values; `with_values(**values)` builds the optimizer of one run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adamlab import config_dict, optim
+
+IMPLEMENTATIONS: tuple[str, ...] = ("ours", "optax")
+SCHEDULES: tuple[str, ...] = ("constant", "warmup_cosine", "inverse_sqrt")
+_BASELINE_FACTORIES: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "sgd": optax.sgd,
+    "adagrad": optax.adagrad,
+    "rmsprop": optax.rmsprop,
+}
+BASELINES: tuple[str, ...] = tuple(_BASELINE_FACTORIES)
+# Numeric hyperparameters that can differ between the runs of one compiled program.
+SWEEPABLE: tuple[str, ...] = (
+    "learning_rate", "b1", "b2", "eps", "eps_root", "weight_decay", "momentum", "l2",
+)  # fmt: skip
+# Fields consumed here; every other non-None field is a hyperparameter of the optimizer.
+_FACTORY_FIELDS = (
+    "name", "implementation", "convention", "learning_rate", "schedule", "warmup_steps", "l2",
+)  # fmt: skip
+
+
+def names() -> tuple[str, ...]:
+    """Every optimizer name a config may use: ours, then the baselines."""
+    return (*optim.names(), *BASELINES)
+
+
+def hyperparameters(name: str) -> tuple[str, ...]:
+    """The keyword hyperparameters optimizer `name` takes (learning_rate included)."""
+    if name in _BASELINE_FACTORIES:
+        return tuple(inspect.signature(_BASELINE_FACTORIES[name]).parameters)
+    return optim.hyperparameters(name)
+
+
+def optimizer_hparams(optimizer_config: Any) -> dict[str, Any]:
+    """The hyperparameters passed to the optimizer: non-None fields not used by the factory."""
+    config = config_dict.as_dict(optimizer_config, "optimizer config")
+    return {k: v for k, v in config.items() if k not in _FACTORY_FIELDS and v is not None}
+
+
+def _check_number(field: str, value: Any, minimum: float, strict: bool) -> None:
+    bad = isinstance(value, bool) or not isinstance(value, int | float)
+    if bad or not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        relation = ">" if strict else ">="
+        raise ValueError(
+            f"optimizer.{field}={value!r} must be a finite number {relation} {minimum}"
+        )
+
+
+def validate_optimizer_config(optimizer_config: Any, total_steps: int) -> None:
+    """Raises ValueError naming the field, the value and what is allowed.
+
+    Checks the factory's own fields; hyperparameter values are checked by the optimizer when
+    `make_optimizer` builds it (before any training step).
+    """
+    config = config_dict.as_dict(optimizer_config, "optimizer config")
+    name = config.get("name")
+    if name not in names():
+        raise ValueError(f"optimizer.name={name!r} is unknown; allowed: {', '.join(names())}")
+    implementation = config.get("implementation", "ours")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"optimizer.implementation={implementation!r} is unknown; "
+            f"allowed: {', '.join(IMPLEMENTATIONS)}"
+        )
+    if name in BASELINES and implementation != "optax":
+        raise ValueError(
+            f"optimizer.name={name!r} is a baseline from optax, not ours: set "
+            "optimizer.implementation='optax' (ours are: " + ", ".join(optim.names()) + ")"
+        )
+    schedule = config.get("schedule", "constant")
+    if schedule not in SCHEDULES:
+        raise ValueError(
+            f"optimizer.schedule={schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}"
+        )
+    _check_number("learning_rate", config.get("learning_rate"), 0, strict=True)
+    _check_number("l2", config.get("l2") or 0.0, 0, strict=False)
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps={total_steps!r} must be an int >= 1")
+    warmup = config.get("warmup_steps", 0) or 0
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"optimizer.warmup_steps={warmup!r} must be an int >= 0")
+    if schedule != "warmup_cosine" and warmup:
+        raise ValueError(
+            f"optimizer.warmup_steps={warmup} needs schedule='warmup_cosine' (the {schedule!r} "
+            "schedule has no warmup); set warmup_steps=0 or change the schedule"
+        )
+    if schedule == "warmup_cosine" and warmup >= total_steps:
+        raise ValueError(
+            f"optimizer.warmup_steps={warmup} must be < total_steps={total_steps}: the cosine "
+            "decay needs at least one step after the warmup"
+        )
+
+
+def make_schedule(optimizer_config: Any, total_steps: int, peak: Any = None) -> optax.Schedule:
+    """The learning-rate schedule of `optimizer.schedule` (see the module docstring).
+
+    "warmup_cosine" is optax's `warmup_cosine_decay_schedule(0, lr, warmup_steps, total_steps,
+    0)`, built from the same two pieces and join so that `peak` (default: `learning_rate`) may be
+    a traced array, as in a vectorized sweep; optax's function branches in Python on the peak.
+    "inverse_sqrt" is alpha_t = alpha / sqrt(t) with t the 1-based step (the first step uses
+    alpha), Kingma & Ba 2015's schedule for logistic regression.
+    """
+    validate_optimizer_config(optimizer_config, total_steps)
+    config = config_dict.as_dict(optimizer_config, "optimizer config")
+    peak = float(config["learning_rate"]) if peak is None else peak
+    schedule = config.get("schedule", "constant")
+    if schedule == "constant":
+        return optax.constant_schedule(peak)
+    if schedule == "inverse_sqrt":
+        return lambda count: peak / jnp.sqrt(count + 1.0)
+    warmup = config.get("warmup_steps", 0) or 0
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(init_value=0.0, end_value=peak, transition_steps=warmup),
+            optax.cosine_decay_schedule(
+                init_value=peak, decay_steps=total_steps - warmup, alpha=0.0
+            ),
+        ],
+        [warmup],
+    )
+
+
+def _named(name: str, hparams: dict[str, Any], build: Callable) -> optax.GradientTransformation:
+    """`build(**hparams)`, with a TypeError for an unknown hyperparameter turned into a
+    ValueError that lists what `name` takes."""
+    accepted = hyperparameters(name)
+    unknown = sorted(set(hparams) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"optimizer {name!r} takes no {', '.join('optimizer.' + u for u in unknown)}; "
+            f"it takes: {', '.join(accepted)}"
+        )
+    return build(**hparams)
+
+
+def _base_optimizer(config: dict[str, Any], schedule: Any, hparams: dict[str, Any]):
+    name, implementation = config["name"], config.get("implementation", "ours")
+    if name in BASELINES:
+        return _named(name, dict(hparams, learning_rate=schedule), _BASELINE_FACTORIES[name])
+    convention = config.get("convention") or "optax"
+    if implementation == "optax":
+        if convention != "optax":
+            raise ValueError(
+                f"optimizer.convention={convention!r} exists for ours only: the optax twin "
+                "follows optax's numerics; use implementation='ours' or convention='optax'"
+            )
+        return optim.reference(name, learning_rate=schedule, **hparams)
+    if convention != "optax":
+        hparams = dict(hparams, convention=convention)
+    return optim.create(name, learning_rate=schedule, **hparams)
+
+
+def frozen_labels(patterns: Sequence[str]) -> Callable[[Any], Any]:
+    """params -> the same tree of "frozen" (path matches a regex of `patterns`) / "trained".
+
+    Paths are "/"-joined keys, e.g. "Dense_1/kernel"; `re.search` semantics.
+    """
+    compiled = [re.compile(p) for p in patterns]
+
+    def labels(params: Any) -> Any:
+        def label(path, _):
+            key = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+            return "frozen" if any(c.search(key) for c in compiled) else "trained"
+
+        return jax.tree_util.tree_map_with_path(label, params)
+
+    return labels
+
+
+def _build(config: dict[str, Any], total_steps: int, frozen: Sequence[str], values: dict):
+    """The optimizer of one run: `config` with `values` (swept hyperparameters) applied."""
+    values = dict(values)
+    peak = values.pop("learning_rate", None)
+    swept_l2 = "l2" in values
+    l2 = values.pop("l2", config.get("l2") or 0.0)
+    schedule = make_schedule(config, total_steps, peak)
+    tx = _base_optimizer(config, schedule, optimizer_hparams(config) | values)
+    if swept_l2 or l2 > 0:  # L2 in the loss: its gradient l2 * params joins the gradient.
+        tx = optax.chain(optim.add_decayed_weights(l2), tx)
+    if frozen:
+        tx = optax.multi_transform(
+            {"trained": tx, "frozen": optax.set_to_zero()}, frozen_labels(frozen)
+        )
+    return tx
+
+
+def make_optimizer(
+    optimizer_config: Any,
+    total_steps: int,
+    *,
+    frozen: Sequence[str] = (),
+    swept: Sequence[str] = (),
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Builds `(tx, schedule)`; `tx` takes its learning rate from `schedule` at its own count.
+
+    Args:
+      optimizer_config: ConfigDict (or mapping): name, implementation, convention,
+        learning_rate, schedule, warmup_steps, l2 and the optimizer's hyperparameters.
+      total_steps: length of the run, the end of the cosine decay.
+      frozen: regexes of parameter paths that get zero updates (`optax.multi_transform` with
+        `optax.set_to_zero`); their optimizer state is never allocated.
+      swept: hyperparameters (of SWEEPABLE) held in the optimizer state by
+        `optax.inject_hyperparams`; build one run's optimizer with `with_values(tx, ...)`.
+
+    Raises:
+      ValueError: an unknown name/implementation/schedule, a bad learning rate or warmup, a
+        hyperparameter the optimizer rejects, or a field that cannot be swept.
+    """
+    config = config_dict.as_dict(optimizer_config, "optimizer config")
+    schedule = make_schedule(config, total_steps)
+    if not swept:
+        return _build(config, total_steps, frozen, {}), schedule
+    accepted = {*hyperparameters(config["name"]), "l2"}
+    for name in swept:
+        if name not in SWEEPABLE or name not in accepted:
+            allowed = [h for h in SWEEPABLE if h in accepted]
+            raise ValueError(
+                f"optimizer.{name} cannot be swept in one program for {config['name']}; "
+                f"sweepable: {', '.join('optimizer.' + h for h in allowed)}"
+            )
+    factory = lambda **values: _build(config, total_steps, frozen, values)
+    # inject_hyperparams binds its arguments to the factory's signature: name them.
+    factory.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in swept]
+    )
+    return optax.inject_hyperparams(factory), schedule
+
+
+def with_values(tx: Any, values: dict[str, Any]) -> optax.GradientTransformation:
+    """One run's optimizer: `make_optimizer(..., swept=...)`'s tx called with its values (or
+    the tx itself when nothing is swept). Values become float32 arrays: inject_hyperparams
+    holds only arrays and Python numbers as hyperparameters, not numpy scalars."""
+    if not values:
+        return tx
+    return tx(**{k: jnp.asarray(v, jnp.float32) for k, v in values.items()})

@@ -1,0 +1,80 @@
+"""A saved run in one call, for a notebook: its config, model, variables and optimizer state.
+
+    run = adamlab.restore("runs/digits", checkpoint="best")
+    logits = run.model.apply(run.variables, images, train=False)
+    run.config.optimizer.learning_rate, run.step
+
+The same checkpoint without adamlab, with orbax alone (the state item is a plain pytree of
+arrays: {"states": [{"params", "batch_stats", "opt_state", "step", "rng"}], ...}):
+
+    import orbax.checkpoint as ocp
+    mngr = ocp.CheckpointManager("runs/digits/checkpoints", item_names=("state", "extra"))
+    raw = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    params = raw.state["states"][0]["params"]
+
+Opened read-only: restoring never changes the run directory, also while it is training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import ml_collections
+
+from adamlab.training import experiment as experiment_lib
+from adamlab.training import run_io
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredRun:
+    """A restored run. For a run of several members (compare, sweep) every array leads with the
+    grid axes [values, seeds] and `implementation` picks whose state this is."""
+
+    config: ml_collections.ConfigDict
+    model: Any  # The linen module: model.apply(variables, images, train=False).
+    variables: dict[str, Any]  # {"params": ..., "batch_stats": ...} (numpy).
+    params: Any
+    opt_state: Any  # None unless optimizer_state=True.
+    step: int
+    implementation: str
+
+
+def restore(
+    workdir: str | os.PathLike,
+    checkpoint: str | int = "latest",
+    *,
+    optimizer_state: bool = False,
+    implementation: str | None = None,
+) -> RestoredRun:
+    """Restores `checkpoint` ("latest", "best" or a step) of the run in `workdir`.
+
+    Raises:
+      FileNotFoundError: no config.json or no such checkpoint; CheckpointCorruptError: the
+      checkpoint is damaged (the message names an intact one).
+    """
+    config = run_io.read_config(workdir)
+    experiment = experiment_lib.build_experiment(config)
+    implementations = experiment.who.implementations
+    implementation = implementation or implementations[0]
+    if implementation not in implementations:
+        raise ValueError(
+            f"implementation={implementation!r}: the run trained {', '.join(implementations)}"
+        )
+    with experiment_lib.make_checkpointer(workdir, config, read_only=True) as checkpointer:
+        step = checkpointer.resolve_step(checkpoint)
+        carry, _ = checkpointer.restore(experiment_lib.abstract_members(experiment), step=step)
+    state = carry.states[implementations.index(implementation)]
+    variables = {"params": state.params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    return RestoredRun(
+        config=config,
+        model=experiment.model,
+        variables=variables,
+        params=state.params,
+        opt_state=state.opt_state if optimizer_state else None,
+        step=step,
+        implementation=implementation,
+    )
