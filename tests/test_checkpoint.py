@@ -1,15 +1,20 @@
-"""Tests for adamlab.checkpoint: round trips, retention, resume, device counts, errors, crashes.
+"""Tests for adamlab.checkpoint: round trips, retention, resume, device counts, errors, crashes,
+read-only readers and integrity (damaged steps, falling back to an intact one).
 
 Every test writes to its own `tmp_path`; states are tiny so that orbax's I/O dominates (~50 ms
-per save). Two tests start a subprocess (a crash mid-save, a restore on a 1-device machine).
+per save). Four tests start a subprocess (a crash mid-save, a crash before the manifest, a live
+save that a reader opens, a restore on a 1-device machine).
 """
 
 import json
+import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +25,12 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
-from adamlab.training.checkpoint import Checkpointer, CheckpointMismatchError
+from adamlab.training.checkpoint import (
+    MANIFEST_FILE,
+    CheckpointCorruptError,
+    Checkpointer,
+    CheckpointMismatchError,
+)
 
 from helpers import assert_trees_equal
 
@@ -430,3 +440,282 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, state):
         assert not [n for n in os.listdir(tmp_path) if n.startswith("2.")]  # and is removed.
         assert ckpt.save(2, state)  # The run can go on and save step 2 again.
         assert ckpt.all_steps() == [1, 2]
+
+
+def _run(script: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kwargs,
+    )
+
+
+# -- readers --------------------------------------------------------------------------------------
+
+
+def _tree_snapshot(directory) -> dict:
+    """{relative path: (size, mtime)} of every file and directory under `directory`."""
+    snapshot = {}
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            stat = os.stat(path)
+            snapshot[os.path.relpath(path, directory)] = (stat.st_size, stat.st_mtime_ns)
+    return snapshot
+
+
+def test_a_reader_leaves_a_live_save_alone(tmp_path):
+    """Issue 15.1: `adamlab evaluate` opened the checkpoints while the trainer was committing
+    a step, deleted its `*.orbax-checkpoint-tmp` directory, and the trainer died. Here the
+    trainer (a subprocess) is held inside orbax's commit while a read-only Checkpointer lists,
+    restores and closes: nothing on disk changes, and the trainer then commits step 2."""
+    ckpt_dir, ready, go = tmp_path / "ckpt", tmp_path / "ready", tmp_path / "go"
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import asyncio, os, jax.numpy as jnp
+            from orbax.checkpoint._src.path import atomicity
+            from adamlab.training.checkpoint import Checkpointer
+            commit = atomicity.AtomicRenameTemporaryPath.finalize
+            async def held_commit(self, *args, **kwargs):
+                open({str(ready)!r}, "w").close()
+                while not os.path.exists({str(go)!r}):
+                    await asyncio.sleep(0.05)
+                return await commit(self, *args, **kwargs)
+            with Checkpointer({str(ckpt_dir)!r}) as ckpt:
+                ckpt.save(1, {{"w": jnp.ones(3)}})
+                atomicity.AtomicRenameTemporaryPath.finalize = held_commit
+                ckpt.save(2, {{"w": jnp.full(3, 2.0)}})
+        """)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert trainer.poll() is None and time.monotonic() < deadline, trainer.stderr.read()
+            time.sleep(0.05)
+        before = _tree_snapshot(ckpt_dir)
+        assert any(".orbax-checkpoint-tmp" in name for name in before), before
+        with Checkpointer(ckpt_dir, read_only=True) as reader:
+            assert reader.all_steps() == [1]
+            restored, _ = reader.restore({"w": jnp.zeros(3)})
+            with pytest.raises(PermissionError, match="read-only"):
+                reader.save(3, {"w": jnp.zeros(3)})
+        assert _tree_snapshot(ckpt_dir) == before  # nothing created, deleted or renamed
+    finally:
+        go.touch()
+        _, stderr = trainer.communicate(timeout=120)
+    np.testing.assert_array_equal(restored["w"], np.ones(3))
+    assert trainer.returncode == 0, stderr[-3000:]
+    with Checkpointer(ckpt_dir, read_only=True) as reader:
+        assert reader.all_steps() == [1, 2] and reader.verify(2)
+
+
+def test_a_reader_creates_nothing(tmp_path):
+    with Checkpointer(tmp_path / "absent", read_only=True, best_metric="acc") as reader:
+        assert reader.all_steps() == [] and reader.best_step() is None
+        with pytest.raises(FileNotFoundError, match="No checkpoint"):
+            reader.restore({"w": jnp.zeros(1)})
+    assert not (tmp_path / "absent").exists()
+
+
+# -- integrity ------------------------------------------------------------------------------------
+
+_SMALL = {"w": jnp.arange(12.0).reshape(3, 4), "b": jnp.ones(4), "key": jax.random.key(0)}
+_TARGET = {"w": jnp.zeros((3, 4)), "b": jnp.zeros(4), "key": jax.random.key(1)}
+
+
+def _small(step: int):
+    return dict(_SMALL, w=_SMALL["w"] + step)
+
+
+@pytest.fixture(scope="module")
+def three_steps(tmp_path_factory):
+    """Steps 100, 200, 300 with acc 0.1, 0.2, 0.3 (300 is latest and best), with manifests."""
+    directory = tmp_path_factory.mktemp("three_steps")
+    with Checkpointer(directory, best_metric="acc", max_to_keep=None) as ckpt:
+        for step in (100, 200, 300):
+            ckpt.save(step, _small(step), metrics={"acc": step / 1000}, extra={"at": step})
+    return directory
+
+
+def _copy(directory, tmp_path, *, manifests=True):
+    copy = tmp_path / "ckpt"
+    shutil.copytree(directory, copy)
+    if not manifests:
+        for step in (100, 200, 300):
+            os.remove(copy / str(step) / MANIFEST_FILE)
+    return copy
+
+
+def _data_file(step_dir) -> str:
+    """The largest array data file of a step (orbax/tensorstore's OCDBT chunks)."""
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    return str(max(files, key=lambda p: p.stat().st_size).relative_to(step_dir))
+
+
+def _flip_bytes(path):
+    data = bytearray(path.read_bytes())
+    for i in (len(data) // 3, len(data) // 2):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+# Issue 15.3 and 15.4: what damages step 300, and the file the error must name.
+_DAMAGE = {
+    "flipped_array_bytes": (lambda d: _flip_bytes(d / _data_file(d)), None),
+    "truncated_array_file": (lambda d: _truncate(d / _data_file(d)), None),
+    "garbage_state_metadata": (
+        lambda d: (d / "state/_METADATA").write_text("{garbage"),
+        "state/_METADATA",
+    ),
+    "garbage_extra": (lambda d: (d / "extra/metadata").write_text("{garbage"), "extra/metadata"),
+    "missing_extra": (lambda d: shutil.rmtree(d / "extra"), "extra/"),
+    "garbage_metrics": (lambda d: (d / "metrics/metrics").write_text("{garbage"), "metrics"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(_DAMAGE))
+def test_a_damaged_step_is_named_and_resume_falls_back(three_steps, tmp_path, damage, caplog):
+    directory = _copy(three_steps, tmp_path)
+    apply, file = _DAMAGE[damage]
+    file = file or _data_file(directory / "300")
+    apply(directory / "300")
+    with Checkpointer(directory, best_metric="acc", read_only=True) as reader:
+        with pytest.raises(CheckpointCorruptError) as info:
+            reader.restore(_TARGET)  # "latest": never falls back on its own
+        message = str(info.value)
+        assert "\n" not in message and len(message) < 600
+        assert f"step 300 is damaged: {directory}/300/{file}" in message
+        assert message.endswith("intact steps: [100, 200]")
+        assert (info.value.step, info.value.intact_steps) == (300, (100, 200))
+
+        with caplog.at_level(logging.WARNING, "adamlab.training.checkpoint"):
+            step, state, extra = reader.restore_newest_intact(_TARGET)
+        assert (step, extra) == (200, {"at": 200})
+        assert_trees_equal(state, _small(200))
+        warnings = [r.getMessage() for r in caplog.records]
+        assert any("skipping" in w and "step 300" in w for w in warnings), warnings
+        assert any("resuming from step 200" in w for w in warnings), warnings
+        assert reader.all_steps() == [100, 200, 300]  # a reader moves nothing
+        restored, _ = reader.restore(_TARGET, step=200)  # `--checkpoint 200` works
+        assert_trees_equal(restored, _small(200))
+
+
+def test_a_writer_sets_damaged_steps_aside_and_saves_them_again(three_steps, tmp_path):
+    directory = _copy(three_steps, tmp_path)
+    _flip_bytes(directory / "300" / _data_file(directory / "300"))
+    with Checkpointer(directory, best_metric="acc", max_to_keep=None) as ckpt:
+        step, _, _ = ckpt.restore_newest_intact(_TARGET)
+        assert step == 200 and ckpt.all_steps() == [100, 200] and ckpt.best_step() == 200
+        aside = [n for n in os.listdir(directory) if n.startswith("damaged-300-")]
+        assert len(aside) == 1  # kept for inspection, not deleted
+        assert ckpt.save(300, _small(300), metrics={"acc": 0.3})  # the run goes on
+        assert ckpt.verify(300) and ckpt.restore(_TARGET)[1] == {}
+    with Checkpointer(directory, best_metric="acc") as ckpt:  # reopened: the same steps
+        assert ckpt.all_steps() == [100, 200, 300] and ckpt.best_step() == 300
+
+
+def test_garbage_ranking_metrics_leave_the_other_steps_usable(three_steps, tmp_path, caplog):
+    """Issue 15.3: orbax reads every step's metrics when it opens a directory; one garbage file
+    raised there, making every step unusable (even `--checkpoint 200`)."""
+    directory = _copy(three_steps, tmp_path, manifests=False)
+    (directory / "300/metrics/metrics").write_text("{garbage")
+    with caplog.at_level(logging.WARNING, "adamlab.training.checkpoint"):
+        with Checkpointer(directory, best_metric="acc", max_to_keep=None) as ckpt:
+            assert ckpt.best_step() == 200  # 300 takes no part in the ranking
+            assert ckpt.metrics(300) == {}
+            assert ckpt.restore(_TARGET, step="best")[1] == {"at": 200}
+            assert ckpt.restore(_TARGET)[1] == {"at": 300}  # its arrays are fine (no manifest)
+            ckpt.save(400, _small(400), metrics={"acc": 0.05})
+    warnings = [r.getMessage() for r in caplog.records if "unreadable metrics" in r.getMessage()]
+    assert len(warnings) == 1 and f"{directory}/300/metrics/metrics" in warnings[0]
+
+
+def test_best_and_explicit_steps_never_fall_back(three_steps, tmp_path):
+    directory = _copy(three_steps, tmp_path)
+    _truncate(directory / "300" / _data_file(directory / "300"))
+    with Checkpointer(directory, best_metric="acc", read_only=True) as reader:
+        for which in ("best", 300):
+            with pytest.raises(CheckpointCorruptError, match=r"intact steps: \[100, 200\]$"):
+                reader.restore(_TARGET, step=which)
+        with pytest.raises(CheckpointCorruptError, match="step 300"):
+            reader.restore_extra(300)
+        assert reader.intact_steps() == (100, 200)
+
+
+def test_no_intact_step_left_is_an_error(three_steps, tmp_path):
+    directory = _copy(three_steps, tmp_path)
+    for step in (100, 200, 300):
+        (directory / str(step) / "state/_METADATA").write_text("")
+    with Checkpointer(directory, read_only=True) as reader:
+        with pytest.raises(CheckpointCorruptError, match="step 300 .*intact steps: none"):
+            reader.restore_newest_intact(_TARGET)
+
+
+def test_steps_without_a_manifest_are_verified_by_restoring(three_steps, tmp_path):
+    """Steps saved before manifests existed: readable ones restore; an unreadable one is a
+    one-line error naming the file (not a JSONDecodeError or a tensorstore traceback)."""
+    directory = _copy(three_steps, tmp_path, manifests=False)
+    (directory / "300/state/_METADATA").write_text("{garbage")
+    with Checkpointer(directory, read_only=True) as reader:
+        assert not reader.verify(200)  # unverified, not damaged
+        with pytest.raises(CheckpointCorruptError) as info:
+            reader.restore(_TARGET)
+        assert f"{directory}/300/state/_METADATA: unreadable (JSONDecodeError" in str(info.value)
+        assert "\n" not in str(info.value) and info.value.__cause__ is None
+        assert reader.restore_newest_intact(_TARGET)[0] == 200
+
+
+def test_a_crash_before_the_manifest_leaves_an_unverified_usable_step(tmp_path):
+    """The process dies after orbax committed step 2, before its manifest was written."""
+    result = _run(f"""
+        import os, jax.numpy as jnp
+        from adamlab.training import checkpoint
+        with checkpoint.Checkpointer({str(tmp_path)!r}) as ckpt:
+            ckpt.save(1, {{"w": jnp.ones(3)}})
+            checkpoint._write_manifest = lambda step_dir: os._exit(17)
+            ckpt.save(2, {{"w": jnp.full(3, 2.0)}})
+    """)  # fmt: skip
+    assert result.returncode == 17, result.stderr[-3000:]
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.all_steps() == [1, 2] and ckpt.verify(1) and not ckpt.verify(2)
+        step, state, _ = ckpt.restore_newest_intact({"w": jnp.zeros(3)})
+        assert step == 2
+        np.testing.assert_array_equal(state["w"], [2.0, 2.0, 2.0])
+
+
+def test_non_finite_saved_values_are_refused(tmp_path):
+    """Issue 15.4: a restored NaN (or inf) must not reach an evaluation or a resumed run."""
+    state = {"w": jnp.array([1.0, jnp.nan]), "ok": jnp.ones(2), "host": np.array([np.inf])}
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, {"w": jnp.ones(2), "ok": jnp.ones(2), "host": np.zeros(1)})
+        ckpt.save(2, state)
+        target = {"w": jnp.zeros(2), "ok": jnp.zeros(2), "host": np.zeros(1)}
+        with pytest.raises(CheckpointCorruptError, match=r"state: non-finite values in host, w;"):
+            ckpt.restore(target)
+        assert ckpt.restore_newest_intact(target)[0] == 1
+
+
+def test_manifests_cover_every_file_and_survive_reopening(tmp_path, state):
+    with Checkpointer(tmp_path, async_save=True, max_to_keep=2) as ckpt:
+        for step in (1, 2, 3):
+            ckpt.save(step, state)
+        ckpt.wait_until_finished()  # async: written once orbax has committed
+        assert [ckpt.verify(step) for step in ckpt.all_steps()] == [True, True]
+    manifest = json.loads((tmp_path / "3" / MANIFEST_FILE).read_text())
+    on_disk = {
+        str(p.relative_to(tmp_path / "3")) for p in (tmp_path / "3").rglob("*") if p.is_file()
+    }
+    assert set(manifest["files"]) == on_disk - {MANIFEST_FILE}
+    with Checkpointer(tmp_path, max_to_keep=2) as ckpt:  # restoring and saving change nothing
+        ckpt.restore(jax.tree.map(_zeros_like, state))
+        ckpt.save(4, state)
+        assert [ckpt.verify(step) for step in ckpt.all_steps()] == [True, True]

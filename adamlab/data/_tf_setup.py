@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import tensorflow as tf  # noqa: E402
+from tensorflow.python.autograph.core import config as autograph_config  # noqa: E402
 
 
 def hide_gpus_from_tensorflow() -> None:
@@ -32,3 +33,13 @@ def hide_gpus_from_tensorflow() -> None:
 
 hide_gpus_from_tensorflow()
 tf.get_logger().setLevel("ERROR")
+# tf.data passes every mapped function through AutoGraph, which writes its conversion to
+# $TMPDIR/__autograph_generated_file*.py and deletes it only at a clean exit (atexit): every
+# killed or os._exit'ed run left them behind. adamlab's and tfds's dataset functions have no
+# tensor-dependent Python control flow, so there is nothing to convert: skip both packages (as
+# TF's own converter tests do). The batches are unchanged (tests/test_reliability.py).
+autograph_config.CONVERSION_RULES = (
+    autograph_config.DoNotConvert("adamlab"),
+    autograph_config.DoNotConvert("tensorflow_datasets"),
+    *autograph_config.CONVERSION_RULES,
+)

@@ -10,25 +10,60 @@ A workdir holds
   `read_metrics`.
 * TensorBoard event files (`tensorboardX`, which needs no TensorFlow) with the same scalars
   under `<split>/<metric>`.
-* `checkpoints/` (see `adamlab.checkpoint`) and `eval_<split>_<step>.json` from
+* `checkpoints/` (see `adamlab.training.checkpoint`) and `eval_<split>_<step>.json` from
   `adamlab evaluate`.
+* `.lock` while a process trains in it (see `adamlab.training.workdir_lock`).
 
 On resume, metrics logged after the restored step by the interrupted run are dropped (from the
 JSON lines and, via `purge_step`, from TensorBoard), so the files describe exactly one
 trajectory.
+
+Torn writes: JSON files (config.json, reports) are written atomically (a temporary file,
+fsync, rename), so a crash leaves the old file or the new one, never half of one. A crash or a
+full disk while appending to metrics.jsonl can leave a partial last line: readers drop it with
+a warning and a writer removes it before appending; an unreadable line elsewhere is an error
+naming the file and the line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import numbers
 import os
 import pathlib
+import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import ml_collections
 import numpy as np
+
+from adamlab.training.workdir_lock import WorkdirBusyError, WorkdirLock  # re-exported
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "ConfigMismatchError",
+    "MetricWriter",
+    "RunDirError",
+    "WorkdirBusyError",
+    "WorkdirLock",
+    "atomic_write",
+    "check_resumable",
+    "config_differences",
+    "config_to_dict",
+    "prepare_workdir",
+    "read_config",
+    "read_jsonl",
+    "read_metrics",
+    "write_config",
+    "write_json",
+]
+
+_log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -49,6 +84,38 @@ class ConfigMismatchError(ValueError):
     """A workdir already holds a run with a different config."""
 
 
+class RunDirError(ValueError):
+    """A workdir, or a file in it, cannot be used: the message names the path and the problem."""
+
+
+def prepare_workdir(workdir: str | os.PathLike) -> pathlib.Path:
+    """Creates `workdir` if needed and checks that files can be written in it; call it before
+    writing anything there.
+
+    Raises:
+        RunDirError: `workdir` (or a parent) is a file, or it cannot be created or written to
+            (read-only filesystem, permissions).
+    """
+    path = pathlib.Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"workdir {str(path)!r} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        # A real write, not os.access: it also catches read-only mounts and full quotas.
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except (FileExistsError, NotADirectoryError) as e:
+        raise RunDirError(
+            f"cannot create workdir {str(path)!r}: {e.filename!r} is a file"
+        ) from None
+    except OSError as e:
+        raise RunDirError(
+            f"workdir {str(path)!r} is not writable: {e.strerror or e} "
+            "(read-only filesystem or permissions)"
+        ) from None
+    return path
+
+
 def config_to_dict(config: ml_collections.ConfigDict | Mapping) -> dict[str, Any]:
     """The config as plain JSON types (tuples become lists), as `config.json` holds it."""
     if isinstance(config, ml_collections.ConfigDict):
@@ -59,17 +126,37 @@ def config_to_dict(config: ml_collections.ConfigDict | Mapping) -> dict[str, Any
 def write_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
     """Writes `workdir/config.json` (atomically: a crash never leaves half a file)."""
     text = json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n"
-    _atomic_write(pathlib.Path(workdir) / CONFIG_FILE, text)
+    atomic_write(pathlib.Path(workdir) / CONFIG_FILE, text)
 
 
 def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-    """Reads `workdir/config.json` back into a ConfigDict (lists where the file had tuples)."""
+    """Reads `workdir/config.json` back into a ConfigDict (lists where the file had tuples).
+
+    Raises:
+        FileNotFoundError: there is no config.json (not a run workdir).
+        RunDirError: config.json is not a JSON object (damaged).
+    """
     path = pathlib.Path(workdir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"{str(path)!r} does not exist: {str(workdir)!r} is not a run workdir"
         )
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    return ml_collections.ConfigDict(_load_config_json(path))
+
+
+def _load_config_json(path: pathlib.Path) -> dict:
+    """config.json as a dict, or a RunDirError naming the file (never a bare JSONDecodeError)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise RunDirError(
+            f"{str(path)!r} is damaged ({e}); restore it from a backup or use a new --workdir"
+        ) from None
+    if not isinstance(data, dict):
+        raise RunDirError(
+            f"{str(path)!r} is damaged: it holds a {type(data).__name__}, not a config"
+        )
+    return data
 
 
 def config_differences(saved: Mapping, given: Mapping, prefix: str = "") -> list[tuple]:
@@ -90,11 +177,12 @@ def check_resumable(workdir: str | os.PathLike, config: ml_collections.ConfigDic
 
     Raises:
       ConfigMismatchError: the saved config differs in a field other than `RESUMABLE_CHANGES`.
+      RunDirError: the saved config.json is damaged.
     """
     path = pathlib.Path(workdir) / CONFIG_FILE
     if not path.is_file():
         return False
-    saved = json.loads(path.read_text())
+    saved = _load_config_json(path)
     differences = config_differences(saved, config_to_dict(config))
     refused = [d for d in differences if not _may_differ(*d)]
     if refused:
@@ -120,15 +208,16 @@ class MetricWriter:
       workdir: the run directory.
       resume_step: the step the run (re)starts from: lines logged with a larger step, by an
         earlier attempt that did not get further, are dropped (all of them for 0). None keeps
-        the file as it is (a directory no earlier attempt wrote to).
+        the file as it is (a directory no earlier attempt wrote to). Either way a torn last
+        line (a crash mid-write) is removed before appending, so that it cannot glue itself to
+        the next record.
     """
 
     def __init__(self, workdir: str | os.PathLike, *, resume_step: int | None = None):
         import tensorboardX  # Imported here: only runs that log need it (~0.1 s import).
 
         self.path = pathlib.Path(workdir) / METRICS_FILE
-        if resume_step is not None:
-            _drop_lines_after(self.path, resume_step)
+        _drop_lines_after(self.path, resume_step)
         purge = None if resume_step is None else resume_step + 1
         self._tb = tensorboardX.SummaryWriter(str(workdir), purge_step=purge, flush_secs=30)
         self._file = self.path.open("a")
@@ -155,30 +244,95 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict]:
-    """The records of `metrics.jsonl` (all, or those of one split), in order."""
-    path = pathlib.Path(workdir) / METRICS_FILE
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of `metrics.jsonl` (all, or those of one split), in order.
+
+    A torn last line is dropped with a warning (see the module docstring).
+
+    Raises:
+        RunDirError: a line other than the last is not a JSON record (names file and line).
+    """
+    records = read_jsonl(pathlib.Path(workdir) / METRICS_FILE)
     return [r for r in records if split is None or r["split"] == split]
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The JSON objects of an append-only file, one per line, tolerating a torn last line."""
+    return [record for _, record in _jsonl_records(pathlib.Path(path))]
 
 
 def write_json(path: str | os.PathLike, data: Mapping) -> None:
     """Writes `data` as indented JSON (atomically), numpy values converted."""
-    _atomic_write(pathlib.Path(path), json.dumps(data, indent=2, default=_json_default) + "\n")
+    atomic_write(pathlib.Path(path), json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
-def _drop_lines_after(path: pathlib.Path, step: int) -> None:
+def atomic_write(path: str | os.PathLike, text: str) -> None:
+    """Replaces `path` by `text` so that a crash leaves the old file or the new one, whole.
+
+    The text goes to a temporary file beside it (unique per process), is fsynced, then renamed
+    over `path`; the directory is fsynced so that the rename itself survives a power cut.
+    """
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: pathlib.Path) -> None:
+    """Makes a rename in `directory` durable (best effort: not every filesystem allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _jsonl_records(path: pathlib.Path) -> list[tuple[str, dict]]:
+    """(line with its newline, parsed object) for every line of a JSON-lines file.
+
+    The last line may be torn by a crash or a full disk (cut short, or NUL bytes that a
+    filesystem left after a crash): it is dropped with a warning. An unreadable line
+    elsewhere means the file was damaged otherwise: RunDirError naming the file and line.
+    """
+    if not path.is_file():
+        return []
+    lines = path.read_bytes().splitlines(keepends=True)
+    while lines and not lines[-1].strip(b" \t\r\n\0"):  # trailing blank or NUL-only lines
+        lines.pop()
+    records = []
+    for number, raw in enumerate(lines, start=1):
+        try:
+            record = json.loads(raw.decode())
+            if not isinstance(record, dict):
+                raise ValueError(f"a {type(record).__name__}, not an object")
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            if number == len(lines):
+                _log.warning("%s: dropped a torn last line %d (%r)", path, number, raw[:80])
+                break
+            raise RunDirError(f"{path}:{number}: not a JSON record ({e})") from None
+        records.append((raw.decode().rstrip("\r\n") + "\n", record))
+    return records
+
+
+def _drop_lines_after(path: pathlib.Path, step: int | None) -> None:
+    """Rewrites `path` (atomically) without the records after `step` (None: keeps them all)
+    and without a torn last line; leaves it untouched when nothing is to be dropped."""
     if not path.is_file():
         return
-    lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
-        _atomic_write(path, "".join(kept))
-
-
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    records = _jsonl_records(path)
+    kept = [line for line, record in records if step is None or record["step"] <= step]
+    text = "".join(kept)
+    if text.encode() != path.read_bytes():
+        atomic_write(path, text)
 
 
 def _is_scalar(value: Any) -> bool:

@@ -1,0 +1,170 @@
+"""One writer per workdir: `WorkdirLock`, held by a training run for its whole life.
+
+Two trainers in one workdir interleave their metrics and checkpoints (issue 15: 175 duplicated
+records, a metrics.jsonl rewritten under the other's feet). The lock refuses the second one:
+
+    with WorkdirLock(workdir, primary=distributed.is_primary()):
+        ...  # write config.json, metrics.jsonl, checkpoints
+
+(`run_io.WorkdirLock` is the same class.)
+
+How, and why:
+
+* **flock** on ``<workdir>/.lock``: the OS releases it when the process ends in any way (kill -9
+  and crashes included), so it is never stale. The file stays; while held it names the holder
+  (pid, host, start time) for the error message, and it is emptied on release.
+* **Fallback** where flock fails (some network filesystems answer ENOLCK or EOPNOTSUPP): the
+  file ``<workdir>/.lock.owner``, created exclusively (O_EXCL) and removed on release. A crash
+  leaves it behind: it is stale if it names a pid of this host that no longer runs; a holder on
+  another host cannot be checked, and the message says which file to delete.
+* **Multi-host**: every process calls it with ``primary=...``; only process 0 takes the lock
+  (the others write no run files of their own).
+* A process that forks (without exec) shares the lock with its children, as flock does.
+
+Readers (`adamlab evaluate`, reports) take no lock: they only read (see
+`adamlab.training.checkpoint`'s read-only mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import pathlib
+import socket
+
+LOCK_FILE = ".lock"
+OWNER_FILE = ".lock.owner"  # The fallback's lock, where flock is unavailable.
+# flock errors that mean "not supported here" (not "held by someone else").
+_NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another process is writing the workdir; the message names it (pid, host, since when)."""
+
+
+class WorkdirLock:
+    """Exclusive right to write `workdir`, as a context manager (or `acquire` / `release`).
+
+    Args:
+        workdir: an existing run directory (see `run_io.prepare_workdir`).
+        primary: whether this process takes the lock; pass False on processes other than 0 of
+            a multi-host run (then this object does nothing).
+
+    Raises (on acquire):
+        WorkdirBusyError: another live process holds it.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, *, primary: bool = True):
+        self.workdir = pathlib.Path(workdir)
+        self.primary = primary
+        self._fd: int | None = None  # The flock'ed file, while held.
+        self._owner: pathlib.Path | None = None  # The fallback's owner file, while held.
+
+    def acquire(self) -> None:
+        """Takes the lock, or raises WorkdirBusyError naming the holder."""
+        if not self.primary or self.held:
+            return
+        fd = os.open(self.workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise self._busy(_read_holder(self.workdir / LOCK_FILE)) from None
+            if e.errno not in _NO_FLOCK:
+                raise
+            self._acquire_owner_file()
+            return
+        self._fd = fd
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, _holder_record().encode(), 0)
+
+    def release(self) -> None:
+        """Gives the lock back (also done by the OS if the process dies)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # No holder named any more.
+            os.close(fd)  # Closing the only descriptor releases the flock.
+        if self._owner is not None:
+            owner, self._owner = self._owner, None
+            with contextlib.suppress(FileNotFoundError):
+                owner.unlink()
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None or self._owner is not None
+
+    def __enter__(self) -> WorkdirLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+    def _acquire_owner_file(self) -> None:
+        """The fallback: create `.lock.owner` exclusively, replacing it once if it is stale."""
+        owner = self.workdir / OWNER_FILE
+        for _ in range(2):
+            try:
+                fd = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = _read_holder(owner)
+                if not _is_stale(holder):
+                    raise self._busy(holder, stale_hint=owner) from None
+                with contextlib.suppress(FileNotFoundError):
+                    owner.unlink()  # Its process died on this host: take over.
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(_holder_record())
+            self._owner = owner
+            return
+        raise self._busy(_read_holder(owner), stale_hint=owner)
+
+    def _busy(self, holder: dict, stale_hint: pathlib.Path | None = None) -> WorkdirBusyError:
+        who = (
+            f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')} "
+            f"since {holder.get('since', '?')}"
+            if holder
+            else "another process"
+        )
+        message = f"{self.workdir} is being written by {who}; wait for it or use another --workdir"
+        if stale_hint is not None:
+            message += f" (if that process is gone, delete {stale_hint})"
+        return WorkdirBusyError(message)
+
+
+def _holder_record() -> str:
+    """This process as the lock's holder: pid, host and start time, one JSON line."""
+    since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}) + "\n"
+
+
+def _read_holder(path: pathlib.Path) -> dict:
+    """The holder a lock file names, or {} if it is empty or unreadable (being written)."""
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _is_stale(holder: dict) -> bool:
+    """Whether an owner file names a process of this host that no longer runs.
+
+    An unreadable file is treated as held (its writer may be between create and write).
+    """
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)  # Signal 0: only checks that the process exists.
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # It exists, under another user.
+    return False
