@@ -359,12 +359,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_user_error(error: Exception) -> bool:
-    """Errors whose message says what to fix (bad config, workdir or checkpoint)."""
-    if isinstance(error, flags.Error | FileNotFoundError | ValueError):
-        # ValueError: ConfigError, ConfigMismatchError, Checkpoint{Mismatch,Corrupt}Error, a
-        # busy workdir, bad arguments; FileNotFoundError: no config.json, checkpoint, dataset.
-        return True
-    return isinstance(error, PermissionError | NotADirectoryError | FileExistsError)
+    """Errors whose message says what to fix (bad config, workdir, checkpoint or argument)."""
+    from adamlab.experiments import sweep  # Loaded already when a command has run.
+    from adamlab.training import checkpoint, experiment, run_io, workdir_lock
+
+    user_errors = (
+        flags.Error,
+        FileNotFoundError,  # No config.json, checkpoint or prepared dataset.
+        experiment.ConfigError,
+        run_io.ConfigMismatchError,
+        run_io.RunDirError,
+        workdir_lock.WorkdirBusyError,
+        checkpoint.CheckpointMismatchError,
+        checkpoint.CheckpointCorruptError,
+        sweep.SweepSpecError,
+    )
+    return isinstance(error, user_errors)
 
 
 def _message(error: BaseException) -> str:

@@ -167,10 +167,8 @@ def _validated(config: ml_collections.ConfigDict):
         if config.get("distributed") is not None and config.distributed.get("enabled", False):
             distributed.resolve_parameters(config.distributed)  # As `initialize` will read it.
         engines.validate_engine_name(train.engine)
-        engines.validate_batch_size(train.batch_size, jax.device_count())
-        engines.validate_batch_size(
-            train.eval_batch_size, jax.device_count(), what="train.eval_batch_size"
-        )
+        engines.validate_batch_size(train.batch_size, 1)  # Divisibility: build_experiment.
+        engines.validate_batch_size(train.eval_batch_size, 1, what="train.eval_batch_size")
         info = data.dataset_info(config.data)
         num_steps = total_steps(config, info)
         for impl in who.implementations:
@@ -247,8 +245,16 @@ def build_experiment(
         )
         first = {k: v[0] for k, v in who.sweep.items()}
         txs.append(optimizers.with_values(tx, first))
+    devices = tuple(devices or jax.devices())
+    try:  # The global batches split over these devices (evaluation may use fewer than training).
+        engines.validate_batch_size(config.train.batch_size, len(devices))
+        engines.validate_batch_size(
+            config.train.eval_batch_size, len(devices), what="train.eval_batch_size"
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     dispatch = config.train.get("steps_per_dispatch")
-    on_cpu = (devices or jax.devices())[0].platform == "cpu"
+    on_cpu = devices[0].platform == "cpu"
     if dispatch is None:  # One step per call for one run on CPU (jax-ml/jax#12868), else chunks.
         dispatch = 1 if (on_cpu and not who.grid) else _MAX_DISPATCH
     engine = engines.make_engine(

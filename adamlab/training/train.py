@@ -32,7 +32,6 @@ case (`train_and_evaluate`); `adamlab compare` runs ours and optax in lockstep o
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -237,14 +236,11 @@ def run(
         raise ConfigError(str(e)) from e
     experiment = build_experiment(config)
     workdir = pathlib.Path(workdir)
-    getattr(run_io, "prepare_workdir", lambda w: w.mkdir(parents=True, exist_ok=True))(
-        workdir
-    )  # TODO(lock)
+    run_io.prepare_workdir(workdir)  # A file, or a read-only directory: RunDirError now.
     primary = distributed.is_primary()
-    with getattr(run_io, "WorkdirLock", lambda w, primary: contextlib.nullcontext())(
-        workdir, primary=primary
-    ):
-        run_io.check_resumable(workdir, config)
+    with run_io.WorkdirLock(workdir, primary=primary):  # One writer; WorkdirBusyError names it.
+        if run_io.check_resumable(workdir, config):
+            _warn_if_extended(run_io.read_config(workdir), config)
         if primary:
             run_io.write_config(workdir, config)
         checkpointer = make_checkpointer(workdir, config)
@@ -272,6 +268,17 @@ def run(
         if primary and not result.interrupted:
             run_io.write_json(workdir / RESULT_FILE, _result_to_json(result))
         return result
+
+
+def _warn_if_extended(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
+    """A resumed run whose length changed continues on a different learning-rate schedule."""
+    length = lambda c: (c.train.get("num_steps"), c.train.get("num_epochs"))
+    if length(saved) != length(config) and config.optimizer.get("schedule") != "constant":
+        logging.warning(
+            "the run's length changed (train.num_steps/num_epochs %s -> %s): the %s schedule "
+            "is recomputed for the new length, so the learning rate changes from the resumed "
+            "step on", length(saved), length(config), config.optimizer.get("schedule"),
+        )  # fmt: skip
 
 
 def _pretrained(config: ml_collections.ConfigDict):
