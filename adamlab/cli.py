@@ -71,8 +71,9 @@ def _define_config(fv: flags.FlagValues, argv: list[str], default: str | None) -
 
 
 def _define_seeds(fv: flags.FlagValues, default: int) -> None:
-    flags.DEFINE_integer("seeds", default, "Number of seeds: config.seed + 0, 1, ...",
-                         lower_bound=1, flag_values=fv)  # fmt: skip
+    flags.DEFINE_integer(
+        "seeds", default, "Number of seeds: config.seed + 0, 1, ...", lower_bound=1, flag_values=fv
+    )
 
 
 def _config(fv: flags.FlagValues):
@@ -162,10 +163,11 @@ def _define_compare_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     _define_config(fv, argv, compare.DEFAULT_CONFIG)
     _define_seeds(fv, compare.DEFAULT_SEEDS)
     flags.DEFINE_string(
-        "optimizers", ",".join(compare.DEFAULT_OPTIMIZERS),
+        "optimizers",
+        ",".join(compare.DEFAULT_OPTIMIZERS),
         "Comma-separated optimizer names (each trained as ours and as its optax twin).",
         flag_values=fv,
-    )  # fmt: skip
+    )
 
 
 def _run_compare(fv: flags.FlagValues) -> int:
@@ -188,10 +190,15 @@ def _define_sweep_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     _define_config(fv, argv, "digits")
     flags.DEFINE_string("sweep", None, f"What to sweep: {sweep.GRAMMAR}.", flag_values=fv)
     _define_seeds(fv, sweep.DEFAULT_SEEDS)
-    flags.DEFINE_string("optimizers", None, "Comma-separated optimizer names; default: "
-                        "config.optimizer.name.", flag_values=fv)  # fmt: skip
-    flags.DEFINE_string("implementations", "ours", "ours, optax or ours,optax (lockstep).",
-                        flag_values=fv)  # fmt: skip
+    flags.DEFINE_string(
+        "optimizers",
+        None,
+        "Comma-separated optimizer names; default: config.optimizer.name.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "implementations", "ours", "ours, optax or ours,optax (lockstep).", flag_values=fv
+    )
     flags.mark_flag_as_required("sweep", flag_values=fv)
 
 
@@ -206,9 +213,13 @@ def _run_sweep(fv: flags.FlagValues) -> int:
         raise flags.Error(str(e)) from None
     implementations = tuple(i.strip() for i in fv["implementations"].value.split(","))
     result = sweep.run_sweep(
-        config, _workdir(fv, "sweep-"), sweep=fv["sweep"].value, optimizers=optimizers,
-        implementations=implementations, num_seeds=fv["seeds"].value,
-    )  # fmt: skip
+        config,
+        _workdir(fv, "sweep-"),
+        sweep=fv["sweep"].value,
+        optimizers=optimizers,
+        implementations=implementations,
+        num_seeds=fv["seeds"].value,
+    )
     return _report_done(result, "results.csv, summary.md, sweep.png, <optimizer>/members/")
 
 
@@ -217,10 +228,16 @@ def _define_study_flags(fv: flags.FlagValues, argv: list[str]) -> None:
 
     name = _study_name(argv)
     _define_config(fv, argv, studies.STUDIES.get(name))
-    flags.DEFINE_integer("seeds", None, "Number of seeds (0..n-1); default: the config's "
-                         "runs.seeds.", lower_bound=1, flag_values=fv)  # fmt: skip
-    flags.DEFINE_string("study", name, "The study (given as the positional argument).",
-                        flag_values=fv)  # fmt: skip
+    flags.DEFINE_integer(
+        "seeds",
+        None,
+        "Number of seeds (0..n-1); default: the config's runs.seeds.",
+        lower_bound=1,
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "study", name, "The study (given as the positional argument).", flag_values=fv
+    )
 
 
 def _study_name(argv: list[str]) -> str | None:

@@ -37,11 +37,25 @@ DEFAULT_OPTIMIZERS: tuple[str, ...] = ("adam", "adamw")
 DEFAULT_SEEDS = 3
 DEFAULT_CONFIG = "compare_digits"  # configs/digits.py at 12 epochs, shipped with the package.
 COLUMNS = (
-    "optimizer", "implementation", "seed", "steps", "final_train_loss", "final_train_accuracy",
-    "validation_loss", "validation_accuracy", "validation_f1", "test_loss", "test_accuracy",
-    "test_f1", "finite", "diverged_at", "parity", "steps_per_sec", "wall_time_s",
+    "optimizer",
+    "implementation",
+    "seed",
+    "steps",
+    "final_train_loss",
+    "final_train_accuracy",
+    "validation_loss",
+    "validation_accuracy",
+    "validation_f1",
+    "test_loss",
+    "test_accuracy",
+    "test_f1",
+    "finite",
+    "diverged_at",
+    "parity",
+    "steps_per_sec",
+    "wall_time_s",
     "runs_in_program",
-)  # fmt: skip
+)
 SUMMARY_METRICS = {
     "final_train_loss": "final train loss",
     "validation_accuracy": "validation accuracy",
@@ -92,7 +106,7 @@ def run_compare(
     members = {
         name: groups.with_members(
             config, seeds=seeds, implementations=implementations, **{"optimizer.name": name}
-        )  # fmt: skip
+        )
         for name in optimizers
     }
     overview = groups.with_members(config, seeds=seeds, implementations=implementations)
@@ -119,9 +133,13 @@ def run_compare(
         summary = summary_markdown(config, rows, seeds, wall)
         (workdir / "summary.md").write_text(summary)
     return {
-        "workdir": workdir, "rows": rows, "summary": summary, "wall_time_s": wall,
-        "interrupted": interrupted, "results": results,
-    }  # fmt: skip
+        "workdir": workdir,
+        "rows": rows,
+        "summary": summary,
+        "wall_time_s": wall,
+        "interrupted": interrupted,
+        "results": results,
+    }
 
 
 def summary_markdown(config: Any, rows: list[dict], seeds: Sequence[int], wall: float) -> str:

@@ -6,8 +6,8 @@
 
 A sweep spec is `path=start:stop:num` (num values log-spaced from start to stop, both > 0) or
 `path=v1,v2,...` (the values as given). `path` is a field of the config; only numeric optimizer
-hyperparameters (`adamlab.training.optimizers.SWEEPABLE`) can vary inside one program, because they are state
-leaves under `optax.inject_hyperparams`; other fields change the program (shapes, steps).
+hyperparameters (`adamlab.training.optimizers.SWEEPABLE`) can vary inside one program, because
+they are state leaves under `optax.inject_hyperparams`; other fields change the program.
 
 For each optimizer, the one loop (`adamlab.training.train.run`) trains every (value, seed) at
 once, and with `--implementations ours,optax` ours and the twin in lockstep. The report
@@ -117,11 +117,12 @@ def run_sweep(
             implementations=tuple(implementations),
             sweep=swept,
             **{"optimizer.name": optimizer},
-        )  # fmt: skip
+        )
         for optimizer in optimizers
     }
-    overview = groups.with_members(config, seeds=seeds, implementations=tuple(implementations),
-                                   sweep=swept)  # fmt: skip
+    overview = groups.with_members(
+        config, seeds=seeds, implementations=tuple(implementations), sweep=swept
+    )
     start = time.perf_counter()
     results = groups.run_groups(members, workdir, overview)
     wall = time.perf_counter() - start
@@ -134,9 +135,16 @@ def run_sweep(
         plot_sweep(rows, name, values, workdir / "sweep.png", title=config.data.name)
         summary = _summary_markdown(config, name, rows, seeds, wall, results)
         (workdir / "summary.md").write_text(summary)
-    return {"workdir": workdir, "name": name, "values": values, "rows": rows,
-            "summary": summary, "wall_time_s": wall, "interrupted": interrupted,
-            "results": results}  # fmt: skip
+    return {
+        "workdir": workdir,
+        "name": name,
+        "values": values,
+        "rows": rows,
+        "summary": summary,
+        "wall_time_s": wall,
+        "interrupted": interrupted,
+        "results": results,
+    }
 
 
 def plot_sweep(
@@ -150,8 +158,10 @@ def plot_sweep(
     groups = dict.fromkeys((r["optimizer"], r["implementation"]) for r in rows)
     for optimizer, impl in groups:
         group = [r for r in rows if (r["optimizer"], r["implementation"]) == (optimizer, impl)]
-        for panel, metric in (("final train loss", "final_train_loss"),
-                              ("validation accuracy", "validation_accuracy")):  # fmt: skip
+        for panel, metric in (
+            ("final train loss", "final_train_loss"),
+            ("validation accuracy", "validation_accuracy"),
+        ):
             by_value = [[float(r[metric]) for r in group if float(r[name]) == v] for v in values]
             panels[panel][f"{optimizer} ({impl})"] = (np.array(values), np.array(by_value).T)
     return report.plot_sweep(
@@ -168,9 +178,11 @@ def _summary_markdown(config, name, rows, seeds, wall, results) -> str:
     parity = ("parity",) if lockstep else ()
     summary = report.summarize(rows, by=keys, metrics=tuple(SUMMARY_METRICS), maxima=parity)
     table = report.markdown_table(
-        summary, keys=keys, metrics=SUMMARY_METRICS,
+        summary,
+        keys=keys,
+        metrics=SUMMARY_METRICS,
         maxima={"parity": "parity (max rel. param diff)"} if lockstep else None,
-    )  # fmt: skip
+    )
     diverged = sum(not r["finite"] for r in rows)
     speed = ", ".join(f"{k}: {r.steps_per_sec:.1f} steps/s" for k, r in results.items())
     return (

@@ -129,6 +129,9 @@ def initialize(config: Any = None, environ: Mapping[str, str] | None = None) -> 
     info = process_info()
     logging.info(
         "process %d of %d: %d local devices, %d in all",
-        info.process_index, info.process_count, info.local_device_count, info.device_count,
-    )  # fmt: skip
+        info.process_index,
+        info.process_count,
+        info.local_device_count,
+        info.device_count,
+    )
     return info

@@ -179,19 +179,23 @@ class Engine:
                     num_shards=self.num_devices if pmap_zero else None,
                 ),
                 conv_matmul,
-            )  # fmt: skip
+            )
             for tx in self.txs
         ]
         step = members.vectorize(members.make_member_step(train_steps), self.grid)
-        eval_step = cpu_conv.intercepted(make_eval_step(model, num_classes, axis_name=axis),
-                                         conv_matmul)  # fmt: skip
+        eval_step = cpu_conv.intercepted(
+            make_eval_step(model, num_classes, axis_name=axis), conv_matmul
+        )
         grid_eval = members.vectorize(eval_step, self.grid, batch_axis=None)
         evaluate = lambda carry, batch: tuple(grid_eval(s, batch) for s in carry.states)
         if self.pmap:
             self._train = jax.pmap(
-                _run_chunk(step), axis_name=PMAP_AXIS, devices=self.devices,
-                donate_argnums=0, out_axes=(0, None),
-            )  # fmt: skip
+                _run_chunk(step),
+                axis_name=PMAP_AXIS,
+                devices=self.devices,
+                donate_argnums=0,
+                out_axes=(0, None),
+            )
             self._evaluate = jax.pmap(
                 evaluate, axis_name=PMAP_AXIS, devices=self.devices, out_axes=None
             )
@@ -243,14 +247,15 @@ class Engine:
         first = lambda x: np.array(x.addressable_shards[0].data[0])
         if not self.shard_optimizer:
             return jax.tree.map(first, carry)
-        host = jax.tree.map(first, carry.replace(states=tuple(s.replace(opt_state=None)
-                                                             for s in carry.states)))  # fmt: skip
+        host = jax.tree.map(
+            first, carry.replace(states=tuple(s.replace(opt_state=None) for s in carry.states))
+        )
         states = tuple(
             h.replace(
                 opt_state=zero.from_sharded_opt_state(
                     tx, jax.tree.map(np.asarray, s.opt_state), h.params
                 )
-            )  # fmt: skip
+            )
             for tx, h, s in zip(self.txs, host.states, carry.states, strict=True)
         )
         return host.replace(states=states)

@@ -102,8 +102,11 @@ def evaluate_checkpoint(
     )
     names = experiment.who.names()
     results = evaluate_members(engine, engine.put_members(carry), batches, names)
-    result = results[0] if len(names) == 1 else {"members": dict(zip([n for *_, n in names],
-                                                                     results, strict=True))}  # fmt: skip
+    result = (
+        results[0]
+        if len(names) == 1
+        else {"members": dict(zip([n for *_, n in names], results, strict=True))}
+    )
     result = {"step": step, "split": split, "checkpoint": str(checkpoint), **result}
     path = workdir / f"eval_{split}_{step}.json"
     try:

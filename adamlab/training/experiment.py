@@ -1,8 +1,8 @@
 """From a config to everything a run builds before its first step: one place, checked.
 
-    num_steps = validate_config(config)         # ConfigError names the field, value, what is allowed
-    experiment = build_experiment(config)       # model, optimizers, engine, who trains
-    carry = initial_members(config, experiment) # every member's step-0 state (host)
+    num_steps = validate_config(config)  # ConfigError: the field, the value, what is allowed
+    experiment = build_experiment(config)  # model, optimizers, engine, who trains
+    carry = initial_members(config, experiment)  # every member's step-0 state (host)
 
 `MemberGrid` reads the optional `runs` section: the seeds (default: `config.seed`), the
 implementations (default: `optimizer.implementation`) and the swept hyperparameters
@@ -32,10 +32,18 @@ from adamlab.training.train_state import create_train_state
 BEST_METRICS = tuple(f"validation_{m}" for m in ("accuracy", "loss", "precision", "recall", "f1"))
 _MAX_DISPATCH = 100  # Most steps per call when train.steps_per_dispatch is None (auto).
 _TRAIN_FIELDS = (
-    "engine", "batch_size", "num_epochs", "num_steps", "eval_batch_size", "log_every_steps",
-    "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints", "best_metric",
+    "engine",
+    "batch_size",
+    "num_epochs",
+    "num_steps",
+    "eval_batch_size",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "best_metric",
     "progress_bar",
-)  # fmt: skip
+)
 
 
 class ConfigError(ValueError):
@@ -153,9 +161,10 @@ def _validated(config: ml_collections.ConfigDict):
         _fail("train.best_metric", train.best_metric, f"allowed: None, {', '.join(BEST_METRICS)}")
     profile = train.get("profile_steps")
     if profile is not None and (
-        len(profile) != 2 or not all(isinstance(s, int) and s >= 1 for s in profile)
+        len(profile) != 2
+        or not all(isinstance(s, int) and s >= 1 for s in profile)
         or profile[0] > profile[1]
-    ):  # fmt: skip
+    ):
         _fail(
             "train.profile_steps",
             profile,
@@ -258,11 +267,16 @@ def build_experiment(
     if dispatch is None:  # One step per call for one run on CPU (jax-ml/jax#12868), else chunks.
         dispatch = 1 if (on_cpu and not who.grid) else _MAX_DISPATCH
     engine = engines.make_engine(
-        config.train.engine, model, txs, schedule, info.num_classes,
-        grid=who.grid, devices=devices,
+        config.train.engine,
+        model,
+        txs,
+        schedule,
+        info.num_classes,
+        grid=who.grid,
+        devices=devices,
         shard_optimizer=config.train.get("shard_optimizer", False),
         conv_matmul=on_cpu and (bool(who.grid) or dispatch > 1),
-    )  # fmt: skip
+    )
     return Experiment(info, num_steps, model, tuple(txs), schedule, engine, who, dispatch)
 
 
@@ -277,9 +291,11 @@ def initial_members(
     makers = []
     for impl in who.implementations:
         tx, _ = optimizers.make_optimizer(
-            _optimizer_section(config, impl), experiment.num_steps,
-            frozen=transfer.frozen_patterns(config.get("init")), swept=tuple(who.sweep),
-        )  # fmt: skip
+            _optimizer_section(config, impl),
+            experiment.num_steps,
+            frozen=transfer.frozen_patterns(config.get("init")),
+            swept=tuple(who.sweep),
+        )
         makers.append(lambda values, tx=tx: optimizers.with_values(tx, values))
     return members.initial_members(
         experiment.model,

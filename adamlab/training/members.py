@@ -28,8 +28,15 @@ import numpy as np
 from adamlab.training.train_state import TrainState, create_train_state
 
 _TINY = 1e-30  # Floor of the parity's denominator: a leaf of zeros compares absolutely.
-LOGGED = ("loss", "accuracy", "learning_rate", "grad_norm", "update_norm", "param_norm",
-          "update_param_ratio")  # fmt: skip
+LOGGED = (
+    "loss",
+    "accuracy",
+    "learning_rate",
+    "grad_norm",
+    "update_norm",
+    "param_norm",
+    "update_param_ratio",
+)
 
 
 @flax.struct.dataclass

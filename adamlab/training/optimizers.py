@@ -49,12 +49,25 @@ _BASELINE_FACTORIES: dict[str, Callable[..., optax.GradientTransformation]] = {
 BASELINES: tuple[str, ...] = tuple(_BASELINE_FACTORIES)
 # Numeric hyperparameters that can differ between the runs of one compiled program.
 SWEEPABLE: tuple[str, ...] = (
-    "learning_rate", "b1", "b2", "eps", "eps_root", "weight_decay", "momentum", "l2",
-)  # fmt: skip
+    "learning_rate",
+    "b1",
+    "b2",
+    "eps",
+    "eps_root",
+    "weight_decay",
+    "momentum",
+    "l2",
+)
 # Fields consumed here; every other non-None field is a hyperparameter of the optimizer.
 _FACTORY_FIELDS = (
-    "name", "implementation", "convention", "learning_rate", "schedule", "warmup_steps", "l2",
-)  # fmt: skip
+    "name",
+    "implementation",
+    "convention",
+    "learning_rate",
+    "schedule",
+    "warmup_steps",
+    "l2",
+)
 
 
 def names() -> tuple[str, ...]:

@@ -109,9 +109,13 @@ def make_train_step(
         if shard_optimizer:
             loss, accuracy = jax.lax.pmean((loss, accuracy), axis_name)
             params, opt_state, norms = zero.sharded_update(
-                tx, grads, state.opt_state, state.params, axis_name=axis_name,
+                tx,
+                grads,
+                state.opt_state,
+                state.params,
+                axis_name=axis_name,
                 num_shards=num_shards,
-            )  # fmt: skip
+            )
             grad_norm, update_norm = norms["grad_norm"], norms["update_norm"]
             finite = jnp.isfinite(loss) & norms["finite"]
         else:

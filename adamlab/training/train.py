@@ -120,8 +120,9 @@ def chunk_lengths(start: int, num_steps: int, every: Sequence[int], max_length: 
     interval in `every` (log, eval, checkpoint points) or at the end, none longer than
     `max_length`. Long gaps split at gap start + j * max_length, so a run resumed at any chunk
     end continues with exactly the chunks of an uninterrupted one."""
-    ends = sorted({s for e in every for s in range((start // e + 1) * e, num_steps, e)}
-                  | {num_steps})  # fmt: skip
+    ends = sorted(
+        {s for e in every for s in range((start // e + 1) * e, num_steps, e)} | {num_steps}
+    )
     lengths, position = [], start
     for end in ends:
         while end - position > max_length:
@@ -254,8 +255,7 @@ def run(
                     raise RuntimeError(
                         f"checkpoint {start} has data position {extra['data_start_step']}"
                     )
-                logging.info("resuming %s from step %d of %d", workdir, start,
-                             experiment.num_steps)  # fmt: skip
+                logging.info("resuming %s from step %d of %d", workdir, start, experiment.num_steps)
             finished = workdir / RESULT_FILE
             if start >= experiment.num_steps and finished.is_file():
                 logging.info("%s is already trained to step %d", workdir, start)
@@ -277,8 +277,11 @@ def _warn_if_extended(saved: ml_collections.ConfigDict, config: ml_collections.C
         logging.warning(
             "the run's length changed (train.num_steps/num_epochs %s -> %s): the %s schedule "
             "is recomputed for the new length, so the learning rate changes from the resumed "
-            "step on", length(saved), length(config), config.optimizer.get("schedule"),
-        )  # fmt: skip
+            "step on",
+            length(saved),
+            length(config),
+            config.optimizer.get("schedule"),
+        )
 
 
 def _pretrained(config: ml_collections.ConfigDict):
@@ -326,8 +329,9 @@ class _Loop:
     def _write(self, step: int | None, split: str, per_member: list[dict]) -> None:
         for i, values in enumerate(per_member):
             if i in self.writers:
-                self.writers[i].write(self.experiment.num_steps if step is None else step,
-                                      split, values)  # fmt: skip
+                self.writers[i].write(
+                    self.experiment.num_steps if step is None else step, split, values
+                )
         if self.single:
             _log("", step, split, per_member[0])
 
@@ -376,8 +380,12 @@ class _Loop:
             if self.single:
                 quantity = next((k for k in _WATCHED if not math.isfinite(values[k])), "update")
                 raise NonFiniteError(at, quantity, values, self.checkpointer.latest_step())
-            logging.warning("member %s diverged at step %d (%s); frozen, the others go on",
-                            name, at, ", ".join(f"{k}={values[k]:.4g}" for k in _WATCHED))  # fmt: skip
+            logging.warning(
+                "member %s diverged at step %d (%s); frozen, the others go on",
+                name,
+                at,
+                ", ".join(f"{k}={values[k]:.4g}" for k in _WATCHED),
+            )
         return not alive.any()
 
     @staticmethod
@@ -395,10 +403,11 @@ class _Loop:
         if split not in self.eval_cache:
             self.eval_cache[split] = list(
                 data.eval_batches(
-                    self.config.data, split=split,
+                    self.config.data,
+                    split=split,
                     global_batch_size=self.config.train.eval_batch_size,
                 )
-            )  # fmt: skip
+            )
         return evaluate.evaluate_members(self.engine, carry, self.eval_cache[split], self.names)
 
     def _validate(self, carry, step: int) -> dict[str, float] | None:
@@ -439,18 +448,25 @@ class _Loop:
             for seed in self.who.seeds
         ]
         profile = tuple(train_cfg.get("profile_steps") or ())
-        every = [train_cfg.log_every_steps, train_cfg.eval_every_steps,
-                 train_cfg.checkpoint_every_steps]  # fmt: skip
+        every = [
+            train_cfg.log_every_steps,
+            train_cfg.eval_every_steps,
+            train_cfg.checkpoint_every_steps,
+        ]
         every += [p - 1 for p in profile[:1] if p > 1] + list(profile[1:])
         lengths = chunk_lengths(start, num_steps, every, experiment.steps_per_dispatch)
         compiled_lengths: set[int] = set()
         fetched_pending, firsts_pending, pending = [], [], []
         step, interrupted, stopped_early = start, False, False
         bar = tqdm.tqdm(
-            total=num_steps, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0,
+            total=num_steps,
+            initial=start,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0,
             desc=None if self.single else f"{len(self.names)} members",
             disable=None if train_cfg.progress_bar and primary else True,
-        )  # fmt: skip
+        )
         self.writers = self._open_writers(start)
         self.phases["setup"] = time.perf_counter() - self.start_time
         clock = None  # Start of the timed stretch (throughput leaves out compiles and evals).
@@ -460,8 +476,13 @@ class _Loop:
                     tick = time.perf_counter()
                     if profile and step + 1 == profile[0]:
                         jax.profiler.start_trace(str(self.workdir / "profile"))
-                    chunk = _draw_chunk(streams, length, step + 1,
-                                        train_cfg.get("inject_nan_at_step"), self.who.grid)  # fmt: skip
+                    chunk = _draw_chunk(
+                        streams,
+                        length,
+                        step + 1,
+                        train_cfg.get("inject_nan_at_step"),
+                        self.who.grid,
+                    )
                     if length not in compiled_lengths:
                         clock = None  # This call compiles: not throughput.
                     carry, step_metrics = engine.train(carry, engine.put_chunk(chunk))
@@ -476,14 +497,20 @@ class _Loop:
                     if profile and step == profile[1]:
                         jax.block_until_ready(carry)
                         jax.profiler.stop_trace()
-                        logging.info("profile of steps %d-%d written to %s", *profile,
-                                     self.workdir / "profile")  # fmt: skip
+                        logging.info(
+                            "profile of steps %d-%d written to %s",
+                            *profile,
+                            self.workdir / "profile",
+                        )
 
                     stopping = stop.requested is not None or (
                         stop_after_step is not None and step >= stop_after_step
                     )
-                    save = (step % train_cfg.checkpoint_every_steps == 0 or step == num_steps
-                            or stopping)  # fmt: skip
+                    save = (
+                        step % train_cfg.checkpoint_every_steps == 0
+                        or step == num_steps
+                        or stopping
+                    )
                     evaluate = save or step % train_cfg.eval_every_steps == 0
                     log = save or step % train_cfg.log_every_steps == 0 or step == start + length
                     if not (log or evaluate):
@@ -513,9 +540,12 @@ class _Loop:
                     validation = self._validate(carry, step) if evaluate else None
                     if save:
                         self.checkpointer.save(
-                            step, engine.get_members(carry), metrics=validation,
-                            extra={"data_start_step": step}, force=True,
-                        )  # fmt: skip
+                            step,
+                            engine.get_members(carry),
+                            metrics=validation,
+                            extra={"data_start_step": step},
+                            force=True,
+                        )
                     self.phases["evaluate"] += time.perf_counter() - tick
                     clock = time.perf_counter()
                     if all_diverged and step < num_steps:
@@ -525,9 +555,11 @@ class _Loop:
                         interrupted = stopping and not stopped_early
                         if interrupted:
                             logging.warning(
-                                "stopped at step %d/%d (%s); checkpoint saved, run again to "
-                                "resume", step, num_steps, stop.requested or "stop_after_step",
-                            )  # fmt: skip
+                                "stopped at step %d/%d (%s); checkpoint saved, run again to resume",
+                                step,
+                                num_steps,
+                                stop.requested or "stop_after_step",
+                            )
                         break
                 if not interrupted:
                     tick = time.perf_counter()
@@ -571,14 +603,15 @@ class _Loop:
                 if len(self.who.implementations) == 2
                 else math.nan
             )
-            row.update(steps_per_sec=steps_per_sec, wall_time_s=wall,
-                       runs_in_program=len(self.names))  # fmt: skip
+            row.update(
+                steps_per_sec=steps_per_sec, wall_time_s=wall, runs_in_program=len(self.names)
+            )
             rows.append(row)
         params = {
             impl: jax.tree.map(
                 lambda x: np.reshape(x, (*grid, *np.shape(x)[len(self.who.grid) :])),
                 host.states[m].params,
-            )  # fmt: skip
+            )
             for m, impl in enumerate(self.who.implementations)
         }
         curves = {
@@ -589,10 +622,17 @@ class _Loop:
             for impl, per_split in self.curves.items()
         }
         return RunsResult(
-            rows=rows, finals=self.finals, curves=curves, params=params, step=step,
-            interrupted=interrupted, num_steps=self.experiment.num_steps,
-            steps_per_sec=steps_per_sec, wall_time_s=wall, phases=self.phases,
-        )  # fmt: skip
+            rows=rows,
+            finals=self.finals,
+            curves=curves,
+            params=params,
+            step=step,
+            interrupted=interrupted,
+            num_steps=self.experiment.num_steps,
+            steps_per_sec=steps_per_sec,
+            wall_time_s=wall,
+            phases=self.phases,
+        )
 
 
 def _prefixed(prefix: str, values: dict) -> dict:

@@ -98,6 +98,11 @@ def merge_params(fresh: Any, pretrained: Any, init: Any) -> Any:
     if report not in _logged:
         _logged.add(report)
         frozen_keys = [k for k in _flat(fresh) if any(p.search(k) for p in frozen)]
-        logging.info("init from %s: loaded %s; re-initialised %s; frozen %s", init.workdir,
-                     loaded, skipped, frozen_keys)  # fmt: skip
+        logging.info(
+            "init from %s: loaded %s; re-initialised %s; frozen %s",
+            init.workdir,
+            loaded,
+            skipped,
+            frozen_keys,
+        )
     return merged
