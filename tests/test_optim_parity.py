@@ -53,6 +53,7 @@ CASES = [
     ("nadamw", "nadamw", {"weight_decay": 1e-2, "mask": _decay_matrices}),
     ("radam", "radam", {}),
     ("radam-nesterov-threshold4", "radam", {"nesterov": True, "threshold": 4.0}),
+    ("radamw", "radamw", {"weight_decay": 1e-2, "mask": _decay_matrices}),
     ("adamax", "adamax", {}),
     ("adamax-schedule", "adamax", {"learning_rate": _SCHEDULE}),
     ("adabelief", "adabelief", {}),

@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from adamlab import optim
+from adamlab.optim import registry
 
 LR = 1e-2
 GRAD = jnp.array([0.5, -2.0, 3e-3, -7.0])
@@ -124,6 +125,7 @@ ROSENBROCK_LR = {
     "nadam": 1e-2,
     "nadamw": 1e-2,
     "radam": 1e-3,
+    "radamw": 1e-3,
     "adamax": 3e-2,
     "adabelief": 3e-2,
 }
@@ -177,9 +179,11 @@ def test_inject_hyperparams_matches_fixed_hyperparams_and_vmaps_over_them(name):
     state = injected.init(PARAMS)
     updates, state = injected.update(GRAD, state, PARAMS)
     # optax's nadam/nadamw are partials with nesterov=True; inject into the underlying alias.
+    # optax has no radamw: the registry's twin chains optax's pieces.
     twin_factory, twin_kwargs = {
         "nadam": (optax.adam, {"nesterov": True}),
         "nadamw": (optax.adamw, {"nesterov": True}),
+        "radamw": (registry._REFERENCE["radamw"], {}),
     }.get(name, (getattr(optax, name), {}))
     twin = optax.inject_hyperparams(twin_factory)
     ref = twin(learning_rate=LR, b1=0.8, **twin_kwargs)
@@ -398,6 +402,7 @@ def test_registry_builds_optax_twins():
         "nadam",
         "nadamw",
         "radam",
+        "radamw",
         "adamax",
         "adabelief",
     )

@@ -1,9 +1,11 @@
 """adamlab.optim: the Adam family written from first principles as optax transformations.
 
-Optimizers: `adam`, `adamw`, `amsgrad`, `nadam`, `nadamw`, `radam`, `adamax`, `adabelief`
-(optax-compatible signatures), their building blocks (`scale_by_*`, `add_decayed_weights`,
-`scale_by_learning_rate`), and by name: `create(name, **hparams)` for ours,
-`reference(name, **hparams)` for the optax twin.
+Optimizers: `adam`, `adamw`, `amsgrad`, `nadam`, `nadamw`, `radam`, `radamw`, `adamax`,
+`adabelief` (optax-compatible signatures), their building blocks (`scale_by_*`,
+`add_decayed_weights`, `subtract_decayed_weights`, `scale_by_learning_rate`), and by name:
+`create(name, convention=..., **hparams)` for ours, `reference(name, **hparams)` for the optax
+twin. Every optimizer takes ``convention="optax" | "pytorch" | "paper"`` (`CONVENTIONS`;
+docs/conventions.md). `inject_hyperparams` is optax's with float32 hyperparameters.
 """
 
 from adamlab.optim.alias import (
@@ -12,14 +14,18 @@ from adamlab.optim.alias import (
     adamax,
     adamw,
     amsgrad,
+    inject_hyperparams,
     nadam,
     nadamw,
     radam,
+    radamw,
 )
+from adamlab.optim.numerics import CONVENTIONS
 from adamlab.optim.registry import create, hyperparameters, names, reference
 from adamlab.optim.transform import (
     ScaleByAdamState,
     ScaleByAmsgradState,
+    ScaleByNadamState,
     ScaleByScheduleState,
     add_decayed_weights,
     scale_by_adam,
@@ -28,11 +34,14 @@ from adamlab.optim.transform import (
     scale_by_belief,
     scale_by_learning_rate,
     scale_by_radam,
+    subtract_decayed_weights,
 )
 
 __all__ = [
+    "CONVENTIONS",
     "ScaleByAdamState",
     "ScaleByAmsgradState",
+    "ScaleByNadamState",
     "ScaleByScheduleState",
     "adabelief",
     "adam",
@@ -42,10 +51,12 @@ __all__ = [
     "amsgrad",
     "create",
     "hyperparameters",
+    "inject_hyperparams",
     "nadam",
     "nadamw",
     "names",
     "radam",
+    "radamw",
     "reference",
     "scale_by_adam",
     "scale_by_adamax",
@@ -53,4 +64,5 @@ __all__ = [
     "scale_by_belief",
     "scale_by_learning_rate",
     "scale_by_radam",
+    "subtract_decayed_weights",
 ]

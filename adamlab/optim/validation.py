@@ -94,3 +94,33 @@ def check_mask(optimizer: str, mask: Any) -> None:
     leaves = jax.tree.leaves(mask)
     if not all(np.asarray(leaf).dtype == np.bool_ for leaf in leaves):
         _fail(optimizer, "mask", mask, "None, a callable, or a pytree of booleans")
+
+
+def check_convention(
+    optimizer: str, convention: Any, missing: dict[str, str] | None = None
+) -> None:
+    """`convention` is one of "optax", "pytorch", "paper" and exists for this optimizer.
+
+    Args:
+      missing: conventions that do not exist for `optimizer`, each with the reason (e.g.
+        {"pytorch": "torch.optim has no AdaBelief"}).
+    """
+    from adamlab.optim.numerics import CONVENTIONS
+
+    if convention not in CONVENTIONS:
+        _fail(optimizer, "convention", convention, f"one of {', '.join(map(repr, CONVENTIONS))}")
+    if missing and convention in missing:
+        available = [c for c in CONVENTIONS if c not in missing]
+        raise ValueError(
+            f"{optimizer}: convention={convention!r} does not exist: {missing[convention]}; "
+            f"use {' or '.join(map(repr, available))}"
+        )
+
+
+def check_unset(optimizer: str, name: str, value: Any, convention: str, why: str) -> None:
+    """An option of the optax convention must stay None (= the convention's own) otherwise."""
+    if value is not None:
+        raise ValueError(
+            f"{optimizer}: {name}={value!r} cannot be combined with convention={convention!r} "
+            f"({why}); leave it unset"
+        )
