@@ -1,4 +1,7 @@
-"""Models: output shapes and exact parameter counts, BatchNorm modes, dtypes, config errors."""
+"""Models: output shapes and exact parameter counts, BatchNorm modes, dtypes, config errors.
+
+All four models of `create_model` (cnn, resnet, mlp, logreg) are counted by hand.
+"""
 
 import flax.linen as nn
 import jax
@@ -42,21 +45,45 @@ def _resnet_count(stage_sizes=(3, 3, 3), filters=16, classes=10, channels=3):
     return count + c_in * classes + classes
 
 
+def _dense_count(sizes):
+    """Dense layers (kernel + bias) between consecutive widths."""
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+
 @pytest.mark.parametrize(
     "name,image_shape,expected",
     [
         ("cnn", (8, 8, 1), 53_002),  # 8 -> 4 -> 2: dense 2*2*64*128
         ("cnn", (28, 28, 1), 421_642),  # 28 -> 14 -> 7: dense 7*7*64*128
         ("resnet", (32, 32, 3), 272_474),  # ResNet-20, "0.27M" in He et al. 2016, Table 6
+        ("mlp", (28, 28, 1), 1_796_010),  # Kingma & Ba 2015: 784 -> 1000 -> 1000 -> 10
+        ("logreg", (8, 8, 1), 650),  # 64 -> 10
     ],
 )
 def test_output_shape_and_parameter_count(name, image_shape, expected):
     model = models.create_model({"name": name}, num_classes=10)
     variables, logits = _shapes(model, image_shape)
     assert logits.shape == (2, 10) and logits.dtype == jnp.float32
-    hand_count = _cnn_count(image_shape[0]) if name == "cnn" else _resnet_count()
+    pixels = int(np.prod(image_shape))
+    hand_count = {
+        "cnn": lambda: _cnn_count(image_shape[0]),
+        "resnet": _resnet_count,
+        "mlp": lambda: _dense_count((pixels, 1000, 1000, 10)),
+        "logreg": lambda: _dense_count((pixels, 10)),
+    }[name]()
     assert param_count(variables["params"]) == hand_count == expected
     assert ("batch_stats" in variables) == (name == "resnet")
+
+
+def test_fields_of_another_model_are_ignored():
+    """`--config.model.name=mlp` on the CNN config: the CNN's fields do not reach the MLP."""
+    cnn_config = {"name": "mlp", "features": (8,), "dense_features": 16, "hidden": (12,)}
+    model = models.create_model(cnn_config, num_classes=3)
+    assert model == models.MLP(num_classes=3, hidden=(12,))
+    variables, _ = _shapes(model, (8, 8, 1))
+    assert param_count(variables["params"]) == _dense_count((64, 12, 3))
+    logreg = models.create_model({"name": "logreg", "hidden": (12,), "dropout_rate": 0.5}, 3)
+    assert logreg == models.LogisticRegression(num_classes=3)
 
 
 def test_cnn_pools_only_while_the_image_is_large_enough():
@@ -155,6 +182,21 @@ def test_dropout_is_active_in_train_mode_only(cnn_variables):
     assert not np.allclose(train_1, eval_1)
 
 
+def test_mlp_dropout_after_each_layer_in_train_mode_only():
+    model = models.create_model({"name": "mlp", "hidden": (32, 32)}, num_classes=10)  # rate 0.5
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+    variables = model.init(jax.random.key(1), x, train=False)
+    apply = jax.jit(model.apply, static_argnames="train")
+    rngs = lambda seed: {"dropout": jax.random.key(seed)}  # noqa: E731
+    np.testing.assert_array_equal(
+        apply(variables, x, train=False, rngs=rngs(1)),
+        apply(variables, x, train=False, rngs=rngs(2)),
+    )
+    assert not np.allclose(
+        apply(variables, x, train=True, rngs=rngs(1)), apply(variables, x, train=True, rngs=rngs(2))
+    )
+
+
 def test_default_model_config_builds_the_default_model():
     config = models.default_model_config("cnn")
     assert config.to_dict() == {
@@ -171,14 +213,24 @@ def test_default_model_config_builds_the_default_model():
         "stage_sizes",
         "num_filters",
     }
+    assert models.default_model_config("mlp").to_dict() == {
+        "name": "mlp",
+        "dtype": "float32",
+        "hidden": (1000, 1000),
+        "dropout_rate": 0.5,
+    }
+    assert set(models.default_model_config("logreg")) == {"name", "dtype"}
 
 
 @pytest.mark.parametrize(
     "config,match",
     [
-        ({"name": "vit"}, "model.name='vit' is not a model; allowed: cnn, resnet"),
+        ({"name": "vit"}, "model.name='vit' is not a model; allowed: cnn, resnet, mlp, logreg"),
         ({"name": "cnn", "dtype": "float16"}, "allowed: float32, bfloat16"),
-        ({"name": "cnn", "num_filters": 8}, r"\['num_filters'\] are not fields of model 'cnn'"),
+        # A field of no model is a typo (fields of the other models are ignored, see above).
+        ({"name": "cnn", "featurse": (8,)}, r"\['featurse'\] are fields of no model; for 'cnn'"),
+        ({"name": "mlp", "dropout_rate": 1.0}, r"must be in \[0, 1\)"),
+        ({"name": "mlp", "hidden": (8, 0)}, "model.hidden=.* ints >= 1"),
         ({"name": "cnn", "dropout_rate": 1.0}, r"must be in \[0, 1\)"),
         ({"name": "cnn", "features": ()}, "non-empty sequence"),
         ({"name": "resnet", "stage_sizes": (2, 0)}, "ints >= 1"),
