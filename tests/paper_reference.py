@@ -1,0 +1,175 @@
+"""The papers' pseudo-code, transcribed line by line in plain NumPy: the "paper" convention's truth.
+
+Each function runs one algorithm on a fixed sequence of gradients (the gradient line
+``g_t <- grad f_t(theta_{t-1})`` reads ``grads[t - 1]``), in float32 arrays with the
+hyperparameters as Python floats, as a researcher would write it from the paper, and
+returns the parameters and the algorithm's state after every step. Lines are quoted in the
+comments, numbered as the statements of the algorithm's loop body, in the paper's order.
+
+Two additions to the papers, each marked ``# ours:``:
+  * eps where a paper has none (Reddi et al. Alg. 2, Liu et al. Alg. 2, Kingma & Ba Alg. 2):
+    it is added to the denominator where Adam has it; eps = 0 is the paper's algorithm (and
+    divides 0 by 0 for a coordinate whose gradients are all zero).
+  * Loshchilov & Hutter's decoupled decay (their Algorithm 2, line 12: - eta_t lam
+    theta_{t-1}) added to Nadam and RAdam (``lam > 0``), for NadamW and RAdamW, which have no
+    paper of their own.
+
+No jax here: nothing shared with the implementation under test.
+"""
+
+import numpy as np
+
+
+def _history():
+    return {"params": [], "state": {}}
+
+
+def _record(history, theta, **state):
+    history["params"].append(theta.copy())
+    for name, value in state.items():
+        history["state"].setdefault(name, []).append(np.array(value, copy=True))
+
+
+def _stack(history):
+    return np.stack(history["params"]), {k: np.stack(v) for k, v in history["state"].items()}
+
+
+def adam(theta0, grads, alpha, beta1=0.9, beta2=0.999, eps=1e-8):
+    """Kingma & Ba 2015, Algorithm 1 (Adam). State: m, v."""
+    theta, history = theta0.copy(), _history()
+    m = np.zeros_like(theta)  # m_0 <- 0 (Initialize 1st moment vector)
+    v = np.zeros_like(theta)  # v_0 <- 0 (Initialize 2nd moment vector)
+    for t in range(1, len(grads) + 1):  # t <- t + 1
+        g = grads[t - 1]  # 1: g_t <- grad_theta f_t(theta_{t-1})
+        m = beta1 * m + (1 - beta1) * g  # 2: m_t <- beta1 m_{t-1} + (1 - beta1) g_t
+        v = beta2 * v + (1 - beta2) * g * g  # 3: v_t <- beta2 v_{t-1} + (1 - beta2) g_t^2
+        m_hat = m / (1 - beta1**t)  # 4: m^_t <- m_t / (1 - beta1^t)
+        v_hat = v / (1 - beta2**t)  # 5: v^_t <- v_t / (1 - beta2^t)
+        theta = theta - alpha * m_hat / (np.sqrt(v_hat) + eps)  # 6: theta_t <- ...
+        _record(history, theta, m=m, v=v)
+    return _stack(history)
+
+
+def adamax(theta0, grads, alpha, beta1=0.9, beta2=0.999, eps=1e-8):
+    """Kingma & Ba 2015, Section 7.1, Algorithm 2 (AdaMax). State: m, u."""
+    theta, history = theta0.copy(), _history()
+    m = np.zeros_like(theta)  # m_0 <- 0
+    u = np.zeros_like(theta)  # u_0 <- 0 (Initialize the exponentially weighted infinity norm)
+    for t in range(1, len(grads) + 1):
+        g = grads[t - 1]  # 1: g_t <- grad_theta f_t(theta_{t-1})
+        m = beta1 * m + (1 - beta1) * g  # 2: m_t <- beta1 m_{t-1} + (1 - beta1) g_t
+        u = np.maximum(beta2 * u, np.abs(g))  # 3: u_t <- max(beta2 u_{t-1}, |g_t|)
+        # 4: theta_t <- theta_{t-1} - (alpha / (1 - beta1^t)) m_t / u_t
+        theta = theta - (alpha / (1 - beta1**t)) * m / (u + eps)  # ours: + eps
+        _record(history, theta, m=m, u=u)
+    return _stack(history)
+
+
+def amsgrad(theta0, grads, alpha, beta1=0.9, beta2=0.999, eps=1e-8):
+    """Reddi, Kale & Kumar 2018, Algorithm 2 (AMSGrad), with constant alpha_t = alpha and
+    beta_1t = beta1 (the paper's experiments) and F = R^d (the projection is the identity).
+    State: m, v, v^ (the running maximum)."""
+    theta, history = theta0.copy(), _history()
+    m = np.zeros_like(theta)  # m_0 = 0
+    v = np.zeros_like(theta)  # v_0 = 0
+    v_hat = np.zeros_like(theta)  # v^_0 = 0
+    for t in range(1, len(grads) + 1):
+        g = grads[t - 1]  # 1: g_t = grad f_t(x_t)
+        m = beta1 * m + (1 - beta1) * g  # 2: m_t = beta_1t m_{t-1} + (1 - beta_1t) g_t
+        v = beta2 * v + (1 - beta2) * g * g  # 3: v_t = beta2 v_{t-1} + (1 - beta2) g_t^2
+        v_hat = np.maximum(v_hat, v)  # 4: v^_t = max(v^_{t-1}, v_t), V^_t = diag(v^_t)
+        theta = theta - alpha * m / (np.sqrt(v_hat) + eps)  # 5: x_{t+1} = x_t - a_t m_t /
+        _record(history, theta, m=m, v=v, v_hat=v_hat)  #      sqrt(V^_t)  (ours: + eps)
+    return _stack(history)
+
+
+def nadam(theta0, grads, eta, mu=0.9, nu=0.999, eps=1e-8, psi=0.004, lam=0.0):
+    """Dozat 2016, Algorithm 2 (Nadam), with the momentum schedule of Section 3,
+    mu_t = mu (1 - 0.5 * 0.96^(t psi)), psi = 1/250. State: m, n, prod_{i<=t} mu_i.
+    `lam`: Loshchilov & Hutter's decoupled decay (ours: NadamW)."""
+
+    def mu_(t):
+        return mu * (1 - 0.5 * 0.96 ** (t * psi))
+
+    theta, history = theta0.copy(), _history()
+    m = np.zeros_like(theta)
+    n = np.zeros_like(theta)
+    product = 1.0  # prod_{i=1}^{t} mu_i (in float64, as the Python float it is)
+    for t in range(1, len(grads) + 1):
+        g = grads[t - 1]  # 1: g_t <- grad_{theta_{t-1}} f_t(theta_{t-1})
+        product *= mu_(t)
+        g_hat = g / (1 - product)  # 2: g^ <- g_t / (1 - prod_{i=1}^{t} mu_i)
+        m = mu * m + (1 - mu) * g  # 3: m_t <- mu m_{t-1} + (1 - mu) g_t
+        m_hat = m / (1 - product * mu_(t + 1))  # 4: m^ <- m_t / (1 - prod_{i=1}^{t+1} mu_i)
+        n = nu * n + (1 - nu) * g * g  # 5: n_t <- nu n_{t-1} + (1 - nu) g_t^2
+        n_hat = nu * n / (1 - nu**t)  # 6: n^ <- nu n_t / (1 - nu^t)
+        m_bar = (1 - mu_(t)) * g_hat + mu_(t + 1) * m_hat  # 7: m- <- (1-mu_t) g^ + mu_{t+1} m^
+        decay = lam * theta  # ours: L&H Alg. 2, line 12, with eta_t = 1
+        theta = theta - eta * m_bar / (np.sqrt(n_hat) + eps)  # 8: theta_t <- ...
+        theta = theta - decay
+        _record(history, theta, m=m, n=n, product=np.float32(product))
+    return _stack(history)
+
+
+def radam(theta0, grads, alpha, beta1=0.9, beta2=0.999, eps=1e-8, lam=0.0):
+    """Liu et al. 2020, Algorithm 2 (RAdam). State: m, v.
+    `lam`: Loshchilov & Hutter's decoupled decay (ours: RAdamW)."""
+    theta, history = theta0.copy(), _history()
+    m = np.zeros_like(theta)  # m_0, v_0 <- 0, 0
+    v = np.zeros_like(theta)
+    rho_inf = 2 / (1 - beta2) - 1  # rho_inf <- 2 / (1 - beta2) - 1
+    for t in range(1, len(grads) + 1):
+        g = grads[t - 1]  # 1: g_t <- grad_theta f_t(theta_{t-1})
+        v = beta2 * v + (1 - beta2) * g * g  # 2: v_t <- beta2 v_{t-1} + (1 - beta2) g_t^2
+        m = beta1 * m + (1 - beta1) * g  # 3: m_t <- beta1 m_{t-1} + (1 - beta1) g_t
+        m_hat = m / (1 - beta1**t)  # 4: m^_t <- m_t / (1 - beta1^t)
+        rho = rho_inf - 2 * t * beta2**t / (1 - beta2**t)  # 5: rho_t <- ...
+        decay = lam * theta  # ours: L&H Alg. 2, line 12, with eta_t = 1
+        if rho > 4:  # 6: if the variance is tractable, i.e. rho_t > 4 then
+            # 7: l_t <- sqrt((1 - beta2^t) / v_t)  (ours: 1 / (sqrt(v_t / (1-beta2^t)) + eps))
+            ell = 1 / (np.sqrt(v / (1 - beta2**t)) + eps)
+            # 8: r_t <- sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+            r = np.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+            theta = theta - alpha * r * m_hat * ell  # 9: theta_t <- theta_{t-1} - a r m^ l
+        else:
+            theta = theta - alpha * m_hat  # 11: theta_t <- theta_{t-1} - alpha_t m^_t
+        theta = theta - decay
+        _record(history, theta, m=m, v=v)
+    return _stack(history)
+
+
+def adabelief(theta0, grads, alpha, beta1=0.9, beta2=0.999, eps=1e-16):
+    """Zhuang et al. 2020, Algorithm 2 (AdaBelief), with F = R^d. State: m, s."""
+    theta, history = theta0.copy(), _history()
+    m = np.zeros_like(theta)  # m_0 <- 0
+    s = np.zeros_like(theta)  # s_0 <- 0
+    for t in range(1, len(grads) + 1):
+        g = grads[t - 1]  # 1: g_t <- grad_theta f_t(theta_{t-1})
+        m = beta1 * m + (1 - beta1) * g  # 2: m_t <- beta1 m_{t-1} + (1 - beta1) g_t
+        # 3: s_t <- beta2 s_{t-1} + (1 - beta2)(g_t - m_t)^2 + eps
+        s = beta2 * s + (1 - beta2) * (g - m) * (g - m) + eps
+        m_hat = m / (1 - beta1**t)  # 4: m^_t <- m_t / (1 - beta1^t)
+        s_hat = (s + eps) / (1 - beta2**t)  # 5: s^_t <- (s_t + eps) / (1 - beta2^t)
+        theta = theta - alpha * m_hat / (np.sqrt(s_hat) + eps)  # 6: theta_t <- ...
+        _record(history, theta, m=m, s=s)
+    return _stack(history)
+
+
+def adamw(theta0, grads, alpha, beta1=0.9, beta2=0.999, eps=1e-8, lam=1e-4, eta=None):
+    """Loshchilov & Hutter 2019, Algorithm 2 (AdamW, the decoupled rule, without the L2 term
+    of line 6). `eta(t)` is SetScheduleMultiplier (default 1). State: m, v."""
+    eta = eta or (lambda t: 1.0)
+    theta, history = theta0.copy(), _history()
+    m = np.zeros_like(theta)  # m_{t=0} <- 0
+    v = np.zeros_like(theta)  # v_{t=0} <- 0
+    for t in range(1, len(grads) + 1):  # 4: t <- t + 1
+        g = grads[t - 1]  # 5-6: grad f_t(theta_{t-1}) <- SelectBatch(theta_{t-1}); g_t <- it
+        m = beta1 * m + (1 - beta1) * g  # 7: m_t <- beta1 m_{t-1} + (1 - beta1) g_t
+        v = beta2 * v + (1 - beta2) * g * g  # 8: v_t <- beta2 v_{t-1} + (1 - beta2) g_t^2
+        m_hat = m / (1 - beta1**t)  # 9: m^_t <- m_t / (1 - beta1^t)
+        v_hat = v / (1 - beta2**t)  # 10: v^_t <- v_t / (1 - beta2^t)
+        eta_t = eta(t)  # 11: eta_t <- SetScheduleMultiplier(t)
+        # 12: theta_t <- theta_{t-1} - eta_t (alpha m^_t / (sqrt(v^_t) + eps) + lam theta_{t-1})
+        theta = theta - eta_t * (alpha * m_hat / (np.sqrt(v_hat) + eps) + lam * theta)
+        _record(history, theta, m=m, v=v)
+    return _stack(history)
