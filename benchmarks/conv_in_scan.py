@@ -1,14 +1,19 @@
-r"""Why `adamlab.multirun` computes convolutions as matmuls on CPU: a conv train step inside
-`lax.scan` against the same step jitted alone, with `nn.Conv` and with `multirun.conv_as_matmul`.
+r"""Why the engine computes convolutions as matmuls on CPU: a conv train step inside `lax.scan`
+against the same step jitted alone, with `nn.Conv` and with `cpu_conv.conv_as_matmul`.
 
 XLA:CPU runs a convolution inside a loop body far slower than in a plain jitted program
-(jax-ml/jax#12868). `multirun` trains stretches of steps as one `lax.scan`, so it intercepts
-plain convolutions and computes them as shifted slices and one matmul. This measures the
+(jax-ml/jax#12868). The engine (`adamlab.training.engines`) trains `train.steps_per_dispatch`
+> 1 steps per call as one `lax.scan`, so on CPU it intercepts plain convolutions and computes
+them as shifted slices and one matmul (`adamlab.training.cpu_conv`). This measures the
 digits CNN's train step (configs/digits.py: our Adam, batch 64) four ways, side by side in one
 process, interleaved: {plain conv, conv as matmul} x {one jitted call per step, `--steps`
 steps in one scan}. Milliseconds per step, medians over `--repeats`.
 
+The step is `steps.make_train_step`'s (the bare step, without the engine's member bookkeeping),
+as in the committed result.
+
     python benchmarks/conv_in_scan.py --out benchmarks/results/conv_in_scan_cpu.json
+    python benchmarks/conv_in_scan.py --steps 2 --repeats 1          # smoke run
 """
 
 from __future__ import annotations
@@ -25,10 +30,8 @@ import jax
 import numpy as np
 
 from adamlab import config_dict
-from adamlab.training import multirun, train
+from adamlab.training import cpu_conv, experiment
 from adamlab.training.steps import make_train_step
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -38,9 +41,9 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path, help="write the results as JSON here")
     args = parser.parse_args()
 
-    config = config_dict.load_config_file(ROOT / "configs" / "digits.py")
-    experiment = train.build_experiment(config)
-    state = train.initial_state(config, experiment)
+    config = config_dict.load_config("digits")
+    built = experiment.build_experiment(config)
+    state = experiment.initial_members(config, built).states[0]  # One run: a plain TrainState.
     rng = np.random.default_rng(0)
     size = config.train.batch_size
     batches = {
@@ -48,7 +51,7 @@ def main() -> None:
         "label": rng.integers(0, 10, (args.steps, size)).astype(np.int32),
     }
     first = jax.tree.map(lambda x: x[0], batches)
-    step = make_train_step(experiment.model, experiment.tx, experiment.schedule)
+    step = make_train_step(built.model, built.txs[0], built.schedule)
 
     def per_call(fn):
         fn = jax.jit(fn)
@@ -64,7 +67,7 @@ def main() -> None:
         scan = jax.jit(lambda s, xs: jax.lax.scan(fn, s, xs)[1])
         return lambda s: scan(s, batches)
 
-    steps = {"plain": step, "matmul": multirun._intercepted(step, True)}
+    steps = {"plain": step, "matmul": cpu_conv.intercepted(step, True)}
     runners = {
         f"{conv}, {mode}": wrap(fn)
         for conv, fn in steps.items()

@@ -5,10 +5,11 @@ Question: does training ever wait on data? The data side is `adamlab.data.train_
 TFDS `mnist` builder under `tfds.testing.mock_data`, which serves `--num_examples` random uint8
 28x28x1 images through the same `as_dataset` path, offline. The first epoch (filling the cache,
 as with real MNIST's one-time TFRecord/PNG decode) is a warm-up; we time the steady state.
-The training side is the train step `adamlab train` runs for configs/mnist.py (the default CNN,
-our Adam, the jit engine, donated state) on a batch already on the device(s). A third measure
-runs them together as training does (next batch -> device_put -> step), so it shows any wait
-directly: it should match the step alone.
+The training side is the train step `adamlab train` runs for configs/mnist.py on CPU (the
+default CNN, our Adam, the jit engine, donated members, one step per `engine.train` call) on a
+batch already on the device(s). A third measure runs them together as the loop does (next batch
+-> a chunk of one step -> `engine.put_chunk` -> step), so it shows any wait directly: it should
+match the step alone.
 
 Measured side by side in one process: each repeat times `--steps` batches of the train step and
 of the fed step, and a whole epoch of the pipeline alone (the pipeline prefetches while the
@@ -17,6 +18,7 @@ the order alternates between repeats; medians over `--repeats`.
 
     python benchmarks/input_pipeline.py                 # batch 128, 60000 examples
     python benchmarks/input_pipeline.py --augment       # with random-crop augmentation
+    python benchmarks/input_pipeline.py --num_examples 512 --steps 2 --repeats 1 --out /tmp/p.json
 """
 
 from __future__ import annotations
@@ -25,28 +27,35 @@ import argparse
 import importlib.metadata
 import json
 import os
-import pathlib
 import platform
 import statistics
 import time
 
 import jax
+import numpy as np
 import tensorflow_datasets as tfds  # Loads TF lazily: adamlab.data configures it first.
 
 from adamlab import config_dict, data
-from adamlab.training import train
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from adamlab.training import experiment as experiment_lib
 
 
 def mnist_experiment(num_examples: int, batch_size: int, augment: bool):
     """configs/mnist.py as `adamlab train` builds it (our Adam, jit engine), on mock data."""
-    config = config_dict.load_config_file(ROOT / "configs" / "mnist.py")
+    config = config_dict.load_config("mnist")
     config.data.download, config.data.augment = True, augment  # Mock data: nothing downloads.
     config.train.batch_size = batch_size
+    config.train.steps_per_dispatch = 1  # What `adamlab train` runs on CPU: one step per call.
     with tfds.testing.mock_data(num_examples=num_examples):
-        experiment = train.build_experiment(config)
+        total = experiment_lib.total_steps(config, data.dataset_info(config.data))
+        if total <= config.optimizer.warmup_steps:  # Few --num_examples: keep the cosine valid.
+            config.train.num_steps = config.optimizer.warmup_steps + 1
+        experiment = experiment_lib.build_experiment(config)
     return config, experiment
+
+
+def one_step(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A chunk of one step [1, B, ...], stacked on the host as the loop stacks its chunks."""
+    return {k: np.stack([v]) for k, v in batch.items()}
 
 
 def main() -> None:
@@ -62,12 +71,7 @@ def main() -> None:
     config, experiment = mnist_experiment(args.num_examples, args.batch_size, args.augment)
     engine = experiment.engine
     with tfds.testing.mock_data(num_examples=args.num_examples):
-        batches = data.train_batches(
-            config.data,
-            global_batch_size=args.batch_size,
-            seed=0,
-            layout=engine.batch_layout,
-        )
+        batches = data.train_batches(config.data, global_batch_size=args.batch_size, seed=0)
         # The stream's own epoch (under mock_data split slicing is ignored: all examples).
         steps_per_epoch = data.steps_per_epoch(experiment.info, args.batch_size)
         start = time.perf_counter()
@@ -75,10 +79,10 @@ def main() -> None:
             first = next(batches)
         warmup_s = time.perf_counter() - start
 
-        state = engine.put_state(train.initial_state(config, experiment))
-        on_device = engine.put_batch(first)
+        carry = engine.put_members(experiment_lib.initial_members(config, experiment))
+        on_device = engine.put_chunk(one_step(first))
         for _ in range(3):  # Compile.
-            state, metrics = engine.train_step(state, on_device)
+            carry, metrics = engine.train(carry, on_device)
         jax.block_until_ready(metrics)
 
         def time_pipeline():
@@ -88,18 +92,18 @@ def main() -> None:
             return time.perf_counter() - start
 
         def time_training():
-            nonlocal state
+            nonlocal carry
             start = time.perf_counter()
             for _ in range(args.steps):
-                state, metrics = engine.train_step(state, on_device)
+                carry, metrics = engine.train(carry, on_device)
             jax.block_until_ready(metrics)
             return time.perf_counter() - start
 
         def time_together():
-            nonlocal state
+            nonlocal carry
             start = time.perf_counter()
             for _ in range(args.steps):
-                state, metrics = engine.train_step(state, engine.put_batch(next(batches)))
+                carry, metrics = engine.train(carry, engine.put_chunk(one_step(next(batches))))
             jax.block_until_ready(metrics)
             return time.perf_counter() - start
 

@@ -9,12 +9,16 @@ device 0 (`adamlab.zero.bytes_on_device`). Configurations: replicated vs
 `train.shard_optimizer=True`, `optimizer.mu_dtype` None (float32) vs "bfloat16". Bytes are exact
 counts, not timings: they do not depend on the machine, only on the number of devices.
 
-`--mode accuracy`: trains configs/digits.py (24 epochs) with float32 and with bfloat16 compute +
-bfloat16 first moment for `--seeds`, and reports test accuracy and loss per seed.
+`--mode accuracy`: trains configs/digits.py (24 epochs, `adamlab train`'s run) with float32 and
+with mixed precision (bfloat16 compute, `model.dtype="bfloat16"`, float32 parameters, and a
+bfloat16 first moment, `optimizer.mu_dtype="bfloat16"`) for `--seeds`, and reports test accuracy
+and loss per seed.
 
     python benchmarks/optimizer_memory.py --cpu_devices 4          # CPU: 4 simulated devices
     python benchmarks/optimizer_memory.py                          # GPU/TPU box: real devices
     python benchmarks/optimizer_memory.py --mode accuracy --seeds 0,1,2
+    python benchmarks/optimizer_memory.py --cpu_devices 2 --models digits_cnn --out /tmp/m.json
+    python benchmarks/optimizer_memory.py --mode accuracy --seeds 0 --num_steps 30 --out /tmp/a.json
 
 Prints a table and writes JSON (`--out`, default benchmarks/results/optimizer_<mode>_<backend>
 .json) with the machine.
@@ -31,10 +35,10 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MODELS = {  # name: (config file, image shape, batch size)
-    "digits_cnn": ("digits.py", (8, 8, 1), 64),
-    "mnist_cnn": ("mnist.py", (28, 28, 1), 128),
-    "cifar10_resnet20": ("cifar10.py", (32, 32, 3), 128),
+MODELS = {  # name: (shipped config, image shape, batch size)
+    "digits_cnn": ("digits", (8, 8, 1), 64),
+    "mnist_cnn": ("mnist", (28, 28, 1), 128),
+    "cifar10_resnet20": ("cifar10", (32, 32, 3), 128),
 }
 
 
@@ -46,8 +50,19 @@ def _parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--seeds", default="0,1,2", help="accuracy mode: comma-separated seeds")
+    parser.add_argument(
+        "--num_steps", type=int, default=None, help="accuracy mode: steps (default: 24 epochs)"
+    )
     parser.add_argument("--out", default=None)
     return parser.parse_args()
+
+
+def _tree_bytes(tree) -> int:
+    """Bytes of every array leaf of `tree` (host arrays): the unsharded total."""
+    import jax
+    import numpy as np
+
+    return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree)))
 
 
 def _memory(args) -> dict:
@@ -55,35 +70,34 @@ def _memory(args) -> dict:
     import numpy as np
 
     from adamlab import config_dict, models
-    from adamlab.training import engines, optimizer_factory, precision, zero
-    from adamlab.training.train_state import create_train_state
+    from adamlab.training import engines, members, optimizers, zero
 
     d0 = jax.devices()[0]
     rows = []
     for name in args.models.split(","):
         config_file, image_shape, batch_size = MODELS[name]
-        config = config_dict.load_config_file(ROOT / "configs" / config_file)
+        config = config_dict.load_config(config_file)
         for engine_name in ("jit", "pmap"):
             for shard in (False, True):
                 for mu_dtype in (None, "bfloat16"):
                     config.optimizer.mu_dtype = mu_dtype
-                    tx, schedule = optimizer_factory.make_optimizer(config.optimizer, 100_000)
+                    tx, schedule = optimizers.make_optimizer(config.optimizer, 100_000)
                     model = models.create_model(config.model, 10)
                     engine = engines.make_engine(
-                        engine_name, model, tx, schedule, 10, shard_optimizer=shard
+                        engine_name, model, (tx,), schedule, 10, shard_optimizer=shard
                     )
-                    host = create_train_state(0, model, tx, image_shape)
-                    state = engine.put_state(host)
+                    carry = members.initial_members(  # One run (grid ()), seed 0: host arrays.
+                        model, (tx,), image_shape, (0,), {}, (lambda values, tx=tx: tx,)
+                    )
+                    host = carry.states[0]
                     rng = np.random.default_rng(0)
-                    batch = {
-                        "image": rng.normal(size=(batch_size, *image_shape)).astype(np.float32),
-                        "label": rng.integers(0, 10, batch_size).astype(np.int32),
+                    chunk = {  # One step: [K = 1, B, ...]; put_chunk lays it out per engine.
+                        "image": rng.normal(size=(1, batch_size, *image_shape)).astype(np.float32),
+                        "label": rng.integers(0, 10, (1, batch_size)).astype(np.int32),
                     }
-                    if engine.batch_layout == "pmap":
-                        n = engine.num_devices
-                        batch = {k: v.reshape(n, -1, *v.shape[1:]) for k, v in batch.items()}
-                    state, _ = engine.train_step(state, engine.put_batch(batch))
-                    jax.block_until_ready(state)
+                    carry, _ = engine.train(engine.put_members(carry), engine.put_chunk(chunk))
+                    jax.block_until_ready(carry)
+                    state = carry.states[0]
                     row = {
                         "model": name,
                         "engine": engine_name,
@@ -92,7 +106,7 @@ def _memory(args) -> dict:
                         "params": int(sum(np.size(x) for x in jax.tree.leaves(host.params))),
                         "param_bytes_device0": zero.bytes_on_device(state.params, d0),
                         "opt_bytes_device0": zero.bytes_on_device(state.opt_state, d0),
-                        "opt_bytes_total": precision.tree_bytes(host.opt_state),
+                        "opt_bytes_total": _tree_bytes(host.opt_state),
                     }
                     rows.append(row)
                     print(
@@ -116,7 +130,8 @@ def _accuracy(args) -> dict:
             ("float32", "float32", None),
             ("bf16", "bfloat16", "bfloat16"),
         ):
-            config = config_dict.load_config_file(ROOT / "configs" / "digits.py")
+            config = config_dict.load_config("digits")
+            config.train.num_steps = args.num_steps  # None: the config's num_epochs.
             config.seed = seed
             config.model.dtype = dtype
             config.optimizer.mu_dtype = mu_dtype
@@ -154,6 +169,8 @@ def main() -> None:
     from adamlab.training import run_io
 
     result = _memory(args) if args.mode == "memory" else _accuracy(args)
+    if args.mode == "accuracy" and args.num_steps is not None:
+        result["num_steps"] = args.num_steps  # Not the config's 24 epochs.
     result["machine"] = {
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],

@@ -2,8 +2,9 @@ r"""Throughput of our Adam's train step vs the same step with `optax.adam`.
 
 Builds the default config's CNN train step twice, identical except for
 `optimizer.implementation` ("ours" -> `adamlab.optim.create`, "optax" -> `optax.adam` via
-`adamlab.optim.reference`), on one device with the "jit" engine (the state donated, as in
-training). Batches are synthetic in-memory arrays already on the device, so the timing is the
+`adamlab.optim.reference`), on one device with the "jit" engine: one `engine.train` call per
+step (a chunk of K = 1 batch, as `adamlab train` runs on CPU), the members donated, as in
+training. Batches are synthetic in-memory arrays already on the device, so the timing is the
 step alone and the script needs neither TensorFlow nor the datasets: it runs as is on a GPU
 machine. The two steps are timed interleaved in one process (the order alternates every
 repeat), each repeat `--steps` steps ended by `block_until_ready`, after a warm-up that
@@ -11,9 +12,12 @@ compiles both; medians over `--repeats`.
 
     python benchmarks/train_step.py                       # the digits CNN, 8x8x1, batch 64
     python benchmarks/train_step.py --image_shape 28,28,1 --batch_size 128   # MNIST-sized
+    python benchmarks/train_step.py --steps 2 --repeats 1 --warmup 1 --out /tmp/t.json  # smoke
 
 Prints and writes JSON (`--out`, default benchmarks/results/train_step_<backend>.json) with
 per-step medians, the ratio ours/optax (1.0 = same speed; > 1 = ours slower) and the machine.
+Since the one training loop, the engine's step also keeps each member's divergence bookkeeping
+(`adamlab.training.members`), so absolute times include it; the ratio compares like with like.
 """
 
 from __future__ import annotations
@@ -31,14 +35,14 @@ import jax
 import numpy as np
 
 from adamlab import config_dict, models
-from adamlab.training import engines, optimizer_factory, train_state
+from adamlab.training import engines, members, optimizers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "digits.py"))
+    parser.add_argument("--config", default="digits", help="a shipped config's name or a path")
     parser.add_argument("--image_shape", default="8,8,1", help="H,W,C of the synthetic images")
     parser.add_argument("--num_classes", type=int, default=10)
     parser.add_argument("--batch_size", type=int, default=None, help="default: the config's")
@@ -50,22 +54,25 @@ def _parse_args() -> argparse.Namespace:
 
 
 def build_step(config, implementation: str, image_shape, num_classes: int, total_steps: int):
-    """(engine, state) of the config's model with our or optax's optimizer on one device."""
+    """(engine, members) of the config's model with our or optax's optimizer on one device."""
     config = config.copy_and_resolve_references()
     config.optimizer.implementation = implementation
-    tx, schedule = optimizer_factory.make_optimizer(config.optimizer, total_steps)
+    tx, schedule = optimizers.make_optimizer(config.optimizer, total_steps)
     model = models.create_model(config.model, num_classes)
-    engine = engines.make_engine("jit", model, tx, schedule, num_classes, devices=jax.devices()[:1])
-    state = train_state.create_train_state(jax.random.key(config.seed), model, tx, image_shape)
-    return engine, engine.put_state(state)
+    engine = engines.make_engine("jit", model, (tx,), schedule, num_classes,
+                                 devices=jax.devices()[:1])  # fmt: skip
+    carry = members.initial_members(
+        model, (tx,), image_shape, (config.seed,), {}, (lambda values: tx,)
+    )
+    return engine, engine.put_members(carry)
 
 
-def _time(engine, state, batches, steps: int):
+def _time(engine, carry, chunks, steps: int):
     start = time.perf_counter()
     for i in range(steps):
-        state, metrics = engine.train_step(state, batches[i % len(batches)])
-    jax.block_until_ready((state, metrics))
-    return state, (time.perf_counter() - start) / steps
+        carry, metrics = engine.train(carry, chunks[i % len(chunks)])
+    jax.block_until_ready((carry, metrics))
+    return carry, (time.perf_counter() - start) / steps
 
 
 def machine() -> dict:
@@ -86,39 +93,39 @@ def machine() -> dict:
 
 def main() -> None:
     args = _parse_args()
-    config = config_dict.load_config_file(args.config)
+    config = config_dict.load_config(args.config)
     batch_size = args.batch_size or config.train.batch_size
     image_shape = tuple(int(v) for v in args.image_shape.split(","))
     rng = np.random.default_rng(0)
-    total = args.warmup + args.steps * args.repeats  # the schedule spans the whole benchmark
+    # The schedule spans the whole benchmark (at least past the warmup, for tiny smoke runs).
+    total = max(args.warmup + args.steps * args.repeats, (config.optimizer.warmup_steps or 0) + 1)
     runs = {
         impl: build_step(config, impl, image_shape, args.num_classes, total)
         for impl in ("ours", "optax")
     }
-    sharding = next(iter(runs.values()))[0].data_sharding
-    batches = [
-        jax.device_put(
+    engine = next(iter(runs.values()))[0]
+    chunks = [  # One batch per call: [K = 1, B, ...].
+        engine.put_chunk(
             {
-                "image": rng.standard_normal((batch_size, *image_shape), np.float32),
-                "label": rng.integers(0, args.num_classes, batch_size, dtype=np.int32),
-            },
-            sharding,
+                "image": rng.standard_normal((1, batch_size, *image_shape), np.float32),
+                "label": rng.integers(0, args.num_classes, (1, batch_size), dtype=np.int32),
+            }
         )
         for _ in range(4)
     ]
     states = {}
-    for impl, (engine, state) in runs.items():
-        states[impl], _ = _time(engine, state, batches, args.warmup)  # compiles
+    for impl, (engine, carry) in runs.items():
+        states[impl], _ = _time(engine, carry, chunks, args.warmup)  # compiles
     times = {impl: [] for impl in runs}
     for r in range(args.repeats):
         for impl in list(runs)[:: 1 if r % 2 == 0 else -1]:
-            states[impl], seconds = _time(runs[impl][0], states[impl], batches, args.steps)
+            states[impl], seconds = _time(runs[impl][0], states[impl], chunks, args.steps)
             times[impl].append(seconds)
     median = {impl: statistics.median(t) for impl, t in times.items()}
     paired = [o / x for o, x in zip(times["ours"], times["optax"], strict=True)]
     result = {
         "benchmark": "train_step",
-        "config": os.path.relpath(args.config, ROOT),
+        "config": os.path.relpath(config_dict.resolve_config_path(args.config).resolve(), ROOT),
         "optimizer": config.optimizer.name,
         "model": config.model.name,
         "image_shape": image_shape,
