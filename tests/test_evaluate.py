@@ -1,14 +1,16 @@
-"""`adamlab evaluate` / `evaluate_checkpoint`: restore a run's checkpoint, evaluate, write JSON."""
+"""`adamlab evaluate` / `evaluate_checkpoint` (restore a run's checkpoint, evaluate, write JSON)
+and `restore` (a saved run's config, model and variables, for a notebook)."""
 
 import json
 import pathlib
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
-from adamlab import cli, config_dict
-from adamlab.training import evaluate, run_io, train
+from adamlab import cli, config_dict, data
+from adamlab.training import evaluate, experiment, optimizers, restore, run_io, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -43,8 +45,11 @@ def test_latest_checkpoint_reproduces_the_final_test_metrics(run):
     assert json.loads(path.read_text()) == result
     assert result["step"] == 8 and result["split"] == "test"
     expected = lines[("test", 8)]
-    for key in ("loss", "accuracy", "precision", "recall", "f1", "count", "confusion"):
+    # Counts and what derives from them are exact; the loss is a float32 sum, and evaluation
+    # runs on one device (training's eval on 4 sums per device first): equal to rounding.
+    for key in ("accuracy", "precision", "recall", "f1", "count", "confusion"):
         assert result[key] == expected[key], key
+    assert result["loss"] == pytest.approx(expected["loss"], rel=1e-6)
     confusion = np.array(result["confusion"])
     assert confusion.shape == (10, 10) and confusion.sum() == 360
     assert result["accuracy"] == np.trace(confusion) / 360
@@ -57,7 +62,8 @@ def test_best_checkpoint_and_a_step_on_the_validation_split(run):
     assert best["accuracy"] == validation[best["step"]] == max(validation.values())
     at_4, path = evaluate.evaluate_checkpoint(workdir, checkpoint=4, split="validation")
     assert path.name == "eval_validation_4.json"
-    assert at_4["loss"] == lines[("validation", 4)]["loss"]
+    assert at_4["accuracy"] == lines[("validation", 4)]["accuracy"]
+    assert at_4["loss"] == pytest.approx(lines[("validation", 4)]["loss"], rel=1e-6)
     assert at_4["count"] == 144  # 10% of digits' 1437 training images.
 
 
@@ -66,11 +72,11 @@ def test_best_is_the_best_ranked_checkpoint_not_the_latest(run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(workdir, copy)
     config = run_io.read_config(copy)
-    experiment = train.build_experiment(config)
-    with train.make_checkpointer(copy, config) as checkpointer:
-        state, _ = checkpointer.restore(train.abstract_state(config, experiment))
+    built = experiment.build_experiment(config)
+    with experiment.make_checkpointer(copy, config) as checkpointer:
+        carry, _ = checkpointer.restore(experiment.abstract_members(built))
         worse = {"validation_accuracy": 0.0}  # A later checkpoint that ranks last.
-        checkpointer.save(12, state, metrics=worse, extra={"data_start_step": 12}, force=True)
+        checkpointer.save(12, carry, metrics=worse, extra={"data_start_step": 12}, force=True)
     latest, _ = evaluate.evaluate_checkpoint(copy, checkpoint="latest", split="validation")
     best, _ = evaluate.evaluate_checkpoint(copy, checkpoint="best", split="validation")
     assert (latest["step"], best["step"]) == (12, 8)
@@ -107,6 +113,50 @@ def test_cli_evaluate_prints_metrics_and_writes_json(run, capsys, tmp_path):
     assert "is not a run workdir" in capsys.readouterr().err
     assert cli.main(["adamlab", "evaluate", f"--workdir={workdir}", "--checkpoint=x"]) == 2
     assert "latest, best or a step number" in capsys.readouterr().err
+
+
+def _test_accuracy(restored) -> float:
+    """Test accuracy of a restored run computed with its own model.apply, outside adamlab."""
+    apply = jax.jit(lambda variables, x: restored.model.apply(variables, x, train=False))
+    correct = count = 0
+    batches = data.eval_batches(restored.config.data, split="test", global_batch_size=128)
+    for batch in batches:
+        predicted = np.argmax(apply(restored.variables, batch["image"]), axis=-1)
+        correct += int(np.sum((predicted == batch["label"]) & batch["mask"]))
+        count += int(np.sum(batch["mask"]))
+    assert count == 360
+    return correct / count
+
+
+def test_restore_reproduces_the_runs_test_accuracy_with_model_apply(run):
+    workdir, lines = run
+    latest = restore.restore(workdir)
+    assert latest.step == 8 and latest.implementation == "ours" and latest.opt_state is None
+    assert latest.config.to_dict() == run_io.read_config(workdir).to_dict()
+    assert set(latest.variables) == {"params"} and latest.variables["params"] is latest.params
+    assert _test_accuracy(latest) == lines[("test", 8)]["accuracy"]  # The run's own number.
+
+    best = restore.restore(workdir, "best")
+    validation = {step: lines[("validation", step)]["accuracy"] for step in (4, 8)}
+    assert validation[best.step] == max(validation.values())
+    evaluated, _ = evaluate.evaluate_checkpoint(workdir, checkpoint="best")
+    assert _test_accuracy(best) == evaluated["accuracy"]
+
+
+def test_restore_returns_the_optimizer_state_when_asked(run):
+    workdir, _ = run
+    restored = restore.restore(workdir, 4, optimizer_state=True)
+    assert restored.step == 4
+    tx, _ = optimizers.make_optimizer(restored.config.optimizer, 8)
+    expected = jax.eval_shape(tx.init, restored.params)
+    assert jax.tree.structure(restored.opt_state) == jax.tree.structure(expected)
+    for leaf, spec in zip(jax.tree.leaves(restored.opt_state), jax.tree.leaves(expected),
+                          strict=True):  # fmt: skip
+        assert np.shape(leaf) == spec.shape and np.asarray(leaf).dtype == spec.dtype
+    # Four steps of Adam: the moments are no longer their zero initialisation.
+    assert any(np.abs(np.asarray(x)).max() > 0 for x in jax.tree.leaves(restored.opt_state))
+    with pytest.raises(ValueError, match="implementation='optax': the run trained ours"):
+        restore.restore(workdir, implementation="optax")
 
 
 def test_format_metrics_shows_scalars_and_confusion():

@@ -1,7 +1,9 @@
-"""End-to-end tests of `adamlab.train.train_and_evaluate` on the offline digits dataset.
+"""End-to-end tests of a single run (`train_and_evaluate`, the one-member case of the one
+loop `adamlab.training.train.run`) on the offline digits dataset.
 
 Tiny runs (a one-conv CNN, batch 32, 12 steps on 4 simulated CPU devices); one trained workdir
-is shared by the module. The full default config (>= 97% test accuracy) is a slow test.
+is shared by the module. Runs of several members are tested in test_compare.py and
+test_sweep.py. The full default config (>= 97% test accuracy) is a slow test.
 """
 
 import json
@@ -12,12 +14,13 @@ import numpy as np
 import pytest
 
 from adamlab import config_dict
-from adamlab.training import run_io, train
+from adamlab.training import experiment, run_io, train
 
 from helpers import assert_trees_equal
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TRAIN_FIELDS = ("loss", "accuracy", "learning_rate", "grad_norm", "update_norm", "param_norm")
+TRAIN_FIELDS = ("loss", "accuracy", "learning_rate", "grad_norm", "update_norm", "param_norm",
+                "update_param_ratio")  # fmt: skip
 NUM_STEPS = 12
 
 
@@ -43,15 +46,13 @@ def tiny_config(**train_overrides):
 
 
 def final_state(workdir, config=None):
-    """The latest checkpoint of a run, restored as a host pytree."""
+    """The latest checkpoint of a run, restored read-only as a host pytree: the run's
+    `members.Members` (for one run: its TrainState in `states[0]`, no grid axes)."""
     config = config or tiny_config()
-    experiment = train.build_experiment(config)
-    checkpointer = train.make_checkpointer(workdir, config)
-    try:
-        state, extra = checkpointer.restore(train.abstract_state(config, experiment))
-    finally:
-        checkpointer.close()
-    return jax.device_get(state), extra
+    built = experiment.build_experiment(config)
+    with experiment.make_checkpointer(workdir, config, read_only=True) as checkpointer:
+        carry, extra = checkpointer.restore(experiment.abstract_members(built))
+    return jax.device_get(carry), extra
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +96,13 @@ def test_run_writes_config_metrics_events_and_checkpoints(run):
 
     checkpoints = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.is_dir())
     assert checkpoints == [6, 12]
-    state, extra = final_state(workdir)
+    carry, extra = final_state(workdir)
+    (state,) = carry.states
     assert int(state.step) == NUM_STEPS and extra["data_start_step"] == NUM_STEPS
     assert state.rng.dtype == np.uint32  # The rng is stored as key data.
+    assert bool(carry.alive.all()) and int(carry.diverged_at.max()) == 0
+    saved = json.loads((workdir / train.RESULT_FILE).read_text())
+    assert saved["step"] == NUM_STEPS and saved["rows"][0]["test_accuracy"] == test_line["accuracy"]
 
 
 def _event_tags(path):
@@ -118,7 +123,7 @@ def test_resumed_run_ends_bitwise_equal_to_uninterrupted(run, tmp_path):
     assert resumed["step"] == NUM_STEPS and not resumed["interrupted"]
 
     (expected, _), (actual, _) = final_state(workdir), final_state(tmp_path)
-    assert_trees_equal(actual, expected)  # params, batch_stats, opt_state, step, rng
+    assert_trees_equal(actual, expected)  # params, batch_stats, opt_state, step, rng, alive
     assert resumed["test_accuracy"] == result["test_accuracy"]
     # The metrics file holds one trajectory, equal to the uninterrupted one after the resume.
     lines = run_io.read_metrics(tmp_path)
@@ -168,8 +173,8 @@ def test_extending_the_number_of_steps_continues_the_run(run, tmp_path):
     result = train.train_and_evaluate(config, tmp_path)
     assert result["step"] == NUM_STEPS + 2
     assert json.loads((tmp_path / "config.json").read_text())["train"]["num_steps"] == 14
-    state, _ = final_state(tmp_path, config)
-    assert int(state.step) == NUM_STEPS + 2
+    carry, _ = final_state(tmp_path, config)
+    assert int(carry.states[0].step) == NUM_STEPS + 2
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -181,8 +186,9 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     assert "last good checkpoint (step 4)" in str(error.value)
     checkpoints = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.is_dir())
     assert checkpoints == [4]  # Step 8 (due) was not saved: the state was already bad.
-    state, _ = final_state(tmp_path, config)
-    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+    carry, _ = final_state(tmp_path, config)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(carry.states[0].params))
+    assert not (tmp_path / train.RESULT_FILE).exists()  # The run did not finish.
 
 
 def test_a_run_that_failed_before_its_first_checkpoint_restarts_its_metrics(tmp_path):
@@ -213,18 +219,75 @@ def test_pmap_engine_matches_jit_engine(run, tmp_path):
                 np.testing.assert_allclose(r[key], expected[key], rtol=2e-5, atol=1e-6)
 
 
+def test_scan_chunks_match_one_step_per_call(run, tmp_path):
+    """train.steps_per_dispatch: 6 steps per compiled call (a lax.scan) give the numbers of one
+    step per call, to float32 rounding (in a scan on CPU convolutions run as matmuls)."""
+    workdir, _ = run
+    result = train.train_and_evaluate(
+        tiny_config(steps_per_dispatch=6), tmp_path, stop_after_step=6
+    )
+    assert result["interrupted"] and result["step"] == 6
+    expected = {(r["split"], r["step"]): r for r in run_io.read_metrics(workdir)}
+    lines = {(r["split"], r["step"]): r for r in run_io.read_metrics(tmp_path)}
+    # Chunks end at every log point (4 = the first chunk's end, 6): the same lines at 6,
+    # both the means of steps 5-6.
+    assert [step for split, step in lines if split == "train"] == [4, 6]
+    for key in [("train", 6), ("validation", 6)]:
+        for name in ("loss", "accuracy", "grad_norm", "update_norm", "param_norm"):
+            if name in lines[key]:
+                np.testing.assert_allclose(
+                    lines[key][name], expected[key][name], rtol=2e-5, atol=1e-6, err_msg=name
+                )
+
+
+def test_train_and_evaluate_refuses_several_members(tmp_path):
+    config = tiny_config()
+    config.runs.seeds = (0, 1)
+    with pytest.raises(train.ConfigError, match="several members; use adamlab.training.train.run"):
+        train.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def _profiler_writes_traces(directory) -> bool:
+    try:
+        jax.profiler.start_trace(str(directory))
+        jax.numpy.zeros(3).block_until_ready()
+        jax.profiler.stop_trace()
+    except Exception:  # No profiler in this jaxlib build.
+        return False
+    return any(pathlib.Path(directory).rglob("*.xplane.pb"))
+
+
+def test_profile_steps_write_a_trace(tmp_path):
+    """train.profile_steps=(2, 3) traces steps 2-3 into <workdir>/profile (TensorBoard's layout:
+    plugins/profile/<time>/<host>.xplane.pb)."""
+    if not _profiler_writes_traces(tmp_path / "probe"):
+        pytest.skip("jax.profiler writes no xplane trace here")
+    config = tiny_config(num_steps=4, profile_steps=(2, 3), log_every_steps=4,
+                         eval_every_steps=4, checkpoint_every_steps=4)  # fmt: skip
+    result = train.train_and_evaluate(config, tmp_path / "run")
+    assert result["step"] == 4
+    (trace,) = (tmp_path / "run" / "profile").rglob("*.xplane.pb")
+    assert trace.stat().st_size > 0
+    assert trace.relative_to(tmp_path / "run" / "profile").parts[:2] == ("plugins", "profile")
+
+
 INVALID = [
     # (field, value, what the message must name)
     ("seed", -1, "seed=-1"),
     ("data.name", "imagenet", "digits, mnist, fashion_mnist, cifar10"),
     ("data.validation_fraction", 1.5, "validation_fraction"),
-    ("model.name", "vgg", "cnn, resnet"),
+    ("model.name", "vgg", "cnn, resnet, mlp, logreg"),
+    ("model.hidden", (8, 0), "model.hidden=(8, 0)"),
     ("model.dtype", "float16", "float32, bfloat16"),
     ("model.dropout_rate", 1.0, "model.dropout_rate=1.0"),
-    ("optimizer.name", "sgd", "adam, adamw"),
+    ("optimizer.name", "adamx", "adam, adamw"),
+    ("optimizer.name", "sgd", "implementation='optax'"),  # A baseline, not ours.
+    ("optimizer.momentum", 0.9, "unknown hyperparameter(s) momentum"),  # Adam has none.
+    ("optimizer.l2", -1.0, "optimizer.l2=-1.0"),
     ("optimizer.implementation", "mine", "ours, optax"),
     ("optimizer.learning_rate", -1.0, "optimizer.learning_rate=-1.0"),
-    ("optimizer.schedule", "linear", "constant, warmup_cosine"),
+    ("optimizer.schedule", "linear", "constant, warmup_cosine, inverse_sqrt"),
     ("optimizer.warmup_steps", 100, "optimizer.warmup_steps=100"),
     ("train.engine", "tpu", "jit, pmap"),
     ("train.batch_size", 30, "divisible by the 4 devices"),
@@ -237,6 +300,10 @@ INVALID = [
     ("train.keep_checkpoints", 0, "train.keep_checkpoints=0"),
     ("train.best_metric", "accuracy", "validation_accuracy"),
     ("train.progress_bar", "yes", "train.progress_bar='yes'"),
+    ("train.steps_per_dispatch", 0, "train.steps_per_dispatch=0"),
+    ("train.profile_steps", (3, 2), "train.profile_steps=(3, 2)"),
+    ("runs.seeds", (0, 0), "runs.seeds=(0, 0)"),
+    ("runs.implementations", ("ours", "theirs"), "runs.implementations"),
 ]
 
 
