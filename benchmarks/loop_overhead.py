@@ -18,7 +18,9 @@ its timed calls. Also end to end (all steps over the wall time) and the loop's o
 Phases in seconds (setup, compile, train, evaluate): the loop's `RunsResult.phases` as it
 reports them, and the bare side's (setup: build, initial members, batches; compile: the first
 call of each chunk length; train: the rest; evaluate: none). Medians over `--repeats`, the two
-sides alternating; the 1-minute load average is recorded, since the CPU may be shared.
+sides alternating (the first loop run also pays one-off imports, orbax and TensorBoard's
+writer, in its setup: the median discounts it); the 1-minute load average is recorded, since
+the CPU may be shared.
 
     python benchmarks/loop_overhead.py --out benchmarks/results/loop_overhead_cpu.json
     python benchmarks/loop_overhead.py --num_steps 30 --repeats 1      # smoke run
