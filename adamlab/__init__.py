@@ -5,3 +5,10 @@ so it stays importable on machines without TensorFlow (e.g. a bare GPU image).
 """
 
 __version__ = "0.1.0"
+
+
+def restore(workdir, checkpoint="latest", **options):
+    """A saved run in one call: `adamlab.training.restore.restore` (imported on first use)."""
+    from adamlab.training import restore as restore_module
+
+    return restore_module.restore(workdir, checkpoint, **options)

@@ -99,6 +99,17 @@ _MAX_REASON_CHARS = 300
 _log = logging.getLogger(__name__)
 
 
+class _QuietReadOnly(logging.Filter):
+    """orbax warns "Given directory is read only" on every read-only open: that is the point of
+    a reader (evaluate, restore), not news; everything else passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_QuietReadOnly())
+
+
 class CheckpointMismatchError(ValueError):
     """A saved train state does not match the restore target.
 
