@@ -307,7 +307,8 @@ class _Loop:
             impl: {"train": ([], []), "validation": ([], [])} for impl in self.who.implementations
         }
         self.finals: list[dict[str, Any]] = [{} for _ in self.names]
-        self.timed_steps, self.timed_seconds = 0, 0.0
+        self.timed_steps, self.timed_seconds = 0, 0.0  # Since the last log point.
+        self.run_steps, self.run_seconds = 0, 0.0  # The whole run, for RunsResult.
         self.eval_cache: dict[str, list] = {}
         self.reported: set[int] = set()  # Members whose divergence was logged.
 
@@ -358,7 +359,7 @@ class _Loop:
         means = self._per_member({k: v.mean(axis=0) for k, v in stacked.items()})
         for values, scale in zip(means, self._learning_rate_scale(), strict=True):
             values["learning_rate"] *= scale
-        if self.timed_steps:
+        if self.timed_steps and self.timed_seconds > 0:
             for values in means:
                 values["steps_per_sec"] = self.timed_steps / self.timed_seconds
         self.timed_steps, self.timed_seconds = 0, 0.0
@@ -469,11 +470,12 @@ class _Loop:
         )
         self.writers = self._open_writers(start)
         self.phases["setup"] = time.perf_counter() - self.start_time
-        clock = None  # Start of the timed stretch (throughput leaves out compiles and evals).
+        # Throughput leaves out compiles and evaluations: the timed stretch starts after each
+        # log/eval point, and the calls that compiled are subtracted from it.
+        interval_start, interval_compile, interval_steps = time.perf_counter(), 0.0, 0
         try:
             with _StopOnSignal() as stop:
                 for length in lengths:
-                    tick = time.perf_counter()
                     if profile and step + 1 == profile[0]:
                         jax.profiler.start_trace(str(self.workdir / "profile"))
                     chunk = _draw_chunk(
@@ -483,12 +485,13 @@ class _Loop:
                         train_cfg.get("inject_nan_at_step"),
                         self.who.grid,
                     )
-                    if length not in compiled_lengths:
-                        clock = None  # This call compiles: not throughput.
+                    tick = time.perf_counter()
                     carry, step_metrics = engine.train(carry, engine.put_chunk(chunk))
-                    if length not in compiled_lengths:
+                    if length in compiled_lengths:
+                        interval_steps += length
+                    else:  # This call compiled (and ran once): not throughput.
                         jax.block_until_ready(step_metrics)
-                        self.phases["compile"] += time.perf_counter() - tick
+                        interval_compile += time.perf_counter() - tick
                         compiled_lengths.add(length)
                     pending.append(step_metrics)
                     firsts_pending.append(step + 1)
@@ -518,11 +521,13 @@ class _Loop:
                     fetched = jax.device_get(pending)
                     fetched_pending += fetched
                     pending = []
-                    now = time.perf_counter()
-                    if clock is not None:
-                        self.timed_seconds += now - clock
-                        self.timed_steps += sum(len(f["loss"]) for f in fetched)
-                    self.phases["train"] += now - tick
+                    elapsed = time.perf_counter() - interval_start - interval_compile
+                    self.phases["compile"] += interval_compile
+                    self.phases["train"] += elapsed
+                    self.timed_seconds += elapsed
+                    self.timed_steps += interval_steps
+                    self.run_seconds += elapsed
+                    self.run_steps += interval_steps
                     all_diverged = self._check_divergence(carry, fetched_pending, firsts_pending)
                     if log:
                         summary = self._train_summary(fetched_pending)
@@ -547,7 +552,7 @@ class _Loop:
                             force=True,
                         )
                     self.phases["evaluate"] += time.perf_counter() - tick
-                    clock = time.perf_counter()
+                    interval_start, interval_compile, interval_steps = time.perf_counter(), 0.0, 0
                     if all_diverged and step < num_steps:
                         logging.warning("every member diverged by step %d; stopping", step)
                         stopped_early = True
@@ -578,7 +583,7 @@ class _Loop:
 
     def _result(self, host, step: int, interrupted: bool) -> RunsResult:
         wall = time.perf_counter() - self.start_time
-        steps_per_sec = self.finals[0].get("train_steps_per_sec", math.nan)
+        steps_per_sec = self.run_steps / self.run_seconds if self.run_steps else math.nan
         grid = self.who.grid or (1, 1)
         rows = []
         for i, (m, index, _) in enumerate(self.names):
