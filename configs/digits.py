@@ -82,7 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train = train = ml_collections.ConfigDict()
     train.engine = "jit"  # "jit" (jax.jit + NamedSharding) or "pmap"; both use all local devices.
     # ZeRO-1: shard the optimizer state over the devices (1/N of it per device) instead of
-    # replicating it; same results up to float32 rounding. See adamlab/zero.py.
+    # replicating it; same results up to float32 rounding. See adamlab/training/zero.py.
     train.shard_optimizer = False
     train.batch_size = 64  # Global batch size, split over the devices.
     train.num_epochs = 24.0  # Training length in epochs of the training split (may be fractional).
