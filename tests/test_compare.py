@@ -1,7 +1,9 @@
-"""Tests of `adamlab compare` (adamlab.compare over adamlab.multirun) on the offline digits set.
+"""Tests of `adamlab compare` (adamlab.experiments.compare: a group of runs per optimizer on the
+one loop) on the offline digits set.
 
 One tiny comparison (a one-conv CNN, batch 32, 12 steps; adam and nadam, ours and optax, 2
-seeds) is shared by the module, and checked against a separate `train_and_evaluate` run.
+seeds) is shared by the module, checked against a separate `train_and_evaluate` run, and
+against the same comparison interrupted and resumed.
 """
 
 import math
@@ -12,12 +14,15 @@ import numpy as np
 import pytest
 
 from adamlab import cli, config_dict
-from adamlab.experiments import compare, report
-from adamlab.training import multirun, run_io, train
+from adamlab.experiments import compare, groups, report
+from adamlab.training import members, restore, run_io, train
+
+from helpers import assert_trees_equal
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 12
 SEEDS = 2
+TIMING = ("steps_per_sec", "wall_time_s")  # The only fields of a row that may differ.
 
 
 def tiny_config():
@@ -34,6 +39,13 @@ def tiny_config():
     return config
 
 
+def group_config(name: str):
+    """The config `run_compare` trains optimizer `name` with: seeds 3, 4; ours and optax."""
+    return groups.with_members(
+        tiny_config(), seeds=(3, 4), implementations=("ours", "optax"), **{"optimizer.name": name}
+    )
+
+
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("compare")
@@ -47,11 +59,7 @@ def reference(tmp_path_factory):
     config.seed = 4
     workdir = tmp_path_factory.mktemp("train")
     final = train.train_and_evaluate(config, workdir)
-    experiment = train.build_experiment(config)
-    checkpointer = train.make_checkpointer(workdir, config)
-    state, _ = checkpointer.restore(train.abstract_state(config, experiment), step="latest")
-    checkpointer.close()
-    return final, state
+    return final, restore.restore(workdir, "latest").params
 
 
 def test_report_files_parse_with_the_right_rows(compared):
@@ -64,6 +72,7 @@ def test_report_files_parse_with_the_right_rows(compared):
     )
     for row in rows:
         assert int(row["steps"]) == NUM_STEPS and row["finite"] == "True"
+        assert int(row["diverged_at"]) == 0 and int(row["runs_in_program"]) == 4
         assert 0.0 < float(row["final_train_loss"]) < 2.4  # ln(10) = 2.30: it learned a bit.
         assert 0.0 <= float(row["test_accuracy"]) <= 1.0 and float(row["steps_per_sec"]) > 0
     summary = (workdir / "summary.md").read_text()
@@ -73,8 +82,13 @@ def test_report_files_parse_with_the_right_rows(compared):
     assert all(" ± " in line for line in table[1:])
     assert run_io.read_config(workdir).optimizer.name == "adam"
     assert (workdir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # Each optimizer is a run directory of its own (changed from one tensorboard/ tree): its
+    # config, checkpoints, result.json and one metrics directory per member.
+    for name in ("adam", "nadam"):
+        assert run_io.read_config(workdir / name).optimizer.name == name
+        assert (workdir / name / train.RESULT_FILE).is_file()
     for impl in ("ours", "optax"):
-        run = workdir / "tensorboard" / "nadam" / impl / "seed4"
+        run = workdir / "nadam" / "members" / impl / "seed4"
         assert list(run.glob("events.out.tfevents.*"))
         records = run_io.read_metrics(run)
         assert [r["step"] for r in records if r["split"] == "train"] == [4, 8, 12]
@@ -101,13 +115,14 @@ def test_ours_and_twin_agree(compared):
 def test_matches_train_and_evaluate(compared, reference):
     """Run (adam, ours, seed 4) is `adamlab train` with seed 4, up to float32 rounding.
 
-    The two programs differ only in the order of float32 reductions: train_and_evaluate runs
-    on 4 simulated devices (the batch sharded, gradients all-reduced), the multi-run program
-    on one device with the runs vmapped. Measured: a relative parameter difference of 1.3e-7
-    (about 1 ulp) after 12 steps; the bound 1e-5 leaves ~80 ulps for other XLA versions while
-    any real difference (another seed, batch or learning rate) is > 1e-2.
+    The two programs differ only in the order of float32 reductions and in how convolutions
+    are computed: train_and_evaluate runs on 4 simulated devices (the batch sharded, gradients
+    all-reduced), the vectorized program vmaps the members and, on CPU, computes convolutions
+    as matmuls. Measured: a relative parameter difference of ~1e-7 (about 1 ulp) after 12
+    steps; the bound 1e-5 leaves ~80 ulps for other XLA versions while any real difference
+    (another seed, batch or learning rate) is > 1e-2.
     """
-    final, state = reference
+    final, params = reference
     row = next(
         r for r in compared["rows"]
         if (r["optimizer"], r["implementation"], r["seed"]) == ("adam", "ours", 4)
@@ -115,31 +130,118 @@ def test_matches_train_and_evaluate(compared, reference):
     assert row["final_train_loss"] == pytest.approx(final["train_loss"], rel=1e-5)
     assert row["validation_loss"] == pytest.approx(final["validation_loss"], rel=1e-5)
     assert abs(row["test_accuracy"] - final["test_accuracy"]) <= 1 / 360 + 1e-12
-    params = jax.tree.map(lambda x: x[0, 1], compared["results"]["adam"].params["ours"])
-    difference = float(multirun.relative_difference(params, jax.device_get(state.params)))
-    assert difference < 1e-5
+    vectorized = jax.tree.map(lambda x: x[0, 1], compared["results"]["adam"].params["ours"])
+    assert float(members.relative_difference(vectorized, params)) < 1e-5
+    seed_3 = jax.tree.map(lambda x: x[0, 0], compared["results"]["adam"].params["ours"])
+    assert float(members.relative_difference(seed_3, params)) > 1e-2
 
 
 def test_relative_difference():
     a = {"w": np.array([1.0, -2.0, 4.0], np.float32), "b": np.zeros(2, np.float32)}
-    assert float(multirun.relative_difference(a, a)) == 0.0
+    assert float(members.relative_difference(a, a)) == 0.0
     b = {"w": np.array([1.0, -2.0, 4.5], np.float32), "b": np.zeros(2, np.float32)}
-    assert float(multirun.relative_difference(b, a)) == pytest.approx(0.5 / 4.0)
+    assert float(members.relative_difference(b, a)) == pytest.approx(0.5 / 4.0)
     c = {"w": a["w"], "b": np.array([0.0, 1e-3], np.float32)}  # A zero leaf: absolute.
-    assert float(multirun.relative_difference(c, a)) == pytest.approx(1e-3 / 1e-30)
-    assert math.isnan(float(multirun.relative_difference({"w": np.array([np.nan])},
-                                                         {"w": np.array([1.0])})))  # fmt: skip
+    assert float(members.relative_difference(c, a)) == pytest.approx(1e-3 / 1e-30)
+    assert math.isnan(float(members.relative_difference({"w": np.array([np.nan])},
+                                                        {"w": np.array([1.0])})))  # fmt: skip
 
 
-def test_bad_input_is_refused():
+def _without_timing(rows):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """The comparison again, interrupted and resumed: `run_compare` with the adam group's
+    `train.run` stopped after step 6 (as SIGTERM would: checkpoint, `interrupted`), then
+    `run_compare` twice more (the first resumes adam and trains nadam, the second finds both
+    finished).
+
+    Returns {"stopped", "resumed", "again"} (run_compare's results), "calls" (the groups
+    `train.run` was called for in the stopped compare), "csv_after_stop", "workdir".
+    """
+    workdir = tmp_path_factory.mktemp("resumed")
+    original_run = train.run
+    calls = []
+
+    def stop_adam_after_6(config, group_dir, **kwargs):
+        calls.append(pathlib.Path(group_dir).name)
+        if config.optimizer.name == "adam":
+            kwargs["stop_after_step"] = 6
+        return original_run(config, group_dir, **kwargs)
+
+    compare_again = lambda: compare.run_compare(  # noqa: E731
+        tiny_config(), workdir, optimizers="adam,nadam", num_seeds=SEEDS
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "run", stop_adam_after_6)  # What run_groups calls.
+        out = {"stopped": compare_again(), "calls": calls}
+    out["csv_after_stop"] = (workdir / "results.csv").exists()
+    out["resumed"] = compare_again()
+    out["again"] = compare_again()
+    out["workdir"] = workdir
+    return out
+
+
+def test_a_resumed_run_of_several_members_equals_an_uninterrupted_one(compared, resumed):
+    """`run` with seeds (3, 4) x (ours, optax), stopped after step 6 and run again, ends with
+    bitwise the parameters of every member of the uninterrupted run, and the same rows."""
+    stopped = resumed["stopped"]["results"]["adam"]
+    assert stopped.interrupted and stopped.step == 6 and len(stopped.rows) == 4
+    finished = resumed["resumed"]["results"]["adam"]
+    assert not finished.interrupted and finished.step == NUM_STEPS
+    uninterrupted = compared["results"]["adam"]
+    assert_trees_equal(finished.params, uninterrupted.params)  # {ours, optax}: [1, 2, ...]
+    assert _without_timing(finished.rows) == _without_timing(uninterrupted.rows)
+    # Each member's metrics hold one trajectory: the resumed run did not log steps twice.
+    lines = run_io.read_metrics(resumed["workdir"] / "adam" / "members" / "optax" / "seed4")
+    steps = [(r["split"], r["step"]) for r in lines]
+    assert len(steps) == len(set(steps)) and steps[-1] == ("test", NUM_STEPS)
+
+
+def test_an_interrupted_compare_resumes_to_the_uninterrupted_rows(compared, resumed):
+    """Changed: compare resumes (each optimizer is a run directory); rerunning an interrupted
+    compare finishes the unfinished groups and returns the finished ones' saved results."""
+    stopped = resumed["stopped"]
+    assert resumed["calls"] == ["adam"]  # The stop ends the experiment: nadam waits.
+    assert stopped["interrupted"] and stopped["summary"] == "" and not resumed["csv_after_stop"]
+    for phase in ("resumed", "again"):
+        result = resumed[phase]
+        assert not result["interrupted"] and set(result["results"]) == {"adam", "nadam"}
+        assert _without_timing(result["rows"]) == _without_timing(compared["rows"]), phase
+    assert resumed["again"]["results"]["adam"].params == {}  # Read from result.json.
+    saved = report.read_csv(resumed["workdir"] / "results.csv")
+    expected = report.read_csv(compared["workdir"] / "results.csv")
+    assert _without_timing(saved) == _without_timing(expected)
+
+
+def test_bad_input_is_refused(tmp_path):
     with pytest.raises(ValueError, match="valid names|from: adam, adamw"):
         compare.parse_names("adam,adamx")
     with pytest.raises(ValueError, match="int >= 1"):
-        compare.seeds_from(tiny_config(), 0)
-    with pytest.raises(train.ConfigError, match="implementations"):
-        multirun.train_runs(tiny_config(), seeds=(0,), implementations=("theirs",))
-    with pytest.raises(train.ConfigError, match="seeds"):
-        multirun.train_runs(tiny_config(), seeds=(-1,))
+        groups.seeds_from(tiny_config(), 0)
+    theirs = groups.with_members(tiny_config(), seeds=(0,), implementations=("theirs",))
+    with pytest.raises(train.ConfigError, match="runs.implementations"):
+        train.run(theirs, tmp_path / "theirs")
+    with pytest.raises(train.ConfigError, match="runs.seeds"):
+        train.run(groups.with_members(tiny_config(), seeds=(-1,)), tmp_path / "negative")
+    # A group's bad config is refused before anything is written, naming the group.
+    with pytest.raises(train.ConfigError, match="adamw: optimizer.warmup_steps=12 must be <"):
+        compare.run_compare(
+            groups.with_members(tiny_config(), **{"optimizer.warmup_steps": 12}),
+            tmp_path / "compare",
+            optimizers="adamw",
+        )
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_workdir_of_another_experiment_is_refused(compared, tmp_path):
+    workdir = compared["workdir"]
+    with pytest.raises(run_io.ConfigMismatchError, match="runs.seeds"):
+        compare.run_compare(tiny_config(), workdir, optimizers="adam,nadam", num_seeds=3)
+    with pytest.raises(run_io.ConfigMismatchError, match="holds a training run"):
+        compare.run_compare(tiny_config(), workdir / "adam", optimizers="adam", num_seeds=SEEDS)
 
 
 def test_cli_errors(capsys, tmp_path):
