@@ -84,6 +84,63 @@ def test_invalid_config_value_exits_2_before_creating_the_workdir(capsys, tmp_pa
     assert not workdir.exists()
 
 
+def _train(capsys, tmp_path, *overrides):
+    """`adamlab train` of 2 steps in this process; returns (exit code, stdout, stderr)."""
+    args = ["adamlab", "train", "--config", "digits", f"--workdir={tmp_path / 'run'}", *TINY]
+    args += ["--config.train.num_steps=2", "--config.train.progress_bar=False", *overrides]
+    code = cli.main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_an_mlp_with_sgd_momentum_trains_from_the_command_line(capsys, tmp_path):
+    code, out, err = _train(
+        capsys, tmp_path,
+        "--config.model.name=mlp", "--config.model.hidden=(32,)",
+        "--config.optimizer.name=sgd", "--config.optimizer.implementation=optax",
+        "--config.optimizer.momentum=0.9",
+    )  # fmt: skip
+    assert code == cli.EXIT_OK, err
+    result = json.loads(out)
+    assert result["step"] == 2 and 0.0 <= result["test_accuracy"] <= 1.0
+    saved = run_io.read_config(tmp_path / "run")
+    assert (saved.model.name, saved.optimizer.name, saved.optimizer.momentum) == ("mlp", "sgd", 0.9)
+
+
+def test_logistic_regression_trains_from_the_command_line(capsys, tmp_path):
+    code, out, err = _train(capsys, tmp_path, "--config.model.name=logreg")
+    assert code == cli.EXIT_OK, err
+    assert json.loads(out)["step"] == 2
+
+
+def test_best_metric_none_sets_none_and_trains_without_validation(capsys, tmp_path):
+    fv = cli.parse_flags("train", ["--config=digits", "--config.train.best_metric=None"])
+    assert cli._config(fv).train.best_metric is None  # Not the string 'None'.
+    code, out, err = _train(
+        capsys, tmp_path, "--config.train.best_metric=None", "--config.data.validation_fraction=0"
+    )
+    assert code == cli.EXIT_OK, err
+    result = json.loads(out)
+    assert result["step"] == 2 and "validation_accuracy" not in result
+    assert run_io.read_config(tmp_path / "run").train.best_metric is None
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--config.optimizer.momentum=fast", "momentum"),  # Does not parse as a float.
+        ("--config.model.hidden=(32,0)", "model.hidden="),  # Parses; refused by the check.
+        ("--config.optimizer.name=sgd", "set optimizer.implementation='optax'"),
+        ("--config.model.name=mlpx", "model.name='mlpx'"),
+    ],
+)
+def test_a_bad_field_value_exits_2_naming_the_field(capsys, tmp_path, override, message):
+    code, _, err = _train(capsys, tmp_path, override)
+    assert code == cli.EXIT_USAGE
+    assert message in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_help_lists_commands_and_flags(capsys):
     assert cli.main(["adamlab", "--help"]) == cli.EXIT_OK
     out = capsys.readouterr().out
@@ -94,8 +151,13 @@ def test_help_lists_commands_and_flags(capsys):
 
 
 def test_default_workdir_names_config_and_time():
+    # Changed: default_workdir takes the config's name (the CLI passes the file's stem).
     now = datetime.datetime(2025, 1, 2, 3, 4, 5)
-    assert cli.default_workdir("configs/mnist.py", now) == "runs/mnist-20250102-030405"
+    assert cli.default_workdir("mnist", now) == "runs/mnist-20250102-030405"
+    fv = cli.parse_flags("train", ["--config", "mnist"])
+    assert cli._workdir(fv).startswith("runs/mnist-")
+    fv = cli.parse_flags("compare", [])
+    assert cli._workdir(fv, "compare-").startswith("runs/compare-compare_digits-")
 
 
 def test_python_dash_m_adamlab_runs_the_cli():
