@@ -180,11 +180,12 @@ def test_inject_hyperparams_matches_fixed_hyperparams_and_vmaps_over_them(name):
     updates, state = injected.update(GRAD, state, PARAMS)
     # optax's nadam/nadamw are partials with nesterov=True; inject into the underlying alias.
     # optax has no radamw: the registry's twin chains optax's pieces.
-    twin_factory, twin_kwargs = {
+    twins = {
         "nadam": (optax.adam, {"nesterov": True}),
         "nadamw": (optax.adamw, {"nesterov": True}),
         "radamw": (registry._REFERENCE["radamw"], {}),
-    }.get(name, (getattr(optax, name), {}))
+    }
+    twin_factory, twin_kwargs = twins[name] if name in twins else (getattr(optax, name), {})
     twin = optax.inject_hyperparams(twin_factory)
     ref = twin(learning_rate=LR, b1=0.8, **twin_kwargs)
     ref_updates, _ = ref.update(GRAD, ref.init(PARAMS), PARAMS)
