@@ -21,7 +21,7 @@ Schedules (`optimizer.schedule`): "constant", "warmup_cosine" (linear warmup ove
 alpha / sqrt(t)).
 
 Vectorized runs (`make_optimizer(..., swept=names)`): the swept hyperparameters (of `SWEEPABLE`)
-become state leaves through `optax.inject_hyperparams`, so one compiled update serves runs with
+become float32 state leaves through `optim.inject_hyperparams`, so one compiled update serves runs with
 different values; `with_values(**values)` builds the optimizer of one run.
 """
 
@@ -274,7 +274,8 @@ def make_optimizer(
     factory.__signature__ = inspect.Signature(
         [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in swept]
     )
-    return optax.inject_hyperparams(factory), schedule
+    # optim.inject_hyperparams keeps them float32 whatever the params (optax #1414).
+    return optim.inject_hyperparams(factory), schedule
 
 
 def with_values(tx: Any, values: dict[str, Any]) -> optax.GradientTransformation:
