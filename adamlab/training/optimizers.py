@@ -21,8 +21,8 @@ Schedules (`optimizer.schedule`): "constant", "warmup_cosine" (linear warmup ove
 alpha / sqrt(t)).
 
 Vectorized runs (`make_optimizer(..., swept=names)`): the swept hyperparameters (of `SWEEPABLE`)
-become float32 state leaves through `optim.inject_hyperparams`, so one compiled update serves runs with
-different values; `with_values(**values)` builds the optimizer of one run.
+become float32 state leaves through `optim.inject_hyperparams`, so one compiled update serves
+runs with different values; `with_values(tx, values)` builds the optimizer of one run.
 """
 
 from __future__ import annotations
