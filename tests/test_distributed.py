@@ -8,13 +8,15 @@ batches: each process of a multi-host run reads its own part of the dataset (TFD
 split, shuffled per process), so the reference concatenates the two processes' streams
 (`train_batches(process_index=i, process_count=2)`). It checks that
 
-* the final checkpoint (saved by orbax from both processes) equals the reference's state; the
+* the final checkpoint (saved by orbax from both processes) equals the reference's members; the
   2-process run also shards Adam's moments over the 4 devices (ZeRO-1, `train.shard_optimizer`),
-  which get_state gathers across the processes for the checkpoint;
+  which `get_members` gathers across the processes for the checkpoint;
 * both processes report the test metrics of that state;
 * process 0 alone wrote config.json, metrics.jsonl (no duplicate lines) and TensorBoard events.
 
-The subprocesses have a hard timeout and are killed on any failure.
+The subprocesses have a hard timeout and are killed on any failure. Three processes importing
+TensorFlow and compiling take minutes on 2 cores: those two tests are `slow`
+(`pytest -m slow tests/test_distributed.py`); the configuration checks below run by default.
 """
 
 from __future__ import annotations
@@ -31,8 +33,7 @@ import numpy as np
 import pytest
 
 from adamlab import config_dict, data
-from adamlab.training import distributed, run_io, train
-from adamlab.training.evaluate import evaluate_split
+from adamlab.training import distributed, evaluate, experiment, run_io, train
 
 TIMEOUT_S = 150
 NUM_STEPS = 6
@@ -65,11 +66,11 @@ def _config():
 
 def _reference(config):
     """The 2-process run's global batches, trained over this process's 4 devices."""
-    experiment = train.build_experiment(config)
-    engine = experiment.engine
-    assert engine.num_devices == 4
-    initial = jax.device_get(train.initial_state(config, experiment))  # survives donation
-    state = engine.put_state(initial)
+    built = train.build_experiment(config)
+    engine = built.engine
+    assert engine.num_devices == 4 and built.steps_per_dispatch == 1
+    initial = experiment.initial_members(config, built)  # host: survives donation
+    carry = engine.put_members(initial)
     streams = [
         data.train_batches(
             config.data,
@@ -84,11 +85,12 @@ def _reference(config):
     losses = []
     for _ in range(NUM_STEPS):
         parts = [next(s) for s in streams]
-        batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        state, metrics = engine.train_step(state, engine.put_batch(batch))
-        losses.append(float(metrics["loss"]))
-    test = evaluate_split(engine, state, config.data, split="test", batch_size=64)
-    return {"initial": initial, "final": engine.get_state(state), "losses": losses, "test": test}
+        chunk = {k: np.concatenate([p[k] for p in parts])[None] for k in parts[0]}  # K = 1
+        carry, metrics = engine.train(carry, engine.put_chunk(chunk))
+        losses.append(float(metrics["loss"][0, 0]))
+    batches = data.eval_batches(config.data, split="test", global_batch_size=64)
+    test = evaluate.evaluate_members(engine, carry, batches, built.who.names())[0]
+    return {"initial": initial, "final": engine.get_members(carry), "losses": losses, "test": test}
 
 
 def _free_port() -> int:
@@ -97,12 +99,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _final_state(workdir):
+def _final_members(workdir):
     config = run_io.read_config(workdir)
-    experiment = train.build_experiment(config)
-    with train.make_checkpointer(workdir, config) as ckpt:
-        state, _ = ckpt.restore(train.abstract_state(config, experiment), step="latest")
-    return jax.device_get(state)
+    built = train.build_experiment(config)
+    with experiment.make_checkpointer(workdir, config, read_only=True) as ckpt:
+        carry, _ = ckpt.restore(experiment.abstract_members(built), step="latest")
+    return jax.device_get(carry)
 
 
 @pytest.fixture(scope="module")
@@ -136,13 +138,20 @@ def two_process_run(tmp_path_factory):
     return workdir, results, reference
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(two_process_run):
     workdir, results, reference = two_process_run
-    got, want = _final_state(workdir), reference["final"]
-    assert int(got.step) == int(want.step) == NUM_STEPS
+    got, want = _final_members(workdir), reference["final"]
+    assert int(got.states[0].step) == int(want.states[0].step) == NUM_STEPS
+    assert got.alive.tolist() == [True] and got.diverged_at.tolist() == [0]
+    # Every leaf of the members: parameters, moments (gathered from the 4 shards on 2
+    # processes), step counter, key.
+    assert jax.tree.structure(got) == jax.tree.structure(want)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, atol=ATOL, rtol=RTOL), want, got)
     pairs = zip(
-        jax.tree.leaves(got.params), jax.tree.leaves(reference["initial"].params), strict=True
+        jax.tree.leaves(got.states[0].params),
+        jax.tree.leaves(reference["initial"].states[0].params),
+        strict=True,
     )
     moved = [np.max(np.abs(a - b)) for a, b in pairs]
     assert max(moved) > 1e3 * ATOL, "training must move the parameters far beyond the tolerance"
@@ -153,6 +162,7 @@ def test_two_processes_train_like_one(two_process_run):
         np.testing.assert_allclose(r["final"]["test_loss"], reference["test"]["loss"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_only_process_zero_writes(two_process_run):
     workdir, _, reference = two_process_run
     assert run_io.read_config(workdir).distributed.process_id == 0  # written by process 0
