@@ -208,11 +208,11 @@ def test_disabled_config_stays_single_process():
     assert not jax.distributed.is_initialized()
 
 
-def test_resume_ignores_process_fields_and_accepts_runs_from_before_the_new_fields(tmp_path):
+def test_resume_ignores_process_fields_only(tmp_path):
     config = _config()
     saved = run_io.config_to_dict(config)
-    del saved["distributed"], saved["optimizer"]["mu_dtype"], saved["train"]["shard_optimizer"]
-    (tmp_path / run_io.CONFIG_FILE).write_text(json.dumps(saved))  # A run from before them.
+    del saved["distributed"]  # How the processes meet may change between a run and its resume.
+    (tmp_path / run_io.CONFIG_FILE).write_text(json.dumps(saved))
     config.distributed.update(enabled=True, process_id=1, num_processes=2)
     assert run_io.check_resumable(tmp_path, config)
     config.train.shard_optimizer = True  # Not the behaviour of that run: refused.

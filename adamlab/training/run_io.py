@@ -75,9 +75,6 @@ RESUMABLE_CHANGES = ("train.num_steps", "train.num_epochs", "train.progress_bar"
 # How the processes find each other (`adamlab.distributed`) differs per process and may change
 # between a run and its resumption (e.g. resumed on more hosts): never part of the comparison.
 PROCESS_FIELDS = "distributed"
-# Fields added after runs were already written: a saved config.json without them matches a
-# config that leaves them at these defaults (which reproduce what those runs did).
-ADDED_FIELDS: dict[str, Any] = {"optimizer.mu_dtype": None, "train.shard_optimizer": False}
 
 
 class ConfigMismatchError(ValueError):
@@ -196,9 +193,8 @@ def check_resumable(workdir: str | os.PathLike, config: ml_collections.ConfigDic
 
 
 def _may_differ(name: str, saved: Any, given: Any) -> bool:
-    if name in RESUMABLE_CHANGES or name.split(".")[0] == PROCESS_FIELDS:
-        return True
-    return name in ADDED_FIELDS and saved == "<missing>" and given == ADDED_FIELDS[name]
+    del saved, given
+    return name in RESUMABLE_CHANGES or name.split(".")[0] == PROCESS_FIELDS
 
 
 class MetricWriter:
