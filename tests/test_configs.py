@@ -1,4 +1,5 @@
-"""Every shipped config is valid and trains: digits for real, the others on TFDS mock data.
+"""Every shipped config is valid and trains: digits for real, the others on TFDS mock data; and
+the configs ship inside the package, selectable by name from any directory.
 
 Users of mnist/fashion_mnist/cifar10 download their data on their machines; here
 `tfds.testing.mock_data` stands in (random images, nothing touches the network), so a config
@@ -8,23 +9,27 @@ optimizer, schedule and data settings are the config's own.
 """
 
 import pathlib
+import shutil
+import subprocess
+import sys
+import zipfile
 
 import pytest
 import tensorflow_datasets as tfds
 
-from adamlab import config_dict
+from adamlab import cli, config_dict
 from adamlab.training import train
 
-# The training configs (`adamlab train --config ...`); study configs are tested with their studies.
-CONFIGS = [
-    pathlib.Path(__file__).parents[1] / "configs" / f"{name}.py"
-    for name in ("digits", "mnist", "fashion_mnist", "cifar10")
-]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# One config per dataset (`adamlab train --config ...`); they say how to run them.
+DATASET_CONFIGS = ("digits", "mnist", "fashion_mnist", "cifar10")
 NEEDS_DOWNLOAD = {"mnist", "fashion_mnist", "cifar10"}
+SHIPPED = config_dict.shipped_configs()
 
 
 def shortened(config):
-    """The same config, cut to 2 steps on batches of 16 so that it runs in seconds."""
+    """The same config, cut to 2 steps on batches of 16 and its first seed so that it runs in
+    seconds."""
     config.train.num_steps = 2
     config.train.batch_size = 16
     config.train.eval_batch_size = 16
@@ -32,26 +37,76 @@ def shortened(config):
     config.train.eval_every_steps = 2
     config.train.checkpoint_every_steps = 2
     config.train.progress_bar = False
-    config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, 1)
+    if config.optimizer.schedule == "warmup_cosine":
+        config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, 1)
+    if config.runs.seeds:
+        config.runs.seeds = tuple(config.runs.seeds)[:1]
     return config
 
 
+def test_shipped_configs_are_the_configs_directory():
+    on_disk = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem != "__init__")
+    assert list(SHIPPED) == on_disk
+    assert set(DATASET_CONFIGS) <= set(SHIPPED)
+
+
 def test_every_dataset_has_its_config():
-    names = [config_dict.load_config_file(path).data.name for path in CONFIGS]
-    assert names == [path.stem for path in CONFIGS]
+    names = [config_dict.load_config(name).data.name for name in DATASET_CONFIGS]
+    assert names == list(DATASET_CONFIGS)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_config_is_documented_valid_and_trains(path, tmp_path):
-    module_text = path.read_text()
-    assert "adamlab train --config configs/" in module_text  # Says how to run it...
-    assert "Expected:" in module_text  # ...and what to expect.
-    config = shortened(config_dict.load_config_file(path))
+@pytest.mark.parametrize("name", SHIPPED)
+def test_config_is_documented_valid_and_trains(name, tmp_path):
+    """Every shipped config, the studies' included (a study is a config plus a report), trains
+    through the one loop; the studies' `study` sections are read by their studies only."""
+    path = config_dict.resolve_config_path(name)
+    if name in DATASET_CONFIGS:
+        module_text = path.read_text()
+        assert "adamlab train --config configs/" in module_text  # Says how to run it...
+        assert "Expected:" in module_text  # ...and what to expect.
+    config = shortened(config_dict.load_config(name))
     if config.data.name in NEEDS_DOWNLOAD:
         config.data.download = True  # As users pass it; under mock_data nothing is fetched.
         with tfds.testing.mock_data(num_examples=64):
-            result = train.train_and_evaluate(config, tmp_path / "run")
+            result = train.run(config, tmp_path / "run")
     else:
-        result = train.train_and_evaluate(config, tmp_path / "run")
-    assert result["step"] == 2
-    assert 0.0 <= result["test_accuracy"] <= 1.0
+        result = train.run(config, tmp_path / "run")
+    assert result.step == 2 and not result.interrupted
+    for row in result.rows:
+        assert row["finite"] and 0.0 <= row["test_accuracy"] <= 1.0
+
+
+def test_a_config_is_found_by_name_from_any_directory(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    path = config_dict.resolve_config_path("digits")
+    assert path.is_file() and path.samefile(ROOT / "configs" / "digits.py")
+    assert config_dict.resolve_config_path("digits.py").samefile(path)
+    fv = cli.parse_flags("train", ["--config", "digits", "--config.train.num_steps=3"])
+    assert fv["config"].value.train.num_steps == 3
+    assert fv["config"].value.data.name == "digits"
+    with pytest.raises(FileNotFoundError, match="shipped: cifar10, compare_digits"):
+        config_dict.resolve_config_path("digitz")
+
+
+def test_the_wheel_ships_every_config(tmp_path):
+    """`pip install adamlab` (not a clone) gets `adamlab/configs/*.py`: built offline from a copy
+    of the sources (the build writes build/ and *.egg-info next to them)."""
+    pytest.importorskip("setuptools", reason="building the wheel needs setuptools in the venv")
+    source = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("adamlab", "configs"):
+        shutil.copytree(ROOT / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "--no-index", "-w", str(tmp_path / "dist"), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("adamlab-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"adamlab/configs/{p.name}" for p in (ROOT / "configs").glob("*.py")}
+    assert "adamlab/configs/digits.py" in expected
+    assert expected <= names, sorted(expected - names)
+    assert "adamlab/cli.py" in names and "adamlab/training/train.py" in names
