@@ -19,13 +19,6 @@ def digits_batches(num_steps: int, batch_size: int, channels: int = 1) -> list[d
     ]
 
 
-def to_layout(batch: dict, engine) -> dict:
-    """A flat global batch in the engine's layout ([devices, per_device, ...] for pmap)."""
-    if engine.batch_layout == "flat":
-        return batch
-    return {k: v.reshape(engine.num_devices, -1, *v.shape[1:]) for k, v in batch.items()}
-
-
 def assert_trees_equal(actual, expected) -> None:
     """Same structure and bitwise-equal leaves (dtypes included; PRNG keys by their data)."""
     assert jax.tree.structure(actual) == jax.tree.structure(expected)
