@@ -26,7 +26,8 @@ TIMING = ("steps_per_sec", "wall_time_s")  # The only fields of a row that may d
 
 
 def tiny_config():
-    """configs/digits.py shrunk to seconds (as tests/test_train.py): 12 steps, warmup 2."""
+    """configs/digits.py shrunk to seconds (as tests/test_train.py): 12 steps, warmup 2, every
+    call 4 steps (one compiled program per group: logs and evaluations every 4 steps)."""
     config = config_dict.load_config_file(ROOT / "configs" / "digits.py")
     config.seed = 3
     config.model.features = (8,)
@@ -34,7 +35,7 @@ def tiny_config():
     config.optimizer.warmup_steps = 2
     config.train.update(
         batch_size=32, eval_batch_size=128, num_steps=NUM_STEPS, log_every_steps=4,
-        eval_every_steps=6, checkpoint_every_steps=NUM_STEPS, progress_bar=False,
+        eval_every_steps=4, checkpoint_every_steps=NUM_STEPS, progress_bar=False,
     )  # fmt: skip
     return config
 
@@ -92,7 +93,7 @@ def test_report_files_parse_with_the_right_rows(compared):
         assert list(run.glob("events.out.tfevents.*"))
         records = run_io.read_metrics(run)
         assert [r["step"] for r in records if r["split"] == "train"] == [4, 8, 12]
-        assert [r["step"] for r in records if r["split"] == "validation"] == [6, 12]
+        assert [r["step"] for r in records if r["split"] == "validation"] == [4, 8, 12]
 
 
 def test_ours_and_twin_agree(compared):
@@ -154,7 +155,7 @@ def _without_timing(rows):
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory):
     """The comparison again, interrupted and resumed: `run_compare` with the adam group's
-    `train.run` stopped after step 6 (as SIGTERM would: checkpoint, `interrupted`), then
+    `train.run` stopped after step 4 (as SIGTERM would: checkpoint, `interrupted`), then
     `run_compare` twice more (the first resumes adam and trains nadam, the second finds both
     finished).
 
@@ -165,17 +166,17 @@ def resumed(tmp_path_factory):
     original_run = train.run
     calls = []
 
-    def stop_adam_after_6(config, group_dir, **kwargs):
+    def stop_adam_after_4(config, group_dir, **kwargs):
         calls.append(pathlib.Path(group_dir).name)
         if config.optimizer.name == "adam":
-            kwargs["stop_after_step"] = 6
+            kwargs["stop_after_step"] = 4
         return original_run(config, group_dir, **kwargs)
 
     compare_again = lambda: compare.run_compare(  # noqa: E731
         tiny_config(), workdir, optimizers="adam,nadam", num_seeds=SEEDS
     )
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train, "run", stop_adam_after_6)  # What run_groups calls.
+        patch.setattr(train, "run", stop_adam_after_4)  # What run_groups calls.
         out = {"stopped": compare_again(), "calls": calls}
     out["csv_after_stop"] = (workdir / "results.csv").exists()
     out["resumed"] = compare_again()
@@ -185,10 +186,10 @@ def resumed(tmp_path_factory):
 
 
 def test_a_resumed_run_of_several_members_equals_an_uninterrupted_one(compared, resumed):
-    """`run` with seeds (3, 4) x (ours, optax), stopped after step 6 and run again, ends with
+    """`run` with seeds (3, 4) x (ours, optax), stopped after step 4 and run again, ends with
     bitwise the parameters of every member of the uninterrupted run, and the same rows."""
     stopped = resumed["stopped"]["results"]["adam"]
-    assert stopped.interrupted and stopped.step == 6 and len(stopped.rows) == 4
+    assert stopped.interrupted and stopped.step == 4 and len(stopped.rows) == 4
     finished = resumed["resumed"]["results"]["adam"]
     assert not finished.interrupted and finished.step == NUM_STEPS
     uninterrupted = compared["results"]["adam"]
