@@ -1,16 +1,8 @@
-"""The schedules study (see adamlab.studies and configs/study_schedules.py):
-writes a report directory (config, results CSV/JSON, summary.md, plots).
+"""`adamlab study schedules`: see adamlab/experiments/studies.py and experiments/README.md."""
 
-    python experiments/schedules.py [--seeds N] [--report_dir reports/schedules]
-        [--config configs/study_schedules.py] [--config.<field>=<value>]
-"""
-
-import pathlib
 import sys
 
-from adamlab.experiments import studies
-
-CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "study_schedules.py"
+from adamlab import cli
 
 if __name__ == "__main__":
-    sys.exit(studies.main("schedules", str(CONFIG)))
+    sys.exit(cli.main(["adamlab", "study", "schedules", *sys.argv[1:]]))

@@ -1,21 +1,21 @@
-"""The studies: scaling rules, Adam+L2 vs AdamW, baselines, and tiny versions of each report."""
+"""The studies: scaling rules, Adam+L2 vs AdamW, baselines, and tiny versions of each report.
+
+The study configs are tested here through their studies (cut to one epoch of logistic
+regression and one seed); each group is one `train.run`.
+"""
 
 import json
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from adamlab import baselines, optim
-from adamlab.config_dict import load_config_file
+from adamlab import config_dict, optim
 from adamlab.experiments import report, studies
-
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+from adamlab.training import optimizers
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -45,11 +45,24 @@ def test_scaled_learning_rate_rejects_bad_input():
         studies.scaled_learning_rate(1e-2, 64, 0, "linear")
 
 
+def _tx(name: str, learning_rate: float, **fields) -> optax.GradientTransformation:
+    section = {"name": name, "learning_rate": learning_rate, "schedule": "constant", **fields}
+    return optimizers.make_optimizer(section, total_steps=100)[0]
+
+
+def _adam_l2(learning_rate, l2):  # The weight-decay study's "adam_l2": optimizer.l2.
+    return _tx("adam", learning_rate, l2=l2)
+
+
+def _adamw(learning_rate, weight_decay):  # Its "adamw": optimizer.weight_decay.
+    return _tx("adamw", learning_rate, weight_decay=weight_decay)
+
+
 def _last_update(tx, grads_sequence, params):
     """The update of the last step, with the parameters held fixed (decay sees the same theta)."""
-    state = tx.init(params)
+    state, update = tx.init(params), jax.jit(tx.update)
     for grads in grads_sequence:
-        updates, state = tx.update(grads, state, params)
+        updates, state = update(grads, state, params)
     return updates
 
 
@@ -60,7 +73,7 @@ def test_l2_decay_is_divided_by_sqrt_v_but_adamw_decay_is_not():
     grads = [c * (-1.0) ** t for t in range(60)]
     lr, lam = 0.1, 1e-3
     decay = {}
-    for name, build in (("adam_l2", studies.adam_l2), ("adamw", studies.adamw)):
+    for name, build in (("adam_l2", _adam_l2), ("adamw", _adamw)):
         with_decay = _last_update(build(lr, lam), grads, theta)
         without = _last_update(build(lr, 0.0), grads, theta)
         # Effective decay of the step, in units of AdamW's nominal lr * lambda * theta.
@@ -74,7 +87,7 @@ def test_adam_l2_is_adam_on_the_gradient_of_the_penalised_loss():
     lam, lr = 0.1, 1e-2
     penalty = jax.grad(lambda p: lam / 2 * jnp.sum(p["w"] ** 2))  # (lambda / 2) |w|^2
     grads = {"w": jnp.array([0.5, 0.5, -0.2])}
-    l2, adam = studies.adam_l2(lr, lam), optim.adam(lr)
+    l2, adam = _adam_l2(lr, lam), optim.adam(lr)
     ours = reference = {"w": jnp.array([2.0, -1.0, 0.3])}
     ours_state, reference_state = l2.init(ours), adam.init(reference)
     for _ in range(5):  # Adam's moments carry the penalty from step to step.
@@ -87,31 +100,20 @@ def test_adam_l2_is_adam_on_the_gradient_of_the_penalised_loss():
 
 
 def test_inverse_sqrt_schedule():
-    schedule = baselines.make_schedule("inverse_sqrt", 0.3, total_steps=100)
+    section = {"name": "adam", "learning_rate": 0.3, "schedule": "inverse_sqrt"}
+    schedule = optimizers.make_schedule(section, total_steps=100)
     np.testing.assert_allclose([schedule(0), schedule(3), schedule(99)], [0.3, 0.15, 0.03])
     with pytest.raises(ValueError, match="schedule='cyclic' is unknown; allowed: constant"):
-        baselines.make_schedule("cyclic", 0.1, 10)
+        optimizers.make_schedule(section | {"schedule": "cyclic"}, 10)
 
 
-def test_baseline_models_and_optimizers():
-    x = jnp.zeros((2, 8, 8, 1))
-    logreg = baselines.create_model({"name": "logreg"}, 10)
-    params = logreg.init(jax.random.key(0), x, train=False)["params"]
-    assert jax.tree.map(jnp.shape, params) == {"Dense_0": {"kernel": (64, 10), "bias": (10,)}}
-    mlp = baselines.create_model({"name": "mlp", "hidden": (32, 16)}, 10)
-    params = mlp.init(jax.random.key(0), x, train=False)["params"]
-    assert [params[f"Dense_{i}"]["kernel"].shape for i in range(3)] == [
-        (64, 32),
-        (32, 16),
-        (16, 10),
-    ]
-    with pytest.raises(ValueError, match="model.name='vgg' is not a model; allowed: logreg, mlp"):
-        baselines.create_model({"name": "vgg"}, 10)
-    with pytest.raises(ValueError, match="optimizer 'lion' is unknown; allowed: sgd_nesterov"):
-        baselines.make_optimizer("lion", 0.1)
-    # sgd_nesterov is optax's Nesterov SGD with momentum 0.9: identical updates.
+def test_baseline_optimizers():
+    # (The Kingma & Ba models, logreg and mlp, are tested in test_models.py.)
+    with pytest.raises(ValueError, match="optimizer.name='lion' is unknown; allowed: adam"):
+        _tx("lion", 0.1)
+    # Kingma & Ba's sgd_nesterov is optax's Nesterov SGD with momentum 0.9: identical updates.
     g, p = {"w": jnp.array([1.0, -2.0])}, {"w": jnp.zeros(2)}
-    ours = baselines.make_optimizer("sgd_nesterov", 0.1)
+    ours = _tx("sgd", 0.1, implementation="optax", momentum=0.9, nesterov=True)
     ref = optax.sgd(0.1, momentum=0.9, nesterov=True)
     s1, s2 = ours.init(p), ref.init(p)
     for _ in range(3):
@@ -122,15 +124,19 @@ def test_baseline_models_and_optimizers():
 # ---------------------------------------------------------------------------- tiny studies
 
 
-def _tiny(path: str, **fields):
-    config = load_config_file(CONFIGS / path)
-    if "model" in config:  # Logistic regression compiles in a fraction of the CNN's time.
-        config.model = ml_collections.ConfigDict({"name": "logreg"})
-    config.num_epochs = 1
-    config.seeds = (0,)
-    for key, value in fields.items():
-        setattr(config, key, value)
+def _tiny(name: str, **study_fields):
+    """The shipped study config, cut to one epoch of logistic regression with one seed."""
+    config = config_dict.load_config(name)
+    config.model.name = "logreg"  # Compiles in a fraction of the CNN's time.
+    config.train.num_epochs = 1.0
+    config.train.progress_bar = False
+    config.runs.seeds = (0,)
+    config.study.update(study_fields)
     return config
+
+
+def _groups(directory) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.is_dir())
 
 
 def _check_report(directory, *, rows: int, plots: tuple[str, ...]):
@@ -145,30 +151,41 @@ def _check_report(directory, *, rows: int, plots: tuple[str, ...]):
     return csv_rows, (directory / "summary.md").read_text()
 
 
+def test_study_names_their_configs():
+    for name, config in studies.STUDIES.items():
+        assert "study" in config_dict.load_config(config), name
+    with pytest.raises(ValueError, match="study 'lr' is unknown; allowed: batch_size"):
+        studies.run_study("lr", _tiny("study_schedules"), "unused")
+
+
 def test_batch_size_study_report(tmp_path):
     config = _tiny(
-        "study_batch_size.py",
-        batch_sizes=(32, 64),
-        rules=("none", "linear"),
-        base_learning_rate=1e-2,
+        "study_batch_size", batch_sizes=(32, 64), rules=("none", "linear"), base_learning_rate=1e-2
     )
-    summary = studies.run_study("batch_size", config, tmp_path, seeds=[3])
+    config.runs.seeds = (3,)
+    summary = studies.run_study("batch_size", config, tmp_path)
+    assert _groups(tmp_path) == ["batch32", "batch64"]  # One program per batch size.
     rows, text = _check_report(tmp_path, rows=4, plots=("batch_size.png",))
     lrs = {(r["rule"], int(r["batch_size"])): float(r["learning_rate"]) for r in rows}
     expected = {("none", 32): 1e-2, ("none", 64): 1e-2, ("linear", 32): 5e-3, ("linear", 64): 1e-2}
     assert lrs == expected
-    # The base batch size is the same run under both rules (reused, not retrained).
+    # The base batch size is the same run under both rules (trained once, not twice).
+    assert json.loads((tmp_path / "batch64" / "config.json").read_text())["runs"]["sweep"] == {
+        "learning_rate": [1e-2]
+    }
     base = [r for r in rows if r["batch_size"] == "64"]
     assert base[0]["test_accuracy"] == base[1]["test_accuracy"]
     assert all(s["test_accuracy_mean"] > 0.5 for s in summary)  # 1 epoch of logreg on digits.
     assert "| rule | batch_size | learning_rate | diverged | n | final train loss |" in text
     assert "(n=1, no interval)" in text
-    assert json.loads((tmp_path / "config.json").read_text())["seeds"] == [3]
+    assert json.loads((tmp_path / "config.json").read_text())["runs"]["seeds"] == [3]
 
 
 def test_schedules_study_report(tmp_path):
-    config = _tiny("study_schedules.py", learning_rates=(1e-2,))
-    summary = studies.schedules_study(config, tmp_path)
+    config = _tiny("study_schedules", learning_rates=(1e-2,))
+    config.lock()  # As the command line passes it.
+    summary = studies.run_study("schedules", config, tmp_path)
+    assert _groups(tmp_path) == ["constant", "warmup_cosine"]
     rows, text = _check_report(tmp_path, rows=2, plots=("schedules.png", "training_loss.png"))
     assert [r["schedule"] for r in rows] == ["constant", "warmup_cosine"]
     assert "| constant | 0.01 | 0 | 1 |" in text
@@ -176,9 +193,10 @@ def test_schedules_study_report(tmp_path):
 
 
 def test_weight_decay_study_report(tmp_path):
-    config = _tiny("study_weight_decay.py", strengths=(0.0, 1.0))
-    summary = studies.weight_decay_study(config, tmp_path)
-    rows, _ = _check_report(tmp_path, rows=4, plots=("weight_decay.png",))
+    config = _tiny("study_weight_decay", strengths=(0.0, 1.0))
+    summary = studies.run_study("weight_decay", config, tmp_path)
+    assert _groups(tmp_path) == ["adam", "adam_l2", "adamw"]
+    _check_report(tmp_path, rows=4, plots=("weight_decay.png",))
     by = {(s["method"], s["strength"]): s for s in summary}
     # Strength 0 is plain Adam for both methods: one run.
     assert by["adam_l2", 0.0]["param_norm_mean"] == by["adamw", 0.0]["param_norm_mean"]
@@ -186,14 +204,22 @@ def test_weight_decay_study_report(tmp_path):
     assert by["adam_l2", 1.0]["param_norm_mean"] < by["adamw", 1.0]["param_norm_mean"]
     assert by["adamw", 1.0]["param_norm_mean"] < by["adamw", 0.0]["param_norm_mean"]
     with pytest.raises(ValueError, match="method 'sgdw' is unknown; allowed: adam_l2, adamw"):
-        studies.weight_decay_study(_tiny("study_weight_decay.py", methods=("sgdw",)), tmp_path)
+        studies.run_study("weight_decay", _tiny("study_weight_decay", methods=("sgdw",)),
+                          tmp_path)  # fmt: skip
+    # Rerunning a finished study trains nothing: each group returns its saved result, and the
+    # parameter norms come from the groups' last checkpoints.
+    assert studies.run_study("weight_decay", config, tmp_path) == summary
 
 
 def test_kingma_ba_study_tunes_then_runs_seeds(tmp_path):
-    config = _tiny("kingma_ba_digits.py", optimizers=("adam",), seeds=(0, 1))
-    del config.models["mlp"]
-    config.learning_rates.adam = (1e-3, 1e-1)
-    summary = studies.kingma_ba_study(config, tmp_path)
+    config = _tiny("kingma_ba_digits")
+    config.runs.seeds = (0, 1)
+    del config.study.models["mlp"]
+    for name in ("sgd_nesterov", "adagrad", "rmsprop"):
+        del config.study.optimizers[name]
+    config.study.learning_rates.adam = (1e-3, 1e-1)
+    summary = studies.run_study("kingma_ba", config, tmp_path)
+    assert _groups(tmp_path) == ["logreg_adam", "tune_logreg_adam"]  # Tune, then every seed.
     rows, text = _check_report(tmp_path, rows=2 + 2, plots=("training_loss.png",))
     tune = [r for r in rows if r["phase"] == "tune"]
     final = [r for r in rows if r["phase"] == "final"]
@@ -201,7 +227,8 @@ def test_kingma_ba_study_tunes_then_runs_seeds(tmp_path):
     best = min(tune, key=lambda r: float(r["validation_loss"]))
     assert best["learning_rate"] == "0.1"  # 1e-3 barely moves logistic regression in 1 epoch.
     assert [(r["learning_rate"], r["seed"]) for r in final] == [("0.1", "0"), ("0.1", "1")]
-    assert final[0]["test_accuracy"] == best["test_accuracy"]  # The tuning run is reused.
+    # The final program repeats the chosen tuning run for the first seed.
+    assert final[0]["test_accuracy"] == best["test_accuracy"]
     (group,) = [s for s in summary if s["phase"] == "final"]
     values = [float(r["test_accuracy"]) for r in final]
     mean, half = report.t_interval(values)

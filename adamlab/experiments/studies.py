@@ -1,37 +1,73 @@
-r"""The research studies: batch size, schedules, weight decay, Kingma & Ba 2015.
+r"""The research studies as configs: batch size, schedules, weight decay, Kingma & Ba, transfer.
 
-Each study is `<name>_study(config, report_dir) -> summary rows`: it trains a grid of settings x
-`config.seeds` with `adamlab.study_run.fit` and writes a report directory (see
-`adamlab.study_report`). The configs are `configs/study_*.py` and `configs/kingma_ba_*.py`; the
-scripts in `experiments/` call `main` below. Run, e.g.
+    adamlab study batch_size --workdir reports/batch_size [--seeds 5] [--config.<field>=...]
+    summary = run_study("batch_size", config_dict.load_config("study_batch_size"), "reports/bs")
 
-    python experiments/batch_size.py --report_dir reports/batch_size --seeds 3
+A study config is a full experiment config (`configs/digits.py` plus overrides) with a `study`
+section holding the study's own variables. A study turns it into groups: training configs
+(`group_config`) that `adamlab.training.train.run` trains one compiled program each, in
+`<workdir>/<group>/`; the settings that can share a program (they differ only in swept
+optimizer values and seeds) share it. A finished group returns its saved result and an
+interrupted one resumes, so rerunning an interrupted study continues where it stopped. The
+members' rows are then mapped back to the study's settings, and `study_report` writes the report.
 
-The pieces a study is about are small public functions, tested on their own:
+- batch_size: one group per batch size, sweeping the distinct learning rates the scaling rules
+  give it (`scaled_learning_rate`); every batch size trains the same number of epochs.
+- schedules: one group per schedule, sweeping the peak learning rates.
+- weight_decay: Adam + L2 in the loss ("adam_l2": `optimizer.l2` swept) against AdamW
+  ("adamw": `optimizer.weight_decay` swept) at the same strengths lambda; strength 0 is plain
+  Adam, trained once and shown under both methods.
+- kingma_ba: Kingma & Ba 2015, Figures 1-2. Per model and optimizer, a group tunes the learning
+  rate on its grid with the first seed (by the final `study.select_by`, lower is better), then a
+  group trains the chosen rate with every seed.
+- transfer: pretrain on `study.pretrain_data`, then fine-tune on `data` through the `init`
+  section (adamlab/training/transfer.py): "full" (pretrained backbone, new head), "frozen" (the
+  backbone frozen, only the new head trains) and "scratch" (no init).
 
-- `scaled_learning_rate`: the batch-size scaling rules (Goyal et al. 2017's linear rule,
-  Krizhevsky 2014 / Hoffer et al. 2017's square root).
-- `adam_l2` / `adamw`: Adam with an L2 penalty in the loss vs AdamW's decoupled decay
-  (Loshchilov & Hutter 2019) at the same strength lambda.
+Per-epoch training losses are the runs' train curves (`train.log_every_steps` = one epoch).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import pathlib
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Mapping
 from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
 import optax
 
-from adamlab import baselines, data, optim
-from adamlab.experiments import report, study_report
-from adamlab.training.study_run import RunResult, fit
+from adamlab import data
+from adamlab.experiments import study_report
+from adamlab.training import experiment
 
+# Study name -> its shipped config (`adamlab study <name>` loads it unless --config is given).
+STUDIES: dict[str, str] = {
+    "batch_size": "study_batch_size",
+    "schedules": "study_schedules",
+    "weight_decay": "study_weight_decay",
+    "kingma_ba": "kingma_ba_digits",
+    "transfer": "transfer_digits",
+}
 SCALING_RULES: tuple[str, ...] = ("none", "linear", "sqrt")
-WEIGHT_DECAY_METHODS: tuple[str, ...] = ("adam_l2", "adamw")
+WEIGHT_DECAY_METHODS: dict[str, dict[str, str]] = {  # method -> the swept optimizer field
+    "adam_l2": {"name": "adam", "field": "l2"},
+    "adamw": {"name": "adamw", "field": "weight_decay"},
+}
+TRANSFER_MODES: tuple[str, ...] = ("frozen", "full", "scratch")
+# What a report row keeps of a member's row (`train.RunsResult.rows` plus param_norm etc.).
+_COLUMNS = ("seed", "steps", "final_train_loss", "validation_loss", "validation_accuracy",
+            "test_loss", "test_accuracy", "test_f1", "param_norm", "diverged", "diverged_at",
+            "epoch_loss")  # fmt: skip
+
+
+class StudyInterrupted(RuntimeError):
+    """A group stopped on SIGTERM/SIGINT after saving a checkpoint; rerun the study to resume."""
 
 
 def scaled_learning_rate(
@@ -54,321 +90,239 @@ def scaled_learning_rate(
     return base_learning_rate * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
 
 
-def adam_l2(learning_rate: Any, l2: float, **adam_hparams: Any) -> optax.GradientTransformation:
-    r"""Adam on the loss plus :math:`\frac{\lambda}{2}\lVert\theta\rVert^2`: the penalty's gradient
-    :math:`\lambda\theta` joins the data gradient *before* Adam's scaling, so the decay of a weight
-    is divided by its :math:`\sqrt{\hat v}` (strong where gradients are small, weak where large).
+# ---------------------------------------------------------------------------- groups
 
-    Adding :math:`\lambda\theta` to the gradient (`add_decayed_weights` ahead of `scale_by_adam`)
-    is the exact gradient of the penalty, computed without changing the loss function.
+
+def group_config(
+    config: ml_collections.ConfigDict, changes: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
+    """A training config of a study: `config` without its `study` section, with `changes`
+    ("section.field" -> value) applied.
+
+    Train metrics are logged once an epoch (the per-epoch loss curves), validation and
+    checkpoints fall on epoch ends, and a warmup_cosine schedule warms up over
+    `study.warmup_fraction` of the steps (if set; the other schedules take no warmup).
     """
-    if not l2 >= 0:
-        raise ValueError(f"l2={l2!r} must be >= 0")
-    return optax.chain(optim.add_decayed_weights(l2), optim.adam(learning_rate, **adam_hparams))
-
-
-def adamw(learning_rate: Any, weight_decay: float, **adam_hparams: Any):
-    r"""AdamW: the decay :math:`\alpha\lambda\theta` is added after Adam's scaling, not divided
-    by :math:`\sqrt{\hat v}`: every weight shrinks at the same relative rate. With
-    :math:`\hat v = 1` it equals `adam_l2` at the same lambda, which is what "matched
-    strength" means in the weight-decay study.
-    """
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay={weight_decay!r} must be >= 0")
-    return optim.adamw(learning_rate, weight_decay=weight_decay, **adam_hparams)
-
-
-# ---------------------------------------------------------------------------- one run
-
-
-def _train(
-    config: ml_collections.ConfigDict,
-    seed: int,
-    *,
-    learning_rate: float,
-    optimizer: Any = "adam",
-    batch_size: int | None = None,
-    schedule: str | None = None,
-    model_config: Any = None,
-    num_epochs: int | None = None,
-    **hparams: Any,
-) -> RunResult:
-    """One run of a study: `optimizer` is a name (`baselines.make_optimizer`) or a function
-    `schedule -> tx`; other arguments default to the study config's fields."""
-    batch_size = batch_size or config.batch_size
-    num_epochs = num_epochs or config.num_epochs
-    schedule = schedule or config.schedule
-    info = data.dataset_info(config.data)
-    num_steps = data.steps_per_epoch(info, batch_size) * num_epochs
-    warmup = round(config.warmup_fraction * num_steps) if schedule == "warmup_cosine" else 0
-    lr = baselines.make_schedule(schedule, learning_rate, num_steps, warmup)
-    if callable(optimizer):
-        tx = optimizer(lr)
-    else:
-        tx = baselines.make_optimizer(optimizer, lr, **hparams)
-    model = baselines.create_model(model_config or config.model, info.num_classes)
-    return fit(
-        data_config=config.data,
-        model=model,
-        tx=tx,
-        schedule=lr,
-        batch_size=batch_size,
-        num_epochs=num_epochs,
-        seed=seed,
+    group = config.copy_and_resolve_references().unlock()  # The command line's is locked.
+    fraction = group.study.get("warmup_fraction")
+    del group.study
+    for path, value in changes.items():
+        *sections, field = path.split(".")
+        functools.reduce(getattr, sections, group)[field] = value
+    train, optimizer = group.train, group.optimizer
+    info = data.dataset_info(group.data)
+    per_epoch = data.steps_per_epoch(info, train.batch_size)
+    train.log_every_steps = per_epoch
+    train.eval_every_steps = train.checkpoint_every_steps = per_epoch * math.ceil(
+        train.checkpoint_every_steps / per_epoch
     )
+    if optimizer.schedule != "warmup_cosine":
+        optimizer.warmup_steps = 0
+    elif fraction is not None:
+        optimizer.warmup_steps = round(fraction * experiment.total_steps(group, info))
+    return group
 
 
-def _seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-    seeds = tuple(config.seeds)
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        raise ValueError(f"seeds={seeds!r} must be a non-empty sequence of ints >= 0")
-    return seeds
+def train_groups(
+    groups: Mapping[str, ml_collections.ConfigDict], workdir: pathlib.Path
+) -> dict[str, list[dict[str, Any]]]:
+    """Trains (resumes, or reads back) each group in `workdir/<name>`; name -> member rows.
+
+    A member row is `train.RunsResult.rows`' plus "param_norm" (global L2 norm of the final
+    parameters), "diverged" and "epoch_loss" (mean training loss of each epoch).
+    """
+    from adamlab.training import train  # Imported here: `adamlab --help` stays light.
+
+    trained = {}
+    for name, group in groups.items():
+        logging.info("group %s: %d members", name, len(experiment.read_members(group).names()))
+        result = train.run(group, workdir / name)
+        if result.interrupted:
+            raise StudyInterrupted(f"group {name} stopped at step {result.step}; run the "
+                                   "study again to resume it")  # fmt: skip
+        trained[name] = _member_rows(group, result, workdir / name)
+    return trained
 
 
-_SHOWN = {
-    "final_train_loss": "final train loss",
-    "test_accuracy": "test accuracy",
-    "test_loss": "test loss",
-}
+def _member_rows(group, result, workdir: pathlib.Path) -> list[dict[str, Any]]:
+    (curves,) = result.curves.values()  # A study group trains one implementation.
+    steps, loss = curves["train"][0], curves["train"][1]["loss"]  # [T], [values, seeds, T]
+    epoch_ends = (steps % group.train.log_every_steps == 0) | (steps == result.num_steps)
+    loss = loss[..., epoch_ends]
+    params = _final_params(group, result, workdir)
+    rows = []
+    for i, row in enumerate(result.rows):
+        v, s = divmod(i, loss.shape[1])
+        norm = optax.tree.norm(jax.tree.map(lambda x, v=v, s=s: x[v, s], params))
+        rows.append(row | {"param_norm": float(norm), "diverged": not row["finite"],
+                           "epoch_loss": loss[v, s].tolist()})  # fmt: skip
+    return rows
+
+
+def _final_params(group, result, workdir: pathlib.Path) -> Any:
+    """Final parameters with leading [values, seeds] axes; a group that had already finished
+    returns none, so they come from its last checkpoint."""
+    if result.params:
+        return next(iter(result.params.values()))
+    from adamlab.training import restore
+
+    grid = experiment.read_members(group).grid  # () for a single run.
+    params = restore.restore(workdir, "latest").params
+    return jax.tree.map(lambda x: np.reshape(x, (*(grid or (1, 1)), *np.shape(x)[len(grid) :])),
+                        params)  # fmt: skip
+
+
+def _pick(setting: Mapping[str, Any], member: Mapping[str, Any]) -> dict[str, Any]:
+    return {**setting, **{k: member[k] for k in _COLUMNS}}
+
+
+def _with_prefix(prefix: str, section: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}.{k}": v for k, v in section.items()}
 
 
 # ---------------------------------------------------------------------------- the studies
 
 
-def batch_size_study(config: ml_collections.ConfigDict, report_dir) -> list[dict]:
-    """Batch sizes x scaling rules at a fixed budget of epochs (larger batch: fewer steps).
-
-    Config fields: batch_sizes, rules (of SCALING_RULES), base_batch_size, base_learning_rate,
-    plus the shared ones (data, model, seeds, num_epochs, schedule, warmup_fraction).
-    """
-    for rule in config.rules:
-        scaled_learning_rate(1.0, 1, 1, rule)  # Checks the names before anything runs.
-    settings = [
-        {
-            "rule": rule,
-            "batch_size": b,
-            "learning_rate": scaled_learning_rate(
-                config.base_learning_rate, config.base_batch_size, b, rule
-            ),
-        }
-        for rule in config.rules
-        for b in config.batch_sizes
-    ]
-    rows = study_report.run_grid(
-        settings,
-        _seeds(config),
-        lambda s, seed: _train(
-            config, seed, learning_rate=s["learning_rate"], batch_size=s["batch_size"]
-        ),
-        desc="batch size",
-        cache_key=lambda s: (s["batch_size"], s["learning_rate"]),
+def batch_size(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[dict]:
+    """Batch sizes x scaling rules at a fixed number of epochs (a larger batch: fewer steps)."""
+    study = config.study
+    rate = lambda b, rule: scaled_learning_rate(
+        study.base_learning_rate, study.base_batch_size, b, rule
     )
-    summary = study_report.write_report(
-        report_dir,
-        config=config,
-        rows=rows,
-        by=("rule", "batch_size", "learning_rate"),
-        metrics=_SHOWN,
-        title="Batch size and learning-rate scaling (Adam)",
-        notes=(
-            f"Base: batch {config.base_batch_size}, learning rate {config.base_learning_rate}; "
-            f"{config.num_epochs} epochs for every batch size (larger batches take fewer steps); "
-            f"schedule {config.schedule}. A rule's learning rate at the base batch size is the "
-            "base one, so those rows are the same runs."
-        ),
-    )
-    panels = study_report.sweep_panels(
-        rows, x="batch_size", line="rule", metrics=("final_train_loss", "test_accuracy")
-    )
-    report.plot_sweep(
-        pathlib.Path(report_dir) / "batch_size.png",
-        panels,
-        xlabel="batch size",
-        title="Adam: batch size with learning-rate scaling rules",
-    )
-    return summary
-
-
-def schedules_study(config: ml_collections.ConfigDict, report_dir) -> list[dict]:
-    """Constant learning rate vs linear warmup + cosine decay, over `learning_rates`."""
-    settings = [
-        {"schedule": s, "learning_rate": lr}
-        for s in config.schedules
-        for lr in config.learning_rates
-    ]
-    rows = study_report.run_grid(
-        settings,
-        _seeds(config),
-        lambda s, seed: _train(
-            config, seed, learning_rate=s["learning_rate"], schedule=s["schedule"]
-        ),
-        desc="schedules",
-    )
-    summary = study_report.write_report(
-        report_dir,
-        config=config,
-        rows=rows,
-        by=("schedule", "learning_rate"),
-        metrics=_SHOWN,
-        title="Learning-rate schedules (Adam): constant vs warmup + cosine",
-        notes=(
-            f"{config.num_epochs} epochs, batch {config.batch_size}; warmup_cosine warms up "
-            f"linearly over {config.warmup_fraction:.0%} of the steps, then decays to 0."
-        ),
-    )
-    directory = pathlib.Path(report_dir)
-    report.plot_sweep(
-        directory / "schedules.png",
-        study_report.sweep_panels(
-            rows, x="learning_rate", line="schedule", metrics=("final_train_loss", "test_accuracy")
-        ),
-        xlabel="peak learning rate",
-        title="Adam: constant vs warmup + cosine",
-    )
-    panels = {
-        f"lr={lr:g}": study_report.epoch_curves(
-            [r for r in rows if r["learning_rate"] == lr], ("schedule",)
+    for rule in study.rules:
+        rate(study.base_batch_size, rule)  # Checks the names before anything trains.
+    groups = {}
+    for b in study.batch_sizes:
+        rates = tuple(sorted({rate(b, rule) for rule in study.rules}))
+        groups[f"batch{b}"] = group_config(
+            config, {"train.batch_size": b, "runs.sweep.learning_rate": rates}
         )
-        for lr in config.learning_rates
+    trained = train_groups(groups, workdir)
+    return [
+        _pick({"rule": rule, "batch_size": b, "learning_rate": rate(b, rule)}, m)
+        for rule in study.rules
+        for b in study.batch_sizes
+        for m in trained[f"batch{b}"]
+        if m["learning_rate"] == rate(b, rule)
+    ]
+
+
+def schedules(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[dict]:
+    """Each schedule of `study.schedules` at each peak rate of `study.learning_rates`."""
+    study = config.study
+    rates = tuple(study.learning_rates)
+    groups = {
+        s: group_config(config, {"optimizer.schedule": s, "runs.sweep.learning_rate": rates})
+        for s in study.schedules
     }
-    study_report.plot_epoch_curves(
-        directory / "training_loss.png", panels, title="training loss per schedule"
-    )
-    return summary
+    trained = train_groups(groups, workdir)
+    return [
+        _pick({"schedule": schedule, "learning_rate": m["learning_rate"]}, m)
+        for schedule in study.schedules
+        for m in trained[schedule]
+    ]
 
 
-def weight_decay_study(config: ml_collections.ConfigDict, report_dir) -> list[dict]:
-    """Adam + L2 penalty vs AdamW at the same strengths lambda (0 = plain Adam, run once)."""
-    strengths = sorted(set(config.strengths))
+def weight_decay(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[dict]:
+    """Adam + L2 vs AdamW at the same strengths (0 = plain Adam, one group for both)."""
+    study = config.study
+    strengths = sorted(set(study.strengths))
     if any(not s >= 0 for s in strengths):
-        raise ValueError(f"strengths={config.strengths!r} must be >= 0")
-    build = {"adam_l2": adam_l2, "adamw": adamw}
-    settings = [{"method": m, "strength": s} for m in config.methods for s in strengths]
-    for s in settings:
-        if s["method"] not in build:
-            raise ValueError(
-                f"method {s['method']!r} is unknown; allowed: {', '.join(WEIGHT_DECAY_METHODS)}"
-            )
-    rows = study_report.run_grid(
-        settings,
-        _seeds(config),
-        lambda s, seed: _train(
-            config,
-            seed,
-            learning_rate=config.learning_rate,
-            optimizer=lambda lr: build[s["method"]](lr, s["strength"]),
-        ),
-        desc="weight decay",
-        cache_key=lambda s: ("adam", 0.0) if s["strength"] == 0 else (s["method"], s["strength"]),
-    )
-    summary = study_report.write_report(
-        report_dir,
-        config=config,
-        rows=rows,
-        by=("method", "strength"),
-        metrics={**_SHOWN, "param_norm": "parameter norm"},
-        title="Weight decay: Adam + L2 in the loss vs AdamW (decoupled), same lambda",
-        notes=(
-            f"Learning rate {config.learning_rate} ({config.schedule}), {config.num_epochs} "
-            f"epochs, batch {config.batch_size}. adam_l2 adds lambda*theta to the gradient before "
-            "Adam's scaling (decay divided by sqrt(v)); adamw subtracts lr*lambda*theta after it. "
-            "Strength 0 is plain Adam (one run, shown under both methods)."
-        ),
-    )
-    report.plot_sweep(
-        pathlib.Path(report_dir) / "weight_decay.png",
-        study_report.sweep_panels(
-            [r for r in rows if r["strength"] > 0],
-            x="strength",
-            line="method",
-            metrics=("test_accuracy", "param_norm"),
-        ),
-        xlabel="lambda",
-        title="Adam + L2 vs AdamW",
-    )
-    return summary
+        raise ValueError(f"study.strengths={tuple(study.strengths)!r} must be >= 0")
+    for method in study.methods:
+        if method not in WEIGHT_DECAY_METHODS:
+            raise ValueError(f"method {method!r} is unknown; allowed: "
+                             f"{', '.join(WEIGHT_DECAY_METHODS)}")  # fmt: skip
+    positive = tuple(s for s in strengths if s > 0)
+    groups = {"adam": group_config(config, {"optimizer.name": "adam"})} if 0 in strengths else {}
+    for method in study.methods if positive else ():
+        spec = WEIGHT_DECAY_METHODS[method]
+        groups[method] = group_config(config, {
+            "optimizer.name": spec["name"], f"runs.sweep.{spec['field']}": positive,
+        })  # fmt: skip
+    trained = train_groups(groups, workdir)
+    rows = []
+    for method in study.methods:
+        field = WEIGHT_DECAY_METHODS[method]["field"]
+        for s in strengths:
+            members = trained["adam"] if s == 0 else [m for m in trained[method] if m[field] == s]
+            rows += [_pick({"method": method, "strength": s}, m) for m in members]
+    return rows
 
 
-def kingma_ba_study(config: ml_collections.ConfigDict, report_dir) -> list[dict]:
-    """Kingma & Ba 2015, Figures 1-2: Adam vs SGD-Nesterov, AdaGrad, RMSProp.
+def kingma_ba(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[dict]:
+    """Per model and optimizer: tune the learning rate with the first seed, then every seed.
 
-    For each model of `config.models` (name -> model config, with its `schedule`) every
-    optimizer's learning rate is tuned on the grid `config.learning_rates[optimizer]` with the
-    first seed, by the final `config.select_by` metric; the chosen rate then runs every seed.
-    Rows: phase "tune" (the grid, first seed) and "final" (the chosen rate, all seeds).
+    Rows: phase "tune" (the grid, first seed) and "final" (the chosen rate, every seed).
     """
-    seeds = _seeds(config)
-    rows: list[dict] = []
-    chosen: dict[tuple[str, str], float] = {}
-    for model_name, model_cfg in config.models.items():
-        model_cfg = model_cfg.to_dict()
-        schedule = model_cfg.pop("schedule")
-        run = lambda s, seed, mc=model_cfg, sch=schedule: _train(
-            config,
-            seed,
-            learning_rate=s["learning_rate"],
-            optimizer=s["optimizer"],
-            model_config=mc,
-            schedule=sch,
-        )
-        grid = [
-            {"model": model_name, "optimizer": opt, "learning_rate": lr}
-            for opt in config.optimizers
-            for lr in config.learning_rates[opt]
-        ]
-        tuned = study_report.run_grid(grid, seeds[:1], run, desc=f"tune {model_name}")
-        rows += [dict(r, phase="tune") for r in tuned]
-        final = []
-        for opt in config.optimizers:
-            candidates = [r for r in tuned if r["optimizer"] == opt]
-            best = min(candidates, key=lambda r: _nan_last(r[config.select_by]))
-            chosen[model_name, opt] = best["learning_rate"]
-            final.append(dict(best, phase="final"))
-            logging.info("%s %s: learning rate %g", model_name, opt, best["learning_rate"])
-        settings = [
-            {"model": model_name, "optimizer": opt, "learning_rate": chosen[model_name, opt]}
-            for opt in config.optimizers
-        ]
-        more = study_report.run_grid(settings, seeds[1:], run, desc=f"seeds {model_name}")
-        rows += final + [dict(r, phase="final") for r in more]
-    final_rows = [r for r in rows if r["phase"] == "final"]
-    summary = study_report.write_report(
-        report_dir,
-        config=config,
-        rows=rows,
-        by=("phase", "model", "optimizer", "learning_rate"),
-        metrics={**_SHOWN, "validation_loss": "validation loss"},
-        title="Kingma & Ba 2015: Adam vs SGD-Nesterov, AdaGrad, RMSProp",
-        notes=(
-            f"Minibatch {config.batch_size}, {config.num_epochs} epochs. Learning rate tuned per "
-            f"model and optimizer on the grid with seed {seeds[0]} by final {config.select_by}; "
-            "'final' rows are the chosen rate over all seeds, 'tune' rows the grid."
-        ),
+    study = config.study
+    seeds = tuple(experiment.read_members(config).seeds)
+
+    def group(model: str, optimizer: str, rates, seeds) -> ml_collections.ConfigDict:
+        model_config = study.models[model].to_dict()
+        changes = {"optimizer.schedule": model_config.pop("schedule"),
+                   "runs.sweep.learning_rate": tuple(rates), "runs.seeds": seeds}  # fmt: skip
+        changes |= _with_prefix("model", model_config)
+        changes |= _with_prefix("optimizer", study.optimizers[optimizer])
+        return group_config(config, changes)
+
+    pairs = [(model, opt) for model in study.models for opt in study.optimizers]
+    tune = train_groups(
+        {f"tune_{m}_{o}": group(m, o, study.learning_rates[o], seeds[:1]) for m, o in pairs},
+        workdir,
     )
-    panels = {
-        model_name: study_report.epoch_curves(
-            [r for r in final_rows if r["model"] == model_name], ("optimizer",)
-        )
-        for model_name in config.models
-    }
-    study_report.plot_epoch_curves(
-        pathlib.Path(report_dir) / "training_loss.png",
-        panels,
-        title="Kingma & Ba 2015 Figures 1-2 on " + config.data.name,
+    chosen = {}
+    for m, o in pairs:
+        best = min(tune[f"tune_{m}_{o}"], key=lambda r: _nan_last(r[study.select_by]))
+        chosen[m, o] = best["learning_rate"]
+        logging.info("%s %s: learning rate %g", m, o, chosen[m, o])
+    final = train_groups(
+        {f"{m}_{o}": group(m, o, (chosen[m, o],), seeds) for m, o in pairs}, workdir
     )
-    return summary
+    rows = []
+    for phase, trained, prefix in (("tune", tune, "tune_"), ("final", final, "")):
+        for m, o in pairs:
+            setting = {"phase": phase, "model": m, "optimizer": o}
+            rows += [_pick(setting | {"learning_rate": r["learning_rate"]}, r)
+                     for r in trained[f"{prefix}{m}_{o}"]]  # fmt: skip
+    return rows
 
 
 def _nan_last(value: float) -> float:
     return math.inf if math.isnan(value) else value
 
 
-STUDY_FUNCTIONS = {
-    "batch_size": batch_size_study,
-    "schedules": schedules_study,
-    "weight_decay": weight_decay_study,
-    "kingma_ba": kingma_ba_study,
-}
+def transfer(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[dict]:
+    """Pretrains once (mode "pretrain", on the source task), then each of `study.modes`.
+
+    Transfer is config (`init`): "full" loads every pretrained parameter but the head
+    (`init.dont_load`), "frozen" also freezes every one but the head (`init.frozen`: zero
+    updates, no optimizer state), "scratch" loads nothing. The optimizer state always starts
+    fresh (adamlab/training/transfer.py states the policy); the run logs which leaves were
+    loaded, re-initialised and frozen.
+    """
+    study = config.study
+    for mode in study.modes:
+        if mode not in TRANSFER_MODES:
+            raise ValueError(f"mode={mode!r} is unknown; allowed: {', '.join(TRANSFER_MODES)}")
+    source = (workdir / "pretrain").absolute()
+    head, not_head = f"^{study.head}/", f"^(?!{study.head}/)"
+    init = {"full": {"init.dont_load": (head,)}, "scratch": {},
+            "frozen": {"init.dont_load": (head,), "init.frozen": (not_head,)}}  # fmt: skip
+    loads = {"init.workdir": str(source), "init.checkpoint": "latest"}
+    groups = {"pretrain": group_config(config, {
+        **_with_prefix("data", study.pretrain_data),
+        "optimizer.learning_rate": study.pretrain_learning_rate,
+        "train.num_epochs": study.pretrain_epochs,
+        "runs.seeds": (study.pretrain_seed,),
+    })}  # fmt: skip
+    for mode in study.modes:
+        groups[mode] = group_config(config, {
+            "optimizer.learning_rate": study.learning_rates[mode],
+            **(loads if init[mode] else {}), **init[mode],
+        })  # fmt: skip
+    trained = train_groups(groups, workdir)
+    return [_pick({"mode": mode}, m) for mode in ("pretrain", *study.modes) for m in trained[mode]]
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -377,55 +331,32 @@ STUDY_FUNCTIONS = {
 def run_study(
     name: str,
     config: ml_collections.ConfigDict,
-    report_dir: str | pathlib.Path,
-    seeds: int | Sequence[int] | None = None,
+    workdir: str | pathlib.Path,
+    num_seeds: int | None = None,
 ) -> list[dict]:
-    """Runs study `name` (of STUDY_FUNCTIONS or "transfer"), optionally with seeds 0..n-1.
+    """Runs study `name` (of STUDIES) and writes its report in `workdir`; returns the summary.
 
     Args:
-      seeds: None keeps `config.seeds`; an int n uses seeds 0..n-1; a sequence uses those.
+      num_seeds: None keeps `config.runs.seeds`; n uses seeds 0..n-1.
+
+    Raises:
+      StudyInterrupted: a SIGTERM/SIGINT stopped a group (checkpointed): rerun to resume.
     """
-    from adamlab.experiments import (
-        transfer,  # Its own module; imported here to keep this one light.
-    )
-
-    functions: Mapping[str, Any] = {**STUDY_FUNCTIONS, "transfer": transfer.transfer_study}
-    if name not in functions:
-        raise ValueError(f"study {name!r} is unknown; allowed: {', '.join(functions)}")
-    if seeds is not None:
-        if isinstance(seeds, int):
-            if seeds < 1:
-                raise ValueError(f"seeds={seeds} must be >= 1 (the number of seeds)")
-            seeds = range(seeds)
-        config = ml_collections.ConfigDict(config.to_dict())
-        config.seeds = tuple(int(s) for s in seeds)
-    report_dir = pathlib.Path(report_dir)
-    print(f"{name}: seeds {tuple(config.seeds)}; writing the report to {report_dir}", flush=True)
-    summary = functions[name](config, report_dir)
-    print(f"{name}: done; see {report_dir / 'summary.md'}", flush=True)
+    if name not in STUDIES:
+        raise ValueError(f"study {name!r} is unknown; allowed: {', '.join(STUDIES)}")
+    if num_seeds is not None:
+        if num_seeds < 1:
+            raise ValueError(f"num_seeds={num_seeds} must be >= 1")
+        config = config.copy_and_resolve_references()
+        config.runs.seeds = tuple(range(num_seeds))
+    workdir = pathlib.Path(workdir)
+    seeds = experiment.read_members(config).seeds
+    print(f"{name}: seeds {seeds}; writing the report to {workdir}", flush=True)
+    start = time.perf_counter()
+    study = {"batch_size": batch_size, "schedules": schedules, "weight_decay": weight_decay,
+             "kingma_ba": kingma_ba, "transfer": transfer}[name]  # fmt: skip
+    rows = study(config, workdir)
+    summary = getattr(study_report, name)(config, rows, workdir)
+    print(f"{name}: done in {time.perf_counter() - start:.0f} s; see {workdir / 'summary.md'}",
+          flush=True)  # fmt: skip
     return summary
-
-
-def main(name: str, default_config: str, argv: Sequence[str] | None = None) -> int:
-    """Command line of `experiments/<name>.py`: --config, --report_dir, --seeds."""
-    import sys
-
-    from absl import flags
-    from ml_collections import config_flags
-
-    argv = list(sys.argv if argv is None else argv)
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file(
-        "config", default_config, "Study config file; override fields with --config.<field>=.",
-        flag_values=fv, sys_argv=argv,
-    )  # fmt: skip
-    flags.DEFINE_string("report_dir", f"reports/{name}", "Report directory.", flag_values=fv)
-    flags.DEFINE_integer(
-        "seeds", None, "Number of seeds (0..n-1); default: the config's.", flag_values=fv
-    )
-    fv(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    for noisy in ("absl", "orbax", "jax", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    run_study(name, fv["config"].value, fv["report_dir"].value, fv["seeds"].value)
-    return 0
