@@ -107,22 +107,20 @@ def test_an_mlp_with_sgd_momentum_trains_from_the_command_line(capsys, tmp_path)
     assert (saved.model.name, saved.optimizer.name, saved.optimizer.momentum) == ("mlp", "sgd", 0.9)
 
 
-def test_logistic_regression_trains_from_the_command_line(capsys, tmp_path):
-    code, out, err = _train(capsys, tmp_path, "--config.model.name=logreg")
-    assert code == cli.EXIT_OK, err
-    assert json.loads(out)["step"] == 2
-
-
-def test_best_metric_none_sets_none_and_trains_without_validation(capsys, tmp_path):
+def test_logreg_with_best_metric_none_trains_without_a_validation_split(capsys, tmp_path):
+    """`--config.train.best_metric=None` sets None (not the string 'None'), which a run without
+    validation split needs; and logistic regression trains from the command line."""
     fv = cli.parse_flags("train", ["--config=digits", "--config.train.best_metric=None"])
-    assert cli._config(fv).train.best_metric is None  # Not the string 'None'.
+    assert cli._config(fv).train.best_metric is None
     code, out, err = _train(
-        capsys, tmp_path, "--config.train.best_metric=None", "--config.data.validation_fraction=0"
-    )
+        capsys, tmp_path, "--config.model.name=logreg", "--config.train.best_metric=None",
+        "--config.data.validation_fraction=0",
+    )  # fmt: skip
     assert code == cli.EXIT_OK, err
     result = json.loads(out)
     assert result["step"] == 2 and "validation_accuracy" not in result
-    assert run_io.read_config(tmp_path / "run").train.best_metric is None
+    saved = run_io.read_config(tmp_path / "run")
+    assert saved.train.best_metric is None and saved.model.name == "logreg"
 
 
 @pytest.mark.parametrize(
