@@ -124,24 +124,24 @@ def group_config(
 
 
 def train_groups(
-    groups: Mapping[str, ml_collections.ConfigDict], workdir: pathlib.Path
+    config: ml_collections.ConfigDict,
+    groups: Mapping[str, ml_collections.ConfigDict],
+    workdir: pathlib.Path,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Trains (resumes, or reads back) each group in `workdir/<name>`; name -> member rows.
+    """Trains (resumes, or reads back) each group in `workdir/<name>` with
+    `groups.run_groups` (the study `config` is the workdir's config.json); name -> member rows.
 
     A member row is `train.RunsResult.rows`' plus "param_norm" (global L2 norm of the final
     parameters), "diverged" and "epoch_loss" (mean training loss of each epoch).
     """
-    from adamlab.training import train  # Imported here: `adamlab --help` stays light.
+    from adamlab.experiments import groups as groups_lib  # Imports the loop: kept out of --help.
 
-    trained = {}
-    for name, group in groups.items():
-        logging.info("group %s: %d members", name, len(experiment.read_members(group).names()))
-        result = train.run(group, workdir / name)
-        if result.interrupted:
-            raise StudyInterrupted(f"group {name} stopped at step {result.step}; run the "
-                                   "study again to resume it")  # fmt: skip
-        trained[name] = _member_rows(group, result, workdir / name)
-    return trained
+    results = groups_lib.run_groups(groups, workdir, config)
+    stopped = [name for name in groups if name not in results or results[name].interrupted]
+    if stopped:
+        raise StudyInterrupted(f"group {stopped[0]} was stopped (checkpoint saved); run the "
+                               "study again to resume it")  # fmt: skip
+    return {name: _member_rows(groups[name], r, workdir / name) for name, r in results.items()}
 
 
 def _member_rows(group, result, workdir: pathlib.Path) -> list[dict[str, Any]]:
@@ -197,7 +197,7 @@ def batch_size(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list
         groups[f"batch{b}"] = group_config(
             config, {"train.batch_size": b, "runs.sweep.learning_rate": rates}
         )
-    trained = train_groups(groups, workdir)
+    trained = train_groups(config, groups, workdir)
     return [
         _pick({"rule": rule, "batch_size": b, "learning_rate": rate(b, rule)}, m)
         for rule in study.rules
@@ -215,7 +215,7 @@ def schedules(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[
         s: group_config(config, {"optimizer.schedule": s, "runs.sweep.learning_rate": rates})
         for s in study.schedules
     }
-    trained = train_groups(groups, workdir)
+    trained = train_groups(config, groups, workdir)
     return [
         _pick({"schedule": schedule, "learning_rate": m["learning_rate"]}, m)
         for schedule in study.schedules
@@ -240,7 +240,7 @@ def weight_decay(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> li
         groups[method] = group_config(config, {
             "optimizer.name": spec["name"], f"runs.sweep.{spec['field']}": positive,
         })  # fmt: skip
-    trained = train_groups(groups, workdir)
+    trained = train_groups(config, groups, workdir)
     rows = []
     for method in study.methods:
         field = WEIGHT_DECAY_METHODS[method]["field"]
@@ -268,6 +268,7 @@ def kingma_ba(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[
 
     pairs = [(model, opt) for model in study.models for opt in study.optimizers]
     tune = train_groups(
+        config,
         {f"tune_{m}_{o}": group(m, o, study.learning_rates[o], seeds[:1]) for m, o in pairs},
         workdir,
     )
@@ -277,7 +278,7 @@ def kingma_ba(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[
         chosen[m, o] = best["learning_rate"]
         logging.info("%s %s: learning rate %g", m, o, chosen[m, o])
     final = train_groups(
-        {f"{m}_{o}": group(m, o, (chosen[m, o],), seeds) for m, o in pairs}, workdir
+        config, {f"{m}_{o}": group(m, o, (chosen[m, o],), seeds) for m, o in pairs}, workdir
     )
     rows = []
     for phase, trained, prefix in (("tune", tune, "tune_"), ("final", final, "")):
@@ -321,7 +322,7 @@ def transfer(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[d
             "optimizer.learning_rate": study.learning_rates[mode],
             **(loads if init[mode] else {}), **init[mode],
         })  # fmt: skip
-    trained = train_groups(groups, workdir)
+    trained = train_groups(config, groups, workdir)
     return [_pick({"mode": mode}, m) for mode in ("pretrain", *study.modes) for m in trained[mode]]
 
 

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from adamlab.experiments import report
-from adamlab.training import run_io
 
 SHOWN = {
     "final_train_loss": "final train loss",
@@ -34,22 +33,20 @@ SHOWN = {
 def write_report(
     directory: pathlib.Path,
     *,
-    config: Any,
     rows: Sequence[Mapping[str, Any]],
     by: Sequence[str],
     metrics: Mapping[str, str],
     title: str,
     notes: str = "",
 ) -> list[dict[str, Any]]:
-    """Writes config.json, results.csv/json and summary.md; returns the summary rows.
+    """Writes results.csv/json and summary.md (`groups.run_groups` wrote config.json); returns
+    the summary rows.
 
     Args:
       by: the setting columns that define a group (one table row per group).
       metrics: metric -> column title of the summary table (mean ± 95% interval over seeds).
       notes: markdown put under the table (what was run, how to read it).
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    run_io.write_json(directory / "config.json", run_io.config_to_dict(config))
     report.write_csv(directory / "results.csv",
                      [{k: v for k, v in r.items() if k != "epoch_loss"} for r in rows])  # fmt: skip
     (directory / "results.json").write_text(json.dumps(list(rows), indent=1, default=float))
@@ -114,7 +111,7 @@ def _setup(config) -> str:
 def batch_size(config, rows, directory: pathlib.Path) -> list[dict]:
     study = config.study
     summary = write_report(
-        directory, config=config, rows=rows, by=("rule", "batch_size", "learning_rate"),
+        directory, rows=rows, by=("rule", "batch_size", "learning_rate"),
         metrics=SHOWN, title="Batch size and learning-rate scaling (Adam)",
         notes=(
             f"Base: batch {study.base_batch_size}, learning rate {study.base_learning_rate}; "
@@ -135,7 +132,7 @@ def batch_size(config, rows, directory: pathlib.Path) -> list[dict]:
 
 def schedules(config, rows, directory: pathlib.Path) -> list[dict]:
     summary = write_report(
-        directory, config=config, rows=rows, by=("schedule", "learning_rate"), metrics=SHOWN,
+        directory, rows=rows, by=("schedule", "learning_rate"), metrics=SHOWN,
         title="Learning-rate schedules (Adam): constant vs warmup + cosine",
         notes=(
             f"{_setup(config)}; warmup_cosine warms up linearly over "
@@ -159,7 +156,7 @@ def schedules(config, rows, directory: pathlib.Path) -> list[dict]:
 
 def weight_decay(config, rows, directory: pathlib.Path) -> list[dict]:
     summary = write_report(
-        directory, config=config, rows=rows, by=("method", "strength"),
+        directory, rows=rows, by=("method", "strength"),
         metrics={**SHOWN, "param_norm": "parameter norm"},
         title="Weight decay: Adam + L2 in the loss vs AdamW (decoupled), same lambda",
         notes=(
@@ -181,7 +178,7 @@ def weight_decay(config, rows, directory: pathlib.Path) -> list[dict]:
 def kingma_ba(config, rows, directory: pathlib.Path) -> list[dict]:
     study = config.study
     summary = write_report(
-        directory, config=config, rows=rows, by=("phase", "model", "optimizer", "learning_rate"),
+        directory, rows=rows, by=("phase", "model", "optimizer", "learning_rate"),
         metrics={**SHOWN, "validation_loss": "validation loss"},
         title="Kingma & Ba 2015: Adam vs SGD-Nesterov, AdaGrad, RMSProp",
         notes=(
@@ -205,7 +202,7 @@ def transfer(config, rows, directory: pathlib.Path) -> list[dict]:
     study = config.study
     pretrain = {**config.data.to_dict(), **study.pretrain_data.to_dict()}
     summary = write_report(
-        directory, config=config, rows=rows, by=("mode",), metrics=SHOWN,
+        directory, rows=rows, by=("mode",), metrics=SHOWN,
         title="Transfer learning: frozen backbone vs full fine-tune vs from scratch",
         notes=(
             f"'pretrain': {pretrain['name']} classes {pretrain['classes'] or 'all'}, "
