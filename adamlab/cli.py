@@ -255,7 +255,11 @@ def _run_study(fv: flags.FlagValues) -> int:
 
     name = fv["study"].value
     workdir = fv["workdir"].value or default_workdir(f"study-{name}")
-    studies.run_study(name, _config(fv), workdir, fv["seeds"].value)
+    try:
+        studies.run_study(name, _config(fv), workdir, fv["seeds"].value)
+    except studies.StudyInterrupted as e:
+        print(f"{e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"report: {pathlib.Path(workdir).absolute()} (summary.md, results.csv, *.png)")
     return EXIT_OK
 
@@ -378,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _is_user_error(error: Exception) -> bool:
     """Errors whose message says what to fix (bad config, workdir, checkpoint or argument)."""
     from adamlab.experiments import sweep  # Loaded already when a command has run.
-    from adamlab.training import checkpoint, experiment, run_io, workdir_lock
+    from adamlab.training import checkpoint, evaluate, experiment, run_io, workdir_lock
 
     user_errors = (
         flags.Error,
@@ -390,6 +394,7 @@ def _is_user_error(error: Exception) -> bool:
         checkpoint.CheckpointMismatchError,
         checkpoint.CheckpointCorruptError,
         sweep.SweepSpecError,
+        evaluate.EvaluationError,
     )
     return isinstance(error, user_errors)
 

@@ -179,3 +179,40 @@ def test_format_metrics_shows_scalars_and_confusion():
         "     2 0",
         "     1 1",
     ]
+
+
+def test_sweep_and_compare_never_write_into_a_training_run(run, capsys):
+    """Issue 15, item 6: a bad sweep spec or implementation, and even a valid sweep, pointed at
+    a training run's workdir leave its config.json as it was (exit 2, nothing written)."""
+    workdir, _ = run
+    before = (workdir / run_io.CONFIG_FILE).read_bytes()
+    for args in (
+        ["--sweep", "optimizer.b1=0.9,1.5"],
+        ["--sweep", "optimizer.learning_rate=1e-3,1e-2", "--implementations", "foo"],
+        ["--sweep", "optimizer.learning_rate=1e-3,1e-2", "--config.train.num_steps=30"],
+    ):
+        code = cli.main(
+            ["adamlab", "sweep", "--config", "digits", "--workdir", str(workdir)] + args
+        )
+        assert code == cli.EXIT_USAGE, args
+    assert (workdir / run_io.CONFIG_FILE).read_bytes() == before
+    assert "holds a training run" in capsys.readouterr().err
+
+
+def test_evaluate_names_what_the_run_lacks(tmp_path, capsys):
+    """Issue 15, smaller items: --split validation on a run without a validation split, and
+    --checkpoint best on a run that ranks no checkpoint, are one-line errors (exit 2)."""
+    config = config_dict.load_config_file(ROOT / "configs" / "digits.py")
+    config.model.features = (8,)
+    config.model.dense_features = 16
+    config.data.validation_fraction = 0.0
+    config.train.update(best_metric=None, num_steps=2, batch_size=32, progress_bar=False)
+    config.optimizer.update(schedule="constant", warmup_steps=0)
+    train.train_and_evaluate(config, tmp_path)
+    base = ["adamlab", "evaluate", "--workdir", str(tmp_path)]
+    assert cli.main([*base, "--split", "validation"]) == cli.EXIT_USAGE
+    assert "no validation split" in capsys.readouterr().err
+    assert cli.main([*base, "--checkpoint", "best"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "best" in err and "Traceback" not in err
+    assert cli.main(base) == cli.EXIT_OK

@@ -27,6 +27,10 @@ class NoCheckpointError(FileNotFoundError):
     """The workdir holds no checkpoint to evaluate."""
 
 
+class EvaluationError(ValueError):
+    """What was asked of a run does not exist in it (a split, a ranked checkpoint)."""
+
+
 def evaluate_members(
     engine: Any, carry: Any, batches: Iterable[dict], names: Sequence[tuple]
 ) -> list[dict[str, Any]]:
@@ -86,7 +90,7 @@ def evaluate_checkpoint(
     config = run_io.read_config(workdir)
     experiment = experiment_lib.build_experiment(config, devices=jax.local_devices()[:1])
     if split == "validation" and not experiment.info.num_validation:
-        raise ValueError(
+        raise EvaluationError(
             f"run {str(workdir)!r} has no validation split (data.validation_fraction="
             f"{config.data.get('validation_fraction')}); use --split test"
         )
@@ -95,6 +99,8 @@ def evaluate_checkpoint(
             step = checkpointer.resolve_step(checkpoint)
         except FileNotFoundError as e:
             raise NoCheckpointError(f"Run {str(workdir)!r}: {e}") from None
+        except ValueError as e:  # "best" of a run that ranks no checkpoint.
+            raise EvaluationError(f"Run {str(workdir)!r}: {e}") from None
         carry, _ = checkpointer.restore(experiment_lib.abstract_members(experiment), step=step)
     engine = experiment.engine
     batches = data.eval_batches(

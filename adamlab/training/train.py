@@ -47,6 +47,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import optax
 import tqdm
 
 from adamlab import data
@@ -157,7 +158,8 @@ class RunsResult:
 
     Attributes:
       rows: one dict per member: optimizer, implementation, swept values, seed, steps,
-        final_train_{loss,accuracy}, validation_/test_{loss,accuracy,f1}, finite, diverged_at
+        final_train_{loss,accuracy}, validation_/test_{loss,accuracy,f1}, param_norm (final
+        parameters), finite, diverged_at
         (0 if never), parity, steps_per_sec, wall_time_s, runs_in_program.
       finals: per member (row order) {"train_<metric>", "validation_<metric>", "test_<metric>"}
         with every metric (train: means of the last log interval).
@@ -608,6 +610,8 @@ class _Loop:
                 if len(self.who.implementations) == 2
                 else math.nan
             )
+            state = jax.tree.map(lambda x, index=index: np.asarray(x)[index], host.states[m])
+            row["param_norm"] = float(optax.tree.norm(state.params))
             row.update(
                 steps_per_sec=steps_per_sec, wall_time_s=wall, runs_in_program=len(self.names)
             )

@@ -94,10 +94,16 @@ def merge_params(fresh: Any, pretrained: Any, init: Any) -> Any:
         return leaf
 
     merged = jax.tree_util.tree_map_with_path(choose, fresh)
-    report = (tuple(loaded), tuple(skipped))
+    if not loaded:
+        raise ValueError(
+            f"init.workdir={init.workdir!r}: no parameter could be loaded (none matches a "
+            f"pretrained leaf of the same shape outside init.dont_load); the pretrained run must "
+            f"be a single run of a compatible model. Pretrained leaves: {sorted(saved)}"
+        )
+    frozen_keys = [k for k in _flat(fresh) if any(p.search(k) for p in frozen)]
+    report = (str(init.workdir), tuple(loaded), tuple(skipped), tuple(frozen_keys))
     if report not in _logged:
         _logged.add(report)
-        frozen_keys = [k for k in _flat(fresh) if any(p.search(k) for p in frozen)]
         logging.info(
             "init from %s: loaded %s; re-initialised %s; frozen %s",
             init.workdir,
