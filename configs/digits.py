@@ -120,8 +120,8 @@ def get_config() -> ml_collections.ConfigDict:
     init.dont_load = ()  # Regexes of parameter paths re-initialised (e.g. the head).
     init.frozen = ()  # Regexes of parameter paths that get zero updates.
 
-    # Multi-host (adamlab/training/distributed.py, docs/scaling.md): one process per host, all started
-    # with the same config. Fields left at None come from JAX_COORDINATOR_ADDRESS,
+    # Multi-host (adamlab/training/distributed.py, docs/scaling.md): one process per host, all
+    # started with the same config. Fields left at None come from JAX_COORDINATOR_ADDRESS,
     # JAX_NUM_PROCESSES, JAX_PROCESS_ID or JAX's cluster auto-detection (SLURM, TPU pods, MPI).
     config.distributed = dist = ml_collections.ConfigDict()
     dist.enabled = False  # True: call jax.distributed.initialize before training.

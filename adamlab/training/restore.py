@@ -9,7 +9,8 @@ arrays: {"states": [{"params", "batch_stats", "opt_state", "step", "rng"}], ...}
 
     import orbax.checkpoint as ocp
     mngr = ocp.CheckpointManager("runs/digits/checkpoints", item_names=("state", "extra"))
-    raw = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    args = ocp.args.Composite(state=ocp.args.StandardRestore())
+    raw = mngr.restore(mngr.latest_step(), args=args)
     params = raw.state["states"][0]["params"]
 
 Opened read-only: restoring never changes the run directory, also while it is training.
