@@ -171,8 +171,15 @@ def _lines(ax, lines: Mapping[str, tuple[np.ndarray, np.ndarray]], marker: str =
         group = label.split(" (")[0]
         twin = label.endswith("(optax)")
         color = colors.setdefault(group, f"C{len(colors) % 10}")
-        ax.plot(xs, values.mean(axis=0), marker + ("--" if twin else "-"), color=color,
-                label=label, lw=1.2, ms=3)  # fmt: skip
+        ax.plot(
+            xs,
+            values.mean(axis=0),
+            marker + ("--" if twin else "-"),
+            color=color,
+            label=label,
+            lw=1.2,
+            ms=3,
+        )
         if not twin and values.shape[0] > 1:
             ax.fill_between(xs, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15)
 

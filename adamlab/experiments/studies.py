@@ -61,9 +61,20 @@ WEIGHT_DECAY_METHODS: dict[str, dict[str, str]] = {  # method -> the swept optim
 }
 TRANSFER_MODES: tuple[str, ...] = ("frozen", "full", "scratch")
 # What a report row keeps of a member's row (`train.RunsResult.rows` plus param_norm etc.).
-_COLUMNS = ("seed", "steps", "final_train_loss", "validation_loss", "validation_accuracy",
-            "test_loss", "test_accuracy", "test_f1", "param_norm", "diverged", "diverged_at",
-            "epoch_loss")  # fmt: skip
+_COLUMNS = (
+    "seed",
+    "steps",
+    "final_train_loss",
+    "validation_loss",
+    "validation_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "test_f1",
+    "param_norm",
+    "diverged",
+    "diverged_at",
+    "epoch_loss",
+)
 
 
 class StudyInterrupted(RuntimeError):
@@ -139,8 +150,9 @@ def train_groups(
     results = groups_lib.run_groups(groups, workdir, config)
     stopped = [name for name in groups if name not in results or results[name].interrupted]
     if stopped:
-        raise StudyInterrupted(f"group {stopped[0]} was stopped (checkpoint saved); run the "
-                               "study again to resume it")  # fmt: skip
+        raise StudyInterrupted(
+            f"group {stopped[0]} was stopped (checkpoint saved); run the study again to resume it"
+        )
     return {name: _member_rows(groups[name], r, workdir / name) for name, r in results.items()}
 
 
@@ -154,8 +166,14 @@ def _member_rows(group, result, workdir: pathlib.Path) -> list[dict[str, Any]]:
     for i, row in enumerate(result.rows):
         v, s = divmod(i, loss.shape[1])
         norm = optax.tree.norm(jax.tree.map(lambda x, v=v, s=s: x[v, s], params))
-        rows.append(row | {"param_norm": float(norm), "diverged": not row["finite"],
-                           "epoch_loss": loss[v, s].tolist()})  # fmt: skip
+        rows.append(
+            row
+            | {
+                "param_norm": float(norm),
+                "diverged": not row["finite"],
+                "epoch_loss": loss[v, s].tolist(),
+            }
+        )
     return rows
 
 
@@ -168,8 +186,9 @@ def _final_params(group, result, workdir: pathlib.Path) -> Any:
 
     grid = experiment.read_members(group).grid  # () for a single run.
     params = restore.restore(workdir, "latest").params
-    return jax.tree.map(lambda x: np.reshape(x, (*(grid or (1, 1)), *np.shape(x)[len(grid) :])),
-                        params)  # fmt: skip
+    return jax.tree.map(
+        lambda x: np.reshape(x, (*(grid or (1, 1)), *np.shape(x)[len(grid) :])), params
+    )
 
 
 def _pick(setting: Mapping[str, Any], member: Mapping[str, Any]) -> dict[str, Any]:
@@ -231,15 +250,20 @@ def weight_decay(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> li
         raise ValueError(f"study.strengths={tuple(study.strengths)!r} must be >= 0")
     for method in study.methods:
         if method not in WEIGHT_DECAY_METHODS:
-            raise ValueError(f"method {method!r} is unknown; allowed: "
-                             f"{', '.join(WEIGHT_DECAY_METHODS)}")  # fmt: skip
+            raise ValueError(
+                f"method {method!r} is unknown; allowed: {', '.join(WEIGHT_DECAY_METHODS)}"
+            )
     positive = tuple(s for s in strengths if s > 0)
     groups = {"adam": group_config(config, {"optimizer.name": "adam"})} if 0 in strengths else {}
     for method in study.methods if positive else ():
         spec = WEIGHT_DECAY_METHODS[method]
-        groups[method] = group_config(config, {
-            "optimizer.name": spec["name"], f"runs.sweep.{spec['field']}": positive,
-        })  # fmt: skip
+        groups[method] = group_config(
+            config,
+            {
+                "optimizer.name": spec["name"],
+                f"runs.sweep.{spec['field']}": positive,
+            },
+        )
     trained = train_groups(config, groups, workdir)
     rows = []
     for method in study.methods:
@@ -260,8 +284,11 @@ def kingma_ba(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[
 
     def group(model: str, optimizer: str, rates, seeds) -> ml_collections.ConfigDict:
         model_config = study.models[model].to_dict()
-        changes = {"optimizer.schedule": model_config.pop("schedule"),
-                   "runs.sweep.learning_rate": tuple(rates), "runs.seeds": seeds}  # fmt: skip
+        changes = {
+            "optimizer.schedule": model_config.pop("schedule"),
+            "runs.sweep.learning_rate": tuple(rates),
+            "runs.seeds": seeds,
+        }
         changes |= _with_prefix("model", model_config)
         changes |= _with_prefix("optimizer", study.optimizers[optimizer])
         return group_config(config, changes)
@@ -284,8 +311,10 @@ def kingma_ba(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[
     for phase, trained, prefix in (("tune", tune, "tune_"), ("final", final, "")):
         for m, o in pairs:
             setting = {"phase": phase, "model": m, "optimizer": o}
-            rows += [_pick(setting | {"learning_rate": r["learning_rate"]}, r)
-                     for r in trained[f"{prefix}{m}_{o}"]]  # fmt: skip
+            rows += [
+                _pick(setting | {"learning_rate": r["learning_rate"]}, r)
+                for r in trained[f"{prefix}{m}_{o}"]
+            ]
     return rows
 
 
@@ -308,20 +337,32 @@ def transfer(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[d
             raise ValueError(f"mode={mode!r} is unknown; allowed: {', '.join(TRANSFER_MODES)}")
     source = (workdir / "pretrain").absolute()
     head, not_head = f"^{study.head}/", f"^(?!{study.head}/)"
-    init = {"full": {"init.dont_load": (head,)}, "scratch": {},
-            "frozen": {"init.dont_load": (head,), "init.frozen": (not_head,)}}  # fmt: skip
+    init = {
+        "full": {"init.dont_load": (head,)},
+        "scratch": {},
+        "frozen": {"init.dont_load": (head,), "init.frozen": (not_head,)},
+    }
     loads = {"init.workdir": str(source), "init.checkpoint": "latest"}
-    groups = {"pretrain": group_config(config, {
-        **_with_prefix("data", study.pretrain_data),
-        "optimizer.learning_rate": study.pretrain_learning_rate,
-        "train.num_epochs": study.pretrain_epochs,
-        "runs.seeds": (study.pretrain_seed,),
-    })}  # fmt: skip
+    groups = {
+        "pretrain": group_config(
+            config,
+            {
+                **_with_prefix("data", study.pretrain_data),
+                "optimizer.learning_rate": study.pretrain_learning_rate,
+                "train.num_epochs": study.pretrain_epochs,
+                "runs.seeds": (study.pretrain_seed,),
+            },
+        )
+    }
     for mode in study.modes:
-        groups[mode] = group_config(config, {
-            "optimizer.learning_rate": study.learning_rates[mode],
-            **(loads if init[mode] else {}), **init[mode],
-        })  # fmt: skip
+        groups[mode] = group_config(
+            config,
+            {
+                "optimizer.learning_rate": study.learning_rates[mode],
+                **(loads if init[mode] else {}),
+                **init[mode],
+            },
+        )
     trained = train_groups(config, groups, workdir)
     return [_pick({"mode": mode}, m) for mode in ("pretrain", *study.modes) for m in trained[mode]]
 
@@ -354,10 +395,17 @@ def run_study(
     seeds = experiment.read_members(config).seeds
     print(f"{name}: seeds {seeds}; writing the report to {workdir}", flush=True)
     start = time.perf_counter()
-    study = {"batch_size": batch_size, "schedules": schedules, "weight_decay": weight_decay,
-             "kingma_ba": kingma_ba, "transfer": transfer}[name]  # fmt: skip
+    study = {
+        "batch_size": batch_size,
+        "schedules": schedules,
+        "weight_decay": weight_decay,
+        "kingma_ba": kingma_ba,
+        "transfer": transfer,
+    }[name]
     rows = study(config, workdir)
     summary = getattr(study_report, name)(config, rows, workdir)
-    print(f"{name}: done in {time.perf_counter() - start:.0f} s; see {workdir / 'summary.md'}",
-          flush=True)  # fmt: skip
+    print(
+        f"{name}: done in {time.perf_counter() - start:.0f} s; see {workdir / 'summary.md'}",
+        flush=True,
+    )
     return summary

@@ -47,8 +47,9 @@ def write_report(
       metrics: metric -> column title of the summary table (mean ± 95% interval over seeds).
       notes: markdown put under the table (what was run, how to read it).
     """
-    report.write_csv(directory / "results.csv",
-                     [{k: v for k, v in r.items() if k != "epoch_loss"} for r in rows])  # fmt: skip
+    report.write_csv(
+        directory / "results.csv", [{k: v for k, v in r.items() if k != "epoch_loss"} for r in rows]
+    )
     (directory / "results.json").write_text(json.dumps(list(rows), indent=1, default=float))
     summary = report.summarize(rows, by=by, metrics=tuple(metrics))
     for group in summary:  # How many seeds of the group diverged (frozen at their last step).
@@ -77,8 +78,9 @@ def plot_epoch_curves(
         panel: {label: (np.arange(1, v.shape[1] + 1), v) for label, v in lines.items()}
         for panel, lines in panels.items()
     }
-    return report.plot_panels(path, curves, xlabel="epoch", ylabel="training loss (NLL)",
-                              log_y=True, title=title)  # fmt: skip
+    return report.plot_panels(
+        path, curves, xlabel="epoch", ylabel="training loss (NLL)", log_y=True, title=title
+    )
 
 
 def sweep_panels(
@@ -101,8 +103,10 @@ def sweep_panels(
 
 
 def _setup(config) -> str:
-    return (f"{config.train.num_epochs:g} epochs, batch {config.train.batch_size}, schedule "
-            f"{config.optimizer.schedule}")  # fmt: skip
+    return (
+        f"{config.train.num_epochs:g} epochs, batch {config.train.batch_size}, schedule "
+        f"{config.optimizer.schedule}"
+    )
 
 
 # ---------------------------------------------------------------------------- one per study
@@ -111,8 +115,11 @@ def _setup(config) -> str:
 def batch_size(config, rows, directory: pathlib.Path) -> list[dict]:
     study = config.study
     summary = write_report(
-        directory, rows=rows, by=("rule", "batch_size", "learning_rate"),
-        metrics=SHOWN, title="Batch size and learning-rate scaling (Adam)",
+        directory,
+        rows=rows,
+        by=("rule", "batch_size", "learning_rate"),
+        metrics=SHOWN,
+        title="Batch size and learning-rate scaling (Adam)",
         notes=(
             f"Base: batch {study.base_batch_size}, learning rate {study.base_learning_rate}; "
             f"{config.train.num_epochs:g} epochs for every batch size (larger batches take "
@@ -120,32 +127,39 @@ def batch_size(config, rows, directory: pathlib.Path) -> list[dict]:
             "base batch size is the base one, so those rows are the same runs. One compiled "
             "program per batch size trains all its learning rates and seeds."
         ),
-    )  # fmt: skip
+    )
     report.plot_sweep(
         directory / "batch_size.png",
-        sweep_panels(rows, x="batch_size", line="rule",
-                     metrics=("final_train_loss", "test_accuracy")),
-        xlabel="batch size", title="Adam: batch size with learning-rate scaling rules",
-    )  # fmt: skip
+        sweep_panels(
+            rows, x="batch_size", line="rule", metrics=("final_train_loss", "test_accuracy")
+        ),
+        xlabel="batch size",
+        title="Adam: batch size with learning-rate scaling rules",
+    )
     return summary
 
 
 def schedules(config, rows, directory: pathlib.Path) -> list[dict]:
     summary = write_report(
-        directory, rows=rows, by=("schedule", "learning_rate"), metrics=SHOWN,
+        directory,
+        rows=rows,
+        by=("schedule", "learning_rate"),
+        metrics=SHOWN,
         title="Learning-rate schedules (Adam): constant vs warmup + cosine",
         notes=(
             f"{_setup(config)}; warmup_cosine warms up linearly over "
             f"{config.study.warmup_fraction:.0%} of the steps, then decays to 0. One compiled "
             "program per schedule trains all its learning rates and seeds."
         ),
-    )  # fmt: skip
+    )
     report.plot_sweep(
         directory / "schedules.png",
-        sweep_panels(rows, x="learning_rate", line="schedule",
-                     metrics=("final_train_loss", "test_accuracy")),
-        xlabel="peak learning rate", title="Adam: constant vs warmup + cosine",
-    )  # fmt: skip
+        sweep_panels(
+            rows, x="learning_rate", line="schedule", metrics=("final_train_loss", "test_accuracy")
+        ),
+        xlabel="peak learning rate",
+        title="Adam: constant vs warmup + cosine",
+    )
     panels = {
         f"lr={lr:g}": epoch_curves([r for r in rows if r["learning_rate"] == lr], ("schedule",))
         for lr in dict.fromkeys(r["learning_rate"] for r in rows)
@@ -156,7 +170,9 @@ def schedules(config, rows, directory: pathlib.Path) -> list[dict]:
 
 def weight_decay(config, rows, directory: pathlib.Path) -> list[dict]:
     summary = write_report(
-        directory, rows=rows, by=("method", "strength"),
+        directory,
+        rows=rows,
+        by=("method", "strength"),
         metrics={**SHOWN, "param_norm": "parameter norm"},
         title="Weight decay: Adam + L2 in the loss vs AdamW (decoupled), same lambda",
         notes=(
@@ -165,20 +181,27 @@ def weight_decay(config, rows, directory: pathlib.Path) -> list[dict]:
             "divided by sqrt(v)); adamw subtracts lr*lambda*theta after it. Strength 0 is plain "
             "Adam (one run per seed, shown under both methods)."
         ),
-    )  # fmt: skip
+    )
     report.plot_sweep(
         directory / "weight_decay.png",
-        sweep_panels([r for r in rows if r["strength"] > 0], x="strength", line="method",
-                     metrics=("test_accuracy", "param_norm")),
-        xlabel="lambda", title="Adam + L2 vs AdamW",
-    )  # fmt: skip
+        sweep_panels(
+            [r for r in rows if r["strength"] > 0],
+            x="strength",
+            line="method",
+            metrics=("test_accuracy", "param_norm"),
+        ),
+        xlabel="lambda",
+        title="Adam + L2 vs AdamW",
+    )
     return summary
 
 
 def kingma_ba(config, rows, directory: pathlib.Path) -> list[dict]:
     study = config.study
     summary = write_report(
-        directory, rows=rows, by=("phase", "model", "optimizer", "learning_rate"),
+        directory,
+        rows=rows,
+        by=("phase", "model", "optimizer", "learning_rate"),
         metrics={**SHOWN, "validation_loss": "validation loss"},
         title="Kingma & Ba 2015: Adam vs SGD-Nesterov, AdaGrad, RMSProp",
         notes=(
@@ -187,14 +210,17 @@ def kingma_ba(config, rows, directory: pathlib.Path) -> list[dict]:
             f"{study.select_by} (one program per grid); 'final' rows are the chosen rate over "
             "all seeds (one program each), 'tune' rows the grid."
         ),
-    )  # fmt: skip
+    )
     final = [r for r in rows if r["phase"] == "final"]
     panels = {
         model: epoch_curves([r for r in final if r["model"] == model], ("optimizer",))
         for model in study.models
     }
-    plot_epoch_curves(directory / "training_loss.png", panels,
-                      title="Kingma & Ba 2015 Figures 1-2 on " + config.data.name)  # fmt: skip
+    plot_epoch_curves(
+        directory / "training_loss.png",
+        panels,
+        title="Kingma & Ba 2015 Figures 1-2 on " + config.data.name,
+    )
     return summary
 
 
@@ -202,7 +228,10 @@ def transfer(config, rows, directory: pathlib.Path) -> list[dict]:
     study = config.study
     pretrain = {**config.data.to_dict(), **study.pretrain_data.to_dict()}
     summary = write_report(
-        directory, rows=rows, by=("mode",), metrics=SHOWN,
+        directory,
+        rows=rows,
+        by=("mode",),
+        metrics=SHOWN,
         title="Transfer learning: frozen backbone vs full fine-tune vs from scratch",
         notes=(
             f"'pretrain': {pretrain['name']} classes {pretrain['classes'] or 'all'}, "
@@ -213,9 +242,11 @@ def transfer(config, rows, directory: pathlib.Path) -> list[dict]:
             f"the pretrained parameters but the head ({study.head}, re-initialised); 'frozen' "
             "trains the head only. The optimizer state starts fresh for every parameter."
         ),
-    )  # fmt: skip
+    )
     finetuned = [r for r in rows if r["mode"] != "pretrain"]
-    plot_epoch_curves(directory / "training_loss.png",
-                      {"target task": epoch_curves(finetuned, ("mode",))},
-                      title="transfer learning")  # fmt: skip
+    plot_epoch_curves(
+        directory / "training_loss.png",
+        {"target task": epoch_curves(finetuned, ("mode",))},
+        title="transfer learning",
+    )
     return summary
