@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import pathlib
 import platform
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,19 +101,10 @@ def run_compare(
 
     optimizers = parse_names(optimizers)
     seeds = groups.seeds_from(config, num_seeds)
-    implementations = ("ours", "optax")
-    members = {
-        name: groups.with_members(
-            config, seeds=seeds, implementations=implementations, **{"optimizer.name": name}
-        )
-        for name in optimizers
-    }
-    overview = groups.with_members(config, seeds=seeds, implementations=implementations)
-    start = time.perf_counter()
-    results = groups.run_groups(members, workdir, overview)
-    wall = time.perf_counter() - start
+    results, wall, interrupted = groups.run_per_optimizer(
+        config, workdir, optimizers, seeds=seeds, implementations=("ours", "optax")
+    )
     workdir = pathlib.Path(workdir)
-    interrupted = any(r.interrupted for r in results.values()) or len(results) < len(optimizers)
     rows, curves = [], {"train loss": {}, "validation accuracy": {}}
     for name, result in results.items():
         rows += [{k: row[k] for k in COLUMNS} for row in result.rows]

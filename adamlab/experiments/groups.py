@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -87,3 +88,25 @@ def run_groups(
         if results[name].interrupted:
             break  # A signal stopped the group: the experiment resumes from here next time.
     return results
+
+
+def run_per_optimizer(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    optimizers: tuple[str, ...],
+    **members: Any,
+) -> tuple[dict[str, train.RunsResult], float, bool]:
+    """One group per optimizer (`workdir/<optimizer>/`), each with the members `with_members`
+    sets from `members` (seeds, implementations, sweep): what compare and sweep run.
+
+    Returns:
+      (optimizer -> RunsResult, wall seconds, whether a group was interrupted).
+    """
+    groups = {
+        name: with_members(config, **members, **{"optimizer.name": name}) for name in optimizers
+    }
+    start = time.perf_counter()
+    results = run_groups(groups, workdir, with_members(config, **members))
+    wall = time.perf_counter() - start
+    interrupted = any(r.interrupted for r in results.values()) or len(results) < len(groups)
+    return results, wall, interrupted

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import os
 import pathlib
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,25 +108,15 @@ def run_sweep(
     name, values = parse_sweep(sweep, config)
     optimizers = compare.parse_names(optimizers or config.optimizer.name)
     seeds = groups.seeds_from(config, num_seeds)
-    swept = {name: values}
-    members = {
-        optimizer: groups.with_members(
-            config,
-            seeds=seeds,
-            implementations=tuple(implementations),
-            sweep=swept,
-            **{"optimizer.name": optimizer},
-        )
-        for optimizer in optimizers
-    }
-    overview = groups.with_members(
-        config, seeds=seeds, implementations=tuple(implementations), sweep=swept
+    results, wall, interrupted = groups.run_per_optimizer(
+        config,
+        workdir,
+        optimizers,
+        seeds=seeds,
+        implementations=tuple(implementations),
+        sweep={name: values},
     )
-    start = time.perf_counter()
-    results = groups.run_groups(members, workdir, overview)
-    wall = time.perf_counter() - start
     workdir = pathlib.Path(workdir)
-    interrupted = any(r.interrupted for r in results.values()) or len(results) < len(optimizers)
     rows = [row for result in results.values() for row in result.rows]
     summary = ""
     if not interrupted:
