@@ -119,7 +119,11 @@ def test_a_config_is_found_by_name_from_any_directory(monkeypatch, tmp_path):
 def test_the_wheel_ships_every_config(tmp_path):
     """`pip install adamlab` (not a clone) gets `adamlab/configs/*.py`: built offline from a copy
     of the sources (the build writes build/ and *.egg-info next to them)."""
-    pytest.importorskip("setuptools", reason="building the wheel needs setuptools in the venv")
+    pytest.importorskip(
+        "setuptools",
+        minversion="77",
+        reason="the wheel build needs setuptools >= 77 (PEP 639 license) in the venv",
+    )
     source = tmp_path / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("adamlab", "configs"):
