@@ -35,6 +35,7 @@ import json
 import os
 import pathlib
 import socket
+import time
 
 LOCK_FILE = ".lock"
 OWNER_FILE = ".lock.owner"  # The fallback's lock, where flock is unavailable.
@@ -74,7 +75,7 @@ class WorkdirLock:
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise self._busy(_read_holder(self.workdir / LOCK_FILE)) from None
+                raise self._busy(_await_holder(self.workdir / LOCK_FILE)) from None
             if e.errno not in _NO_FLOCK:
                 raise
             self._acquire_owner_file()
@@ -151,6 +152,18 @@ def _read_holder(path: pathlib.Path) -> dict:
     except (OSError, ValueError):
         return {}
     return holder if isinstance(holder, dict) else {}
+
+
+def _await_holder(path: pathlib.Path, timeout: float = 2.0) -> dict:
+    """The holder of a held flock, waiting up to `timeout` s for it to write its record.
+
+    The winner of a race names itself just after taking the flock, so a loser that reads at
+    once may find the file still empty; it waits rather than blame "another process".
+    """
+    deadline = time.monotonic() + timeout
+    while not (holder := _read_holder(path)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return holder
 
 
 def _is_stale(holder: dict) -> bool:
