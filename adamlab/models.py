@@ -141,19 +141,26 @@ class ResNet(nn.Module):
         return x.astype(jnp.float32)
 
 
+ACTIVATIONS = ("relu", "tanh", "elu", "gelu")
+
+
 class MLP(nn.Module):
-    """Dense ReLU layers with dropout after each (Kingma & Ba 2015: 2 x 1000 units, dropout)."""
+    """Dense layers with dropout after each (Kingma & Ba 2015: 2 x 1000 ReLU units, dropout).
+
+    `activation` is one of ACTIVATIONS (Cohen et al. 2021's edge of stability: tanh).
+    """
 
     num_classes: int
     hidden: Sequence[int] = (1000, 1000)
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
+    activation: str = "relu"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         x = x.reshape((x.shape[0], -1)).astype(self.dtype)
         for width in self.hidden:
-            x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
+            x = getattr(nn, self.activation)(nn.Dense(width, dtype=self.dtype)(x))
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
@@ -214,6 +221,11 @@ def validate_model_config(model_config: Any) -> None:
         raise ValueError(
             f"model fields {unknown} are fields of no model; for {name!r} "
             f"allowed: name, dtype, {', '.join(allowed)}"
+        )
+    activation = config.get("activation", "relu")
+    if "activation" in allowed and activation not in ACTIVATIONS:
+        raise ValueError(
+            f"model.activation={activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}"
         )
     rate = config.get("dropout_rate", 0.0) if "dropout_rate" in allowed else 0.0
     if not 0.0 <= rate < 1.0:

@@ -218,6 +218,7 @@ def test_default_model_config_builds_the_default_model():
         "dtype": "float32",
         "hidden": (1000, 1000),
         "dropout_rate": 0.5,
+        "activation": "relu",
     }
     assert set(models.default_model_config("logreg")) == {"name", "dtype"}
 
@@ -231,6 +232,7 @@ def test_default_model_config_builds_the_default_model():
         ({"name": "cnn", "featurse": (8,)}, r"\['featurse'\] are fields of no model; for 'cnn'"),
         ({"name": "mlp", "dropout_rate": 1.0}, r"must be in \[0, 1\)"),
         ({"name": "mlp", "hidden": (8, 0)}, "model.hidden=.* ints >= 1"),
+        ({"name": "mlp", "activation": "swish"}, "model.activation='swish' is unknown"),
         ({"name": "cnn", "dropout_rate": 1.0}, r"must be in \[0, 1\)"),
         ({"name": "cnn", "features": ()}, "non-empty sequence"),
         ({"name": "resnet", "stage_sizes": (2, 0)}, "ints >= 1"),

@@ -21,6 +21,13 @@ implementations], reduced across devices, and the loop fetches them when it logs
     sums = engine.evaluate(members, engine.put_batch(batch))          # per implementation
     host = engine.get_members(members)  # numpy copy: checkpoint, report
 
+Per-layer diagnostics (`layer_stats=`, one `adamlab.diagnostics.layer_stats` function per
+implementation) compile a second program, `train(..., layer_stats=True)`: the chunk's first K-1
+steps are the plain step and its last step also returns metrics["layers"]. The loop calls it
+only for chunks that end at a diagnostics point, so the plain program, and every number it
+computes, is the same with diagnostics on or off. `loss` is the train and eval loss
+(`steps.LOSSES`).
+
 Options: `shard_optimizer=True` is ZeRO-1 (`adamlab.training.zero`), for a single run (grid
 ()): jit shards the moments with `NamedSharding`; pmap reduce-scatters the gradients, updates
 its slice and all-gathers the parameters. `get_members` returns the full state either way, so
@@ -125,6 +132,26 @@ def _run_chunk(step):
     return chunk_fn
 
 
+def _run_chunk_logging_last(step, logged_step):
+    """Like `_run_chunk(step)`, but the chunk's last step is `logged_step`, whose per-layer
+    statistics come back as metrics["layers"] (one value each, no [K] axis)."""
+
+    def chunk_fn(carry, chunk):
+        length = jax.tree.leaves(chunk)[0].shape[0]
+        metrics = None
+        if length > 1:
+            head = jax.tree.map(lambda x: x[:-1], chunk)
+            carry, metrics = jax.lax.scan(step, carry, head)
+        carry, last = logged_step(carry, jax.tree.map(lambda x: x[-1], chunk))
+        layers = last.pop("layers")
+        last = jax.tree.map(lambda x: x[None], last)
+        if metrics is not None:
+            last = jax.tree.map(lambda a, b: jax.numpy.concatenate([a, b]), metrics, last)
+        return carry, dict(last, layers=layers)
+
+    return chunk_fn
+
+
 class Engine:
     """The jit or pmap engine over `devices` for a grid of members (see the module docstring)."""
 
@@ -141,6 +168,8 @@ class Engine:
         synchronous: bool | None = None,
         shard_optimizer: bool = False,
         conv_matmul: bool = False,
+        loss: str = "cross_entropy",
+        layer_stats: Sequence[Any] | None = None,
     ):
         validate_engine_name(name)
         self.name, self.grid, self.txs = name, tuple(grid), tuple(txs)
@@ -168,39 +197,54 @@ class Engine:
         self.replicated = NamedSharding(self.mesh, P())
         self.num_local_devices = sum(d.process_index == jax.process_index() for d in self.devices)
         pmap_zero = shard_optimizer and self.pmap
-        train_steps = [
-            cpu_conv.intercepted(
-                make_train_step(
-                    model,
-                    tx,
-                    schedule,
-                    axis_name=axis,
-                    shard_optimizer=pmap_zero,
-                    num_shards=self.num_devices if pmap_zero else None,
-                ),
-                conv_matmul,
-            )
-            for tx in self.txs
-        ]
-        step = members.vectorize(members.make_member_step(train_steps), self.grid)
+
+        def member_step(stats):
+            train_steps = [
+                cpu_conv.intercepted(
+                    make_train_step(
+                        model,
+                        tx,
+                        schedule,
+                        axis_name=axis,
+                        shard_optimizer=pmap_zero,
+                        num_shards=self.num_devices if pmap_zero else None,
+                        loss=loss,
+                        diagnostics=diagnostics,
+                    ),
+                    conv_matmul,
+                )
+                for tx, diagnostics in zip(self.txs, stats, strict=True)
+            ]
+            return members.vectorize(members.make_member_step(train_steps), self.grid)
+
+        step = member_step([None] * len(self.txs))
+        chunk_fns = {False: _run_chunk(step)}
+        if layer_stats is not None:
+            chunk_fns[True] = _run_chunk_logging_last(step, member_step(layer_stats))
         eval_step = cpu_conv.intercepted(
-            make_eval_step(model, num_classes, axis_name=axis), conv_matmul
+            make_eval_step(model, num_classes, axis_name=axis, loss=loss), conv_matmul
         )
         grid_eval = members.vectorize(eval_step, self.grid, batch_axis=None)
         evaluate = lambda carry, batch: tuple(grid_eval(s, batch) for s in carry.states)
         if self.pmap:
-            self._train = jax.pmap(
-                _run_chunk(step),
-                axis_name=PMAP_AXIS,
-                devices=self.devices,
-                donate_argnums=0,
-                out_axes=(0, None),
-            )
+            self._train = {
+                logged: jax.pmap(
+                    fn,
+                    axis_name=PMAP_AXIS,
+                    devices=self.devices,
+                    donate_argnums=0,
+                    out_axes=(0, None),
+                )
+                for logged, fn in chunk_fns.items()
+            }
             self._evaluate = jax.pmap(
                 evaluate, axis_name=PMAP_AXIS, devices=self.devices, out_axes=None
             )
         else:
-            self._train = jax.jit(self._constrained(_run_chunk(step)), donate_argnums=0)
+            self._train = {
+                logged: jax.jit(self._constrained(fn), donate_argnums=0)
+                for logged, fn in chunk_fns.items()
+            }
             self._evaluate = jax.jit(evaluate, out_shardings=self.replicated)
 
     # ------------------------------------------------------------------------ state
@@ -300,9 +344,17 @@ class Engine:
 
     # ------------------------------------------------------------------------ steps
 
-    def train(self, carry: Any, chunk: dict) -> tuple[Any, dict[str, jax.Array]]:
-        """K steps of every member; metrics [K, *grid, implementations] per LOGGED key."""
-        out = self._train(carry, chunk)
+    def train(
+        self, carry: Any, chunk: dict, *, layer_stats: bool = False
+    ) -> tuple[Any, dict[str, jax.Array]]:
+        """K steps of every member; metrics [K, *grid, implementations] per LOGGED key.
+
+        `layer_stats=True` (an engine built with `layer_stats`): the last step's per-layer
+        statistics too, metrics["layers"]: per implementation {name: [*grid]}.
+        """
+        if layer_stats and True not in self._train:
+            raise ValueError("this engine was built without layer_stats")
+        out = self._train[layer_stats](carry, chunk)
         return jax.block_until_ready(out) if self.synchronous else out
 
     def evaluate(self, carry: Any, batch: dict) -> tuple[dict[str, jax.Array], ...]:

@@ -25,7 +25,8 @@ import numpy as np
 import optax
 
 from adamlab import data, models
-from adamlab.training import distributed, engines, members, optimizers, run_io, transfer
+from adamlab.diagnostics import layer_stats
+from adamlab.training import distributed, engines, members, optimizers, run_io, steps, transfer
 from adamlab.training.checkpoint import Checkpointer
 from adamlab.training.train_state import create_train_state
 
@@ -171,6 +172,7 @@ def _validated(config: ml_collections.ConfigDict):
             "must be None or (first, last) steps, 1 <= first <= last",
         )
     who = read_members(config)
+    _check_diagnostics(config)
     try:
         models.validate_model_config(config.model)
         if config.get("distributed") is not None and config.distributed.get("enabled", False):
@@ -196,6 +198,48 @@ def _validated(config: ml_collections.ConfigDict):
             f"{config.data.get('validation_fraction')} leaves none; set best_metric=None",
         )
     return num_steps, info, who
+
+
+def _check_diagnostics(config: ml_collections.ConfigDict) -> None:
+    """`train.loss` and the optional `diagnostics` section (configs/digits.py documents it)."""
+    loss = config.train.get("loss", "cross_entropy")
+    if loss not in steps.LOSSES:
+        _fail("train.loss", loss, f"allowed: {', '.join(steps.LOSSES)}")
+    diag = config.get("diagnostics")
+    if diag is None:
+        return
+    _check_int(diag, "diagnostics", "layer_stats_every_steps", 1, optional=True)
+    _check_int(diag, "diagnostics", "curvature_every_steps", 1, optional=True)
+    for name, minimum in (("curvature_examples", 1), ("top_k", 1), ("lanczos_steps", 1)):
+        _check_int(diag, "diagnostics", name, minimum, optional=name not in diag)
+    _check_int(diag, "diagnostics", "density_probes", 0, optional="density_probes" not in diag)
+    _check_int(diag, "diagnostics", "density_steps", 1, optional="density_steps" not in diag)
+    if diag.get("lanczos_steps", 20) < diag.get("top_k", 1):
+        _fail("diagnostics.lanczos_steps", diag.lanczos_steps, "must be >= diagnostics.top_k")
+    if not isinstance(diag.get("preconditioned", True), bool):
+        _fail("diagnostics.preconditioned", diag.get("preconditioned"), "must be True or False")
+    if diag.get("layer_stats_every_steps") and config.train.get("shard_optimizer", False):
+        _fail(
+            "diagnostics.layer_stats_every_steps",
+            diag.layer_stats_every_steps,
+            "needs the full optimizer state: None with train.shard_optimizer=True",
+        )
+
+
+def optimizer_spec(config: ml_collections.ConfigDict) -> layer_stats.AdamSpec:
+    """What the diagnostics need of `config.optimizer` (b2, eps, convention, peak rate)."""
+    hparams = optimizers.optimizer_hparams(config.optimizer)
+    hparams["convention"] = config.optimizer.get("convention") or "optax"
+    return layer_stats.AdamSpec.from_hparams(
+        config.optimizer.name, hparams, float(config.optimizer.learning_rate)
+    )
+
+
+def _layer_stats(config: ml_collections.ConfigDict, who: MemberGrid) -> list | None:
+    """Per implementation the per-layer statistics function, or None when they are off."""
+    if not (config.get("diagnostics") or {}).get("layer_stats_every_steps"):
+        return None
+    return [layer_stats.make_layer_stats(optimizer_spec(config)) for _ in who.implementations]
 
 
 def _optimizer_section(config: ml_collections.ConfigDict, implementation: str) -> dict:
@@ -276,6 +320,8 @@ def build_experiment(
         devices=devices,
         shard_optimizer=config.train.get("shard_optimizer", False),
         conv_matmul=on_cpu and (bool(who.grid) or dispatch > 1),
+        loss=config.train.get("loss", "cross_entropy"),
+        layer_stats=_layer_stats(config, who),
     )
     return Experiment(info, num_steps, model, tuple(txs), schedule, engine, who, dispatch)
 

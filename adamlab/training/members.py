@@ -71,7 +71,9 @@ def make_member_step(train_steps: Sequence[Callable]) -> Callable:
     """`step(members, batch) -> (members, metrics)` for one grid point.
 
     `train_steps[i]` is implementation i's pure train step (`steps.make_train_step`). Metrics:
-    LOGGED and "finite", each stacked over implementations ([implementations]).
+    LOGGED and "finite", each stacked over implementations ([implementations]); steps built
+    with per-layer diagnostics add "layers", a tuple of each implementation's {name: scalar}
+    (their names may differ: the optax twin of a baseline, a different state).
     """
 
     def step(carry: Members, batch: dict) -> tuple[Members, dict]:
@@ -88,6 +90,8 @@ def make_member_step(train_steps: Sequence[Callable]) -> Callable:
         if len(states) >= 2:
             parity = jnp.maximum(parity, relative_difference(states[0].params, states[1].params))
         metrics = {k: jnp.stack([m[k] for _, m in outputs]) for k in (*LOGGED, "finite")}
+        if any("layers" in m for _, m in outputs):
+            metrics["layers"] = tuple(m.get("layers", {}) for _, m in outputs)
         return Members(states, keep, diverged_at, parity), metrics
 
     return step

@@ -14,6 +14,14 @@ Train metrics (all scalars, left on device; the loop fetches them every log inte
   update_param_ratio    update_norm / param_norm, the relative size of the step
   finite                True iff loss, every gradient and every update entry are finite; the loop
                         stops at the first False (the step itself never branches on it)
+  layers                only with `diagnostics=`: {name: scalar} of per-layer statistics
+                        (`adamlab.diagnostics.layer_stats`), computed from this step's gradients,
+                        updates and optimizer state; the loop uses this variant of the step only
+                        for the steps that log them
+
+Losses (`loss=`, config `train.loss`): "cross_entropy" (softmax cross-entropy with the integer
+labels) or "mse" (0.5 * ||logits - one_hot(label)||^2 per example, Cohen et al. 2021's squared
+loss); both averaged over the batch.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from adamlab.training import zero
 from adamlab.training.train_state import TrainState
 
 Batch = dict[str, jax.Array]
+LOSSES: tuple[str, ...] = ("cross_entropy", "mse")
 TrainStep = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
 EvalStep = Callable[[TrainState, Batch], dict[str, jax.Array]]
 
@@ -45,6 +54,16 @@ def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
+def example_losses(logits: jax.Array, labels: jax.Array, loss: str) -> jax.Array:
+    """Per-example loss [B] of float32 logits [B, C] and integer labels [B]."""
+    if loss == "mse":
+        targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+        return 0.5 * jnp.sum((logits - targets) ** 2, axis=-1)
+    if loss != "cross_entropy":
+        raise ValueError(f"train.loss={loss!r} is not a loss; allowed: {', '.join(LOSSES)}")
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
 def _all_finite(*trees: Any) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for tree in trees for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves))
@@ -58,8 +77,10 @@ def make_train_step(
     axis_name: str | None = None,
     shard_optimizer: bool = False,
     num_shards: int | None = None,
+    loss: str = "cross_entropy",
+    diagnostics: Callable[..., dict[str, jax.Array]] | None = None,
 ) -> TrainStep:
-    """Builds the cross-entropy train step (see the module docstring for the metrics).
+    """Builds the train step (see the module docstring for the metrics).
 
     Args:
       model: linen module, `model.apply(variables, x, train=True, rngs={"dropout": key},
@@ -70,6 +91,10 @@ def make_train_step(
       shard_optimizer: ZeRO-1 under pmap (`adamlab.training.zero.sharded_update`): gradients are
         reduce-scattered, `state.opt_state` holds this device's slices only, and parameters are
         all-gathered after the update. Needs `axis_name` and `num_shards` (the axis size).
+      loss: "cross_entropy" or "mse" (see the module docstring).
+      diagnostics: `stats(grads, updates, params, opt_state, learning_rate) -> {name: scalar}`
+        (`adamlab.diagnostics.layer_stats.make_layer_stats`), returned as metrics["layers"];
+        None (the default) builds the plain step. Not with `shard_optimizer`.
 
     Returns:
       `train_step(state, batch)` with batch {"image": float [B, H, W, C], "label": int [B]}.
@@ -80,6 +105,10 @@ def make_train_step(
             f"(got axis_name={axis_name!r}, num_shards={num_shards!r}); under jit, shard the "
             "optimizer state with shardings instead (adamlab.zero.opt_state_shardings)"
         )
+    if diagnostics is not None and shard_optimizer:
+        raise ValueError("per-layer diagnostics need the full optimizer state: not with ZeRO-1")
+    if loss not in LOSSES:
+        raise ValueError(f"train.loss={loss!r} is not a loss; allowed: {', '.join(LOSSES)}")
     model = _with_axis_name(model, axis_name)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -99,15 +128,15 @@ def make_train_step(
                 rngs={"dropout": key},
                 mutable=["batch_stats"],
             )
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return loss, (logits, new_variables.get("batch_stats", state.batch_stats))
+            mean_loss = example_losses(logits, labels, loss).mean()
+            return mean_loss, (logits, new_variables.get("batch_stats", state.batch_stats))
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss_value, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
         )
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
         if shard_optimizer:
-            loss, accuracy = jax.lax.pmean((loss, accuracy), axis_name)
+            loss_value, accuracy = jax.lax.pmean((loss_value, accuracy), axis_name)
             params, opt_state, norms = zero.sharded_update(
                 tx,
                 grads,
@@ -117,26 +146,31 @@ def make_train_step(
                 num_shards=num_shards,
             )
             grad_norm, update_norm = norms["grad_norm"], norms["update_norm"]
-            finite = jnp.isfinite(loss) & norms["finite"]
+            finite = jnp.isfinite(loss_value) & norms["finite"]
         else:
             if axis_name is not None:
                 # Equal shard sizes, so the mean of per-device means is the global mean.
-                grads, loss, accuracy = jax.lax.pmean((grads, loss, accuracy), axis_name)
+                grads, loss_value, accuracy = jax.lax.pmean(
+                    (grads, loss_value, accuracy), axis_name
+                )
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
             grad_norm, update_norm = optax.tree.norm(grads), optax.tree.norm(updates)
-            finite = _all_finite(loss, grads, updates)
+            finite = _all_finite(loss_value, grads, updates)
         param_norm = optax.tree.norm(params)
+        learning_rate = jnp.asarray(schedule(state.step), jnp.float32)
         metrics = {
-            "loss": loss,
+            "loss": loss_value,
             "accuracy": accuracy,
-            "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+            "learning_rate": learning_rate,
             "grad_norm": grad_norm,
             "update_norm": update_norm,
             "param_norm": param_norm,
             "update_param_ratio": update_norm / param_norm,
             "finite": finite,
         }
+        if diagnostics is not None:
+            metrics["layers"] = diagnostics(grads, updates, params, opt_state, learning_rate)
         new_state = state.replace(
             step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
         )
@@ -150,6 +184,7 @@ def make_eval_step(
     num_classes: int,
     *,
     axis_name: str | None = None,
+    loss: str = "cross_entropy",
 ) -> EvalStep:
     """Builds the eval step, which returns sums so batches and devices add up exactly.
 
@@ -172,7 +207,7 @@ def make_eval_step(
         # Padding rows get label 0 and zero weight, so out-of-range pad labels cannot index.
         labels = jnp.where(mask, batch["label"], 0)
         predictions = jnp.argmax(logits, -1)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        losses = example_losses(logits, labels, loss)
         sums = {
             "loss_sum": jnp.sum(jnp.where(mask, losses, 0.0)),
             "correct": jnp.sum(mask & (predictions == labels), dtype=jnp.int32),

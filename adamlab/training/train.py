@@ -24,7 +24,11 @@ case (`train_and_evaluate`); `adamlab compare` runs ours and optax in lockstep o
    non-finite is frozen at its last finite state and recorded (`diverged_at`); the others go
    on. A single run stops instead with `NonFiniteError` naming the step (its last good
    checkpoint is kept). Validation runs every `eval_every_steps` and at every checkpoint;
-   checkpoints (all members) every `checkpoint_every_steps` and at the end.
+   checkpoints (all members) every `checkpoint_every_steps` and at the end. With the
+   `diagnostics` section, chunks also end every `layer_stats_every_steps` (that chunk's last
+   step is the step variant that computes per-layer statistics, split "layers") and every
+   `curvature_every_steps` (Hessian eigenvalues on a fixed batch, split "curvature";
+   spectral densities in `curvature.jsonl`).
 5. SIGTERM/SIGINT (preemption, Ctrl-C) finish the current chunk, save a checkpoint and return
    with `interrupted=True` (a second Ctrl-C aborts at once).
 6. At the end evaluates validation and test, writes `result.json`, and returns the results.
@@ -51,7 +55,15 @@ import optax
 import tqdm
 
 from adamlab import data
-from adamlab.training import distributed, evaluate, members, restore, run_io, transfer
+from adamlab.training import (
+    curvature,
+    distributed,
+    evaluate,
+    members,
+    restore,
+    run_io,
+    transfer,
+)
 from adamlab.training.experiment import (
     ConfigError,
     Experiment,
@@ -65,6 +77,7 @@ from adamlab.training.experiment import (
 
 _WATCHED = ("loss", "grad_norm", "update_norm")  # Blamed for a divergence, in this order.
 RESULT_FILE = "result.json"
+CURVATURE_FILE = "curvature.jsonl"  # Spectral densities (diagnostics.density_probes > 0).
 
 
 class NonFiniteError(FloatingPointError):
@@ -313,6 +326,14 @@ class _Loop:
         self.run_steps, self.run_seconds = 0, 0.0  # The whole run, for RunsResult.
         self.eval_cache: dict[str, list] = {}
         self.reported: set[int] = set()  # Members whose divergence was logged.
+        diag = config.get("diagnostics") or {}
+        self.layers_every = diag.get("layer_stats_every_steps")
+        self.curvature_every = diag.get("curvature_every_steps")
+        self.curvature = None
+        if self.curvature_every:
+            self.curvature = curvature.CurvatureProbe(
+                config, experiment.model, experiment.info.num_train
+            )
 
     # -------------------------------------------------------------------- writers
 
@@ -329,14 +350,38 @@ class _Loop:
             writers[i] = run_io.MetricWriter(path, resume_step=start)
         return writers
 
-    def _write(self, step: int | None, split: str, per_member: list[dict]) -> None:
+    def _write(
+        self, step: int | None, split: str, per_member: list[dict], show: bool = True
+    ) -> None:
         for i, values in enumerate(per_member):
             if i in self.writers:
                 self.writers[i].write(
                     self.experiment.num_steps if step is None else step, split, values
                 )
-        if self.single:
+        if self.single and show:
             _log("", step, split, per_member[0])
+
+    # -------------------------------------------------------------------- diagnostics
+
+    def _write_layers(self, step: int, layers: tuple[dict, ...]) -> None:
+        """Per-layer statistics of the step just taken ({name: [*grid]} per implementation)."""
+        host = jax.device_get(layers)  # Under pmap too: one copy (out_axes=None), no device axis.
+        per_member = [
+            {k: float(np.asarray(v)[index]) for k, v in host[m].items()}
+            for m, index, _ in self.names
+        ]
+        self._write(step, "layers", per_member, show=False)
+
+    def _write_curvature(self, carry, step: int) -> None:
+        """Hessian eigenvalues of every member at `step` (and SLQ densities, if asked)."""
+        results = self.curvature.evaluate(self.engine.get_members(carry), self.names, step)
+        for i, ((_, _, name), values) in enumerate(zip(self.names, results, strict=True)):
+            density = values.pop("density", None)
+            if density is not None and i in self.writers:
+                path = self._member_dir(name) / CURVATURE_FILE
+                with path.open("a") as f:
+                    f.write(json.dumps({"step": step, **density}) + "\n")
+        self._write(step, "curvature", results)
 
     # -------------------------------------------------------------------- metrics
 
@@ -457,6 +502,7 @@ class _Loop:
             train_cfg.checkpoint_every_steps,
         ]
         every += [p - 1 for p in profile[:1] if p > 1] + list(profile[1:])
+        every += [e for e in (self.layers_every, self.curvature_every) if e]
         lengths = chunk_lengths(start, num_steps, every, experiment.steps_per_dispatch)
         compiled_lengths: set[int] = set()
         fetched_pending, firsts_pending, pending = [], [], []
@@ -487,18 +533,34 @@ class _Loop:
                         train_cfg.get("inject_nan_at_step"),
                         self.who.grid,
                     )
+                    end = step + length
+                    layers_due = bool(self.layers_every) and end % self.layers_every == 0
                     tick = time.perf_counter()
-                    carry, step_metrics = engine.train(carry, engine.put_chunk(chunk))
-                    if length in compiled_lengths:
+                    carry, step_metrics = engine.train(
+                        carry, engine.put_chunk(chunk), layer_stats=layers_due
+                    )
+                    if (length, layers_due) in compiled_lengths:
                         interval_steps += length
                     else:  # This call compiled (and ran once): not throughput.
                         jax.block_until_ready(step_metrics)
                         interval_compile += time.perf_counter() - tick
-                        compiled_lengths.add(length)
+                        compiled_lengths.add((length, layers_due))
+                    layers = step_metrics.pop("layers", None)
                     pending.append(step_metrics)
                     firsts_pending.append(step + 1)
                     step += length
                     bar.update(length)
+                    if layers is not None or (self.curvature and step % self.curvature_every == 0):
+                        # Diagnostics are not training time: the interval starts after them.
+                        jax.block_until_ready(step_metrics)
+                        tick = time.perf_counter()
+                        if layers is not None:
+                            self._write_layers(step, layers)
+                        if self.curvature and step % self.curvature_every == 0:
+                            self._write_curvature(carry, step)
+                        spent = time.perf_counter() - tick
+                        self.phases["evaluate"] += spent
+                        interval_start += spent
                     if profile and step == profile[1]:
                         jax.block_until_ready(carry)
                         jax.profiler.stop_trace()
