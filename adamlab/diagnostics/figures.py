@@ -1,0 +1,194 @@
+"""The figures of a run with diagnostics, drawn from its `metrics.jsonl` and `config.json`.
+
+    paths = write_figures("runs/eos_gd")   # `adamlab diagnostics --workdir runs/eos_gd`
+
+Written into the run directory (for a run of several members, into each member's directory):
+
+  layer_ratio_heatmap.png   log10 update/param ratio per parameter leaf (rows) over steps
+  effective_step.png        Adam family: per leaf the 5/50/95% quantiles of lr/(sqrt(v_hat)+eps)
+                            and the fraction of coordinates where eps > sqrt(v_hat)
+  sharpness.png             the Hessian's top eigenvalue (and, for the Adam family, the
+                            preconditioned one) against the optimizer's stability threshold
+
+`stability_summary` is the number behind the last figure: the measured plateau (the median of
+the sharpness over the second half of the run) against the predicted threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Any
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+
+
+def read_records(run_dir: pathlib.Path) -> list[dict[str, Any]]:
+    """The records of `metrics.jsonl`; a torn last line (a crash mid-write) is skipped."""
+    records = []
+    for line in (run_dir / METRICS_FILE).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def threshold(optimizer: dict[str, Any], learning_rate: float) -> tuple[str, float] | None:
+    """(quantity, value) of the optimizer's stability threshold at step size `learning_rate`.
+
+    Gradient descent with heavy-ball momentum m on a quadratic is stable while the sharpness is
+    below (2 + 2m) / eta (2 / eta without momentum; Cohen et al. 2021). Adam with b1 behaves as
+    momentum m = b1 with the preconditioned step: the preconditioned sharpness's threshold is
+    (2 + 2 b1) / ((1 - b1) eta), 38 / eta for b1 = 0.9 (Cohen et al. 2022, their EMA-style
+    momentum carries the factor 1 / (1 - b1)). None for other optimizers.
+    """
+    name = optimizer.get("name")
+    if name == "sgd":
+        m = optimizer.get("momentum") or 0.0
+        return "sharpness", (2 + 2 * m) / learning_rate
+    if name in ("adam", "adamw"):
+        b1 = optimizer.get("b1")
+        b1 = 0.9 if b1 is None else b1
+        return "preconditioned_sharpness", (2 + 2 * b1) / ((1 - b1) * learning_rate)
+    return None
+
+
+def stability_summary(run_dir: str | pathlib.Path) -> dict[str, Any] | None:
+    """{"quantity", "threshold", "plateau" (median over the second half of the curvature
+    evaluations), "ratio", "steps"}, or None without curvature or a known threshold."""
+    run_dir = pathlib.Path(run_dir)
+    config = json.loads((_config_dir(run_dir) / CONFIG_FILE).read_text())
+    records = read_records(run_dir)
+    curvature = [r for r in records if r["split"] == "curvature"]
+    found = threshold(config["optimizer"], float(config["optimizer"]["learning_rate"]))
+    if not curvature or found is None:
+        return None
+    quantity, value = found
+    series = [r[quantity] for r in curvature if quantity in r]
+    if not series:
+        return None
+    plateau = float(np.median(series[len(series) // 2 :]))
+    return {
+        "quantity": quantity,
+        "threshold": value,
+        "plateau": plateau,
+        "ratio": plateau / value,
+        "steps": (curvature[len(series) // 2]["step"], curvature[-1]["step"]),
+    }
+
+
+def _config_dir(run_dir: pathlib.Path) -> pathlib.Path:
+    """A member's directory (members/<name>) has its run's config.json two levels up."""
+    return run_dir if (run_dir / CONFIG_FILE).is_file() else run_dir.parents[1]
+
+
+def _leaves(layer_records: list[dict], statistic: str) -> list[str]:
+    return sorted({k.rpartition("/")[0] for r in layer_records for k in r if k.endswith(statistic)})
+
+
+def _heatmap(plt, layers: list[dict], path: pathlib.Path) -> None:
+    leaves = _leaves(layers, "/update_param_ratio")
+    steps = [r["step"] for r in layers]
+    values = np.array(
+        [[r.get(f"{leaf}/update_param_ratio", np.nan) for r in layers] for leaf in leaves]
+    )
+    fig, ax = plt.subplots(figsize=(max(6, len(steps) * 0.08 + 3), 0.4 * len(leaves) + 2))
+    image = ax.imshow(
+        np.log10(np.maximum(values, 1e-30)),
+        aspect="auto",
+        interpolation="nearest",
+        extent=(steps[0], steps[-1], len(leaves) - 0.5, -0.5),
+    )
+    ax.set_yticks(range(len(leaves)), leaves)
+    ax.set_xlabel("step")
+    ax.set_title("log10 update / parameter norm, per leaf")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _effective_step(plt, layers: list[dict], path: pathlib.Path) -> bool:
+    leaves = _leaves(layers, "/step_q50")
+    if not leaves:
+        return False
+    steps = [r["step"] for r in layers]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    for i, leaf in enumerate(leaves):
+        color = f"C{i % 10}"
+        get = lambda key, leaf=leaf: [r.get(f"{leaf}/{key}", np.nan) for r in layers]
+        top.plot(steps, get("step_q50"), color=color, label=leaf)
+        top.fill_between(steps, get("step_q05"), get("step_q95"), color=color, alpha=0.15)
+        bottom.plot(steps, get("eps_fraction"), color=color)
+    top.set_yscale("log")
+    top.set_ylabel("lr / (sqrt(v_hat) + eps)\nmedian, 5-95% band")
+    top.legend(fontsize=7)
+    bottom.set_ylabel("fraction eps > sqrt(v_hat)")
+    bottom.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _sharpness(plt, run_dir: pathlib.Path, curvature: list[dict], path: pathlib.Path) -> None:
+    config = json.loads((_config_dir(run_dir) / CONFIG_FILE).read_text())
+    steps = [r["step"] for r in curvature]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for key, label in (("sharpness", "sharpness"), ("preconditioned_sharpness", "P^-1 H")):
+        if any(key in r for r in curvature):
+            ax.plot(
+                steps, [r.get(key, np.nan) for r in curvature], label=f"top eigenvalue of {label}"
+            )
+    found = threshold(config["optimizer"], float(config["optimizer"]["learning_rate"]))
+    if found is not None:
+        quantity, value = found
+        ax.axhline(value, color="k", linestyle="--", label=f"threshold of {quantity}: {value:.4g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    name, lr = config["optimizer"]["name"], config["optimizer"]["learning_rate"]
+    ax.set_title(f"{name}, lr={lr:g}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_figures(run_dir: str | pathlib.Path) -> list[pathlib.Path]:
+    """Writes the figures of `run_dir` (each member's, for a run of several) and returns them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = pathlib.Path(run_dir)
+    members = sorted(p.parent for p in run_dir.glob("members/**/" + METRICS_FILE))
+    written = []
+    for member in members or [run_dir]:
+        records = read_records(member)
+        layers = [r for r in records if r["split"] == "layers"]
+        curvature = [r for r in records if r["split"] == "curvature"]
+        if layers:
+            _heatmap(plt, layers, member / "layer_ratio_heatmap.png")
+            written.append(member / "layer_ratio_heatmap.png")
+            if _effective_step(plt, layers, member / "effective_step.png"):
+                written.append(member / "effective_step.png")
+        if curvature:
+            _sharpness(plt, member, curvature, member / "sharpness.png")
+            written.append(member / "sharpness.png")
+    return written
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    low, high = summary["steps"]
+    ratio = summary["ratio"]
+    off = "n/a" if not math.isfinite(ratio) else f"{100 * (ratio - 1):+.1f}%"
+    return (
+        f"{summary['quantity']}: plateau {summary['plateau']:.4g} (median, steps {low}-{high}) "
+        f"vs threshold {summary['threshold']:.4g} ({off})"
+    )
