@@ -22,7 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
     config = load_config_file(pathlib.Path(__file__).with_name("edge_of_stability_gd.py"))
     config.optimizer.name = "adam"
     config.optimizer.implementation = "ours"
-    config.optimizer.learning_rate = 1e-3  # eta; the threshold is 38 / eta = 38000.
+    config.optimizer.learning_rate = 5e-3  # eta; the threshold is 38 / eta = 7600.
+    config.train.num_steps = 1500
     config.optimizer.b1 = 0.9
     config.diagnostics.preconditioned = True
     return config

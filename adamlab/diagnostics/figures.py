@@ -184,6 +184,40 @@ def write_figures(run_dir: str | pathlib.Path) -> list[pathlib.Path]:
     return written
 
 
+def write_overlay(run_dirs: list[str | pathlib.Path], path: str | pathlib.Path) -> pathlib.Path:
+    """One figure of several runs' tracked sharpness (solid) and thresholds (dashed), e.g. the
+    step sizes of an edge-of-stability reproduction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, run_dir in enumerate(run_dirs):
+        run_dir = pathlib.Path(run_dir)
+        config = json.loads((_config_dir(run_dir) / CONFIG_FILE).read_text())
+        lr = float(config["optimizer"]["learning_rate"])
+        found = threshold(config["optimizer"], lr)
+        curvature = [r for r in read_records(run_dir) if r["split"] == "curvature"]
+        if found is None or not curvature:
+            continue
+        quantity, value = found
+        steps = [r["step"] for r in curvature if quantity in r]
+        series = [r[quantity] for r in curvature if quantity in r]
+        ax.plot(steps, series, color=f"C{i}", label=f"lr={lr:g}")
+        ax.axhline(value, color=f"C{i}", linestyle="--", linewidth=1)
+        ax.set_ylabel(quantity.replace("_", " ") + " (dashed: threshold)")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     low, high = summary["steps"]
     ratio = summary["ratio"]

@@ -235,7 +235,7 @@ def optimizer_spec(config: ml_collections.ConfigDict) -> layer_stats.AdamSpec:
     )
 
 
-def _layer_stats(config: ml_collections.ConfigDict, who: MemberGrid) -> list | None:
+def layer_stats_for(config: ml_collections.ConfigDict, who: MemberGrid) -> list | None:
     """Per implementation the per-layer statistics function, or None when they are off."""
     if not (config.get("diagnostics") or {}).get("layer_stats_every_steps"):
         return None
@@ -321,7 +321,7 @@ def build_experiment(
         shard_optimizer=config.train.get("shard_optimizer", False),
         conv_matmul=on_cpu and (bool(who.grid) or dispatch > 1),
         loss=config.train.get("loss", "cross_entropy"),
-        layer_stats=_layer_stats(config, who),
+        layer_stats=layer_stats_for(config, who),
     )
     return Experiment(info, num_steps, model, tuple(txs), schedule, engine, who, dispatch)
 

@@ -161,6 +161,7 @@ def _draw_chunk(streams, length: int, first_step: int, nan_step: int | None, gri
 
 def _log(name: str, step: int | None, split: str, values: dict) -> None:
     shown = ("loss", "accuracy", "learning_rate", "grad_norm", "steps_per_sec", "f1")
+    shown += ("sharpness", "preconditioned_sharpness")  # The split "curvature".
     text = " ".join(f"{k}={values[k]:.4g}" for k in shown if k in values)
     logging.info("%sstep %s %s: %s", name, "final" if step is None else step, split, text)
 
