@@ -13,7 +13,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from adamlab import config_dict, optim
-from adamlab.diagnostics import hessian, layer_stats
+from adamlab.diagnostics import figures, hessian, layer_stats
 from adamlab.training import experiment, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -219,3 +219,56 @@ def test_bad_diagnostics_fields_are_config_errors():
     config.train.loss = "hinge"
     with pytest.raises(experiment.ConfigError, match="train.loss='hinge'"):
         experiment.validate_config(config)
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def _fake_run(path: pathlib.Path, optimizer: dict, quantity: str, values: list[float]):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"optimizer": optimizer}))
+    lines = []
+    for i, value in enumerate(values):
+        step = 10 * (i + 1)
+        lines.append({"step": step, "split": "curvature", quantity: value, "sharpness": value})
+        lines.append(
+            {
+                "step": step,
+                "split": "layers",
+                "a/kernel/update_param_ratio": 1e-3 * (i + 1),
+                "a/kernel/step_q05": 1e-4,
+                "a/kernel/step_q50": 1e-3,
+                "a/kernel/step_q95": 1e-2,
+                "a/kernel/eps_fraction": 0.0,
+            }  # fmt: skip
+        )
+    (path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_thresholds_and_the_plateau_summary(tmp_path):
+    assert figures.threshold({"name": "sgd"}, 0.1) == ("sharpness", pytest.approx(20.0))
+    assert figures.threshold({"name": "sgd", "momentum": 0.9}, 0.1)[1] == pytest.approx(38.0)
+    adam = figures.threshold({"name": "adam", "b1": None}, 1e-3)
+    assert adam == ("preconditioned_sharpness", pytest.approx(38_000.0))
+    assert figures.threshold({"name": "rmsprop"}, 1e-3) is None
+    _fake_run(tmp_path / "gd", {"name": "sgd", "learning_rate": 0.1}, "sharpness",
+              [5, 10, 15, 19, 21, 20, 19.5, 20.5])  # fmt: skip
+    summary = figures.stability_summary(tmp_path / "gd")
+    assert summary["plateau"] == pytest.approx(20.25)  # Median of the second half.
+    assert summary["threshold"] == pytest.approx(20.0) and summary["steps"] == (50, 80)
+
+
+def test_diagnostics_command_writes_the_figures(tmp_path, capsys):
+    from adamlab import cli
+
+    adam = {"name": "adam", "learning_rate": 1e-3, "b1": 0.9}
+    _fake_run(tmp_path / "a", adam, "preconditioned_sharpness", [1e3, 2e4, 4e4, 3.8e4])
+    overlay = tmp_path / "overlay.png"
+    code = cli.main(
+        ["adamlab", "diagnostics", f"--workdir={tmp_path / 'a'}", f"--overlay={overlay}"]
+    )
+    assert code == 0
+    names = ("layer_ratio_heatmap.png", "effective_step.png", "sharpness.png")
+    assert all((tmp_path / "a" / n).stat().st_size > 0 for n in names)
+    assert overlay.stat().st_size > 0
+    assert "vs threshold 3.8e+04" in capsys.readouterr().out
