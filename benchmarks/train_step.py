@@ -138,9 +138,13 @@ def main() -> None:
         "median_paired_ratio": statistics.median(paired),
         "machine": machine(),
     }
-    out = pathlib.Path(
-        args.out or ROOT / "benchmarks" / "results" / f"train_step_{jax.default_backend()}.json"
-    )
+    write_result(result, args.out, "train_step")
+
+
+def write_result(result: dict, out: str | None, name: str) -> None:
+    """Prints `result` and writes it as JSON to `out` (default results/<name>_<backend>.json)."""
+    default = ROOT / "benchmarks" / "results" / f"{name}_{jax.default_backend()}.json"
+    out = pathlib.Path(out or default)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
