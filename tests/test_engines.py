@@ -191,7 +191,7 @@ def test_steps_compile_once(resnet_runs):
     _, results = resnet_runs
     engine, carry, _ = results["jit"]
     # 3 train chunks of K = 1 ran on this engine, all of one shape: one compiled program.
-    assert engine._train._cache_size() == 1
+    assert engine._train[False]._cache_size() == 1  # The plain step (no layer statistics).
     batch = engine.put_batch(digits_batches(1, GLOBAL_BATCH, channels=3)[0])
     engine.evaluate(carry, batch)  # Compiles for this shape unless another test did.
     compiled = engine._evaluate._cache_size()
