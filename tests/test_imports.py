@@ -5,8 +5,9 @@ level and inside functions alike: a function-level import that closes a cycle or
 is the same design debt, only deferred to run time.
 
 Layers, bottom to top: `adamlab.optim` (jax and optax only) and `adamlab.data` (TFDS) stand
-alone; `adamlab.training` builds on them and `adamlab.models`; `adamlab.experiments` on
-training; `adamlab.cli` owns the command line and only `adamlab.__main__` imports it.
+alone; `adamlab.diagnostics` builds on optim only; `adamlab.training` builds on them and
+`adamlab.models`; `adamlab.experiments` on training; `adamlab.cli` owns the command line and
+only `adamlab.__main__` imports it.
 """
 
 import ast
@@ -128,6 +129,12 @@ def test_data_imports_only_data(graph):
         graph, "adamlab.data", lambda t: in_package(t, "adamlab.data") or t == "adamlab"
     )
     assert outside == []
+
+
+def test_diagnostics_imports_only_optim(graph):
+    """The training step calls into diagnostics, so diagnostics never reaches back up."""
+    allowed = lambda t: in_package(t, "adamlab.diagnostics") or in_package(t, "adamlab.optim")
+    assert _violations(graph, "adamlab.diagnostics", lambda t: allowed(t) or t == "adamlab") == []
 
 
 def test_training_never_imports_experiments_or_the_cli(graph):
