@@ -17,8 +17,8 @@ take a field says so. `optimizer.l2` adds the gradient of (l2 / 2) * ||params||^
 gradient before any optimizer (L2 in the loss, as opposed to AdamW's decoupled decay).
 
 Schedules (`optimizer.schedule`): "constant", "warmup_cosine" (linear warmup over
-`warmup_steps`, then cosine to 0 at the last step) and "inverse_sqrt" (Kingma & Ba's
-alpha / sqrt(t)).
+`warmup_steps`, or over `warmup_fraction` of the steps when that is set, then cosine to 0 at the
+last step) and "inverse_sqrt" (Kingma & Ba's alpha / sqrt(t)).
 
 Vectorized runs (`make_optimizer(..., swept=names)`): the swept hyperparameters (of `SWEEPABLE`)
 become float32 state leaves through `optim.inject_hyperparams`, so one compiled update serves
@@ -57,6 +57,7 @@ SWEEPABLE: tuple[str, ...] = (
     "weight_decay",
     "momentum",
     "l2",
+    "warmup_fraction",
 )
 # Fields consumed here; every other non-None field is a hyperparameter of the optimizer.
 _FACTORY_FIELDS = (
@@ -66,7 +67,9 @@ _FACTORY_FIELDS = (
     "learning_rate",
     "schedule",
     "warmup_steps",
+    "warmup_fraction",
     "l2",
+    "fused",
 )
 
 
@@ -118,6 +121,14 @@ def validate_optimizer_config(optimizer_config: Any, total_steps: int) -> None:
             f"optimizer.name={name!r} is a baseline from optax, not ours: set "
             "optimizer.implementation='optax' (ours are: " + ", ".join(optim.names()) + ")"
         )
+    fused = config.get("fused")
+    if fused not in (None, False, True):
+        raise ValueError(f"optimizer.fused={fused!r} must be True or False")
+    if fused and (name in BASELINES or implementation != "ours"):
+        raise ValueError(
+            f"optimizer.fused=True exists for ours only (adamlab.optim.fused), not for "
+            f"implementation={implementation!r} {name!r}; set optimizer.fused=False"
+        )
     schedule = config.get("schedule", "constant")
     if schedule not in SCHEDULES:
         raise ValueError(
@@ -135,6 +146,15 @@ def validate_optimizer_config(optimizer_config: Any, total_steps: int) -> None:
             f"optimizer.warmup_steps={warmup} needs schedule='warmup_cosine' (the {schedule!r} "
             "schedule has no warmup); set warmup_steps=0 or change the schedule"
         )
+    fraction = config.get("warmup_fraction")
+    if fraction is not None:
+        _check_number("warmup_fraction", fraction, 0, strict=False)
+        if fraction >= 1 or schedule != "warmup_cosine" or warmup:
+            raise ValueError(
+                f"optimizer.warmup_fraction={fraction!r} must be in [0, 1), with "
+                f"schedule='warmup_cosine' (got {schedule!r}) and warmup_steps=0 (got {warmup}): "
+                "it replaces warmup_steps"
+            )
     if schedule == "warmup_cosine" and warmup >= total_steps:
         raise ValueError(
             f"optimizer.warmup_steps={warmup} must be < total_steps={total_steps}: the cosine "
@@ -142,7 +162,9 @@ def validate_optimizer_config(optimizer_config: Any, total_steps: int) -> None:
         )
 
 
-def make_schedule(optimizer_config: Any, total_steps: int, peak: Any = None) -> optax.Schedule:
+def make_schedule(
+    optimizer_config: Any, total_steps: int, peak: Any = None, warmup_fraction: Any = None
+) -> optax.Schedule:
     """The learning-rate schedule of `optimizer.schedule` (see the module docstring).
 
     "warmup_cosine" is optax's `warmup_cosine_decay_schedule(0, lr, warmup_steps, total_steps,
@@ -150,15 +172,21 @@ def make_schedule(optimizer_config: Any, total_steps: int, peak: Any = None) -> 
     a traced array, as in a vectorized sweep; optax's function branches in Python on the peak.
     "inverse_sqrt" is alpha_t = alpha / sqrt(t) with t the 1-based step (the first step uses
     alpha), Kingma & Ba 2015's schedule for logistic regression.
+    With `warmup_fraction` (default: the config's) the warmup lasts that fraction of
+    `total_steps`, possibly a traced array (a swept fraction, `_fractional_warmup_cosine`).
     """
     validate_optimizer_config(optimizer_config, total_steps)
     config = config_dict.as_dict(optimizer_config, "optimizer config")
     peak = float(config["learning_rate"]) if peak is None else peak
+    if warmup_fraction is None:
+        warmup_fraction = config.get("warmup_fraction")
     schedule = config.get("schedule", "constant")
     if schedule == "constant":
         return optax.constant_schedule(peak)
     if schedule == "inverse_sqrt":
         return lambda count: peak / jnp.sqrt(count + 1.0)
+    if warmup_fraction is not None:
+        return _fractional_warmup_cosine(peak, warmup_fraction, total_steps)
     warmup = config.get("warmup_steps", 0) or 0
     return optax.join_schedules(
         [
@@ -169,6 +197,20 @@ def make_schedule(optimizer_config: Any, total_steps: int, peak: Any = None) -> 
         ],
         [warmup],
     )
+
+
+def _fractional_warmup_cosine(peak: Any, fraction: Any, total_steps: int) -> optax.Schedule:
+    """optax's warmup_cosine_decay_schedule(0, peak, w, total_steps, 0) with a real-valued
+    warmup w = fraction * total_steps that may be traced: jnp.where instead of Python branches."""
+
+    def schedule(count):
+        t = jnp.asarray(count, jnp.float32)
+        w = jnp.asarray(fraction, jnp.float32) * total_steps
+        warm = peak * t / jnp.where(w > 0, w, 1.0)
+        progress = jnp.clip((t - w) / (total_steps - w), 0.0, 1.0)
+        return jnp.where(t < w, warm, peak * 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
+
+    return schedule
 
 
 def _named(name: str, hparams: dict[str, Any], build: Callable) -> optax.GradientTransformation:
@@ -198,6 +240,8 @@ def _base_optimizer(config: dict[str, Any], schedule: Any, hparams: dict[str, An
         return optim.reference(name, learning_rate=schedule, **hparams)
     if convention != "optax":
         hparams = dict(hparams, convention=convention)
+    if config.get("fused"):  # the same rule and state, fewer divisions (adamlab.optim.fused)
+        hparams = dict(hparams, fused=True)
     return optim.create(name, learning_rate=schedule, **hparams)
 
 
@@ -222,9 +266,10 @@ def _build(config: dict[str, Any], total_steps: int, frozen: Sequence[str], valu
     """The optimizer of one run: `config` with `values` (swept hyperparameters) applied."""
     values = dict(values)
     peak = values.pop("learning_rate", None)
+    fraction = values.pop("warmup_fraction", None)
     swept_l2 = "l2" in values
     l2 = values.pop("l2", config.get("l2") or 0.0)
-    schedule = make_schedule(config, total_steps, peak)
+    schedule = make_schedule(config, total_steps, peak, fraction)
     tx = _base_optimizer(config, schedule, optimizer_hparams(config) | values)
     if swept_l2 or l2 > 0:  # L2 in the loss: its gradient l2 * params joins the gradient.
         tx = optax.chain(optim.add_decayed_weights(l2), tx)
@@ -262,6 +307,8 @@ def make_optimizer(
     if not swept:
         return _build(config, total_steps, frozen, {}), schedule
     accepted = {*hyperparameters(config["name"]), "l2"}
+    if config.get("schedule") == "warmup_cosine" and not config.get("warmup_steps"):
+        accepted.add("warmup_fraction")  # Replaces warmup_steps (validate_optimizer_config).
     for name in swept:
         if name not in SWEEPABLE or name not in accepted:
             allowed = [h for h in SWEEPABLE if h in accepted]
