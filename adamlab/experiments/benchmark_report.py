@@ -1,0 +1,250 @@
+"""The benchmark's report: trials.csv, results.csv, stages.csv, summary.md and the figures.
+
+    summary = write_report(plan, workdir, trial_rows, final_rows, stages, heatmap, wall)
+
+`plan` is a `benchmark.Plan` (read only: its workloads' configs, targets, spaces and seeds);
+`trial_rows` and `final_rows` are the rows of trials.csv and results.csv, `stages` one row per
+stage (runs, steps, wall and compile seconds), `heatmap` the Adam + L2 / AdamW grid runs (or
+None). summary.md states the tuning protocol in full, then per workload a table of the
+optimizers (selected setting, time-to-target medians, speedup against Adam, validation and test
+metrics with 95% t-intervals), the performance profiles and the stages' costs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import platform
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from adamlab.experiments import compare, profiles, report
+from adamlab.training import train
+
+BASELINE = "adam"  # Speedups are against it.
+
+
+def medians(final_rows: Sequence[Mapping[str, Any]], column: str) -> dict[str, dict[str, float]]:
+    """optimizer -> workload -> median over seeds of `column` (inf stays inf)."""
+    out: dict[str, dict[str, list]] = {}
+    for row in final_rows:
+        out.setdefault(row["optimizer"], {}).setdefault(row["workload"], []).append(row[column])
+    return {o: {w: float(np.median(v)) for w, v in per.items()} for o, per in out.items()}
+
+
+def write_report(plan, workdir, trial_rows, final_rows, stages, heatmap, wall) -> str:
+    """trials.csv, results.csv, stages.csv, summary.md, profiles.png, curves.png, heatmap.png."""
+    workdir = pathlib.Path(workdir)
+    report.write_csv(workdir / "trials.csv", _uniform(trial_rows))
+    report.write_csv(workdir / "results.csv", final_rows)
+    report.write_csv(workdir / "stages.csv", stages)
+    seconds = medians(final_rows, "seconds_to_target")
+    steps = medians(final_rows, "steps_to_target")
+    rho = {
+        "seconds to target": profiles.performance_profile(seconds),
+        "steps to target": profiles.performance_profile(steps),
+    }
+    profiles.plot_profiles(
+        workdir / "profiles.png",
+        rho,
+        title=f"performance profiles over {len(plan.workloads)} workload(s), final seeds' medians",
+    )
+    _plot_training_curves(plan, workdir)
+    heatmap_text = ""
+    if heatmap:
+        heatmap_text = _heatmap(plan, workdir, heatmap)
+    summary = _summary(plan, trial_rows, final_rows, stages, rho, seconds, steps, wall)
+    summary += heatmap_text
+    (workdir / "summary.md").write_text(summary)
+    return summary
+
+
+def _uniform(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with the union of their columns (a hyperparameter an optimizer lacks is empty)."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    return [{k: row.get(k, "") for k in columns} for row in rows]
+
+
+def _plot_training_curves(plan, workdir: pathlib.Path) -> None:
+    """curves.png: the final runs' train loss per epoch (seeds' mean and range), a panel per
+    workload: Kingma & Ba 2015's "training cost" figures."""
+    panels = {}
+    for name, workload in plan.workloads.items():
+        lines = {}
+        for optimizer in plan.optimizers:
+            saved = workdir / name / optimizer / "final" / train.RESULT_FILE
+            curves = json.loads(saved.read_text())["curves"]
+            (per_split,) = curves.values()
+            steps = np.asarray(per_split["train"]["steps"], np.float64)
+            loss = np.asarray(per_split["train"]["loss"], np.float64)[0]  # [S, T]
+            lines[optimizer] = (steps / workload.steps_per_epoch, loss)
+        panels[f"{name}: training loss"] = lines
+    report.plot_panels(
+        workdir / "curves.png", panels, xlabel="epoch", title="final runs", log_y=True
+    )
+
+
+def _heatmap(plan, workdir: pathlib.Path, results: Mapping[str, train.RunsResult]) -> str:
+    workload = next(iter(plan.workloads.values()))
+    metric = workload.config.benchmark.heatmap.metric
+    rates, strengths = workload.heatmap_axes()
+    grids = {}
+    for method, result in results.items():
+        values = np.array([row[metric] for row in result.rows], np.float64)
+        seeds = len(result.rows) // (len(rates) * len(strengths))
+        grids[method] = values.reshape(len(rates), len(strengths), seeds).mean(axis=-1)
+    profiles.plot_heatmaps(
+        workdir / "heatmap.png",
+        grids,
+        rates,
+        strengths,
+        metric=f"final {metric}, mean of {seeds} seed(s)",
+        title=f"{workload.name}: Adam + L2 vs AdamW",
+    )
+    header = "| learning rate | " + " | ".join(f"best {m} strength ({metric})" for m in grids)
+    lines = [header + " |", "|---|" + "---|" * len(grids)]
+    for i, rate in enumerate(rates):
+        cells = []
+        for grid in grids.values():
+            row = grid[i]
+            j = int(np.nanargmin(row)) if np.isfinite(row).any() else None
+            cells.append("diverged" if j is None else f"{strengths[j]:.0e} ({row[j]:.4f})")
+        lines.append(f"| {rate:.0e} | " + " | ".join(cells) + " |")
+    return (
+        f"\n## Adam + L2 vs AdamW on {workload.name} (Loshchilov & Hutter 2019, Fig. 2)\n\n"
+        f"Final {metric} (mean of {seeds} seed(s)) over learning rate x strength, one program "
+        f"per method ({len(rates) * len(strengths) * seeds} runs each); heatmap.png. If the "
+        "best strength moves with the learning rate, the two are coupled.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
+def _summary(plan, trial_rows, final_rows, stages, rho, seconds, steps, wall) -> str:
+    lines = [
+        "# Optimizer benchmark",
+        "",
+        f"Workloads: {', '.join(plan.workloads)}. Optimizers: {', '.join(plan.optimizers)}.",
+        f"Wall time {wall:.1f} s for this invocation; stages (their own wall times, compile "
+        f"included) {sum(s['wall_time_s'] for s in stages):.1f} s "
+        f"({platform.machine()}, {os.cpu_count()} CPU threads, {compare._device()}, "
+        f"load average {_load()}).",
+        "",
+        "## Protocol",
+        "",
+        f"* Budget: {plan.trials} trials per optimizer and workload, points of a scrambled "
+        "Halton sequence (scipy.stats.qmc.Halton, seeded per workload) over the search spaces "
+        "below, all trials of one optimizer and workload trained in one compiled program "
+        "(one runs.sweep) with the workload's tuning seed.",
+        "* Selection on the validation split only: the trial that reaches the target in the "
+        "fewest steps; if none does, the best final validation accuracy (then loss).",
+        f"* The selected setting is rerun with {plan.seeds} new seeds in one program; test "
+        "metrics are those runs', reported once: mean ± 95% t-interval over the seeds.",
+        "* Time-to-target: the first validation evaluation at or past the target (never: "
+        "inf). Seconds = steps x the run's share of its program's time per step (1 / (steps/s "
+        "x runs in the program); compile and evaluation excluded): see benchmark.py.",
+        "* Per workload and optimizer: medians over the final seeds. Performance profiles: "
+        "fraction of workloads on which an optimizer's median time-to-target is within tau of "
+        "the best optimizer's (tau 1..4). Speedup: Adam's median time / the optimizer's.",
+        "",
+    ]
+    for name, workload in plan.workloads.items():
+        relation = ">=" if workload.higher_is_better else "<="
+        config = workload.config
+        lines += [
+            f"## {name}",
+            "",
+            f"{config.data.name}, model {config.model.name}, {workload.num_steps} steps of "
+            f"batch {config.train.batch_size} ({workload.num_steps / workload.steps_per_epoch:.1f}"
+            f" epochs), schedule {config.optimizer.schedule}; target {workload.metric} "
+            f"{relation} {workload.target}, evaluated every {config.train.eval_every_steps} "
+            f"steps. Tuning seed {config.benchmark.tuning_seed}, Halton seed "
+            f"{config.benchmark.halton_seed}, final seeds "
+            f"{', '.join(map(str, workload.final_seeds(plan.seeds)))}.",
+            "",
+            "Search spaces:",
+            "",
+            *[f"* {o}: {s.describe()}" for o, s in workload.spaces.items()],
+            "",
+            _workload_table(plan, name, trial_rows, final_rows, seconds, steps),
+        ]
+    lines += ["## Performance profiles (profiles.png)", "", _profile_table(rho), ""]
+    lines += ["## Stages", "", _stage_table(stages)]
+    return "\n".join(lines) + "\n"
+
+
+def _load() -> str:
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def _workload_table(plan, name, trial_rows, final_rows, seconds, steps) -> str:
+    speed = profiles.speedups(seconds, BASELINE)
+    rows = [r for r in final_rows if r["workload"] == name]
+    summary = report.summarize(
+        rows,
+        by=("optimizer",),
+        metrics=("validation_accuracy", "test_accuracy", "test_loss"),
+    )
+    header = (
+        "| optimizer | selected setting | trials reaching target | seeds reaching target | "
+        "median steps to target | median seconds to target | speedup vs adam | "
+        "validation accuracy | test accuracy | test loss |"
+    )
+    lines = [header, "|" + "---|" * 10]
+    for s in summary:
+        o = s["optimizer"]
+        mine = [r for r in rows if r["optimizer"] == o]
+        tried = [r for r in trial_rows if r["workload"] == name and r["optimizer"] == o]
+        cells = [
+            o,
+            mine[0]["setting"],
+            f"{sum(math.isfinite(r['steps_to_target']) for r in tried)}/{len(tried)}",
+            f"{sum(math.isfinite(r['steps_to_target']) for r in mine)}/{len(mine)}",
+            _number(steps[o][name], "{:.0f}"),
+            _number(seconds[o][name], "{:.3g}"),
+            _number(speed[o][name], "{:.2f}x"),
+            *[
+                report.format_interval(s[f"{m}_mean"], s[f"{m}_half"])
+                for m in ("validation_accuracy", "test_accuracy", "test_loss")
+            ],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float, fmt: str) -> str:
+    if math.isnan(value):
+        return "-"
+    return "inf (not reached)" if math.isinf(value) else fmt.format(value)
+
+
+def _profile_table(rho: Mapping[str, Mapping[str, np.ndarray]]) -> str:
+    shown = (1.0, 1.5, 2.0, 3.0, 4.0)
+    index = [int(np.argmin(np.abs(profiles.TAUS - t))) for t in shown]
+    header = "| measure | optimizer | " + " | ".join(f"tau={t:g}" for t in shown) + " |"
+    lines = [header, "|---|---|" + "---|" * len(shown)]
+    for measure, per in rho.items():
+        for optimizer, values in per.items():
+            cells = " | ".join(f"{values[i]:.2f}" for i in index)
+            lines.append(f"| {measure} | {optimizer} | {cells} |")
+    return "\n".join(lines)
+
+
+def _stage_table(stages: Sequence[Mapping[str, Any]]) -> str:
+    header = (
+        "| workload | optimizer | stage | runs | steps | wall s | compile s | program steps/s |"
+    )
+    lines = [header, "|" + "---|" * 8]
+    for s in stages:
+        lines.append(
+            f"| {s['workload']} | {s['optimizer']} | {s['stage']} | {s['runs']} | {s['steps']} "
+            f"| {s['wall_time_s']:.1f} | {s['compile_s']:.1f} | {s['steps_per_sec']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,163 @@
+"""Time-to-target, AlgoPerf-style performance profiles, speedups and the benchmark's figures.
+
+    steps = steps_to_target(eval_steps, validation_accuracy, target=0.97)   # inf: never reached
+    rho = performance_profile({"adam": {"digits_cnn": 3.1}, ...}, taus)     # opt -> [len(taus)]
+    speedups(times, baseline="adam")                                        # opt -> workload -> x
+
+A run reaches the target at the first evaluation whose validation metric is at least the
+target, so time-to-target has the resolution of `train.eval_every_steps`; a run that never
+reaches it (or diverges) takes infinitely long.
+
+Performance profiles (Dolan & More 2002, as AlgoPerf scores submissions): for workload w let
+t_{o,w} be optimizer o's time-to-target and r_{o,w} = t_{o,w} / min_o' t_{o',w}. The profile
+rho_o(tau) is the fraction of workloads with r_{o,w} <= tau: rho_o(1) is the share of workloads
+on which o is the fastest, and a workload that o never solves counts against it at every tau.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from adamlab.experiments import report
+
+TAUS = np.linspace(1.0, 4.0, 61)  # AlgoPerf plots tau from 1 to 4.
+
+
+def steps_to_target(
+    steps: Sequence[int], values: np.ndarray, target: float, *, higher_is_better: bool = True
+) -> np.ndarray:
+    """First step at which `values` (shape [..., T], evaluated at `steps` [T]) reaches `target`;
+    inf where it never does. NaN (a diverged run) never reaches it."""
+    steps = np.asarray(steps, np.float64)
+    values = np.asarray(values, np.float64)
+    if values.shape[-1:] != steps.shape:
+        raise ValueError(f"values {values.shape} do not end with the {steps.shape} steps")
+    with np.errstate(invalid="ignore"):
+        reached = values >= target if higher_is_better else values <= target
+    first = np.argmax(reached, axis=-1)
+    hit = reached.any(axis=-1)
+    return np.where(hit, steps[first] if steps.size else np.inf, np.inf)
+
+
+def performance_profile(
+    times: Mapping[str, Mapping[str, float]], taus: Sequence[float] = TAUS
+) -> dict[str, np.ndarray]:
+    """optimizer -> rho(tau) for each tau; `times` is optimizer -> workload -> time-to-target.
+
+    A workload that no optimizer solves has no best time: it counts as unsolved for everyone.
+    """
+    workloads = sorted({w for per in times.values() for w in per})
+    if not workloads:
+        raise ValueError("performance_profile needs at least one workload")
+    taus = np.asarray(taus, np.float64)
+    best = {w: min(float(per.get(w, math.inf)) for per in times.values()) for w in workloads}
+    out = {}
+    for optimizer, per in times.items():
+        ratios = np.array([_ratio(float(per.get(w, math.inf)), best[w]) for w in workloads])
+        out[optimizer] = (ratios[None, :] <= taus[:, None]).mean(axis=1)
+    return out
+
+
+def _ratio(time: float, best: float) -> float:
+    if not math.isfinite(time) or not math.isfinite(best):
+        return math.inf
+    return time / best if best > 0 else (1.0 if time == 0 else math.inf)
+
+
+def speedups(
+    times: Mapping[str, Mapping[str, float]], baseline: str = "adam"
+) -> dict[str, dict[str, float]]:
+    """optimizer -> workload -> t_baseline / t_optimizer (> 1: faster than the baseline).
+
+    inf when only the optimizer reaches the target, 0 when only the baseline does, NaN when
+    neither does (or the baseline was not run).
+    """
+    out: dict[str, dict[str, float]] = {}
+    for optimizer, per in times.items():
+        out[optimizer] = {}
+        for workload, time in per.items():
+            base = float(times.get(baseline, {}).get(workload, math.nan))
+            time = float(time)
+            if math.isnan(base) or (math.isinf(base) and math.isinf(time)):
+                out[optimizer][workload] = math.nan
+            elif math.isinf(time):
+                out[optimizer][workload] = 0.0
+            else:
+                out[optimizer][workload] = base / time if time > 0 else math.inf
+    return out
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def plot_profiles(
+    path: str | os.PathLike,
+    panels: Mapping[str, Mapping[str, np.ndarray]],
+    taus: Sequence[float] = TAUS,
+    *,
+    title: str = "",
+) -> pathlib.Path:
+    """profiles.png: one panel per measure (title -> optimizer -> rho over `taus`)."""
+    plt = report._pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (panel, rhos) in zip(axes[0], panels.items(), strict=True):
+        for i, (optimizer, rho) in enumerate(rhos.items()):
+            offset = 0.004 * (i - len(rhos) / 2)  # Lines on top of each other stay visible.
+            ax.step(taus, np.asarray(rho) + offset, where="post", label=optimizer, lw=1.3)
+        ax.set_xlabel("tau (time-to-target / best optimizer's)")
+        ax.set_ylabel("fraction of workloads")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlim(taus[0], taus[-1])
+        ax.set_title(panel)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return pathlib.Path(path)
+
+
+def plot_heatmaps(
+    path: str | os.PathLike,
+    grids: Mapping[str, np.ndarray],
+    learning_rates: Sequence[float],
+    strengths: Sequence[float],
+    *,
+    metric: str,
+    title: str = "",
+) -> pathlib.Path:
+    """heatmap.png: per method a learning rate (rows) x decay strength (columns) grid of
+    `metric` (lower is better), the best strength of each learning rate boxed, as in Loshchilov
+    & Hutter 2019, Fig. 2."""
+    plt = report._pyplot()
+    finite = np.concatenate([g[np.isfinite(g)].ravel() for g in grids.values()])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    fig, axes = plt.subplots(
+        1, len(grids), figsize=(4.6 * len(grids) + 1, 4), squeeze=False, layout="constrained"
+    )
+    for ax, (method, grid) in zip(axes[0], grids.items(), strict=True):
+        image = ax.imshow(grid, origin="lower", cmap="viridis_r", vmin=vmin, vmax=vmax)
+        for i, row in enumerate(grid):
+            for j, value in enumerate(row):
+                dark = value > (vmin + vmax) / 2  # viridis_r: high values are dark.
+                color = "w" if dark else "k"
+                ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=6, color=color)
+            if np.isfinite(row).any():
+                j = int(np.nanargmin(row))
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+        ax.set_xticks(range(len(strengths)), [f"{s:.0e}" for s in strengths], fontsize=7)
+        ax.set_yticks(range(len(learning_rates)), [f"{r:.0e}" for r in learning_rates])
+        ax.set_xlabel("decay strength (l2 / weight_decay)")
+        ax.set_ylabel("learning rate")
+        ax.set_title(method)
+    fig.colorbar(image, ax=axes[0].tolist(), label="lower is better")
+    fig.suptitle(f"{title}: {metric} (red box: best strength per learning rate)", fontsize=9)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return pathlib.Path(path)
