@@ -159,7 +159,8 @@ def test_amsgrad_and_radam_statistics():
     values = layer_stats.make_layer_stats(spec)(grads, updates, params, state, jnp.float32(lr))
     t, b2 = 6, 0.999
     rho = 2 / (1 - b2) - 1 - 2 * t * b2**t / (1 - b2**t)
-    np.testing.assert_allclose(values["radam/rho"], rho, rtol=1e-4)
+    # float32, as the optimizer computes it: rho_inf - (~rho_inf - rho) loses 3 digits.
+    np.testing.assert_allclose(values["radam/rho"], rho, rtol=2e-3)
     assert values["radam/rectified"] == float(rho >= 5)  # t = 6: rho ~ 5.99, rectified.
 
 
