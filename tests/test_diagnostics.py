@@ -174,7 +174,7 @@ def test_baselines_get_norms_only():
 # ---------------------------------------------------------------------------- the loop
 
 
-def _tiny(workdir_stats: int | None, curvature: int | None):
+def _tiny(layers_every: int | None, curvature_every: int | None):
     config = config_dict.load_config_file(ROOT / "configs" / "digits.py")
     config.model.update(name="mlp", hidden=(16,), dropout_rate=0.0)
     config.optimizer.warmup_steps = 2
@@ -188,8 +188,8 @@ def _tiny(workdir_stats: int | None, curvature: int | None):
         steps_per_dispatch=4,
         best_metric=None,
     )
-    config.diagnostics.layer_stats_every_steps = workdir_stats
-    config.diagnostics.curvature_every_steps = curvature
+    config.diagnostics.layer_stats_every_steps = layers_every
+    config.diagnostics.curvature_every_steps = curvature_every
     config.diagnostics.curvature_examples = 64
     return config
 
