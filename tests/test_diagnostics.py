@@ -273,3 +273,21 @@ def test_diagnostics_command_writes_the_figures(tmp_path, capsys):
     assert all((tmp_path / "a" / n).stat().st_size > 0 for n in names)
     assert overlay.stat().st_size > 0
     assert "vs threshold 3.8e+04" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_grid_of_members_logs_each_members_diagnostics(tmp_path):
+    config = _tiny(4, 4)
+    config.train.num_steps = 4
+    config.runs.seeds = (0, 1)
+    config.runs.sweep = {"learning_rate": (1e-2, 3e-3)}
+    train.run(config, tmp_path)
+    member_dirs = sorted((tmp_path / "members").glob("**/metrics.jsonl"))
+    assert len(member_dirs) == 4
+    sharpness = set()
+    for path in member_dirs:
+        records = [json.loads(line) for line in path.open()]
+        assert [r["step"] for r in records if r["split"] == "layers"] == [4]
+        (curvature,) = [r for r in records if r["split"] == "curvature"]
+        sharpness.add(curvature["sharpness"])
+    assert len(sharpness) == 4  # Each member's own parameters, not the first one's.
