@@ -5,7 +5,9 @@ Optimizers: `adam`, `adamw`, `amsgrad`, `nadam`, `nadamw`, `radam`, `radamw`, `a
 `add_decayed_weights`, `subtract_decayed_weights`, `scale_by_learning_rate`), and by name:
 `create(name, convention=..., **hparams)` for ours, `reference(name, **hparams)` for the optax
 twin. Every optimizer takes ``convention="optax" | "pytorch" | "paper"`` (`CONVENTIONS`;
-docs/conventions.md). `inject_hyperparams` is optax's with float32 hyperparameters.
+docs/conventions.md) and ``fused=True`` for its fused variant (`adamlab.optim.fused`: the same
+rule and state with one division per element). `inject_hyperparams` is optax's with float32
+hyperparameters.
 """
 
 from adamlab.optim.alias import (
