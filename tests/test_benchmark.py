@@ -1,0 +1,289 @@
+"""`adamlab benchmark`: the tuning protocol, time-to-target, performance profiles, the stages.
+
+The math is checked against hand-computed examples; one tiny benchmark (logistic regression on
+digits, 6 steps, 2 trials, 2 seeds) runs every stage through the one loop, writes the report,
+and is resumed without training anything again.
+"""
+
+import math
+
+import jax
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+
+from adamlab import cli, config_dict
+from adamlab.experiments import benchmark, profiles, report, tuning
+from adamlab.training import optimizers, train
+
+INF = math.inf
+
+
+def _space(label="adam", workload="digits_cnn"):
+    config = config_dict.load_config(benchmark.WORKLOAD_PREFIX + workload)
+    return tuning.SearchSpace.from_config(label, config.benchmark.search_spaces[label])
+
+
+# ---------------------------------------------------------------------------- tuning
+
+
+def test_scales_map_the_unit_interval_onto_the_declared_range():
+    u = np.array([0.0, 0.5])
+    np.testing.assert_allclose(tuning.scale_unit(u, 1e-4, 1e-2, "log"), [1e-4, 1e-3])
+    # 1 - b1 log-uniform in [0.02, 0.2]: its midpoint is 1 - sqrt(0.02 * 0.2).
+    np.testing.assert_allclose(
+        tuning.scale_unit(u, 0.8, 0.98, "log1m"), [0.8, 1 - math.sqrt(0.02 * 0.2)]
+    )
+    np.testing.assert_allclose(tuning.scale_unit(u, 0.0, 0.2, "linear"), [0.0, 0.1])
+
+
+def test_halton_trials_lie_in_the_declared_ranges_and_are_reproducible():
+    space = _space("adamw")
+    trials = tuning.halton_trials(space, 16, seed=0)
+    assert set(trials) == set(space.ranges)
+    for field, (low, high, _) in space.ranges.items():
+        assert len(trials[field]) == 16
+        assert all(low <= v <= high for v in trials[field]), field
+        assert len(set(trials[field])) == 16  # Quasi-random points do not repeat.
+    assert tuning.halton_trials(space, 16, seed=0) == trials
+    assert tuning.halton_trials(space, 16, seed=1) != trials
+    first = tuning.halton_trials(space, 4, seed=0)  # A sequence: a smaller budget is a prefix.
+    assert all(first[f] == trials[f][:4] for f in trials)
+    # Low discrepancy: the first field (Halton base 2) puts one of the 16 trials into each
+    # sixteenth of its range, on its scale.
+    first_field, (low, high, scale) = next(iter(space.ranges.items()))
+    edges = tuning.scale_unit(np.linspace(0, 1, 17), low, high, scale)
+    bins = np.histogram(trials[first_field], bins=np.sort(edges))[0]
+    np.testing.assert_array_equal(bins, np.ones(16))
+
+
+@pytest.mark.parametrize(
+    "ranges, match",
+    [
+        ({"learning_rate": (0.0, 1.0, "log")}, "log scale needs low > 0"),
+        ({"b1": (0.9, 1.0, "log1m")}, "needs high < 1"),
+        ({"learning_rate": (1e-3, 1e-1, "cubic")}, "scale in"),
+        ({"nesterov": (0.0, 1.0, "linear")}, "not sweepable"),
+        ({}, "no ranges"),
+    ],
+)
+def test_a_malformed_search_space_is_a_clear_error(ranges, match):
+    with pytest.raises(ValueError, match=match):
+        tuning.SearchSpace("x", {"name": "adam"}, ranges).check()
+
+
+def test_selection_uses_steps_to_target_then_validation_metrics():
+    # Fastest to the target wins; a tie goes to the better final validation accuracy.
+    assert tuning.select_trial([INF, 40, 40, 60], [0.99, 0.95, 0.97, 0.99], [0, 0, 0, 0]) == 2
+    # Nobody reaches it: the best final validation accuracy, then loss.
+    assert tuning.select_trial([INF, INF, INF], [0.9, 0.95, 0.95], [0.3, 0.4, 0.2]) == 2
+    # A diverged trial (NaN metrics) is never selected, whatever its steps say.
+    assert tuning.select_trial([20, 40], [math.nan, 0.97], [math.nan, 0.1]) == 1
+
+
+# ---------------------------------------------------------------------------- measures
+
+
+def test_steps_to_target_is_the_first_evaluation_at_or_past_it_else_inf():
+    steps = [20, 40, 60]
+    values = np.array([[0.5, 0.97, 0.96], [0.5, 0.6, 0.7], [0.98, math.nan, 0.99]])
+    np.testing.assert_array_equal(profiles.steps_to_target(steps, values, 0.97), [40, INF, 20])
+    losses = np.array([[1.0, 0.5, 0.2], [math.nan, math.nan, math.nan]])
+    reached = profiles.steps_to_target(steps, losses, 0.5, higher_is_better=False)
+    np.testing.assert_array_equal(reached, [40, INF])
+
+
+def test_performance_profile_against_a_hand_computed_example():
+    times = {
+        "a": {"w1": 10.0, "w2": 30.0, "w3": INF},
+        "b": {"w1": 20.0, "w2": 15.0, "w3": INF},
+        "c": {"w1": 40.0, "w2": INF, "w3": INF},
+    }
+    # Ratios to the best: w1 a=1, b=2, c=4; w2 a=2, b=1, c=inf; w3 solved by nobody (inf).
+    rho = profiles.performance_profile(times, taus=[1.0, 1.5, 2.0, 3.9, 4.0])
+    np.testing.assert_allclose(rho["a"], [1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3])
+    np.testing.assert_allclose(rho["b"], [1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3])
+    np.testing.assert_allclose(rho["c"], [0, 0, 0, 0, 1 / 3])
+
+
+def test_speedups_against_adam():
+    times = {"adam": {"w1": 30.0, "w2": INF, "w3": INF}, "nadam": {"w1": 20.0, "w2": 5.0}}
+    speed = profiles.speedups(times, "adam")
+    assert speed["nadam"]["w1"] == 1.5 and speed["nadam"]["w2"] == INF
+    assert speed["adam"]["w1"] == 1.0 and math.isnan(speed["adam"]["w2"])
+    assert profiles.speedups({"adam": {"w": 10.0}, "sgd": {"w": INF}})["sgd"]["w"] == 0.0
+
+
+def test_a_fractional_warmup_is_optaxs_warmup_cosine_and_can_be_swept():
+    base = {"name": "adam", "learning_rate": 0.01, "schedule": "warmup_cosine"}
+    steps = np.arange(201)
+    by_steps = optimizers.make_schedule(base | {"warmup_steps": 20}, 200)(steps)
+    by_fraction = optimizers.make_schedule(base | {"warmup_fraction": 0.1}, 200)(steps)
+    np.testing.assert_allclose(by_fraction, by_steps, rtol=1e-6, atol=1e-9)
+    # Swept (a state leaf, one compiled update for every fraction) = the plain optimizer.
+    swept, _ = optimizers.make_optimizer(base, 200, swept=("warmup_fraction",))
+    plain, _ = optimizers.make_optimizer(base | {"warmup_fraction": 0.1}, 200)
+    params = {"w": np.linspace(-1, 1, 5, dtype=np.float32)}
+    states = {}
+    swept = optimizers.with_values(swept, {"warmup_fraction": 0.1})
+    for name, tx in (("swept", swept), ("plain", plain)):
+
+        def steps(p, tx=tx):  # 30 steps in one compiled program.
+            def step(carry, _):
+                p, state = carry
+                updates, state = tx.update({"w": p["w"] ** 3}, state, p)
+                return (optax.apply_updates(p, updates), state), None
+
+            return jax.lax.scan(step, (p, tx.init(p)), length=30)[0][0]
+
+        states[name] = jax.jit(steps)(params)["w"]
+    np.testing.assert_allclose(states["swept"], states["plain"], rtol=1e-6)
+    assert not np.allclose(states["plain"], params["w"])
+    with pytest.raises(ValueError, match="warmup_fraction=0.1 must be in"):
+        optimizers.make_optimizer(base | {"warmup_fraction": 0.1, "warmup_steps": 5}, 200)
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def _tiny_workload(**bench_fields):
+    """digits with logistic regression, 6 steps, validation every 2: seconds per stage."""
+    config = config_dict.load_config("bench_digits_cnn")
+    config.model.name = "logreg"
+    config.train.num_steps = 6
+    config.train.batch_size = 32
+    config.train.log_every_steps = 2
+    config.train.eval_every_steps = 2
+    config.train.checkpoint_every_steps = 6
+    config.train.progress_bar = False
+    config.optimizer.warmup_steps = 1  # The heatmap's warmup (the spaces tune a fraction).
+    config.benchmark.target = 0.3
+    config.benchmark.heatmap.learning_rates = (1e-2, 1e-1)
+    config.benchmark.heatmap.strengths = (1e-4, 1e-2)
+    config.benchmark.heatmap.seeds = (0,)
+    for k, v in bench_fields.items():
+        config.benchmark[k] = v
+    return config
+
+
+@pytest.mark.parametrize(
+    "request_, match",
+    [
+        (dict(trials=0), "trials=0 must be an int >= 1"),
+        (dict(seeds=0), "seeds=0 must be an int >= 1"),
+        (dict(optimizers="adam,lion"), r"optimizers \['lion'\] have no search space"),
+        (dict(optimizers="adam,adam"), "repeated"),
+    ],
+)
+def test_bad_requests_are_errors_before_anything_is_written(request_, match, tmp_path):
+    with pytest.raises(benchmark.BenchmarkError, match=match):
+        benchmark.plan_benchmark(
+            {"digits_cnn": _tiny_workload()}, **({"optimizers": "adam"} | request_)
+        )
+
+
+def test_unknown_workload_and_missing_data_are_refused_by_the_command(tmp_path, capsys):
+    workdir = tmp_path / "bench"
+    argv = ["adamlab", "benchmark", "--workloads", "digits_cnn,imagenet", "--workdir", workdir]
+    code = cli.main([str(a) for a in argv])
+    assert code == cli.EXIT_USAGE and "shipped workloads: " in capsys.readouterr().err
+    # MNIST is not prepared in an empty data_dir: named, with how to prepare it.
+    config = config_dict.load_config("bench_mnist_logreg")
+    config.data.data_dir = str(tmp_path / "empty")
+    with pytest.raises(benchmark.BenchmarkError, match="workload 'mnist_logreg': Dataset 'mnist'"):
+        benchmark.plan_benchmark({"mnist_logreg": config}, "adam")
+    assert not workdir.exists()
+
+
+@pytest.mark.slow  # ~20 s of CPU; tests/test_configs.py validates every bench_* config anyway.
+def test_every_workload_is_valid_with_its_search_spaces():
+    """Each shipped workload plans (TFDS mock data stands in for the datasets users download;
+    nothing is fetched): digits_cnn, where the spaces are declared, with every optimizer, the
+    others with the spaces they change and a baseline."""
+    with tfds.testing.mock_data(num_examples=64):
+        for name in benchmark.workload_names():
+            config = config_dict.load_config(benchmark.WORKLOAD_PREFIX + name)
+            config.data.download = name != "digits_cnn"
+            config.train.update(batch_size=16, eval_batch_size=16)  # 64 mock images.
+            config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, 1)
+            assert config.benchmark.workload == name
+            names = tuple(config.benchmark.search_spaces)
+            names = names if name == "digits_cnn" else ("adamw", "sgd")
+            plan = benchmark.plan_benchmark({name: config}, names, trials=2, seeds=5)
+            assert len(plan.stages()) == len(names)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A finished tiny benchmark: sgd (optax's), 2 trials, 2 seeds, the heatmap (4 stages)."""
+    workdir = tmp_path_factory.mktemp("bench")
+    plan = benchmark.plan_benchmark({"digits_cnn": _tiny_workload()}, "sgd", trials=2, seeds=2)
+    lines = []
+    result = benchmark.run_benchmark(plan, workdir, progress=lines.append)
+    return plan, workdir, result, lines
+
+
+def test_a_tiny_benchmark_runs_every_stage_and_writes_the_report(tiny):
+    plan, workdir, result, lines = tiny
+    assert not result["interrupted"]
+    for name in ("trials.csv", "results.csv", "summary.md", "profiles.png", "heatmap.png"):
+        assert (workdir / name).is_file(), name
+    trials = report.read_csv(workdir / "trials.csv")
+    assert [(r["optimizer"], r["trial"]) for r in trials] == [("sgd", "0"), ("sgd", "1")]
+    assert sum(r["selected"] == "True" for r in trials) == 1
+    assert "test_accuracy" not in trials[0]  # Selection saw validation only.
+    # The trials are the declared Halton points, trained in one program per optimizer.
+    space = plan.workloads["digits_cnn"].spaces["sgd"]
+    expected = tuning.halton_trials(space, 2, seed=0)["learning_rate"]
+    assert [float(r["learning_rate"]) for r in trials] == list(expected)
+    rows = result["rows"]
+    assert [(r["optimizer"], r["seed"]) for r in rows] == [("sgd", 100), ("sgd", 101)]
+    for row in rows:  # Seconds = steps x the member's share of the program's step.
+        assert row["runs_in_program"] == 2
+        if math.isfinite(row["steps_to_target"]):
+            assert row["seconds_to_target"] == row["steps_to_target"] * row["seconds_per_step"]
+        else:
+            assert row["seconds_to_target"] == INF
+    summary = (workdir / "summary.md").read_text()
+    assert "## Protocol" in summary and "Halton" in summary and "2 new seeds" in summary
+    assert "nesterov=True; learning_rate in [0.001, 1] log" in summary
+    assert "Adam + L2 vs AdamW" in summary
+    assert any("2 runs in one program" in line for line in lines)
+
+
+def test_a_finished_benchmark_reruns_without_training(tiny, monkeypatch):
+    plan, workdir, result, _ = tiny
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished stage trained again")
+
+    monkeypatch.setattr(train._Loop, "train", no_training)
+    lines = []
+    again = benchmark.run_benchmark(plan, workdir, progress=lines.append)
+    assert again["rows"] == result["rows"]
+    assert sum("finished earlier" in line for line in lines) == 4
+
+
+def test_a_different_budget_in_a_finished_workdir_is_refused_before_training(tiny):
+    _, workdir, _, _ = tiny
+    bigger = benchmark.plan_benchmark({"digits_cnn": _tiny_workload()}, "sgd", trials=3, seeds=2)
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+    with pytest.raises(Exception, match="different config"):
+        benchmark.run_benchmark(bigger, workdir, progress=lambda line: None)
+    assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
+
+
+@pytest.mark.slow
+def test_cifar10_resnet_workload_smoke_on_mock_data(tmp_path):
+    """The GPU-sized workload end to end on CPU: 2 steps, 1 trial, 1 seed, mock images."""
+    config = config_dict.load_config("bench_cifar10_resnet")
+    config.data.download = True  # Under mock_data nothing is fetched.
+    config.train.update(num_steps=2, batch_size=8, eval_batch_size=16, progress_bar=False)
+    config.train.update(log_every_steps=1, eval_every_steps=1, checkpoint_every_steps=2)
+    with tfds.testing.mock_data(num_examples=32):
+        plan = benchmark.plan_benchmark(
+            {"cifar10_resnet": config}, "adamw", trials=1, seeds=1, heatmap=False
+        )
+        result = benchmark.run_benchmark(plan, tmp_path, progress=lambda line: None)
+    assert len(result["rows"]) == 1 and (tmp_path / "summary.md").is_file()
