@@ -97,12 +97,13 @@ def _heatmap(plt, layers: list[dict], path: pathlib.Path) -> None:
     values = np.array(
         [[r.get(f"{leaf}/update_param_ratio", np.nan) for r in layers] for leaf in leaves]
     )
+    half = (steps[-1] - steps[0]) / max(len(steps) - 1, 1) / 2  # Columns centred on their step.
     fig, ax = plt.subplots(figsize=(max(6, len(steps) * 0.08 + 3), 0.4 * len(leaves) + 2))
     image = ax.imshow(
         np.log10(np.maximum(values, 1e-30)),
         aspect="auto",
         interpolation="nearest",
-        extent=(steps[0], steps[-1], len(leaves) - 0.5, -0.5),
+        extent=(steps[0] - half, steps[-1] + half, len(leaves) - 0.5, -0.5),
     )
     ax.set_yticks(range(len(leaves)), leaves)
     ax.set_xlabel("step")
