@@ -13,6 +13,7 @@ import textwrap
 import ml_collections
 import pytest
 
+from adamlab import config_dict
 from adamlab.training import run_io
 
 
@@ -124,6 +125,23 @@ def test_a_damaged_config_is_named_not_a_traceback(tmp_path, content):
         with pytest.raises(run_io.RunDirError, match=f"'{path}' is damaged") as info:
             call(tmp_path)
         assert info.value.__cause__ is None and "\n" not in str(info.value)
+
+
+def test_a_run_saved_before_a_field_existed_resumes_with_that_field_at_its_default(tmp_path):
+    """Fields added to adamlab later (a whole section too) are absent from an older run's
+    config.json; given at their default they resume it, given otherwise they are refused."""
+    config = config_dict.load_config("digits")
+    saved = run_io.config_to_dict(config)
+    del saved["optimizer"]["l2"], saved["init"]  # as written before these fields existed
+    (tmp_path / run_io.CONFIG_FILE).write_text(json.dumps(saved))
+    assert run_io.check_resumable(tmp_path, config)
+    config.optimizer.l2 = 1e-4
+    with pytest.raises(run_io.ConfigMismatchError, match=r"optimizer.l2: '<missing>' \(saved\)"):
+        run_io.check_resumable(tmp_path, config)
+    config.optimizer.l2 = None
+    config.init.workdir = "elsewhere"
+    with pytest.raises(run_io.ConfigMismatchError, match="init.workdir"):
+        run_io.check_resumable(tmp_path, config)
 
 
 # -- workdirs that cannot be used ----------------------------------------------------------------

@@ -40,6 +40,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from adamlab import config_dict
 from adamlab.training.workdir_lock import WorkdirBusyError, WorkdirLock  # re-exported
 
 __all__ = [
@@ -75,6 +76,7 @@ RESUMABLE_CHANGES = ("train.num_steps", "train.num_epochs", "train.progress_bar"
 # How the processes find each other (`adamlab.distributed`) differs per process and may change
 # between a run and its resumption (e.g. resumed on more hosts): never part of the comparison.
 PROCESS_FIELDS = "distributed"
+_MISSING = "<missing>"  # A field one of two compared configs lacks.
 
 
 class ConfigMismatchError(ValueError):
@@ -161,7 +163,9 @@ def config_differences(saved: Mapping, given: Mapping, prefix: str = "") -> list
     differences = []
     for key in sorted(set(saved) | set(given)):
         name = f"{prefix}{key}"
-        a, b = saved.get(key, "<missing>"), given.get(key, "<missing>")
+        a, b = saved.get(key, _MISSING), given.get(key, _MISSING)
+        if a == _MISSING and isinstance(b, Mapping) or b == _MISSING and isinstance(a, Mapping):
+            a, b = (a if a != _MISSING else {}), (b if b != _MISSING else {})  # Field by field.
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             differences += config_differences(a, b, prefix=f"{name}.")
         elif a != b:
@@ -181,7 +185,8 @@ def check_resumable(workdir: str | os.PathLike, config: ml_collections.ConfigDic
         return False
     saved = _load_config_json(path)
     differences = config_differences(saved, config_to_dict(config))
-    refused = [d for d in differences if not _may_differ(*d)]
+    defaults = _flat(config_to_dict(config_dict.load_config("digits")))
+    refused = [d for d in differences if not _may_differ(*d, defaults)]
     if refused:
         lines = "\n".join(f"  {name}: {a!r} (saved) != {b!r} (given)" for name, a, b in refused)
         raise ConfigMismatchError(
@@ -192,9 +197,27 @@ def check_resumable(workdir: str | os.PathLike, config: ml_collections.ConfigDic
     return True
 
 
-def _may_differ(name: str, saved: Any, given: Any) -> bool:
-    del saved, given
-    return name in RESUMABLE_CHANGES or name.split(".")[0] == PROCESS_FIELDS
+def _may_differ(name: str, saved: Any, given: Any, defaults: Mapping[str, Any]) -> bool:
+    """Whether field `name` may differ between the saved run and the given config.
+
+    Besides `RESUMABLE_CHANGES` and the process fields, a field the saved config lacks may be
+    given at its default (`configs/digits.py`): it was added to adamlab after the run started,
+    and every new field's default reproduces the behaviour from before it existed.
+    """
+    if name in RESUMABLE_CHANGES or name.split(".")[0] == PROCESS_FIELDS:
+        return True
+    return saved == _MISSING and name in defaults and given == defaults[name]
+
+
+def _flat(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{"dotted.field": value} of a nested config dict."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 class MetricWriter:
