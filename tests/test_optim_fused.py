@@ -3,12 +3,12 @@
 The fused variant must follow the unfused one within float32 rounding: 500 steps of every
 fused optimizer and convention on a problem whose gradients depend on the parameters, with
 the parameters within 1e-6 relative (norm of the difference over the norm, per leaf; the
-moments within 1e-5, see the test). Why 1e-6: m * (1/c) and m / c differ by at most one rounding (6e-8 relative), the
-update by a few of them; the moments themselves are computed by the same functions, so the
-difference only enters through the parameters (measured over these 16 cases: at most 7.5e-8
-for the parameters, 6.4e-7 for the moments). It is also the same transformation
-in every other respect: state, dtypes, jit/vmap/pmap, inject_hyperparams, schedules, masks,
-a checkpoint that restores into the unfused optimizer.
+moments within 1e-5, see the test). Why 1e-6: m * (1/c) and m / c differ by at most one
+rounding (6e-8 relative), the update by a few of them; the moments are computed by the same
+functions, so the difference only enters through the parameters (measured over these 16
+cases: at most 7.5e-8 for the parameters, 6.4e-7 for the moments). It is also the same
+transformation in every other respect: state, dtypes, jit/vmap/pmap, inject_hyperparams,
+schedules, masks, a checkpoint that restores into the unfused optimizer, `adamlab train`.
 """
 
 import functools
@@ -241,3 +241,31 @@ def test_errors_name_what_exists():
         optim.reference("adam", learning_rate=LR, fused=True)
     assert "fused" in optim.hyperparameters("adam")
     optim.create("radam", learning_rate=LR, fused=False)  # the default is accepted everywhere
+
+
+@pytest.mark.slow
+def test_a_fused_training_run_gives_the_unfused_numbers(tmp_path):
+    """`optimizer.fused=True` reaches `adamlab train`: 12 steps of configs/digits.py (shrunk)
+    end with the unfused run's metrics, to float32 rounding."""
+    from adamlab import config_dict
+    from adamlab.training import train
+
+    def metrics(fused_):
+        config = config_dict.load_config("digits")
+        config.model.features, config.model.dense_features = (8,), 16
+        config.optimizer.fused = fused_
+        config.optimizer.warmup_steps = 2
+        config.train.update(
+            batch_size=32, num_steps=12, log_every_steps=4, eval_every_steps=6,
+            checkpoint_every_steps=6, progress_bar=False,
+        )  # fmt: skip
+        return train.train_and_evaluate(config, tmp_path / str(fused_))
+
+    fused_metrics, unfused_metrics = metrics(True), metrics(False)
+    timings = re.compile(r"per_sec|seconds|time|wall")
+    numbers = {
+        k: v for k, v in unfused_metrics.items() if isinstance(v, float) and not timings.search(k)
+    }
+    assert "test_loss" in numbers or "validation_loss" in numbers, sorted(unfused_metrics)
+    for key, value in numbers.items():
+        np.testing.assert_allclose(fused_metrics[key], value, rtol=1e-5, err_msg=key)
