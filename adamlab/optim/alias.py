@@ -5,7 +5,7 @@ decoupled variants a weight decay, then `scale_by_learning_rate`. Hyperparameter
 here first so that an error names the optimizer the user asked for.
 
 Every alias takes ``fused=True`` for its fused variant where one exists (`fused.FUSED`: the
-same rule and state with the bias corrections as scalar multiplications, faster on CPU), and
+same rule and state with the bias corrections as scalar multiplications), and
 ``convention="optax" | "pytorch" | "paper"``: whose update rule to follow
 where optax, `torch.optim` and the papers disagree (docs/conventions.md). "optax", the
 default, is optax's rule operation for operation. Where a convention does not exist for a
