@@ -7,9 +7,11 @@ by dividing it, elementwise, by :math:`1-\beta^t`:
     u_t = \frac{m_t / (1-\beta_1^t)}{\sqrt{v_t / (1-\beta_2^t) + \epsilon_{root}} + \epsilon}
 
 That is three divisions and a square root per parameter. A vector division costs as much
-as a square root and several times a multiplication, so on a CPU the step is not bound by
-memory alone (benchmarks/vs_pytorch.py measures both). Here the two corrections are scalars
-inverted once per step, :math:`r = 1/(1-\beta^t)`, and the moments are multiplied by them:
+as a square root and several times a multiplication, so on a CPU the step may be bound by
+arithmetic as much as by memory (what this bought on a shared 2-core CPU, 0.72-1.10 of the
+unfused step's time depending on the run: README "Benchmarks", benchmarks/vs_pytorch.py).
+Here the two corrections are scalars inverted once per step, :math:`r = 1/(1-\beta^t)`,
+and the moments are multiplied by them:
 
 .. math::
     u_t = \frac{m_t r_1}{\sqrt{v_t r_2 + \epsilon_{root}} + \epsilon}
