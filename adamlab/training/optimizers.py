@@ -69,6 +69,7 @@ _FACTORY_FIELDS = (
     "warmup_steps",
     "warmup_fraction",
     "l2",
+    "fused",
 )
 
 
@@ -119,6 +120,14 @@ def validate_optimizer_config(optimizer_config: Any, total_steps: int) -> None:
         raise ValueError(
             f"optimizer.name={name!r} is a baseline from optax, not ours: set "
             "optimizer.implementation='optax' (ours are: " + ", ".join(optim.names()) + ")"
+        )
+    fused = config.get("fused")
+    if fused not in (None, False, True):
+        raise ValueError(f"optimizer.fused={fused!r} must be True or False")
+    if fused and (name in BASELINES or implementation != "ours"):
+        raise ValueError(
+            f"optimizer.fused=True exists for ours only (adamlab.optim.fused), not for "
+            f"implementation={implementation!r} {name!r}; set optimizer.fused=False"
         )
     schedule = config.get("schedule", "constant")
     if schedule not in SCHEDULES:
@@ -231,6 +240,8 @@ def _base_optimizer(config: dict[str, Any], schedule: Any, hparams: dict[str, An
         return optim.reference(name, learning_rate=schedule, **hparams)
     if convention != "optax":
         hparams = dict(hparams, convention=convention)
+    if config.get("fused"):  # the same rule and state, fewer divisions (adamlab.optim.fused)
+        hparams = dict(hparams, fused=True)
     return optim.create(name, learning_rate=schedule, **hparams)
 
 
