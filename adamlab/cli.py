@@ -264,12 +264,101 @@ def _run_study(fv: flags.FlagValues) -> int:
     return EXIT_OK
 
 
+def _define_benchmark_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    from adamlab.experiments import benchmark
+
+    del argv  # Workloads are shipped configs (configs/bench_<workload>.py), not --config.
+    flags.DEFINE_string(
+        "workloads",
+        ",".join(benchmark.DEFAULT_WORKLOADS),
+        "Comma-separated workloads: " + ", ".join(benchmark.workload_names()) + ".",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "optimizers",
+        ",".join(benchmark.DEFAULT_OPTIMIZERS),
+        "Comma-separated optimizers, each with a search space in every workload.",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "trials", benchmark.DEFAULT_TRIALS, "Trials per optimizer and workload.", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "seeds", benchmark.DEFAULT_SEEDS, "New seeds for the selected setting.", flag_values=fv
+    )
+    flags.DEFINE_bool(
+        "heatmap", True, "Adam + L2 vs AdamW grid on the first workload.", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "workdir", None, "Benchmark directory (resumed if it holds one).", flag_values=fv
+    )
+
+
+def _run_benchmark(fv: flags.FlagValues) -> int:
+    from adamlab.experiments import benchmark
+
+    plan = benchmark.plan_benchmark(
+        benchmark.load_workloads(fv["workloads"].value),
+        fv["optimizers"].value,
+        trials=fv["trials"].value,
+        seeds=fv["seeds"].value,
+        heatmap=fv["heatmap"].value,
+    )  # BenchmarkError (names, budget, config, data): exit 2 before anything is written.
+    workdir = fv["workdir"].value or default_workdir("benchmark")
+    result = benchmark.run_benchmark(plan, workdir)
+    files = "trials.csv, results.csv, summary.md, profiles.png, curves.png, heatmap.png"
+    return _report_done(result, files)
+
+
 def _report_done(result: dict, files: str) -> int:
     if result["interrupted"]:
         print(f"interrupted; run the same command again to resume {result['workdir']}")
         return EXIT_INTERRUPTED
     print(result["summary"])
     print(f"report: {pathlib.Path(result['workdir']).absolute()} ({files})")
+    return EXIT_OK
+
+
+def _define_diagnostics_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    del argv  # The runs' metrics.jsonl and config.json are the input.
+    flags.DEFINE_list(
+        "workdir",
+        None,
+        "Run directories trained with diagnostics (comma-separated).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "overlay",
+        None,
+        "Also draw the runs' sharpness vs thresholds in one PNG here.",
+        flag_values=fv,
+    )
+    flags.mark_flag_as_required("workdir", flag_values=fv)
+
+
+def _run_diagnostics(fv: flags.FlagValues) -> int:
+    from adamlab.diagnostics import figures
+
+    workdirs = [pathlib.Path(w) for w in fv["workdir"].value]
+    for workdir in workdirs:
+        if not (workdir / figures.CONFIG_FILE).is_file():
+            raise flags.Error(f"--workdir={workdir}: no run there (no {figures.CONFIG_FILE})")
+    for workdir in workdirs:
+        written = figures.write_figures(workdir)
+        members = sorted(p.parent for p in workdir.glob("members/**/" + figures.METRICS_FILE))
+        for member in members or [workdir]:
+            summary = figures.stability_summary(member)
+            if summary is not None:
+                print(f"{member}: {figures.format_summary(summary)}")
+        for path in written:
+            print(f"wrote {path}")
+        if not written:
+            print(
+                f"{workdir} has no diagnostics: set diagnostics.layer_stats_every_steps or "
+                "diagnostics.curvature_every_steps in its config"
+            )
+    if fv["overlay"].value:
+        print(f"wrote {figures.write_overlay(workdirs, fv['overlay'].value)}")
     return EXIT_OK
 
 
@@ -292,6 +381,16 @@ COMMANDS: dict[str, Command] = {
         "A study (batch_size, schedules, weight_decay, kingma_ba, transfer); writes a report.",
         _define_study_flags,
         _run_study,
+    ),
+    "benchmark": Command(
+        "Tuned optimizers on workloads with targets: time-to-target, profiles; a report.",
+        _define_benchmark_flags,
+        _run_benchmark,
+    ),
+    "diagnostics": Command(
+        "Figures of a run with diagnostics (layer ratios, effective steps, sharpness).",
+        _define_diagnostics_flags,
+        _run_diagnostics,
     ),
 }
 

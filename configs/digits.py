@@ -53,6 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.dense_features = 128  # Width of the hidden dense layer.
     model.dropout_rate = 0.0  # Dropout before the classifier (mlp: after each layer); 0: none.
     model.hidden = (1000, 1000)  # mlp only: widths of the hidden ReLU layers.
+    model.activation = "relu"  # mlp only: "relu", "tanh", "elu" or "gelu" (Cohen et al.: tanh).
 
     config.optimizer = opt = ml_collections.ConfigDict()
     # Ours: adamlab.optim.names(); or a baseline from optax (not ours): sgd, adagrad, rmsprop,
@@ -61,10 +62,16 @@ def get_config() -> ml_collections.ConfigDict:
     opt.implementation = "ours"  # "ours" (adamlab.optim.create) or "optax" (the optax twin).
     # Whose numerics ours follow: "optax", "pytorch" or "paper" (docs/conventions.md).
     opt.convention = "optax"
+    # Ours only: the fused variant (adamlab.optim.fused: the bias corrections as scalar
+    # multiplications; same state, numbers within float32 rounding). Off by default: see the
+    # README's "Benchmarks" (benchmarks/vs_pytorch.py) for where it wins and where it does not.
+    opt.fused = False
     opt.learning_rate = 1e-2  # Peak learning rate (tuned on validation: 1e-3..3e-2).
     # "constant", "warmup_cosine" (linear warmup, cosine to 0) or "inverse_sqrt" (lr / sqrt(t)).
     opt.schedule = "warmup_cosine"
     opt.warmup_steps = 20  # Linear warmup length, in steps.
+    # Or the warmup as a fraction of the run's steps (sweepable; needs warmup_steps=0); None: off.
+    opt.warmup_fraction = config_dict.placeholder(float)
     # The optimizer's own defaults are used for the fields left at None.
     opt.b1 = config_dict.placeholder(float)  # First-moment decay (Adam: 0.9).
     opt.b2 = config_dict.placeholder(float)  # Second-moment decay (Adam: 0.999).
@@ -104,6 +111,8 @@ def get_config() -> ml_collections.ConfigDict:
     train.profile_steps = config_dict.placeholder(tuple)
     # Testing only: replace the batch of this step with NaNs to exercise the non-finite stop.
     train.inject_nan_at_step = config_dict.placeholder(int)
+    # "cross_entropy" or "mse" (0.5 * ||logits - one_hot||^2, Cohen et al. 2021's squared loss).
+    train.loss = "cross_entropy"
 
     # Several members in one compiled program (adamlab compare/sweep/study fill these in): each
     # seed x each swept value x each implementation is one run, with its own metrics under
@@ -128,4 +137,26 @@ def get_config() -> ml_collections.ConfigDict:
     dist.coordinator_address = config_dict.placeholder(str)  # "host:port" of process 0.
     dist.num_processes = config_dict.placeholder(int)  # Number of processes in the run.
     dist.process_id = config_dict.placeholder(int)  # This process's index, 0..num_processes-1.
+
+    # Looking inside the optimizer (adamlab/diagnostics; `adamlab diagnostics --workdir DIR`
+    # draws the figures). Off by default; the plain step is unchanged when off.
+    config.diagnostics = diag = ml_collections.ConfigDict()
+    # Per-layer statistics (norms, update/param ratio; Adam family: effective-step quantiles,
+    # eps fraction, RAdam's rho_t, AMSGrad's active maximum) every this many steps, computed
+    # inside the step that ends there; None: off.
+    diag.layer_stats_every_steps = config_dict.placeholder(int)
+    # Hessian top eigenvalues (Lanczos) on a fixed batch every this many steps; None: off.
+    diag.curvature_every_steps = config_dict.placeholder(int)
+    # The fixed batch: the first this many examples of the training split, in order (all of
+    # them if fewer: full-batch training uses the whole split).
+    diag.curvature_examples = 1024
+    diag.top_k = 1  # How many of the top Hessian eigenvalues to log (sharpness = the first).
+    diag.lanczos_steps = 20  # Lanczos iterations per eigenvalue estimate (>= top_k).
+    # Adam family: also the top eigenvalue of P^-1 H, P = diag(sqrt(v_hat) + eps) (Cohen et al.
+    # 2022's preconditioned sharpness, v_hat bias-corrected at the optimizer's count).
+    diag.preconditioned = True
+    # Spectral density by stochastic Lanczos quadrature: random probes per estimate (0: none),
+    # written to curvature.jsonl beside metrics.jsonl.
+    diag.density_probes = 0
+    diag.density_steps = 30  # Lanczos iterations per density probe.
     return config
