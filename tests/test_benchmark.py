@@ -6,6 +6,7 @@ and is resumed without training anything again.
 """
 
 import math
+import re
 
 import jax
 import numpy as np
@@ -15,7 +16,7 @@ import tensorflow_datasets as tfds
 
 from adamlab import cli, config_dict
 from adamlab.experiments import benchmark, profiles, report, tuning
-from adamlab.training import optimizers, train
+from adamlab.training import optimizers, run_io, train
 
 INF = math.inf
 
@@ -287,3 +288,31 @@ def test_cifar10_resnet_workload_smoke_on_mock_data(tmp_path):
         )
         result = benchmark.run_benchmark(plan, tmp_path, progress=lambda line: None)
     assert len(result["rows"]) == 1 and (tmp_path / "summary.md").is_file()
+
+
+def test_each_trial_logs_its_own_learning_rate(tiny):
+    """The tune stage sweeps the peak and the warmup fraction: each member's logged learning
+    rate is the mean of its own schedule over the logged steps, not the config's rescaled."""
+    _, workdir, _, _ = tiny
+    stage = workdir / "digits_cnn" / "sgd" / "tune"
+    config = run_io.read_config(stage)
+    num_steps = config.train.num_steps
+    paths = sorted(stage.glob("members/*/*/metrics.jsonl"))
+    assert len(paths) == 2
+    logged = []
+    for path in paths:
+        values = dict(re.findall(r"([a-z_]+)=([-+.e0-9]+)_", path.parent.name))
+        schedule = optimizers.make_schedule(
+            config.optimizer,
+            num_steps,
+            peak=float(values["learning_rate"]),
+            warmup_fraction=float(values["warmup_fraction"]),
+        )
+        records = [r for r in run_io.read_jsonl(path) if r.get("split") == "train"]
+        assert [r["step"] for r in records] == [2, 4, 6]
+        for r in records:  # Logged every 2 steps: the mean over counts step-2 and step-1.
+            expected = np.mean(schedule(np.arange(r["step"] - 2, r["step"])))
+            np.testing.assert_allclose(r["learning_rate"], expected, rtol=2e-3)
+        logged.append([r["learning_rate"] for r in records])
+    ratios = np.asarray(logged[0]) / np.asarray(logged[1])
+    assert np.ptp(ratios) > 1e-3  # Different warmups: not one schedule rescaled.

@@ -112,7 +112,9 @@ def test_a_config_is_found_by_name_from_any_directory(monkeypatch, tmp_path):
     fv = cli.parse_flags("train", ["--config", "digits", "--config.train.num_steps=3"])
     assert fv["config"].value.train.num_steps == 3
     assert fv["config"].value.data.name == "digits"
-    with pytest.raises(FileNotFoundError, match="shipped: cifar10, compare_digits"):
+    with pytest.raises(
+        FileNotFoundError, match="shipped: bench_cifar10_resnet, .* cifar10, compare_digits, digits"
+    ):
         config_dict.resolve_config_path("digitz")
 
 

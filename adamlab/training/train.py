@@ -60,6 +60,7 @@ from adamlab.training import (
     distributed,
     evaluate,
     members,
+    optimizers,
     restore,
     run_io,
     transfer,
@@ -393,22 +394,36 @@ class _Loop:
             out.append({k: float(np.asarray(v)[(*index, m)]) for k, v in arrays.items()})
         return out
 
-    def _learning_rate_scale(self) -> list[float]:
-        """A swept peak learning rate scales the logged schedule (all schedules are linear in
-        their peak)."""
-        if "learning_rate" not in self.who.sweep:
-            return [1.0] * len(self.names)
-        base = float(self.config.optimizer.learning_rate)
-        return [self.who.sweep["learning_rate"][index[0]] / base for _, index, _ in self.names]
+    def _logged_learning_rates(self, fetched, first_steps) -> list[float] | None:
+        """Each member's mean learning rate over the fetched steps, where a sweep makes it
+        differ from the config's schedule (a swept peak or warmup fraction); None otherwise."""
+        swept = [k for k in ("learning_rate", "warmup_fraction") if k in self.who.sweep]
+        if not swept:
+            return None
+        # The optimizer's step count at each update: what its schedule was evaluated at.
+        pairs = zip(fetched, first_steps, strict=True)
+        counts = np.concatenate([np.arange(len(c["loss"])) + first - 1 for c, first in pairs])
+        rates = []
+        for _, index, _ in self.names:
+            values = {k: self.who.sweep[k][index[0]] for k in swept}
+            schedule = optimizers.make_schedule(
+                self.config.optimizer,
+                self.experiment.num_steps,
+                peak=values.get("learning_rate"),
+                warmup_fraction=values.get("warmup_fraction"),
+            )
+            rates.append(float(np.mean(schedule(counts))))
+        return rates
 
-    def _train_summary(self, fetched: list[dict[str, np.ndarray]]) -> list[dict[str, float]]:
+    def _train_summary(self, fetched, first_steps) -> list[dict[str, float]]:
         """Means over the fetched steps of every LOGGED metric, per member."""
         stacked = {k: np.concatenate([f[k] for f in fetched]) for k in members.LOGGED}
         means = self._per_member({k: v.mean(axis=0) for k, v in stacked.items()})
-        for values, scale in zip(means, self._learning_rate_scale(), strict=True):
-            values["learning_rate"] *= scale
-        if self.timed_steps and self.timed_seconds > 0:
-            for values in means:
+        rates = self._logged_learning_rates(fetched, first_steps)
+        for i, values in enumerate(means):
+            if rates is not None:
+                values["learning_rate"] = rates[i]
+            if self.timed_steps and self.timed_seconds > 0:
                 values["steps_per_sec"] = self.timed_steps / self.timed_seconds
         self.timed_steps, self.timed_seconds = 0, 0.0
         return means
@@ -595,7 +610,7 @@ class _Loop:
                     self.run_steps += interval_steps
                     all_diverged = self._check_divergence(carry, fetched_pending, firsts_pending)
                     if log:
-                        summary = self._train_summary(fetched_pending)
+                        summary = self._train_summary(fetched_pending, firsts_pending)
                         self._write(step, "train", summary)
                         for i, values in enumerate(summary):
                             self.finals[i].update(_prefixed("train", values))
