@@ -32,7 +32,7 @@ def _write_records(workdir, steps, tail: bytes = b"") -> None:
 )
 def test_a_torn_last_line_is_dropped_with_a_warning(tmp_path, tail, caplog):
     """Issue 15.5: a crash or a full disk mid-write left a partial last line, and resuming
-    failed with a JSONDecodeError in `_drop_lines_after`."""
+    failed with a JSONDecodeError in `drop_records_after`."""
     _write_records(tmp_path, [1, 2, 3], tail)
     with caplog.at_level(logging.WARNING, "adamlab.training.run_io"):
         assert [r["step"] for r in run_io.read_metrics(tmp_path)] == [1, 2, 3]

@@ -56,6 +56,7 @@ __all__ = [
     "check_resumable",
     "config_differences",
     "config_to_dict",
+    "drop_records_after",
     "prepare_workdir",
     "read_config",
     "read_jsonl",
@@ -236,7 +237,7 @@ class MetricWriter:
         import tensorboardX  # Imported here: only runs that log need it (~0.1 s import).
 
         self.path = pathlib.Path(workdir) / METRICS_FILE
-        _drop_lines_after(self.path, resume_step)
+        drop_records_after(self.path, resume_step)
         purge = None if resume_step is None else resume_step + 1
         self._tb = tensorboardX.SummaryWriter(str(workdir), purge_step=purge, flush_secs=30)
         self._file = self.path.open("a")
@@ -342,7 +343,7 @@ def _jsonl_records(path: pathlib.Path) -> list[tuple[str, dict]]:
     return records
 
 
-def _drop_lines_after(path: pathlib.Path, step: int | None) -> None:
+def drop_records_after(path: pathlib.Path, step: int | None) -> None:
     """Rewrites `path` (atomically) without the records after `step` (None: keeps them all)
     and without a torn last line; leaves it untouched when nothing is to be dropped."""
     if not path.is_file():

@@ -350,6 +350,7 @@ class _Loop:
             path = self._member_dir(name)
             path.mkdir(parents=True, exist_ok=True)
             writers[i] = run_io.MetricWriter(path, resume_step=start)
+            run_io.drop_records_after(path / CURVATURE_FILE, start)  # As metrics.jsonl's.
         return writers
 
     def _write(
