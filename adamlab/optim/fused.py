@@ -110,10 +110,6 @@ def _check(name: str, b1: Any, b2: Any, eps: Any, eps_root: Any, convention: str
     validation.check_convention(name, convention)
 
 
-def _zero_count() -> jax.Array:
-    return jnp.zeros([], jnp.int32)
-
-
 def scale_by_adam(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -144,7 +140,7 @@ def scale_by_adam(
 
     def init_fn(params):
         return transform.ScaleByAdamState(
-            count=_zero_count(),
+            count=transform._zero_count(),
             mu=numerics.zeros_like(params, dtype=mu_dtype),
             nu=numerics.zeros_like(params),
         )
@@ -186,31 +182,17 @@ def scale_by_amsgrad(
     """
     _check("scale_by_amsgrad", b1, b2, eps, eps_root, convention)
     validation.check_mu_dtype("scale_by_amsgrad", mu_dtype)
-    if convention != "optax":
-        why = "it fixes where AMSGrad bias-corrects"
-        validation.check_unset(
-            "scale_by_amsgrad", "bias_correction_mu", bias_correction_mu, convention, why
-        )
-        validation.check_unset(
-            "scale_by_amsgrad", "bias_correction_nu", bias_correction_nu, convention, why
-        )
-    else:
-        for name, value in (
-            ("bias_correction_mu", bias_correction_mu),
-            ("bias_correction_nu", bias_correction_nu),
-        ):
-            if value is not None:
-                validation.check_bool("scale_by_amsgrad", name, value)
-    correct_mu = convention == "pytorch" or (
-        convention == "optax" and bias_correction_mu is not False
+    optax_mu, optax_nu = transform.amsgrad_bias_corrections(
+        bias_correction_mu, bias_correction_nu, convention
     )
-    correct_nu = convention == "optax" and bias_correction_nu is not False
+    correct_mu = convention == "pytorch" or (convention == "optax" and optax_mu)
+    correct_nu = convention == "optax" and optax_nu
     mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
     first_moment, second_moment = numerics.moments_for(convention)
 
     def init_fn(params):
         return transform.ScaleByAmsgradState(
-            count=_zero_count(),
+            count=transform._zero_count(),
             mu=numerics.zeros_like(params, dtype=mu_dtype),
             nu=numerics.zeros_like(params),
             nu_max=numerics.zeros_like(params),
@@ -249,7 +231,9 @@ def scale_by_adamax(
 
     def init_fn(params):
         return transform.ScaleByAdamState(
-            count=_zero_count(), mu=numerics.zeros_like(params), nu=numerics.zeros_like(params)
+            count=transform._zero_count(),
+            mu=numerics.zeros_like(params),
+            nu=numerics.zeros_like(params),
         )
 
     def update_fn(updates, state, params=None):
@@ -291,7 +275,9 @@ def scale_by_belief(
 
     def init_fn(params):
         return transform.ScaleByAdamState(
-            count=_zero_count(), mu=numerics.zeros_like(params), nu=numerics.zeros_like(params)
+            count=transform._zero_count(),
+            mu=numerics.zeros_like(params),
+            nu=numerics.zeros_like(params),
         )
 
     def update_fn(updates, state, params=None):

@@ -219,6 +219,27 @@ def _scale_by_scheduled_nadam(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def amsgrad_bias_corrections(
+    bias_correction_mu: Any, bias_correction_nu: Any, convention: str
+) -> tuple[bool, bool]:
+    """AMSGrad's optax-convention switches, checked: (mu, nu), None meaning True.
+
+    The other conventions fix where AMSGrad bias-corrects, so there both must be left unset
+    (then (True, True) is returned and not used).
+    """
+    name = "scale_by_amsgrad"
+    if convention != "optax":
+        why = "it fixes where AMSGrad bias-corrects"
+        validation.check_unset(name, "bias_correction_mu", bias_correction_mu, convention, why)
+        validation.check_unset(name, "bias_correction_nu", bias_correction_nu, convention, why)
+        return True, True
+    mu = True if bias_correction_mu is None else bias_correction_mu
+    nu = True if bias_correction_nu is None else bias_correction_nu
+    validation.check_bool(name, "bias_correction_mu", mu)
+    validation.check_bool(name, "bias_correction_nu", nu)
+    return mu, nu
+
+
 def scale_by_amsgrad(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -262,19 +283,9 @@ def scale_by_amsgrad(
     _check_moment_hparams("scale_by_amsgrad", b1, b2, eps, eps_root)
     validation.check_mu_dtype("scale_by_amsgrad", mu_dtype)
     validation.check_convention("scale_by_amsgrad", convention)
-    if convention == "optax":
-        bias_correction_mu = True if bias_correction_mu is None else bias_correction_mu
-        bias_correction_nu = True if bias_correction_nu is None else bias_correction_nu
-        validation.check_bool("scale_by_amsgrad", "bias_correction_mu", bias_correction_mu)
-        validation.check_bool("scale_by_amsgrad", "bias_correction_nu", bias_correction_nu)
-    else:
-        why = "it fixes where AMSGrad bias-corrects"
-        validation.check_unset(
-            "scale_by_amsgrad", "bias_correction_mu", bias_correction_mu, convention, why
-        )
-        validation.check_unset(
-            "scale_by_amsgrad", "bias_correction_nu", bias_correction_nu, convention, why
-        )
+    bias_correction_mu, bias_correction_nu = amsgrad_bias_corrections(
+        bias_correction_mu, bias_correction_nu, convention
+    )
     mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
     first_moment, second_moment = numerics.moments_for(convention)
 
