@@ -93,6 +93,26 @@ def test_a_crash_mid_append_then_resume(tmp_path):
     ]
 
 
+def test_metric_writer_neither_imports_nor_blocks_torch_and_logs_nan_quietly(tmp_path):
+    """tensorboardX imports torch when it is installed (seconds of start-up): the writer loads it
+    with torch hidden, then unhides it; a NaN (a diverged run) is logged without warnings."""
+    script = f"""
+        import importlib.util, logging, sys
+        from adamlab.training import run_io
+        logging.basicConfig(level=logging.WARNING)
+        with run_io.MetricWriter({str(tmp_path)!r}) as writer:
+            writer.write(1, "train", {{"loss": float("nan")}})
+        assert "torch" not in sys.modules, "tensorboardX imported torch"
+        print("found torch:", importlib.util.find_spec("torch") is not None)
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "NaN or Inf" not in result.stderr
+    assert run_io.read_metrics(tmp_path)[0]["step"] == 1
+
+
 # -- atomic JSON files -------------------------------------------------------------------------
 
 

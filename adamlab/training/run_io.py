@@ -33,6 +33,7 @@ import logging
 import numbers
 import os
 import pathlib
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -221,6 +222,23 @@ def _flat(tree: Mapping, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _import_tensorboardx():
+    """tensorboardX, loaded without torch: where torch is installed, tensorboardX imports it
+    (for type hints only), seconds of every run's start-up for a library adamlab does not use.
+    `torch` is hidden while tensorboardX loads (its `import torch` fails, which it catches),
+    unless torch is loaded already."""
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        import tensorboardX
+
+        return tensorboardX
+    sys.modules["torch"] = None  # An import of a None entry raises ImportError.
+    try:
+        import tensorboardX
+    finally:
+        del sys.modules["torch"]
+    return tensorboardX
+
+
 class MetricWriter:
     """Writes scalar metrics to `metrics.jsonl` and TensorBoard, in one call.
 
@@ -234,7 +252,7 @@ class MetricWriter:
     """
 
     def __init__(self, workdir: str | os.PathLike, *, resume_step: int | None = None):
-        import tensorboardX  # Imported here: only runs that log need it (~0.1 s import).
+        tensorboardX = _import_tensorboardx()  # Here: only runs that log need it.
 
         self.path = pathlib.Path(workdir) / METRICS_FILE
         drop_records_after(self.path, resume_step)
@@ -261,6 +279,27 @@ class MetricWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _import_tensorboardx():
+    """tensorboardX, imported here (only runs that log need it) and without torch.
+
+    tensorboardX's writer imports torch at module load when torch is installed, only to accept
+    torch tensors, which we never pass: that is seconds of every run's start-up on a machine
+    with torch. While it loads, `import torch` fails (a `None` entry in `sys.modules`); the
+    entry is removed right after, so later imports of torch work. Its NaN warnings are silenced:
+    a diverged run logs NaN on purpose (and says so itself).
+    """
+    if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+        sys.modules["torch"] = None  # type: ignore[assignment]
+        try:
+            import tensorboardX
+        finally:
+            del sys.modules["torch"]
+    import tensorboardX
+
+    logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
+    return tensorboardX
 
 
 def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict]:
