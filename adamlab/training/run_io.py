@@ -222,23 +222,6 @@ def _flat(tree: Mapping, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _import_tensorboardx():
-    """tensorboardX, loaded without torch: where torch is installed, tensorboardX imports it
-    (for type hints only), seconds of every run's start-up for a library adamlab does not use.
-    `torch` is hidden while tensorboardX loads (its `import torch` fails, which it catches),
-    unless torch is loaded already."""
-    if "torch" in sys.modules or "tensorboardX" in sys.modules:
-        import tensorboardX
-
-        return tensorboardX
-    sys.modules["torch"] = None  # An import of a None entry raises ImportError.
-    try:
-        import tensorboardX
-    finally:
-        del sys.modules["torch"]
-    return tensorboardX
-
-
 class MetricWriter:
     """Writes scalar metrics to `metrics.jsonl` and TensorBoard, in one call.
 
