@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from adamlab import data
@@ -197,6 +198,35 @@ def test_resume_yields_the_uninterrupted_stream(stream, start_step):
         config, global_batch_size=256, seed=0, start_step=start_step, **ONE_PROCESS
     )
     assert_same_batches(take(resumed, len(batches) - start_step), batches[start_step:])
+
+
+@pytest.mark.parametrize("shuffle_buffer", [100, 10_000])  # Part of the split; all of it.
+def test_index_shuffled_batches_are_the_examples_shuffled(digits_dir, shuffle_buffer):
+    """Unaugmented streams shuffle indices and gather from memory; they must serve exactly the
+    batches that shuffling the examples themselves serves (the per-example path, which the
+    augmented streams use), over an epoch boundary and from a resume point."""
+    from adamlab.data import input_pipeline, source
+
+    builder = tfds.builder("digits", data_dir=digits_dir)
+    split = "train[:90%]"
+    order = input_pipeline._EpochOrder(
+        stream_seed=tf.constant([7, 3], tf.int64),
+        shuffle_buffer=shuffle_buffer,
+        start_epoch=2,
+        skip=5 * 32,
+        batch=32,
+    )
+    examples = source.read_examples(builder, split, None)
+    reference = order.epochs(lambda e: order.shuffled(examples, e).batch(32, drop_remainder=True))
+    images, labels = input_pipeline._in_memory(builder, split, None)
+    gathered = input_pipeline._gathered_batches(images, labels, order)
+    per_epoch = int(labels.shape[0]) // 32
+    pairs = take(zip(tfds.as_numpy(reference), tfds.as_numpy(gathered), strict=True), per_epoch + 8)
+    assert len(pairs) == per_epoch + 8  # Into the next epoch.
+    for want, got in pairs:
+        np.testing.assert_array_equal(got["image"], want["image"])
+        np.testing.assert_array_equal(got["label"], want["label"])
+    assert not np.array_equal(pairs[0][1]["label"], pairs[per_epoch][1]["label"])
 
 
 def test_class_filtering_remaps_labels_in_the_given_order(digits_dir):
