@@ -15,7 +15,7 @@ the loop's `(steps - compiled steps) / (wall - setup - compile - evaluate)`, i.e
 data, dispatch and logging, but not validation, checkpoints or test; the bare side's steps over
 its timed calls. Also end to end (all steps over the wall time) and the loop's own
 `RunsResult.steps_per_sec` (its last log interval). `bare_over_loop` > 1: the loop is slower.
-Phases in seconds (setup, compile, train, evaluate): the loop's `RunsResult.phases` as it
+Phases in seconds (`train.PHASES`): the loop's `RunsResult.phases` as it
 reports them, and the bare side's (setup: build, initial members, batches; compile: the first
 call of each chunk length; train: the rest; evaluate: none). Medians over `--repeats`, the two
 sides alternating (the first loop run also pays one-off imports, orbax and TensorBoard's
@@ -58,7 +58,7 @@ def loop(config, lengths: list[int]) -> dict:
         result = train.run(config, workdir)
     phases = result.phases
     timed_steps = result.num_steps - sum(set(lengths))  # Each length's first call compiles.
-    train_s = result.wall_time_s - phases["setup"] - phases["compile"] - phases["evaluate"]
+    train_s = result.wall_time_s - sum(phases[k] for k in train.OVERHEAD_PHASES)
     return {
         "steps_per_s": timed_steps / train_s if timed_steps else math.nan,
         "end_to_end_steps_per_s": result.num_steps / result.wall_time_s,

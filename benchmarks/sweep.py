@@ -27,10 +27,10 @@ to each. The benchmark forces the choice on both sides by wrapping `cpu_conv.int
 
 Reported: medians of the wall time (compilation, data, evaluation and checkpoints included) and
 of the training steps per second of all runs together (run-steps/s: the steps after each
-chunk length's first, compiling, call, over the wall time less the loop's setup, compile and
-evaluate phases; summed over the 16 calls on the sequential side), and their ratios; the medians
-of `RunsResult.phases` as the loop reports them (setup, compile, train, evaluate; summed over
-the 16 calls on the sequential side), which say where the wall time goes. Also the machine's
+chunk length's first, compiling, call, over the wall time less the loop's other phases,
+`train.OVERHEAD_PHASES`; summed over the 16 calls on the sequential side), and their
+ratios; the medians of `RunsResult.phases` as the loop reports them (`train.PHASES`; summed
+over the 16 calls on the sequential side), which say where the wall time goes. Also the machine's
 load average, since the CPU is shared.
 """
 
@@ -83,7 +83,7 @@ def _train_seconds_and_steps(config, result: train.RunsResult) -> tuple[float, i
     lengths = train.chunk_lengths(0, result.num_steps, every, t.steps_per_dispatch)
     compiled = sum(set(lengths))  # The first call of each distinct length compiles.
     phases = result.phases
-    seconds = result.wall_time_s - phases["setup"] - phases["compile"] - phases["evaluate"]
+    seconds = result.wall_time_s - sum(phases[k] for k in train.OVERHEAD_PHASES)
     return seconds, result.num_steps - compiled
 
 

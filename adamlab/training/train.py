@@ -37,6 +37,7 @@ case (`train_and_evaluate`); `adamlab compare` runs ours and optax in lockstep o
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -45,13 +46,12 @@ import pathlib
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-import optax
 import tqdm
 
 from adamlab import data
@@ -72,12 +72,25 @@ from adamlab.training.experiment import (
     build_experiment,
     initial_members,
     make_checkpointer,
-    read_members,
-    validate_config,
+    read_members,  # noqa: F401  (re-exported: train.read_members)
+    validate_config,  # noqa: F401  (re-exported: train.validate_config)
 )
 
 _WATCHED = ("loss", "grad_norm", "update_norm")  # Blamed for a divergence, in this order.
 RESULT_FILE = "result.json"
+# RunsResult.phases: seconds of a run, disjoint. "setup": config, model, optimizers, workdir,
+# step-0 states, writers; "data": building the training pipelines and drawing their first batch
+# (tf.data fills its shuffle buffer); "compile": the calls that compiled a train program (and
+# ran it once); "train": the other train calls and the batches they consumed; "evaluate":
+# periodic validation and diagnostics; "save": checkpoint saves during the run; "test": the
+# final evaluation; "teardown": closing the progress bar, the metric writers and the
+# checkpointer (waiting for its last asynchronous write). All but the checkpointer's part of
+# "teardown" fall within `wall_time_s`; what no phase counts (logging, divergence checks) is in
+# the wall time only.
+PHASES = ("setup", "data", "compile", "train", "evaluate", "save", "test", "teardown")
+# The phases within `wall_time_s` that are not training steps: the wall time less these is
+# the training time, logging included.
+OVERHEAD_PHASES = ("setup", "data", "compile", "evaluate", "save", "test")
 CURVATURE_FILE = "curvature.jsonl"  # Spectral densities (diagnostics.density_probes > 0).
 
 
@@ -160,6 +173,13 @@ def _draw_chunk(streams, length: int, first_step: int, nan_step: int | None, gri
     return jax.tree.map(lambda *xs: np.stack(xs), *steps)
 
 
+def format_phases(phases: dict[str, float], run_seconds: float) -> str:
+    """One line of a run's phases and its whole time (`run`'s start to now), e.g.
+    "setup 2.10 s, data 0.40 s, ..., teardown 0.30 s; run 61.20 s"."""
+    parts = ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
+    return f"{parts}; run {run_seconds:.2f} s"
+
+
 def _log(name: str, step: int | None, split: str, values: dict) -> None:
     shown = ("loss", "accuracy", "learning_rate", "grad_norm", "steps_per_sec", "f1")
     shown += ("sharpness", "preconditioned_sharpness")  # The split "curvature".
@@ -181,8 +201,8 @@ class RunsResult:
       curves: implementation -> split ("train", "validation") -> (steps [T], {"loss",
         "accuracy": arrays [values, seeds, T]}).
       params: implementation -> final parameters with leading axes [values, seeds] (host).
-      step, interrupted, num_steps, steps_per_sec, wall_time_s; phases: seconds in "setup",
-        "compile", "train", "evaluate".
+      step, interrupted, num_steps, steps_per_sec, wall_time_s; phases: seconds per phase
+        (`PHASES`, where they say what each counts).
     """
 
     rows: list[dict[str, Any]]
@@ -218,14 +238,7 @@ def train_and_evaluate(
       run_io.ConfigMismatchError: the workdir holds a different run; NonFiniteError: a
       non-finite loss/gradient/update (the last good checkpoint stays).
     """
-    validate_config(config)
-    who = read_members(config)
-    if who.grid or len(who.implementations) > 1:
-        raise ConfigError(
-            f"train_and_evaluate trains one run, but runs={who} describes several members; "
-            "use adamlab.training.train.run"
-        )
-    result = run(config, workdir, stop_after_step=stop_after_step)
+    result = run(config, workdir, stop_after_step=stop_after_step, single=True)
     return {"step": result.step, "interrupted": result.interrupted, **result.finals[0]}
 
 
@@ -234,6 +247,7 @@ def run(
     workdir: str | os.PathLike,
     *,
     stop_after_step: int | None = None,
+    single: bool = False,
 ) -> RunsResult:
     """Trains (or resumes) every member of `config` in `workdir`; see the module docstring.
 
@@ -242,6 +256,8 @@ def run(
       workdir: run directory; created if missing, resumed if it holds a checkpoint.
       stop_after_step: stop as a preemption would (checkpoint, `interrupted=True`) at the end
         of the first chunk that reaches this step; for splitting a run over time-limited jobs.
+      single: raise ConfigError, before the workdir is touched, if `config` describes several
+        members (`train_and_evaluate`'s check, on the config validated once).
 
     Multi-host (`config.distributed.enabled`): every process calls this with the same config and
     workdir (a shared filesystem); each reads its slice of every batch, all save the
@@ -252,7 +268,12 @@ def run(
         distributed.initialize(config.get("distributed"))  # Before anything touches a backend.
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    experiment = build_experiment(config)
+    experiment = build_experiment(config)  # Validates the config (ConfigError).
+    if single and (experiment.who.grid or len(experiment.who.implementations) > 1):
+        raise ConfigError(
+            f"train_and_evaluate trains one run, but runs={experiment.who} describes several "
+            "members; use adamlab.training.train.run"
+        )
     workdir = pathlib.Path(workdir)
     run_io.prepare_workdir(workdir)  # A file, or a read-only directory: RunDirError now.
     primary = distributed.is_primary()
@@ -280,10 +301,14 @@ def run(
             loop = _Loop(config, experiment, workdir, checkpointer, start_time)
             result = loop.train(experiment.engine.put_members(carry), start, stop_after_step)
         finally:
+            tick = time.perf_counter()
             checkpointer.wait_until_finished()
             checkpointer.close()
+            closing = time.perf_counter() - tick
+        result.phases["teardown"] += closing
         if primary and not result.interrupted:
             run_io.write_json(workdir / RESULT_FILE, _result_to_json(result))
+        logging.info("phases: %s", format_phases(result.phases, time.perf_counter() - start_time))
         return result
 
 
@@ -319,7 +344,7 @@ class _Loop:
         self.who, self.engine = experiment.who, experiment.engine
         self.names = self.who.names()
         self.single = len(self.names) == 1
-        self.phases = dict.fromkeys(("setup", "compile", "train", "evaluate"), 0.0)
+        self.phases = dict.fromkeys(PHASES, 0.0)
         self.curves = {
             impl: {"train": ([], []), "validation": ([], [])} for impl in self.who.implementations
         }
@@ -506,12 +531,15 @@ class _Loop:
         config, experiment, engine = self.config, self.experiment, self.engine
         train_cfg, num_steps = config.train, experiment.num_steps
         primary = distributed.is_primary()
-        streams = [
+        tick = time.perf_counter()
+        sources = [
             data.train_batches(
                 config.data, global_batch_size=train_cfg.batch_size, seed=seed, start_step=start
             )
             for seed in self.who.seeds
         ]
+        streams = [_primed(s) for s in sources]
+        self.phases["data"] = time.perf_counter() - tick
         profile = tuple(train_cfg.get("profile_steps") or ())
         every = [
             train_cfg.log_every_steps,
@@ -534,7 +562,7 @@ class _Loop:
             disable=None if train_cfg.progress_bar and primary else True,
         )
         self.writers = self._open_writers(start)
-        self.phases["setup"] = time.perf_counter() - self.start_time
+        self.phases["setup"] = time.perf_counter() - self.start_time - self.phases["data"]
         # Throughput leaves out compiles and evaluations: the timed stretch starts after each
         # log/eval point, and the calls that compiled are subtracted from it.
         interval_start, interval_compile, interval_steps = time.perf_counter(), 0.0, 0
@@ -624,7 +652,9 @@ class _Loop:
                         fetched_pending, firsts_pending = [], []
                     tick = time.perf_counter()
                     validation = self._validate(carry, step) if evaluate else None
+                    self.phases["evaluate"] += time.perf_counter() - tick
                     if save:
+                        tick = time.perf_counter()
                         self.checkpointer.save(
                             step,
                             engine.get_members(carry),
@@ -632,7 +662,7 @@ class _Loop:
                             extra={"data_start_step": step},
                             force=True,
                         )
-                    self.phases["evaluate"] += time.perf_counter() - tick
+                        self.phases["save"] += time.perf_counter() - tick
                     interval_start, interval_compile, interval_steps = time.perf_counter(), 0.0, 0
                     if all_diverged and step < num_steps:
                         logging.warning("every member diverged by step %d; stopping", step)
@@ -655,11 +685,15 @@ class _Loop:
                     self._write(step, "test", results)
                     for i, result in enumerate(results):
                         self.finals[i].update(_prefixed("test", result))
-                    self.phases["evaluate"] += time.perf_counter() - tick
+                    self.phases["test"] += time.perf_counter() - tick
         finally:
+            tick = time.perf_counter()
             bar.close()
             for writer in self.writers.values():
                 writer.close()
+            for source in sources:  # Now, not whenever the garbage collector gets to them.
+                _close(source)
+            self.phases["teardown"] += time.perf_counter() - tick
         return self._result(engine.get_members(carry), step, interrupted)
 
     def _result(self, host, step: int, interrupted: bool) -> RunsResult:
@@ -690,7 +724,7 @@ class _Loop:
                 else math.nan
             )
             state = jax.tree.map(lambda x, index=index: np.asarray(x)[index], host.states[m])
-            row["param_norm"] = float(optax.tree.norm(state.params))
+            row["param_norm"] = _host_norm(state.params)
             row.update(
                 steps_per_sec=steps_per_sec, wall_time_s=wall, runs_in_program=len(self.names)
             )
@@ -721,6 +755,29 @@ class _Loop:
             wall_time_s=wall,
             phases=self.phases,
         )
+
+
+def _host_norm(tree: Any) -> float:
+    """The global L2 norm of a tree of host arrays, in NumPy (float64): `optax.tree.norm`
+    here would compile a few small programs per leaf shape for one number."""
+    leaves = jax.tree.leaves(tree)
+    return math.sqrt(sum(float(np.sum(np.square(np.asarray(x, np.float64)))) for x in leaves))
+
+
+def _primed(stream: Iterator[dict]) -> Iterator[dict]:
+    """`stream` with its first batch drawn now: tf.data fills its shuffle buffer on the first
+    draw, which is start-up (the phase "data"), not training."""
+    first = next(stream)
+    return itertools.chain([first], stream)
+
+
+def _close(stream: Iterator) -> None:
+    """Stops a batch stream (a generator over a tf.data iterator): its pipeline's threads and
+    buffers go now, in the phase "teardown", instead of at a later garbage collection or at
+    the process's exit."""
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
 
 
 def _prefixed(prefix: str, values: dict) -> dict:
