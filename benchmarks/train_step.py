@@ -53,14 +53,22 @@ def _parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def build_step(config, implementation: str, image_shape, num_classes: int, total_steps: int):
-    """(engine, members) of the config's model with our or optax's optimizer on one device."""
+def build_step(
+    config,
+    implementation: str,
+    image_shape,
+    num_classes: int,
+    total_steps: int,
+    conv_matmul: bool = False,
+):
+    """(engine, members) of the config's model with our or optax's optimizer on one device;
+    `conv_matmul`: convolutions as slices + one matmul (`adamlab.training.cpu_conv`)."""
     config = config.copy_and_resolve_references()
     config.optimizer.implementation = implementation
     tx, schedule = optimizers.make_optimizer(config.optimizer, total_steps)
     model = models.create_model(config.model, num_classes)
     engine = engines.make_engine("jit", model, (tx,), schedule, num_classes,
-                                 devices=jax.devices()[:1])  # fmt: skip
+                                 devices=jax.devices()[:1], conv_matmul=conv_matmul)  # fmt: skip
     carry = members.initial_members(
         model, (tx,), image_shape, (config.seed,), {}, (lambda values: tx,)
     )

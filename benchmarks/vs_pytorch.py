@@ -13,9 +13,13 @@ Two parts, each timed repeat by repeat with every contender in turn (medians ove
     m, v); `fraction_of_triad` = (28 N / t) / triad bandwidth.
   * the train step of adamlab's default CNN (configs/digits.py: conv 32, conv 64, dense 128,
     Adam; one `engine.train` call per step, as `adamlab train` runs on CPU, with and without
-    the fused optimizer) against the same layers in PyTorch eager (NCHW, `Adam(fused=True)`,
-    zero_grad, forward, cross-entropy, backward, step), at 28x28x1 batch 128 and 8x8x1
-    batch 64, on synthetic in-memory batches.
+    the fused optimizer, and with the convolutions as slices + one matmul,
+    `adamlab.training.cpu_conv`) against the same layers in PyTorch eager (NCHW,
+    `Adam(fused=True)`, zero_grad, forward, cross-entropy, backward, step), at 28x28x1 batch
+    128 and 8x8x1 batch 64, on synthetic in-memory batches. XLA:CPU flags and thread
+    settings apply to a whole process: run the script once per setting (`XLA_FLAGS=...
+    python benchmarks/vs_pytorch.py --skip_optimizer --out ...`); the JSON records XLA_FLAGS
+    and both sides' threads.
 
 Ratios are adamlab / PyTorch (< 1: adamlab faster). The JSON (default
 benchmarks/results/vs_pytorch_cpu.json) records the machine (CPU model, cores, versions,
@@ -50,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 from adamlab import config_dict, optim  # noqa: E402
 from adamlab.optim import fused as fused_transform  # noqa: E402
 from benchmarks import optimizer_step, train_step  # noqa: E402
+from benchmarks.torch_cnn import TorchCNN  # noqa: E402
 
 BYTES_PER_PARAM = 28  # Adam: read p, g, m, v; write p, m, v (float32).
 
@@ -188,31 +193,6 @@ def candidate_rows(sizes, repeats: int) -> list[dict]:
     return rows
 
 
-class TorchCNN(torch.nn.Module):
-    """models.CNN's layers in PyTorch: conv 3x3 'SAME' + ReLU + 2x2 max pool per block
-    (while the image is at least 2x2), dense + ReLU, classifier."""
-
-    def __init__(self, image_shape, features=(32, 64), dense=128, num_classes=10):
-        super().__init__()
-        height, width, channels = image_shape
-        self.convs = torch.nn.ModuleList()
-        self.pools = []
-        for f in features:
-            self.convs.append(torch.nn.Conv2d(channels, f, 3, padding=1))
-            self.pools.append(min(height, width) >= 2)
-            if self.pools[-1]:
-                height, width = height // 2, width // 2
-            channels = f
-        self.dense = torch.nn.Linear(channels * height * width, dense)
-        self.head = torch.nn.Linear(dense, num_classes)
-
-    def forward(self, x):
-        for conv, pool in zip(self.convs, self.pools, strict=True):
-            x = F.relu(conv(x))
-            x = F.max_pool2d(x, 2) if pool else x
-        return self.head(F.relu(self.dense(x.flatten(1))))
-
-
 def _torch_train_step(image_shape, batch_size: int, steps: int) -> callable:
     torch.manual_seed(0)
     model = TorchCNN(image_shape)
@@ -231,10 +211,14 @@ def _torch_train_step(image_shape, batch_size: int, steps: int) -> callable:
     return run
 
 
-def _adamlab_train_step(image_shape, batch_size: int, steps: int, fused: bool) -> callable:
+def _adamlab_train_step(
+    image_shape, batch_size: int, steps: int, fused: bool, conv_matmul: bool = False
+) -> callable:
     config = config_dict.load_config("digits")
     config.optimizer.fused = fused
-    engine, carry = train_step.build_step(config, "ours", image_shape, 10, 10_000)
+    engine, carry = train_step.build_step(
+        config, "ours", image_shape, 10, 10_000, conv_matmul=conv_matmul
+    )
     rng = np.random.default_rng(0)
     chunk = engine.put_chunk(
         {
@@ -259,6 +243,9 @@ def train_rows(shapes_and_batches, steps: int, repeats: int) -> list[dict]:
         runners = {
             "adamlab": _adamlab_train_step(image_shape, batch_size, steps, fused=False),
             "adamlab_fused": _adamlab_train_step(image_shape, batch_size, steps, fused=True),
+            "adamlab_conv_matmul": _adamlab_train_step(
+                image_shape, batch_size, steps, fused=False, conv_matmul=True
+            ),
             "torch_eager_fused_adam": _torch_train_step(image_shape, batch_size, steps),
         }
         timed = optimizer_step.time_interleaved(runners, repeats)
@@ -270,6 +257,8 @@ def train_rows(shapes_and_batches, steps: int, repeats: int) -> list[dict]:
             "median_step_ms": {k: 1e3 * v for k, v in seconds.items()},
             "adamlab_over_torch": seconds["adamlab"] / seconds["torch_eager_fused_adam"],
             "adamlab_fused_over_torch": seconds["adamlab_fused"]
+            / seconds["torch_eager_fused_adam"],
+            "adamlab_conv_matmul_over_torch": seconds["adamlab_conv_matmul"]
             / seconds["torch_eager_fused_adam"],
         }
         rows.append(row)
@@ -295,6 +284,7 @@ def main() -> None:
     parser.add_argument("--train_steps", type=int, default=10, help="steps per timed repeat")
     parser.add_argument("--train_repeats", type=int, default=11)
     parser.add_argument("--skip_train", action="store_true")
+    parser.add_argument("--skip_optimizer", action="store_true", help="only the train step")
     parser.add_argument(
         "--candidates", action="store_true", help="only the fused candidates (no torch rows)"
     )
@@ -311,7 +301,7 @@ def main() -> None:
     }
     if args.candidates:
         report["candidates"] = candidate_rows(sizes, args.repeats)
-    else:
+    elif not args.skip_optimizer:
         report["optimizer_step"] = optimizer_rows(sizes, args.repeats)
     if not (args.skip_train or args.candidates):
         cases = [((28, 28, 1), 128), ((8, 8, 1), 64)]
