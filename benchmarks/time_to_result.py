@@ -20,6 +20,10 @@ directory, so the PyTorch side pays neither TensorFlow's import nor its pipeline
 command pays both: that is part of what is measured). Its wall time is the child's, from
 outside, loading the .npz included.
 
+Also recorded, in a child process: the seconds of the start-up work the training code no
+longer does (`startup_costs_job`: a second config validation, the rows' parameter norm by
+`optax.tree.norm`), the before/after of those changes.
+
 The two jobs alternate (`--repeats`); medians. The JSON (default
 benchmarks/results/time_to_result_cpu.json) records every run, the machine and the load average
 before and after: on a shared machine the absolute times move with the load.
@@ -216,6 +220,51 @@ def run_torch(npz: pathlib.Path, settings: dict, seed: int) -> dict:
     return {"wall_s": wall, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
+# ---------------------------------------------------------------------------- start-up costs
+
+
+def startup_costs_job(config_name: str) -> dict:
+    """Seconds of the start-up work the training code no longer does (in a fresh process, as
+    `adamlab train` met it): validating the config a second time (`train_and_evaluate` did,
+    then `run`'s `build_experiment` again), and the rows' parameter norm by `optax.tree.norm`
+    on host arrays (it compiled small programs) against NumPy (`train._host_norm`)."""
+    import jax
+    import optax
+
+    from adamlab import config_dict
+    from adamlab.training import experiment, train
+
+    config = config_dict.load_config(config_name)
+    tick = time.perf_counter()
+    experiment.validate_config(config)
+    first_validation = time.perf_counter() - tick
+    tick = time.perf_counter()
+    experiment.validate_config(config)
+    second_validation = time.perf_counter() - tick
+    built = experiment.build_experiment(config)
+    params = jax.device_get(experiment.initial_members(config, built).states[0].params)
+    tick = time.perf_counter()
+    float(optax.tree.norm(params))
+    optax_norm = time.perf_counter() - tick
+    tick = time.perf_counter()
+    train._host_norm(params)
+    numpy_norm = time.perf_counter() - tick
+    return {
+        "validate_config_first_s": first_validation,
+        "validate_config_again_s": second_validation,
+        "param_norm_optax_first_call_s": optax_norm,
+        "param_norm_numpy_s": numpy_norm,
+    }
+
+
+def startup_costs(config_name: str) -> dict:
+    """`startup_costs_job` in a child process."""
+    argv = [sys.executable, __file__, "--startup_costs_job", config_name]
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    done = subprocess.run(argv, capture_output=True, text=True, check=True, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 # ---------------------------------------------------------------------------- report
 
 
@@ -249,9 +298,13 @@ def main() -> None:
     parser.add_argument("--torch_job", help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--startup_costs_job", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_job:
         print(json.dumps(torch_job(args.torch_job, json.loads(args.settings), args.seed)))
+        return
+    if args.startup_costs_job:
+        print(json.dumps(startup_costs_job(args.startup_costs_job)))
         return
     load_before = os.getloadavg()
     started = time.time()
@@ -281,6 +334,7 @@ def main() -> None:
         "overrides": overrides,
         "torch_settings": settings,
         "imports": import_times(),
+        "startup_costs_removed": startup_costs(args.config),
         "median": {side: medians(r) for side, r in runs.items() if r},
         "runs": runs,
         "load_average_before": load_before,
