@@ -229,6 +229,18 @@ def test_index_shuffled_batches_are_the_examples_shuffled(digits_dir, shuffle_bu
     assert not np.array_equal(pairs[0][1]["label"], pairs[per_epoch][1]["label"])
 
 
+@pytest.mark.parametrize("augment", [False, True])
+def test_streams_of_several_seeds_are_each_seeds_own_stream(digits_dir, augment):
+    """One run's members read `train_streams` (one in-memory copy of the split for all): each
+    stream is exactly the one `train_batches` yields for its seed alone, from a resume point."""
+    config = make_config(digits_dir, augment=augment)
+    kwargs = dict(global_batch_size=64, start_step=3, **ONE_PROCESS)
+    streams = data.train_streams(config, seeds=(4, 0, 4), **kwargs)
+    for seed, stream in zip((4, 0, 4), streams, strict=True):
+        alone = data.train_batches(config, seed=seed, **kwargs)
+        assert_same_batches(take(stream, 30), take(alone, 30))  # Into the second epoch.
+
+
 def test_class_filtering_remaps_labels_in_the_given_order(digits_dir):
     classes = (7, 5)
     config = make_config(digits_dir, classes=classes)

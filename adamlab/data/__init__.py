@@ -14,7 +14,13 @@ the `digits` TFDS builder, so `tfds.builder("digits", data_dir=...)` works.
 from adamlab.data import _tf_setup  # noqa: F401  (first: hides GPUs from TF before any TF op)
 from adamlab.data.config import DATASETS, default_data_config
 from adamlab.data.digits import Digits
-from adamlab.data.input_pipeline import LAYOUTS, eval_batches, steps_per_epoch, train_batches
+from adamlab.data.input_pipeline import (
+    LAYOUTS,
+    eval_batches,
+    steps_per_epoch,
+    train_batches,
+    train_streams,
+)
 from adamlab.data.preprocess import AUGMENTATION, NORMALIZATION
 from adamlab.data.source import SPLITS, DatasetInfo, DatasetNotPreparedError, dataset_info
 
@@ -32,4 +38,5 @@ __all__ = [
     "eval_batches",
     "steps_per_epoch",
     "train_batches",
+    "train_streams",
 ]

@@ -20,9 +20,8 @@ the device_put.
 """
 
 import dataclasses
-import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -68,12 +67,40 @@ def train_batches(
       layout: "flat" ([B, H, W, C]) or "pmap" ([num_local_devices, B // devices, H, W, C]).
       num_local_devices, process_index, process_count: default to jax's values.
     """
+    (stream,) = train_streams(
+        data_config,
+        global_batch_size=global_batch_size,
+        seeds=(seed,),
+        start_step=start_step,
+        layout=layout,
+        num_local_devices=num_local_devices,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    return stream
+
+
+def train_streams(
+    data_config,
+    *,
+    global_batch_size: int,
+    seeds: Sequence[int],
+    start_step: int = 0,
+    layout: str = "flat",
+    num_local_devices: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> list[Iterator[dict[str, np.ndarray]]]:
+    """`train_batches` for each of `seeds`, the streams of the members of one run: each the
+    stream its seed alone yields; without augmentation they share one in-memory copy of the
+    split (decoded once per call, not once per seed). Arguments as `train_batches`'."""
     settings = read_settings(data_config)
     local_batch, devices, index, count = _topology(
         global_batch_size, layout, num_local_devices, process_index, process_count
     )
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise ValueError(f"seed must be an int, got {seed!r}.")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise ValueError(f"seed must be an int, got {seed!r}.")
     if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
         raise ValueError(f"start_step must be an int >= 0, got {start_step!r}.")
     builder = source.load_builder(settings)
@@ -91,26 +118,31 @@ def train_batches(
     start_epoch, skip_steps = divmod(start_step, steps)
     spec = preprocess.AUGMENTATION[settings.name]
     do_augment = spec.default_on if settings.augment is None else settings.augment
-    order = _EpochOrder(
-        stream_seed=preprocess.fold_in(tf.constant([seed, 0], tf.int64), index),
-        shuffle_buffer=settings.shuffle_buffer,
-        start_epoch=start_epoch,
-        skip=skip_steps * local_batch,
-        batch=local_batch,
-    )
     if do_augment:
         examples = source.read_examples(builder, split, settings.classes)
-        batches = _augmented_batches(examples, order, spec)
     else:
         images, labels = _in_memory(builder, split, settings.classes)
-        batches = _gathered_batches(images, labels, order)
 
     def finish(batch):
         image = preprocess.normalize(batch["image"], settings.name)
         return _apply_layout({"image": image, "label": batch["label"]}, layout, devices)
 
-    ds = batches.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    return iter(tfds.as_numpy(ds))
+    streams = []
+    for seed in seeds:
+        order = _EpochOrder(
+            stream_seed=preprocess.fold_in(tf.constant([seed, 0], tf.int64), index),
+            shuffle_buffer=settings.shuffle_buffer,
+            start_epoch=start_epoch,
+            skip=skip_steps * local_batch,
+            batch=local_batch,
+        )
+        if do_augment:
+            batches = _augmented_batches(examples, order, spec)
+        else:
+            batches = _gathered_batches(images, labels, order)
+        ds = batches.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+        streams.append(iter(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE))))
+    return streams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,26 +215,10 @@ def _augmented_batches(examples: tf.data.Dataset, order: _EpochOrder, spec):
 
 
 def _in_memory(builder, split, classes) -> tuple[tf.Tensor, tf.Tensor]:
-    """The split's images [n, H, W, C] uint8 and labels [n] int32, decoded once per process
-    and kept: the streams of several seeds in one run share them (MNIST's train split: 47 MB)."""
-    return _load_arrays(_Split(str(builder.data_dir), split, classes, builder))
-
-
-@dataclasses.dataclass(frozen=True)
-class _Split:
-    """A split of a prepared dataset, as a cache key (the builder rides along, unhashed)."""
-
-    data_dir: str
-    split: str
-    classes: tuple[int, ...] | None
-    builder: object = dataclasses.field(compare=False, hash=False)
-
-
-@functools.lru_cache(maxsize=2)
-def _load_arrays(where: _Split) -> tuple[tf.Tensor, tf.Tensor]:
-    examples = source.read_examples(where.builder, where.split, where.classes)
+    """The split's images [n, H, W, C] uint8 and labels [n] int32, decoded into memory (MNIST's
+    train split: 47 MB)."""
     images, labels = [], []
-    for batch in examples.batch(8192):
+    for batch in source.read_examples(builder, split, classes).batch(8192):
         images.append(batch["image"])
         labels.append(batch["label"])
     return tf.concat(images, 0), tf.concat(labels, 0)

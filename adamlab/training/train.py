@@ -532,12 +532,12 @@ class _Loop:
         train_cfg, num_steps = config.train, experiment.num_steps
         primary = distributed.is_primary()
         tick = time.perf_counter()
-        sources = [
-            data.train_batches(
-                config.data, global_batch_size=train_cfg.batch_size, seed=seed, start_step=start
-            )
-            for seed in self.who.seeds
-        ]
+        sources = data.train_streams(  # One per seed, sharing one in-memory copy of the data.
+            config.data,
+            global_batch_size=train_cfg.batch_size,
+            seeds=self.who.seeds,
+            start_step=start,
+        )
         streams = [_primed(s) for s in sources]
         self.phases["data"] = time.perf_counter() - tick
         profile = tuple(train_cfg.get("profile_steps") or ())
