@@ -33,7 +33,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from adamlab import config_dict
-from adamlab.training import host_memory
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -470,7 +469,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog} {name}: {'unknown config field ' * unknown}{_message(e)}", file=sys.stderr)
         return EXIT_USAGE
     _setup_logging()
-    host_memory.keep_freed_memory()
     try:
         return command.run(fv)
     except Exception as e:

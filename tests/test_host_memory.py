@@ -12,7 +12,6 @@ import sys
 
 import pytest
 
-from adamlab import cli
 from adamlab.training import host_memory
 
 glibc_only = pytest.mark.skipif(host_memory._glibc() is None, reason="needs glibc's mallopt")
@@ -68,11 +67,3 @@ def test_the_environment_switch_turns_it_off(monkeypatch, value):
     monkeypatch.setenv(host_memory.ENV_SWITCH, value)
     assert host_memory.switched_off()
     assert host_memory.keep_freed_memory() is False
-
-
-def test_the_command_line_keeps_freed_memory_before_running_a_command(monkeypatch, capsys):
-    calls = []
-    monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: calls.append(1) or True)
-    assert cli.main(["adamlab", "evaluate", "--workdir=/nonexistent/run"]) != cli.EXIT_OK
-    assert calls == [1]
-    capsys.readouterr()
