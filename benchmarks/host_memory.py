@@ -65,12 +65,7 @@ def child(setting: str, steps: int | None, repeats: int) -> dict:
         steps_per_repeat = steps or shape_steps
         engine, carry = train_step.build_step(config, "ours", image_shape, 10, 10_000)
         rng = np.random.default_rng(0)
-        chunk = engine.put_chunk(
-            {
-                "image": rng.standard_normal((1, batch_size, *image_shape), np.float32),
-                "label": rng.integers(0, 10, (1, batch_size), dtype=np.int32),
-            }
-        )
+        chunk = train_step.synthetic_chunk(engine, rng, image_shape, batch_size, 10)
         for _ in range(3):  # compile and warm up
             carry, metrics = engine.train(carry, chunk)
         jax.block_until_ready(carry)

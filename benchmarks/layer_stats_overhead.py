@@ -39,7 +39,7 @@ from adamlab.training import engines, experiment, members, optimizers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from train_step import machine, write_result  # noqa: E402  (a sibling script, not a package)
+from train_step import machine, synthetic_chunk, write_result  # noqa: E402  (a sibling script, not a package)
 
 
 def _parse_args() -> argparse.Namespace:
@@ -92,12 +92,7 @@ def main() -> None:
     result = {"every": n, "batch_size": batch, "model": config.model.name}
     for name, k in (("1", 1), ("N", n)):
         engine, carry = build(config, n, total, conv_matmul=on_cpu and k > 1)
-        chunk = engine.put_chunk(
-            {
-                "image": rng.standard_normal((k, batch, 8, 8, 1), np.float32),
-                "label": rng.integers(0, 10, (k, batch), dtype=np.int32),
-            }
-        )
+        chunk = synthetic_chunk(engine, rng, (8, 8, 1), batch, 10, steps=k)
         for logged in (False, True):  # Compile both variants.
             carry, _ = _call(engine, carry, chunk, logged)
         times = {False: [], True: []}

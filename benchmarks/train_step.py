@@ -83,6 +83,17 @@ def _time(engine, carry, chunks, steps: int):
     return carry, (time.perf_counter() - start) / steps
 
 
+def synthetic_chunk(engine, rng, image_shape, batch_size: int, num_classes: int, steps: int = 1):
+    """A chunk of `steps` random batches ([K, B, ...]: images, then labels, drawn from `rng`)
+    on the engine's devices, as the loop hands `engine.train` its batches."""
+    return engine.put_chunk(
+        {
+            "image": rng.standard_normal((steps, batch_size, *image_shape), np.float32),
+            "label": rng.integers(0, num_classes, (steps, batch_size), dtype=np.int32),
+        }
+    )
+
+
 def machine() -> dict:
     cpu = platform.processor()
     if pathlib.Path("/proc/cpuinfo").is_file():
@@ -113,13 +124,7 @@ def main() -> None:
     }
     engine = next(iter(runs.values()))[0]
     chunks = [  # One batch per call: [K = 1, B, ...].
-        engine.put_chunk(
-            {
-                "image": rng.standard_normal((1, batch_size, *image_shape), np.float32),
-                "label": rng.integers(0, args.num_classes, (1, batch_size), dtype=np.int32),
-            }
-        )
-        for _ in range(4)
+        synthetic_chunk(engine, rng, image_shape, batch_size, args.num_classes) for _ in range(4)
     ]
     states = {}
     for impl, (engine, carry) in runs.items():

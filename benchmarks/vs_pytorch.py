@@ -219,12 +219,8 @@ def _adamlab_train_step(
     engine, carry = train_step.build_step(
         config, "ours", image_shape, 10, 10_000, conv_matmul=conv_matmul
     )
-    rng = np.random.default_rng(0)
-    chunk = engine.put_chunk(
-        {
-            "image": rng.standard_normal((1, batch_size, *image_shape), np.float32),
-            "label": rng.integers(0, 10, (1, batch_size), dtype=np.int32),
-        }
+    chunk = train_step.synthetic_chunk(
+        engine, np.random.default_rng(0), image_shape, batch_size, 10
     )
     state = {"carry": carry}
 
