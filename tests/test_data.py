@@ -331,6 +331,16 @@ def test_processes_read_disjoint_training_shards(digits_dir):
 # --- errors ---------------------------------------------------------------------------------------
 
 
+def test_preparing_digits_writes_nothing_to_stdout(tmp_path, capsys):
+    """The commands print their results (JSON) on stdout; TFDS's preparation messages would
+    corrupt them on a machine's first run."""
+    info = data.dataset_info(make_config(str(tmp_path)))  # Prepares digits in a new data_dir.
+    captured = capsys.readouterr()
+    assert info.num_train > 0 and (tmp_path / "digits").is_dir()
+    assert captured.out == ""
+    assert "prepared" in captured.err  # TFDS's messages still reach the user, on stderr.
+
+
 def test_unknown_dataset_lists_the_allowed_ones(digits_dir):
     with pytest.raises(ValueError, match="'svhn'; allowed: digits, mnist, fashion_mnist, cifar10"):
         data.dataset_info(make_config(digits_dir, name="svhn"))

@@ -7,7 +7,9 @@ Splits (all by TFDS split slicing, so no example list is ever materialised):
 With several processes each one reads its own slice of a split (`tfds.split_for_jax_process`).
 """
 
+import contextlib
 import dataclasses
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -83,7 +85,10 @@ def load_builder(settings: DataSettings) -> tfds.core.DatasetBuilder:
 
 def _prepare(builder, settings, config) -> tfds.core.DatasetBuilder:
     try:
-        builder.download_and_prepare(download_config=config)
+        # TFDS prints its progress and "Dataset ... prepared" to stdout; stdout is where the
+        # commands write their results (`adamlab train` prints result JSON), so to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            builder.download_and_prepare(download_config=config)
     except Exception:
         # Another process may have prepared the same data_dir at the same time (TFDS renames a
         # finished temporary folder into place; the second rename fails). Then use its result.
