@@ -83,9 +83,9 @@ RESULT_FILE = "result.json"
 # (tf.data fills its shuffle buffer); "compile": the calls that compiled a train program (and
 # ran it once); "train": the other train calls and the batches they consumed; "evaluate":
 # periodic validation and diagnostics; "save": checkpoint saves during the run; "test": the
-# final evaluation; "teardown": closing the progress bar, the metric writers and the
-# checkpointer (waiting for its last asynchronous write; the training streams close on a thread
-# of their own, `_close_in_background`). All but the checkpointer's part of
+# final evaluation; "teardown": closing the progress bar, the metric writers, the training
+# streams and the checkpointer (waiting for its last asynchronous write). All but the
+# checkpointer's part of
 # "teardown" fall within `wall_time_s`; what no phase counts (logging, divergence checks) is in
 # the wall time only.
 PHASES = ("setup", "data", "compile", "train", "evaluate", "save", "test", "teardown")
@@ -701,7 +701,7 @@ class _Loop:
             bar.close()
             for writer in self.writers.values():
                 writer.close()
-            _close_in_background(sources)
+            _close(sources)
             self.phases["teardown"] += time.perf_counter() - tick
         return self._result(engine.get_members(carry), step, interrupted)
 
@@ -780,22 +780,14 @@ def _primed(stream: Iterator[dict]) -> Iterator[dict]:
     return itertools.chain([first], stream)
 
 
-def _close_in_background(streams: Sequence[Iterator]) -> None:
-    """Stops the batch streams (generators over tf.data iterators) on a thread of their own.
-
-    Deleting a tf.data iterator waits for its pipeline's threads to wind down: 0.4-10 s of wall
-    time per run of the digits benchmark, at ~0.02 s of CPU, which nothing needs to wait for.
-    Closed now rather than at a later garbage collection; the thread is not a daemon, so the
-    process ends only once they are closed.
-    """
-
-    def close_all():
-        for stream in streams:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
-
-    threading.Thread(target=close_all, name="close-batch-streams").start()
+def _close(streams: Sequence[Iterator]) -> None:
+    """Stops the batch streams (generators over tf.data iterators) now rather than at a later
+    garbage collection. Quick: the streams run without tf.data's autotuning thread, which an
+    iterator's deletion used to wait for (`adamlab.data.input_pipeline`)."""
+    for stream in streams:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
 
 
 def _prefixed(prefix: str, values: dict) -> dict:
