@@ -469,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog} {name}: {'unknown config field ' * unknown}{_message(e)}", file=sys.stderr)
         return EXIT_USAGE
     _setup_logging()
+    _keep_freed_memory()
     try:
         return command.run(fv)
     except Exception as e:
@@ -505,6 +506,14 @@ def _message(error: BaseException) -> str:
     if isinstance(error, KeyError) and error.args:
         return str(error.args[0]).replace("\\'", "'")
     return str(error)
+
+
+def _keep_freed_memory() -> None:
+    """The command owns its process: keep freed host memory for XLA:CPU's next call
+    (`adamlab.training.host_memory`; `ADAMLAB_KEEP_FREED_MEMORY=0` turns it off)."""
+    from adamlab.training import host_memory
+
+    host_memory.keep_freed_memory()
 
 
 def _setup_logging() -> None:

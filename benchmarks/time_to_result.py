@@ -24,7 +24,11 @@ Also recorded, in a child process: the seconds of the start-up work the training
 longer does (`startup_costs_job`: a second config validation, the rows' parameter norm by
 `optax.tree.norm`), the before/after of those changes.
 
-The two jobs alternate (`--repeats`); medians. The JSON (default
+With `--malloc_default`, a third job: the same `adamlab train` with glibc's default allocation
+(`ADAMLAB_KEEP_FREED_MEMORY=0`; the command otherwise keeps freed memory for reuse,
+`adamlab.training.host_memory`), for that switch's effect on the whole command.
+
+The jobs alternate (`--repeats`); medians. The JSON (default
 benchmarks/results/time_to_result_cpu.json) records every run, the machine and the load average
 before and after: on a shared machine the absolute times move with the load.
 
@@ -82,13 +86,16 @@ def breakdown(launched: float, ended: float, logged: float, phases: dict, run_to
     }
 
 
-def adamlab_job(config: str, overrides: list[str]) -> dict:
-    """One `adamlab train` in a fresh temporary workdir, timed from outside."""
+def adamlab_job(config: str, overrides: list[str], keep_freed_memory: bool = True) -> dict:
+    """One `adamlab train` in a fresh temporary workdir, timed from outside; with
+    `keep_freed_memory=False` the command runs with glibc's default allocation
+    (`ADAMLAB_KEEP_FREED_MEMORY=0`, `adamlab.training.host_memory`)."""
     command = pathlib.Path(sys.executable).with_name("adamlab")
+    env = dict(os.environ, ADAMLAB_KEEP_FREED_MEMORY="1" if keep_freed_memory else "0")
     with tempfile.TemporaryDirectory() as workdir:
         argv = [str(command), "train", "--config", config, "--workdir", workdir, *overrides]
         launched = time.time()
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
         ended = time.time()
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed:\n{done.stderr[-3000:]}")
@@ -294,6 +301,11 @@ def main() -> None:
     parser.add_argument("--num_steps", type=int, default=None, help="shorter runs (smoke)")
     parser.add_argument("--override", action="append", default=[], help="--config.X=Y flags")
     parser.add_argument("--skip_torch", action="store_true")
+    parser.add_argument(
+        "--malloc_default",
+        action="store_true",
+        help="also run adamlab with glibc's default allocation (ADAMLAB_KEEP_FREED_MEMORY=0)",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/time_to_result_cpu.json"))
     parser.add_argument("--torch_job", help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
@@ -312,17 +324,18 @@ def main() -> None:
     if args.num_steps:
         overrides += [f"--config.train.num_steps={args.num_steps}"]
         overrides += [f"--config.optimizer.warmup_steps={max(1, args.num_steps // 8)}"]
-    runs = {"adamlab": [], "torch": []}
+    runs = {"adamlab": [], "adamlab_malloc_default": [], "torch": []}
     with tempfile.TemporaryDirectory() as tmp:
         npz = pathlib.Path(tmp) / "mnist.npz"
         settings = {} if args.skip_torch else export_mnist(args.config, npz)
         if args.num_steps:
             settings.update(num_steps=args.num_steps, warmup_steps=max(1, args.num_steps // 8))
         for r in range(args.repeats):
-            sides = ["adamlab"] + ([] if args.skip_torch else ["torch"])
+            sides = ["adamlab"] + ["adamlab_malloc_default"] * args.malloc_default
+            sides += [] if args.skip_torch else ["torch"]
             for side in sides[:: 1 if r % 2 == 0 else -1]:
-                if side == "adamlab":
-                    run = adamlab_job(args.config, overrides)
+                if side.startswith("adamlab"):
+                    run = adamlab_job(args.config, overrides, side == "adamlab")
                 else:
                     run = run_torch(npz, settings, seed=r)
                 runs[side].append(run)
@@ -344,6 +357,11 @@ def main() -> None:
     if runs["torch"]:
         report["adamlab_over_torch_wall"] = (
             report["median"]["adamlab"]["wall_s"] / report["median"]["torch"]["wall_s"]
+        )
+    if runs["adamlab_malloc_default"]:
+        report["kept_over_malloc_default_wall"] = (
+            report["median"]["adamlab"]["wall_s"]
+            / report["median"]["adamlab_malloc_default"]["wall_s"]
         )
     report["machine"] = machine()
     out = pathlib.Path(args.out)

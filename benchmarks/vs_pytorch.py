@@ -21,6 +21,9 @@ Two parts, each timed repeat by repeat with every contender in turn (medians ove
     python benchmarks/vs_pytorch.py --skip_optimizer --out ...`); the JSON records XLA_FLAGS
     and both sides' threads.
 
+The process keeps freed memory for reuse (`adamlab.training.host_memory`), as the `adamlab`
+command does; it applies to both sides' allocations (`--malloc default`: glibc's default).
+
 Ratios are adamlab / PyTorch (< 1: adamlab faster). The JSON (default
 benchmarks/results/vs_pytorch_cpu.json) records the machine (CPU model, cores, versions,
 threads) and the load average before and after: on a shared machine the absolute times move
@@ -53,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from adamlab import config_dict, optim  # noqa: E402
 from adamlab.optim import fused as fused_transform  # noqa: E402
+from adamlab.training import host_memory  # noqa: E402
 from benchmarks import optimizer_step, train_step  # noqa: E402
 from benchmarks.torch_cnn import TorchCNN  # noqa: E402
 
@@ -284,8 +288,17 @@ def main() -> None:
     parser.add_argument(
         "--candidates", action="store_true", help="only the fused candidates (no torch rows)"
     )
+    parser.add_argument(
+        "--malloc",
+        choices=("kept", "default"),
+        default="kept",
+        help="kept: freed memory kept for reuse, as the adamlab command runs "
+        "(adamlab.training.host_memory; it applies to torch's allocations too); "
+        "default: glibc's default allocation",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/vs_pytorch_cpu.json"))
     args = parser.parse_args()
+    kept = host_memory.keep_freed_memory() if args.malloc == "kept" else False
     load_before = os.getloadavg()
     started = time.time()
     sizes = [int(float(s)) for s in args.sizes.split(",")]
@@ -293,6 +306,7 @@ def main() -> None:
         "benchmark": "vs_pytorch",
         "command": " ".join(["python", *sys.argv]),
         "machine": machine(),
+        "keep_freed_memory": kept,
         "load_average_before": load_before,
     }
     if args.candidates:

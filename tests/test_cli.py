@@ -84,6 +84,22 @@ def test_invalid_config_value_exits_2_before_creating_the_workdir(capsys, tmp_pa
     assert not workdir.exists()
 
 
+def test_commands_keep_freed_memory_before_they_run(capsys, tmp_path, monkeypatch):
+    from adamlab.training import host_memory
+
+    calls = []
+    monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: calls.append("kept") or True)
+    args = ["adamlab", "evaluate", f"--workdir={tmp_path / 'none'}"]
+    assert cli.main(args) == cli.EXIT_USAGE  # No run there: the command ran, and refused.
+    assert calls == ["kept"]
+    assert "none" in capsys.readouterr().err
+    calls.clear()
+    assert cli.main(["adamlab", "train", "--config.train.engine=tpu"]) == cli.EXIT_USAGE
+    assert calls == ["kept"]
+    assert cli.main(["adamlab", "--help"]) == cli.EXIT_OK  # Help and usage run nothing.
+    assert calls == ["kept"]
+
+
 def _train(capsys, tmp_path, *overrides):
     """`adamlab train` of 2 steps in this process; returns (exit code, stdout, stderr)."""
     args = ["adamlab", "train", "--config", "digits", f"--workdir={tmp_path / 'run'}", *TINY]

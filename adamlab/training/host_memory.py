@@ -15,11 +15,9 @@ already-mapped pages. The cost is that the process keeps its peak heap until it 
 what a training process does anyway. Allocations still succeed when the heap cannot grow: glibc
 falls back to `mmap` then. It changes how the process allocates, not what it computes.
 
-Opt-in: call it once, before training. The `adamlab` command does not call it yet: one
-`adamlab train --config mnist` with it took 95.7 s to train instead of 139.6 s but 34.8 s to exit
-the process after its last line (about 3 s without), not yet explained.
-`ADAMLAB_KEEP_FREED_MEMORY=0` in the environment turns it off. A no-op, returning
-False, where the C library is not glibc (macOS, musl).
+The `adamlab` command calls it before running any command (it owns its process); a library
+user calls it once, before training. `ADAMLAB_KEEP_FREED_MEMORY=0` in the environment turns it
+off. A no-op, returning False, where the C library is not glibc (macOS, musl).
 """
 
 from __future__ import annotations
