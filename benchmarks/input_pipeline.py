@@ -9,7 +9,8 @@ The training side is the train step `adamlab train` runs for configs/mnist.py on
 default CNN, our Adam, the jit engine, donated members, one step per `engine.train` call) on a
 batch already on the device(s). A third measure runs them together as the loop does (next batch
 -> a chunk of one step -> `engine.put_chunk` -> step), so it shows any wait directly: it should
-match the step alone.
+match the step alone. The process keeps freed memory for reuse, as the `adamlab` command does
+(`adamlab.training.host_memory`).
 
 Measured side by side in one process: each repeat times `--steps` batches of the train step and
 of the fed step, and a whole epoch of the pipeline alone (the pipeline prefetches while the
@@ -37,6 +38,7 @@ import tensorflow_datasets as tfds  # Loads TF lazily: adamlab.data configures i
 
 from adamlab import config_dict, data
 from adamlab.training import experiment as experiment_lib
+from adamlab.training import host_memory
 
 
 def mnist_experiment(num_examples: int, batch_size: int, augment: bool):
@@ -67,6 +69,7 @@ def main() -> None:
     parser.add_argument("--augment", action="store_true")
     parser.add_argument("--out", default=None, help="optional JSON output path")
     args = parser.parse_args()
+    kept = host_memory.keep_freed_memory()  # As the adamlab command runs.
 
     config, experiment = mnist_experiment(args.num_examples, args.batch_size, args.augment)
     engine = experiment.engine
@@ -129,6 +132,7 @@ def main() -> None:
         "pipeline_steps": steps_per_epoch,
         "repeats": args.repeats,
         "warmup_epoch_s": round(warmup_s, 2),
+        "keep_freed_memory": kept,
         "machine": {
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
