@@ -18,7 +18,8 @@ for `--optimizer`, the tuning seed, the workload's full length) through the one 
 Reported: wall times (set-up, compilation, data, evaluation and checkpoints included), their
 ratio, each side's phases, the largest difference of the final validation accuracies (the same
 trials must reach the same accuracy, to float32 rounding: on CPU the vectorized program computes
-convolutions as matmuls), and the machine's load average, since the CPU is shared.
+convolutions as matmuls), and the machine's load average, since the CPU is shared. The process
+keeps freed memory for reuse, as the `adamlab` command does (`adamlab.training.host_memory`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import jax
 
 from adamlab import config_dict
 from adamlab.experiments import benchmark, tuning
-from adamlab.training import train
+from adamlab.training import host_memory, train
 
 
 def _tune_config(workload: str, optimizer: str, trials: int):
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", default=None, help="Write the results as JSON here.")
     args = parser.parse_args()
+    kept = host_memory.keep_freed_memory()  # As the adamlab command runs; both sides alike.
     workload = _tune_config(args.workload, args.optimizer, args.trials)
     walls = {"vectorized": [], "one_by_one": []}
     phases, accuracy_gap = {}, 0.0
@@ -106,6 +108,7 @@ def main() -> None:
         "phases_s_last_repeat": phases,
         "max_validation_accuracy_difference": accuracy_gap,
         "load_average_1min": loads,
+        "keep_freed_memory": kept,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU threads",
         "jax": f"{jax.__version__} on {jax.devices()[0].platform}",
     }

@@ -94,7 +94,8 @@ def test_commands_keep_freed_memory_before_they_run(capsys, tmp_path, monkeypatc
     assert calls == ["kept"]
     assert "none" in capsys.readouterr().err
     calls.clear()
-    assert cli.main(["adamlab", "train", "--config.train.engine=tpu"]) == cli.EXIT_USAGE
+    args = ["adamlab", "train", f"--workdir={tmp_path / 'run'}", "--config.train.engine=tpu"]
+    assert cli.main(args) == cli.EXIT_USAGE  # Refused by the command's config validation.
     assert calls == ["kept"]
     assert cli.main(["adamlab", "--help"]) == cli.EXIT_OK  # Help and usage run nothing.
     assert calls == ["kept"]

@@ -85,9 +85,8 @@ RESULT_FILE = "result.json"
 # periodic validation and diagnostics; "save": checkpoint saves during the run; "test": the
 # final evaluation; "teardown": closing the progress bar, the metric writers, the training
 # streams and the checkpointer (waiting for its last asynchronous write). All but the
-# checkpointer's part of
-# "teardown" fall within `wall_time_s`; what no phase counts (logging, divergence checks) is in
-# the wall time only.
+# checkpointer's part of "teardown" fall within `wall_time_s`; what no phase counts (logging,
+# divergence checks) is in the wall time only.
 PHASES = ("setup", "data", "compile", "train", "evaluate", "save", "test", "teardown")
 # The phases within `wall_time_s` that are not training steps: the wall time less these is
 # the training time, logging included.
