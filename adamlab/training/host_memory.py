@@ -5,8 +5,8 @@ when the call ends. glibc serves large blocks (above 128 KiB, adaptively up to 3
 above that) with fresh `mmap` pages and hands them back to the kernel on `free`, so each train
 step faults its tens of MB of buffers in again, zero-filling every 4 KiB page: 13,000 page faults
 per call of a convolution's kernel gradient as a 29 MB patch matrix and a matmul (58.7 ms, 24.3
-ms without the faults); the default CNN's train step at 28x28 batch 128 on a 2-core CPU: 158 ms
-with 15,500 faults per step, 126 ms with 1 (`benchmarks/host_memory.py`, default and kept in
+ms without the faults); the default CNN's train step at 28x28 batch 128 on a 2-core CPU: 68 ms
+with 15,500 faults per step, 51 ms with 64 (`benchmarks/host_memory.py`, default and kept in
 alternating processes; the 8x8 step allocates nothing that large and is unchanged).
 
 `keep_freed_memory()` switches glibc to serve every block from its heap (`M_MMAP_MAX` = 0) and
