@@ -445,6 +445,7 @@ def parse_flags(name: str, args: Sequence[str], prog: str = "adamlab") -> flags.
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs `adamlab <command> [flags]`; returns the exit code (see module docstring)."""
     argv = list(sys.argv if argv is None else argv)
+    _use_eigen_convolutions()
     prog = pathlib.Path(argv[0]).name if argv else "adamlab"
     if prog in ("__main__.py", "cli.py"):
         prog = "adamlab"
@@ -506,6 +507,15 @@ def _message(error: BaseException) -> str:
     if isinstance(error, KeyError) and error.args:
         return str(error.args[0]).replace("\\'", "'")
     return str(error)
+
+
+def _use_eigen_convolutions() -> None:
+    """The command owns its process: XLA:CPU computes convolutions with Eigen's threads
+    (`adamlab.training.xla_flags`; `ADAMLAB_EIGEN_CONVOLUTIONS=0` keeps XLA's YNNPACK). First
+    thing, before anything can start jax's backends."""
+    from adamlab.training import xla_flags
+
+    xla_flags.use_eigen_convolutions()
 
 
 def _keep_freed_memory() -> None:

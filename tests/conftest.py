@@ -1,4 +1,4 @@
-"""Test-session setup: 4 simulated CPU devices, set before jax is first imported.
+"""Test-session setup: 4 simulated CPU devices and Eigen convolutions, set before jax starts.
 
 Multi-device behaviour (pmap, NamedSharding) is tested on simulated CPU devices so that the
 suite runs anywhere; single-device references use `jax.devices()[:1]`.
@@ -11,3 +11,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# As the `adamlab` command does first thing: XLA:CPU's convolutions with Eigen, so that the suite
+# computes what the command computes (in-process runs are compared with the command's).
+from adamlab.training import xla_flags  # noqa: E402
+
+xla_flags.use_eigen_convolutions()
