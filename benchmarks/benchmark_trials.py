@@ -38,7 +38,7 @@ import jax
 
 from adamlab import config_dict
 from adamlab.experiments import benchmark, tuning
-from adamlab.training import host_memory, train
+from adamlab.training import host_memory, train, xla_flags
 
 
 def _tune_config(workload: str, optimizer: str, trials: int):
@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", default=None, help="Write the results as JSON here.")
     args = parser.parse_args()
+    eigen = xla_flags.use_eigen_convolutions()  # As the adamlab command runs.
     kept = host_memory.keep_freed_memory()  # As the adamlab command runs; both sides alike.
     workload = _tune_config(args.workload, args.optimizer, args.trials)
     walls = {"vectorized": [], "one_by_one": []}
@@ -109,6 +110,7 @@ def main() -> None:
         "max_validation_accuracy_difference": accuracy_gap,
         "load_average_1min": loads,
         "keep_freed_memory": kept,
+        "eigen_convolutions": eigen,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU threads",
         "jax": f"{jax.__version__} on {jax.devices()[0].platform}",
     }

@@ -38,7 +38,7 @@ import tensorflow_datasets as tfds  # Loads TF lazily: adamlab.data configures i
 
 from adamlab import config_dict, data
 from adamlab.training import experiment as experiment_lib
-from adamlab.training import host_memory
+from adamlab.training import host_memory, xla_flags
 
 
 def mnist_experiment(num_examples: int, batch_size: int, augment: bool):
@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--augment", action="store_true")
     parser.add_argument("--out", default=None, help="optional JSON output path")
     args = parser.parse_args()
+    eigen = xla_flags.use_eigen_convolutions()  # As the adamlab command runs.
     kept = host_memory.keep_freed_memory()  # As the adamlab command runs.
 
     config, experiment = mnist_experiment(args.num_examples, args.batch_size, args.augment)
@@ -133,6 +134,7 @@ def main() -> None:
         "repeats": args.repeats,
         "warmup_epoch_s": round(warmup_s, 2),
         "keep_freed_memory": kept,
+        "eigen_convolutions": eigen,
         "machine": {
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),

@@ -24,9 +24,11 @@ Also recorded, in a child process: the seconds of the start-up work the training
 longer does (`startup_costs_job`: a second config validation, the rows' parameter norm by
 `optax.tree.norm`), the before/after of those changes.
 
-With `--malloc_default`, a third job: the same `adamlab train` with glibc's default allocation
+With `--malloc_default`, one more job: the same `adamlab train` with glibc's default allocation
 (`ADAMLAB_KEEP_FREED_MEMORY=0`; the command otherwise keeps freed memory for reuse,
-`adamlab.training.host_memory`), for that switch's effect on the whole command.
+`adamlab.training.host_memory`); with `--ynnpack_convolutions`, one with XLA:CPU's YNNPACK
+convolutions (`ADAMLAB_EIGEN_CONVOLUTIONS=0`; the command otherwise routes them to Eigen,
+`adamlab.training.xla_flags`): each switch's effect on the whole command.
 
 The jobs alternate (`--repeats`); medians. The JSON (default
 benchmarks/results/time_to_result_cpu.json) records every run, the machine and the load average
@@ -86,12 +88,22 @@ def breakdown(launched: float, ended: float, logged: float, phases: dict, run_to
     }
 
 
-def adamlab_job(config: str, overrides: list[str], keep_freed_memory: bool = True) -> dict:
-    """One `adamlab train` in a fresh temporary workdir, timed from outside; with
-    `keep_freed_memory=False` the command runs with glibc's default allocation
-    (`ADAMLAB_KEEP_FREED_MEMORY=0`, `adamlab.training.host_memory`)."""
+# The command's process settings, and the `adamlab train` jobs that switch one of them off.
+COMMAND_ENV = {"ADAMLAB_KEEP_FREED_MEMORY": "1", "ADAMLAB_EIGEN_CONVOLUTIONS": "1"}
+ADAMLAB_SIDES = {
+    "adamlab": {},
+    # glibc's default allocation (adamlab.training.host_memory off)
+    "adamlab_malloc_default": {"ADAMLAB_KEEP_FREED_MEMORY": "0"},
+    # XLA:CPU's default convolutions, YNNPACK (adamlab.training.xla_flags off)
+    "adamlab_ynnpack_convolutions": {"ADAMLAB_EIGEN_CONVOLUTIONS": "0"},
+}
+
+
+def adamlab_job(config: str, overrides: list[str], side: str = "adamlab") -> dict:
+    """One `adamlab train` in a fresh temporary workdir, timed from outside, with the process
+    settings of `side` (`ADAMLAB_SIDES`: the command's own, or one of them switched off)."""
     command = pathlib.Path(sys.executable).with_name("adamlab")
-    env = dict(os.environ, ADAMLAB_KEEP_FREED_MEMORY="1" if keep_freed_memory else "0")
+    env = {**os.environ, **COMMAND_ENV, **ADAMLAB_SIDES[side]}
     with tempfile.TemporaryDirectory() as workdir:
         argv = [str(command), "train", "--config", config, "--workdir", workdir, *overrides]
         launched = time.time()
@@ -306,6 +318,11 @@ def main() -> None:
         action="store_true",
         help="also run adamlab with glibc's default allocation (ADAMLAB_KEEP_FREED_MEMORY=0)",
     )
+    parser.add_argument(
+        "--ynnpack_convolutions",
+        action="store_true",
+        help="also run adamlab with XLA's YNNPACK convolutions (ADAMLAB_EIGEN_CONVOLUTIONS=0)",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/time_to_result_cpu.json"))
     parser.add_argument("--torch_job", help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
@@ -324,7 +341,7 @@ def main() -> None:
     if args.num_steps:
         overrides += [f"--config.train.num_steps={args.num_steps}"]
         overrides += [f"--config.optimizer.warmup_steps={max(1, args.num_steps // 8)}"]
-    runs = {"adamlab": [], "adamlab_malloc_default": [], "torch": []}
+    runs = {side: [] for side in [*ADAMLAB_SIDES, "torch"]}
     with tempfile.TemporaryDirectory() as tmp:
         npz = pathlib.Path(tmp) / "mnist.npz"
         settings = {} if args.skip_torch else export_mnist(args.config, npz)
@@ -332,10 +349,11 @@ def main() -> None:
             settings.update(num_steps=args.num_steps, warmup_steps=max(1, args.num_steps // 8))
         for r in range(args.repeats):
             sides = ["adamlab"] + ["adamlab_malloc_default"] * args.malloc_default
+            sides += ["adamlab_ynnpack_convolutions"] * args.ynnpack_convolutions
             sides += [] if args.skip_torch else ["torch"]
             for side in sides[:: 1 if r % 2 == 0 else -1]:
                 if side.startswith("adamlab"):
-                    run = adamlab_job(args.config, overrides, side == "adamlab")
+                    run = adamlab_job(args.config, overrides, side)
                 else:
                     run = run_torch(npz, settings, seed=r)
                 runs[side].append(run)
@@ -362,6 +380,11 @@ def main() -> None:
         report["kept_over_malloc_default_wall"] = (
             report["median"]["adamlab"]["wall_s"]
             / report["median"]["adamlab_malloc_default"]["wall_s"]
+        )
+    if runs["adamlab_ynnpack_convolutions"]:
+        report["eigen_over_ynnpack_convolutions_wall"] = (
+            report["median"]["adamlab"]["wall_s"]
+            / report["median"]["adamlab_ynnpack_convolutions"]["wall_s"]
         )
     report["machine"] = machine()
     out = pathlib.Path(args.out)

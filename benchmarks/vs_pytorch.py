@@ -10,7 +10,10 @@ Two parts, each timed repeat by repeat with every contender in turn (medians ove
     count, `a <- b + 3 a` (12 bytes per float32 element), by XLA (jitted, donated) and by
     torch (`torch.add(b, a, alpha=3, out=a)`); the faster of the two is the machine's
     bandwidth here. Adam moves at least 28 bytes per parameter (read p, g, m, v; write p,
-    m, v); `fraction_of_triad` = (28 N / t) / triad bandwidth.
+    m, v); `fraction_of_triad` = (28 N / t) / triad bandwidth. XLA's own cost analysis of the
+    compiled fused step gives the bytes its program moves (`fused_xla_bytes_per_param`: 40 on
+    jaxlib 0.10.2, three passes, because XLA:CPU splits a loop fusion over threads only when it
+    has one output) and `fraction_of_triad_at_xla_bytes` the bandwidth it reaches with them.
   * the train step of adamlab's default CNN (configs/digits.py: conv 32, conv 64, dense 128,
     Adam; one `engine.train` call per step, as `adamlab train` runs on CPU, with and without
     the fused optimizer, and with the convolutions as slices + one matmul,
@@ -22,7 +25,9 @@ Two parts, each timed repeat by repeat with every contender in turn (medians ove
     and both sides' threads.
 
 The process keeps freed memory for reuse (`adamlab.training.host_memory`), as the `adamlab`
-command does; it applies to both sides' allocations (`--malloc default`: glibc's default).
+command does; it applies to both sides' allocations (`--malloc default`: glibc's default). As
+the command does too, XLA:CPU computes convolutions with Eigen (`adamlab.training.xla_flags`;
+`--xla_convolutions ynnpack`: XLA's default, YNNPACK).
 
 Ratios are adamlab / PyTorch (< 1: adamlab faster). The JSON (default
 benchmarks/results/vs_pytorch_cpu.json) records the machine (CPU model, cores, versions,
@@ -56,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 from adamlab import config_dict, optim  # noqa: E402
 from adamlab.optim import fused as fused_transform  # noqa: E402
-from adamlab.training import host_memory  # noqa: E402
+from adamlab.training import host_memory, xla_flags  # noqa: E402
 from benchmarks import optimizer_step, train_step  # noqa: E402
 from benchmarks.torch_cnn import TorchCNN  # noqa: E402
 
@@ -95,6 +100,15 @@ def _torch_triad(num_elements: int) -> callable:
     return lambda: torch.add(b, a, alpha=3.0, out=a)
 
 
+def _bytes_accessed(runner: optimizer_step._StepRunner) -> float:
+    """The bytes XLA's own cost analysis counts for one compiled step of `runner`: what the
+    program it chose moves (e.g. 40 per float32 parameter where it writes mu, nu and the
+    parameters in three passes, each reading what it needs), against the 28 of one pass."""
+    compiled = runner.step.lower(runner.params, runner.state, runner.grads).compile()
+    cost = compiled.cost_analysis()
+    return float((cost[0] if isinstance(cost, list) else cost)["bytes accessed"])
+
+
 def _trees(sizes):
     """(layout, shapes, params, grads) for every size, as one array and as ~200 leaves."""
     for size in sizes:
@@ -121,6 +135,7 @@ def optimizer_rows(sizes, repeats: int) -> list[dict]:
         runners["triad_xla"] = _xla_triad(num_params)
         runners["triad_torch"] = _torch_triad(num_params)
         seconds = optimizer_step.time_interleaved(runners, repeats)
+        xla_bytes = _bytes_accessed(runners["ours_fused"])
         del runners
         triad = 12 * num_params / min(seconds["triad_xla"], seconds["triad_torch"])
         fused = seconds["ours_fused"]
@@ -132,6 +147,8 @@ def optimizer_rows(sizes, repeats: int) -> list[dict]:
             "triad_bytes_per_s": triad,
             "fused_bytes_per_s": BYTES_PER_PARAM * num_params / fused,
             "fraction_of_triad": BYTES_PER_PARAM * num_params / fused / triad,
+            "fused_xla_bytes_per_param": xla_bytes / num_params,
+            "fraction_of_triad_at_xla_bytes": xla_bytes / fused / triad,
             "fused_over_torch_fused": fused / seconds["torch_fused"],
             "fused_over_unfused": fused / seconds["ours"],
             "optax_over_fused": seconds["optax"] / fused,
@@ -141,7 +158,9 @@ def optimizer_rows(sizes, repeats: int) -> list[dict]:
         ms = "  ".join(f"{k} {v:.2f}" for k, v in row["median_ms"].items())
         print(
             f"{num_params / 1e6:5.1f}M {layout:10s} {ms}  fused/torch_fused "
-            f"{row['fused_over_torch_fused']:.2f}  triad {100 * row['fraction_of_triad']:.0f}%",
+            f"{row['fused_over_torch_fused']:.2f}  triad {100 * row['fraction_of_triad']:.0f}% "
+            f"({100 * row['fraction_of_triad_at_xla_bytes']:.0f}% at XLA's "
+            f"{row['fused_xla_bytes_per_param']:.0f} B/param)",
             flush=True,
         )
     return rows
@@ -296,8 +315,16 @@ def main() -> None:
         "(adamlab.training.host_memory; it applies to torch's allocations too); "
         "default: glibc's default allocation",
     )
+    parser.add_argument(
+        "--xla_convolutions",
+        choices=("eigen", "ynnpack"),
+        default="eigen",
+        help="eigen: XLA:CPU's convolutions on Eigen, as the adamlab command runs "
+        "(adamlab.training.xla_flags); ynnpack: XLA's default",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/vs_pytorch_cpu.json"))
     args = parser.parse_args()
+    eigen = xla_flags.use_eigen_convolutions() if args.xla_convolutions == "eigen" else False
     kept = host_memory.keep_freed_memory() if args.malloc == "kept" else False
     load_before = os.getloadavg()
     started = time.time()
@@ -307,6 +334,7 @@ def main() -> None:
         "command": " ".join(["python", *sys.argv]),
         "machine": machine(),
         "keep_freed_memory": kept,
+        "eigen_convolutions": eigen,
         "load_average_before": load_before,
     }
     if args.candidates:
