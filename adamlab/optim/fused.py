@@ -29,6 +29,15 @@ works on the unfused transforms (jit, vmap, pmap, `inject_hyperparams`, schedule
 `multi_transform`) works here. Reach them with ``fused=True`` on the aliases or
 ``optim.create(name, fused=True, ...)``.
 
+What bounds it on a CPU (`benchmarks/vs_pytorch.py`, README "Benchmarks"): XLA's cost analysis
+of the compiled step (update and apply) counts 40 bytes per float32 parameter for this, the
+unfused and optax's Adam alike, where one pass would move 28 (read p, g, m, v; write p, m, v).
+XLA:CPU splits a loop fusion over its threads only when the fusion has one output, so it
+writes m, v and the parameters in three parallel passes instead of one single-threaded pass;
+at 10M-50M parameters those 40 bytes move at 84-101% of a triad's bandwidth measured beside
+them, while `torch.optim.Adam(fused=True)` moves 28 in one multi-threaded pass (1.3-1.6x
+faster). Only a kernel XLA does not write (a `jax.ffi` call) could do one pass on all threads.
+
 Measured and rejected (`python benchmarks/vs_pytorch.py --candidates`, README "Benchmarks"):
 packing the state of all leaves into one flat buffer per dtype. The gradients and the
 parameters stay a tree, so every step concatenates the gradients and slices the update back
