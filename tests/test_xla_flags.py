@@ -99,10 +99,39 @@ def test_after_jax_started_it_changes_nothing(monkeypatch):
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4"
 
 
+@pytest.fixture
+def before_jax_starts(monkeypatch):
+    """The state a fresh process is in: no XLA_FLAGS, no switch, backends not started, a
+    jaxlib the flag was measured on."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.delenv(xla_flags.ENV_SWITCH, raising=False)
+    monkeypatch.setattr(xla_flags, "backends_started", lambda: False)
+    monkeypatch.setattr(xla_flags, "jaxlib_knows_flag", lambda: True)
+    return monkeypatch
+
+
+def test_it_adds_the_flag_once_beside_the_users_other_flags(before_jax_starts):
+    before_jax_starts.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    assert xla_flags.use_eigen_convolutions() is True
+    assert xla_flags.use_eigen_convolutions() is True  # Again: already there, not repeated.
+    assert os.environ["XLA_FLAGS"].split() == [
+        "--xla_force_host_platform_device_count=2",
+        xla_flags.FLAG,
+    ]
+
+
 @pytest.mark.parametrize("value", ["0", "off", "False"])
-def test_the_environment_switch_turns_it_off(monkeypatch, value):
-    monkeypatch.setenv(xla_flags.ENV_SWITCH, value)
+def test_the_environment_switch_turns_it_off(before_jax_starts, value):
+    before_jax_starts.setenv(xla_flags.ENV_SWITCH, value)
     assert xla_flags.switched_off()
+    assert xla_flags.use_eigen_convolutions() is False
+    assert "XLA_FLAGS" not in os.environ
+
+
+def test_an_older_jaxlib_is_left_alone(before_jax_starts):
+    before_jax_starts.setattr(xla_flags, "jaxlib_knows_flag", lambda: False)
+    assert xla_flags.use_eigen_convolutions() is False
+    assert "XLA_FLAGS" not in os.environ
 
 
 @pytest.mark.parametrize(

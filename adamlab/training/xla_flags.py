@@ -3,14 +3,14 @@ r"""Route XLA:CPU's convolutions to Eigen instead of YNNPACK, before jax starts.
 Why: jaxlib 0.10.2 lowers convolutions on CPU to YNNPACK library calls, and the kernel gradient
 of the default CNN's second convolution runs there as one single-threaded call (a jax profiler
 trace of the train step at 28x28 batch 128 put it at 79 of ~125 ms per step, taken when the
-machine below ran slower). Eigen, XLA:CPU's other convolution library, splits it over the intra-op
-threads. With ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` (YNNPACK
-keeps the dots and whatever else it had) that step took 29.3-29.6 ms against 36.5-38.9 ms with
-YNNPACK's convolutions on a 2-core AMD EPYC, and PyTorch's eager step with its fused Adam
-36.3-38.0 ms in the same processes (`benchmarks/vs_pytorch.py --xla_convolutions`, 3
+machine below ran slower). Eigen, XLA:CPU's other convolution library, splits it over the
+intra-op threads. With ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``
+(YNNPACK keeps the dots and whatever else it had) that step took 29.3-29.6 ms against 36.5-38.9
+ms with YNNPACK's convolutions on a 2-core AMD EPYC, and PyTorch's eager step with its fused
+Adam 36.3-38.0 ms in the same processes (`benchmarks/vs_pytorch.py --xla_convolutions`, 3
 alternating pairs of processes, `benchmarks/results/xla_convolutions/`); the 8x8 batch-64 step
-did not get slower. Convolutions inside a `lax.scan` stay slow either way (jax-ml/jax#12868:
-35 ms per digits step either way, 2.0 as matmuls; `adamlab.training.cpu_conv` is still what the
+did not get slower. Convolutions inside a `lax.scan` stay slow either way (jax-ml/jax#12868: 35
+ms per digits step either way, 2.0 as matmuls; `adamlab.training.cpu_conv` is still what the
 engine uses there).
 
 It changes which library computes a convolution, so the sums run in another order: CPU results
