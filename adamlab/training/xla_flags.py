@@ -2,9 +2,9 @@ r"""Route XLA:CPU's convolutions to Eigen instead of YNNPACK, before jax starts.
 
 Why: jaxlib 0.10.2 lowers convolutions on CPU to YNNPACK library calls, and the kernel gradient
 of the default CNN's second convolution runs there as one single-threaded call (a jax profiler
-trace of the train step at 28x28 batch 128 put it at 79 of ~125 ms per step, taken when the
-machine below ran slower). Eigen, XLA:CPU's other convolution library, splits it over the
-intra-op threads. With ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``
+trace of the train step at 28x28 batch 128 put it at 79 of ~125 ms per step, taken on the same
+2-core machine when it ran slower). Eigen, XLA:CPU's other convolution library, splits it over
+the intra-op threads. With ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``
 (YNNPACK keeps the dots and whatever else it had) that step took 29.3-29.6 ms against 36.5-38.9
 ms with YNNPACK's convolutions on a 2-core AMD EPYC, and PyTorch's eager step with its fused
 Adam 36.3-38.0 ms in the same processes (`benchmarks/vs_pytorch.py --xla_convolutions`, 3
