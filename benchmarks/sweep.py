@@ -26,9 +26,8 @@ the engine uses on CPU for a grid or more than one step per call): what that rew
 to each. The benchmark forces the choice on both sides by wrapping `cpu_conv.intercepted`.
 
 Reported: medians of the wall time (compilation, data, evaluation and checkpoints included) and
-of the training steps per second of all runs together (run-steps/s: the steps after each
-chunk length's first, compiling, call, over the wall time less the loop's other phases,
-`train.OVERHEAD_PHASES`; summed over the 16 calls on the sequential side), and their
+of the training steps per second of all runs together (run-steps/s: every step, over the wall
+time less the loop's other phases, compiling among them, `train.OVERHEAD_PHASES`; summed over the 16 calls on the sequential side), and their
 ratios; the medians of `RunsResult.phases` as the loop reports them (`train.PHASES`; summed
 over the 16 calls on the sequential side), which say where the wall time goes. Also the machine's
 load average, since the CPU is shared.
@@ -75,20 +74,16 @@ def _convolutions(matmul: bool):
         yield
 
 
-def _train_seconds_and_steps(config, result: train.RunsResult) -> tuple[float, int]:
+def _train_seconds_and_steps(result: train.RunsResult) -> tuple[float, int]:
     """Seconds and steps of training after compilation: the wall time less the loop's other
-    phases, and the steps of every chunk but each length's first (compiling) call."""
-    t = config.train
-    every = (t.log_every_steps, t.eval_every_steps, t.checkpoint_every_steps)
-    lengths = train.chunk_lengths(0, result.num_steps, every, t.steps_per_dispatch)
-    compiled = sum(set(lengths))  # The first call of each distinct length compiles.
+    phases (compiling among them, timed ahead of each program's first call), and every step."""
     phases = result.phases
     seconds = result.wall_time_s - sum(phases[k] for k in train.OVERHEAD_PHASES)
-    return seconds, result.num_steps - compiled
+    return seconds, result.num_steps
 
 
 def _per_second(steps: int, seconds: float) -> float:
-    return steps / seconds if steps else math.nan  # NaN: every chunk compiled (too few steps).
+    return steps / seconds if steps else math.nan
 
 
 def vectorized(config, rates, seeds) -> tuple[float, float, dict[str, float]]:
@@ -99,7 +94,7 @@ def vectorized(config, rates, seeds) -> tuple[float, float, dict[str, float]]:
         start = time.perf_counter()
         result = train.run(config, workdir)
         wall = time.perf_counter() - start
-    seconds, steps = _train_seconds_and_steps(config, result)
+    seconds, steps = _train_seconds_and_steps(result)
     return wall, _per_second(len(rates) * len(seeds) * steps, seconds), dict(result.phases)
 
 
@@ -114,7 +109,7 @@ def sequential(config, rates, seeds) -> tuple[float, float, dict[str, float]]:
                 cfg.seed = seed
                 result = train.run(cfg, pathlib.Path(root) / f"lr{rate:.4g}_seed{seed}")
                 phases.update(result.phases)
-                run_seconds, steps = _train_seconds_and_steps(cfg, result)
+                run_seconds, steps = _train_seconds_and_steps(result)
                 seconds, run_steps = seconds + run_seconds, run_steps + steps
         wall = time.perf_counter() - start
     return wall, _per_second(run_steps, seconds), dict(phases)

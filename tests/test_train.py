@@ -73,9 +73,9 @@ def test_run_writes_config_metrics_events_and_checkpoints(run):
     for r in train_lines:
         assert set(TRAIN_FIELDS) <= set(r)
         assert all(np.isfinite(r[k]) for k in TRAIN_FIELDS)
-    # Throughput leaves out the first (compiling) step.
-    assert "steps_per_sec" not in train_lines[0]
-    assert all(r["steps_per_sec"] > 0 for r in train_lines[1:])
+    # Throughput leaves out compiling (done ahead of each program's first call), not the steps
+    # of that call: even the first line, one step, has it.
+    assert all(r["steps_per_sec"] > 0 for r in train_lines)
     assert train_lines[0]["learning_rate"] == 0.0  # Warmup starts at 0.
     assert [r["step"] for r in records if r["split"] == "validation"] == [6, 12]
     (test_line,) = [r for r in records if r["split"] == "test"]
@@ -238,6 +238,21 @@ def test_scan_chunks_match_one_step_per_call(run, tmp_path):
                 np.testing.assert_allclose(
                     lines[key][name], expected[key][name], rtol=2e-5, atol=1e-6, err_msg=name
                 )
+
+
+def test_a_run_whose_chunks_all_differ_in_length_still_times_its_steps(tmp_path):
+    """Each chunk length compiles its own program; compiling happens ahead of the first call,
+    so that call's steps count as training. Logs every 5 and evaluations every 9 of 12 steps
+    give chunks of 5, 4, 1 and 2 steps: four programs, each called once (before, no step was
+    timed and steps_per_sec was nan)."""
+    assert train.chunk_lengths(0, 12, [5, 9, 12], 12) == [5, 4, 1, 2]
+    config = tiny_config(
+        steps_per_dispatch=12, log_every_steps=5, eval_every_steps=9, checkpoint_every_steps=12
+    )
+    result = train.run(config, tmp_path)
+    assert result.step == 12 and not result.interrupted
+    assert np.isfinite(result.steps_per_sec) and result.steps_per_sec > 0
+    assert result.phases["compile"] > 0 and result.phases["train"] > 0
 
 
 def test_train_and_evaluate_refuses_several_members(tmp_path):

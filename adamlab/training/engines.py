@@ -357,6 +357,14 @@ class Engine:
         out = self._train[layer_stats](carry, chunk)
         return jax.block_until_ready(out) if self.synchronous else out
 
+    def compile_train(self, carry: Any, chunk: dict, *, layer_stats: bool = False) -> None:
+        """Compiles the train program for `chunk`'s shapes without running it; the next
+        `train` call with such a chunk reuses it (jax's compilation cache). The loop calls it
+        before a chunk length's first call, so that compiling is timed apart from the steps."""
+        if layer_stats and True not in self._train:
+            raise ValueError("this engine was built without layer_stats")
+        self._train[layer_stats].lower(carry, chunk).compile()
+
     def evaluate(self, carry: Any, batch: dict) -> tuple[dict[str, jax.Array], ...]:
         """Per implementation, the eval sums of every member (`steps.make_eval_step`)."""
         out = self._evaluate(carry, batch)

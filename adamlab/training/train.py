@@ -80,11 +80,11 @@ _WATCHED = ("loss", "grad_norm", "update_norm")  # Blamed for a divergence, in t
 RESULT_FILE = "result.json"
 # RunsResult.phases: seconds of a run, disjoint. "setup": config, model, optimizers, workdir,
 # step-0 states, writers; "data": building the training pipelines and drawing their first batch
-# (tf.data fills its shuffle buffer); "compile": the calls that compiled a train program (and
-# ran it once); "train": the other train calls and the batches they consumed; "evaluate":
-# periodic validation and diagnostics; "save": checkpoint saves during the run; "test": the
-# final evaluation; "teardown": closing the progress bar, the metric writers, the training
-# streams and the checkpointer (waiting for its last asynchronous write). All but the
+# (tf.data fills its shuffle buffer); "compile": compiling each train program (one per chunk
+# length), ahead of its first call; "train": the train calls and the batches they consumed;
+# "evaluate": periodic validation and diagnostics; "save": checkpoint saves during the run;
+# "test": the final evaluation; "teardown": closing the progress bar, the metric writers, the
+# training streams and the checkpointer (waiting for its last asynchronous write). All but the
 # checkpointer's part of "teardown" fall within `wall_time_s`; what no phase counts (logging,
 # divergence checks) is in the wall time only.
 PHASES = ("setup", "data", "compile", "train", "evaluate", "save", "test", "teardown")
@@ -573,7 +573,7 @@ class _Loop:
         self.writers = self._open_writers(start)
         self.phases["setup"] = time.perf_counter() - self.start_time - self.phases["data"]
         # Throughput leaves out compiles and evaluations: the timed stretch starts after each
-        # log/eval point, and the calls that compiled are subtracted from it.
+        # log/eval point, and the compiles within it are subtracted from it.
         interval_start, interval_compile, interval_steps = time.perf_counter(), 0.0, 0
         try:
             with _StopOnSignal() as stop:
@@ -589,16 +589,17 @@ class _Loop:
                     )
                     end = step + length
                     layers_due = bool(self.layers_every) and end % self.layers_every == 0
-                    tick = time.perf_counter()
-                    carry, step_metrics = engine.train(
-                        carry, engine.put_chunk(chunk), layer_stats=layers_due
-                    )
-                    if (length, layers_due) in compiled_lengths:
-                        interval_steps += length
-                    else:  # This call compiled (and ran once): not throughput.
-                        jax.block_until_ready(step_metrics)
+                    device_chunk = engine.put_chunk(chunk)
+                    if (length, layers_due) not in compiled_lengths:
+                        # Compiled ahead of its first call: compiling is not throughput, the
+                        # steps of that call are (a run whose chunks have many lengths would
+                        # otherwise count most of its steps as compiling).
+                        tick = time.perf_counter()
+                        engine.compile_train(carry, device_chunk, layer_stats=layers_due)
                         interval_compile += time.perf_counter() - tick
                         compiled_lengths.add((length, layers_due))
+                    carry, step_metrics = engine.train(carry, device_chunk, layer_stats=layers_due)
+                    interval_steps += length
                     layers = step_metrics.pop("layers", None)
                     pending.append(step_metrics)
                     firsts_pending.append(step + 1)
