@@ -27,10 +27,10 @@ to each. The benchmark forces the choice on both sides by wrapping `cpu_conv.int
 
 Reported: medians of the wall time (compilation, data, evaluation and checkpoints included) and
 of the training steps per second of all runs together (run-steps/s: every step, over the wall
-time less the loop's other phases, compiling among them, `train.OVERHEAD_PHASES`; summed over the 16 calls on the sequential side), and their
-ratios; the medians of `RunsResult.phases` as the loop reports them (`train.PHASES`; summed
-over the 16 calls on the sequential side), which say where the wall time goes. Also the machine's
-load average, since the CPU is shared.
+time less the loop's other phases, compiling among them, `train.OVERHEAD_PHASES`; summed over
+the 16 calls on the sequential side), and their ratios; the medians of `RunsResult.phases` as
+the loop reports them (`train.PHASES`; summed over the 16 calls on the sequential side), which
+say where the wall time goes. Also the machine's load average, since the CPU is shared.
 """
 
 from __future__ import annotations
