@@ -1,5 +1,9 @@
 """Helpers shared by the test modules (importable as `helpers`: pytest puts tests/ on sys.path)."""
 
+import json
+import subprocess
+import sys
+
 import jax
 import numpy as np
 from sklearn.datasets import load_digits
@@ -31,3 +35,17 @@ def assert_trees_equal(actual, expected) -> None:
             a, e = jax.random.key_data(a), jax.random.key_data(e)
         assert np.asarray(a).dtype == np.asarray(e).dtype, where
         np.testing.assert_array_equal(np.asarray(a), np.asarray(e), err_msg=where)
+
+
+def child_json(code: str, *args: str, env: dict | None = None) -> dict:
+    """Runs `code` in a fresh Python process (settings read once per process, such as XLA's
+    flags or the allocator's, need one) and returns the JSON object it printed last."""
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])

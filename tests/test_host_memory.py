@@ -6,13 +6,11 @@ on every call under glibc's defaults (13,000 faults per call); once freed memory
 reuses them. A worker thread's arena keeps its freed heap too, instead of unmapping it.
 """
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 from adamlab.training import host_memory
+
+from helpers import child_json
 
 glibc_only = pytest.mark.skipif(host_memory._glibc() is None, reason="needs glibc's mallopt")
 
@@ -49,10 +47,7 @@ print(json.dumps({"kept": kept, "default": default_faults, "after": kept_faults,
 
 @glibc_only
 def test_kept_memory_stops_the_page_faults_of_each_call_and_changes_no_result():
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD], capture_output=True, text=True, check=True, timeout=120
-    )
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = child_json(CHILD)
     assert result["kept"] is True
     # The 29 MB patch matrix alone is 7,000 pages of 4 KiB, mapped (and faulted) on every call.
     assert result["default"] > 7000, result
@@ -87,14 +82,7 @@ print(json.dumps({"kept": kept, "faults": faults}))
 
 
 def _thread_faults(setting: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-c", THREAD_CHILD, setting],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return child_json(THREAD_CHILD, setting)
 
 
 @glibc_only

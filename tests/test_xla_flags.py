@@ -6,15 +6,14 @@ checked in fresh child processes: the compiled convolution and its kernel gradie
 float32 rounding.
 """
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from adamlab import cli
 from adamlab.training import xla_flags
+
+from helpers import child_json
 
 needs_measured_jaxlib = pytest.mark.skipif(
     not xla_flags.jaxlib_knows_flag(), reason="jaxlib < 0.10: the flag is not set"
@@ -47,15 +46,7 @@ print(json.dumps({"added": added, "xla_flags": os.environ.get("XLA_FLAGS", ""),
 
 def _child(**env) -> dict:
     clean = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_flags.ENV_SWITCH)}
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD],
-        env={**clean, "JAX_PLATFORMS": "cpu", **env},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return child_json(CHILD, env={**clean, "JAX_PLATFORMS": "cpu", **env})
 
 
 @needs_measured_jaxlib
