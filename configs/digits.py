@@ -8,9 +8,9 @@ Expected: ~98.6% test accuracy (>= 97%) in ~10-20 s on a 2-core CPU, start-up an
 included. Measured (2-core AMD EPYC, jax 0.10.2, CPU, the `adamlab` command with its Eigen
 convolutions): test accuracy 0.986 / 0.992 / 0.986 / 0.983 / 0.992 for seeds 0-4 (mean 0.988;
 360 test images, so one image is 0.28%; with XLA's YNNPACK convolutions seed 3 gave 0.986);
-9.6-10.2 s for the whole command (21.5 s earlier on a 2-core Intel Xeon). Tuning (seed 0, on the 144 validation images
-only): learning rate {1e-3, 3e-3, 1e-2} x epochs {6, 12, 24}, plus 3e-2 x 24; the best was
-1e-2 x 24 (validation accuracy 0.993, loss 0.012).
+9.6-10.2 s for the whole command (21.5 s earlier on a 2-core Intel Xeon). Tuning (seed 0, on the
+144 validation images only): learning rate {1e-3, 3e-3, 1e-2} x epochs {6, 12, 24}, plus 3e-2 x
+24; the best was 1e-2 x 24 (validation accuracy 0.993, loss 0.012).
 
 Override any field from the command line, e.g.
 
