@@ -282,6 +282,7 @@ def test_cifar10_resnet_workload_smoke_on_mock_data(tmp_path):
     config.data.download = True  # Under mock_data nothing is fetched.
     config.train.update(num_steps=2, batch_size=8, eval_batch_size=16, progress_bar=False)
     config.train.update(log_every_steps=1, eval_every_steps=1, checkpoint_every_steps=2)
+    config.optimizer.warmup_steps = 1  # CIFAR-10's 1,000 would not fit in 2 steps.
     with tfds.testing.mock_data(num_examples=32):
         plan = benchmark.plan_benchmark(
             {"cifar10_resnet": config}, "adamw", trials=1, seeds=1, heatmap=False

@@ -37,9 +37,12 @@ from adamlab.training.experiment import optimizer_spec
 
 
 def fixed_batch(config: ml_collections.ConfigDict, num_train: int) -> dict[str, np.ndarray]:
-    """The first `diagnostics.curvature_examples` training examples, in stored order."""
+    """The first `diagnostics.curvature_examples` training examples, in stored order: one
+    host batch for the probe (a plain jit), so any count works on any number of devices."""
     size = min(int(config.diagnostics.get("curvature_examples", 1024)), num_train)
-    batch = next(data.eval_batches(config.data, split="train", global_batch_size=size))
+    batch = next(
+        data.eval_batches(config.data, split="train", global_batch_size=size, num_local_devices=1)
+    )
     return {"image": batch["image"], "label": batch["label"]}
 
 
