@@ -56,6 +56,8 @@ import time
 
 import numpy as np
 
+from adamlab.training import host_memory, xla_flags
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("jax", "flax", "optax", "orbax", "tensorflow", "tensorflow_datasets", "adamlab")
 _PHASES_LINE = re.compile(r"^(\S+ \S+) INFO phases: (.*)$", re.MULTILINE)
@@ -89,13 +91,13 @@ def breakdown(launched: float, ended: float, logged: float, phases: dict, run_to
 
 
 # The command's process settings, and the `adamlab train` jobs that switch one of them off.
-COMMAND_ENV = {"ADAMLAB_KEEP_FREED_MEMORY": "1", "ADAMLAB_EIGEN_CONVOLUTIONS": "1"}
+COMMAND_ENV = {host_memory.ENV_SWITCH: "1", xla_flags.ENV_SWITCH: "1"}
 ADAMLAB_SIDES = {
     "adamlab": {},
     # glibc's default allocation (adamlab.training.host_memory off)
-    "adamlab_malloc_default": {"ADAMLAB_KEEP_FREED_MEMORY": "0"},
+    "adamlab_malloc_default": {host_memory.ENV_SWITCH: "0"},
     # XLA:CPU's default convolutions, YNNPACK (adamlab.training.xla_flags off)
-    "adamlab_ynnpack_convolutions": {"ADAMLAB_EIGEN_CONVOLUTIONS": "0"},
+    "adamlab_ynnpack_convolutions": {xla_flags.ENV_SWITCH: "0"},
 }
 
 
