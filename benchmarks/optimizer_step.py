@@ -71,7 +71,8 @@ def make_tree(shapes, key):
 
 
 def make_step(tx, inner_steps: int = 1):
-    """`inner_steps` optimizer steps per call; params and state are donated.
+    """`inner_steps` optimizer steps per call; params and state are donated. A step is
+    `optim.update_and_apply`: update + apply, or one kernel pass where `tx` has one.
 
     The loop's trip count is a traced argument, so XLA cannot unroll it and fuse consecutive
     steps into one pass over memory (it does so for a constant count on CPU): each step moves
@@ -79,8 +80,7 @@ def make_step(tx, inner_steps: int = 1):
     """
 
     def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
+        return optim.update_and_apply(tx, grads, state, params)
 
     if inner_steps == 1:
         return jax.jit(step, donate_argnums=(0, 1))

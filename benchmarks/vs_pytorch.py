@@ -2,18 +2,20 @@ r"""Benchmark: adamlab against PyTorch on the same CPU, in one process, interlea
 
 Two parts, each timed repeat by repeat with every contender in turn (medians over repeats):
 
-  * the optimizer step (update + apply, params and state donated on the jax side) of Adam
-    with 1M, 10M and 50M float32 parameters, as one array and as ~200 CNN-like leaves:
-    adamlab's Adam unfused and fused (`fused=True`), `optax.adam`, and
-    `torch.optim.Adam(fused=True)` / `(foreach=True)` (grads set once, `step()` timed).
-    The reference is a multi-threaded triad measured in the same run on the same element
-    count, `a <- b + 3 a` (12 bytes per float32 element), by XLA (jitted, donated) and by
-    torch (`torch.add(b, a, alpha=3, out=a)`); the faster of the two is the machine's
-    bandwidth here. Adam moves at least 28 bytes per parameter (read p, g, m, v; write p,
-    m, v); `fraction_of_triad` = (28 N / t) / triad bandwidth. XLA's own cost analysis of the
-    compiled fused step gives the bytes its program moves (`fused_xla_bytes_per_param`: 40 on
-    jaxlib 0.10.2, three passes, because XLA:CPU splits a loop fusion over threads only when it
-    has one output) and `fraction_of_triad_at_xla_bytes` the bandwidth it reaches with them.
+  * the optimizer step (`optim.update_and_apply`, params and state donated on the jax side)
+    of Adam with 1M, 10M and 50M float32 parameters, as one array and as ~200 CNN-like
+    leaves: adamlab's Adam unfused; fused (`fused=True`: the one-pass C++ kernel,
+    `adamlab.optim.one_pass`); the same fused transformation as XLA's program (update, then
+    apply); `optax.adam`; and `torch.optim.Adam(fused=True)` / `(foreach=True)` (grads set
+    once, `step()` timed). The reference is a multi-threaded triad measured in the same run on
+    the same element count, `a <- b + 3 a` (12 bytes per float32 element), by XLA (jitted,
+    donated) and by torch (`torch.add(b, a, alpha=3, out=a)`); the faster of the two is the
+    machine's bandwidth here. Adam moves at least 28 bytes per parameter (read p, g, m, v;
+    write p, m, v), what the kernel moves; `fraction_of_triad` = (28 N / t) / triad
+    bandwidth. XLA's own cost analysis of its compiled fused step gives the bytes that program
+    moves (`fused_xla_bytes_per_param`: 40 on jaxlib 0.10.2, three passes, because XLA:CPU
+    splits a loop fusion over threads only when it has one output) and
+    `fraction_of_triad_at_xla_bytes` the bandwidth it reaches with them.
   * the train step of adamlab's default CNN (configs/digits.py: conv 32, conv 64, dense 128,
     Adam; one `engine.train` call per step, as `adamlab train` runs on CPU, with and without
     the fused optimizer, and with the convolutions as slices + one matmul,
@@ -61,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 
 from adamlab import config_dict, optim  # noqa: E402
 from adamlab.optim import fused as fused_transform  # noqa: E402
+from adamlab.optim import native, one_pass  # noqa: E402
 from adamlab.training import host_memory, xla_flags  # noqa: E402
 from benchmarks import optimizer_step, train_step  # noqa: E402
 from benchmarks.torch_cnn import TorchCNN  # noqa: E402
@@ -109,6 +112,13 @@ def _bytes_accessed(runner: optimizer_step._StepRunner) -> float:
     return float((cost[0] if isinstance(cost, list) else cost)["bytes accessed"])
 
 
+def _one_pass_ran(runner: optimizer_step._StepRunner) -> bool:
+    """Whether `runner`'s compiled step calls the one-pass kernel (False where it could not
+    be built here: then "fused" is XLA's program)."""
+    compiled = runner.step.lower(runner.params, runner.state, runner.grads).compile()
+    return native.target_name(one_pass.KERNEL) in compiled.as_text()
+
+
 def _trees(sizes):
     """(layout, shapes, params, grads) for every size, as one array and as ~200 leaves."""
     for size in sizes:
@@ -116,6 +126,11 @@ def _trees(sizes):
             shapes = [(int(size),)] if layout == "1 array" else optimizer_step.cnn_like_shapes(size)
             params = optimizer_step.make_tree(shapes, jax.random.key(0))
             yield layout, shapes, params, optimizer_step.make_tree(shapes, jax.random.key(1))
+
+
+def xla_program(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx` without its one-pass step: `optim.update_and_apply` then runs XLA's program."""
+    return optax.GradientTransformation(tx.init, lambda u, s, p=None: tx.update(u, s, p))
 
 
 def optimizer_rows(sizes, repeats: int) -> list[dict]:
@@ -127,6 +142,7 @@ def optimizer_rows(sizes, repeats: int) -> list[dict]:
             for name, tx in (
                 ("ours", optim.adam(1e-3)),
                 ("ours_fused", optim.adam(1e-3, fused=True)),
+                ("ours_fused_xla", xla_program(optim.adam(1e-3, fused=True))),
                 ("optax", optax.adam(1e-3)),
             )
         }
@@ -135,32 +151,36 @@ def optimizer_rows(sizes, repeats: int) -> list[dict]:
         runners["triad_xla"] = _xla_triad(num_params)
         runners["triad_torch"] = _torch_triad(num_params)
         seconds = optimizer_step.time_interleaved(runners, repeats)
-        xla_bytes = _bytes_accessed(runners["ours_fused"])
+        one_pass = _one_pass_ran(runners["ours_fused"])
+        xla_bytes = _bytes_accessed(runners["ours_fused_xla"])
         del runners
         triad = 12 * num_params / min(seconds["triad_xla"], seconds["triad_torch"])
-        fused = seconds["ours_fused"]
+        fused, fused_xla = seconds["ours_fused"], seconds["ours_fused_xla"]
         row = {
             "num_params": num_params,
             "layout": layout,
             "num_leaves": len(shapes),
+            "fused_is_one_pass_kernel": one_pass,
             "median_ms": {k: 1e3 * v for k, v in seconds.items()},
             "triad_bytes_per_s": triad,
             "fused_bytes_per_s": BYTES_PER_PARAM * num_params / fused,
             "fraction_of_triad": BYTES_PER_PARAM * num_params / fused / triad,
-            "fused_xla_bytes_per_param": xla_bytes / num_params,
-            "fraction_of_triad_at_xla_bytes": xla_bytes / fused / triad,
             "fused_over_torch_fused": fused / seconds["torch_fused"],
-            "fused_over_unfused": fused / seconds["ours"],
+            "fused_over_fused_xla": fused / fused_xla,
             "optax_over_fused": seconds["optax"] / fused,
+            "fused_xla_bytes_per_param": xla_bytes / num_params,
+            "fraction_of_triad_at_xla_bytes": xla_bytes / fused_xla / triad,
+            "fused_xla_over_torch_fused": fused_xla / seconds["torch_fused"],
             "unfused_over_torch_fused": seconds["ours"] / seconds["torch_fused"],
         }
         rows.append(row)
         ms = "  ".join(f"{k} {v:.2f}" for k, v in row["median_ms"].items())
         print(
             f"{num_params / 1e6:5.1f}M {layout:10s} {ms}  fused/torch_fused "
-            f"{row['fused_over_torch_fused']:.2f}  triad {100 * row['fraction_of_triad']:.0f}% "
-            f"({100 * row['fraction_of_triad_at_xla_bytes']:.0f}% at XLA's "
-            f"{row['fused_xla_bytes_per_param']:.0f} B/param)",
+            f"{row['fused_over_torch_fused']:.2f}  optax/fused {row['optax_over_fused']:.2f}  "
+            f"triad {100 * row['fraction_of_triad']:.0f}%  (XLA's program: "
+            f"{row['fused_xla_bytes_per_param']:.0f} B/param at "
+            f"{100 * row['fraction_of_triad_at_xla_bytes']:.0f}%)",
             flush=True,
         )
     return rows
@@ -189,8 +209,9 @@ def packed_state(inner: optax.GradientTransformation) -> optax.GradientTransform
 
 
 def candidate_rows(sizes, repeats: int) -> list[dict]:
-    """The candidates for the fused variant side by side: unfused, fused (one division per
-    element, per leaf: what `fused=True` is), fused with the state packed in one buffer."""
+    """The candidates for the fused variant side by side: unfused, fused (the one-pass kernel:
+    what `fused=True` runs in `optim.update_and_apply`), fused as XLA's program (one division
+    per element, per leaf), and that with the state packed in one buffer."""
     rows = []
     for layout, shapes, params, grads in _trees(sizes):
         packed = optax.chain(
@@ -200,6 +221,7 @@ def candidate_rows(sizes, repeats: int) -> list[dict]:
         txs = {
             "unfused": optim.adam(1e-3),
             "fused": optim.adam(1e-3, fused=True),
+            "fused_xla": xla_program(optim.adam(1e-3, fused=True)),
             "fused_packed": packed,
         }
         runners = {k: optimizer_step._StepRunner(tx, params, grads) for k, tx in txs.items()}

@@ -4,13 +4,21 @@ Multi-device behaviour (pmap, NamedSharding) is tested on simulated CPU devices 
 suite runs anywhere; single-device references use `jax.devices()[:1]`.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 _FLAG = "--xla_force_host_platform_device_count=4"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The C++ kernels (adamlab.optim.native) build into a directory of this session, not the
+# user's cache: each test process builds them once (about 2 s).
+if "ADAMLAB_KERNEL_CACHE" not in os.environ:
+    os.environ["ADAMLAB_KERNEL_CACHE"] = tempfile.mkdtemp(prefix="adamlab-kernels-")
+    atexit.register(shutil.rmtree, os.environ["ADAMLAB_KERNEL_CACHE"], ignore_errors=True)
 
 # As the `adamlab` command does first thing: XLA:CPU's convolutions with Eigen, so that the suite
 # computes what the command computes (in-process runs are compared with the command's).

@@ -121,7 +121,8 @@ def test_a_config_is_found_by_name_from_any_directory(monkeypatch, tmp_path):
 
 
 def test_the_wheel_ships_every_config(tmp_path):
-    """`pip install adamlab` (not a clone) gets `adamlab/configs/*.py`: built offline from a copy
+    """`pip install adamlab` (not a clone) gets `adamlab/configs/*.py` (and the kernel
+    sources): built offline from a copy
     of the sources (the build writes build/ and *.egg-info next to them)."""
     pytest.importorskip(
         "setuptools",
@@ -146,3 +147,5 @@ def test_the_wheel_ships_every_config(tmp_path):
     assert "adamlab/configs/digits.py" in expected
     assert expected <= names, sorted(expected - names)
     assert "adamlab/cli.py" in names and "adamlab/training/train.py" in names
+    # the C++ kernel source, which adamlab.optim.native builds on the user's machine
+    assert "adamlab/optim/kernels/adam_one_pass.cc" in names

@@ -7,7 +7,9 @@ Optimizers: `adam`, `adamw`, `amsgrad`, `nadam`, `nadamw`, `radam`, `radamw`, `a
 twin. Every optimizer takes ``convention="optax" | "pytorch" | "paper"`` (`CONVENTIONS`;
 docs/conventions.md) and ``fused=True`` for its fused variant (`adamlab.optim.fused`: the same
 rule and state with one division per element). `inject_hyperparams` is optax's with float32
-hyperparameters.
+hyperparameters. `update_and_apply(tx, grads, state, params)` is ``tx.update`` then
+``optax.apply_updates``, in one pass on a C++ CPU kernel for ``adam``/``adamw`` with
+``fused=True`` (`adamlab.optim.one_pass`).
 """
 
 from adamlab.optim.alias import (
@@ -23,6 +25,7 @@ from adamlab.optim.alias import (
     radamw,
 )
 from adamlab.optim.numerics import CONVENTIONS
+from adamlab.optim.one_pass import update_and_apply
 from adamlab.optim.registry import create, hyperparameters, names, reference
 from adamlab.optim.transform import (
     ScaleByAdamState,
@@ -67,4 +70,5 @@ __all__ = [
     "scale_by_learning_rate",
     "scale_by_radam",
     "subtract_decayed_weights",
+    "update_and_apply",
 ]

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from adamlab.optim import fused as fused_transform
-from adamlab.optim import transform, validation
+from adamlab.optim import one_pass, transform, validation
 
 
 def _check_common(name: str, learning_rate: Any, b1: Any, b2: Any, eps: Any, eps_root: Any):
@@ -43,6 +43,23 @@ def _nadam_options(name: str, fused: bool, convention: str, momentum_decay: Any)
     why = "optax's Nadam has no momentum schedule"
     validation.check_unset(name, "momentum_decay", momentum_decay, convention, why)
     return {"convention": convention}
+
+
+def _with_one_pass(
+    tx: optax.GradientTransformation,
+    fused: bool,
+    convention: str,
+    nesterov: bool,
+    mu_dtype: Any,
+    mask: Any,
+    hyperparameters: one_pass.AdamHyperparameters,
+) -> optax.GradientTransformation:
+    """`tx` with the one-pass CPU step (`one_pass.update_and_apply`) where the kernel computes
+    exactly its rule: fused, optax convention, no Nesterov, moments in the params' dtype, no
+    mask; else `tx` unchanged."""
+    if fused and convention == "optax" and not nesterov and mu_dtype is None and mask is None:
+        return one_pass.attach(tx, hyperparameters)
+    return tx
 
 
 def _check_decoupled(name: str, weight_decay: Any, mask: Any) -> None:
@@ -120,12 +137,14 @@ def adam(
     validation.check_bool("adam", "nesterov", nesterov)
     validation.check_convention("adam", convention)
     rescaling = _rescaling("adam", fused, convention)
-    return optax.chain(
+    tx = optax.chain(
         rescaling.scale_by_adam(
             b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, convention=convention
         ),
         transform.scale_by_learning_rate(learning_rate),
     )
+    hyperparameters = one_pass.AdamHyperparameters(learning_rate, b1, b2, eps, eps_root, None)
+    return _with_one_pass(tx, fused, convention, nesterov, mu_dtype, None, hyperparameters)
 
 
 def adamw(
@@ -161,7 +180,11 @@ def adamw(
     rescale = _rescaling("adamw", fused, convention).scale_by_adam(
         b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, convention=convention
     )
-    return _decoupled(rescale, learning_rate, weight_decay, mask, convention)
+    tx = _decoupled(rescale, learning_rate, weight_decay, mask, convention)
+    hyperparameters = one_pass.AdamHyperparameters(
+        learning_rate, b1, b2, eps, eps_root, weight_decay
+    )
+    return _with_one_pass(tx, fused, convention, nesterov, mu_dtype, mask, hyperparameters)
 
 
 def nadam(

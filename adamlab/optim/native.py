@@ -1,0 +1,155 @@
+"""adamlab's C++ CPU kernels: compiled on first use, cached, registered as `jax.ffi` targets.
+
+A kernel is a source file in `adamlab/optim/kernels/` (shipped with the package). The first
+`load(name)` in a process compiles it with the machine's C++ compiler against the XLA FFI
+headers that jaxlib ships (`jax.ffi.include_dir()`; about 2 s), or reuses the shared library
+a previous process left in the cache, then registers its handler for the CPU platform. The
+library's file name carries a hash of everything that makes it (source, flags, compiler,
+jaxlib version, CPU architecture), so a change to any of them builds a new one; a build is
+written to a temporary file and renamed into place, so processes building at once (pytest
+workers) never load a half-written one.
+
+Nothing requires a kernel: where there is no compiler, the build fails or
+``ADAMLAB_NATIVE_KERNELS=0`` is set, `load` returns None and `unavailable_reason` says why,
+and the caller runs its XLA program instead (`one_pass.update_and_apply`).
+
+Settings (environment):
+  ADAMLAB_NATIVE_KERNELS=0   never build or load a kernel.
+  ADAMLAB_KERNEL_CACHE=DIR   where built libraries go (default: $XDG_CACHE_HOME/adamlab/kernels,
+                             else ~/.cache/adamlab/kernels).
+  CXX                        the compiler (default: c++, then g++, then clang++).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jaxlib
+
+ENV_SWITCH = "ADAMLAB_NATIVE_KERNELS"
+CACHE_ENV = "ADAMLAB_KERNEL_CACHE"
+SOURCE_DIR = Path(__file__).with_name("kernels")
+# -ffp-contract=off: no fused multiply-adds the JAX program does not have (same roundings).
+# -fno-math-errno: sqrt without errno, so that the loop vectorizes. No -march=native: the
+# library may sit in a home directory shared by different machines; the kernels pick their
+# vector width at load time instead (target_clones).
+FLAGS = (
+    "-O3",
+    "-std=c++17",
+    "-shared",
+    "-fPIC",
+    "-fno-math-errno",
+    "-ffp-contract=off",
+)
+# The kernels: source file -> exported handler symbol.
+KERNELS: dict[str, str] = {"adam_one_pass": "AdamlabAdamOnePass"}
+
+_libraries: dict[str, ctypes.CDLL] = {}  # kept alive: XLA calls into them
+_reasons: dict[str, str] = {}
+
+
+def target_name(name: str) -> str:
+    """The `jax.ffi` target name kernel `name` is registered under."""
+    return f"adamlab_{name}"
+
+
+def enabled() -> bool:
+    """False when ``ADAMLAB_NATIVE_KERNELS=0``."""
+    return os.environ.get(ENV_SWITCH, "1").strip() != "0"
+
+
+def cache_dir() -> Path:
+    """Where built libraries are kept (see the module docstring)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "adamlab" / "kernels"
+
+
+def compiler() -> str | None:
+    """The C++ compiler to build with: $CXX, else the first of c++, g++, clang++ on PATH."""
+    if os.environ.get("CXX"):
+        return shutil.which(os.environ["CXX"])
+    return next(filter(None, map(shutil.which, ("c++", "g++", "clang++"))), None)
+
+
+def library_path(name: str, cxx: str) -> Path:
+    """The cached library of kernel `name` built by `cxx`: its name hashes what makes it."""
+    digest = hashlib.sha256()
+    for part in (
+        (SOURCE_DIR / f"{name}.cc").read_bytes(),
+        " ".join(FLAGS).encode(),
+        cxx.encode(),
+        jaxlib.__version__.encode(),
+        platform.machine().encode(),
+    ):
+        digest.update(part)
+    return cache_dir() / f"{name}-{digest.hexdigest()[:16]}.so"
+
+
+def build(name: str, cxx: str, destination: Path) -> None:
+    """Compiles kernel `name` to `destination` (atomically); RuntimeError with the compiler's
+    message if it fails."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(suffix=".so", dir=destination.parent)
+    os.close(fd)
+    command = [
+        cxx,
+        *FLAGS,
+        f"-I{jax.ffi.include_dir()}",
+        str(SOURCE_DIR / f"{name}.cc"),
+        "-o",
+        partial,
+    ]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"building the {name} kernel failed ({' '.join(command)}):\n" + done.stderr[-2000:]
+            )
+        os.replace(partial, destination)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+@functools.cache
+def load(name: str) -> str | None:
+    """Registers kernel `name` (one of `KERNELS`) for the CPU and returns its target name, or
+    None (then `unavailable_reason(name)` says why). Builds it on first use; once per process.
+    """
+    if name not in KERNELS:
+        raise ValueError(f"unknown kernel {name!r}; kernels: {', '.join(KERNELS)}")
+    if not enabled():
+        _reasons[name] = f"{ENV_SWITCH}=0"
+        return None
+    cxx = compiler()
+    if cxx is None:
+        _reasons[name] = "no C++ compiler found (set CXX, or install g++ or clang++)"
+        return None
+    path = library_path(name, cxx)
+    try:
+        if not path.exists():
+            build(name, cxx, path)
+        library = ctypes.cdll.LoadLibrary(str(path))
+        handler = getattr(library, KERNELS[name])
+    except (OSError, RuntimeError, AttributeError) as error:
+        _reasons[name] = str(error)
+        return None
+    jax.ffi.register_ffi_target(target_name(name), jax.ffi.pycapsule(handler), platform="cpu")
+    _libraries[name] = library
+    return target_name(name)
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why `load(name)` returned None; None if it was not tried or succeeded."""
+    return _reasons.get(name)
