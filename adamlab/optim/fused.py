@@ -36,7 +36,8 @@ XLA:CPU splits a loop fusion over its threads only when the fusion has one outpu
 writes m, v and the parameters in three parallel passes instead of one single-threaded pass;
 at 10M-50M parameters those 40 bytes move at 84-101% of a triad's bandwidth measured beside
 them, while `torch.optim.Adam(fused=True)` moves 28 in one multi-threaded pass (1.3-1.6x
-faster). Only a kernel XLA does not write (a `jax.ffi` call) could do one pass on all threads.
+faster). `optim.update_and_apply` therefore runs ``adam``/``adamw`` with ``fused=True`` as one
+pass on a C++ kernel (`adamlab.optim.one_pass`): the same operations, 28 bytes per parameter.
 
 Measured and rejected (`python benchmarks/vs_pytorch.py --candidates`, README "Benchmarks"):
 packing the state of all leaves into one flat buffer per dtype. The gradients and the

@@ -145,11 +145,10 @@ ffi::Error AdamOnePass(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> coefficients,
       ok = ok && b.element_type() == ffi::DataType::F32 &&
            static_cast<int64_t>(b.element_count()) == size;
     }
-    if (auto e = Check(ok, "leaf " + std::to_string(leaf) +
-                               ": p, g, m, v must be float32 of one size, divisible by the "
-                               "coefficients' rows");
-        e.failure()) {
-      return e;
+    if (!ok) {
+      return Check(false, "leaf " + std::to_string(leaf) +
+                              ": p, g, m, v must be float32 of one size, divisible by the "
+                              "coefficients' rows");
     }
     // The results alias p, m, v; copying first keeps the kernel right if XLA did not alias.
     float* p = out[0].typed_data<float>();
