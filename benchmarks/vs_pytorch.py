@@ -16,8 +16,9 @@ Two parts, each timed repeat by repeat with every contender in turn (medians ove
     moves (`fused_xla_bytes_per_param`: 40 on jaxlib 0.10.2, three passes, because XLA:CPU
     splits a loop fusion over threads only when it has one output) and
     `fraction_of_triad_at_xla_bytes` the bandwidth it reaches with them. `ours_fused_in_loop`
-    is the kernel's step 10 to a jitted call (a `fori_loop`), as inside a jitted train step:
-    the per-call dispatch of ~4 arrays per leaf (~0.7 ms for 200 leaves here) left out.
+    and `optax_in_loop` are their steps 10 to a jitted call (a `fori_loop`), as inside a
+    jitted train step: the per-call dispatch of ~4 arrays per leaf (~0.7 ms for 200 leaves
+    here) left out.
   * the train step of adamlab's default CNN (configs/digits.py: conv 32, conv 64, dense 128,
     Adam; one `engine.train` call per step, as `adamlab train` runs on CPU, with and without
     the fused optimizer, and with the convolutions as slices + one matmul,
@@ -151,15 +152,17 @@ def optimizer_rows(sizes, repeats: int) -> list[dict]:
         }
         # the same step, LOOP_STEPS per jitted call: what it costs inside a jitted train step,
         # without the per-call dispatch of ~4 arrays per leaf
-        runners["ours_fused_in_loop"] = optimizer_step._StepRunner(
-            optim.adam(1e-3, fused=True), params, grads, inner_steps=LOOP_STEPS
-        )
+        for name, tx in (("ours_fused", optim.adam(1e-3, fused=True)), ("optax", optax.adam(1e-3))):
+            runners[f"{name}_in_loop"] = optimizer_step._StepRunner(
+                tx, params, grads, inner_steps=LOOP_STEPS
+            )
         runners["torch_fused"] = _torch_adam(params, grads, fused=True)
         runners["torch_foreach"] = _torch_adam(params, grads, foreach=True)
         runners["triad_xla"] = _xla_triad(num_params)
         runners["triad_torch"] = _torch_triad(num_params)
         seconds = optimizer_step.time_interleaved(runners, repeats)
         seconds["ours_fused_in_loop"] /= LOOP_STEPS
+        seconds["optax_in_loop"] /= LOOP_STEPS
         one_pass = _one_pass_ran(runners["ours_fused"])
         xla_bytes = _bytes_accessed(runners["ours_fused_xla"])
         del runners
@@ -180,6 +183,7 @@ def optimizer_rows(sizes, repeats: int) -> list[dict]:
             "fused_in_loop_over_torch_fused": in_loop / seconds["torch_fused"],
             "fraction_of_triad_in_loop": BYTES_PER_PARAM * num_params / in_loop / triad,
             "optax_over_fused": seconds["optax"] / fused,
+            "optax_over_fused_in_loop": seconds["optax_in_loop"] / in_loop,
             "fused_xla_bytes_per_param": xla_bytes / num_params,
             "fraction_of_triad_at_xla_bytes": xla_bytes / fused_xla / triad,
             "fused_xla_over_torch_fused": fused_xla / seconds["torch_fused"],
@@ -191,7 +195,7 @@ def optimizer_rows(sizes, repeats: int) -> list[dict]:
             f"{num_params / 1e6:5.1f}M {layout:10s} {ms}  fused/torch_fused "
             f"{row['fused_over_torch_fused']:.2f} (in loop "
             f"{row['fused_in_loop_over_torch_fused']:.2f})  optax/fused "
-            f"{row['optax_over_fused']:.2f}  "
+            f"{row['optax_over_fused']:.2f} (in loop {row['optax_over_fused_in_loop']:.2f})  "
             f"triad {100 * row['fraction_of_triad']:.0f}%  (XLA's program: "
             f"{row['fused_xla_bytes_per_param']:.0f} B/param at "
             f"{100 * row['fraction_of_triad_at_xla_bytes']:.0f}%)",

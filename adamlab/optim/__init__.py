@@ -8,8 +8,8 @@ twin. Every optimizer takes ``convention="optax" | "pytorch" | "paper"`` (`CONVE
 docs/conventions.md) and ``fused=True`` for its fused variant (`adamlab.optim.fused`: the same
 rule and state with one division per element). `inject_hyperparams` is optax's with float32
 hyperparameters. `update_and_apply(tx, grads, state, params)` is ``tx.update`` then
-``optax.apply_updates``, in one pass on a C++ CPU kernel for ``adam``/``adamw`` with
-``fused=True`` (`adamlab.optim.one_pass`).
+``optax.apply_updates``, in one pass on a C++ CPU kernel for ``adam``, ``adamw``, ``nadam``
+and ``nadamw`` with ``fused=True`` (`adamlab.optim.one_pass`).
 """
 
 from adamlab.optim.alias import (

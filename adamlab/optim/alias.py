@@ -49,15 +49,14 @@ def _with_one_pass(
     tx: optax.GradientTransformation,
     fused: bool,
     convention: str,
-    nesterov: bool,
     mu_dtype: Any,
     mask: Any,
     hyperparameters: one_pass.AdamHyperparameters,
 ) -> optax.GradientTransformation:
     """`tx` with the one-pass CPU step (`one_pass.update_and_apply`) where the kernel computes
-    exactly its rule: fused, optax convention, no Nesterov, moments in the params' dtype, no
-    mask; else `tx` unchanged."""
-    if fused and convention == "optax" and not nesterov and mu_dtype is None and mask is None:
+    exactly its rule: fused, optax convention, moments in the params' dtype, no mask; else
+    `tx` unchanged."""
+    if fused and convention == "optax" and mu_dtype is None and mask is None:
         return one_pass.attach(tx, hyperparameters)
     return tx
 
@@ -143,8 +142,10 @@ def adam(
         ),
         transform.scale_by_learning_rate(learning_rate),
     )
-    hyperparameters = one_pass.AdamHyperparameters(learning_rate, b1, b2, eps, eps_root, None)
-    return _with_one_pass(tx, fused, convention, nesterov, mu_dtype, None, hyperparameters)
+    hyperparameters = one_pass.AdamHyperparameters(
+        learning_rate, b1, b2, eps, eps_root, None, nesterov
+    )
+    return _with_one_pass(tx, fused, convention, mu_dtype, None, hyperparameters)
 
 
 def adamw(
@@ -182,9 +183,9 @@ def adamw(
     )
     tx = _decoupled(rescale, learning_rate, weight_decay, mask, convention)
     hyperparameters = one_pass.AdamHyperparameters(
-        learning_rate, b1, b2, eps, eps_root, weight_decay
+        learning_rate, b1, b2, eps, eps_root, weight_decay, nesterov
     )
-    return _with_one_pass(tx, fused, convention, nesterov, mu_dtype, mask, hyperparameters)
+    return _with_one_pass(tx, fused, convention, mu_dtype, mask, hyperparameters)
 
 
 def nadam(
@@ -212,10 +213,14 @@ def nadam(
     validation.check_convention("nadam", convention)
     rescaling = _rescaling("nadam", fused, convention)
     nadam_options = _nadam_options("nadam", fused, convention, momentum_decay)
-    return optax.chain(
+    tx = optax.chain(
         rescaling.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=True, **nadam_options),
         transform.scale_by_learning_rate(learning_rate),
     )
+    hyperparameters = one_pass.AdamHyperparameters(
+        learning_rate, b1, b2, eps, eps_root, None, nesterov=True
+    )
+    return _with_one_pass(tx, fused, convention, mu_dtype, None, hyperparameters)
 
 
 def nadamw(
@@ -247,7 +252,11 @@ def nadamw(
     rescale = rescaling.scale_by_adam(
         b1, b2, eps, eps_root, mu_dtype, nesterov=True, **nadam_options
     )
-    return _decoupled(rescale, learning_rate, weight_decay, mask, convention)
+    tx = _decoupled(rescale, learning_rate, weight_decay, mask, convention)
+    hyperparameters = one_pass.AdamHyperparameters(
+        learning_rate, b1, b2, eps, eps_root, weight_decay, nesterov=True
+    )
+    return _with_one_pass(tx, fused, convention, mu_dtype, mask, hyperparameters)
 
 
 def amsgrad(

@@ -36,8 +36,9 @@ XLA:CPU splits a loop fusion over its threads only when the fusion has one outpu
 writes m, v and the parameters in three parallel passes instead of one single-threaded pass;
 at 10M-50M parameters those 40 bytes move at 84-101% of a triad's bandwidth measured beside
 them, while `torch.optim.Adam(fused=True)` moves 28 in one multi-threaded pass (1.3-1.6x
-faster). `optim.update_and_apply` therefore runs ``adam``/``adamw`` with ``fused=True`` as one
-pass on a C++ kernel (`adamlab.optim.one_pass`): the same operations, 28 bytes per parameter.
+faster). `optim.update_and_apply` therefore runs ``adam``, ``adamw``, ``nadam`` and ``nadamw``
+with ``fused=True`` as one pass on a C++ kernel (`adamlab.optim.one_pass`): the same
+operations, 28 bytes per parameter.
 
 Measured and rejected (`python benchmarks/vs_pytorch.py --candidates`, README "Benchmarks"):
 packing the state of all leaves into one flat buffer per dtype. The gradients and the
@@ -103,10 +104,17 @@ def scale(tree: Tree, factor: jax.Array) -> Tree:
     return jax.tree.map(lambda x: x * factor.astype(x.dtype), tree)
 
 
-def _nesterov_first_moment(mu: Tree, grads: Tree, b1: Any, count: jax.Array) -> Tree:
-    """`numerics.nesterov_first_moment` with its two divisions folded into the scalars."""
+def nesterov_coefficients(b1: Any, count: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(b1 / (1 - b1^(t+1)), (1 - b1) / (1 - b1^t)): the scalars of Nadam's bias-corrected
+    look-ahead moment, `numerics.nesterov_first_moment` with its two divisions folded in."""
     coef_mu = b1 * reciprocal_correction(b1, numerics.safe_increment(count), "optax")
     coef_grad = (1 - b1) * reciprocal_correction(b1, count, "optax")
+    return coef_mu, coef_grad
+
+
+def _nesterov_first_moment(mu: Tree, grads: Tree, b1: Any, count: jax.Array) -> Tree:
+    """coef_mu m + coef_grad g (`nesterov_coefficients`), leaf by leaf."""
+    coef_mu, coef_grad = nesterov_coefficients(b1, count)
     return jax.tree.map(
         lambda m, g: coef_mu.astype(m.dtype) * m + coef_grad.astype(g.dtype) * g, mu, grads
     )

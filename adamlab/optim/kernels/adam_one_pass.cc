@@ -1,4 +1,5 @@
-// One-pass Adam / AdamW on float32 leaves, in place, split over XLA's intra-op threads.
+// One-pass Adam / AdamW / Nadam / NadamW on float32 leaves, in place, split over XLA's
+// intra-op threads.
 //
 // The jax.ffi target behind adamlab.optim.one_pass. Per element it reads the parameter p,
 // the gradient g and the moments m, v once and writes p, m, v once: 28 bytes per parameter,
@@ -10,14 +11,16 @@
 //
 //   m = (1 - b1) g + b1 m                       numerics.first_moment
 //   v = (1 - b2) (g g) + b2 v                   numerics.second_moment
-//   u = (m r1) / (sqrt(v r2 + eps_root) + eps)  fused.scale_by_adam (r = 1 / (1 - b^t))
+//   n = m r1              (Adam)                fused.scale_by_adam (r = 1 / (1 - b^t))
+//   n = m r1 + cg g       (Nadam, cg != 0)      fused.nesterov_coefficients (r1, cg)
+//   u = n / (sqrt(v r2 + eps_root) + eps)       numerics.adaptive_step
 //   u = u + wd p          (AdamW, wd != 0)      transform.add_decayed_weights
 //   p = p + (-lr) u                             scale_by_learning_rate, optax.apply_updates
 //
-// Arguments: coefficients f32[..., 10] (step_size = -lr, b1, 1 - b1, b2, 1 - b2, r1, r2, eps,
-// eps_root, wd), then (p, g, m, v) for every leaf; results (p, m, v) for every leaf, aliased
-// to the inputs. Leading dimensions of the coefficients are rows (vmap's batch): row r of
-// every leaf (its r-th contiguous slice) is updated with row r of the coefficients.
+// Arguments: coefficients f32[..., 11] (step_size = -lr, b1, 1 - b1, b2, 1 - b2, r1, r2, eps,
+// eps_root, wd, cg), then (p, g, m, v) for every leaf; results (p, m, v) for every leaf,
+// aliased to the inputs. Leading dimensions of the coefficients are rows (vmap's batch): row r
+// of every leaf (its r-th contiguous slice) is updated with row r of the coefficients.
 
 #include <algorithm>
 #include <atomic>
@@ -34,7 +37,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int64_t kNumCoefficients = 10;
+constexpr int64_t kNumCoefficients = 11;
 // Elements per unit of work: 256 KB of each array, small enough to balance two threads on a
 // 1M-parameter step, large enough that the atomic counter costs nothing.
 constexpr int64_t kChunk = 1 << 16;
@@ -49,7 +52,7 @@ struct Segment {
   int64_t size;
 };
 
-template <bool kDecay>
+template <bool kDecay, bool kNesterov>
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx2", "default")))
 #endif
@@ -57,12 +60,13 @@ void UpdateRange(float* __restrict p, float* __restrict m, float* __restrict v,
                  const float* __restrict g, const float* c, int64_t begin, int64_t end) {
   const float step_size = c[0], b1 = c[1], one_minus_b1 = c[2], b2 = c[3],
               one_minus_b2 = c[4], r1 = c[5], r2 = c[6], eps = c[7], eps_root = c[8],
-              wd = c[9];
+              wd = c[9], cg = c[10];
   for (int64_t i = begin; i < end; ++i) {
     const float gi = g[i];
     const float mi = one_minus_b1 * gi + b1 * m[i];
     const float vi = one_minus_b2 * (gi * gi) + b2 * v[i];
-    float u = (mi * r1) / (std::sqrt(vi * r2 + eps_root) + eps);
+    const float numerator = kNesterov ? mi * r1 + cg * gi : mi * r1;
+    float u = numerator / (std::sqrt(vi * r2 + eps_root) + eps);
     if (kDecay) u = u + wd * p[i];
     m[i] = mi;
     v[i] = vi;
@@ -78,10 +82,17 @@ void UpdateSpan(const std::vector<Segment>& segments, int64_t begin, int64_t end
     const int64_t hi = std::min(end - offset, s.size);
     offset += s.size;
     if (lo >= hi) continue;
-    if (s.c[9] != 0.0f) {
-      UpdateRange<true>(s.p, s.m, s.v, s.g, s.c, lo, hi);
-    } else {  // wd * p would turn an infinite parameter into NaN; the JAX program skips it
-      UpdateRange<false>(s.p, s.m, s.v, s.g, s.c, lo, hi);
+    // wd == 0: no decay term (wd * p would turn an infinite parameter into NaN; the JAX
+    // program skips it); cg == 0: Adam, no look-ahead term.
+    const bool decay = s.c[9] != 0.0f, nesterov = s.c[10] != 0.0f;
+    if (decay && nesterov) {
+      UpdateRange<true, true>(s.p, s.m, s.v, s.g, s.c, lo, hi);
+    } else if (decay) {
+      UpdateRange<true, false>(s.p, s.m, s.v, s.g, s.c, lo, hi);
+    } else if (nesterov) {
+      UpdateRange<false, true>(s.p, s.m, s.v, s.g, s.c, lo, hi);
+    } else {
+      UpdateRange<false, false>(s.p, s.m, s.v, s.g, s.c, lo, hi);
     }
     if (offset >= end) break;
   }
@@ -120,7 +131,7 @@ ffi::Error AdamOnePass(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> coefficients,
   const int64_t num_coefficients = coefficients.element_count();
   const int64_t rows = num_coefficients / kNumCoefficients;
   if (auto e = Check(rows >= 1 && num_coefficients % kNumCoefficients == 0,
-                     "coefficients must be f32[..., 10]");
+                     "coefficients must be f32[..., 11]");
       e.failure()) {
     return e;
   }
