@@ -21,11 +21,12 @@ Under `jax.vmap` the kernel updates each member's slice with that member's coeff
 The kernel has no derivative: to differentiate through an optimizer step (meta-learning, what
 ``eps_root`` is for), call ``tx.update`` and ``optax.apply_updates``.
 
-Measured on a 2-core x86 CPU (`benchmarks/vs_pytorch.py`, README "Benchmarks"): 0.61-0.94x
-the time of XLA's program for the same step, 93-107% of a triad's bandwidth at 50M
-parameters, against ``torch.optim.Adam(fused=True)`` 0.52-0.79x at 1M parameters in one array
-and 0.95-1.09x at 50M (both at the memory wall); with ~200 leaves per call jax's dispatch of
-~4 arrays per leaf adds about 0.7 ms, which a jitted loop (a train step) does not pay.
+Measured on a 2-core x86 CPU, six runs (`benchmarks/vs_pytorch.py`, README "Benchmarks"):
+0.61-0.94x the time of XLA's program for the same step, 93-107% of a triad's bandwidth at 50M
+parameters; against ``torch.optim.Adam(fused=True)`` per call 0.52-0.79x at 1M parameters in
+one array and 0.73-1.05x at 50M (both at the memory wall when fast), and in a jitted loop
+0.19-0.98x in every row. With ~200 leaves per call jax's dispatch of ~4 arrays per leaf adds
+about 0.7 ms, which a jitted loop (a train step) does not pay.
 """
 
 from __future__ import annotations
@@ -60,8 +61,7 @@ def attach(
     tx: optax.GradientTransformation, hyperparameters: AdamHyperparameters
 ) -> optax.GradientTransformation:
     """`tx` (an optax-convention fused ``adam``/``adamw``/``nadam``/``nadamw`` chain) with a
-    one-pass step that
-    `update_and_apply` can use. Its init and update are `tx`'s."""
+    one-pass step that `update_and_apply` can use. Its init and update are `tx`'s."""
 
     def update_fn(updates, state, params=None, **extra_args):
         return tx.update(updates, state, params, **extra_args)
