@@ -121,9 +121,9 @@ def test_a_config_is_found_by_name_from_any_directory(monkeypatch, tmp_path):
 
 
 def test_the_wheel_ships_every_config(tmp_path):
-    """`pip install adamlab` (not a clone) gets `adamlab/configs/*.py` (and the kernel
-    sources): built offline from a copy
-    of the sources (the build writes build/ and *.egg-info next to them)."""
+    """`pip install adamlab` (not a clone) gets `adamlab/configs/*.py` and the kernel sources:
+    built offline from a copy of the sources (the build writes build/ and *.egg-info next to
+    them)."""
     pytest.importorskip(
         "setuptools",
         minversion="77",
