@@ -15,8 +15,6 @@ optimizers, no compiler) the result is the two calls, bit for bit.
 
 import functools
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +25,8 @@ from test_optim_fused import _grad, _max_relative_error, _params
 
 from adamlab import optim
 from adamlab.optim import native, one_pass
+
+from helpers import child_json
 
 LR = 1e-2
 STEPS = 500
@@ -216,6 +216,10 @@ def test_switch_and_missing_compiler_say_why(monkeypatch):
     monkeypatch.setenv(native.ENV_SWITCH, "0")
     assert load("adam_one_pass") is None
     assert native.unavailable_reason("adam_one_pass") == f"{native.ENV_SWITCH}=0"
+    for value in ("off", "False", "no"):  # as every ADAMLAB_* switch
+        monkeypatch.setenv(native.ENV_SWITCH, value)
+        assert load("adam_one_pass") is None
+        assert native.unavailable_reason("adam_one_pass") == f"{native.ENV_SWITCH}={value}"
     monkeypatch.delenv(native.ENV_SWITCH)
     monkeypatch.setenv("CXX", "no-such-compiler-anywhere")
     assert load("adam_one_pass") is None
@@ -242,19 +246,21 @@ def test_the_library_is_built_once_and_named_by_what_makes_it(tmp_path, monkeypa
     """A fresh process builds into the cache; the next reuses the file; another source
     gets another name."""
     env = {**os.environ, native.CACHE_ENV: str(tmp_path)}
-    code = "from adamlab.optim import native; print(native.load('adam_one_pass'))"
-    for _ in range(2):
-        done = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-        )
-        assert done.stdout.strip() == TARGET
-    built = list(tmp_path.iterdir())
-    assert len(built) == 1 and built[0].suffix == ".so"
+    code = (
+        "import json; from adamlab.optim import native; "
+        "print(json.dumps({'target': native.load('adam_one_pass')}))"
+    )
+    assert child_json(code, env=env) == {"target": TARGET}
+    (built,) = tmp_path.iterdir()
+    assert built.suffix == ".so"
+    first_build = built.stat().st_mtime_ns
+    assert child_json(code, env=env) == {"target": TARGET}
+    assert list(tmp_path.iterdir()) == [built] and built.stat().st_mtime_ns == first_build
     monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
     cxx = native.compiler()
-    assert native.library_path("adam_one_pass", cxx) == built[0]
+    assert native.library_path("adam_one_pass", cxx) == built
     sources = tmp_path / "other"
     sources.mkdir()
     (sources / "adam_one_pass.cc").write_text("// another kernel\n")
     monkeypatch.setattr(native, "SOURCE_DIR", sources)
-    assert native.library_path("adam_one_pass", cxx) != built[0]
+    assert native.library_path("adam_one_pass", cxx) != built

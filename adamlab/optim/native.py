@@ -10,8 +10,9 @@ written to a temporary file and renamed into place, so processes building at onc
 workers) never load a half-written one.
 
 Nothing requires a kernel: where there is no compiler, the build fails or
-``ADAMLAB_NATIVE_KERNELS=0`` is set, `load` returns None and `unavailable_reason` says why,
-and the caller runs its XLA program instead (`one_pass.update_and_apply`).
+``ADAMLAB_NATIVE_KERNELS=0`` (or false, no, off) is set, `load` returns None and
+`unavailable_reason` says why, and the caller runs its XLA program instead
+(`one_pass.update_and_apply`).
 
 Settings (environment):
   ADAMLAB_NATIVE_KERNELS=0   never build or load a kernel.
@@ -63,8 +64,10 @@ def target_name(name: str) -> str:
 
 
 def enabled() -> bool:
-    """False when ``ADAMLAB_NATIVE_KERNELS=0``."""
-    return os.environ.get(ENV_SWITCH, "1").strip() != "0"
+    """False when ``ADAMLAB_NATIVE_KERNELS`` is 0, false, no or off: the values every
+    ``ADAMLAB_*`` switch takes (`adamlab.training.host_memory`, `xla_flags`; `adamlab.optim`
+    imports nothing outside itself, so the rule is written here again)."""
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def cache_dir() -> Path:
@@ -130,7 +133,7 @@ def load(name: str) -> str | None:
     if name not in KERNELS:
         raise ValueError(f"unknown kernel {name!r}; kernels: {', '.join(KERNELS)}")
     if not enabled():
-        _reasons[name] = f"{ENV_SWITCH}=0"
+        _reasons[name] = f"{ENV_SWITCH}={os.environ[ENV_SWITCH]}"
         return None
     cxx = compiler()
     if cxx is None:
