@@ -36,6 +36,8 @@ from pathlib import Path
 import jax
 import jaxlib
 
+from adamlab import switches
+
 ENV_SWITCH = "ADAMLAB_NATIVE_KERNELS"
 CACHE_ENV = "ADAMLAB_KERNEL_CACHE"
 SOURCE_DIR = Path(__file__).with_name("kernels")
@@ -64,10 +66,8 @@ def target_name(name: str) -> str:
 
 
 def enabled() -> bool:
-    """False when ``ADAMLAB_NATIVE_KERNELS`` is 0, false, no or off: the values every
-    ``ADAMLAB_*`` switch takes (`adamlab.training.host_memory`, `xla_flags`; `adamlab.optim`
-    imports nothing outside itself, so the rule is written here again)."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    """False when ``ADAMLAB_NATIVE_KERNELS`` is 0, false, no or off (`adamlab.switches`)."""
+    return not switches.switched_off(ENV_SWITCH)
 
 
 def cache_dir() -> Path:

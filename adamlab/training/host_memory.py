@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
+
+from adamlab import switches
 
 ENV_SWITCH = "ADAMLAB_KEEP_FREED_MEMORY"
 
@@ -61,7 +62,7 @@ def _glibc() -> ctypes.CDLL | None:
 
 def switched_off() -> bool:
     """True when the environment asks for the C library's default behaviour."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off")
+    return switches.switched_off(ENV_SWITCH)
 
 
 def keep_freed_memory() -> bool:

@@ -35,6 +35,8 @@ import importlib.metadata
 import os
 import sys
 
+from adamlab import switches
+
 ENV_SWITCH = "ADAMLAB_EIGEN_CONVOLUTIONS"
 FLAG_NAME = "xla_cpu_experimental_ynn_fusion_type"
 FLAG = f"--{FLAG_NAME}=-individual_convolution"
@@ -44,7 +46,7 @@ MIN_JAXLIB = (0, 10)
 
 def switched_off() -> bool:
     """True when the environment asks for XLA's default (YNNPACK convolutions)."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off")
+    return switches.switched_off(ENV_SWITCH)
 
 
 def _release(version: str) -> tuple[int, ...]:
