@@ -6,7 +6,9 @@ and checked against the same runs made one after another with the plain jitted t
 against the same sweep with a third, absurd learning rate whose members diverge.
 """
 
+import logging
 import pathlib
+import re
 import types
 
 import jax
@@ -134,15 +136,55 @@ def test_schedule_with_a_traced_peak_is_optax_schedule(schedule, warmup):
 ABSURD = 1e30  # Adam's update is ~lr * sign(g): the parameters overflow within two steps.
 
 
+class _Lines(logging.Handler):
+    """Keeps the messages logged while it is attached."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
-def with_absurd(tmp_path_factory):
-    """The sweep's adam group again through `train.run`, with the absurd rate between the two."""
+def absurd_run(tmp_path_factory):
+    """The sweep's adam group again through `train.run`, with the absurd rate between the two;
+    (result, the lines it logged)."""
     config = groups.with_members(
         tiny_config(), seeds=(0,), implementations=("ours", "optax"),
         sweep={"learning_rate": (LEARNING_RATES[0], ABSURD, LEARNING_RATES[1])},
         **{"optimizer.name": "adam"},
     )  # fmt: skip
-    return train.run(config, tmp_path_factory.mktemp("absurd"))
+    root, handler = logging.getLogger(), _Lines()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        return train.run(config, tmp_path_factory.mktemp("absurd")), handler.lines
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def with_absurd(absurd_run):
+    return absurd_run[0]
+
+
+def test_a_group_logs_one_line_per_log_point(absurd_run):
+    """No progress bar in a log file: a group's log shows each log and evaluation point as one
+    line of medians and ranges over its members, the diverged ones counted apart."""
+    lines = [line for line in absurd_run[1] if "over 6 members" in line]
+    assert [line.split(",")[0] for line in lines] == [
+        "step 5 train", "step 5 validation", "step 10 train", "step 10 validation",
+        "step 10 test",
+    ]  # fmt: skip
+    # The absurd rate's two members diverge within the first 5 steps (see the next test).
+    assert all("(2 not finite)" in line for line in lines)
+    validation = re.search(r"accuracy=(\S+) \[(\S+), (\S+)\]", lines[-2])
+    median, low, high = (float(x) for x in validation.groups())
+    assert 0 <= low <= median <= high <= 1
 
 
 def test_a_diverged_member_is_frozen_and_the_others_go_on(swept, with_absurd):

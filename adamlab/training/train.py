@@ -180,11 +180,36 @@ def format_phases(phases: dict[str, float], run_seconds: float) -> str:
     return f"{parts}; run {run_seconds:.2f} s"
 
 
+_SHOWN = ("loss", "accuracy", "learning_rate", "grad_norm", "steps_per_sec", "f1")
+_SHOWN += ("sharpness", "preconditioned_sharpness")  # The split "curvature".
+
+
 def _log(name: str, step: int | None, split: str, values: dict) -> None:
-    shown = ("loss", "accuracy", "learning_rate", "grad_norm", "steps_per_sec", "f1")
-    shown += ("sharpness", "preconditioned_sharpness")  # The split "curvature".
-    text = " ".join(f"{k}={values[k]:.4g}" for k in shown if k in values)
+    text = " ".join(f"{k}={values[k]:.4g}" for k in _SHOWN if k in values)
     logging.info("%sstep %s %s: %s", name, "final" if step is None else step, split, text)
+
+
+def _log_members(step: int | None, split: str, per_member: Sequence[dict]) -> None:
+    """One line for a group of members (a sweep, seeds, a tune stage): each shown metric's
+    median and range over the members whose value is finite (a diverged member is frozen at
+    NaN and counted apart), so that a log file, where no progress bar is drawn, shows the
+    group advancing."""
+    parts, diverged = [], 0
+    for k in _SHOWN:
+        values = np.asarray([m[k] for m in per_member if k in m], np.float64)
+        finite = values[np.isfinite(values)]
+        if k == "loss":
+            diverged = values.size - finite.size
+        if finite.size:
+            parts.append(f"{k}={np.median(finite):.4g} [{finite.min():.4g}, {finite.max():.4g}]")
+    logging.info(
+        "step %s %s, median [min, max] over %d members%s: %s",
+        "final" if step is None else step,
+        split,
+        len(per_member),
+        f" ({diverged} not finite)" if diverged else "",
+        " ".join(parts),
+    )
 
 
 @dataclasses.dataclass
@@ -387,8 +412,10 @@ class _Loop:
                 self.writers[i].write(
                     self.experiment.num_steps if step is None else step, split, values
                 )
-        if self.single and show:
+        if show and self.single:
             _log("", step, split, per_member[0])
+        elif show and distributed.is_primary():
+            _log_members(step, split, per_member)
 
     # -------------------------------------------------------------------- diagnostics
 
