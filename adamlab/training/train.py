@@ -184,9 +184,9 @@ _SHOWN = ("loss", "accuracy", "learning_rate", "grad_norm", "steps_per_sec", "f1
 _SHOWN += ("sharpness", "preconditioned_sharpness")  # The split "curvature".
 
 
-def _log(name: str, step: int | None, split: str, values: dict) -> None:
+def _log(step: int | None, split: str, values: dict) -> None:
     text = " ".join(f"{k}={values[k]:.4g}" for k in _SHOWN if k in values)
-    logging.info("%sstep %s %s: %s", name, "final" if step is None else step, split, text)
+    logging.info("step %s %s: %s", "final" if step is None else step, split, text)
 
 
 def _log_members(step: int | None, split: str, per_member: Sequence[dict]) -> None:
@@ -413,7 +413,7 @@ class _Loop:
                     self.experiment.num_steps if step is None else step, split, values
                 )
         if show and self.single:
-            _log("", step, split, per_member[0])
+            _log(step, split, per_member[0])
         elif show and distributed.is_primary():
             _log_members(step, split, per_member)
 
