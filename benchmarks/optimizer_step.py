@@ -23,7 +23,9 @@ which case any measured ratio other than 1 is timing noise.
 
 Usage:
     python benchmarks/optimizer_step.py [--sizes 1e6,1e7,5e7] [--optimizers adam,adamw]
-        [--repeats 20] [--out benchmarks/results/optimizer_step_<backend>.json]
+        [--repeats 20] [--fused] [--out benchmarks/results/optimizer_step_<backend>.json]
+
+`--fused` times each optimizer's fused variant as "ours" (where one exists), against optax.
 
 Runs without TensorFlow (only jax, optax and adamlab.optim), so it also runs on bare GPU
 images.
@@ -43,6 +45,7 @@ import numpy as np
 import optax
 
 from adamlab import optim
+from adamlab.optim.fused import FUSED
 from adamlab.optim.program import step_program
 
 BYTES_PER_PARAM = {"adam": 28, "adamw": 28, "nadam": 28, "amsgrad": 36}
@@ -187,7 +190,10 @@ def machine_description() -> dict:
     }
 
 
-def run(sizes, optimizers, repeats, inner_steps):
+def run(sizes, optimizers, repeats, inner_steps, fused=False):
+    """Every row; `fused`: ours is each optimizer's fused variant (`optim.create(name,
+    fused=True)`, where `fused.FUSED` has one; on CPU `make_step` runs Adam(W)/Nadam(W)'s as
+    the one-pass kernel), so ours/optax is then a speedup, not a parity check."""
     results = []
     largest = int(max(sizes))
     triad = device_triad_bandwidth(largest, inner_steps, repeats)
@@ -216,7 +222,8 @@ def run(sizes, optimizers, repeats, inner_steps):
             actual = sum(math.prod(s) for s in shapes)
             for name in optimizers:
                 hparams = {"learning_rate": 1e-3}
-                ours_tx, optax_tx = optim.create(name, **hparams), optim.reference(name, **hparams)
+                ours_tx = optim.create(name, fused=fused and name in FUSED, **hparams)
+                optax_tx = optim.reference(name, **hparams)
                 same_program = step_program(ours_tx, params) == step_program(optax_tx, params)
                 for mode, inner in (("call", 1), ("loop", inner_steps)):
                     runners = {
@@ -233,6 +240,7 @@ def run(sizes, optimizers, repeats, inner_steps):
                         "layout": layout,
                         "num_leaves": len(shapes),
                         "num_params": actual,
+                        "fused": fused and name in FUSED,
                         "same_xla_program": same_program,
                         "ours_ms": 1e3 * seconds["ours"],
                         "optax_ms": 1e3 * seconds["optax"],
@@ -251,6 +259,7 @@ def run(sizes, optimizers, repeats, inner_steps):
                     )
     return {
         "machine": machine_description(),
+        "fused": fused,
         "repeats": repeats,
         "bytes_per_param": BYTES_PER_PARAM,
         **bandwidth,
@@ -264,10 +273,11 @@ def main():
     parser.add_argument("--optimizers", default="adam,adamw")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--inner", type=int, default=10, help="steps per call in loop mode")
+    parser.add_argument("--fused", action="store_true", help="ours: the fused variants")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     sizes = [float(s) for s in args.sizes.split(",")]
-    report = run(sizes, args.optimizers.split(","), args.repeats, args.inner)
+    report = run(sizes, args.optimizers.split(","), args.repeats, args.inner, args.fused)
     out = Path(args.out or f"benchmarks/results/optimizer_step_{jax.default_backend()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

@@ -3,7 +3,8 @@ r"""Throughput of our Adam's train step vs the same step with `optax.adam`.
 Builds the default config's CNN train step twice, identical except for
 `optimizer.implementation` ("ours" -> `adamlab.optim.create`, "optax" -> `optax.adam` via
 `adamlab.optim.reference`), on one device with the "jit" engine: one `engine.train` call per
-step (a chunk of K = 1 batch, as `adamlab train` runs on CPU), the members donated, as in
+step (a chunk of K = 1 batch, as `adamlab train` runs a single run on CPU; `--steps_per_dispatch`
+times K steps per call too, a `lax.scan` as on accelerators), the members donated, as in
 training. Batches are synthetic in-memory arrays already on the device, so the timing is the
 step alone and the script needs neither TensorFlow nor the datasets: it runs as is on a GPU
 machine. The two steps are timed interleaved in one process (the order alternates every
@@ -13,6 +14,7 @@ compiles both; medians over `--repeats`.
     python benchmarks/train_step.py                       # the digits CNN, 8x8x1, batch 64
     python benchmarks/train_step.py --image_shape 28,28,1 --batch_size 128   # MNIST-sized
     python benchmarks/train_step.py --steps 2 --repeats 1 --warmup 1 --out /tmp/t.json  # smoke
+    python benchmarks/train_step.py --steps_per_dispatch 1,10,100   # steps/s vs steps per call
 
 Prints and writes JSON (`--out`, default benchmarks/results/train_step_<backend>.json) with
 per-step medians, the ratio ours/optax (1.0 = same speed; > 1 = ours slower) and the machine.
@@ -48,7 +50,12 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=None, help="default: the config's")
     parser.add_argument("--steps", type=int, default=50, help="steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=21)
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per implementation")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls per implementation")
+    parser.add_argument(
+        "--steps_per_dispatch",
+        default="1",
+        help="steps per engine.train call, comma-separated (e.g. 1,10,100): each is timed",
+    )
     parser.add_argument("--out", default=None)
     return parser.parse_args()
 
@@ -110,21 +117,24 @@ def machine() -> dict:
     }
 
 
-def main() -> None:
-    args = _parse_args()
-    config = config_dict.load_config(args.config)
-    batch_size = args.batch_size or config.train.batch_size
-    image_shape = tuple(int(v) for v in args.image_shape.split(","))
+def time_implementations(config, args, image_shape, batch_size: int, steps_per_call: int):
+    """Per-step seconds of ours and optax's step, `steps_per_call` steps per `engine.train`
+    call (a chunk of K batches, a `lax.scan` when K > 1), interleaved: {impl: [per repeat]}."""
     rng = np.random.default_rng(0)
+    calls = max(1, -(-args.steps // steps_per_call))  # Each repeat: at least --steps steps.
     # The schedule spans the whole benchmark (at least past the warmup, for tiny smoke runs).
-    total = max(args.warmup + args.steps * args.repeats, (config.optimizer.warmup_steps or 0) + 1)
+    total = (args.warmup + calls * args.repeats) * steps_per_call
+    total = max(total, (config.optimizer.warmup_steps or 0) + 1)
+    # On CPU a chunk of several steps runs convolutions as matmuls, as the loop does then.
+    conv_matmul = steps_per_call > 1 and jax.default_backend() == "cpu"
     runs = {
-        impl: build_step(config, impl, image_shape, args.num_classes, total)
+        impl: build_step(config, impl, image_shape, args.num_classes, total, conv_matmul)
         for impl in ("ours", "optax")
     }
     engine = next(iter(runs.values()))[0]
-    chunks = [  # One batch per call: [K = 1, B, ...].
-        synthetic_chunk(engine, rng, image_shape, batch_size, args.num_classes) for _ in range(4)
+    chunks = [  # [K, B, ...]
+        synthetic_chunk(engine, rng, image_shape, batch_size, args.num_classes, steps_per_call)
+        for _ in range(4)
     ]
     states = {}
     for impl, (engine, carry) in runs.items():
@@ -132,10 +142,31 @@ def main() -> None:
     times = {impl: [] for impl in runs}
     for r in range(args.repeats):
         for impl in list(runs)[:: 1 if r % 2 == 0 else -1]:
-            states[impl], seconds = _time(runs[impl][0], states[impl], chunks, args.steps)
-            times[impl].append(seconds)
-    median = {impl: statistics.median(t) for impl, t in times.items()}
-    paired = [o / x for o, x in zip(times["ours"], times["optax"], strict=True)]
+            states[impl], seconds = _time(runs[impl][0], states[impl], chunks, calls)
+            times[impl].append(seconds / steps_per_call)
+    return times
+
+
+def main() -> None:
+    args = _parse_args()
+    config = config_dict.load_config(args.config)
+    batch_size = args.batch_size or config.train.batch_size
+    image_shape = tuple(int(v) for v in args.image_shape.split(","))
+    dispatches = [int(k) for k in args.steps_per_dispatch.split(",")]
+    by_dispatch = {}
+    for k in dispatches:
+        times = time_implementations(config, args, image_shape, batch_size, k)
+        median = {impl: statistics.median(t) for impl, t in times.items()}
+        by_dispatch[k] = {
+            "median_step_ms": {impl: 1e3 * t for impl, t in median.items()},
+            "steps_per_sec": {impl: 1.0 / t for impl, t in median.items()},
+            "ratio_ours_over_optax": median["ours"] / median["optax"],
+            "median_paired_ratio": statistics.median(
+                o / x for o, x in zip(times["ours"], times["optax"], strict=True)
+            ),
+        }
+        print(f"{k} steps per call: {json.dumps(by_dispatch[k])}", flush=True)
+    first = by_dispatch[dispatches[0]]
     result = {
         "benchmark": "train_step",
         "config": os.path.relpath(config_dict.resolve_config_path(args.config).resolve(), ROOT),
@@ -145,12 +176,12 @@ def main() -> None:
         "batch_size": batch_size,
         "steps_per_repeat": args.steps,
         "repeats": args.repeats,
-        "median_step_ms": {impl: 1e3 * t for impl, t in median.items()},
-        "steps_per_sec": {impl: 1.0 / t for impl, t in median.items()},
-        "ratio_ours_over_optax": median["ours"] / median["optax"],
-        "median_paired_ratio": statistics.median(paired),
+        "steps_per_call": dispatches[0],
+        **first,  # The first --steps_per_dispatch's figures (1 by default: as before).
         "machine": machine(),
     }
+    if len(dispatches) > 1:
+        result["by_steps_per_call"] = {str(k): v for k, v in by_dispatch.items()}
     write_result(result, args.out, "train_step")
 
 
