@@ -21,7 +21,7 @@
 #   train_step_digits.json     the digits CNN's train step (8x8x1, batch 64) at 1, 10 and 100
 #                              steps per call: steps/s, against one step per call
 #   train_step_mnist.json      the same at MNIST's shape (28x28x1, batch 128)
-# About 5-8 minutes on an H100 or H200, most of it compiling.
+# Sized for a few minutes on an H100 or H200, most of it compiling (estimated: not yet run there).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-benchmarks/results/gpu_$(date +%Y%m%d)}
