@@ -446,6 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs `adamlab <command> [flags]`; returns the exit code (see module docstring)."""
     argv = list(sys.argv if argv is None else argv)
     _use_eigen_convolutions()
+    # Before any flag definition imports a library: orbax's import leaves a WARNING-level
+    # handler on the root logger, after which basicConfig does nothing and INFO lines vanish.
+    _setup_logging()
     prog = pathlib.Path(argv[0]).name if argv else "adamlab"
     if prog in ("__main__.py", "cli.py"):
         prog = "adamlab"
@@ -469,7 +472,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = isinstance(e, AttributeError | KeyError)
         print(f"{prog} {name}: {'unknown config field ' * unknown}{_message(e)}", file=sys.stderr)
         return EXIT_USAGE
-    _setup_logging()
     _keep_freed_memory()
     try:
         return command.run(fv)

@@ -2,6 +2,7 @@
 
 import datetime
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -82,6 +83,38 @@ def test_invalid_config_value_exits_2_before_creating_the_workdir(capsys, tmp_pa
     err = capsys.readouterr().err
     assert "train.engine='tpu'" in err and "jit, pmap" in err
     assert not workdir.exists()
+
+
+_LOGS_INFO = """
+import dataclasses, json, logging, sys
+from adamlab import cli
+
+def fake_run(fv):  # In place of the benchmark; its flags (defined first) import orbax.
+    logging.info("a stage logged this")
+    return cli.EXIT_OK
+
+real = cli.COMMANDS["benchmark"]
+cli.COMMANDS["benchmark"] = dataclasses.replace(real, run=fake_run)
+code = cli.main(["adamlab", "benchmark", "--workloads=digits_cnn", "--workdir=" + sys.argv[1]])
+root = logging.getLogger()
+report = {"code": code, "level": root.level, "handlers": len(root.handlers)}
+print(json.dumps({**report, "orbax imported": "orbax.checkpoint" in sys.modules}))
+"""
+
+
+def test_the_command_logs_at_info_whatever_its_flags_imported(tmp_path):
+    """Logging is set up before the flags are defined: the benchmark command's imports (orbax)
+    once left a WARNING-level root handler first, and every INFO line (progress, phases) of
+    `adamlab benchmark` was dropped. A fresh process, since pytest owns this one's logging."""
+    done = subprocess.run(
+        [sys.executable, "-c", _LOGS_INFO, str(tmp_path / "bench")],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {
+        "code": cli.EXIT_OK, "level": logging.INFO, "handlers": 1, "orbax imported": True
+    }  # fmt: skip
+    assert " INFO a stage logged this" in done.stderr
 
 
 def test_commands_keep_freed_memory_before_they_run(capsys, tmp_path, monkeypatch):
