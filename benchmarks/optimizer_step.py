@@ -222,7 +222,8 @@ def run(sizes, optimizers, repeats, inner_steps, fused=False):
             actual = sum(math.prod(s) for s in shapes)
             for name in optimizers:
                 hparams = {"learning_rate": 1e-3}
-                ours_tx = optim.create(name, fused=fused and name in FUSED, **hparams)
+                name_fused = fused and name in FUSED
+                ours_tx = optim.create(name, fused=name_fused, **hparams)
                 optax_tx = optim.reference(name, **hparams)
                 same_program = step_program(ours_tx, params) == step_program(optax_tx, params)
                 for mode, inner in (("call", 1), ("loop", inner_steps)):
@@ -240,7 +241,7 @@ def run(sizes, optimizers, repeats, inner_steps, fused=False):
                         "layout": layout,
                         "num_leaves": len(shapes),
                         "num_params": actual,
-                        "fused": fused and name in FUSED,
+                        "fused": name_fused,
                         "same_xla_program": same_program,
                         "ours_ms": 1e3 * seconds["ours"],
                         "optax_ms": 1e3 * seconds["optax"],
