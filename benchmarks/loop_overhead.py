@@ -6,21 +6,21 @@ vs the same number of bare `engine.train` calls.
   fetched and written every `log_every_steps`, validation every `eval_every_steps` and at every
   checkpoint, checkpoints every `checkpoint_every_steps` and at the end, then test.
 - bare: the same experiment (`build_experiment`: model, optimizer, engine, members, one step per
-  call on CPU), the same calls (`train.chunk_lengths`: the same chunk lengths, so the same
-  compilations), on a few training batches drawn beforehand and already on the device; no
+  call on CPU), the same calls (`train.chunk_lengths`: the same chunk lengths, padded to the
+  longest as the loop pads them, so the same compiled program, compiled ahead of the first call
+  as the loop does), on a few training batches drawn beforehand and already on the device; no
   logging, evaluation or checkpoints.
 
-Steps per second, each side's own compiling calls (the first of each chunk length) left out:
-the loop's `(steps - compiled steps) / (wall - setup - compile - evaluate)`, i.e. every chunk's
-data, dispatch and logging, but not validation, checkpoints or test; the bare side's steps over
-its timed calls. Also end to end (all steps over the wall time) and the loop's own
-`RunsResult.steps_per_sec` (its last log interval). `bare_over_loop` > 1: the loop is slower.
-Phases in seconds (`train.PHASES`): the loop's `RunsResult.phases` as it
-reports them, and the bare side's (setup: build, initial members, batches; compile: the first
-call of each chunk length; train: the rest; evaluate: none). Medians over `--repeats`, the two
-sides alternating (the first loop run also pays one-off imports, orbax and TensorBoard's
-writer, in its setup: the median discounts it); the 1-minute load average is recorded, since
-the CPU may be shared.
+Steps per second, each side's compiling left out: the loop's `steps / (wall - setup - compile -
+evaluate - ...)` (`train.OVERHEAD_PHASES`), i.e. every chunk's data, dispatch and logging, but
+not validation, checkpoints or test; the bare side's steps over its calls. Also end to end (all
+steps over the wall time) and the loop's own `RunsResult.steps_per_sec` (its last log interval).
+`bare_over_loop` > 1: the loop is slower. Phases in seconds (`train.PHASES`): the loop's
+`RunsResult.phases` as it reports them, and the bare side's (setup: build, initial members,
+batches; compile: the first program, ahead of the first call; train: the calls; evaluate: none).
+Medians over `--repeats`, the two sides alternating (the first loop run also pays one-off
+imports, orbax and TensorBoard's writer, in its setup: the median discounts it); the 1-minute
+load average is recorded, since the CPU may be shared.
 
     python benchmarks/loop_overhead.py --out benchmarks/results/loop_overhead_cpu.json
     python benchmarks/loop_overhead.py --num_steps 30 --repeats 1      # smoke run
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pathlib
 import platform
@@ -42,7 +41,7 @@ import jax
 import numpy as np
 
 from adamlab import config_dict, data
-from adamlab.training import experiment, train
+from adamlab.training import engines, experiment, train
 
 
 def _chunk_lengths(config, num_steps: int, steps_per_dispatch: int) -> list[int]:
@@ -57,10 +56,10 @@ def loop(config, lengths: list[int]) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         result = train.run(config, workdir)
     phases = result.phases
-    timed_steps = result.num_steps - sum(set(lengths))  # Each length's first call compiles.
+    # The loop compiles ahead of its first call (phase "compile"): every step is timed.
     train_s = result.wall_time_s - sum(phases[k] for k in train.OVERHEAD_PHASES)
     return {
-        "steps_per_s": timed_steps / train_s if timed_steps else math.nan,
+        "steps_per_s": result.num_steps / train_s,
         "end_to_end_steps_per_s": result.num_steps / result.wall_time_s,
         "reported_steps_per_s": result.steps_per_sec,
         "wall_s": result.wall_time_s,
@@ -83,33 +82,29 @@ def bare(config, distinct_batches: int) -> dict:
         config.data, global_batch_size=config.train.batch_size, seed=config.seed
     )
     stack = lambda k: jax.tree.map(lambda *xs: np.stack(xs), *[next(stream) for _ in range(k)])
-    chunks = {  # A few chunks of each length, stacked as the loop stacks them: [K, B, ...].
-        k: [engine.put_chunk(stack(k)) for _ in range(distinct_batches)] for k in set(lengths)
+    capacity = max(lengths)
+    chunks = {  # A few chunks of each length, laid out as the loop's: [capacity, B, ...].
+        k: [
+            engine.put_chunk(engines.pad_rows(stack(k), capacity), k)
+            for _ in range(distinct_batches)
+        ]
+        for k in set(lengths)
     }
     jax.block_until_ready(chunks)
     phases = {"setup": time.perf_counter() - start, "compile": 0.0, "train": 0.0, "evaluate": 0.0}
-    compiled, used = set(), dict.fromkeys(chunks, 0)
+    tick = time.perf_counter()
+    engine.compile_train(carry, chunks[lengths[0]][0])
+    phases["compile"] = time.perf_counter() - tick
+    used = dict.fromkeys(chunks, 0)
     tick = time.perf_counter()
     for k in lengths:
-        chunk = chunks[k][used[k] % distinct_batches]
+        carry, metrics = engine.train(carry, chunks[k][used[k] % distinct_batches])
         used[k] += 1
-        if k in compiled:
-            carry, metrics = engine.train(carry, chunk)
-            continue
-        jax.block_until_ready(carry)  # Compiling calls are timed alone.
-        phases["train"] += time.perf_counter() - tick
-        tick = time.perf_counter()
-        carry, metrics = engine.train(carry, chunk)
-        jax.block_until_ready((carry, metrics))
-        phases["compile"] += time.perf_counter() - tick
-        compiled.add(k)
-        tick = time.perf_counter()
     jax.block_until_ready((carry, metrics))
-    phases["train"] += time.perf_counter() - tick
-    timed_steps = built.num_steps - sum(compiled)
+    phases["train"] = time.perf_counter() - tick
     wall = time.perf_counter() - start
     return {
-        "steps_per_s": timed_steps / phases["train"] if timed_steps else math.nan,
+        "steps_per_s": built.num_steps / phases["train"],
         "end_to_end_steps_per_s": built.num_steps / wall,
         "wall_s": wall,
         "phases_s": phases,

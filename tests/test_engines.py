@@ -207,8 +207,9 @@ def test_engines_place_members_and_batches_as_documented(resnet_runs):
     leaf = jax.tree.leaves(jit_carry.states[0].params)[0]
     assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 4
     chunk = jit_engine.put_chunk(_chunk(*digits_batches(2, GLOBAL_BATCH)))  # K = 2
-    assert chunk["image"].sharding.spec == P(None, "data")  # [K, B, ...]: B split
-    assert {s.data.shape[:2] for s in chunk["image"].addressable_shards} == {(2, 8)}
+    assert chunk.length == 2
+    assert chunk.batches["image"].sharding.spec == P(None, "data")  # [K, B, ...]: B split
+    assert {s.data.shape[:2] for s in chunk.batches["image"].addressable_shards} == {(2, 8)}
     batch = jit_engine.put_batch(digits_batches(1, GLOBAL_BATCH)[0])
     assert batch["image"].sharding.spec == P("data")
 
@@ -216,7 +217,7 @@ def test_engines_place_members_and_batches_as_documented(resnet_runs):
     assert jax.tree.leaves(pmap_carry.states[0].params)[0].shape[0] == 4  # leading device axis
     assert pmap_carry.alive.shape == (4, 1)
     chunk = pmap_engine.put_chunk(_chunk(*digits_batches(2, GLOBAL_BATCH)))
-    assert chunk["image"].shape == (4, 2, 8, 8, 8, 1)  # [devices, K, B / devices, H, W, C]
+    assert chunk.batches["image"].shape == (4, 2, 8, 8, 8, 1)  # [devices, K, B / devices, ...]
     assert pmap_engine.synchronous and jit_engine.synchronous  # several CPU devices
     assert not results["one"][0].synchronous  # a single device keeps async dispatch
 
@@ -230,6 +231,12 @@ def test_put_chunk_rejects_the_wrong_layout(resnet_runs):
             engine.put_chunk(flat)  # [B, ...] without the leading K axis
         with pytest.raises(ValueError, match="divisible by this process's 4 devices"):
             engine.put_chunk(_chunk({k: v[:30] for k, v in flat.items()}))
+        two = _chunk(flat, flat)
+        for length in (0, 3):
+            with pytest.raises(
+                ValueError, match=r"length must be in \[1, 2\] \(the chunk's rows\)"
+            ):
+                engine.put_chunk(two, length)
 
 
 def test_engine_config_validation():
@@ -397,6 +404,34 @@ def test_one_dispatch_of_k_steps_equals_k_dispatches(grid_runs):
         assert metrics[key].shape == (GRID_STEPS, len(VALUES), len(SEEDS), len(IMPLEMENTATIONS))
         stepped = np.concatenate([h[key] for h in history])
         np.testing.assert_array_equal(metrics[key], stepped, err_msg=key)
+
+
+@pytest.mark.parametrize("engine", ["jit", "pmap"])
+def test_chunks_padded_to_one_capacity_share_one_program_and_its_numbers(grid_runs, engine):
+    """Chunks of 1 and GRID_STEPS - 1 steps, each padded to GRID_STEPS + 2 rows, are one
+    compiled program (the length is an argument, not a shape) and give bitwise the members and
+    metrics of one step per dispatch; the padding rows are never trained (their metrics zero)."""
+    model, streams, results, _ = grid_runs
+    eng, after, history = results[engine]
+    swept, _ = _swept_adams()
+    capacity = GRID_STEPS + 2
+    carry = eng.put_members(_grid_members(model, swept, VALUES))
+    programs = eng._train[False]._cache_size() if engine == "jit" else None
+    rows = []
+    for steps in ([0], range(1, GRID_STEPS)):
+        chunk = eng.put_chunk(engines.pad_rows(_grid_chunk(streams, steps), capacity), len(steps))
+        carry, metrics = eng.train(carry, chunk)
+        rows.append((jax.device_get(metrics), len(steps)))
+    if engine == "jit":
+        assert eng._train[False]._cache_size() == programs + 1  # one for both lengths
+    assert_trees_equal(eng.get_members(carry), after[-1])
+    for key in members.LOGGED:
+        stepped = np.concatenate([h[key] for h in history])
+        for metrics, length in rows:
+            assert metrics[key].shape[0] == capacity, key
+            assert not metrics[key][length:].any(), key  # padding: not trained
+        trained = np.concatenate([metrics[key][:length] for metrics, length in rows])
+        np.testing.assert_array_equal(trained, stepped, err_msg=key)
 
 
 def test_diverged_member_is_frozen_and_the_others_are_untouched(grid_runs):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from adamlab import config_dict
-from adamlab.training import experiment, run_io, train
+from adamlab.training import engines, experiment, run_io, train
 
 from helpers import assert_trees_equal
 
@@ -240,17 +240,26 @@ def test_scan_chunks_match_one_step_per_call(run, tmp_path):
                 )
 
 
-def test_a_run_whose_chunks_all_differ_in_length_still_times_its_steps(tmp_path):
-    """Each chunk length compiles its own program; compiling happens ahead of the first call,
-    so that call's steps count as training. Logs every 5 and evaluations every 9 of 12 steps
-    give chunks of 5, 4, 1 and 2 steps: four programs, each called once (before, no step was
-    timed and steps_per_sec was nan)."""
+def test_a_run_whose_chunks_all_differ_in_length_compiles_one_program(tmp_path, monkeypatch):
+    """Logs every 5 and evaluations every 9 of 12 steps give chunks of 5, 4, 1 and 2 steps;
+    padded to 5 rows they are one train program (it was one per length, four here), compiled
+    ahead of its first call, so that call's steps count as training (steps_per_sec finite)."""
     assert train.chunk_lengths(0, 12, [5, 9, 12], 12) == [5, 4, 1, 2]
+    compiles, compile_train = [], engines.Engine.compile_train
+
+    def counted(self, carry, chunk, **options):
+        compiles.append((self, chunk.length, options))
+        return compile_train(self, carry, chunk, **options)
+
+    monkeypatch.setattr(engines.Engine, "compile_train", counted)
     config = tiny_config(
         steps_per_dispatch=12, log_every_steps=5, eval_every_steps=9, checkpoint_every_steps=12
     )
     result = train.run(config, tmp_path)
     assert result.step == 12 and not result.interrupted
+    assert [(length, options) for _, length, options in compiles] == [(5, {"layer_stats": False})]
+    engine = compiles[0][0]
+    assert engine._train[False]._cache_size() == 1  # no length compiled another at its call
     assert np.isfinite(result.steps_per_sec) and result.steps_per_sec > 0
     assert result.phases["compile"] > 0 and result.phases["train"] > 0
 

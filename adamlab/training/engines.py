@@ -10,10 +10,14 @@ float32 rounding per step, tests/test_engines.py):
   out [devices, ..., per_device_batch, ...]; the step averages gradients, metrics and BatchNorm
   statistics with `lax.pmean` over the axis "batch".
 
-Both train a chunk of K steps per dispatch: K = 1 calls the members' step once; K > 1 runs it
-as one `lax.scan` over K stacked batches (no per-step dispatch or host work). Each distinct K
-compiles once. The members are donated; metrics come back as device arrays [K, *grid,
-implementations], reduced across devices, and the loop fetches them when it logs.
+Both train a chunk of K steps per dispatch: a chunk of capacity 1 calls the members' step
+once; a larger one runs it in a loop over its first K stacked batches (no per-step dispatch or
+host work). K is an argument of the compiled program, not part of it: chunks of one capacity
+share one program whatever their K, so a run whose log, eval and checkpoint points leave gaps
+of many lengths compiles once (`put_chunk(chunk, length=K)` with the chunk padded to the
+capacity). The members are donated; metrics come back as device arrays [capacity, *grid,
+implementations] (the first K rows are the steps'), reduced across devices, and the loop
+fetches them when it logs.
 
     engine = make_engine(config.train.engine, model, txs, schedule, num_classes, grid=())
     members = engine.put_members(initial_members(...))
@@ -43,10 +47,11 @@ gathers sharded leaves from all processes. The pmap engine is single-process.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
@@ -117,37 +122,84 @@ def _place(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(one, tree, shardings)
 
 
-def _run_chunk(step):
-    """`chunk_fn(members, chunk)`: one call of `step` for K = 1, else a `lax.scan` over K.
+class DeviceChunk(NamedTuple):
+    """Training batches placed for one call: `batches` [capacity, (S,) B, ...], of which the
+    first `length` rows are trained (the rest is padding, never read)."""
 
-    K is the chunk's leading axis, static at trace time. Metrics get the leading [K] axis.
+    batches: dict[str, jax.Array]
+    length: int
+
+
+def pad_rows(chunk: dict[str, np.ndarray], capacity: int) -> dict[str, np.ndarray]:
+    """A host chunk [K, ...] with zero rows appended up to `capacity` rows, for
+    `put_chunk(pad_rows(chunk, capacity), K)`. (The training loop draws its chunks into padded
+    buffers directly.)"""
+    pad = lambda x: np.concatenate([x, np.zeros((capacity - len(x), *x.shape[1:]), x.dtype)])
+    return {k: pad(np.asarray(v)) for k, v in chunk.items()}
+
+
+def _row(batches: dict, i) -> dict:
+    """Row `i` (traced) of every [capacity, ...] array."""
+    return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), batches)
+
+
+def _set_row(metrics: dict, values: dict, i) -> dict:
+    """`metrics` [capacity, ...] with row `i` (traced) set to `values`."""
+    put = lambda buffer, value: jax.lax.dynamic_update_index_in_dim(buffer, value, i, 0)
+    return jax.tree.map(put, metrics, values)
+
+
+def _steps(step, carry, batches: dict, length) -> tuple[Any, dict]:
+    """`step` over rows 0..length-1 of `batches`: (carry, metrics [capacity, ...], rows from
+    `length` on zero).
+
+    The trip count is traced (a `fori_loop`), so one program serves every length up to the
+    capacity: a run whose log, eval and checkpoint points leave gaps of many lengths compiles
+    once, not once per length. Each iteration is the step as `lax.scan` would run it (scan is
+    the same while loop with a constant count).
+    """
+    capacity = jax.tree.leaves(batches)[0].shape[0]
+    _, shapes = jax.eval_shape(step, carry, _row(batches, 0))
+    metrics = jax.tree.map(lambda s: jnp.zeros((capacity, *s.shape), s.dtype), shapes)
+
+    def body(i, state):
+        carry, metrics = state
+        carry, values = step(carry, _row(batches, i))
+        return carry, _set_row(metrics, values, i)
+
+    return jax.lax.fori_loop(0, length, body, (carry, metrics))
+
+
+def _run_chunk(step):
+    """`chunk_fn(members, batches, length)`: `length` calls of `step`, metrics [capacity, ...].
+
+    Capacity 1 calls `step` once (no loop); a larger capacity runs `_steps`.
     """
 
-    def chunk_fn(carry, chunk):
-        if jax.tree.leaves(chunk)[0].shape[0] == 1:
-            carry, metrics = step(carry, jax.tree.map(lambda x: x[0], chunk))
+    def chunk_fn(carry, batches, length):
+        if jax.tree.leaves(batches)[0].shape[0] == 1:
+            carry, metrics = step(carry, _row(batches, 0))
             return carry, jax.tree.map(lambda x: x[None], metrics)
-        return jax.lax.scan(step, carry, chunk)
+        return _steps(step, carry, batches, length)
 
     return chunk_fn
 
 
 def _run_chunk_logging_last(step, logged_step):
-    """Like `_run_chunk(step)`, but the chunk's last step is `logged_step`, whose per-layer
-    statistics come back as metrics["layers"] (one value each, no [K] axis)."""
+    """Like `_run_chunk(step)`, but the chunk's last step (row `length - 1`) is `logged_step`,
+    whose per-layer statistics come back as metrics["layers"] (one value each, no leading
+    axis)."""
 
-    def chunk_fn(carry, chunk):
-        length = jax.tree.leaves(chunk)[0].shape[0]
-        metrics = None
-        if length > 1:
-            head = jax.tree.map(lambda x: x[:-1], chunk)
-            carry, metrics = jax.lax.scan(step, carry, head)
-        carry, last = logged_step(carry, jax.tree.map(lambda x: x[-1], chunk))
+    def chunk_fn(carry, batches, length):
+        capacity = jax.tree.leaves(batches)[0].shape[0]
+        last_row = length - 1
+        if capacity > 1:
+            carry, metrics = _steps(step, carry, batches, last_row)
+        carry, last = logged_step(carry, _row(batches, last_row))
         layers = last.pop("layers")
-        last = jax.tree.map(lambda x: x[None], last)
-        if metrics is not None:
-            last = jax.tree.map(lambda a, b: jax.numpy.concatenate([a, b]), metrics, last)
-        return carry, dict(last, layers=layers)
+        if capacity == 1:
+            return carry, dict(jax.tree.map(lambda x: x[None], last), layers=layers)
+        return carry, dict(_set_row(metrics, last, last_row), layers=layers)
 
     return chunk_fn
 
@@ -232,6 +284,7 @@ class Engine:
                     fn,
                     axis_name=PMAP_AXIS,
                     devices=self.devices,
+                    in_axes=(0, 0, None),
                     donate_argnums=0,
                     out_axes=(0, None),
                 )
@@ -261,8 +314,8 @@ class Engine:
         return shardings.replace(states=states)
 
     def _constrained(self, chunk_fn):
-        def constrained(carry, chunk):
-            carry, metrics = chunk_fn(carry, chunk)
+        def constrained(carry, batches, length):
+            carry, metrics = chunk_fn(carry, batches, length)
             constrain = jax.lax.with_sharding_constraint
             return constrain(carry, self.member_shardings(carry)), constrain(
                 metrics, self.replicated
@@ -334,9 +387,15 @@ class Engine:
             for k, v in batch.items()
         }
 
-    def put_chunk(self, chunk: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """A chunk of K training batches, [K, B, ...] (grid ()) or [K, seeds, B, ...]."""
-        return self._put(chunk, 2 if self.grid else 1)
+    def put_chunk(self, chunk: dict[str, np.ndarray], length: int | None = None) -> DeviceChunk:
+        """A chunk of training batches, [capacity, B, ...] (grid ()) or [capacity, seeds, B,
+        ...], whose first `length` rows (default: all) are trained by the next `train` call.
+        The loop pads its chunks to one capacity, so that they share one compiled program."""
+        capacity = np.shape(next(iter(chunk.values())))[0] if chunk else 0
+        length = capacity if length is None else length
+        if not 1 <= length <= capacity:
+            raise ValueError(f"length must be in [1, {capacity}] (the chunk's rows), got {length}")
+        return DeviceChunk(self._put(chunk, 2 if self.grid else 1), length)
 
     def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """An evaluation batch [B, ...], shared by every member."""
@@ -345,21 +404,25 @@ class Engine:
     # ------------------------------------------------------------------------ steps
 
     def train(
-        self, carry: Any, chunk: dict, *, layer_stats: bool = False
+        self, carry: Any, chunk: DeviceChunk, *, layer_stats: bool = False
     ) -> tuple[Any, dict[str, jax.Array]]:
-        """K steps of every member; metrics [K, *grid, implementations] per LOGGED key.
+        """`chunk.length` steps of every member; metrics [capacity, *grid, implementations] per
+        LOGGED key, of which the first `chunk.length` rows are those steps' (the rest zero).
 
         `layer_stats=True` (an engine built with `layer_stats`): the last step's per-layer
         statistics too, metrics["layers"]: per implementation {name: [*grid]}.
         """
-        out = self._train_program(layer_stats)(carry, chunk)
+        out = self._train_program(layer_stats)(carry, chunk.batches, np.int32(chunk.length))
         return jax.block_until_ready(out) if self.synchronous else out
 
-    def compile_train(self, carry: Any, chunk: dict, *, layer_stats: bool = False) -> None:
-        """Compiles the train program for `chunk`'s shapes without running it; the next
-        `train` call with such a chunk reuses it (jax's compilation cache). The loop calls it
-        before a chunk length's first call, so that compiling is timed apart from the steps."""
-        self._train_program(layer_stats).lower(carry, chunk).compile()
+    def compile_train(self, carry: Any, chunk: DeviceChunk, *, layer_stats: bool = False) -> None:
+        """Compiles the train program for `chunk`'s shapes (its capacity, not its length)
+        without running it; the next `train` call with such a chunk reuses it (jax's
+        compilation cache). The loop calls it before the first call, so that compiling is timed
+        apart from the steps."""
+        self._train_program(layer_stats).lower(
+            carry, chunk.batches, np.int32(chunk.length)
+        ).compile()
 
     def _train_program(self, layer_stats: bool):
         """The jitted (or pmapped) chunk function, with or without per-layer statistics."""
