@@ -1,8 +1,13 @@
 """adamlab.data on the real offline `digits` dataset (prepared once per session into a tmp dir)."""
 
 import collections
+import importlib.util
 import itertools
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -10,6 +15,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from adamlab import data
+from adamlab.data import _tf_setup
 from adamlab.data import digits as digits_module
 
 ONE_PROCESS = dict(num_local_devices=4, process_index=0, process_count=1)
@@ -461,3 +467,41 @@ def test_default_config():
     )
     config.data_dir, config.classes, config.augment = "/tmp/x", (0, 1), True  # Typed placeholders.
     assert data.DATASETS == ("digits", "mnist", "fashion_mnist", "cifar10")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tf_keras") is not None, reason="tf_keras installed: TF imports it"
+)
+def test_tensorflow_is_imported_without_keras_and_tf_keras_still_works():
+    """TF's import loads Keras 3 and scikit-learn (its eager import of Keras's optimizers),
+    which tf.data never uses: adamlab.data imports TF without them, leaves
+    TF_USE_LEGACY_KERAS as it found it (unset), and `tf.keras` still works when used."""
+    script = """
+        import os, sys
+        import adamlab.data
+        print("keras" in sys.modules, "sklearn" in sys.modules, "TF_USE_LEGACY_KERAS" in os.environ)
+        import tensorflow as tf
+        print(tf.keras.layers.Dense(3).units, "keras" in sys.modules, flush=True)
+    """
+    env = {k: v for k, v in os.environ.items() if k != _tf_setup.LEGACY_KERAS}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["False", "False", "False", "3", "True"]
+
+
+def test_a_users_legacy_keras_choice_or_an_installed_tf_keras_is_left_alone(monkeypatch):
+    monkeypatch.delenv(_tf_setup.LEGACY_KERAS, raising=False)
+    assert _tf_setup._skips_keras_at_import() == (importlib.util.find_spec("tf_keras") is None)
+    monkeypatch.setenv(_tf_setup.LEGACY_KERAS, "0")
+    assert not _tf_setup._skips_keras_at_import()
+    monkeypatch.delenv(_tf_setup.LEGACY_KERAS)
+    real_find_spec = importlib.util.find_spec
+    installed = lambda name, *a: object() if name == "tf_keras" else real_find_spec(name, *a)
+    monkeypatch.setattr(importlib.util, "find_spec", installed)
+    assert not _tf_setup._skips_keras_at_import()

@@ -5,6 +5,7 @@ its first op and log at INFO level. This module runs before anything else in `ad
 touches TF: it hides every GPU from TF (JAX keeps them) and turns TF's own logging down.
 """
 
+import importlib.util
 import os
 import warnings
 
@@ -14,8 +15,29 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TF announces them on stderr at every start (through absl, past TF_CPP_MIN_LOG_LEVEL).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-import tensorflow as tf  # noqa: E402
-from tensorflow.python.autograph.core import config as autograph_config  # noqa: E402
+LEGACY_KERAS = "TF_USE_LEGACY_KERAS"
+
+
+def _skips_keras_at_import() -> bool:
+    """Whether TF's import is to skip Keras: TF imports Keras's optimizers at import (for its
+    SavedModel registry), which loads all of Keras 3 and scikit-learn, ~1.8 s of a ~5 s import
+    on a 2-core CPU, none of it used by tf.data. TF skips that import when `LEGACY_KERAS` asks
+    for tf_keras and tf_keras is not installed. Not when the user set the variable (their
+    choice) or has tf_keras (TF would import that instead)."""
+    return LEGACY_KERAS not in os.environ and importlib.util.find_spec("tf_keras") is None
+
+
+# Asked for during TF's import only: `tf.keras`, read later, still finds Keras 3 (TF's lazy
+# loader reads the variable on first use and imports Keras then).
+_skip_keras = _skips_keras_at_import()
+if _skip_keras:
+    os.environ[LEGACY_KERAS] = "1"
+try:
+    import tensorflow as tf
+    from tensorflow.python.autograph.core import config as autograph_config
+finally:
+    if _skip_keras:
+        del os.environ[LEGACY_KERAS]
 
 
 def hide_gpus_from_tensorflow() -> None:
