@@ -15,7 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from adamlab import cli, config_dict
-from adamlab.experiments import benchmark, profiles, report, tuning
+from adamlab.experiments import benchmark, benchmark_report, profiles, report, tuning
 from adamlab.training import optimizers, run_io, train
 
 INF = math.inf
@@ -114,6 +114,8 @@ def test_speedups_against_adam():
     assert speed["nadam"]["w1"] == 1.5 and speed["nadam"]["w2"] == INF
     assert speed["adam"]["w1"] == 1.0 and math.isnan(speed["adam"]["w2"])
     assert profiles.speedups({"adam": {"w": 10.0}, "sgd": {"w": INF}})["sgd"]["w"] == 0.0
+    cells = [benchmark_report._speedup_cell(x) for x in (2.0, 0.0, INF, math.nan)]
+    assert cells == ["2.00x", "0 (not reached)", "inf (adam did not reach it)", "-"]
 
 
 def test_a_fractional_warmup_is_optaxs_warmup_cosine_and_can_be_swept():

@@ -209,7 +209,7 @@ def _workload_table(plan, name, trial_rows, final_rows, seconds, steps) -> str:
             f"{sum(math.isfinite(r['steps_to_target']) for r in mine)}/{len(mine)}",
             _number(steps[o][name], "{:.0f}"),
             _number(seconds[o][name], "{:.3g}"),
-            _number(speed[o][name], "{:.2f}x"),
+            _speedup_cell(speed[o][name]),
             *[
                 report.format_interval(s[f"{m}_mean"], s[f"{m}_half"])
                 for m in ("validation_accuracy", "test_accuracy", "test_loss")
@@ -217,6 +217,14 @@ def _workload_table(plan, name, trial_rows, final_rows, seconds, steps) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _speedup_cell(value: float) -> str:
+    """The baseline's time to target over the optimizer's (`profiles.speedups`): 0 and inf
+    only when one of the two never reached the target, which the cell says."""
+    if value == 0:
+        return "0 (not reached)"
+    return f"inf ({BASELINE} did not reach it)" if math.isinf(value) else _number(value, "{:.2f}x")
 
 
 def _number(value: float, fmt: str) -> str:
