@@ -21,6 +21,10 @@
 #   train_step_digits.json     the digits CNN's train step (8x8x1, batch 64) at 1, 10 and 100
 #                              steps per call: steps/s, against one step per call
 #   train_step_mnist.json      the same at MNIST's shape (28x28x1, batch 128)
+#   train_step_digits_padded.json  the digits step at 100 steps per call as a loop of traced
+#                              length (`--padded_chunks`, what CPU/TPU engines run: one program
+#                              for every chunk length) instead of a scan of known length: what
+#                              XLA's per-iteration host sync costs on the GPU
 # Sized for a few minutes on an H100 or H200, most of it compiling (estimated: not yet run there).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -59,4 +63,7 @@ for shape in "8,8,1 64 digits" "28,28,1 128 mnist"; do
     --steps_per_dispatch "$dispatch" --steps "$steps" --repeats "$train_repeats" \
     --out "$out/train_step_$3.json"
 done
+run "$python" benchmarks/train_step.py --image_shape 8,8,1 --batch_size 64 --padded_chunks \
+  --steps_per_dispatch "${dispatch##*,}" --steps "$steps" --repeats "$train_repeats" \
+  --out "$out/train_step_digits_padded.json"
 exit $status

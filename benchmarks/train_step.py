@@ -15,6 +15,12 @@ compiles both; medians over `--repeats`.
     python benchmarks/train_step.py --image_shape 28,28,1 --batch_size 128   # MNIST-sized
     python benchmarks/train_step.py --steps 2 --repeats 1 --warmup 1 --out /tmp/t.json  # smoke
     python benchmarks/train_step.py --steps_per_dispatch 1,10,100   # steps/s vs steps per call
+    python benchmarks/train_step.py --steps_per_dispatch 100 --padded_chunks   # traced loop
+
+`--padded_chunks` builds the engines with `padded_chunks=True` whatever the platform: K steps
+per call as a loop of traced length (what CPU and TPU engines run, one program for every
+length) instead of the default on a GPU, a `lax.scan` of known length. On a GPU the first
+waits for the device at every step; the two JSONs side by side say what that costs there.
 
 Prints and writes JSON (`--out`, default benchmarks/results/train_step_<backend>.json) with
 per-step medians, the ratio ours/optax (1.0 = same speed; > 1 = ours slower) and the machine.
@@ -56,6 +62,11 @@ def _parse_args() -> argparse.Namespace:
         default="1",
         help="steps per engine.train call, comma-separated (e.g. 1,10,100): each is timed",
     )
+    parser.add_argument(
+        "--padded_chunks",
+        action="store_true",
+        help="engines with padded_chunks=True: a loop of traced length (default: the platform's)",
+    )
     parser.add_argument("--out", default=None)
     return parser.parse_args()
 
@@ -67,15 +78,18 @@ def build_step(
     num_classes: int,
     total_steps: int,
     conv_matmul: bool = False,
+    padded_chunks: bool | None = None,
 ):
     """(engine, members) of the config's model with our or optax's optimizer on one device;
-    `conv_matmul`: convolutions as slices + one matmul (`adamlab.training.cpu_conv`)."""
+    `conv_matmul`: convolutions as slices + one matmul (`adamlab.training.cpu_conv`);
+    `padded_chunks`: `engines.Engine`'s (None: the platform's default)."""
     config = config.copy_and_resolve_references()
     config.optimizer.implementation = implementation
     tx, schedule = optimizers.make_optimizer(config.optimizer, total_steps)
     model = models.create_model(config.model, num_classes)
     engine = engines.make_engine("jit", model, (tx,), schedule, num_classes,
-                                 devices=jax.devices()[:1], conv_matmul=conv_matmul)  # fmt: skip
+                                 devices=jax.devices()[:1], conv_matmul=conv_matmul,
+                                 padded_chunks=padded_chunks)  # fmt: skip
     carry = members.initial_members(
         model, (tx,), image_shape, (config.seed,), {}, (lambda values: tx,)
     )
@@ -127,8 +141,9 @@ def time_implementations(config, args, image_shape, batch_size: int, steps_per_c
     total = max(total, (config.optimizer.warmup_steps or 0) + 1)
     # On CPU a chunk of several steps runs convolutions as matmuls, as the loop does then.
     conv_matmul = steps_per_call > 1 and jax.default_backend() == "cpu"
+    padded = True if args.padded_chunks else None
     runs = {
-        impl: build_step(config, impl, image_shape, args.num_classes, total, conv_matmul)
+        impl: build_step(config, impl, image_shape, args.num_classes, total, conv_matmul, padded)
         for impl in ("ours", "optax")
     }
     engine = next(iter(runs.values()))[0]
@@ -177,6 +192,8 @@ def main() -> None:
         "steps_per_repeat": args.steps,
         "repeats": args.repeats,
         "steps_per_call": dispatches[0],
+        "padded_chunks": args.padded_chunks
+        or jax.default_backend() in engines.PADDED_CHUNK_PLATFORMS,
         **first,  # The first --steps_per_dispatch's figures (1 by default: as before).
         "machine": machine(),
     }

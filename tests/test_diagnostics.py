@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits
 
 from adamlab import config_dict, optim
 from adamlab.diagnostics import figures, hessian, layer_stats
-from adamlab.training import experiment, train
+from adamlab.training import engines, experiment, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -194,7 +194,14 @@ def _tiny(layers_every: int | None, curvature_every: int | None):
     return config
 
 
-def test_loop_logs_diagnostics_every_n_steps_and_leaves_training_unchanged(tmp_path):
+@pytest.mark.parametrize("padded_chunks", [True, False])
+def test_loop_logs_diagnostics_every_n_steps_and_leaves_training_unchanged(
+    tmp_path, monkeypatch, padded_chunks
+):
+    """Also with chunks of exact length, each a scan of known length (what a GPU engine runs;
+    forced here on the CPU), whose diagnostics step is the scan's last row."""
+    if not padded_chunks:
+        monkeypatch.setattr(engines, "PADDED_CHUNK_PLATFORMS", ())
     on = train.run(_tiny(2, 4), tmp_path / "on")
     off = train.run(_tiny(None, None), tmp_path / "off")
     # Bitwise: the plain steps are the same program, the logged step computes the same update.

@@ -390,11 +390,23 @@ def test_grid_equals_members_trained_one_at_a_time(grid_runs, engine):
     assert final.parity.shape == (len(VALUES), len(SEEDS)) and final.parity.max() < 1e-5
 
 
-def test_one_dispatch_of_k_steps_equals_k_dispatches(grid_runs):
-    """K = 4 steps in one dispatch (a lax.scan) == 4 dispatches of K = 1, bitwise."""
+@pytest.mark.parametrize("padded", [True, False])
+def test_one_dispatch_of_k_steps_equals_k_dispatches(grid_runs, padded):
+    """K = 4 steps in one dispatch == 4 dispatches of K = 1, bitwise: as the loop of traced
+    length that CPU and TPU engines run (padded chunks) and as the `lax.scan` of known length
+    that a GPU engine runs (forced here on the CPU)."""
     model, streams, results, _ = grid_runs
     engine, after, history = results["jit"]
-    swept, _ = _swept_adams()
+    swept, schedule = _swept_adams()
+    assert engine.padded_chunks  # the CPU's default
+    if not padded:
+        txs = _with_learning_rate(swept, VALUES[0])
+        grid = (len(VALUES), len(SEEDS))
+        engine = engines.Engine("jit", model, txs, schedule, NUM_CLASSES, grid=grid,
+                                conv_matmul=True, padded_chunks=False)  # fmt: skip
+        two_of_four = engines.pad_rows(_grid_chunk(streams, range(2)), GRID_STEPS)
+        with pytest.raises(ValueError, match=r"give it exactly length=2 rows, not 4"):
+            engine.put_chunk(two_of_four, 2)
     initial = engine.put_members(_grid_members(model, swept, VALUES))
     chunk = engine.put_chunk(_grid_chunk(streams, range(GRID_STEPS)))
     carry, metrics = engine.train(initial, chunk)

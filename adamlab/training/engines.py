@@ -10,14 +10,16 @@ float32 rounding per step, tests/test_engines.py):
   out [devices, ..., per_device_batch, ...]; the step averages gradients, metrics and BatchNorm
   statistics with `lax.pmean` over the axis "batch".
 
-Both train a chunk of K steps per dispatch: a chunk of capacity 1 calls the members' step
-once; a larger one runs it in a loop over its first K stacked batches (no per-step dispatch or
-host work). K is an argument of the compiled program, not part of it: chunks of one capacity
-share one program whatever their K, so a run whose log, eval and checkpoint points leave gaps
-of many lengths compiles once (`put_chunk(chunk, length=K)` with the chunk padded to the
-capacity). The members are donated; metrics come back as device arrays [capacity, *grid,
-implementations] (the first K rows are the steps'), reduced across devices, and the loop
-fetches them when it logs.
+Both train a chunk of K steps per dispatch: a chunk of one row calls the members' step once;
+a longer one runs it in a loop over its stacked batches (no per-step dispatch or host work).
+On CPU and TPU (`padded_chunks`) K is an argument of the compiled loop, not part of it: the
+loop pads every chunk to one capacity (`put_chunk(chunk, length=K)`), so a run whose log, eval
+and checkpoint points leave gaps of many lengths compiles one program. On a GPU a loop of
+traced length waits for the device at every step (XLA's WhileThunk copies its condition to
+the host), so there each chunk is exactly K rows, a `lax.scan` of known length, and each
+distinct K compiles once. The members are donated; metrics come back as device arrays [rows,
+*grid, implementations] (the first K rows are the steps'), reduced across devices, and the
+loop fetches them when it logs.
 
     engine = make_engine(config.train.engine, model, txs, schedule, num_classes, grid=())
     members = engine.put_members(initial_members(...))
@@ -149,15 +151,19 @@ def _set_row(metrics: dict, values: dict, i) -> dict:
     return jax.tree.map(put, metrics, values)
 
 
-def _steps(step, carry, batches: dict, length) -> tuple[Any, dict]:
-    """`step` over rows 0..length-1 of `batches`: (carry, metrics [capacity, ...], rows from
-    `length` on zero).
+def _steps(step, carry, batches: dict, length, traced: bool) -> tuple[Any, dict]:
+    """`step` over rows 0..length-1 of `batches`: (carry, metrics [rows, ...]).
 
-    The trip count is traced (a `fori_loop`), so one program serves every length up to the
-    capacity: a run whose log, eval and checkpoint points leave gaps of many lengths compiles
-    once, not once per length. Each iteration is the step as `lax.scan` would run it (scan is
-    the same while loop with a constant count).
+    `traced`: a `fori_loop` whose trip count is the traced `length`, so one program serves
+    every length up to the rows (padding rows never run, their metrics stay zero); a run whose
+    log, eval and checkpoint points leave gaps of many lengths compiles once. Otherwise a
+    `lax.scan` over all rows (`length` is then the rows), whose trip count XLA knows: on a GPU
+    a loop of traced length copies its condition to the host and waits for the device at every
+    step (XLA's WhileThunk), which a known trip count does not. Each iteration is the same step
+    either way (a scan is the same while loop with a constant count).
     """
+    if not traced:
+        return jax.lax.scan(step, carry, batches)
     capacity = jax.tree.leaves(batches)[0].shape[0]
     _, shapes = jax.eval_shape(step, carry, _row(batches, 0))
     metrics = jax.tree.map(lambda s: jnp.zeros((capacity, *s.shape), s.dtype), shapes)
@@ -170,38 +176,47 @@ def _steps(step, carry, batches: dict, length) -> tuple[Any, dict]:
     return jax.lax.fori_loop(0, length, body, (carry, metrics))
 
 
-def _run_chunk(step):
-    """`chunk_fn(members, batches, length)`: `length` calls of `step`, metrics [capacity, ...].
+def _run_chunk(step, traced: bool):
+    """`chunk_fn(members, batches, length)`: `length` calls of `step`, metrics [rows, ...].
 
-    Capacity 1 calls `step` once (no loop); a larger capacity runs `_steps`.
+    One row calls `step` once (no loop); more run `_steps`.
     """
 
     def chunk_fn(carry, batches, length):
         if jax.tree.leaves(batches)[0].shape[0] == 1:
             carry, metrics = step(carry, _row(batches, 0))
             return carry, jax.tree.map(lambda x: x[None], metrics)
-        return _steps(step, carry, batches, length)
+        return _steps(step, carry, batches, length, traced)
 
     return chunk_fn
 
 
-def _run_chunk_logging_last(step, logged_step):
-    """Like `_run_chunk(step)`, but the chunk's last step (row `length - 1`) is `logged_step`,
-    whose per-layer statistics come back as metrics["layers"] (one value each, no leading
-    axis)."""
+def _run_chunk_logging_last(step, logged_step, traced: bool):
+    """Like `_run_chunk(step, traced)`, but the chunk's last step (row `length - 1`) is
+    `logged_step`, whose per-layer statistics come back as metrics["layers"] (one value each,
+    no leading axis)."""
 
     def chunk_fn(carry, batches, length):
-        capacity = jax.tree.leaves(batches)[0].shape[0]
-        last_row = length - 1
-        if capacity > 1:
-            carry, metrics = _steps(step, carry, batches, last_row)
+        rows = jax.tree.leaves(batches)[0].shape[0]
+        last_row = length - 1 if traced else rows - 1
+        if rows > 1:
+            head = batches if traced else jax.tree.map(lambda x: x[:-1], batches)
+            carry, metrics = _steps(step, carry, head, last_row, traced)
         carry, last = logged_step(carry, _row(batches, last_row))
         layers = last.pop("layers")
-        if capacity == 1:
+        if rows == 1:
             return carry, dict(jax.tree.map(lambda x: x[None], last), layers=layers)
-        return carry, dict(_set_row(metrics, last, last_row), layers=layers)
+        if traced:
+            return carry, dict(_set_row(metrics, last, last_row), layers=layers)
+        stacked = lambda head, x: jnp.concatenate([head, x[None]])
+        return carry, dict(jax.tree.map(stacked, metrics, last), layers=layers)
 
     return chunk_fn
+
+
+# Platforms whose devices run a loop of traced length without a host round trip per iteration
+# (`_steps`): their chunks are padded to one capacity and share one program.
+PADDED_CHUNK_PLATFORMS = ("cpu", "tpu")
 
 
 class Engine:
@@ -222,6 +237,7 @@ class Engine:
         conv_matmul: bool = False,
         loss: str = "cross_entropy",
         layer_stats: Sequence[Any] | None = None,
+        padded_chunks: bool | None = None,
     ):
         validate_engine_name(name)
         self.name, self.grid, self.txs = name, tuple(grid), tuple(txs)
@@ -232,6 +248,9 @@ class Engine:
         if synchronous is None:
             synchronous = _cpu_collectives_need_sync(self.devices)
         self.synchronous = synchronous
+        if padded_chunks is None:
+            padded_chunks = self.devices[0].platform in PADDED_CHUNK_PLATFORMS
+        self.padded_chunks = padded_chunks
         if shard_optimizer and self.grid:
             raise ValueError(
                 "train.shard_optimizer=True (ZeRO-1) shards a single run's optimizer state; "
@@ -270,9 +289,10 @@ class Engine:
             return members.vectorize(members.make_member_step(train_steps), self.grid)
 
         step = member_step([None] * len(self.txs))
-        chunk_fns = {False: _run_chunk(step)}
+        traced = self.padded_chunks
+        chunk_fns = {False: _run_chunk(step, traced)}
         if layer_stats is not None:
-            chunk_fns[True] = _run_chunk_logging_last(step, member_step(layer_stats))
+            chunk_fns[True] = _run_chunk_logging_last(step, member_step(layer_stats), traced)
         eval_step = cpu_conv.intercepted(
             make_eval_step(model, num_classes, axis_name=axis, loss=loss), conv_matmul
         )
@@ -388,13 +408,20 @@ class Engine:
         }
 
     def put_chunk(self, chunk: dict[str, np.ndarray], length: int | None = None) -> DeviceChunk:
-        """A chunk of training batches, [capacity, B, ...] (grid ()) or [capacity, seeds, B,
-        ...], whose first `length` rows (default: all) are trained by the next `train` call.
-        The loop pads its chunks to one capacity, so that they share one compiled program."""
-        capacity = np.shape(next(iter(chunk.values())))[0] if chunk else 0
-        length = capacity if length is None else length
-        if not 1 <= length <= capacity:
-            raise ValueError(f"length must be in [1, {capacity}] (the chunk's rows), got {length}")
+        """A chunk of training batches, [rows, B, ...] (grid ()) or [rows, seeds, B, ...], whose
+        first `length` rows (default: all) are trained by the next `train` call. An engine with
+        `padded_chunks` takes chunks padded to one capacity (one compiled program for every
+        length); one without takes exactly `length` rows (one program per length)."""
+        rows = np.shape(next(iter(chunk.values())))[0] if chunk else 0
+        length = rows if length is None else length
+        if not 1 <= length <= rows:
+            raise ValueError(f"length must be in [1, {rows}] (the chunk's rows), got {length}")
+        if length < rows and not self.padded_chunks:
+            raise ValueError(
+                f"this engine ({self.devices[0].platform}) runs a chunk's steps as a scan over "
+                f"all its rows: give it exactly length={length} rows, not {rows} "
+                "(engine.padded_chunks is False)"
+            )
         return DeviceChunk(self._put(chunk, 2 if self.grid else 1), length)
 
     def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:

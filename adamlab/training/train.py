@@ -19,17 +19,18 @@ case (`train_and_evaluate`); `adamlab compare` runs ours and optax in lockstep o
    newest intact one and restarts every seed's data at that step, so a resumed run ends bitwise
    equal to an uninterrupted one.
 4. Trains in chunks of `train.steps_per_dispatch` steps per call, each ending at the next log,
-   eval or checkpoint point; every chunk is padded to the longest, so the chunks share one
-   compiled program whatever their lengths (`engines.DeviceChunk`). Metrics stay on the
-   device until a log point, then go to each member's `metrics.jsonl` and TensorBoard. A
-   member whose loss, gradient or update becomes non-finite is frozen at its last finite
-   state and recorded (`diverged_at`); the others go on. A single run stops instead with
-   `NonFiniteError` naming the step (its last good checkpoint is kept). Validation runs every
-   `eval_every_steps` and at every checkpoint; checkpoints (all members) every
-   `checkpoint_every_steps` and at the end. With the `diagnostics` section, chunks also end
-   every `layer_stats_every_steps` (that chunk's last step is the step variant that computes
-   per-layer statistics, split "layers") and every `curvature_every_steps` (Hessian
-   eigenvalues on a fixed batch, split "curvature"; spectral densities in `curvature.jsonl`).
+   eval or checkpoint point; on CPU and TPU every chunk is padded to the longest, so the
+   chunks share one compiled program whatever their lengths (`engines.Engine.padded_chunks`).
+   Metrics stay on the device until a log point, then go to each member's `metrics.jsonl` and
+   TensorBoard. A member whose loss, gradient or update becomes non-finite is frozen at its
+   last finite state and recorded (`diverged_at`); the others go on. A single run stops
+   instead with `NonFiniteError` naming the step (its last good checkpoint is kept).
+   Validation runs every `eval_every_steps` and at every checkpoint; checkpoints (all
+   members) every `checkpoint_every_steps` and at the end. With the `diagnostics` section,
+   chunks also end every `layer_stats_every_steps` (that chunk's last step is the step
+   variant that computes per-layer statistics, split "layers") and every
+   `curvature_every_steps` (Hessian eigenvalues on a fixed batch, split "curvature"; spectral
+   densities in `curvature.jsonl`).
 5. SIGTERM/SIGINT (preemption, Ctrl-C) finish the current chunk, save a checkpoint and return
    with `interrupted=True` (a second Ctrl-C aborts at once).
 6. At the end evaluates validation and test, writes `result.json`, and returns the results.
@@ -81,13 +82,14 @@ _WATCHED = ("loss", "grad_norm", "update_norm")  # Blamed for a divergence, in t
 RESULT_FILE = "result.json"
 # RunsResult.phases: seconds of a run, disjoint. "setup": config, model, optimizers, workdir,
 # step-0 states, writers; "data": building the training pipelines and drawing their first batch
-# (tf.data fills its shuffle buffer); "compile": compiling the train program (one; a second with
-# per-layer statistics), ahead of its first call; "train": the train calls and the batches they
-# consumed; "evaluate": periodic validation and diagnostics; "save": checkpoint saves during the
-# run; "test": the final evaluation; "teardown": closing the progress bar, the metric writers,
-# the training streams and the checkpointer (waiting for its last asynchronous write). All but
-# the checkpointer's part of "teardown" fall within `wall_time_s`; what no phase counts
-# (logging, divergence checks) is in the wall time only.
+# (tf.data fills its shuffle buffer); "compile": compiling the train programs (one per chunk
+# length on a GPU, else one; another with per-layer statistics), ahead of their first call;
+# "train": the train calls and the batches they consumed; "evaluate": periodic validation and
+# diagnostics; "save": checkpoint saves during the run; "test": the final evaluation;
+# "teardown": closing the progress bar, the metric writers, the training streams and the
+# checkpointer (waiting for its last asynchronous write). All but the checkpointer's part of
+# "teardown" fall within `wall_time_s`; what no phase counts (logging, divergence checks) is in
+# the wall time only.
 PHASES = ("setup", "data", "compile", "train", "evaluate", "save", "test", "teardown")
 # The phases within `wall_time_s` that are not training steps: the wall time less these is
 # the training time, logging included.
@@ -167,7 +169,7 @@ def _draw_chunk(
 ) -> dict:
     """The next `length` batches of every seed's stream in the first rows of a chunk of
     `capacity` rows, [capacity, B, ...] or [capacity, seeds, B, ...]; the other rows are zero
-    (padding: every chunk of a run has one shape, so they share one compiled program)."""
+    (padding, where the engine pads chunks to one shape so that they share one program)."""
     chunk = None
     for row, step in enumerate(range(first_step, first_step + length)):
         per_seed = [next(s) for s in streams]
@@ -595,10 +597,10 @@ class _Loop:
         every += [p - 1 for p in profile[:1] if p > 1] + list(profile[1:])
         every += [e for e in (self.layers_every, self.curvature_every) if e]
         lengths = chunk_lengths(start, num_steps, every, experiment.steps_per_dispatch)
-        # Every chunk is padded to the longest: one train program (two with layer statistics)
-        # whatever the gaps between log, eval and checkpoint points.
-        capacity = max(lengths, default=1)
-        compiled: set[bool] = set()  # The train programs compiled so far (layer_stats or not).
+        # Where the engine pads chunks, every chunk has the longest one's rows: one train program
+        # (two with layer statistics) whatever the gaps between log, eval and checkpoint points.
+        capacity = max(lengths, default=1) if engine.padded_chunks else None
+        compiled: set[tuple[int, bool]] = set()  # (rows, layer_stats) of the programs so far
         fetched_pending, firsts_pending, pending = [], [], []
         step, interrupted, stopped_early = start, False, False
         bar = tqdm.tqdm(
@@ -620,10 +622,11 @@ class _Loop:
                 for length in lengths:
                     if profile and step + 1 == profile[0]:
                         jax.profiler.start_trace(str(self.workdir / "profile"))
+                    rows = capacity or length
                     chunk = _draw_chunk(
                         streams,
                         length,
-                        capacity,
+                        rows,
                         step + 1,
                         train_cfg.get("inject_nan_at_step"),
                         self.who.grid,
@@ -631,13 +634,13 @@ class _Loop:
                     end = step + length
                     layers_due = bool(self.layers_every) and end % self.layers_every == 0
                     device_chunk = engine.put_chunk(chunk, length)
-                    if layers_due not in compiled:
+                    if (rows, layers_due) not in compiled:
                         # Compiled ahead of its first call: compiling is not throughput, the
                         # steps of that call are.
                         tick = time.perf_counter()
                         engine.compile_train(carry, device_chunk, layer_stats=layers_due)
                         interval_compile += time.perf_counter() - tick
-                        compiled.add(layers_due)
+                        compiled.add((rows, layers_due))
                     carry, step_metrics = engine.train(carry, device_chunk, layer_stats=layers_due)
                     interval_steps += length
                     layers = step_metrics.pop("layers", None)
