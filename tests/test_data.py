@@ -5,9 +5,6 @@ import importlib.util
 import itertools
 import math
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -17,6 +14,8 @@ import tensorflow_datasets as tfds
 from adamlab import data
 from adamlab.data import _tf_setup
 from adamlab.data import digits as digits_module
+
+from helpers import child_json
 
 ONE_PROCESS = dict(num_local_devices=4, process_index=0, process_count=1)
 
@@ -476,23 +475,24 @@ def test_tensorflow_is_imported_without_keras_and_tf_keras_still_works():
     """TF's import loads Keras 3 and scikit-learn (its eager import of Keras's optimizers),
     which tf.data never uses: adamlab.data imports TF without them, leaves
     TF_USE_LEGACY_KERAS as it found it (unset), and `tf.keras` still works when used."""
-    script = """
-        import os, sys
+    code = """if True:
+        import json, os, sys
         import adamlab.data
-        print("keras" in sys.modules, "sklearn" in sys.modules, "TF_USE_LEGACY_KERAS" in os.environ)
+        seen = {k: k in sys.modules for k in ("keras", "sklearn")}
+        seen["variable_set"] = "TF_USE_LEGACY_KERAS" in os.environ
         import tensorflow as tf
-        print(tf.keras.layers.Dense(3).units, "keras" in sys.modules, flush=True)
+        seen["dense_units"] = tf.keras.layers.Dense(3).units
+        seen["keras_after_use"] = "keras" in sys.modules
+        print(json.dumps(seen))
     """
     env = {k: v for k, v in os.environ.items() if k != _tf_setup.LEGACY_KERAS}
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["False", "False", "False", "3", "True"]
+    assert child_json(code, env=env) == {
+        "keras": False,
+        "sklearn": False,
+        "variable_set": False,
+        "dense_units": 3,
+        "keras_after_use": True,
+    }
 
 
 def test_a_users_legacy_keras_choice_or_an_installed_tf_keras_is_left_alone(monkeypatch):
