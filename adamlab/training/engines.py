@@ -37,8 +37,9 @@ computes, is the same with diagnostics on or off. `loss` is the train and eval l
 Options: `shard_optimizer=True` is ZeRO-1 (`adamlab.training.zero`), for a single run (grid
 ()): jit shards the moments with `NamedSharding`; pmap reduce-scatters the gradients, updates
 its slice and all-gathers the parameters. `get_members` returns the full state either way, so
-checkpoints do not depend on it. `conv_matmul` computes plain convolutions as slices and one
-matmul (`adamlab.training.cpu_conv`; the default on CPU whenever K > 1 or the grid is not ()).
+checkpoints do not depend on it. `conv_matmul` computes the train step's plain convolutions as
+slices and one matmul (`adamlab.training.cpu_conv`; the default on CPU whenever K > 1 or the
+grid is not ()); evaluation keeps XLA's convolutions.
 
 Multi-host (`jax.distributed`): the jit engine's mesh spans every process's devices; each
 process feeds its own slice of every global batch (`jax.make_array_from_process_local_data`),
@@ -293,9 +294,11 @@ class Engine:
         chunk_fns = {False: _run_chunk(step, traced)}
         if layer_stats is not None:
             chunk_fns[True] = _run_chunk_logging_last(step, member_step(layer_stats), traced)
-        eval_step = cpu_conv.intercepted(
-            make_eval_step(model, num_classes, axis_name=axis, loss=loss), conv_matmul
-        )
+        # Evaluation keeps XLA's convolutions: it runs in no loop, and vmapped over members
+        # they are not expanded either; on the 2-core CPU the MNIST CNN's eval batch of 1000
+        # takes 0.30-0.57x of its time with `conv_matmul` (1 to 16 members,
+        # benchmarks/eval_convolutions.py).
+        eval_step = make_eval_step(model, num_classes, axis_name=axis, loss=loss)
         grid_eval = members.vectorize(eval_step, self.grid, batch_axis=None)
         evaluate = lambda carry, batch: tuple(grid_eval(s, batch) for s in carry.states)
         if self.pmap:
