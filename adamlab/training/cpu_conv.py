@@ -1,8 +1,10 @@
 """Convolutions as shifted slices and one matmul, for loops and vectorized runs on XLA:CPU.
 
 `intercepted(step, enabled)` traces `step` with `conv_as_matmul` active; the engine turns it on
-for CPU runs that scan several steps per dispatch or vectorize several runs (see
-`conv_as_matmul` for why, and `benchmarks/conv_in_scan.py` for the measurement).
+for the train step of CPU runs that scan several steps per dispatch or vectorize several runs
+(see `conv_as_matmul` for why, and `benchmarks/conv_in_scan.py` for the measurement). Their
+evaluation, in no loop, keeps XLA's convolutions, which run it faster, vectorized members
+included (`benchmarks/eval_convolutions.py`).
 """
 
 from __future__ import annotations
