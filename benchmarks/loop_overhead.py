@@ -7,8 +7,8 @@ vs the same number of bare `engine.train` calls.
   checkpoint, checkpoints every `checkpoint_every_steps` and at the end, then test.
 - bare: the same experiment (`build_experiment`: model, optimizer, engine, members, one step per
   call on CPU), the same calls (`train.chunk_lengths`: the same chunk lengths, padded to the
-  longest as the loop pads them, so the same compiled program, compiled ahead of the first call
-  as the loop does), on a few training batches drawn beforehand and already on the device; no
+  longest where the loop pads them, so the same compiled programs, compiled ahead of the first
+  call as the loop does), on a few training batches drawn beforehand and already on the device; no
   logging, evaluation or checkpoints.
 
 Steps per second, each side's compiling left out: the loop's `steps / (wall - setup - compile -
@@ -82,10 +82,12 @@ def bare(config, distinct_batches: int) -> dict:
         config.data, global_batch_size=config.train.batch_size, seed=config.seed
     )
     stack = lambda k: jax.tree.map(lambda *xs: np.stack(xs), *[next(stream) for _ in range(k)])
-    capacity = max(lengths)
-    chunks = {  # A few chunks of each length, laid out as the loop's: [capacity, B, ...].
+    # Laid out as the loop lays them out: padded to the longest where the engine pads chunks
+    # (one program), else exactly K rows (one program per length).
+    rows = (lambda k: max(lengths)) if engine.padded_chunks else (lambda k: k)
+    chunks = {  # A few chunks of each length.
         k: [
-            engine.put_chunk(engines.pad_rows(stack(k), capacity), k)
+            engine.put_chunk(engines.pad_rows(stack(k), rows(k)), k)
             for _ in range(distinct_batches)
         ]
         for k in set(lengths)
@@ -93,7 +95,8 @@ def bare(config, distinct_batches: int) -> dict:
     jax.block_until_ready(chunks)
     phases = {"setup": time.perf_counter() - start, "compile": 0.0, "train": 0.0, "evaluate": 0.0}
     tick = time.perf_counter()
-    engine.compile_train(carry, chunks[lengths[0]][0])
+    for k in {rows(k): k for k in lengths}.values():  # One chunk per program, as the loop does.
+        engine.compile_train(carry, chunks[k][0])
     phases["compile"] = time.perf_counter() - tick
     used = dict.fromkeys(chunks, 0)
     tick = time.perf_counter()
