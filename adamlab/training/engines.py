@@ -166,6 +166,7 @@ def _steps(step, carry, batches: dict, length, traced: bool) -> tuple[Any, dict]
     if not traced:
         return jax.lax.scan(step, carry, batches)
     capacity = jax.tree.leaves(batches)[0].shape[0]
+    step = jax.jit(step)  # traced once: for the metrics' shapes here and for the loop's body
     _, shapes = jax.eval_shape(step, carry, _row(batches, 0))
     metrics = jax.tree.map(lambda s: jnp.zeros((capacity, *s.shape), s.dtype), shapes)
 
