@@ -135,10 +135,15 @@ class DeviceChunk(NamedTuple):
 
 def pad_rows(chunk: dict[str, np.ndarray], capacity: int) -> dict[str, np.ndarray]:
     """A host chunk [K, ...] with zero rows appended up to `capacity` rows, for
-    `put_chunk(pad_rows(chunk, capacity), K)`. (The training loop draws its chunks into padded
-    buffers directly.)"""
+    `put_chunk(pad_rows(chunk, capacity), K)`; the chunk itself (no copy) when K = capacity."""
     pad = lambda x: np.concatenate([x, np.zeros((capacity - len(x), *x.shape[1:]), x.dtype)])
-    return {k: pad(np.asarray(v)) for k, v in chunk.items()}
+    return {k: v if len(v) == capacity else pad(np.asarray(v)) for k, v in chunk.items()}
+
+
+def _program_args(chunk: DeviceChunk) -> tuple[dict, np.int32]:
+    """The train program's arguments after the members, as `train` passes them and
+    `compile_train` compiles for them (the same types, so the compiled program is reused)."""
+    return chunk.batches, np.int32(chunk.length)
 
 
 def _row(batches: dict, i) -> dict:
@@ -443,7 +448,7 @@ class Engine:
         `layer_stats=True` (an engine built with `layer_stats`): the last step's per-layer
         statistics too, metrics["layers"]: per implementation {name: [*grid]}.
         """
-        out = self._train_program(layer_stats)(carry, chunk.batches, np.int32(chunk.length))
+        out = self._train_program(layer_stats)(carry, *_program_args(chunk))
         return jax.block_until_ready(out) if self.synchronous else out
 
     def compile_train(self, carry: Any, chunk: DeviceChunk, *, layer_stats: bool = False) -> None:
@@ -451,9 +456,7 @@ class Engine:
         without running it; the next `train` call with such a chunk reuses it (jax's
         compilation cache). The loop calls it before the first call, so that compiling is timed
         apart from the steps."""
-        self._train_program(layer_stats).lower(
-            carry, chunk.batches, np.int32(chunk.length)
-        ).compile()
+        self._train_program(layer_stats).lower(carry, *_program_args(chunk)).compile()
 
     def _train_program(self, layer_stats: bool):
         """The jitted (or pmapped) chunk function, with or without per-layer statistics."""

@@ -60,6 +60,7 @@ from adamlab import data
 from adamlab.training import (
     curvature,
     distributed,
+    engines,
     evaluate,
     members,
     optimizers,
@@ -164,25 +165,16 @@ def chunk_lengths(start: int, num_steps: int, every: Sequence[int], max_length: 
     return lengths
 
 
-def _draw_chunk(
-    streams, length: int, capacity: int, first_step: int, nan_step: int | None, grid
-) -> dict:
-    """The next `length` batches of every seed's stream in the first rows of a chunk of
-    `capacity` rows, [capacity, B, ...] or [capacity, seeds, B, ...]; the other rows are zero
-    (padding, where the engine pads chunks to one shape so that they share one program)."""
-    chunk = None
-    for row, step in enumerate(range(first_step, first_step + length)):
+def _draw_chunk(streams, length: int, first_step: int, nan_step: int | None, grid) -> dict:
+    """The next `length` batches of every seed's stream: [K, B, ...] or [K, seeds, B, ...]."""
+    steps = []
+    for step in range(first_step, first_step + length):
         per_seed = [next(s) for s in streams]
         if step == nan_step:  # Testing: a batch of NaNs exercises the non-finite path.
             per_seed = [dict(b, image=np.full_like(b["image"], np.nan)) for b in per_seed]
         batch = jax.tree.map(lambda *xs: np.stack(xs), *per_seed) if grid else per_seed[0]
-        if chunk is None:
-            chunk = {
-                k: np.zeros((capacity, *np.shape(v)), np.asarray(v).dtype) for k, v in batch.items()
-            }
-        for key, value in batch.items():
-            chunk[key][row] = value
-    return chunk
+        steps.append(batch)
+    return jax.tree.map(lambda *xs: np.stack(xs), *steps)
 
 
 def format_phases(phases: dict[str, float], run_seconds: float) -> str:
@@ -626,11 +618,11 @@ class _Loop:
                     chunk = _draw_chunk(
                         streams,
                         length,
-                        rows,
                         step + 1,
                         train_cfg.get("inject_nan_at_step"),
                         self.who.grid,
                     )
+                    chunk = engines.pad_rows(chunk, rows)
                     end = step + length
                     layers_due = bool(self.layers_every) and end % self.layers_every == 0
                     device_chunk = engine.put_chunk(chunk, length)
