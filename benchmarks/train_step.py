@@ -4,7 +4,7 @@ Builds the default config's CNN train step twice, identical except for
 `optimizer.implementation` ("ours" -> `adamlab.optim.create`, "optax" -> `optax.adam` via
 `adamlab.optim.reference`), on one device with the "jit" engine: one `engine.train` call per
 step (a chunk of K = 1 batch, as `adamlab train` runs a single run on CPU; `--steps_per_dispatch`
-times K steps per call too, a `lax.scan` as on accelerators), the members donated, as in
+times K steps per call too, one loop as `engines` runs it), the members donated, as in
 training. Batches are synthetic in-memory arrays already on the device, so the timing is the
 step alone and the script needs neither TensorFlow nor the datasets: it runs as is on a GPU
 machine. The two steps are timed interleaved in one process (the order alternates every
@@ -133,7 +133,7 @@ def machine() -> dict:
 
 def time_implementations(config, args, image_shape, batch_size: int, steps_per_call: int):
     """Per-step seconds of ours and optax's step, `steps_per_call` steps per `engine.train`
-    call (a chunk of K batches, a `lax.scan` when K > 1), interleaved: {impl: [per repeat]}."""
+    call (a chunk of K batches, one loop when K > 1), interleaved: {impl: [per repeat]}."""
     rng = np.random.default_rng(0)
     calls = max(1, -(-args.steps // steps_per_call))  # Each repeat: at least --steps steps.
     # The schedule spans the whole benchmark (at least past the warmup, for tiny smoke runs).
