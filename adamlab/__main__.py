@@ -1,8 +1,6 @@
 """`python -m adamlab <command> [flags]`: the same as the `adamlab` command."""
 
-import sys
-
-from adamlab.cli import main
+from adamlab.cli import console
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

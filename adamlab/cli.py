@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib
 import json
 import logging
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from absl import flags
 from ml_collections import config_flags
@@ -42,11 +44,17 @@ EXIT_INTERRUPTED = 75
 
 @dataclasses.dataclass(frozen=True)
 class Command:
-    """A subcommand: `define_flags(flag_values, argv)`, then `run(flag_values) -> exit code`."""
+    """A subcommand: `define_flags(flag_values, argv)`, then `run(flag_values) -> exit code`.
+
+    `module` is the library module `run` works with (and with it jax, TensorFlow, ...): `main`
+    imports it before `run`, so that the `adamlab` command can keep the garbage collector off
+    the imports (`adamlab.training.garbage_collector`).
+    """
 
     help: str
     define_flags: Callable[[flags.FlagValues, list[str]], None]
     run: Callable[[flags.FlagValues], int]
+    module: str
 
 
 # ---------------------------------------------------------------------------- shared flags
@@ -363,34 +371,44 @@ def _run_diagnostics(fv: flags.FlagValues) -> int:
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command("Train (or resume) a run.", _define_train_flags, _run_train),
+    "train": Command(
+        "Train (or resume) a run.", _define_train_flags, _run_train, "adamlab.training.train"
+    ),
     "evaluate": Command(
-        "Evaluate a run's checkpoint on a split.", _define_evaluate_flags, _run_evaluate
+        "Evaluate a run's checkpoint on a split.",
+        _define_evaluate_flags,
+        _run_evaluate,
+        "adamlab.training.evaluate",
     ),
     "compare": Command(
         "Ours vs the optax twin per optimizer, over seeds; writes a report.",
         _define_compare_flags,
         _run_compare,
+        "adamlab.experiments.compare",
     ),
     "sweep": Command(
         "A hyperparameter sweep x seeds in one compiled program; writes a report.",
         _define_sweep_flags,
         _run_sweep,
+        "adamlab.experiments.sweep",
     ),
     "study": Command(
         "A study (batch_size, schedules, weight_decay, kingma_ba, transfer); writes a report.",
         _define_study_flags,
         _run_study,
+        "adamlab.experiments.studies",
     ),
     "benchmark": Command(
         "Tuned optimizers on workloads with targets: time-to-target, profiles; a report.",
         _define_benchmark_flags,
         _run_benchmark,
+        "adamlab.experiments.benchmark",
     ),
     "diagnostics": Command(
         "Figures of a run with diagnostics (layer ratios, effective steps, sharpness).",
         _define_diagnostics_flags,
         _run_diagnostics,
+        "adamlab.diagnostics.figures",
     ),
 }
 
@@ -473,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog} {name}: {'unknown config field ' * unknown}{_message(e)}", file=sys.stderr)
         return EXIT_USAGE
     _keep_freed_memory()
+    _import_libraries(command)
     try:
         return command.run(fv)
     except Exception as e:
@@ -480,6 +499,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # A bug: keep the traceback.
         print(f"{prog} {name}: error: {_message(e)}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def console() -> NoReturn:
+    """The `adamlab` command and `python -m adamlab`: `main` in a process of its own.
+
+    Python's garbage collector is kept off the libraries' objects while they import and at
+    exit (`adamlab.training.garbage_collector`; `ADAMLAB_GC_FREEZE=0` turns it off), which
+    `main` alone, called in someone else's process, does not do.
+    """
+    from adamlab.training import garbage_collector
+
+    garbage_collector.pause()
+    code = main()
+    garbage_collector.freeze_before_exit()
+    sys.exit(code)
+
+
+def _import_libraries(command: Command) -> None:
+    """Imports the command's library module, then turns a paused garbage collector back on
+    with the imported objects frozen (a no-op unless `console` paused it)."""
+    from adamlab.training import garbage_collector
+
+    importlib.import_module(command.module)
+    garbage_collector.resume()
 
 
 def _is_user_error(error: Exception) -> bool:

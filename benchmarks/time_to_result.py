@@ -28,7 +28,9 @@ With `--malloc_default`, one more job: the same `adamlab train` with glibc's def
 (`ADAMLAB_KEEP_FREED_MEMORY=0`; the command otherwise keeps freed memory for reuse,
 `adamlab.training.host_memory`); with `--ynnpack_convolutions`, one with XLA:CPU's YNNPACK
 convolutions (`ADAMLAB_EIGEN_CONVOLUTIONS=0`; the command otherwise routes them to Eigen,
-`adamlab.training.xla_flags`): each switch's effect on the whole command.
+`adamlab.training.xla_flags`); with `--gc_default`, one with Python's default garbage collection
+(`ADAMLAB_GC_FREEZE=0`; the command otherwise keeps the collector off the imported libraries'
+objects, `adamlab.training.garbage_collector`): each switch's effect on the whole command.
 
 The jobs alternate (`--repeats`); medians. The JSON (default
 benchmarks/results/time_to_result_cpu.json) records every run, the machine and the load average
@@ -56,7 +58,7 @@ import time
 
 import numpy as np
 
-from adamlab.training import host_memory, xla_flags
+from adamlab.training import garbage_collector, host_memory, xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("jax", "flax", "optax", "orbax", "tensorflow", "tensorflow_datasets", "adamlab")
@@ -91,13 +93,19 @@ def breakdown(launched: float, ended: float, logged: float, phases: dict, run_to
 
 
 # The command's process settings, and the `adamlab train` jobs that switch one of them off.
-COMMAND_ENV = {host_memory.ENV_SWITCH: "1", xla_flags.ENV_SWITCH: "1"}
+COMMAND_ENV = {
+    host_memory.ENV_SWITCH: "1",
+    xla_flags.ENV_SWITCH: "1",
+    garbage_collector.ENV_SWITCH: "1",
+}
 ADAMLAB_SIDES = {
     "adamlab": {},
     # glibc's default allocation (adamlab.training.host_memory off)
     "adamlab_malloc_default": {host_memory.ENV_SWITCH: "0"},
     # XLA:CPU's default convolutions, YNNPACK (adamlab.training.xla_flags off)
     "adamlab_ynnpack_convolutions": {xla_flags.ENV_SWITCH: "0"},
+    # Python's garbage collection at import and exit (adamlab.training.garbage_collector off)
+    "adamlab_gc_default": {garbage_collector.ENV_SWITCH: "0"},
 }
 
 
@@ -325,6 +333,11 @@ def main() -> None:
         action="store_true",
         help="also run adamlab with XLA's YNNPACK convolutions (ADAMLAB_EIGEN_CONVOLUTIONS=0)",
     )
+    parser.add_argument(
+        "--gc_default",
+        action="store_true",
+        help="also run adamlab with Python's default garbage collection (ADAMLAB_GC_FREEZE=0)",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/time_to_result_cpu.json"))
     parser.add_argument("--torch_job", help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
@@ -352,6 +365,7 @@ def main() -> None:
         for r in range(args.repeats):
             sides = ["adamlab"] + ["adamlab_malloc_default"] * args.malloc_default
             sides += ["adamlab_ynnpack_convolutions"] * args.ynnpack_convolutions
+            sides += ["adamlab_gc_default"] * args.gc_default
             sides += [] if args.skip_torch else ["torch"]
             for side in sides[:: 1 if r % 2 == 0 else -1]:
                 if side.startswith("adamlab"):
