@@ -2,7 +2,7 @@
 
 Why: importing jax, flax, optax, orbax, TensorFlow and TFDS creates ~370,000 objects that live
 until the process exits, and every full collection walks all of them (~0.25 s each on a
-2-core CPU). Seven full collections run while they import (the heap keeps growing by the
+2-core CPU). Six full collections ran while they imported (the heap keeps growing by the
 quarter that triggers one), and at exit the interpreter collects again as it tears the modules
 down. On the 2-core CPU: the imports of the training stack 3.3-3.8 s with the collector on,
 2.8-3.0 s with it off; the process exit after `adamlab train` printed its result 1.6 s, 0.2-0.3
