@@ -501,8 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
-def console() -> NoReturn:
-    """The `adamlab` command and `python -m adamlab`: `main` in a process of its own.
+def console(argv: Sequence[str] | None = None) -> NoReturn:
+    """The `adamlab` command, `python -m adamlab` and the scripts in experiments/: `main(argv)`
+    in a process of its own, which then exits with its code.
 
     Python's garbage collector is kept off the libraries' objects while they import and at
     exit (`adamlab.training.garbage_collector`; `ADAMLAB_GC_FREEZE=0` turns it off), which
@@ -511,7 +512,7 @@ def console() -> NoReturn:
     from adamlab.training import garbage_collector
 
     garbage_collector.pause()
-    code = main()
+    code = main(argv)
     garbage_collector.freeze_before_exit()
     sys.exit(code)
 

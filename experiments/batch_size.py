@@ -5,4 +5,4 @@ import sys
 from adamlab import cli
 
 if __name__ == "__main__":
-    sys.exit(cli.main(["adamlab", "study", "batch_size", *sys.argv[1:]]))
+    cli.console(["adamlab", "study", "batch_size", *sys.argv[1:]])

@@ -26,10 +26,10 @@ DEFAULTS = (
 )
 
 
-def main(argv: list[str]) -> int:
-    """`adamlab sweep` with DEFAULTS, then the given flags (which win)."""
-    return cli.main(["adamlab", "sweep", *DEFAULTS, *argv[1:]])
+def command_line(argv: list[str]) -> list[str]:
+    """The command line of `adamlab sweep` with DEFAULTS, then the given flags (which win)."""
+    return ["adamlab", "sweep", *DEFAULTS, *argv[1:]]
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    cli.console(command_line(sys.argv))

@@ -221,6 +221,21 @@ def test_python_dash_m_adamlab_runs_the_cli():
     assert result.returncode == 0 and "evaluate" in result.stdout
 
 
+@pytest.mark.parametrize(
+    "script", sorted(p.name for p in (ROOT / "experiments").glob("*.py")), ids=str
+)
+def test_experiment_scripts_run_their_command_and_exit_with_its_code(script):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == cli.EXIT_OK, result.stderr
+    assert result.stdout.startswith("usage: adamlab "), result.stdout[:200]
+
+
 def test_every_command_names_the_library_module_its_run_imports():
     # main imports `module` before run (the command keeps the collector off those imports):
     # it must be what run works with, or the imports happen after the collector is back on.
