@@ -5,8 +5,9 @@ until the process exits, and every full collection walks all of them (~0.25 s ea
 2-core CPU). Six full collections ran while they imported (the heap keeps growing by the
 quarter that triggers one), and at exit the interpreter collects again as it tears the modules
 down. On the 2-core CPU: the imports of the training stack 3.3-3.8 s with the collector on,
-2.8-3.0 s with it off; the process exit after `adamlab train` printed its result 1.6 s, 0.2-0.3
-s with everything frozen (`gc.freeze`) first.
+2.8-3.0 s with it off; the process exit after `adamlab train --config mnist` logged its result
+1.19-1.41 s, 0.22-0.32 s with everything frozen (`gc.freeze`) first
+(`benchmarks/time_to_result.py --gc_default`).
 
 So the `adamlab` command, which owns its process, pauses the collector while it imports a
 command's libraries (`pause`), then freezes what exists (the modules' objects, and the
