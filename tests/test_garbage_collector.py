@@ -81,8 +81,8 @@ atexit.register(lambda: print(json.dumps(
 )))
 main, kept = cli.main, []
 
-def main_that_keeps_objects():  # As a run does: objects made after the imports, alive at exit.
-    code = main()
+def main_that_keeps_objects(argv):  # As a run does: objects made after the imports, alive at exit.
+    code = main(argv)
     kept.extend([i] for i in range(20_000))  # Lists: tracked by the collector.
     return code
 
