@@ -49,3 +49,44 @@ def child_json(code: str, *args: str, env: dict | None = None) -> dict:
         timeout=120,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _is_timing(key: str) -> bool:
+    """What measures time (wall and compile seconds, steps/s and what derives from them, such
+    as seconds-to-target): the only fields an interrupted run may report differently."""
+    key = key.lower()
+    return key == "phases" or "sec" in key or "time" in key or key.endswith("_s")
+
+
+def without_timing(value):
+    if isinstance(value, dict):
+        return {k: without_timing(v) for k, v in value.items() if not _is_timing(k)}
+    if isinstance(value, list):
+        return [without_timing(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return "nan"  # NaN != NaN: compared as a marker.
+    return value
+
+
+def persisted_outputs(workdir) -> dict:
+    """Every result file under `workdir` (metrics records, JSON results, CSV tables), parsed and
+    with timing fields removed, by relative path: equal for an interrupted-and-resumed run and
+    an uninterrupted one. Checkpoints, TensorBoard events, figures and locks are left out."""
+    import csv
+    import pathlib
+
+    root = pathlib.Path(workdir)
+    out = {}
+    for path in sorted(root.rglob("*")):
+        relative = str(path.relative_to(root))
+        if not path.is_file() or "checkpoints" in path.parts or path.name.startswith("."):
+            continue
+        if path.suffix == ".jsonl":
+            lines = path.read_text().splitlines()
+            out[relative] = [without_timing(json.loads(line)) for line in lines]
+        elif path.suffix == ".json":
+            out[relative] = without_timing(json.loads(path.read_text()))
+        elif path.suffix == ".csv":
+            with path.open(newline="") as f:
+                out[relative] = without_timing(list(csv.DictReader(f)))
+    return out

@@ -64,6 +64,15 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def sync(name: str) -> None:
+    """Waits until every process reaches this point (a no-op for one process): after it, what
+    process 0 wrote to the shared filesystem before it is there for every process to read."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def _env_int(environ: Mapping[str, str], name: str) -> int | None:
     value = environ.get(name)
     if value is None or value == "":

@@ -35,7 +35,7 @@ import os
 import pathlib
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -229,16 +229,24 @@ class MetricWriter:
       workdir: the run directory.
       resume_step: the step the run (re)starts from: lines logged with a larger step, by an
         earlier attempt that did not get further, are dropped (all of them for 0). None keeps
-        the file as it is (a directory no earlier attempt wrote to). Either way a torn last
+        the file as it is (a directory no earlier attempt wrote to).
+      drop_splits: splits whose records are dropped whatever their step (with a resume_step:
+        records written after the checkpoint the run resumes from). Either way a torn last
         line (a crash mid-write) is removed before appending, so that it cannot glue itself to
         the next record.
     """
 
-    def __init__(self, workdir: str | os.PathLike, *, resume_step: int | None = None):
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        *,
+        resume_step: int | None = None,
+        drop_splits: Sequence[str] = (),
+    ):
         tensorboardX = _import_tensorboardx()  # Here: only runs that log need it.
 
         self.path = pathlib.Path(workdir) / METRICS_FILE
-        drop_records_after(self.path, resume_step)
+        drop_records_after(self.path, resume_step, drop_splits)
         purge = None if resume_step is None else resume_step + 1
         self._tb = tensorboardX.SummaryWriter(str(workdir), purge_step=purge, flush_secs=30)
         self._file = self.path.open("a")
@@ -365,13 +373,15 @@ def _jsonl_records(path: pathlib.Path) -> list[tuple[str, dict]]:
     return records
 
 
-def drop_records_after(path: pathlib.Path, step: int | None) -> None:
-    """Rewrites `path` (atomically) without the records after `step` (None: keeps them all)
-    and without a torn last line; leaves it untouched when nothing is to be dropped."""
+def drop_records_after(path: pathlib.Path, step: int | None, splits: Sequence[str] = ()) -> None:
+    """Rewrites `path` (atomically) without the records after `step` (None: keeps them all),
+    with a `step`, without the records of `splits` too, and without a torn last line; leaves it
+    untouched when nothing is to be dropped."""
     if not path.is_file():
         return
     records = _jsonl_records(path)
-    kept = [line for line, record in records if step is None or record["step"] <= step]
+    dropped = lambda r: step is not None and (r["step"] > step or r.get("split") in splits)
+    kept = [line for line, record in records if not dropped(record)]
     text = "".join(kept)
     if text.encode() != path.read_bytes():
         atomic_write(path, text)

@@ -81,6 +81,7 @@ from adamlab.training.experiment import (
 
 _WATCHED = ("loss", "grad_norm", "update_norm")  # Blamed for a divergence, in this order.
 RESULT_FILE = "result.json"
+_WINDOW = "train_window"  # A checkpoint's extra: the train metrics since the last log point.
 # RunsResult.phases: seconds of a run, disjoint. "setup": config, model, optimizers, workdir,
 # step-0 states, writers; "data": building the training pipelines and drawing their first batch
 # (tf.data fills its shuffle buffer); "compile": compiling the train programs (one per chunk
@@ -160,7 +161,8 @@ def chunk_lengths(start: int, num_steps: int, every: Sequence[int], max_length: 
         while end - position > max_length:
             lengths.append(max_length)
             position += max_length
-        lengths.append(end - position)
+        if end > position:
+            lengths.append(end - position)
         position = end
     return lengths
 
@@ -315,6 +317,7 @@ def run(
         try:  # The checkpointer is closed on every exit, errors before the first step included.
             if checkpointer.latest_step() is None:
                 carry, start = initial_members(config, experiment, _pretrained(config)), 0
+                extra = {}
             else:
                 target = abstract_members(experiment)
                 start, carry, extra = checkpointer.restore_newest_intact(target)
@@ -328,7 +331,10 @@ def run(
                 logging.info("%s is already trained to step %d", workdir, start)
                 return _result_from_json(json.loads(finished.read_text()))
             loop = _Loop(config, experiment, workdir, checkpointer, start_time)
-            result = loop.train(experiment.engine.put_members(carry), start, stop_after_step)
+            window = extra.get(_WINDOW) if start else None
+            result = loop.train(
+                experiment.engine.put_members(carry), start, stop_after_step, window
+            )
         finally:
             tick = time.perf_counter()
             checkpointer.wait_until_finished()
@@ -374,10 +380,6 @@ class _Loop:
         self.names = self.who.names()
         self.single = len(self.names) == 1
         self.phases = dict.fromkeys(PHASES, 0.0)
-        self.curves = {
-            impl: {"train": ([], []), "validation": ([], [])} for impl in self.who.implementations
-        }
-        self.finals: list[dict[str, Any]] = [{} for _ in self.names]
         self.timed_steps, self.timed_seconds = 0, 0.0  # Since the last log point.
         self.run_steps, self.run_seconds = 0, 0.0  # The whole run, for RunsResult.
         self.eval_cache: dict[str, list] = {}
@@ -398,13 +400,16 @@ class _Loop:
         return self.workdir if self.single else self.workdir / "members" / name
 
     def _open_writers(self, start: int) -> dict[int, run_io.MetricWriter]:
+        """Each member's writer, its files cut back to what the checkpoint at `start` had seen:
+        the records after `start`, and the "test" records (written only after the final
+        checkpoint, by an attempt that did not live to write result.json)."""
         if not distributed.is_primary():
             return {}
         writers = {}
         for i, (_, _, name) in enumerate(self.names):
             path = self._member_dir(name)
             path.mkdir(parents=True, exist_ok=True)
-            writers[i] = run_io.MetricWriter(path, resume_step=start)
+            writers[i] = run_io.MetricWriter(path, resume_step=start, drop_splits=("test",))
             run_io.drop_records_after(path / CURVATURE_FILE, start)  # As metrics.jsonl's.
         return writers
 
@@ -546,28 +551,14 @@ class _Loop:
             return None
         results = self._evaluate(carry, "validation")
         self._write(step, "validation", results)
-        for i, result in enumerate(results):
-            self.finals[i].update(_prefixed("validation", result))
-        for impl_index, impl in enumerate(self.who.implementations):
-            steps, values = self.curves[impl]["validation"]
-            steps.append(step)
-            values.append(self._grid_arrays(results, impl_index))
         keys = [k for k in results[0] if k != "confusion"]
         return {f"validation_{k}": float(np.mean([r[k] for r in results])) for k in keys}
 
-    def _grid_arrays(self, per_member: list[dict], impl_index: int) -> dict[str, np.ndarray]:
-        """{"loss", "accuracy"}: [values, seeds] arrays of one implementation's members."""
-        grid = self.who.grid or (1, 1)
-        out = {k: np.full(grid, np.nan) for k in ("loss", "accuracy")}
-        for (m, index, _), values in zip(self.names, per_member, strict=True):
-            if m == impl_index:
-                for k in out:
-                    out[k][index or (0, 0)] = values[k]
-        return out
-
     # -------------------------------------------------------------------- the loop
 
-    def train(self, carry, start: int, stop_after_step: int | None) -> RunsResult:
+    def train(self, carry, start: int, stop_after_step: int | None, window=None) -> RunsResult:
+        """Steps start+1..num_steps; `window`: the train metrics since the last log point,
+        as the checkpoint at `start` holds them (`_window_to_json`)."""
         config, experiment, engine = self.config, self.experiment, self.engine
         train_cfg, num_steps = config.train, experiment.num_steps
         primary = distributed.is_primary()
@@ -589,11 +580,14 @@ class _Loop:
         every += [p - 1 for p in profile[:1] if p > 1] + list(profile[1:])
         every += [e for e in (self.layers_every, self.curvature_every) if e]
         lengths = chunk_lengths(start, num_steps, every, experiment.steps_per_dispatch)
+        # An uninterrupted run logs its first chunk too (early progress), wherever it resumes.
+        first_log = chunk_lengths(0, num_steps, every, experiment.steps_per_dispatch)[0]
         # Where the engine pads chunks, every chunk has the longest one's rows: one train program
         # (two with layer statistics) whatever the gaps between log, eval and checkpoint points.
         capacity = max(lengths, default=1) if engine.padded_chunks else None
         compiled: set[tuple[int, bool]] = set()  # (rows, layer_stats) of the programs so far
-        fetched_pending, firsts_pending, pending = [], [], []
+        fetched_pending, firsts_pending = _window_from_json(window)
+        pending = []
         step, interrupted, stopped_early = start, False, False
         bar = tqdm.tqdm(
             total=num_steps,
@@ -663,14 +657,14 @@ class _Loop:
                     stopping = stop.requested is not None or (
                         stop_after_step is not None and step >= stop_after_step
                     )
-                    save = (
-                        step % train_cfg.checkpoint_every_steps == 0
-                        or step == num_steps
-                        or stopping
-                    )
-                    evaluate = save or step % train_cfg.eval_every_steps == 0
-                    log = save or step % train_cfg.log_every_steps == 0 or step == start + length
-                    if not (log or evaluate):
+                    # The points of an uninterrupted run, whatever the run's history: a stop
+                    # between them saves a checkpoint but writes no record, and the train
+                    # metrics since the last log point travel in that checkpoint.
+                    natural_save = step % train_cfg.checkpoint_every_steps == 0 or step == num_steps
+                    evaluate = natural_save or step % train_cfg.eval_every_steps == 0
+                    log = natural_save or step % train_cfg.log_every_steps == 0 or step == first_log
+                    save = natural_save or stopping
+                    if not (log or evaluate or save):
                         continue
                     fetched = [
                         jax.tree.map(lambda x, n=n: x[:n], metrics)
@@ -689,12 +683,6 @@ class _Loop:
                     if log:
                         summary = self._train_summary(fetched_pending, firsts_pending)
                         self._write(step, "train", summary)
-                        for i, values in enumerate(summary):
-                            self.finals[i].update(_prefixed("train", values))
-                        for impl_index, impl in enumerate(self.who.implementations):
-                            steps, values = self.curves[impl]["train"]
-                            steps.append(step)
-                            values.append(self._grid_arrays(summary, impl_index))
                         loss = np.nanmean([s["loss"] for s in summary])
                         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                         fetched_pending, firsts_pending = [], []
@@ -707,12 +695,15 @@ class _Loop:
                             step,
                             engine.get_members(carry),
                             metrics=validation,
-                            extra={"data_start_step": step},
+                            extra={
+                                "data_start_step": step,
+                                _WINDOW: _window_to_json(fetched_pending, firsts_pending),
+                            },
                             force=True,
                         )
                         self.phases["save"] += time.perf_counter() - tick
                     interval_start, interval_compile, interval_steps = time.perf_counter(), 0.0, 0
-                    if all_diverged and step < num_steps:
+                    if all_diverged and step < num_steps and (log or evaluate):
                         logging.warning("every member diverged by step %d; stopping", step)
                         stopped_early = True
                     if stopping or stopped_early:
@@ -727,12 +718,7 @@ class _Loop:
                         break
                 if not interrupted:
                     tick = time.perf_counter()
-                    if not self.finals[0].get("validation_loss") and experiment.info.num_validation:
-                        self._validate(carry, step)
-                    results = self._evaluate(carry, "test")
-                    self._write(step, "test", results)
-                    for i, result in enumerate(results):
-                        self.finals[i].update(_prefixed("test", result))
+                    self._write(step, "test", self._evaluate(carry, "test"))
                     self.phases["test"] += time.perf_counter() - tick
         finally:
             tick = time.perf_counter()
@@ -744,13 +730,19 @@ class _Loop:
         return self._result(engine.get_members(carry), step, interrupted)
 
     def _result(self, host, step: int, interrupted: bool) -> RunsResult:
+        """The run's result, its metrics read back from what was persisted (each member's
+        metrics.jsonl), never from what this process held: a resumed run reports what an
+        uninterrupted one does."""
+        distributed.sync("metrics written")  # Process 0 wrote them; a shared filesystem.
+        records = [run_io.read_metrics(self._member_dir(name)) for _, _, name in self.names]
+        finals = [finals_from_records(r) for r in records]
         wall = time.perf_counter() - self.start_time
         steps_per_sec = self.run_steps / self.run_seconds if self.run_steps else math.nan
         grid = self.who.grid or (1, 1)
         rows = []
         for i, (m, index, _) in enumerate(self.names):
             v, s = index or (0, 0)
-            final = self.finals[i]
+            final = finals[i]
             row: dict[str, Any] = {
                 "optimizer": self.config.optimizer.name,
                 "implementation": self.who.implementations[m],
@@ -785,14 +777,22 @@ class _Loop:
         }
         curves = {
             impl: {
-                split: (np.asarray(steps), _stack_curve(values))
-                for split, (steps, values) in per_split.items()
+                split: curves_from_records(
+                    [
+                        (index, r)
+                        for (n, index, _), r in zip(self.names, records, strict=True)
+                        if n == m
+                    ],
+                    split,
+                    grid,
+                )
+                for split in ("train", "validation")
             }
-            for impl, per_split in self.curves.items()
+            for m, impl in enumerate(self.who.implementations)
         }
         return RunsResult(
             rows=rows,
-            finals=self.finals,
+            finals=finals,
             curves=curves,
             params=params,
             step=step,
@@ -802,6 +802,55 @@ class _Loop:
             wall_time_s=wall,
             phases=self.phases,
         )
+
+
+def finals_from_records(records: Sequence[dict]) -> dict[str, Any]:
+    """{"train_<metric>", "validation_<metric>", "test_<metric>"}: each split's last record."""
+    finals: dict[str, Any] = {}
+    for record in records:
+        if record["split"] in ("train", "validation", "test"):
+            values = {k: v for k, v in record.items() if k not in ("step", "split")}
+            finals.update(_prefixed(record["split"], values))
+    return finals
+
+
+def curves_from_records(members_records, split: str, grid: tuple[int, ...]):
+    """(steps [T], {"loss", "accuracy": [values, seeds, T]}) of one implementation's members,
+    from `members_records`: (grid index, that member's metrics records) pairs. The members
+    train in lockstep, so they log at the same steps."""
+    steps, out = None, {}
+    for index, records in members_records:
+        mine = [r for r in records if r["split"] == split]
+        at = np.asarray([r["step"] for r in mine], int)
+        if steps is None:
+            steps = at
+            out = {k: np.full((*grid, len(at)), np.nan) for k in ("loss", "accuracy")}
+        elif not np.array_equal(at, steps):
+            raise run_io.RunDirError(f"members logged {split} at different steps: {at} vs {steps}")
+        for k in out:
+            out[k][index or (0, 0)] = [r.get(k, math.nan) for r in mine]
+    return (np.zeros(0, int) if steps is None else steps), out
+
+
+def _window_to_json(fetched: Sequence[dict], first_steps: Sequence[int]) -> dict[str, Any]:
+    """The per-step train metrics not yet logged, as a checkpoint's JSON extra (exact: float32
+    values are exact as JSON's doubles)."""
+    chunks = [
+        {k: [str(v.dtype), list(v.shape), v.ravel().tolist()] for k, v in chunk.items()}
+        for chunk in (jax.tree.map(np.asarray, c) for c in fetched)
+    ]
+    return {"first_steps": [int(f) for f in first_steps], "chunks": chunks}
+
+
+def _window_from_json(window: dict[str, Any] | None) -> tuple[list[dict], list[int]]:
+    """The inverse of `_window_to_json` ([], [] for None: a window that starts empty)."""
+    if not window:
+        return [], []
+    chunks = [
+        {k: np.asarray(values, dtype).reshape(shape) for k, (dtype, shape, values) in c.items()}
+        for c in window["chunks"]
+    ]
+    return chunks, [int(f) for f in window["first_steps"]]
 
 
 def _host_norm(tree: Any) -> float:
