@@ -43,7 +43,7 @@ def main() -> None:
 
     config = config_dict.load_config("digits")
     built = experiment.build_experiment(config)
-    state = experiment.initial_members(config, built).states[0]  # One run: a plain TrainState.
+    state = experiment.initial_members(built).states[0]  # One run: a plain TrainState.
     rng = np.random.default_rng(0)
     size = config.train.batch_size
     batches = {

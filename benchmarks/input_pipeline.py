@@ -83,7 +83,7 @@ def main() -> None:
             first = next(batches)
         warmup_s = time.perf_counter() - start
 
-        carry = engine.put_members(experiment_lib.initial_members(config, experiment))
+        carry = engine.put_members(experiment_lib.initial_members(experiment))
         on_device = engine.put_chunk(one_step(first))
         for _ in range(3):  # Compile.
             carry, metrics = engine.train(carry, on_device)

@@ -74,7 +74,7 @@ def bare(config, distinct_batches: int) -> dict:
     start = time.perf_counter()
     built = experiment.build_experiment(config)
     engine = built.engine
-    carry = engine.put_members(experiment.initial_members(config, built))
+    carry = engine.put_members(experiment.initial_members(built))
     lengths = _chunk_lengths(config, built.num_steps, built.steps_per_dispatch)
     # Untimed: load TensorFlow and the dataset once, so no side's first repeat pays for it.
     next(data.train_batches(config.data, global_batch_size=config.train.batch_size, seed=0))

@@ -271,7 +271,7 @@ def startup_costs_job(config_name: str) -> dict:
     experiment.validate_config(config)
     second_validation = time.perf_counter() - tick
     built = experiment.build_experiment(config)
-    params = jax.device_get(experiment.initial_members(config, built).states[0].params)
+    params = jax.device_get(experiment.initial_members(built).states[0].params)
     tick = time.perf_counter()
     float(optax.tree.norm(params))
     optax_norm = time.perf_counter() - tick

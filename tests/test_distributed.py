@@ -69,7 +69,7 @@ def _reference(config):
     built = train.build_experiment(config)
     engine = built.engine
     assert engine.num_devices == 4 and built.steps_per_dispatch == 1
-    initial = experiment.initial_members(config, built)  # host: survives donation
+    initial = experiment.initial_members(built)  # host: survives donation
     carry = engine.put_members(initial)
     streams = [
         data.train_batches(

@@ -137,7 +137,7 @@ def test_config_builds_a_mixed_precision_run():
     config.optimizer.mu_dtype = "bfloat16"
     experiment = train.build_experiment(config)
     assert experiment.model.dtype == jnp.bfloat16
-    state = experiment_lib.initial_members(config, experiment).states[0]
+    state = experiment_lib.initial_members(experiment).states[0]
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
     adam_state = state.opt_state[0]
     assert {x.dtype for x in jax.tree.leaves(adam_state.mu)} == {jnp.dtype("bfloat16")}

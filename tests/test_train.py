@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from adamlab import config_dict
-from adamlab.training import engines, experiment, run_io, train
+from adamlab.training import engines, experiment, optimizers, run_io, train
 
 from helpers import assert_trees_equal
 
@@ -390,3 +390,21 @@ def test_stop_on_signal_records_sigterm_and_restores_the_previous_handler():
         assert calls == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_one_run_validates_its_config_once_and_builds_each_optimizer_once(tmp_path, monkeypatch):
+    calls = {"validated": 0, "make_optimizer": 0}
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(experiment, "_validated", counted("validated", experiment._validated))
+    monkeypatch.setattr(
+        optimizers, "make_optimizer", counted("make_optimizer", optimizers.make_optimizer)
+    )
+    train.train_and_evaluate(tiny_config(num_steps=4, checkpoint_every_steps=4), tmp_path)
+    assert calls == {"validated": 1, "make_optimizer": 1}

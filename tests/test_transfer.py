@@ -79,9 +79,9 @@ def test_loaded_leaves_equal_the_pretrained_ones_at_step_0_and_the_head_is_new(s
     config = run_io.read_config(directory / "full")  # The group config as trained.
     assert tuple(config.init.dont_load) == ("^Dense_1/",)
     built = experiment.build_experiment(config)
-    fresh = experiment.initial_members(config, built).states[0].params
+    fresh = experiment.initial_members(built).states[0].params
     merge = lambda seed, params: transfer.merge_params(params, source, config.init)
-    start = experiment.initial_members(config, built, merge).states[0].params
+    start = experiment.initial_members(built, merge).states[0].params
     assert _tree_equal({k: start[k] for k in BACKBONE}, {k: source[k] for k in BACKBONE})
     assert _tree_equal(start["Dense_1"], fresh["Dense_1"])  # The seed's fresh head...
     assert start["Dense_1"]["kernel"].shape == (8, 3)  # ...for the 3 target classes.

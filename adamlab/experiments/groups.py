@@ -60,17 +60,18 @@ def run_groups(
 ) -> dict[str, train.RunsResult]:
     """Trains each group in `workdir/<name>`; returns name -> RunsResult.
 
-    Every group config is validated first, then `experiment_config` is written as
-    `workdir/config.json` (a workdir holding another experiment or a training run is refused
-    before anything is written).
+    Every group config is validated and built first (once: each run gets what was built),
+    then `experiment_config` is written as `workdir/config.json` (a workdir holding another
+    experiment or a training run is refused before anything is written).
 
     Raises:
       train.ConfigError: a group's config is invalid; run_io.ConfigMismatchError: the workdir
       holds something else.
     """
+    experiments = {}
     for name, config in groups.items():
         try:
-            train.validate_config(config)
+            experiments[name] = train.prepare(config)
         except train.ConfigError as e:
             raise train.ConfigError(f"{name}: {e}") from None
     workdir = pathlib.Path(workdir)
@@ -84,7 +85,7 @@ def run_groups(
     results = {}
     for i, (name, config) in enumerate(groups.items()):
         logging.info("group %d/%d: %s", i + 1, len(groups), name)
-        results[name] = train.run(config, workdir / name)
+        results[name] = train.run(config, workdir / name, experiment=experiments[name])
         if results[name].interrupted:
             break  # A signal stopped the group: the experiment resumes from here next time.
     return results

@@ -2,7 +2,7 @@
 
     num_steps = validate_config(config)  # ConfigError: the field, the value, what is allowed
     experiment = build_experiment(config)  # model, optimizers, engine, who trains
-    carry = initial_members(config, experiment)  # every member's step-0 state (host)
+    carry = initial_members(experiment)  # every member's step-0 state (host)
 
 `MemberGrid` reads the optional `runs` section: the seeds (default: `config.seed`), the
 implementations (default: `optimizer.implementation`) and the swept hyperparameters
@@ -131,7 +131,8 @@ def validate_config(config: ml_collections.ConfigDict) -> int:
 
 
 def _validated(config: ml_collections.ConfigDict):
-    """`validate_config`, returning what checking built: (num_steps, info, members)."""
+    """`validate_config`, returning what checking built: (num_steps, info, members, and per
+    implementation the optimizer with its swept hyperparameters injected and the schedule)."""
     for section in ("data", "model", "optimizer", "train"):
         if section not in config:
             raise ConfigError(f"config has no {section!r} section; see configs/digits.py")
@@ -182,10 +183,15 @@ def _validated(config: ml_collections.ConfigDict):
         engines.validate_batch_size(train.eval_batch_size, 1, what="train.eval_batch_size")
         info = data.dataset_info(config.data)
         num_steps = total_steps(config, info)
-        for impl in who.implementations:
-            optimizers.make_optimizer(_optimizer_section(config, impl), num_steps)
-        _check_sweep(config, who, num_steps)
         transfer.validate_init(config.get("init"))
+        frozen = transfer.frozen_patterns(config.get("init"))
+        built = tuple(
+            optimizers.make_optimizer(
+                _optimizer_section(config, impl), num_steps, frozen=frozen, swept=tuple(who.sweep)
+            )
+            for impl in who.implementations
+        )
+        _check_sweep(config, who, num_steps)
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:
@@ -197,7 +203,7 @@ def _validated(config: ml_collections.ConfigDict):
             f"needs a validation split, but data.validation_fraction="
             f"{config.data.get('validation_fraction')} leaves none; set best_metric=None",
         )
-    return num_steps, info, who
+    return num_steps, info, who, built
 
 
 def _check_diagnostics(config: ml_collections.ConfigDict) -> None:
@@ -247,10 +253,10 @@ def _optimizer_section(config: ml_collections.ConfigDict, implementation: str) -
 
 
 def _check_sweep(config, who: MemberGrid, num_steps: int) -> None:
-    """Every swept value builds a valid optimizer (inside the program values are traced)."""
+    """Every swept value is valid: inside the program values are traced, so the optimizer's
+    own checks at construction see none of them."""
     for impl in who.implementations:
         section = _optimizer_section(config, impl)
-        optimizers.make_optimizer(section, num_steps, swept=tuple(who.sweep))
         for name, values in who.sweep.items():
             for value in values:
                 try:
@@ -279,6 +285,8 @@ class Experiment:
     model: Any
     txs: tuple[optax.GradientTransformation, ...]  # One per implementation.
     schedule: optax.Schedule
+    # Per implementation: the optimizer taking the swept values (`optimizers.with_values`).
+    sweepable_txs: tuple[Any, ...]
     engine: engines.Engine
     who: MemberGrid
     steps_per_dispatch: int
@@ -288,16 +296,11 @@ def build_experiment(
     config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None
 ) -> Experiment:
     """Validates `config` and builds dataset info, model, optimizers, schedule and engine."""
-    num_steps, info, who = _validated(config)
+    num_steps, info, who, built = _validated(config)
     model = models.create_model(config.model, info.num_classes)
-    frozen = transfer.frozen_patterns(config.get("init"))
-    txs, schedule = [], None
-    for impl in who.implementations:
-        tx, schedule = optimizers.make_optimizer(
-            _optimizer_section(config, impl), num_steps, frozen=frozen, swept=tuple(who.sweep)
-        )
-        first = {k: v[0] for k, v in who.sweep.items()}
-        txs.append(optimizers.with_values(tx, first))
+    first = {k: v[0] for k, v in who.sweep.items()}
+    txs = [optimizers.with_values(tx, first) for tx, _ in built]
+    schedule = built[0][1]
     devices = tuple(devices or jax.devices())
     try:  # The global batches split over these devices (evaluation may use fewer than training).
         engines.validate_batch_size(config.train.batch_size, len(devices))
@@ -323,26 +326,22 @@ def build_experiment(
         loss=config.train.get("loss", "cross_entropy"),
         layer_stats=layer_stats_for(config, who),
     )
-    return Experiment(info, num_steps, model, tuple(txs), schedule, engine, who, dispatch)
+    sweepable = tuple(tx for tx, _ in built)
+    return Experiment(
+        info, num_steps, model, tuple(txs), schedule, sweepable, engine, who, dispatch
+    )
 
 
 def initial_members(
-    config: ml_collections.ConfigDict,
     experiment: Experiment,
     params_for_seed: Callable[[int, Any], Any] | None = None,
 ) -> Any:
     """Every member's step-0 state (host), from its seed; `params_for_seed(seed, params)` may
     replace a seed's parameters (a transfer's pretrained ones)."""
     who = experiment.who
-    makers = []
-    for impl in who.implementations:
-        tx, _ = optimizers.make_optimizer(
-            _optimizer_section(config, impl),
-            experiment.num_steps,
-            frozen=transfer.frozen_patterns(config.get("init")),
-            swept=tuple(who.sweep),
-        )
-        makers.append(lambda values, tx=tx: optimizers.with_values(tx, values))
+    makers = [
+        lambda values, tx=tx: optimizers.with_values(tx, values) for tx in experiment.sweepable_txs
+    ]
     return members.initial_members(
         experiment.model,
         experiment.txs,

@@ -273,12 +273,27 @@ def train_and_evaluate(
     return {"step": result.step, "interrupted": result.interrupted, **result.finals[0]}
 
 
+def prepare(config: ml_collections.ConfigDict) -> Experiment:
+    """The config validated once and built once (`build_experiment`), after joining the
+    other processes of a multi-host run (before anything touches a backend).
+
+    Raises:
+      ConfigError: naming the field, the value and what is allowed.
+    """
+    try:
+        distributed.initialize(config.get("distributed"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return build_experiment(config)
+
+
 def run(
     config: ml_collections.ConfigDict,
     workdir: str | os.PathLike,
     *,
     stop_after_step: int | None = None,
     single: bool = False,
+    experiment: Experiment | None = None,
 ) -> RunsResult:
     """Trains (or resumes) every member of `config` in `workdir`; see the module docstring.
 
@@ -289,17 +304,15 @@ def run(
         of the first chunk that reaches this step; for splitting a run over time-limited jobs.
       single: raise ConfigError, before the workdir is touched, if `config` describes several
         members (`train_and_evaluate`'s check, on the config validated once).
+      experiment: `prepare(config)`, where the caller already has it (a group of runs builds
+        every group's first, so that a bad one fails before anything is written).
 
     Multi-host (`config.distributed.enabled`): every process calls this with the same config and
     workdir (a shared filesystem); each reads its slice of every batch, all save the
     checkpoints together (orbax), and process 0 alone writes config.json, metrics and the bar.
     """
     start_time = time.perf_counter()
-    try:
-        distributed.initialize(config.get("distributed"))  # Before anything touches a backend.
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    experiment = build_experiment(config)  # Validates the config (ConfigError).
+    experiment = experiment or prepare(config)
     if single and (experiment.who.grid or len(experiment.who.implementations) > 1):
         raise ConfigError(
             f"train_and_evaluate trains one run, but runs={experiment.who} describes several "
@@ -316,7 +329,7 @@ def run(
         checkpointer = make_checkpointer(workdir, config)
         try:  # The checkpointer is closed on every exit, errors before the first step included.
             if checkpointer.latest_step() is None:
-                carry, start = initial_members(config, experiment, _pretrained(config)), 0
+                carry, start = initial_members(experiment, _pretrained(config)), 0
                 extra = {}
             else:
                 target = abstract_members(experiment)
