@@ -280,7 +280,7 @@ def test_stray_trials_unscored_workloads_and_trials_without_measurements_warn(tm
     logs = algoperf.read_track(root, "external_tuning")
     assert logs.warnings == (
         "s/study_0/wmt_jax: no eval_measurements.csv in trial_9: skipped",
-        "s/study_1/trial_3: a trial outside any workload directory: ignored",
+        "s: trials outside any workload, ignored: study_1/trial_3",
         "s: not scored in AlgoPerf v0.5, ignored: ogbg_gelu",
     )
     assert logs.studies["s"]["wmt"]["study_0"].trials == 5

@@ -373,13 +373,14 @@ def _read_submission(
     out: dict[str, dict[str, Study]] = {}
     frameworks: dict[str, str] = {}
     ignored: set[str] = set()
+    stray: list[str] = []
     for study_dir in study_dirs:
         for workload_dir in _subdirs(study_dir):
             where = f"{path.name}/{study_dir.name}/{workload_dir.name}"
             match = _WORKLOAD.fullmatch(workload_dir.name)
             if match is None and _TRIAL.fullmatch(workload_dir.name):
                 # AlgoPerf takes it for a workload and finds no trial_<n> directories in it.
-                warnings.append(f"{where}: a trial outside any workload directory: ignored")
+                stray.append(f"{study_dir.name}/{workload_dir.name}")
                 continue
             if match is None:
                 raise LogError(
@@ -403,6 +404,8 @@ def _read_submission(
             study = _read_study(workload_dir, version.targets[workload], where, warnings)
             if study is not None:
                 out.setdefault(workload, {})[study_dir.name] = study
+    if stray:
+        warnings.append(f"{path.name}: trials outside any workload, ignored: {', '.join(stray)}")
     if ignored:
         warnings.append(
             f"{path.name}: not scored in AlgoPerf {version.name}, ignored: "
@@ -561,17 +564,37 @@ def write_leaderboard(
     summary = out / "summary.md"
     summary.write_text(summary_markdown(board, logs, title=title, source=source))
     written.append(summary)
-    rho = {f"{s} ({board.scores[s]:.4f})": board.rho[s] for s in board.ranked()}
-    written.append(
-        profiles.plot_profiles(
-            out / "profiles.png",
-            {title: rho},
-            board.taus,
-            title=f"performance profiles over {len(board.workloads)} workloads; "
-            "legend: submission (score)",
-        )
-    )
+    written.append(plot_leaderboard(out / "profiles.png", board, title=title))
     return written
+
+
+def plot_leaderboard(path: str | os.PathLike, board: Scores, *, title: str) -> pathlib.Path:
+    """profiles.png: every submission's rho(tau) on the grid, best first, the legend (with
+    the scores) beside the axes; colours and dash patterns keep a dozen lines apart."""
+    plt = report._pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    styles = ("-", "--", "-.", ":")
+    for i, sub in enumerate(board.ranked()):
+        ax.step(
+            board.taus,
+            board.rho[sub],
+            styles[i // 10 % len(styles)],
+            where="post",
+            color=f"C{i % 10}",
+            lw=1.5,
+            label=f"{sub} ({board.scores[sub]:.4f})",
+        )
+    ax.set_xlim(board.taus[0], board.taus[-1])
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("tau (time to target / the fastest submission's)")
+    ax.set_ylabel(f"fraction of the {len(board.workloads)} workloads")
+    ax.set_title(f"{title}: performance profiles (legend: score)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return pathlib.Path(path)
 
 
 def summary_markdown(board: Scores, logs: TrackLogs, *, title: str, source: str = "") -> str:
