@@ -343,6 +343,8 @@ def test_a_non_numeric_value_is_an_error_naming_file_line_and_column(good):
     path = good / "s" / "study_3" / "wmt_jax" / "trial_2" / algoperf.MEASUREMENTS
     path.write_text("score,validation/bleu\n10.0,1.5\n20.0,high\n")
     assert _error(good) == f"{path}, line 3, column validation/bleu: 'high' is not a number"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    assert _error(good) == f"{path}: not a text file; expected AlgoPerf's eval_measurements.csv"
 
 
 # ---------------------------------------------------------------------------- the command

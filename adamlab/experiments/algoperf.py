@@ -439,10 +439,17 @@ def read_measurements(
     Empty cells (an evaluation without that metric) are NaN, as pandas reads them.
 
     Raises:
-      LogError: no header, a needed column missing, or a value that is not a number.
+      LogError: not text, no header, a needed column missing, or a value that is not a
+        number.
     """
     path = pathlib.Path(path)
-    needed = (time_column, column)
+    try:
+        return _read_columns(path, (time_column, column))
+    except UnicodeDecodeError:
+        raise LogError(f"{path}: not a text file; expected AlgoPerf's {MEASUREMENTS}") from None
+
+
+def _read_columns(path: pathlib.Path, needed: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
     with path.open(newline="") as f:
         rows = csv.reader(f)
         header = next(rows, None)
