@@ -327,6 +327,34 @@ def _report_done(result: dict, files: str) -> int:
     return EXIT_OK
 
 
+def _define_algoperf_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    from adamlab.experiments import algoperf
+
+    del argv  # The positional DIR: a track's logs, laid out as algoperf.LAYOUT.
+    flags.DEFINE_enum("track", None, algoperf.TRACKS, "The logs' tuning ruleset.", flag_values=fv)
+    flags.DEFINE_string("out", None, "Directory for the leaderboard.", flag_values=fv)
+    flags.DEFINE_string(
+        "logs", None, "The track's log directory (the argument DIR).", flag_values=fv
+    )
+    flags.mark_flags_as_required(["track", "out"], flag_values=fv)
+
+
+def _run_algoperf(fv: flags.FlagValues) -> int:
+    from adamlab.experiments import algoperf
+
+    board, logs, written = algoperf.score_track(
+        fv["logs"].value, fv["track"].value, fv["out"].value
+    )
+    for warning in logs.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for rank, sub in enumerate(board.ranked(), start=1):
+        print(f"{rank:>3}. {sub:<28} {board.scores[sub]:.4f}")
+    print(
+        f"report: {pathlib.Path(fv['out'].value).absolute()} ({', '.join(p.name for p in written)})"
+    )
+    return EXIT_OK
+
+
 def _define_diagnostics_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     del argv  # The runs' metrics.jsonl and config.json are the input.
     flags.DEFINE_list(
@@ -404,6 +432,12 @@ COMMANDS: dict[str, Command] = {
         _run_benchmark,
         "adamlab.experiments.benchmark",
     ),
+    "algoperf-score": Command(
+        "AlgoPerf's score of a track's logs (DIR --track --out): leaderboard and profiles.",
+        _define_algoperf_flags,
+        _run_algoperf,
+        "adamlab.experiments.algoperf",
+    ),
     "diagnostics": Command(
         "Figures of a run with diagnostics (layer ratios, effective steps, sharpness).",
         _define_diagnostics_flags,
@@ -455,6 +489,10 @@ def parse_flags(name: str, args: Sequence[str], prog: str = "adamlab") -> flags.
                 f"give one study name from: {', '.join(studies.STUDIES)} (got {extra})"
             )
         fv["study"].value = extra[0]
+    elif name == "algoperf-score":
+        if len(extra) != 1:
+            raise flags.Error(f"give one log directory DIR (got {extra})")
+        fv["logs"].value = extra[0]
     elif extra:
         raise flags.Error(f"unexpected positional arguments {extra}")
     return fv
@@ -528,7 +566,7 @@ def _import_libraries(command: Command) -> None:
 
 def _is_user_error(error: Exception) -> bool:
     """Errors whose message says what to fix (bad config, workdir, checkpoint or argument)."""
-    from adamlab.experiments import sweep  # Loaded already when a command has run.
+    from adamlab.experiments import algoperf, sweep  # Loaded already when a command has run.
     from adamlab.training import checkpoint, evaluate, experiment, run_io, workdir_lock
 
     user_errors = (
@@ -542,6 +580,7 @@ def _is_user_error(error: Exception) -> bool:
         checkpoint.CheckpointCorruptError,
         sweep.SweepSpecError,
         evaluate.EvaluationError,
+        algoperf.LogError,
     )
     return isinstance(error, user_errors)
 

@@ -12,6 +12,8 @@ Performance profiles (Dolan & More 2002, as AlgoPerf scores submissions): for wo
 t_{o,w} be optimizer o's time-to-target and r_{o,w} = t_{o,w} / min_o' t_{o',w}. The profile
 rho_o(tau) is the fraction of workloads with r_{o,w} <= tau: rho_o(1) is the share of workloads
 on which o is the fastest, and a workload that o never solves counts against it at every tau.
+AlgoPerf's score is the profile's normalised area over [1, r_max] (`profile_area`), computed as
+AlgoPerf's code computes it: a trapezoid over the discrete grid `ALGOPERF_TAUS`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ import numpy as np
 from adamlab.experiments import report
 
 TAUS = np.linspace(1.0, 4.0, 61)  # AlgoPerf plots tau from 1 to 4.
+R_MAX = 4.0  # AlgoPerf: no credit beyond 4x the fastest time.
+# The grid AlgoPerf's score_submissions.py integrates over: np.linspace(min_tau=1, max_tau=4,
+# num=100). Its trapezoid on this grid is the published score (not the exact integral).
+ALGOPERF_TAUS = np.linspace(1.0, R_MAX, 100)
 
 
 def steps_to_target(
@@ -44,23 +50,60 @@ def steps_to_target(
     return np.where(hit, steps[first] if steps.size else np.inf, np.inf)
 
 
+def performance_ratios(
+    times: Mapping[str, Mapping[str, float]], workloads: Sequence[str] | None = None
+) -> dict[str, dict[str, float]]:
+    """optimizer -> workload -> r = t / min over optimizers of t (inf: not solved).
+
+    `workloads` fixes the set (default: every workload in `times`); a workload an optimizer
+    has no time for counts as not solved, and one that no optimizer solves has no best time:
+    it counts as unsolved for everyone.
+    """
+    if workloads is None:
+        workloads = sorted({w for per in times.values() for w in per})
+    best = {w: min(time_of(per, w) for per in times.values()) for w in workloads}
+    return {o: {w: _ratio(time_of(per, w), best[w]) for w in workloads} for o, per in times.items()}
+
+
 def performance_profile(
-    times: Mapping[str, Mapping[str, float]], taus: Sequence[float] = TAUS
+    times: Mapping[str, Mapping[str, float]],
+    taus: Sequence[float] = TAUS,
+    *,
+    workloads: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """optimizer -> rho(tau) for each tau; `times` is optimizer -> workload -> time-to-target.
 
-    A workload that no optimizer solves has no best time: it counts as unsolved for everyone.
+    rho_o(tau) = |{w : r_{o,w} <= tau}| / n over the n `workloads` (default: every workload
+    in `times`); the ratios are `performance_ratios`'.
     """
-    workloads = sorted({w for per in times.values() for w in per})
-    if not workloads:
+    ratios = performance_ratios(times, workloads)
+    if not any(ratios.values()):
         raise ValueError("performance_profile needs at least one workload")
     taus = np.asarray(taus, np.float64)
-    best = {w: min(float(per.get(w, math.inf)) for per in times.values()) for w in workloads}
     out = {}
-    for optimizer, per in times.items():
-        ratios = np.array([_ratio(float(per.get(w, math.inf)), best[w]) for w in workloads])
-        out[optimizer] = (ratios[None, :] <= taus[:, None]).mean(axis=1)
+    for optimizer, per in ratios.items():
+        r = np.array(list(per.values()))
+        out[optimizer] = (r[None, :] <= taus[:, None]).mean(axis=1)
     return out
+
+
+def profile_area(rho: Sequence[float], taus: Sequence[float] = ALGOPERF_TAUS) -> float:
+    """AlgoPerf's benchmark score: the normalised area under rho over the grid `taus`,
+
+        B = 1 / (tau_max - tau_min) * trapezoid(rho, taus),
+
+    in [0, 1] (1: the fastest on every workload). AlgoPerf's docs define the exact integral of
+    the step function over [1, r_max]; its code, which produced the published scores, takes
+    this trapezoid over `ALGOPERF_TAUS`, and so does this function.
+    """
+    taus = np.asarray(taus, np.float64)
+    return float(np.trapezoid(np.asarray(rho, np.float64), taus) / (taus[-1] - taus[0]))
+
+
+def time_of(per: Mapping[str, float], workload: str) -> float:
+    """The time as a float; missing or NaN (a diverged run) never reached the target."""
+    time = float(per.get(workload, math.inf))
+    return math.inf if math.isnan(time) else time
 
 
 def _ratio(time: float, best: float) -> float:
