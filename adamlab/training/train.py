@@ -5,35 +5,16 @@
     result = run(config, "runs/grid")                    # N >= 1 members: RunsResult
 
 A run trains a grid of members in one compiled program (`adamlab.training.members`): every
-implementation of `runs.implementations` (ours, the optax twin) x every value of the swept
-hyperparameters `runs.sweep` x every seed of `runs.seeds`. `adamlab train` is the one-member
-case (`train_and_evaluate`); `adamlab compare` runs ours and optax in lockstep over seeds,
-`adamlab sweep` and the studies vary hyperparameters. What a run does, in order:
+implementation of `runs.implementations` x every swept value of `runs.sweep` x every seed of
+`runs.seeds`. It validates and builds the config once (`prepare`), takes the workdir (one
+writer; a different config is refused), resumes from the newest intact checkpoint, trains in
+chunks ending at the log, eval and checkpoint points, and ends with validation and test.
 
-1. Validates the whole config (`validate_config`) before anything is built or written: a bad
-   value raises `ConfigError` naming the field, the value and what is allowed.
-2. Takes the workdir (one writer at a time), refuses one that holds a run with a different
-   config (only the training length may change, to extend a run), writes `config.json`.
-3. Builds dataset info, model, optimizers, engine and every member's step-0 state from its seed
-   (or a pretrained run's parameters, `init`); if the workdir has a checkpoint, restores the
-   newest intact one and restarts every seed's data at that step, so a resumed run ends bitwise
-   equal to an uninterrupted one.
-4. Trains in chunks of `train.steps_per_dispatch` steps per call, each ending at the next log,
-   eval or checkpoint point; on CPU and TPU every chunk is padded to the longest, so the
-   chunks share one compiled program whatever their lengths (`engines.Engine.padded_chunks`).
-   Metrics stay on the device until a log point, then go to each member's `metrics.jsonl` and
-   TensorBoard. A member whose loss, gradient or update becomes non-finite is frozen at its
-   last finite state and recorded (`diverged_at`); the others go on. A single run stops
-   instead with `NonFiniteError` naming the step (its last good checkpoint is kept).
-   Validation runs every `eval_every_steps` and at every checkpoint; checkpoints (all
-   members) every `checkpoint_every_steps` and at the end. With the `diagnostics` section,
-   chunks also end every `layer_stats_every_steps` (that chunk's last step is the step
-   variant that computes per-layer statistics, split "layers") and every
-   `curvature_every_steps` (Hessian eigenvalues on a fixed batch, split "curvature"; spectral
-   densities in `curvature.jsonl`).
-5. SIGTERM/SIGINT (preemption, Ctrl-C) finish the current chunk, save a checkpoint and return
-   with `interrupted=True` (a second Ctrl-C aborts at once).
-6. At the end evaluates validation and test, writes `result.json`, and returns the results.
+Interrupted equals uninterrupted: the parameters after a resume are bitwise an uninterrupted
+run's, and so is everything reported, because every result (rows, finals, curves,
+result.json) is read back from the persisted metrics records. A stop (SIGTERM, SIGINT,
+`stop_after_step`) between two points saves a checkpoint but writes no record; the train
+metrics since the last log point travel in that checkpoint.
 """
 
 from __future__ import annotations
