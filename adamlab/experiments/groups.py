@@ -99,9 +99,16 @@ def run_per_optimizer(
     """One group per optimizer (`workdir/<optimizer>/`), each with the members `with_members`
     sets from `members` (seeds, implementations, sweep): what compare and sweep run.
 
+    A workdir holding groups of optimizers not in `optimizers` is refused before anything is
+    written (`report.check_request`): its report would lose them.
+
     Returns:
       (optimizer -> RunsResult, wall seconds, whether a group was interrupted).
     """
+    from adamlab.experiments import report
+
+    held = sorted(p.parent.name for p in pathlib.Path(workdir).glob(f"*/{run_io.CONFIG_FILE}"))
+    report.check_request(workdir, {"--optimizers": held}, {"--optimizers": optimizers})
     groups = {
         name: with_members(config, **members, **{"optimizer.name": name}) for name in optimizers
     }
