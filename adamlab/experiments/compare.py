@@ -10,8 +10,9 @@ rounding. The report (`report.write_report`): `results.csv`, a row per run (`COL
 `summary.md`, per optimizer and implementation the mean and 95% t-interval over seeds, and the
 parity: the largest relative parameter difference between ours and the twin over all steps
 and seeds (`members.relative_difference`; 0 means bitwise equal parameters); `curves.png`,
-train loss and validation accuracy against step (the twin dashed). A workdir holds one
-compare: the same optimizers resume it, more extend it, fewer or others are refused.
+train loss and validation accuracy against step (the twin dashed); `<optimizer>/`, its runs
+(`members/<implementation>/seed<s>/metrics.jsonl`). A workdir holds one compare: the same
+optimizers resume it, more extend it, fewer or others are refused.
 """
 
 from __future__ import annotations
