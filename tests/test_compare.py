@@ -216,6 +216,9 @@ def test_an_interrupted_compare_resumes_to_the_uninterrupted_rows(compared, resu
     saved = report.read_csv(resumed["workdir"] / "results.csv")
     expected = report.read_csv(compared["workdir"] / "results.csv")
     assert _without_timing(saved) == _without_timing(expected)
+    # summary.md's numbers too (its table holds no timing field).
+    table = lambda d: [line for line in (d / "summary.md").read_text().splitlines() if "| " in line]
+    assert table(resumed["workdir"]) == table(compared["workdir"])
 
 
 def test_bad_input_is_refused(tmp_path):
