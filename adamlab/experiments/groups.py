@@ -17,6 +17,7 @@ from typing import Any
 
 import ml_collections
 
+from adamlab.experiments import report
 from adamlab.training import run_io, train
 
 
@@ -105,8 +106,6 @@ def run_per_optimizer(
     Returns:
       (optimizer -> RunsResult, wall seconds, whether a group was interrupted).
     """
-    from adamlab.experiments import report
-
     held = sorted(p.parent.name for p in pathlib.Path(workdir).glob(f"*/{run_io.CONFIG_FILE}"))
     report.check_request(workdir, {"--optimizers": held}, {"--optimizers": optimizers})
     groups = {
