@@ -4,9 +4,10 @@ r"""Study: every optimizer of adamlab.optim against its optax twin, full digits 
     python experiments/compare.py --seeds 5 --optimizers adam,nadam   # any flag of adamlab compare
 
 `adamlab compare` with the study's defaults (later flags override them): configs/digits.py
-(24 epochs, the `adamlab train` runs), all eight optimizers, seeds 0-2. Per optimizer, ours and
-the twin train in lockstep from the same initialisation on the same batches, all seeds in one
-program; the report (results.csv, summary.md, curves.png, tensorboard/) goes to --workdir.
+(24 epochs, the `adamlab train` runs), every optimizer of `adamlab.optim.names()`, seeds 0-2.
+Per optimizer, ours and the twin train in lockstep from the same initialisation on the same
+batches, all seeds in one program; the report (results.csv, summary.md, curves.png, and
+`<optimizer>/members/` with each run's metrics) goes to --workdir.
 """
 
 import pathlib

@@ -8,7 +8,8 @@ r"""Study: final loss and accuracy against the peak learning rate, ours and opta
 sweep_learning_rate.py (digits, 12 epochs, warmup-cosine), learning rates 1e-4..1e-1 (8,
 log-spaced), seeds 0 and 1, adam/nadam/radam/adabelief, ours and the optax twin in lockstep.
 Each optimizer's 32 runs are one compiled program. The report (results.csv, summary.md,
-sweep.png, tensorboard/) goes to --workdir. The figure in docs/ was made by this script.
+sweep.png, `<optimizer>/members/`) goes to --workdir. The figure in docs/ was made by this
+script.
 """
 
 import pathlib

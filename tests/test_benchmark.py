@@ -7,6 +7,7 @@ and is resumed without training anything again.
 
 import math
 import re
+import shutil
 
 import jax
 import numpy as np
@@ -274,6 +275,26 @@ def test_a_different_budget_in_a_finished_workdir_is_refused_before_training(tin
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
     with pytest.raises(Exception, match="different config"):
         benchmark.run_benchmark(bigger, workdir, progress=lambda line: None)
+    assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
+
+
+@pytest.mark.parametrize(
+    "request_", [{"optimizers": "adam"}, {"seeds": 3}, {"heatmap": False}], ids=str
+)
+def test_another_request_in_a_finished_workdir_is_refused_and_the_report_kept(
+    tiny, tmp_path, request_
+):
+    """Issue 27 item 5, as for compare: `--optimizers adam` where an sgd benchmark finished
+    replaced its benchmark.json, trials.csv, results.csv and summary.md with adam's alone;
+    other seeds rewrote benchmark.json, then stopped at the final stage. Each is refused
+    before anything is written, naming what the workdir holds."""
+    workdir = tmp_path / "bench"
+    shutil.copytree(tiny[1], workdir)
+    asked = {"optimizers": "sgd", "trials": 2, "seeds": 2} | request_
+    plan = benchmark.plan_benchmark({"digits_cnn": _tiny_workload()}, **asked)
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+    with pytest.raises(run_io.ConfigMismatchError, match="holds .*--optimizers=sgd"):
+        benchmark.run_benchmark(plan, workdir, progress=lambda line: None)
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
 
 

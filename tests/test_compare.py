@@ -8,6 +8,7 @@ against the same comparison interrupted and resumed.
 
 import math
 import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -215,6 +216,9 @@ def test_an_interrupted_compare_resumes_to_the_uninterrupted_rows(compared, resu
     saved = report.read_csv(resumed["workdir"] / "results.csv")
     expected = report.read_csv(compared["workdir"] / "results.csv")
     assert _without_timing(saved) == _without_timing(expected)
+    # summary.md's numbers too (its table holds no timing field).
+    table = lambda d: [line for line in (d / "summary.md").read_text().splitlines() if "| " in line]
+    assert table(resumed["workdir"]) == table(compared["workdir"])
 
 
 def test_bad_input_is_refused(tmp_path):
@@ -257,3 +261,40 @@ def test_cli_errors(capsys, tmp_path):
     code = cli.main(["adamlab", "compare", "--config.optimizer.nope=1"])
     assert code == cli.EXIT_USAGE and "nope" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # Refused before anything was written.
+
+
+def _mtimes(workdir):
+    return {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+
+
+def test_a_compare_of_other_optimizers_is_refused_and_the_saved_report_kept(
+    compared, tmp_path, capsys
+):
+    """Issue 27 item 5: `compare --optimizers radam` in a workdir holding a finished adam,nadam
+    compare replaced its results.csv, summary.md and curves.png with radam's rows alone. It is
+    refused, before anything is written, in one line naming the workdir, what it holds, what
+    was asked and what to do; nothing saved changes."""
+    workdir = tmp_path / "compare"
+    shutil.copytree(compared["workdir"], workdir)
+    before = _mtimes(workdir)
+    with pytest.raises(run_io.ConfigMismatchError, match="holds .*--optimizers=adam,nadam"):
+        compare.run_compare(tiny_config(), workdir, optimizers="radam", num_seeds=SEEDS)
+    with pytest.raises(run_io.ConfigMismatchError, match="--optimizers=adam"):
+        compare.run_compare(tiny_config(), workdir, optimizers="adam", num_seeds=SEEDS)
+    code = cli.main(["adamlab", "compare", "--optimizers", "radam", "--workdir", str(workdir)])
+    assert code == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(workdir) in err and "--optimizers=radam" in err
+    assert "adam,nadam" in err and "another --workdir" in err and "resume" in err
+    assert _mtimes(workdir) == before
+    rows = report.read_csv(workdir / "results.csv")
+    assert {r["optimizer"] for r in rows} == {"adam", "nadam"}
+    # Asking for what it holds and more extends it: the finished groups are reused as saved,
+    # radam trains, and the report covers the three.
+    extended = compare.run_compare(
+        tiny_config(), workdir, optimizers="adam,nadam,radam", num_seeds=SEEDS
+    )
+    rows = report.read_csv(workdir / "results.csv")
+    assert [r["optimizer"] for r in rows] == ["adam"] * 4 + ["nadam"] * 4 + ["radam"] * 4
+    assert _without_timing(extended["rows"][:8]) == _without_timing(compared["rows"])
+    assert extended["results"]["adam"].params == {}  # Read from result.json, not retrained.

@@ -89,13 +89,14 @@ def test_csv_round_trip_is_exact(tmp_path):
 def test_figures_are_pngs(tmp_path):
     steps = np.arange(1, 6)
     values = np.stack([np.linspace(1, 0.1, 5), np.linspace(1.2, 0.2, 5)])  # [seeds, points]
-    curves = report.plot_curves(
-        tmp_path / "c.png", {"train loss": {"adam (ours)": (steps, values)}}, title="t"
-    )
-    sweep = report.plot_sweep(
+    curves = report.plot_panels(
+        tmp_path / "c.png", {"train loss": {"adam (ours)": (steps, values)}}, xlabel="step",
+        title="t",
+    )  # fmt: skip
+    sweep = report.plot_panels(
         tmp_path / "s.png",
         {"validation accuracy": {"adam": (np.array([1e-3, 1e-2]), np.array([[0.9, 0.95]]))}},
-        xlabel="optimizer.learning_rate",
-    )
+        xlabel="optimizer.learning_rate", log_x=True, marker="o", title="",
+    )  # fmt: skip
     for path in (curves, sweep):
         assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5_000

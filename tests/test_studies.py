@@ -6,6 +6,7 @@ regression and one seed); each group is one `train.run`.
 
 import json
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ import pytest
 
 from adamlab import config_dict, optim
 from adamlab.experiments import report, studies
-from adamlab.training import optimizers
+from adamlab.training import optimizers, run_io, train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -121,6 +122,20 @@ def test_baseline_optimizers():
     np.testing.assert_array_equal(u1["w"], u2["w"])
 
 
+def test_epoch_losses_are_found_by_their_recorded_step():
+    """Issue 27: after a resume a study's per-epoch losses were shifted (entry 0 held epoch 4).
+    A curve that starts late (here at epoch 2 of 3, with an extra record at step 6 after the
+    restore) still puts each loss at its epoch; an epoch with no record is NaN."""
+    group = types.SimpleNamespace(train=types.SimpleNamespace(log_every_steps=4))
+    row = {"optimizer": "adam", "seed": 0, "finite": True}
+    loss = np.array([[[0.6, 0.5, 0.4]]])  # [values, seeds, T] at steps 6, 8, 12.
+    curves = {"ours": {"train": (np.array([6, 8, 12]), {"loss": loss})}}
+    result = train.RunsResult([row], [{}], curves, {}, 12, False, 12, 1.0, 1.0)
+    (member,) = studies._member_rows(group, result)
+    assert member["diverged"] is False
+    np.testing.assert_array_equal(member["epoch_loss"], [np.nan, 0.5, 0.4])
+
+
 # ---------------------------------------------------------------------------- tiny studies
 
 
@@ -209,6 +224,14 @@ def test_weight_decay_study_report(tmp_path):
     # Rerunning a finished study trains nothing: each group returns its saved result, and the
     # parameter norms come from the groups' last checkpoints.
     assert studies.run_study("weight_decay", config, tmp_path) == summary
+    # Issue 27 item 5: a study asking for other settings (or another study) in its workdir is
+    # refused before anything is written (config.json holds the whole study config).
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    with pytest.raises(run_io.ConfigMismatchError, match="study.strengths"):
+        studies.run_study("weight_decay", _tiny("study_weight_decay", strengths=(1.0,)), tmp_path)
+    with pytest.raises(run_io.ConfigMismatchError, match="study"):
+        studies.run_study("schedules", _tiny("study_schedules", learning_rates=(1e-2,)), tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
 
 
 def test_kingma_ba_study_tunes_then_runs_seeds(tmp_path):

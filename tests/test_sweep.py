@@ -9,6 +9,7 @@ against the same sweep with a third, absurd learning rate whose members diverge.
 import logging
 import pathlib
 import re
+import shutil
 import types
 
 import jax
@@ -18,7 +19,7 @@ import pytest
 
 from adamlab import cli, config_dict, data, models
 from adamlab.experiments import groups, report, sweep
-from adamlab.training import members, optimizers, train
+from adamlab.training import members, optimizers, run_io, train
 from adamlab.training.steps import make_train_step
 from adamlab.training.train_state import create_train_state
 
@@ -308,9 +309,22 @@ def test_a_diverged_lockstep_run_keeps_the_parity_column():
     rows = [row("ours", 0, 1e-7), row("optax", 0, 1e-7),
             row("ours", 1, float("nan"), False), row("optax", 1, float("nan"), False)]  # fmt: skip
     speed = types.SimpleNamespace(steps_per_sec=100.0)
-    text = sweep._summary_markdown(tiny_config(), "learning_rate", rows, (0, 1), 1.0,
-                                   {"adam": speed})  # fmt: skip
+    text = "\n\n".join(sweep._sections("learning_rate", rows, (0, 1), 1.0, {"adam": speed}))
     assert "parity (max rel. param diff)" in text
     assert "Diverged (non-finite) runs: 2 of 4" in text
     table_rows = [line for line in text.splitlines() if line.startswith("| adam |")]
     assert len(table_rows) == 2 and all(line.endswith("| nan |") for line in table_rows)
+
+
+def test_a_sweep_of_another_optimizer_is_refused_and_the_saved_report_kept(swept, tmp_path):
+    """Issue 27 item 5, as for compare: a sweep asking for nadam in a workdir holding adam's
+    sweep replaced its report with nadam's rows alone; it is refused, nothing written."""
+    workdir = tmp_path / "sweep"
+    shutil.copytree(swept["workdir"], workdir)
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+    with pytest.raises(run_io.ConfigMismatchError, match="holds .*--optimizers=adam;"):
+        sweep.run_sweep(
+            tiny_config(), workdir, sweep=SPEC, optimizers="nadam",
+            implementations=("ours", "optax"), num_seeds=1,
+        )  # fmt: skip
+    assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before

@@ -32,14 +32,17 @@ while the machine ran it; on a shared machine it carries the load of the moment,
 the report also gives the step counts, which no load changes.
 
 A stage that finished returns its saved result without training, and an interrupted stage
-resumes from its checkpoint, so an interrupted benchmark resumes by running the same command.
-Wrong workload or optimizer names, a budget below 1, an invalid config or missing data are
-errors before anything is written.
+resumes from its checkpoint, so an interrupted benchmark resumes by running the same command;
+more workloads or optimizers extend it, and a request whose report would lose some of what the
+workdir holds (fewer names, other trials, seeds or heatmap) is refused. Wrong workload or
+optimizer names, a budget below 1, an invalid config or missing data are errors before
+anything is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import pathlib
@@ -51,11 +54,12 @@ import ml_collections
 import numpy as np
 
 from adamlab import config_dict, data
-from adamlab.experiments import benchmark_report, groups, profiles, tuning
+from adamlab.experiments import benchmark_report, groups, profiles, report, tuning
 from adamlab.training import run_io, train
 from adamlab.training.experiment import ConfigError
 
 WORKLOAD_PREFIX = "bench_"  # configs/bench_<workload>.py
+PLAN_FILE = "benchmark.json"  # What the workdir's benchmark was asked for (`_plan_json`).
 DEFAULT_WORKLOADS: tuple[str, ...] = ("digits_cnn",)
 DEFAULT_OPTIMIZERS: tuple[str, ...] = (
     "adam",
@@ -315,8 +319,8 @@ def run_benchmark(
     workdir = pathlib.Path(workdir)
     _check_workdir(plan, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    run_io.write_json(workdir / "benchmark.json", _plan_json(plan))
-    trial_rows, final_rows, stages = [], [], []
+    run_io.write_json(workdir / PLAN_FILE, _plan_json(plan))
+    trial_rows, final_rows, stages, finals = [], [], [], {}
     total = len(plan.stages()) + bool(plan.heatmap)
     for k, (name, optimizer) in enumerate(plan.stages(), start=1):
         workload = plan.workloads[name]
@@ -340,6 +344,7 @@ def run_benchmark(
         if final.interrupted:
             return _interrupted(workdir, start)
         final_rows += _final_rows(workload, optimizer, chosen, final)
+        finals[name, optimizer] = final
     heatmap = None
     if plan.heatmap:
         workload = next(iter(plan.workloads.values()))
@@ -353,7 +358,7 @@ def run_benchmark(
             heatmap[method] = result
     wall = time.perf_counter() - start
     summary = benchmark_report.write_report(
-        plan, workdir, trial_rows, final_rows, stages, heatmap, wall
+        plan, workdir, trial_rows, final_rows, stages, finals, heatmap, wall
     )
     return {
         "workdir": workdir,
@@ -366,8 +371,9 @@ def run_benchmark(
 
 
 def _check_workdir(plan: Plan, workdir: pathlib.Path) -> None:
-    """Before anything is written: not a training run, and no finished tune stage that a
-    different request (another budget or space) would overwrite."""
+    """Before anything is written: not a training run, no finished tune stage that a
+    different request (another budget or space) would overwrite, and no benchmark whose report
+    would lose workloads, optimizers or settings (`report.check_request`)."""
     if (workdir / run_io.CHECKPOINT_DIR).exists():
         raise run_io.ConfigMismatchError(
             f"{workdir} holds a training run; give the benchmark its own --workdir"
@@ -375,6 +381,14 @@ def _check_workdir(plan: Plan, workdir: pathlib.Path) -> None:
     for name, optimizer in plan.stages():
         config = tune_config(plan.workloads[name], optimizer)
         run_io.check_resumable(workdir / name / optimizer / "tune", config)
+    if (workdir / PLAN_FILE).is_file():
+        saved = json.loads((workdir / PLAN_FILE).read_text())
+        report.check_request(workdir, _request(saved), _request(_plan_json(plan)))
+
+
+def _request(plan: Mapping[str, Any]) -> dict[str, list]:
+    """The flags of the benchmark that `plan` (benchmark.json) records."""
+    return {f"--{k}": list(v) if isinstance(v, list | dict) else [v] for k, v in plan.items()}
 
 
 def _run_stage(config, path: pathlib.Path, where: str, progress) -> train.RunsResult:

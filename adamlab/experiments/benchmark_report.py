@@ -1,28 +1,27 @@
 """The benchmark's report: trials.csv, results.csv, stages.csv, summary.md and the figures.
 
-    summary = write_report(plan, workdir, trial_rows, final_rows, stages, heatmap, wall)
+    summary = write_report(plan, workdir, trial_rows, final_rows, stages, finals, heatmap, wall)
 
 `plan` is a `benchmark.Plan` (read only: its workloads' configs, targets, spaces and seeds);
 `trial_rows` and `final_rows` are the rows of trials.csv and results.csv, `stages` one row per
-stage (runs, steps, wall and compile seconds), `heatmap` the Adam + L2 / AdamW grid runs (or
-None). summary.md states the tuning protocol in full, then per workload a table of the
-optimizers (selected setting, time-to-target medians, speedup against Adam, validation and test
-metrics with 95% t-intervals), the performance profiles and the stages' costs.
+stage (runs, steps, wall and compile seconds), `finals` the final stages' results (their
+curves), `heatmap` the Adam + L2 / AdamW grid runs (or None). summary.md states the tuning
+protocol in full, then per workload a table of the optimizers (selected setting, time-to-target
+medians, speedup against Adam, validation and test metrics with 95% t-intervals), the
+performance profiles and the stages' costs. Written by `report.write_report`.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import math
 import os
-import pathlib
-import platform
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from adamlab.experiments import compare, profiles, report
+from adamlab.experiments import profiles, report
 from adamlab.training import train
 
 BASELINE = "adam"  # Speedups are against it.
@@ -36,59 +35,50 @@ def medians(final_rows: Sequence[Mapping[str, Any]], column: str) -> dict[str, d
     return {o: {w: float(np.median(v)) for w, v in per.items()} for o, per in out.items()}
 
 
-def write_report(plan, workdir, trial_rows, final_rows, stages, heatmap, wall) -> str:
-    """trials.csv, results.csv, stages.csv, summary.md, profiles.png, curves.png, heatmap.png."""
-    workdir = pathlib.Path(workdir)
-    report.write_csv(workdir / "trials.csv", _uniform(trial_rows))
-    report.write_csv(workdir / "results.csv", final_rows)
-    report.write_csv(workdir / "stages.csv", stages)
+def write_report(plan, workdir, trial_rows, final_rows, stages, finals, heatmap, wall) -> str:
+    """trials.csv, results.csv, stages.csv, summary.md, profiles.png, curves.png, heatmap.png;
+    `finals`: (workload, optimizer) -> the final stage's `train.RunsResult`."""
     seconds = medians(final_rows, "seconds_to_target")
     steps = medians(final_rows, "steps_to_target")
     rho = {
         "seconds to target": profiles.performance_profile(seconds),
         "steps to target": profiles.performance_profile(steps),
     }
-    profiles.plot_profiles(
-        workdir / "profiles.png",
-        rho,
-        title=f"performance profiles over {len(plan.workloads)} workload(s), final seeds' medians",
-    )
-    _plot_training_curves(plan, workdir)
-    heatmap_text = ""
+    title = f"performance profiles over {len(plan.workloads)} workload(s), final seeds' medians"
+    figures = {
+        "profiles.png": functools.partial(profiles.plot_profiles, panels=rho, title=title),
+        "curves.png": functools.partial(_plot_training_curves, plan, finals),
+    }
+    sections = [_summary(plan, trial_rows, final_rows, stages, rho, seconds, steps, wall)]
     if heatmap:
-        heatmap_text = _heatmap(plan, workdir, heatmap)
-    summary = _summary(plan, trial_rows, final_rows, stages, rho, seconds, steps, wall)
-    summary += heatmap_text
-    (workdir / "summary.md").write_text(summary)
-    return summary
+        sections.append(_heatmap(plan, heatmap, figures))
+    return report.write_report(
+        workdir,
+        final_rows,
+        title="Optimizer benchmark",
+        sections=sections,
+        tables={"trials.csv": trial_rows, "stages.csv": stages},
+        figures=figures,
+    )
 
 
-def _uniform(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Rows with the union of their columns (a hyperparameter an optimizer lacks is empty)."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    return [{k: row.get(k, "") for k in columns} for row in rows]
-
-
-def _plot_training_curves(plan, workdir: pathlib.Path) -> None:
+def _plot_training_curves(plan, finals: Mapping[tuple[str, str], train.RunsResult], path) -> None:
     """curves.png: the final runs' train loss per epoch (seeds' mean and range), a panel per
     workload: Kingma & Ba 2015's "training cost" figures."""
     panels = {}
     for name, workload in plan.workloads.items():
         lines = {}
         for optimizer in plan.optimizers:
-            saved = workdir / name / optimizer / "final" / train.RESULT_FILE
-            curves = json.loads(saved.read_text())["curves"]
-            (per_split,) = curves.values()
-            steps = np.asarray(per_split["train"]["steps"], np.float64)
-            loss = np.asarray(per_split["train"]["loss"], np.float64)[0]  # [S, T]
-            lines[optimizer] = (steps / workload.steps_per_epoch, loss)
+            (per_split,) = finals[name, optimizer].curves.values()
+            steps, values = per_split["train"]
+            loss = np.asarray(values["loss"], np.float64)[0]  # [S, T]
+            lines[optimizer] = (np.asarray(steps) / workload.steps_per_epoch, loss)
         panels[f"{name}: training loss"] = lines
-    report.plot_panels(
-        workdir / "curves.png", panels, xlabel="epoch", title="final runs", log_y=True
-    )
+    report.plot_panels(path, panels, xlabel="epoch", title="final runs", log_y=True)
 
 
-def _heatmap(plan, workdir: pathlib.Path, results: Mapping[str, train.RunsResult]) -> str:
+def _heatmap(plan, results: Mapping[str, train.RunsResult], figures: dict) -> str:
+    """The heatmap's section of summary.md; adds heatmap.png to `figures`."""
     workload = next(iter(plan.workloads.values()))
     metric = workload.config.benchmark.heatmap.metric
     rates, strengths = workload.heatmap_axes()
@@ -97,11 +87,11 @@ def _heatmap(plan, workdir: pathlib.Path, results: Mapping[str, train.RunsResult
         values = np.array([row[metric] for row in result.rows], np.float64)
         seeds = len(result.rows) // (len(rates) * len(strengths))
         grids[method] = values.reshape(len(rates), len(strengths), seeds).mean(axis=-1)
-    profiles.plot_heatmaps(
-        workdir / "heatmap.png",
-        grids,
-        rates,
-        strengths,
+    figures["heatmap.png"] = functools.partial(
+        profiles.plot_heatmaps,
+        grids=grids,
+        learning_rates=rates,
+        strengths=strengths,
         metric=f"final {metric}, mean of {seeds} seed(s)",
         title=f"{workload.name}: Adam + L2 vs AdamW",
     )
@@ -115,24 +105,19 @@ def _heatmap(plan, workdir: pathlib.Path, results: Mapping[str, train.RunsResult
             cells.append("diverged" if j is None else f"{strengths[j]:.0e} ({row[j]:.4f})")
         lines.append(f"| {rate:.0e} | " + " | ".join(cells) + " |")
     return (
-        f"\n## Adam + L2 vs AdamW on {workload.name} (Loshchilov & Hutter 2019, Fig. 2)\n\n"
+        f"## Adam + L2 vs AdamW on {workload.name} (Loshchilov & Hutter 2019, Fig. 2)\n\n"
         f"Final {metric} (mean of {seeds} seed(s)) over learning rate x strength, one program "
         f"per method ({len(rates) * len(strengths) * seeds} runs each); heatmap.png. If the "
-        "best strength moves with the learning rate, the two are coupled.\n\n"
-        + "\n".join(lines)
-        + "\n"
+        "best strength moves with the learning rate, the two are coupled.\n\n" + "\n".join(lines)
     )
 
 
 def _summary(plan, trial_rows, final_rows, stages, rho, seconds, steps, wall) -> str:
     lines = [
-        "# Optimizer benchmark",
-        "",
         f"Workloads: {', '.join(plan.workloads)}. Optimizers: {', '.join(plan.optimizers)}.",
         f"Wall time {wall:.1f} s for this invocation; stages (their own wall times, compile "
         f"included) {sum(s['wall_time_s'] for s in stages):.1f} s "
-        f"({platform.machine()}, {os.cpu_count()} CPU threads, {compare._device()}, "
-        f"load average {_load()}).",
+        f"({report.machine()}, load average {_load()}).",
         "",
         "## Protocol",
         "",

@@ -17,6 +17,7 @@ from typing import Any
 
 import ml_collections
 
+from adamlab.experiments import report
 from adamlab.training import run_io, train
 
 
@@ -100,9 +101,14 @@ def run_per_optimizer(
     """One group per optimizer (`workdir/<optimizer>/`), each with the members `with_members`
     sets from `members` (seeds, implementations, sweep): what compare and sweep run.
 
+    A workdir holding groups of optimizers not in `optimizers` is refused before anything is
+    written (`report.check_request`): its report would lose them.
+
     Returns:
       (optimizer -> RunsResult, wall seconds, whether a group was interrupted).
     """
+    held = sorted(p.parent.name for p in pathlib.Path(workdir).glob(f"*/{run_io.CONFIG_FILE}"))
+    report.check_request(workdir, {"--optimizers": held}, {"--optimizers": optimizers})
     groups = {
         name: with_members(config, **members, **{"optimizer.name": name}) for name in optimizers
     }

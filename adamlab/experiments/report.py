@@ -1,33 +1,40 @@
-"""Reports of multi-run studies: 95% intervals over seeds, CSV and markdown tables, figures.
+"""The one report writer of compare, sweep, the studies and the benchmark.
 
-    mean, half = t_interval([0.98, 0.99, 0.97])          # mean +- half is the 95% interval
-    rows = summarize(results, by=("optimizer", "implementation"), metrics=("test_accuracy",))
-    write_csv(path, results); path.write_text(markdown_table(rows, columns))
+    summary, table = summary_table(rows, by=("optimizer",), metrics={"test_accuracy": "test"})
+    write_report(workdir, rows, title="...", sections=[intro, table], figures={"a.png": draw})
+
+A command supplies only what differs (its columns, summary sections and figures) from rows and
+curves of `train.RunsResult`, which a finished group reads back from what its runs persisted:
+a report is the same whether its groups ran now, earlier, or were interrupted and resumed.
+`check_request` keeps a report from being replaced by one lacking what its workdir holds.
 
 Intervals are Student-t intervals over seeds, `mean +- t_{0.975, n-1} * s / sqrt(n)` with `s`
-the sample standard deviation (ddof=1): seeds are few (2-5), where the normal quantile 1.96
-would be far too narrow (t_{0.975, 1} = 12.7, t_{0.975, 2} = 4.30). With one seed there is no
-interval (`half` is NaN and tables say "n=1, no interval").
-
-Figures show the mean and the range (min to max) over seeds: with 2-3 seeds a t band is mostly
-quantile (12.7x or 4.3x the standard error) and leaves the axis (accuracy > 1, loss < 0); the
-tables carry the intervals. Only numpy, scipy (for the t quantile) and matplotlib (lazily, with
-the Agg backend: files only, no display needed).
+the sample standard deviation (ddof=1): seeds are few, where the normal quantile 1.96 would be
+far too narrow (t_{0.975, 1} = 12.7, t_{0.975, 2} = 4.30); one seed has no interval. Figures
+show the mean and the range over seeds: with 2-3 seeds a t band is mostly quantile and leaves
+the axis (accuracy > 1, loss < 0); the tables carry the intervals.
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import logging
 import math
 import os
 import pathlib
-from collections.abc import Iterable, Mapping, Sequence
+import platform
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
+from adamlab.training import run_io
+
 CONFIDENCE = 0.95
+RESULTS = "results.csv"
+SUMMARY = "summary.md"
 
 
 def t_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -67,12 +74,14 @@ def summarize(
     by: Sequence[str],
     metrics: Sequence[str],
     maxima: Sequence[str] = (),
+    count: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per distinct value of the `by` columns (in first-seen order).
 
     Each row holds the `by` values, `n` (rows in the group), `<metric>_mean` and
-    `<metric>_half` (95% t-interval half-width) for every metric, and `<column>_max` for every
-    column of `maxima` (e.g. the parity: the worst case matters, not the mean).
+    `<metric>_half` (95% t-interval half-width) for every metric, `<column>_max` for every
+    column of `maxima` (e.g. the parity: the worst case matters, not the mean), and under
+    `count` the number of the group's rows whose `count` column is true (e.g. "diverged").
     """
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for row in rows:
@@ -88,6 +97,8 @@ def summarize(
         for column in maxima:
             # np.max, not max(): a NaN (a diverged run) must win wherever it is in the group.
             summary[f"{column}_max"] = float(np.max([float(m[column]) for m in members]))
+        if count:
+            summary[count] = sum(bool(m[count]) for m in members)
         out.append(summary)
     return out
 
@@ -123,15 +134,54 @@ def _cell(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> pathlib.Path:
-    """Writes `rows` (dicts with the same keys) as CSV with a header; floats at full precision."""
+def summary_table(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    by: Sequence[str],
+    metrics: Mapping[str, str],
+    maxima: Mapping[str, str] | None = None,
+    count: str | None = None,
+) -> tuple[list[dict[str, Any]], str]:
+    """`summarize` of `rows` and its `markdown_table`: (summary rows, markdown); the `count`
+    column is shown after the `by` columns."""
+    maxima = maxima or {}
+    summary = summarize(rows, by=by, metrics=tuple(metrics), maxima=tuple(maxima), count=count)
+    keys = (*by, count) if count else tuple(by)
+    return summary, markdown_table(summary, keys=keys, metrics=metrics, maxima=maxima)
+
+
+def machine() -> str:
+    """The machine a report's times were measured on, for its summary."""
+    import jax
+
+    device = jax.devices()[0]
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPU threads, jax {jax.__version__} on "
+        f"{device.platform}:{device.device_kind}"
+    )
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def write_csv(
+    path: str | os.PathLike,
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str] | None = None,
+) -> pathlib.Path:
+    """Writes `rows` as CSV with a header, floats at full precision.
+
+    The columns are `columns`, by default every key of the rows in first-seen order (a key a
+    row lacks, such as a hyperparameter another optimizer does not have, is left empty).
+    """
     if not rows:
         raise ValueError(f"no rows to write to {path}")
+    columns = list(columns or dict.fromkeys(k for row in rows for k in row))
     path = pathlib.Path(path)
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
+        writer.writerows({k: _csv_value(row.get(k, "")) for k in columns} for row in rows)
     return path
 
 
@@ -145,6 +195,61 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
     """The rows of a CSV written by `write_csv` (values as strings)."""
     with pathlib.Path(path).open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+def write_report(
+    workdir: str | os.PathLike,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    title: str,
+    sections: Sequence[str],
+    columns: Sequence[str] | None = None,
+    tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    figures: Mapping[str, Callable[[pathlib.Path], Any]] | None = None,
+) -> str:
+    """Writes the report of `rows` (one dict per run) into `workdir`; returns summary.md.
+
+    results.csv holds `rows` (their `columns`; default: all); `tables` are more files, name ->
+    rows (CSV, or JSON for a name ending in ".json": rows whole, lists included); summary.md is
+    `# title` then each non-empty section; `figures`: file name -> a function drawing into it.
+    """
+    workdir = pathlib.Path(workdir)
+    write_csv(workdir / RESULTS, rows, columns)
+    for name, table in (tables or {}).items():
+        if name.endswith(".json"):
+            (workdir / name).write_text(json.dumps(list(table), indent=1, default=float))
+        else:
+            write_csv(workdir / name, table)
+    for name, draw in (figures or {}).items():
+        draw(workdir / name)
+    text = "\n\n".join([f"# {title}", *(s.strip("\n") for s in sections if s)]) + "\n"
+    (workdir / SUMMARY).write_text(text)
+    logging.info("wrote %s", workdir / SUMMARY)
+    return text
+
+
+def check_request(
+    workdir: str | os.PathLike,
+    holds: Mapping[str, Sequence[Any]],
+    asked: Mapping[str, Sequence[Any]],
+) -> None:
+    """Refuses a request whose report would replace `workdir`'s without some of what it holds
+    (`holds`, `asked`: flag -> values), before anything is written: asking for all it holds
+    resumes it, more names as well extend it (finished groups are reused as saved).
+
+    Raises:
+      run_io.ConfigMismatchError: one line: what the workdir holds, what was asked, what would
+        be lost and what to do.
+    """
+    lost = {f: [v for v in held if v not in asked[f]] for f, held in holds.items()}
+    lost = {f: values for f, values in lost.items() if values}
+    if lost:
+        show = lambda flags: " ".join(f"{f}={','.join(map(str, v))}" for f, v in flags.items())
+        raise run_io.ConfigMismatchError(
+            f"workdir {str(workdir)!r} holds the report of {show(holds)}; asked for "
+            f"{show(asked)}, it would lose {show(lost)}: give another --workdir, or ask for "
+            f"{show(holds)} to resume it (with more names to extend it)"
+        )
 
 
 # ---------------------------------------------------------------------------- figures
@@ -184,42 +289,6 @@ def _lines(ax, lines: Mapping[str, tuple[np.ndarray, np.ndarray]], marker: str =
             ax.fill_between(xs, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15)
 
 
-def plot_curves(
-    path: str | os.PathLike,
-    curves: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
-    *,
-    title: str = "",
-) -> pathlib.Path:
-    """Line plots of the mean over seeds with the range over seeds, one panel per quantity.
-
-    Args:
-      path: the PNG to write.
-      curves: panel title -> {line label: (steps [points], values [seeds, points])}.
-      title: figure title.
-    """
-    return plot_panels(path, curves, xlabel="step", title=title)
-
-
-def plot_sweep(
-    path: str | os.PathLike,
-    panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
-    *,
-    xlabel: str,
-    log_x: bool = True,
-    title: str = "",
-) -> pathlib.Path:
-    """Final metric against a hyperparameter: mean and range over seeds, a line per optimizer.
-
-    Args:
-      path: the PNG to write.
-      panels: panel title (metric) -> {line label: (values of the hyperparameter [points],
-        metric [seeds, points])}.
-      xlabel: the hyperparameter's name.
-      log_x: log-scaled x axis (learning rates).
-    """
-    return plot_panels(path, panels, xlabel=xlabel, log_x=log_x, marker="o", title=title)
-
-
 def plot_panels(
     path: str | os.PathLike,
     panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
@@ -231,8 +300,15 @@ def plot_panels(
     log_y: bool | None = None,
     marker: str = "",
 ) -> pathlib.Path:
-    """One panel per entry of `panels` ({line label: (xs, values [seeds, xs])}), lines drawn
-    by `_lines`; `log_y` None puts the panels whose title says "loss" on a log y axis."""
+    """Line plots of the mean over seeds with the range over seeds, one panel per quantity.
+
+    Args:
+      path: the PNG to write.
+      panels: panel title -> {line label: (xs [points], values [seeds, points])}, drawn by
+        `_lines`.
+      log_y: None puts the panels whose title says "loss" on a log y axis.
+      marker: "o" for a metric against a hyperparameter (`sweep_panels`).
+    """
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, (panel, lines) in zip(axes[0], panels.items(), strict=True):
@@ -252,3 +328,28 @@ def plot_panels(
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return pathlib.Path(path)
+
+
+def sweep_panels(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    x: str,
+    line: Callable[[Mapping[str, Any]], str],
+    metrics: Mapping[str, str],
+) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """`plot_panels` panels of final metrics against the setting `x`: a panel per metric of
+    `metrics` (column -> title), a line per distinct `line(row)`, values [seeds, xs] (NaN
+    where a seed lacks a run)."""
+    panels: dict[str, dict] = {}
+    for metric, panel in metrics.items():
+        lines: dict[str, tuple] = {}
+        for label in dict.fromkeys(map(line, rows)):
+            members = [r for r in rows if line(r) == label]
+            xs = sorted(dict.fromkeys(float(r[x]) for r in members))
+            seeds = sorted(dict.fromkeys(r["seed"] for r in members))
+            grid = np.full((len(seeds), len(xs)), math.nan)
+            for r in members:
+                grid[seeds.index(r["seed"]), xs.index(float(r[x]))] = r[metric]
+            lines[label] = (np.asarray(xs), grid)
+        panels[panel] = lines
+    return panels

@@ -9,7 +9,8 @@ section holding the study's own variables. A study turns it into groups: trainin
 `<workdir>/<group>/`; the settings that can share a program (they differ only in swept
 optimizer values and seeds) share it. A finished group returns its saved result and an
 interrupted one resumes, so rerunning an interrupted study continues where it stopped. The
-members' rows are then mapped back to the study's settings, and `study_report` writes the report.
+members' rows are then mapped back to the study's settings, and `report.write_report` writes the
+report: results.csv, results.json (with per-epoch losses), summary.md and the figures.
 
 - batch_size: one group per batch size, sweeping the distinct learning rates the scaling rules
   give it (`scaled_learning_rate`); every batch size trains the same number of epochs.
@@ -34,16 +35,14 @@ import logging
 import math
 import pathlib
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
-import optax
 
 from adamlab import data
-from adamlab.experiments import study_report
+from adamlab.experiments import report
 from adamlab.training import experiment
 
 # Study name -> its shipped config (`adamlab study <name>` loads it unless --config is given).
@@ -60,20 +59,16 @@ WEIGHT_DECAY_METHODS: dict[str, dict[str, str]] = {  # method -> the swept optim
     "adamw": {"name": "adamw", "field": "weight_decay"},
 }
 TRANSFER_MODES: tuple[str, ...] = ("frozen", "full", "scratch")
-# What a report row keeps of a member's row (`train.RunsResult.rows` plus param_norm etc.).
-_COLUMNS = (
-    "seed",
-    "steps",
-    "final_train_loss",
-    "validation_loss",
-    "validation_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "test_f1",
-    "param_norm",
-    "diverged",
-    "diverged_at",
-    "epoch_loss",
+SHOWN = {  # The summary tables' columns (metric -> title).
+    "final_train_loss": "final train loss",
+    "test_accuracy": "test accuracy",
+    "test_loss": "test loss",
+}
+_FIGURE_METRICS = ("final_train_loss", "test_accuracy")  # What the sweep figures show.
+# What a report row keeps of a member row (`train.RunsResult.rows` plus diverged, epoch_loss).
+_COLUMNS = tuple(
+    "seed steps final_train_loss validation_loss validation_accuracy test_loss test_accuracy "
+    "test_f1 param_norm diverged diverged_at epoch_loss".split()
 )
 
 
@@ -142,8 +137,8 @@ def train_groups(
     """Trains (resumes, or reads back) each group in `workdir/<name>` with
     `groups.run_groups` (the study `config` is the workdir's config.json); name -> member rows.
 
-    A member row is `train.RunsResult.rows`' plus "param_norm" (global L2 norm of the final
-    parameters), "diverged" and "epoch_loss" (mean training loss of each epoch).
+    A member row is `train.RunsResult.rows`' (param_norm: the global L2 norm of the final
+    parameters) plus "diverged" and "epoch_loss" (mean training loss of each epoch).
     """
     from adamlab.experiments import groups as groups_lib  # Imports the loop: kept out of --help.
 
@@ -153,42 +148,25 @@ def train_groups(
         raise StudyInterrupted(
             f"group {stopped[0]} was stopped (checkpoint saved); run the study again to resume it"
         )
-    return {name: _member_rows(groups[name], r, workdir / name) for name, r in results.items()}
+    return {name: _member_rows(groups[name], r) for name, r in results.items()}
 
 
-def _member_rows(group, result, workdir: pathlib.Path) -> list[dict[str, Any]]:
+def _member_rows(group, result) -> list[dict[str, Any]]:
+    """`result.rows` with "diverged" and "epoch_loss": the training loss logged at each epoch's
+    end, found by its recorded step (NaN if none was recorded), never by its position in the
+    curve, so that a curve starting late (after a resume) cannot shift the epochs."""
     (curves,) = result.curves.values()  # A study group trains one implementation.
-    steps, loss = curves["train"][0], curves["train"][1]["loss"]  # [T], [values, seeds, T]
-    epoch_ends = (steps % group.train.log_every_steps == 0) | (steps == result.num_steps)
-    loss = loss[..., epoch_ends]
-    params = _final_params(group, result, workdir)
+    steps, values = curves["train"]
+    at = {int(step): i for i, step in enumerate(steps)}
+    every = group.train.log_every_steps
+    ends = sorted({*range(every, result.num_steps + 1, every), result.num_steps})
+    loss = np.asarray(values["loss"], np.float64)  # [values, seeds, T]
     rows = []
     for i, row in enumerate(result.rows):
         v, s = divmod(i, loss.shape[1])
-        norm = optax.tree.norm(jax.tree.map(lambda x, v=v, s=s: x[v, s], params))
-        rows.append(
-            row
-            | {
-                "param_norm": float(norm),
-                "diverged": not row["finite"],
-                "epoch_loss": loss[v, s].tolist(),
-            }
-        )
+        epoch_loss = [float(loss[v, s, at[e]]) if e in at else math.nan for e in ends]
+        rows.append(row | {"diverged": not row["finite"], "epoch_loss": epoch_loss})
     return rows
-
-
-def _final_params(group, result, workdir: pathlib.Path) -> Any:
-    """Final parameters with leading [values, seeds] axes; a group that had already finished
-    returns none, so they come from its last checkpoint."""
-    if result.params:
-        return next(iter(result.params.values()))
-    from adamlab.training import restore
-
-    grid = experiment.read_members(group).grid  # () for a single run.
-    params = restore.restore(workdir, "latest").params
-    return jax.tree.map(
-        lambda x: np.reshape(x, (*(grid or (1, 1)), *np.shape(x)[len(grid) :])), params
-    )
 
 
 def _pick(setting: Mapping[str, Any], member: Mapping[str, Any]) -> dict[str, Any]:
@@ -197,6 +175,68 @@ def _pick(setting: Mapping[str, Any], member: Mapping[str, Any]) -> dict[str, An
 
 def _with_prefix(prefix: str, section: Mapping[str, Any]) -> dict[str, Any]:
     return {f"{prefix}.{k}": v for k, v in section.items()}
+
+
+# ---------------------------------------------------------------------------- reports
+
+
+def _report(workdir, rows, *, by, metrics, title, notes, figures) -> list[dict[str, Any]]:
+    """Writes a study's report (`groups.run_groups` wrote config.json): results.csv (a row per
+    run: the setting, seed, final metrics, diverged), results.json (the same rows with
+    "epoch_loss"), summary.md (mean ± 95% t-interval over seeds of `metrics` per setting `by`,
+    with how many seeds diverged, then `notes`) and `figures`; returns the summary rows."""
+    summary, table = report.summary_table(rows, by=by, metrics=metrics, count="diverged")
+    report.write_report(
+        workdir,
+        rows,
+        columns=[k for k in rows[0] if k != "epoch_loss"],
+        tables={"results.json": rows},
+        title=title,
+        sections=["Mean ± 95% Student-t interval over seeds.", table, notes],
+        figures=figures,
+    )
+    return summary
+
+
+def _epoch_curves(rows: Sequence[Mapping[str, Any]], line: str) -> dict[str, np.ndarray]:
+    """Value of `line` -> [seeds, epochs] training losses."""
+    curves: dict[str, list] = {}
+    for row in rows:
+        curves.setdefault(str(row[line]), []).append(row["epoch_loss"])
+    return {label: np.asarray(c, np.float64) for label, c in curves.items()}
+
+
+def _epoch_figure(panels: Mapping[str, Mapping[str, np.ndarray]], *, title: str):
+    """Training loss against epochs; `panels`: title -> {line label: values [seeds, epochs]}."""
+    curves = {
+        panel: {label: (np.arange(1, v.shape[1] + 1), v) for label, v in lines.items()}
+        for panel, lines in panels.items()
+    }
+    return functools.partial(
+        report.plot_panels,
+        panels=curves,
+        xlabel="epoch",
+        ylabel="training loss (NLL)",
+        log_y=True,
+        title=title,
+    )
+
+
+def _sweep_figure(rows, *, x: str, line: str, xlabel: str, title: str, metrics=_FIGURE_METRICS):
+    """Final `metrics` against the setting `x` (log axis), a line per value of `line`."""
+    panels = report.sweep_panels(
+        rows, x=x, line=lambda r: str(r[line]), metrics={m: m for m in metrics}
+    )
+    return functools.partial(
+        report.plot_panels, panels=panels, xlabel=xlabel, log_x=True, marker="o", title=title
+    )
+
+
+def _setup(config) -> str:
+    return (
+        f"{config.train.num_epochs:g} epochs, batch {config.train.batch_size}, schedule "
+        f"{config.optimizer.schedule}"
+    )
 
 
 # ---------------------------------------------------------------------------- the studies
@@ -217,13 +257,35 @@ def batch_size(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list
             config, {"train.batch_size": b, "runs.sweep.learning_rate": rates}
         )
     trained = train_groups(config, groups, workdir)
-    return [
+    rows = [
         _pick({"rule": rule, "batch_size": b, "learning_rate": rate(b, rule)}, m)
         for rule in study.rules
         for b in study.batch_sizes
         for m in trained[f"batch{b}"]
         if m["learning_rate"] == rate(b, rule)
     ]
+    figure = _sweep_figure(
+        rows,
+        x="batch_size",
+        line="rule",
+        xlabel="batch size",
+        title="Adam: batch size with learning-rate scaling rules",
+    )
+    return _report(
+        workdir,
+        rows,
+        by=("rule", "batch_size", "learning_rate"),
+        metrics=SHOWN,
+        title="Batch size and learning-rate scaling (Adam)",
+        notes=(
+            f"Base: batch {study.base_batch_size}, learning rate {study.base_learning_rate}; "
+            f"{config.train.num_epochs:g} epochs for every batch size (larger batches take "
+            f"fewer steps); schedule {config.optimizer.schedule}. A rule's learning rate at the "
+            "base batch size is the base one, so those rows are the same runs. One compiled "
+            "program per batch size trains all its learning rates and seeds."
+        ),
+        figures={"batch_size.png": figure},
+    )
 
 
 def schedules(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[dict]:
@@ -235,11 +297,38 @@ def schedules(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[
         for s in study.schedules
     }
     trained = train_groups(config, groups, workdir)
-    return [
+    rows = [
         _pick({"schedule": schedule, "learning_rate": m["learning_rate"]}, m)
         for schedule in study.schedules
         for m in trained[schedule]
     ]
+    panels = {
+        f"lr={lr:g}": _epoch_curves([r for r in rows if r["learning_rate"] == lr], "schedule")
+        for lr in rates
+    }
+    figure = _sweep_figure(
+        rows,
+        x="learning_rate",
+        line="schedule",
+        xlabel="peak learning rate",
+        title="Adam: constant vs warmup + cosine",
+    )
+    return _report(
+        workdir,
+        rows,
+        by=("schedule", "learning_rate"),
+        metrics=SHOWN,
+        title="Learning-rate schedules (Adam): constant vs warmup + cosine",
+        notes=(
+            f"{_setup(config)}; warmup_cosine warms up linearly over "
+            f"{study.warmup_fraction:.0%} of the steps, then decays to 0. One compiled "
+            "program per schedule trains all its learning rates and seeds."
+        ),
+        figures={
+            "schedules.png": figure,
+            "training_loss.png": _epoch_figure(panels, title="training loss per schedule"),
+        },
+    )
 
 
 def weight_decay(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[dict]:
@@ -271,7 +360,28 @@ def weight_decay(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> li
         for s in strengths:
             members = trained["adam"] if s == 0 else [m for m in trained[method] if m[field] == s]
             rows += [_pick({"method": method, "strength": s}, m) for m in members]
-    return rows
+    figure = _sweep_figure(
+        [r for r in rows if r["strength"] > 0],
+        x="strength",
+        line="method",
+        metrics=("test_accuracy", "param_norm"),
+        xlabel="lambda",
+        title="Adam + L2 vs AdamW",
+    )
+    return _report(
+        workdir,
+        rows,
+        by=("method", "strength"),
+        metrics={**SHOWN, "param_norm": "parameter norm"},
+        title="Weight decay: Adam + L2 in the loss vs AdamW (decoupled), same lambda",
+        notes=(
+            f"Learning rate {config.optimizer.learning_rate}, {_setup(config)}. adam_l2 "
+            "(optimizer.l2) adds lambda*theta to the gradient before Adam's scaling (decay "
+            "divided by sqrt(v)); adamw subtracts lr*lambda*theta after it. Strength 0 is plain "
+            "Adam (one run per seed, shown under both methods)."
+        ),
+        figures={"weight_decay.png": figure},
+    )
 
 
 def kingma_ba(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[dict]:
@@ -315,7 +425,28 @@ def kingma_ba(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[
                 _pick(setting | {"learning_rate": r["learning_rate"]}, r)
                 for r in trained[f"{prefix}{m}_{o}"]
             ]
-    return rows
+    final = [r for r in rows if r["phase"] == "final"]
+    panels = {
+        m: _epoch_curves([r for r in final if r["model"] == m], "optimizer") for m in study.models
+    }
+    return _report(
+        workdir,
+        rows,
+        by=("phase", "model", "optimizer", "learning_rate"),
+        metrics={**SHOWN, "validation_loss": "validation loss"},
+        title="Kingma & Ba 2015: Adam vs SGD-Nesterov, AdaGrad, RMSProp",
+        notes=(
+            f"Minibatch {config.train.batch_size}, {config.train.num_epochs:g} epochs. Learning "
+            f"rate tuned per model and optimizer on its grid with the first seed by final "
+            f"{study.select_by} (one program per grid); 'final' rows are the chosen rate over "
+            "all seeds (one program each), 'tune' rows the grid."
+        ),
+        figures={
+            "training_loss.png": _epoch_figure(
+                panels, title="Kingma & Ba 2015 Figures 1-2 on " + config.data.name
+            )
+        },
+    )
 
 
 def _nan_last(value: float) -> float:
@@ -364,7 +495,30 @@ def transfer(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[d
             },
         )
     trained = train_groups(config, groups, workdir)
-    return [_pick({"mode": mode}, m) for mode in ("pretrain", *study.modes) for m in trained[mode]]
+    rows = [_pick({"mode": mode}, m) for mode in ("pretrain", *study.modes) for m in trained[mode]]
+    pretrain = {**config.data.to_dict(), **study.pretrain_data.to_dict()}
+    finetuned = [r for r in rows if r["mode"] != "pretrain"]
+    return _report(
+        workdir,
+        rows,
+        by=("mode",),
+        metrics=SHOWN,
+        title="Transfer learning: frozen backbone vs full fine-tune vs from scratch",
+        notes=(
+            f"'pretrain': {pretrain['name']} classes {pretrain['classes'] or 'all'}, "
+            f"{study.pretrain_epochs:g} epochs at lr {study.pretrain_learning_rate} (seed "
+            f"{study.pretrain_seed}; its metrics are on those classes). Target: "
+            f"{config.data.name} classes {config.data.classes or 'all'}, {_setup(config)}, "
+            f"learning rates {study.learning_rates.to_dict()}. 'full' and 'frozen' start from "
+            f"the pretrained parameters but the head ({study.head}, re-initialised); 'frozen' "
+            "trains the head only. The optimizer state starts fresh for every parameter."
+        ),
+        figures={
+            "training_loss.png": _epoch_figure(
+                {"target task": _epoch_curves(finetuned, "mode")}, title="transfer learning"
+            )
+        },
+    )
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -402,8 +556,7 @@ def run_study(
         "kingma_ba": kingma_ba,
         "transfer": transfer,
     }[name]
-    rows = study(config, workdir)
-    summary = getattr(study_report, name)(config, rows, workdir)
+    summary = study(config, workdir)
     print(
         f"{name}: done in {time.perf_counter() - start:.0f} s; see {workdir / 'summary.md'}",
         flush=True,

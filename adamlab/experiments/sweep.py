@@ -5,20 +5,20 @@
         --implementations ours,optax
 
 A sweep spec is `path=start:stop:num` (num values log-spaced from start to stop, both > 0) or
-`path=v1,v2,...` (the values as given). `path` is a field of the config; only numeric optimizer
-hyperparameters (`adamlab.training.optimizers.SWEEPABLE`) can vary inside one program, because
-they are state leaves under `optax.inject_hyperparams`; other fields change the program.
+`path=v1,v2,...` (the values as given). Only numeric optimizer hyperparameters
+(`adamlab.training.optimizers.SWEEPABLE`) can vary inside one program: they are state leaves
+under `optax.inject_hyperparams`, where other fields change the program.
 
-For each optimizer, the one loop (`adamlab.training.train.run`) trains every (value, seed) at
-once, and with `--implementations ours,optax` ours and the twin in lockstep. The report
-directory holds `config.json`, `results.csv` (a row per run), `summary.md` (mean ± 95%
-t-interval over seeds per value), `sweep.png` (final train loss and validation accuracy against
-the value, mean and range over seeds) and a run directory per optimizer (`<optimizer>/`, with
-each member's metrics and TensorBoard events under `members/`).
+Each optimizer is a group (`groups.run_per_optimizer`, in `workdir/<optimizer>/`) training
+every (value, seed), with `--implementations ours,optax` ours and the twin in lockstep. The
+report (`report.write_report`): `results.csv` (a row per run), `summary.md` (mean ± 95%
+t-interval over seeds per value) and `sweep.png` (final train loss and validation accuracy
+against the value). A workdir holds one sweep: the same optimizers resume it, more extend it.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pathlib
@@ -94,10 +94,8 @@ def run_sweep(
     implementations: Sequence[str] = ("ours",),
     num_seeds: int = DEFAULT_SEEDS,
 ) -> dict[str, Any]:
-    """Sweeps one hyperparameter for each optimizer (default: `config.optimizer.name`).
-
-    Each optimizer is one group (`groups.run_groups`, in `workdir/<optimizer>/`): every value
-    x seed (x implementation) in one compiled program; resumable like every run.
+    """Sweeps one hyperparameter for each optimizer (default: `config.optimizer.name`);
+    resumable like every run.
 
     Returns:
       {"workdir", "name" (the hyperparameter), "values", "rows", "summary", "wall_time_s",
@@ -116,16 +114,32 @@ def run_sweep(
         implementations=tuple(implementations),
         sweep={name: values},
     )
-    workdir = pathlib.Path(workdir)
     rows = [row for result in results.values() for row in result.rows]
     summary = ""
     if not interrupted:
-        report.write_csv(workdir / "results.csv", rows)
-        plot_sweep(rows, name, values, workdir / "sweep.png", title=config.data.name)
-        summary = _summary_markdown(config, name, rows, seeds, wall, results)
-        (workdir / "summary.md").write_text(summary)
+        panels = report.sweep_panels(
+            rows,
+            x=name,
+            line=lambda r: f"{r['optimizer']} ({r['implementation']})",
+            metrics={k: SUMMARY_METRICS[k] for k in ("final_train_loss", "validation_accuracy")},
+        )
+        plot = functools.partial(
+            report.plot_panels,
+            panels=panels,
+            xlabel=f"optimizer.{name}",
+            log_x=min(values) > 0,
+            marker="o",
+            title=config.data.name,
+        )
+        summary = report.write_report(
+            workdir,
+            rows,
+            title=f"Sweep of optimizer.{name} on {config.data.name}",
+            sections=_sections(name, rows, seeds, wall, results),
+            figures={"sweep.png": plot},
+        )
     return {
-        "workdir": workdir,
+        "workdir": pathlib.Path(workdir),
         "name": name,
         "values": values,
         "rows": rows,
@@ -136,48 +150,23 @@ def run_sweep(
     }
 
 
-def plot_sweep(
-    rows: Sequence[dict], name: str, values: Sequence[float], path: os.PathLike, *, title: str
-) -> pathlib.Path:
-    """sweep.png: final train loss and validation accuracy against `name`, a line per
-    (optimizer, implementation), from the rows of results.csv."""
-    from adamlab.experiments import report
-
-    panels: dict[str, dict] = {"final train loss": {}, "validation accuracy": {}}
-    groups = dict.fromkeys((r["optimizer"], r["implementation"]) for r in rows)
-    for optimizer, impl in groups:
-        group = [r for r in rows if (r["optimizer"], r["implementation"]) == (optimizer, impl)]
-        for panel, metric in (
-            ("final train loss", "final_train_loss"),
-            ("validation accuracy", "validation_accuracy"),
-        ):
-            by_value = [[float(r[metric]) for r in group if float(r[name]) == v] for v in values]
-            panels[panel][f"{optimizer} ({impl})"] = (np.array(values), np.array(by_value).T)
-    return report.plot_sweep(
-        path, panels, xlabel=f"optimizer.{name}", log_x=min(values) > 0, title=title
-    )
-
-
-def _summary_markdown(config, name, rows, seeds, wall, results) -> str:
+def _sections(name, rows, seeds, wall, results) -> list[str]:
     from adamlab.experiments import report
 
     # Both implementations ran in lockstep, so rows have a parity (NaN where a run diverged).
     lockstep = {r["implementation"] for r in rows} == {"ours", "optax"}
-    keys = ("optimizer", "implementation", name)
-    parity = ("parity",) if lockstep else ()
-    summary = report.summarize(rows, by=keys, metrics=tuple(SUMMARY_METRICS), maxima=parity)
-    table = report.markdown_table(
-        summary,
-        keys=keys,
+    _, table = report.summary_table(
+        rows,
+        by=("optimizer", "implementation", name),
         metrics=SUMMARY_METRICS,
-        maxima={"parity": "parity (max rel. param diff)"} if lockstep else None,
+        maxima=compare.PARITY if lockstep else None,
     )
-    diverged = sum(not r["finite"] for r in rows)
     speed = ", ".join(f"{k}: {r.steps_per_sec:.1f} steps/s" for k, r in results.items())
-    return (
-        f"# Sweep of optimizer.{name} on {config.data.name}\n\n"
+    return [
         f"Seeds {', '.join(map(str, seeds))}; {rows[0]['steps']} steps each; one compiled "
-        f"program per optimizer trains all {len(rows) // len(results)} of its runs "
-        f"({speed}). Mean ± 95% t-interval over seeds.\n\n{table}\n"
-        f"Wall time {wall:.1f} s. Diverged (non-finite) runs: {diverged} of {len(rows)}.\n"
-    )
+        f"program per optimizer trains all {len(rows) // len(results)} of its runs ({speed}). "
+        "Mean ± 95% t-interval over seeds.",
+        table,
+        f"Wall time {wall:.1f} s. Diverged (non-finite) runs: "
+        f"{sum(not r['finite'] for r in rows)} of {len(rows)}.",
+    ]
