@@ -22,6 +22,6 @@ if "ADAMLAB_KERNEL_CACHE" not in os.environ:
 
 # As the `adamlab` command does first thing: XLA:CPU's convolutions with Eigen, so that the suite
 # computes what the command computes (in-process runs are compared with the command's).
-from adamlab.training import xla_flags  # noqa: E402
+from adamlab import runtime  # noqa: E402
 
-xla_flags.use_eigen_convolutions()
+runtime.use_eigen_convolutions()
