@@ -5,6 +5,8 @@
 - `keep_freed_memory`: glibc keeps freed memory, so XLA:CPU's per-call buffers stop page-faulting.
 - `pause_collector`, `resume_collector`, `freeze_before_exit`: Python's garbage collector stops
   walking the ~370,000 objects that importing jax, flax, orbax and TensorFlow creates.
+- `use_compilation_cache`: jax's persistent compilation cache, so that a command reuses what
+  an earlier one compiled.
 
 `cli.main` applies the first two in whatever process runs it; `cli.console`, the `adamlab`
 command, which owns its process, applies all of them. Each has an ``ADAMLAB_*`` switch
@@ -17,14 +19,24 @@ import ctypes
 import ctypes.util
 import gc
 import importlib.metadata
+import logging
 import os
+import re
+import shutil
 import sys
+import tempfile
+import warnings
+from pathlib import Path
 
 from adamlab import switches
 
 CONV_SWITCH = "ADAMLAB_EIGEN_CONVOLUTIONS"
 MEMORY_SWITCH = "ADAMLAB_KEEP_FREED_MEMORY"
 GC_SWITCH = "ADAMLAB_GC_FREEZE"
+CACHE_SWITCH = "ADAMLAB_COMPILATION_CACHE"
+CACHE_DIR_ENV = "ADAMLAB_COMPILATION_CACHE_DIR"
+
+_log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------- convolutions
 
@@ -162,3 +174,86 @@ def freeze_before_exit() -> bool:
         return False
     gc.freeze()
     return True
+
+
+# ---------------------------------------------------------------------------- compilation cache
+
+# Every program is written, the sub-second ones too (jax's default keeps only those that
+# compiled for 1 s or more): reading one back costs less than compiling it.
+MIN_COMPILE_SECS = 0.0
+# Less free space than this: "full" (a CPU program's entry is 10 kB to a few MB).
+MIN_FREE_BYTES = 64 << 20
+_CACHE_ERROR = re.compile(r"Error (reading|writing) persistent compilation cache")
+
+
+def compilation_cache_dir() -> Path:
+    """$ADAMLAB_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME/adamlab/jax, else
+    ~/.cache/adamlab/jax."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adamlab" / "jax"
+
+
+def _unusable(path: Path) -> str | None:
+    """Why `path` cannot hold the cache, or None. jax runs what it reads there: it must be
+    this user's alone."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.stat()
+        if info.st_uid != os.geteuid():
+            return "owned by another user"
+        if info.st_mode & 0o022:
+            return "writable by others"
+        fd, probe = tempfile.mkstemp(dir=path)  # Read-only, whatever the mode says?
+        os.close(fd)
+        os.unlink(probe)
+        if shutil.disk_usage(path).free < MIN_FREE_BYTES:
+            return "full"
+    except OSError as e:
+        return f"not writable ({e.strerror or e})"
+    return None
+
+
+def use_compilation_cache() -> Path | None:
+    """Turn on jax's persistent compilation cache in `compilation_cache_dir()`, before jax is
+    imported (it reads its settings then); that directory, or None where it stays off.
+
+    Off when ``ADAMLAB_COMPILATION_CACHE`` is off or JAX_COMPILATION_CACHE_DIR is set (the
+    user's own setting, left as it is). A directory that cannot be made, is read-only, full or
+    writable by anyone else is not used; the first entry jax then fails to read (corrupt) or
+    write turns the cache off for the rest of the process. Either way, one warning line, and
+    the run compiles as if there were no cache.
+    """
+    if switches.switched_off(CACHE_SWITCH) or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return None
+    try:
+        path = compilation_cache_dir()
+    except RuntimeError as e:  # Path.home(): no home directory
+        path, why = "~/.cache", str(e)
+    else:
+        why = _unusable(path)
+    if why is not None:
+        _log.warning("compilation cache off: %s: %s; compiling without it", path, why)
+        return None
+    if "jax" in sys.modules:  # Too late: jax has read its settings.
+        return None
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", str(MIN_COMPILE_SECS))
+    show = warnings.showwarning
+
+    def showwarning(message, category, *args, **kwargs):
+        """jax warns on each entry it cannot read or write, and compiles it: the first such
+        warning turns the cache off, in one line; the others are not shown."""
+        if not _CACHE_ERROR.match(str(message)):
+            return show(message, category, *args, **kwargs)
+        import jax
+        from jax.experimental.compilation_cache import compilation_cache
+
+        if jax.config.jax_enable_compilation_cache:
+            jax.config.update("jax_enable_compilation_cache", False)
+            compilation_cache.reset_cache()
+            why = str(message).splitlines()[0]
+            _log.warning("compilation cache off: %s: %s; compiling without it", path, why)
+
+    warnings.showwarning = showwarning
+    return path

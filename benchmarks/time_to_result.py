@@ -30,7 +30,8 @@ With `--malloc_default`, one more job: the same `adamlab train` with glibc's def
 convolutions (`ADAMLAB_EIGEN_CONVOLUTIONS=0`; the command otherwise routes them to Eigen,
 `adamlab.runtime`); with `--gc_default`, one with Python's default garbage collection
 (`ADAMLAB_GC_FREEZE=0`; the command otherwise keeps the collector off the imported libraries'
-objects, `adamlab.runtime`): each switch's effect on the whole command.
+objects, `adamlab.runtime`): each switch's effect on the whole command. Every job compiles
+its programs: the persistent compilation cache is off (`ADAMLAB_COMPILATION_CACHE=0`).
 
 The jobs alternate (`--repeats`); medians. The JSON (default
 benchmarks/results/time_to_result_cpu.json) records every run, the machine and the load average
@@ -97,6 +98,7 @@ COMMAND_ENV = {
     runtime.MEMORY_SWITCH: "1",
     runtime.CONV_SWITCH: "1",
     runtime.GC_SWITCH: "1",
+    runtime.CACHE_SWITCH: "0",  # Cold: every job compiles, as the recorded results did.
 }
 ADAMLAB_SIDES = {
     "adamlab": {},

@@ -1,8 +1,8 @@
 """`adamlab.runtime`: what the `adamlab` command sets on its process, and what it leaves alone.
 
-These settings are read once per process (XLA's flags, the allocator, the collector), so what
-they do is checked in fresh child processes; what must leave a library user's process untouched
-is checked here.
+These settings are read once per process (XLA's flags, the allocator, the collector, jax's
+cache), so what they do is checked in fresh child processes; what must leave a library user's
+process untouched is checked here.
 """
 
 import gc
@@ -305,12 +305,13 @@ def test_the_collector_switch_turns_it_off(monkeypatch, value):
 
 
 CONSOLE_EXIT = r"""
-import atexit, gc, json, sys
+import atexit, gc, json, os, sys
 from adamlab import cli
 
 # Registered first, so it runs after every other exit handler: what the interpreter then walks.
 atexit.register(lambda: print(json.dumps(
-    {"frozen": gc.get_freeze_count(), "walked": len(gc.get_objects()), "enabled": gc.isenabled()}
+    {"frozen": gc.get_freeze_count(), "walked": len(gc.get_objects()), "enabled": gc.isenabled(),
+     "cache": os.environ.get("JAX_COMPILATION_CACHE_DIR")}
 )))
 main, kept = cli.main, []
 
@@ -327,7 +328,8 @@ cli.console()
 
 @pytest.mark.parametrize("switch", ["1", "0"])
 def test_the_command_exits_with_mains_code_and_frozen_objects(tmp_path, switch):
-    env = {**os.environ, runtime.GC_SWITCH: switch}
+    env = {**os.environ, runtime.GC_SWITCH: switch, runtime.CACHE_DIR_ENV: str(tmp_path / "c")}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     done = subprocess.run(
         [sys.executable, "-c", CONSOLE_EXIT, str(tmp_path / "no_run")],
         env=env,
@@ -339,7 +341,178 @@ def test_the_command_exits_with_mains_code_and_frozen_objects(tmp_path, switch):
     assert "is not a run workdir" in done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["enabled"], out
+    assert out["cache"] == str(tmp_path / "c"), out  # The command's process: the cache is on.
     if switch == "1":  # Frozen at exit: the run's 20,000 objects too.
         assert out["frozen"] > 100_000 and out["walked"] < 1_000, out
     else:
         assert out["frozen"] == 0 and out["walked"] > 100_000, out
+
+
+# ---------------------------------------------------------------------------- compilation cache
+
+
+@pytest.fixture
+def cache_env(monkeypatch, tmp_path):
+    """A fresh process's environment for the cache: no jax cache setting, no adamlab switch,
+    the cache under tmp_path/cache. `use_compilation_cache` must not set jax's config in this
+    process (it would, jax being imported), so the tests that reach that far run children."""
+    for name in (runtime.CACHE_SWITCH, runtime.CACHE_DIR_ENV, "JAX_COMPILATION_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(runtime.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    return monkeypatch
+
+
+def test_the_cache_lives_in_the_users_cache_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv(runtime.CACHE_DIR_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert runtime.compilation_cache_dir() == tmp_path / "xdg" / "adamlab" / "jax"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert runtime.compilation_cache_dir() == tmp_path / "home" / ".cache" / "adamlab" / "jax"
+    monkeypatch.setenv(runtime.CACHE_DIR_ENV, str(tmp_path / "mine"))
+    assert runtime.compilation_cache_dir() == tmp_path / "mine"
+
+
+@pytest.mark.parametrize("env", [{runtime.CACHE_SWITCH: "off"}, {"JAX_COMPILATION_CACHE_DIR": "x"}])
+def test_switched_off_or_set_by_the_user_it_changes_nothing(cache_env, tmp_path, env):
+    for name, value in env.items():
+        cache_env.setenv(name, value)
+    before = dict(os.environ)
+    assert runtime.use_compilation_cache() is None
+    assert dict(os.environ) == before
+    assert not (tmp_path / "cache").exists()
+
+
+def _refused(caplog, path) -> str:
+    """The one warning `use_compilation_cache` logged, having refused `path`."""
+    with caplog.at_level("WARNING", logger=runtime.__name__):
+        assert runtime.use_compilation_cache() is None
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"compilation cache off: {path}: ") and "compiling without it" in line
+    assert "JAX_COMPILATION_CACHE_DIR" not in os.environ
+    return line
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o702])
+def test_a_directory_others_can_write_is_refused(cache_env, caplog, tmp_path, mode):
+    (tmp_path / "cache").mkdir(mode=0o700)
+    (tmp_path / "cache").chmod(mode)  # jax would run what anyone put there
+    assert "writable by others" in _refused(caplog, tmp_path / "cache")
+
+
+@pytest.mark.parametrize(
+    "read_only",
+    [
+        "/proc/self",  # a read-only file system: refused whoever runs the tests
+        pytest.param(
+            "chmod",
+            marks=pytest.mark.skipif(os.geteuid() == 0, reason="root writes there anyway"),
+        ),
+    ],
+)
+def test_a_read_only_directory_is_refused(cache_env, caplog, tmp_path, read_only):
+    path = tmp_path / "cache"
+    if read_only == "chmod":
+        path.mkdir(mode=0o500)
+    else:
+        path = read_only
+        cache_env.setenv(runtime.CACHE_DIR_ENV, path)
+    assert "not writable" in _refused(caplog, path)
+
+
+def test_a_full_disk_is_refused(cache_env, caplog, tmp_path):
+    usage = runtime.shutil.disk_usage(tmp_path)
+    full = usage._replace(free=runtime.MIN_FREE_BYTES - 1)
+    cache_env.setattr(runtime.shutil, "disk_usage", lambda path: full)
+    assert "full" in _refused(caplog, tmp_path / "cache")
+
+
+def test_no_home_directory_is_no_cache(cache_env, caplog):
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    cache_env.setattr(runtime, "compilation_cache_dir", no_home)
+    assert "home directory" in _refused(caplog, "~/.cache")
+
+
+CACHE_CHILD = r"""
+import io, json, os, sys
+sys.stderr = io.StringIO()  # What the user would see: Python's warnings and log lines.
+from adamlab import runtime
+path = runtime.use_compilation_cache()
+import jax, jax.numpy as jnp, numpy as np
+
+hits = []
+jax.monitoring.register_event_listener(
+    lambda name, **kw: hits.append(1) if name == "/jax/compilation_cache/cache_hits" else None
+)
+rng = np.random.default_rng(0)
+x = jnp.asarray(rng.standard_normal((64, 64), np.float32))
+
+@jax.jit
+def f(x):  # Sub-second to compile: cached too.
+    return jnp.tanh(x @ x.T).sum(0)
+
+y = np.asarray(f(x)).tolist()
+print(json.dumps({"path": path and str(path), "hits": len(hits), "y": y,
+                  "stderr": sys.stderr.getvalue()}))
+"""
+
+
+def _cache_child(cache_dir) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    return child_json(CACHE_CHILD, env={**env, runtime.CACHE_DIR_ENV: str(cache_dir)})
+
+
+def _entries(cache_dir) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in cache_dir.glob("*-cache")}
+
+
+def test_a_second_process_reads_what_the_first_compiled(tmp_path):
+    cache = tmp_path / "cache"
+    first = _cache_child(cache)
+    assert first["path"] == str(cache) and first["hits"] == 0, first
+    assert cache.stat().st_mode & 0o777 == 0o700  # made for this user alone
+    written = _entries(cache)
+    assert any(name.startswith("jit_f-") for name in written), written
+    second = _cache_child(cache)
+    assert second["hits"] >= 1, second  # f, at least, and nothing compiled anew:
+    assert _entries(cache) == written
+    assert second["y"] == first["y"]  # bit for bit
+    assert first["stderr"] == second["stderr"] == ""
+
+
+def test_corrupt_entries_are_compiled_anew_with_one_warning(tmp_path):
+    cache = tmp_path / "cache"
+    fresh = _cache_child(cache)
+    for entry in cache.glob("*-cache"):
+        entry.write_bytes(b"not an executable")
+    out = _cache_child(cache)
+    assert out["y"] == fresh["y"] and out["hits"] == 0, out
+    lines = out["stderr"].splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"compilation cache off: {cache}: Error"), lines
+
+
+def test_a_refused_directory_leaves_the_run_as_it_was(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    cache.chmod(0o777)
+    out = _cache_child(cache)
+    assert out["path"] is None and out["hits"] == 0
+    assert (
+        out["stderr"]
+        == f"compilation cache off: {cache}: writable by others; compiling without it\n"
+    )
+    assert list(cache.iterdir()) == []
+    cache.chmod(0o700)
+    assert out["y"] == _cache_child(tmp_path / "other")["y"]
+
+
+def test_main_leaves_a_library_users_jax_alone(cache_env, tmp_path):
+    import jax
+
+    before = (jax.config.jax_compilation_cache_dir, os.environ.get("JAX_COMPILATION_CACHE_DIR"))
+    assert cli.main(["adamlab", "evaluate", f"--workdir={tmp_path / 'none'}"]) == cli.EXIT_USAGE
+    after = (jax.config.jax_compilation_cache_dir, os.environ.get("JAX_COMPILATION_CACHE_DIR"))
+    assert after == before
+    assert not (tmp_path / "cache").exists()

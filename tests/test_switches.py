@@ -27,7 +27,7 @@ def test_unset_is_on(monkeypatch):
 
 @pytest.mark.parametrize("value", ["0", "no"])
 def test_every_adamlab_switch_reads_the_same_rule(monkeypatch, value):
-    process = (runtime.MEMORY_SWITCH, runtime.CONV_SWITCH, runtime.GC_SWITCH)
+    process = (runtime.MEMORY_SWITCH, runtime.CONV_SWITCH, runtime.GC_SWITCH, runtime.CACHE_SWITCH)
     for name in (*process, native.ENV_SWITCH):
         monkeypatch.setenv(name, value)
     assert all(switches.switched_off(name) for name in process)
