@@ -16,8 +16,11 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The C++ kernels (adamlab.optim.native) build into a directory of this session, not the
 # user's cache: each test process builds them once (about 2 s).
-# So does the compilation cache of the `adamlab` commands the tests start: entries written there
-# serve the session's later commands, never another session's.
+# So does the compilation cache of the `adamlab` commands the tests start (this process compiles
+# without one: a session reuses too few of its programs for writing them to pay). A cache named
+# in ADAMLAB_COMPILATION_CACHE_DIR serves this process too, and later sessions: opt in, since the
+# directory grows with every change.
+_named_cache = "ADAMLAB_COMPILATION_CACHE_DIR" in os.environ
 for name, prefix in (("ADAMLAB_KERNEL_CACHE", "kernels"), ("ADAMLAB_COMPILATION_CACHE_DIR", "jax")):
     if name not in os.environ:
         os.environ[name] = tempfile.mkdtemp(prefix=f"adamlab-{prefix}-")
@@ -28,3 +31,5 @@ for name, prefix in (("ADAMLAB_KERNEL_CACHE", "kernels"), ("ADAMLAB_COMPILATION_
 from adamlab import runtime  # noqa: E402
 
 runtime.use_eigen_convolutions()
+if _named_cache:
+    runtime.use_compilation_cache()
