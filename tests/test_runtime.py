@@ -442,6 +442,13 @@ from adamlab import runtime
 path = runtime.use_compilation_cache()
 import jax, jax.numpy as jnp, numpy as np
 
+if sys.argv[1:] == ["full"]:  # The disk fills up during the run: every write fails.
+    from jax._src import lru_cache
+
+    def put(self, key, value):
+        raise OSError(28, "No space left on device")
+
+    lru_cache.LRUCache.put = put
 hits = []
 jax.monitoring.register_event_listener(
     lambda name, **kw: hits.append(1) if name == "/jax/compilation_cache/cache_hits" else None
@@ -459,9 +466,9 @@ print(json.dumps({"path": path and str(path), "hits": len(hits), "y": y,
 """
 
 
-def _cache_child(cache_dir) -> dict:
+def _cache_child(cache_dir, *args) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    return child_json(CACHE_CHILD, env={**env, runtime.CACHE_DIR_ENV: str(cache_dir)})
+    return child_json(CACHE_CHILD, *args, env={**env, runtime.CACHE_DIR_ENV: str(cache_dir)})
 
 
 def _entries(cache_dir) -> dict:
@@ -482,6 +489,22 @@ def test_a_second_process_reads_what_the_first_compiled(tmp_path):
     assert first["stderr"] == second["stderr"] == ""
 
 
+def test_two_processes_filling_one_cache_at_once_both_run_and_leave_it_whole(tmp_path):
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env[runtime.CACHE_DIR_ENV] = str(cache)
+    command = [sys.executable, "-c", CACHE_CHILD]
+    both = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in "ab"]
+    outs = [json.loads(p.communicate(timeout=120)[0].splitlines()[-1]) for p in both]
+    assert [p.returncode for p in both] == [0, 0]
+    assert outs[0]["y"] == outs[1]["y"]
+    # jax writes an entry in place (no rename), so a process may read one half-written: it
+    # then compiles, and says so in one line.
+    assert all(len(out["stderr"].splitlines()) <= 1 for out in outs), outs
+    after = _cache_child(cache)
+    assert after["hits"] >= 1 and after["y"] == outs[0]["y"] and after["stderr"] == "", after
+
+
 def test_corrupt_entries_are_compiled_anew_with_one_warning(tmp_path):
     cache = tmp_path / "cache"
     fresh = _cache_child(cache)
@@ -491,6 +514,13 @@ def test_corrupt_entries_are_compiled_anew_with_one_warning(tmp_path):
     assert out["y"] == fresh["y"] and out["hits"] == 0, out
     lines = out["stderr"].splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"compilation cache off: {cache}: Error"), lines
+
+
+def test_a_disk_that_fills_during_the_run_costs_one_warning(tmp_path):
+    out = _cache_child(tmp_path / "cache", "full")
+    lines = out["stderr"].splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0], lines
+    assert out["y"] == _cache_child(tmp_path / "other")["y"]
 
 
 def test_a_refused_directory_leaves_the_run_as_it_was(tmp_path):
