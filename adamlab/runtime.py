@@ -181,7 +181,7 @@ def freeze_before_exit() -> bool:
 # Every program is written, the sub-second ones too (jax's default keeps only those that
 # compiled for 1 s or more): reading one back costs less than compiling it.
 MIN_COMPILE_SECS = 0.0
-# Less free space than this: "full" (a CPU program's entry is 10 kB to a few MB).
+# Less free space than this counts as full (the 18 programs of a digits run take 0.3 MB).
 MIN_FREE_BYTES = 64 << 20
 _CACHE_ERROR = re.compile(r"Error (reading|writing) persistent compilation cache")
 
