@@ -34,7 +34,7 @@ from typing import NoReturn
 from absl import flags
 from ml_collections import config_flags
 
-from adamlab import config_dict
+from adamlab import config_dict, runtime
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -48,7 +48,7 @@ class Command:
 
     `module` is the library module `run` works with (and with it jax, TensorFlow, ...): `main`
     imports it before `run`, so that the `adamlab` command can keep the garbage collector off
-    the imports (`adamlab.training.garbage_collector`).
+    the imports (`adamlab.runtime`).
     """
 
     help: str
@@ -501,7 +501,7 @@ def parse_flags(name: str, args: Sequence[str], prog: str = "adamlab") -> flags.
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs `adamlab <command> [flags]`; returns the exit code (see module docstring)."""
     argv = list(sys.argv if argv is None else argv)
-    _use_eigen_convolutions()
+    runtime.use_eigen_convolutions()  # First: before anything can start jax's backends.
     # Before any flag definition imports a library: orbax's import leaves a WARNING-level
     # handler on the root logger, after which basicConfig does nothing and INFO lines vanish.
     _setup_logging()
@@ -528,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = isinstance(e, AttributeError | KeyError)
         print(f"{prog} {name}: {'unknown config field ' * unknown}{_message(e)}", file=sys.stderr)
         return EXIT_USAGE
-    _keep_freed_memory()
+    runtime.keep_freed_memory()
     _import_libraries(command)
     try:
         return command.run(fv)
@@ -544,24 +544,21 @@ def console(argv: Sequence[str] | None = None) -> NoReturn:
     in a process of its own, which then exits with its code.
 
     Python's garbage collector is kept off the libraries' objects while they import and at
-    exit (`adamlab.training.garbage_collector`; `ADAMLAB_GC_FREEZE=0` turns it off), which
-    `main` alone, called in someone else's process, does not do.
+    exit, and jax's persistent compilation cache is on (`adamlab.runtime`), which `main`
+    alone, called in someone else's process, does not do.
     """
-    from adamlab.training import garbage_collector
-
-    garbage_collector.pause()
+    runtime.pause_collector()
+    runtime.use_compilation_cache()
     code = main(argv)
-    garbage_collector.freeze_before_exit()
+    runtime.freeze_before_exit()
     sys.exit(code)
 
 
 def _import_libraries(command: Command) -> None:
     """Imports the command's library module, then turns a paused garbage collector back on
     with the imported objects frozen (a no-op unless `console` paused it)."""
-    from adamlab.training import garbage_collector
-
     importlib.import_module(command.module)
-    garbage_collector.resume()
+    runtime.resume_collector()
 
 
 def _is_user_error(error: Exception) -> bool:
@@ -592,23 +589,6 @@ def _message(error: BaseException) -> str:
     if isinstance(error, KeyError) and error.args:
         return str(error.args[0]).replace("\\'", "'")
     return str(error)
-
-
-def _use_eigen_convolutions() -> None:
-    """The command owns its process: XLA:CPU computes convolutions with Eigen's threads
-    (`adamlab.training.xla_flags`; `ADAMLAB_EIGEN_CONVOLUTIONS=0` keeps XLA's YNNPACK). First
-    thing, before anything can start jax's backends."""
-    from adamlab.training import xla_flags
-
-    xla_flags.use_eigen_convolutions()
-
-
-def _keep_freed_memory() -> None:
-    """The command owns its process: keep freed host memory for XLA:CPU's next call
-    (`adamlab.training.host_memory`; `ADAMLAB_KEEP_FREED_MEMORY=0` turns it off)."""
-    from adamlab.training import host_memory
-
-    host_memory.keep_freed_memory()
 
 
 def _setup_logging() -> None:

@@ -1,10 +1,10 @@
 """The ``ADAMLAB_*`` environment switches: one rule for reading whether a setting is off.
 
-Each process setting adamlab makes on its own (keeping freed memory, Eigen convolutions, the
-native optimizer kernels) can be turned off from the environment, and every switch reads the
-same way: 0, false, no or off (any case, surrounding spaces ignored) turn it off; unset or any
-other value leaves it on. Only `os` is imported here: `adamlab.training.xla_flags` reads its
-switch before jax starts, and `adamlab.optim` imports nothing else from adamlab.
+Each setting adamlab makes on its own (the process settings of `adamlab.runtime`, the native
+optimizer kernels) can be turned off from the environment, and every switch reads the same
+way: 0, false, no or off (any case, surrounding spaces ignored) turn it off; unset or any
+other value leaves it on. Only `os` is imported here: `adamlab.runtime` reads switches before
+jax starts, and `adamlab.optim` imports nothing else from adamlab.
 """
 
 import os

@@ -19,7 +19,7 @@ Reported: wall times (set-up, compilation, data, evaluation and checkpoints incl
 ratio, each side's phases, the largest difference of the final validation accuracies (the same
 trials must reach the same accuracy, to float32 rounding: on CPU the vectorized program computes
 convolutions as matmuls), and the machine's load average, since the CPU is shared. The process
-keeps freed memory for reuse, as the `adamlab` command does (`adamlab.training.host_memory`).
+keeps freed memory for reuse, as the `adamlab` command does (`adamlab.runtime`).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ import time
 
 import jax
 
-from adamlab import config_dict
+from adamlab import config_dict, runtime
 from adamlab.experiments import benchmark, tuning
-from adamlab.training import host_memory, train, xla_flags
+from adamlab.training import train
 
 
 def _tune_config(workload: str, optimizer: str, trials: int):
@@ -83,8 +83,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", default=None, help="Write the results as JSON here.")
     args = parser.parse_args()
-    eigen = xla_flags.use_eigen_convolutions()  # As the adamlab command runs.
-    kept = host_memory.keep_freed_memory()  # As the adamlab command runs; both sides alike.
+    eigen = runtime.use_eigen_convolutions()  # As the adamlab command runs.
+    kept = runtime.keep_freed_memory()  # As the adamlab command runs; both sides alike.
     workload = _tune_config(args.workload, args.optimizer, args.trials)
     walls = {"vectorized": [], "one_by_one": []}
     phases, accuracy_gap = {}, 0.0

@@ -23,10 +23,10 @@ import statistics
 import sys
 import time
 
-from adamlab.training import host_memory, xla_flags
+from adamlab import runtime
 
-host_memory.keep_freed_memory()
-xla_flags.use_eigen_convolutions()
+runtime.keep_freed_memory()
+runtime.use_eigen_convolutions()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -1,6 +1,6 @@
 r"""Benchmark: the CNN train step with glibc's default allocation and with freed memory kept.
 
-`adamlab.training.host_memory.keep_freed_memory` changes how the whole process allocates, so the
+`adamlab.runtime.keep_freed_memory` changes how the whole process allocates, so the
 two settings cannot share a process: each round runs one child process per setting, in
 alternating order (default first in even rounds), and each child times adamlab's default CNN
 train step (`train_step.build_step`: one `engine.train` call per step, members donated, in-memory
@@ -51,9 +51,9 @@ def _minor_faults() -> int:
 
 def child(setting: str, steps: int | None, repeats: int) -> dict:
     """One setting's step times (ms) and page faults per step, for each shape (in this process)."""
-    from adamlab.training import host_memory
+    from adamlab import runtime
 
-    kept = host_memory.keep_freed_memory() if setting == "kept" else False
+    kept = runtime.keep_freed_memory() if setting == "kept" else False
     import jax
 
     from adamlab import config_dict

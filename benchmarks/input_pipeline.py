@@ -10,7 +10,7 @@ default CNN, our Adam, the jit engine, donated members, one step per `engine.tra
 batch already on the device(s). A third measure runs them together as the loop does (next batch
 -> a chunk of one step -> `engine.put_chunk` -> step), so it shows any wait directly: it should
 match the step alone. The process keeps freed memory for reuse, as the `adamlab` command does
-(`adamlab.training.host_memory`).
+(`adamlab.runtime`).
 
 Measured side by side in one process: each repeat times `--steps` batches of the train step and
 of the fed step, and a whole epoch of the pipeline alone (the pipeline prefetches while the
@@ -36,9 +36,8 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds  # Loads TF lazily: adamlab.data configures it first.
 
-from adamlab import config_dict, data
+from adamlab import config_dict, data, runtime
 from adamlab.training import experiment as experiment_lib
-from adamlab.training import host_memory, xla_flags
 
 
 def mnist_experiment(num_examples: int, batch_size: int, augment: bool):
@@ -69,8 +68,8 @@ def main() -> None:
     parser.add_argument("--augment", action="store_true")
     parser.add_argument("--out", default=None, help="optional JSON output path")
     args = parser.parse_args()
-    eigen = xla_flags.use_eigen_convolutions()  # As the adamlab command runs.
-    kept = host_memory.keep_freed_memory()  # As the adamlab command runs.
+    eigen = runtime.use_eigen_convolutions()  # As the adamlab command runs.
+    kept = runtime.keep_freed_memory()  # As the adamlab command runs.
 
     config, experiment = mnist_experiment(args.num_examples, args.batch_size, args.augment)
     engine = experiment.engine

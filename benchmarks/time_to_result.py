@@ -26,11 +26,12 @@ longer does (`startup_costs_job`: a second config validation, the rows' paramete
 
 With `--malloc_default`, one more job: the same `adamlab train` with glibc's default allocation
 (`ADAMLAB_KEEP_FREED_MEMORY=0`; the command otherwise keeps freed memory for reuse,
-`adamlab.training.host_memory`); with `--ynnpack_convolutions`, one with XLA:CPU's YNNPACK
+`adamlab.runtime`); with `--ynnpack_convolutions`, one with XLA:CPU's YNNPACK
 convolutions (`ADAMLAB_EIGEN_CONVOLUTIONS=0`; the command otherwise routes them to Eigen,
-`adamlab.training.xla_flags`); with `--gc_default`, one with Python's default garbage collection
+`adamlab.runtime`); with `--gc_default`, one with Python's default garbage collection
 (`ADAMLAB_GC_FREEZE=0`; the command otherwise keeps the collector off the imported libraries'
-objects, `adamlab.training.garbage_collector`): each switch's effect on the whole command.
+objects, `adamlab.runtime`): each switch's effect on the whole command. Every job compiles
+its programs: the persistent compilation cache is off (`ADAMLAB_COMPILATION_CACHE=0`).
 
 The jobs alternate (`--repeats`); medians. The JSON (default
 benchmarks/results/time_to_result_cpu.json) records every run, the machine and the load average
@@ -58,7 +59,7 @@ import time
 
 import numpy as np
 
-from adamlab.training import garbage_collector, host_memory, xla_flags
+from adamlab import runtime
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("jax", "flax", "optax", "orbax", "tensorflow", "tensorflow_datasets", "adamlab")
@@ -94,18 +95,19 @@ def breakdown(launched: float, ended: float, logged: float, phases: dict, run_to
 
 # The command's process settings, and the `adamlab train` jobs that switch one of them off.
 COMMAND_ENV = {
-    host_memory.ENV_SWITCH: "1",
-    xla_flags.ENV_SWITCH: "1",
-    garbage_collector.ENV_SWITCH: "1",
+    runtime.MEMORY_SWITCH: "1",
+    runtime.CONV_SWITCH: "1",
+    runtime.GC_SWITCH: "1",
+    runtime.CACHE_SWITCH: "0",  # Cold: every job compiles, as the recorded results did.
 }
 ADAMLAB_SIDES = {
     "adamlab": {},
-    # glibc's default allocation (adamlab.training.host_memory off)
-    "adamlab_malloc_default": {host_memory.ENV_SWITCH: "0"},
-    # XLA:CPU's default convolutions, YNNPACK (adamlab.training.xla_flags off)
-    "adamlab_ynnpack_convolutions": {xla_flags.ENV_SWITCH: "0"},
-    # Python's garbage collection at import and exit (adamlab.training.garbage_collector off)
-    "adamlab_gc_default": {garbage_collector.ENV_SWITCH: "0"},
+    # glibc's default allocation
+    "adamlab_malloc_default": {runtime.MEMORY_SWITCH: "0"},
+    # XLA:CPU's default convolutions, YNNPACK
+    "adamlab_ynnpack_convolutions": {runtime.CONV_SWITCH: "0"},
+    # Python's garbage collection at import and exit
+    "adamlab_gc_default": {runtime.GC_SWITCH: "0"},
 }
 
 

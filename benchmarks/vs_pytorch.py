@@ -29,9 +29,9 @@ Two parts, each timed repeat by repeat with every contender in turn (medians ove
     python benchmarks/vs_pytorch.py --skip_optimizer --out ...`); the JSON records XLA_FLAGS
     and both sides' threads.
 
-The process keeps freed memory for reuse (`adamlab.training.host_memory`), as the `adamlab`
+The process keeps freed memory for reuse (`adamlab.runtime`), as the `adamlab`
 command does; it applies to both sides' allocations (`--malloc default`: glibc's default). As
-the command does too, XLA:CPU computes convolutions with Eigen (`adamlab.training.xla_flags`;
+the command does too, XLA:CPU computes convolutions with Eigen (`adamlab.runtime`;
 `--xla_convolutions ynnpack`: XLA's default, YNNPACK).
 
 Ratios are adamlab / PyTorch (< 1: adamlab faster). The JSON (default
@@ -64,10 +64,9 @@ import torch.nn.functional as F
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adamlab import config_dict, optim  # noqa: E402
+from adamlab import config_dict, optim, runtime  # noqa: E402
 from adamlab.optim import fused as fused_transform  # noqa: E402
 from adamlab.optim import native, one_pass  # noqa: E402
-from adamlab.training import host_memory, xla_flags  # noqa: E402
 from benchmarks import optimizer_step, train_step  # noqa: E402
 from benchmarks.torch_cnn import TorchCNN  # noqa: E402
 
@@ -352,7 +351,7 @@ def main() -> None:
         choices=("kept", "default"),
         default="kept",
         help="kept: freed memory kept for reuse, as the adamlab command runs "
-        "(adamlab.training.host_memory; it applies to torch's allocations too); "
+        "(adamlab.runtime; it applies to torch's allocations too); "
         "default: glibc's default allocation",
     )
     parser.add_argument(
@@ -360,12 +359,12 @@ def main() -> None:
         choices=("eigen", "ynnpack"),
         default="eigen",
         help="eigen: XLA:CPU's convolutions on Eigen, as the adamlab command runs "
-        "(adamlab.training.xla_flags); ynnpack: XLA's default",
+        "(adamlab.runtime); ynnpack: XLA's default",
     )
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/vs_pytorch_cpu.json"))
     args = parser.parse_args()
-    eigen = xla_flags.use_eigen_convolutions() if args.xla_convolutions == "eigen" else False
-    kept = host_memory.keep_freed_memory() if args.malloc == "kept" else False
+    eigen = runtime.use_eigen_convolutions() if args.xla_convolutions == "eigen" else False
+    kept = runtime.keep_freed_memory() if args.malloc == "kept" else False
     load_before = os.getloadavg()
     started = time.time()
     sizes = [int(float(s)) for s in args.sizes.split(",")]

@@ -16,12 +16,20 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The C++ kernels (adamlab.optim.native) build into a directory of this session, not the
 # user's cache: each test process builds them once (about 2 s).
-if "ADAMLAB_KERNEL_CACHE" not in os.environ:
-    os.environ["ADAMLAB_KERNEL_CACHE"] = tempfile.mkdtemp(prefix="adamlab-kernels-")
-    atexit.register(shutil.rmtree, os.environ["ADAMLAB_KERNEL_CACHE"], ignore_errors=True)
+# So does the compilation cache of the `adamlab` commands the tests start (this process compiles
+# without one: a session reuses too few of its programs for writing them to pay). A cache named
+# in ADAMLAB_COMPILATION_CACHE_DIR serves this process too, and later sessions: opt in, since the
+# directory grows with every change.
+_named_cache = "ADAMLAB_COMPILATION_CACHE_DIR" in os.environ
+for name, prefix in (("ADAMLAB_KERNEL_CACHE", "kernels"), ("ADAMLAB_COMPILATION_CACHE_DIR", "jax")):
+    if name not in os.environ:
+        os.environ[name] = tempfile.mkdtemp(prefix=f"adamlab-{prefix}-")
+        atexit.register(shutil.rmtree, os.environ[name], ignore_errors=True)
 
 # As the `adamlab` command does first thing: XLA:CPU's convolutions with Eigen, so that the suite
 # computes what the command computes (in-process runs are compared with the command's).
-from adamlab.training import xla_flags  # noqa: E402
+from adamlab import runtime  # noqa: E402
 
-xla_flags.use_eigen_convolutions()
+runtime.use_eigen_convolutions()
+if _named_cache:
+    runtime.use_compilation_cache()

@@ -121,10 +121,10 @@ def test_the_command_logs_at_info_whatever_its_flags_imported(tmp_path):
 
 
 def test_commands_keep_freed_memory_before_they_run(capsys, tmp_path, monkeypatch):
-    from adamlab.training import host_memory
+    from adamlab import runtime
 
     calls = []
-    monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: calls.append("kept") or True)
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append("kept") or True)
     args = ["adamlab", "evaluate", f"--workdir={tmp_path / 'none'}"]
     assert cli.main(args) == cli.EXIT_USAGE  # No run there: the command ran, and refused.
     assert calls == ["kept"]

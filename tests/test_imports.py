@@ -4,8 +4,9 @@ The graph is read from the source with `ast` (nothing is imported), counting imp
 level and inside functions alike: a function-level import that closes a cycle or climbs a layer
 is the same design debt, only deferred to run time.
 
-Layers, bottom to top: `adamlab.switches` (the environment switches; only `os`) under all;
-`adamlab.optim` (jax and optax only) and `adamlab.data` (TFDS) stand alone on it;
+Layers, bottom to top: `adamlab.switches` (the environment switches; only `os`) under all, and
+`adamlab.runtime` (the process settings; the standard library) on it, beside the packages;
+`adamlab.optim` (jax and optax only) and `adamlab.data` (TFDS) stand alone on switches;
 `adamlab.diagnostics` builds on optim only; `adamlab.training` builds on them and
 `adamlab.models`; `adamlab.experiments` on training; `adamlab.cli` owns the command line and
 only `adamlab.__main__` imports it.
@@ -123,6 +124,10 @@ BASE = ("adamlab", "adamlab.switches")  # The package itself and the environment
 
 def test_switches_import_nothing_from_adamlab(graph):
     assert graph["adamlab.switches"] == set()
+
+
+def test_runtime_imports_only_the_switches(graph):
+    assert graph["adamlab.runtime"] == {"adamlab.switches"}
 
 
 def test_optim_imports_nothing_else_from_adamlab(graph):

@@ -2,9 +2,8 @@
 
 import pytest
 
-from adamlab import switches
+from adamlab import runtime, switches
 from adamlab.optim import native
-from adamlab.training import host_memory, xla_flags
 
 NAME = "ADAMLAB_TEST_SWITCH"
 
@@ -28,13 +27,12 @@ def test_unset_is_on(monkeypatch):
 
 @pytest.mark.parametrize("value", ["0", "no"])
 def test_every_adamlab_switch_reads_the_same_rule(monkeypatch, value):
-    for name in (host_memory.ENV_SWITCH, xla_flags.ENV_SWITCH, native.ENV_SWITCH):
+    process = (runtime.MEMORY_SWITCH, runtime.CONV_SWITCH, runtime.GC_SWITCH, runtime.CACHE_SWITCH)
+    for name in (*process, native.ENV_SWITCH):
         monkeypatch.setenv(name, value)
-    assert host_memory.switched_off()
-    assert xla_flags.switched_off()
+    assert all(switches.switched_off(name) for name in process)
     assert not native.enabled()
-    for name in (host_memory.ENV_SWITCH, xla_flags.ENV_SWITCH, native.ENV_SWITCH):
+    for name in (*process, native.ENV_SWITCH):
         monkeypatch.setenv(name, "1")
-    assert not host_memory.switched_off()
-    assert not xla_flags.switched_off()
+    assert not any(switches.switched_off(name) for name in process)
     assert native.enabled()
