@@ -69,20 +69,27 @@ class WorkdirLock:
         """Takes the lock, or raises WorkdirBusyError naming the holder."""
         if not self.primary or self.held:
             return
-        fd = os.open(self.workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        path = self.workdir / LOCK_FILE
+        with _naming(path):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise self._busy(_await_holder(self.workdir / LOCK_FILE)) from None
+                raise self._busy(_await_holder(path)) from None
             if e.errno not in _NO_FLOCK:
                 raise
             self._acquire_owner_file()
             return
         self._fd = fd
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, _holder_record().encode(), 0)
+        try:
+            with _naming(path):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, _holder_record().encode(), 0)
+        except OSError:
+            self.release()
+            raise
 
     def release(self) -> None:
         """Gives the lock back (also done by the OS if the process dies)."""
@@ -112,7 +119,8 @@ class WorkdirLock:
         owner = self.workdir / OWNER_FILE
         for _ in range(2):
             try:
-                fd = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                with _naming(owner):
+                    fd = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             except FileExistsError:
                 holder = _read_holder(owner)
                 if not _is_stale(holder):
@@ -120,9 +128,13 @@ class WorkdirLock:
                 with contextlib.suppress(FileNotFoundError):
                     owner.unlink()  # Its process died on this host: take over.
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(_holder_record())
             self._owner = owner
+            try:
+                with _naming(owner), os.fdopen(fd, "w") as f:
+                    f.write(_holder_record())
+            except OSError:
+                self.release()
+                raise
             return
         raise self._busy(_read_holder(owner), stale_hint=owner)
 
@@ -137,6 +149,19 @@ class WorkdirLock:
         if stale_hint is not None:
             message += f" (if that process is gone, delete {stale_hint})"
         return WorkdirBusyError(message)
+
+
+@contextlib.contextmanager
+def _naming(path: pathlib.Path):
+    """An OSError taking the lock as one line naming the file and the cause (disk full, a
+    directory where the lock file belongs)."""
+    try:
+        yield
+    except FileExistsError:
+        raise
+    except OSError as e:
+        cause = f"cannot take the workdir lock: {e.strerror or e}"
+        raise type(e)(e.errno, cause, str(path)) from None
 
 
 def _holder_record() -> str:
