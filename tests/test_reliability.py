@@ -201,3 +201,44 @@ def test_tf_data_leaves_no_autograph_files_and_batches_are_unchanged(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["True", "0", "True"]
+
+
+# -- one line per storage or config error, from the command line (issue 27.7) -------------------
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ("def get_config(:\n    pass\n", ":1: SyntaxError: invalid syntax"),
+        ("def get_config():\n    return 3\n", "get_config() returned a int, not an"),
+    ],
+    ids=["syntax_error", "not_a_config"],
+)
+def test_a_bad_config_file_is_one_line(tmp_path, capsys, config, expected):
+    from adamlab import cli
+
+    (tmp_path / "bad.py").write_text(config)
+    args = ["adamlab", "train", f"--config={tmp_path / 'bad.py'}", f"--workdir={tmp_path / 'w'}"]
+    assert cli.main(args) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err and str(tmp_path / "bad.py") in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_storage_errors_are_one_line_from_the_command_line(tmp_path, capsys):
+    """A `.lock` that is a directory stops `adamlab train` with one line naming it; the CLI
+    prints disk-full errors (here as the checkpointer raises them) the same way."""
+    from adamlab import cli
+    from adamlab.training import checkpoint
+
+    (tmp_path / LOCK_FILE).mkdir(parents=True)
+    args = ["adamlab", "train", "--config=digits", f"--workdir={tmp_path}",
+            "--config.train.num_steps=40"]  # fmt: skip
+    assert cli.main(args) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err == f"adamlab train: error: {tmp_path / LOCK_FILE}: cannot take the workdir lock: " \
+        "Is a directory\n"  # fmt: skip
+    assert cli._is_storage_error(checkpoint.CheckpointWriteError("could not save"))
+    full = OSError(errno.ENOSPC, "No space left on device", "/run/metrics.jsonl")
+    assert cli._is_storage_error(full)
+    assert cli._message(full) == "/run/metrics.jsonl: No space left on device"
