@@ -232,7 +232,8 @@ class Checkpointer:
         if self._keep is not None and len(on_disk) > self._keep:
             kept = set(on_disk[-self._keep :]) | {self.best_step()}
             for step in (s for s in on_disk if s not in kept):
-                self._manager.delete(step)  # Every step here was listed or saved by orbax.
+                if step in self._manager.all_steps():  # Listed when opened, or saved since.
+                    self._manager.delete(step)
                 self._metrics.pop(step, None)
 
     def _write_failed(self, step: int, error: BaseException) -> CheckpointWriteError:
