@@ -450,8 +450,7 @@ class Checkpointer:
         with self._reading(step, f"{_STATE}/_METADATA", verified):
             # The handler's metadata: the manager's would also parse the metrics.
             item = ocp.handlers.StandardCheckpointHandler().metadata(state_dir)
-        saved = _flat_specs(getattr(item, "tree", item), _saved_spec)
-        differences = _diff_trees(saved, _flat_specs(abstract, _target_spec))
+        differences = _diff_trees(_specs(getattr(item, "tree", item)), _specs(abstract))
         if differences:
             raise CheckpointMismatchError(self._mismatch_message(step, differences), differences)
         extra = self._read_extra(step, verified)  # First: an unreadable one is named exactly.
@@ -487,9 +486,8 @@ class Checkpointer:
                 ) from None
             if verified or isinstance(e, CheckpointCorruptError):
                 raise
-            name = _file_in_message(str(e), os.path.join(self.directory, str(step))) or file
             reason = f"unreadable ({type(e).__name__}: {str(e).strip() or 'no detail'})"
-            raise CheckpointCorruptError(step, name, reason, directory=self.directory) from None
+            raise CheckpointCorruptError(step, file, reason, directory=self.directory) from None
 
     def _vanished(self, step: int, error: BaseException) -> bool:
         """Whether `step` is gone, waiting up to 1 s for a deletion that `error` suggests."""
@@ -636,13 +634,6 @@ def _remove_unfinished(directory: str, step: int) -> None:
         time.sleep(0.05)
 
 
-def _file_in_message(message: str, step_dir: str) -> str | None:
-    """The most specific path inside `step_dir` an error message names, relative to it."""
-    prefix = re.escape(step_dir.rstrip("/") + "/")
-    paths = [p.rstrip("./") for p in re.findall(prefix + r"([^\s'\",:;\]\[)(]+)", message)]
-    return max(paths, key=len) if any(paths) else None
-
-
 def _file_of(error: BaseException | None) -> str | None:
     """The file an OSError in `error`'s chain names, or the last path a message quotes."""
     while error is not None:
@@ -766,29 +757,21 @@ def _path_str(path: tuple) -> str:
     return "/".join(parts)
 
 
-def _flat_specs(tree: Any, spec_fn) -> dict[str, tuple[tuple[int, ...], np.dtype | None]]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {_path_str(path): spec_fn(leaf) for path, leaf in leaves}
-
-
-def _saved_spec(meta: Any) -> tuple[tuple[int, ...], np.dtype | None]:
-    """(shape, dtype) from orbax's metadata; dtype None (any) for a saved Python scalar, which
-    restores into whatever scalar dtype the target asks for."""
-    if isinstance(meta, ocp.metadata.ScalarMetadata):
-        return (), None
-    dtype = getattr(meta, "dtype", None)
-    return tuple(getattr(meta, "shape", ())), None if dtype is None else np.dtype(dtype)
-
-
-def _target_spec(leaf: Any) -> tuple[tuple[int, ...], np.dtype | None]:
-    """(shape, dtype) as orbax would save `leaf`: a typed PRNG key as its key data."""
-    if isinstance(leaf, bool | int | float | complex):
-        return (), None
-    shape, dtype = tuple(np.shape(leaf)), leaf.dtype
-    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(shape, dtype))
-        return tuple(data.shape), np.dtype(data.dtype)
-    return shape, np.dtype(dtype)
+def _specs(tree: Any) -> dict[str, tuple[tuple[int, ...], np.dtype | None]]:
+    """{leaf path: (shape, dtype)} as orbax stores the leaves of a target or of its metadata: a
+    typed PRNG key as its key data; dtype None (any) for a Python scalar, which restores into
+    whatever scalar dtype the target asks for."""
+    specs = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(leaf, bool | int | float | complex | ocp.metadata.ScalarMetadata):
+            specs[_path_str(path)] = (), None
+            continue
+        shape, dtype = tuple(getattr(leaf, "shape", ())), getattr(leaf, "dtype", None)
+        if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(shape, dtype))
+            shape, dtype = data.shape, data.dtype
+        specs[_path_str(path)] = tuple(shape), None if dtype is None else np.dtype(dtype)
+    return specs
 
 
 def _diff_trees(saved: dict, target: dict) -> tuple[str, ...]:
