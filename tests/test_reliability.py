@@ -242,3 +242,32 @@ def test_storage_errors_are_one_line_from_the_command_line(tmp_path, capsys):
     full = OSError(errno.ENOSPC, "No space left on device", "/run/metrics.jsonl")
     assert cli._is_storage_error(full)
     assert cli._message(full) == "/run/metrics.jsonl: No space left on device"
+
+
+def test_a_full_disk_mid_save_stops_training_with_one_line(tmp_path):
+    """Issue 27.7: the second checkpoint of `adamlab train` hits a full disk: stderr holds one
+    line naming the step and the cause (exit 1; no traceback from orbax's threads), no
+    temporary directory is left, the first checkpoint is intact."""
+    script = f"""
+        import errno, os, sys
+        import orbax.checkpoint as ocp
+        from adamlab import cli
+        json_save = ocp.handlers.JsonCheckpointHandler._save_fn
+        async def full_on_step_20(self, x, directory):
+            if "/20.orbax-checkpoint-tmp" in str(directory):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+            return await json_save(self, x, directory)
+        ocp.handlers.JsonCheckpointHandler._save_fn = full_on_step_20
+        sys.exit(cli.main(["adamlab", "train", "--config=digits", "--workdir={tmp_path}",
+            "--config.train.num_steps=40", "--config.train.checkpoint_every_steps=10",
+            "--config.train.eval_every_steps=10", "--config.train.progress_bar=False",
+            "--config.optimizer.warmup_steps=1"]))
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True
+    )
+    errors = [line for line in result.stderr.splitlines() if " INFO " not in line]
+    assert result.returncode == 1 and len(errors) == 1, result.stderr[-3000:]
+    assert "could not save checkpoint step 20" in errors[0]
+    assert "No space left on device (ENOSPC)" in errors[0] and "intact: [10]" in errors[0]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]

@@ -30,6 +30,7 @@ import operator
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -240,6 +241,7 @@ class Checkpointer:
         """Removes the unfinished save of `step` and returns the one-line error."""
         with contextlib.suppress(Exception):
             self._manager.wait_until_finished()  # Its other threads, if any.
+        _quiet_closed_loop()
         if jax.process_index() == 0:
             _remove_unfinished(self.directory, step)
         self._pending.discard(step)
@@ -632,6 +634,21 @@ def _remove_unfinished(directory: str, step: int) -> None:
                 shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
             quiet = 0 if names else quiet + 1
         time.sleep(0.05)
+
+
+def _quiet_closed_loop() -> None:
+    """After a failed save, tensorstore's writes still in flight call back into orbax's closed
+    event loop; Python would print that RuntimeError's traceback. Only that one is dropped."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_adamlab", False):
+        return
+
+    def hook(unraisable):
+        if "Event loop is closed" not in str(unraisable.exc_value):
+            previous(unraisable)
+
+    hook._adamlab = True
+    sys.unraisablehook = hook
 
 
 def _file_of(error: BaseException | None) -> str | None:
