@@ -1,9 +1,10 @@
 """Tests for adamlab.checkpoint: round trips, retention, resume, device counts, errors, crashes,
-read-only readers and integrity (damaged steps, falling back to an intact one).
+read-only readers, integrity (damaged and unverified steps, falling back to a trusted one) and
+storage errors (a full disk, a file size limit, a step deleted while it is read).
 
 Every test writes to its own `tmp_path`; states are tiny so that orbax's I/O dominates (~50 ms
-per save). Four tests start a subprocess (a crash mid-save, a crash before the manifest, a live
-save that a reader opens, a restore on a 1-device machine).
+per save). Five tests start a subprocess (a crash mid-save, a crash before the manifest, a live
+save that a reader opens, a restore on a 1-device machine, a file size limit).
 """
 
 import errno

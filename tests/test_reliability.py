@@ -1,7 +1,8 @@
 """Issue 15, "Nothing lost, ever": one writer per workdir (real processes race for it, hold it,
-are killed with SIGKILL), and no temporary files left behind by tf.data's AutoGraph.
+are killed with SIGKILL), and no temporary files left behind by tf.data's AutoGraph. Issue 27:
+a storage or config-file error is one line from the command line.
 
-The checkpoint and run-file items of the issue are tested in test_checkpoint.py and
+The checkpoint and run-file items of the issues are tested in test_checkpoint.py and
 test_run_io.py.
 """
 
