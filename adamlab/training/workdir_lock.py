@@ -1,28 +1,17 @@
-"""One writer per workdir: `WorkdirLock`, held by a training run for its whole life.
-
-Two trainers in one workdir interleave their metrics and checkpoints (issue 15: 175 duplicated
-records, a metrics.jsonl rewritten under the other's feet). The lock refuses the second one:
+"""One writer per workdir: `WorkdirLock`, held by a training run for its whole life, so that two
+trainers never interleave their metrics and checkpoints (`run_io.WorkdirLock` is the same class):
 
     with WorkdirLock(workdir, primary=distributed.is_primary()):
         ...  # write config.json, metrics.jsonl, checkpoints
 
-(`run_io.WorkdirLock` is the same class.)
-
-How, and why:
-
-* **flock** on ``<workdir>/.lock``: the OS releases it when the process ends in any way (kill -9
-  and crashes included), so it is never stale. The file stays; while held it names the holder
-  (pid, host, start time) for the error message, and it is emptied on release.
-* **Fallback** where flock fails (some network filesystems answer ENOLCK or EOPNOTSUPP): the
-  file ``<workdir>/.lock.owner``, created exclusively (O_EXCL) and removed on release. A crash
-  leaves it behind: it is stale if it names a pid of this host that no longer runs; a holder on
-  another host cannot be checked, and the message says which file to delete.
-* **Multi-host**: every process calls it with ``primary=...``; only process 0 takes the lock
-  (the others write no run files of their own).
-* A process that forks (without exec) shares the lock with its children, as flock does.
-
-Readers (`adamlab evaluate`, reports) take no lock: they only read (see
-`adamlab.training.checkpoint`'s read-only mode).
+* **flock** on ``<workdir>/.lock``: the OS releases it when the process ends in any way, so it
+  is never stale. While held, the file names the holder (pid, host, start) for the error.
+* **Fallback** where flock is unsupported (some network filesystems): ``<workdir>/.lock.owner``,
+  created exclusively and removed on release; after a crash it is stale if it names a pid of
+  this host that no longer runs (a holder on another host cannot be checked: the message says
+  which file to delete).
+* **Multi-host**: only process 0 (``primary=True``) takes it. Readers (evaluate, reports) take
+  none: they only read.
 """
 
 from __future__ import annotations
