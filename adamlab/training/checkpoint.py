@@ -172,16 +172,10 @@ class Checkpointer:
     # -- writing ----------------------------------------------------------------------------
 
     def save(self, step: int, state: Any, *, metrics=None, extra=None, force=False) -> bool:
-        """Saves `state` (a pytree of arrays and scalars) at `step` if due; returns whether it did.
-
-        Due: a multiple of `save_interval_steps`, `force` (the end of training) or a preemption
-        orbax saw; a step already on disk is never rewritten. `metrics`: scalars ranking the step
-        by `best_metric`; None or {} leave it out of the ranking. `extra`: a JSON dict (lists of
-        floats included) that `restore` returns, with tuples as lists and keys as strings.
-
-        Raises:
-            CheckpointWriteError: the write failed; PermissionError: read-only.
-        """
+        """Saves `state` (a pytree) at `step` if due (a multiple of `save_interval_steps`, `force`
+        or a preemption) and not on disk yet; returns whether it did. `metrics`: scalars ranking
+        the step by `best_metric` (None or {}: unranked). `extra`: a JSON dict (lists of floats
+        too) that `restore` returns. Raises CheckpointWriteError if the write fails."""
         if self.read_only:
             raise PermissionError(f"Checkpointer({self.directory!r}) is read-only: cannot save")
         step, extra = _check_step(step), _check_extra(extra)
@@ -336,17 +330,13 @@ class Checkpointer:
         return self.restore_with_step(target, step)[1:]
 
     def restore_with_step(self, target: Any, step: int | str = "latest") -> tuple[int, Any, dict]:
-        """Restores `step` (an int, "latest" or "best") into `target`'s structure, shardings and
-        dtypes, after verifying it; never falls back to another step.
-
-        `target`: a pytree like the saved state, of arrays or `jax.ShapeDtypeStruct`s (with
-        ``.sharding`` to place the result; without one, on the first local device).
-        Returns ``(step, state, extra)``.
+        """``(step, state, extra)`` of `step` (an int, "latest" or "best"), verified, in the
+        structure, shardings and dtypes of `target` (arrays or `jax.ShapeDtypeStruct`s; without a
+        sharding, on the first local device). Never falls back to another step.
 
         Raises:
-            FileNotFoundError: no such step; `CheckpointVanishedError` if deleted while read.
-            CheckpointMismatchError: the saved tree differs from `target`.
-            CheckpointCorruptError: the step is damaged; the message lists the intact steps.
+            FileNotFoundError: no such step (`CheckpointVanishedError`: deleted while read);
+            CheckpointMismatchError: the saved tree differs; CheckpointCorruptError: damaged.
         """
         self.wait_until_finished()
         for attempt in range(_RETRIES):
@@ -363,14 +353,9 @@ class Checkpointer:
     def restore_newest_intact(self, target: Any) -> tuple[int, Any, dict]:
         """``(step, state, extra)`` of the newest step that can be trusted: how a run resumes.
 
-        Walks back from the latest step, warning once per step it skips: a damaged one, or one
-        without a manifest while an older verified step exists. A writer then moves the skipped
-        steps aside (``damaged-<step>-<time>``), so that the run can save them again.
-
-        Raises:
-            FileNotFoundError: no checkpoint; CheckpointMismatchError: the newest readable step
-            differs from `target` (a config change: never skipped); CheckpointCorruptError:
-            every step is damaged.
+        Warns once per step it skips (damaged, or unverified while an older step is verified); a
+        writer moves them aside (``damaged-<step>-<time>``) so that the run can save them again.
+        A mismatch (a config change, not damage) is raised, never skipped.
         """
         self.wait_until_finished()
         self.resolve_step("latest")
