@@ -135,6 +135,8 @@ class Checkpointer:
             raise ValueError(f"max_to_keep must be a positive int or None, got {max_to_keep!r}")
         if best_mode not in ("max", "min"):
             raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+        if best_metric is not None and not isinstance(best_metric, str):
+            raise TypeError(f"best_metric must be a metric name (str) or None, got {best_metric!r}")
         if not _is_int(save_interval_steps) or save_interval_steps < 1:
             raise ValueError(f"save_interval_steps must be a positive int: {save_interval_steps!r}")
         self.directory = os.path.abspath(os.fspath(directory))

@@ -248,7 +248,7 @@ class MetricWriter:
         """Appends one line `{"step", "split", **metrics}`; scalars also go to TensorBoard."""
         record = {"step": int(step), "split": split}
         record.update({k: _to_python(v) for k, v in metrics.items()})
-        with naming(self.path):
+        with _naming(self.path):
             self._file.write(json.dumps(record, default=_json_default) + "\n")
             self._file.flush()
         for name, value in record.items():
@@ -256,7 +256,7 @@ class MetricWriter:
                 self._tb.add_scalar(f"{split}/{name}", value, int(step))
 
     def close(self) -> None:
-        with naming(self.path):
+        with _naming(self.path):
             self._file.close()
         self._tb.close()
 
@@ -319,7 +319,7 @@ def atomic_write(path: str | os.PathLike, text: str) -> None:
     the temporary file and raises an OSError naming `path`.
     """
     path = pathlib.Path(path)
-    with naming(path):
+    with _naming(path):
         fd, tmp = _create_beside(path)
         try:
             with os.fdopen(fd, "w") as f:
@@ -344,7 +344,7 @@ def _create_beside(path: pathlib.Path) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def naming(path: str | os.PathLike):
+def _naming(path: str | os.PathLike):
     """Re-raises an OSError that names no file (a write, a flush) as one naming `path`, so that
     "disk full" says where."""
     try:
