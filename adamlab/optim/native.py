@@ -35,7 +35,6 @@ import logging
 import os
 import platform
 import shutil
-import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -127,53 +126,25 @@ def build(name: str, cxx: str, destination: Path) -> None:
             raise RuntimeError(
                 f"building the {name} kernel failed ({' '.join(command)}):\n" + done.stderr[-2000:]
             )
-        _write_atomically(_hash_path(destination), _sha256(Path(partial)) + "\n")
+        # The sha256 first, atomically: a library in place always has its record.
+        record = Path(partial + ".sha256")
+        record.write_text(hashlib.sha256(Path(partial).read_bytes()).hexdigest())
+        os.replace(record, _record(destination))
         os.replace(partial, destination)
     finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+        for leftover in (partial, partial + ".sha256"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
 
 
-def _hash_path(library: Path) -> Path:
+def _record(library: Path) -> Path:
     return library.with_name(library.name + ".sha256")
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    fd, partial = tempfile.mkstemp(dir=path.parent)
+def _verified(library: Path) -> bool:
+    """Whether `library` holds the bytes whose sha256 was recorded when it was built."""
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(partial, 0o644)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-
-
-def _unsafe_cache(directory: Path) -> str | None:
-    """Why libraries in `directory` cannot be trusted (others may write there), or None."""
-    try:
-        mode = directory.stat().st_mode
-    except FileNotFoundError:
-        return None
-    if mode & 0o022:
-        return (
-            f"the kernel cache {directory} is group- or world-writable (mode "
-            f"{stat.S_IMODE(mode):o}): its libraries are not loaded; the XLA program is used "
-            f"(chmod go-w it, or set {CACHE_ENV} to a private directory)"
-        )
-    return None
-
-
-def _verified(path: Path) -> bool:
-    """Whether `path` holds the bytes whose sha256 was recorded when it was built."""
-    try:
-        recorded = _hash_path(path).read_text().strip()
-        return path.exists() and _sha256(path) == recorded
+        return hashlib.sha256(library.read_bytes()).hexdigest() == _record(library).read_text()
     except OSError:
         return False
 
@@ -194,10 +165,12 @@ def load(name: str) -> str | None:
         _reasons[name] = "no C++ compiler found (set CXX, or install g++ or clang++)"
         return None
     path = library_path(name, cxx)
-    unsafe = _unsafe_cache(path.parent)
-    if unsafe:
-        _log.warning("%s", unsafe)
-        _reasons[name] = unsafe
+    if path.parent.exists() and path.parent.stat().st_mode & 0o022:  # Others could write there.
+        _reasons[name] = (
+            f"the kernel cache {path.parent} is group- or world-writable: its libraries are not "
+            f"loaded and the XLA program is used (chmod go-w it, or set {CACHE_ENV})"
+        )
+        _log.warning("%s", _reasons[name])
         return None
     try:
         if not _verified(path):  # Absent, or not what was built: build it (again).

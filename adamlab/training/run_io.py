@@ -43,7 +43,7 @@ import ml_collections
 import numpy as np
 
 from adamlab import config_dict
-from adamlab.training.workdir_lock import WorkdirBusyError, WorkdirLock  # re-exported
+from adamlab.training.workdir_lock import WorkdirBusyError, WorkdirLock, naming
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -248,7 +248,7 @@ class MetricWriter:
         """Appends one line `{"step", "split", **metrics}`; scalars also go to TensorBoard."""
         record = {"step": int(step), "split": split}
         record.update({k: _to_python(v) for k, v in metrics.items()})
-        with _naming(self.path):
+        with naming(self.path):
             self._file.write(json.dumps(record, default=_json_default) + "\n")
             self._file.flush()
         for name, value in record.items():
@@ -256,7 +256,7 @@ class MetricWriter:
                 self._tb.add_scalar(f"{split}/{name}", value, int(step))
 
     def close(self) -> None:
-        with _naming(self.path):
+        with naming(self.path):
             self._file.close()
         self._tb.close()
 
@@ -319,7 +319,7 @@ def atomic_write(path: str | os.PathLike, text: str) -> None:
     the temporary file and raises an OSError naming `path`.
     """
     path = pathlib.Path(path)
-    with _naming(path):
+    with naming(path):
         fd, tmp = _create_beside(path)
         try:
             with os.fdopen(fd, "w") as f:
@@ -341,18 +341,6 @@ def _create_beside(path: pathlib.Path) -> tuple[int, str]:
         tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
         with contextlib.suppress(FileExistsError):
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
-
-
-@contextlib.contextmanager
-def _naming(path: str | os.PathLike):
-    """Re-raises an OSError that names no file (a write, a flush) as one naming `path`, so that
-    "disk full" says where."""
-    try:
-        yield
-    except OSError as e:
-        if e.filename or e.errno is None:
-            raise
-        raise type(e)(e.errno, e.strerror, str(path)) from e
 
 
 def _fsync_directory(directory: pathlib.Path) -> None:

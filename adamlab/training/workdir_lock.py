@@ -30,6 +30,7 @@ LOCK_FILE = ".lock"
 OWNER_FILE = ".lock.owner"  # The fallback's lock, where flock is unavailable.
 # flock errors that mean "not supported here" (not "held by someone else").
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+_LOCKING = "cannot take the workdir lock: "
 
 
 class WorkdirBusyError(RuntimeError):
@@ -59,7 +60,7 @@ class WorkdirLock:
         if not self.primary or self.held:
             return
         path = self.workdir / LOCK_FILE
-        with _naming(path):
+        with naming(path, _LOCKING):
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -73,7 +74,7 @@ class WorkdirLock:
             return
         self._fd = fd
         try:
-            with _naming(path):
+            with naming(path, _LOCKING):
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, _holder_record().encode(), 0)
         except OSError:
@@ -108,7 +109,7 @@ class WorkdirLock:
         owner = self.workdir / OWNER_FILE
         for _ in range(2):
             try:
-                with _naming(owner):
+                with naming(owner, _LOCKING):
                     fd = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             except FileExistsError:
                 holder = _read_holder(owner)
@@ -119,7 +120,7 @@ class WorkdirLock:
                 continue
             self._owner = owner
             try:
-                with _naming(owner), os.fdopen(fd, "w") as f:
+                with naming(owner, _LOCKING), os.fdopen(fd, "w") as f:
                     f.write(_holder_record())
             except OSError:
                 self.release()
@@ -141,16 +142,17 @@ class WorkdirLock:
 
 
 @contextlib.contextmanager
-def _naming(path: pathlib.Path):
-    """An OSError taking the lock as one line naming the file and the cause (disk full, a
-    directory where the lock file belongs)."""
+def naming(path: str | os.PathLike, doing: str = ""):
+    """Re-raises an OSError as one naming `path` (a write or a flush names no file), its cause
+    after `doing`: one line that says where the disk is full (also used by `run_io`)."""
     try:
         yield
     except FileExistsError:
         raise
     except OSError as e:
-        cause = f"cannot take the workdir lock: {e.strerror or e}"
-        raise type(e)(e.errno, cause, str(path)) from None
+        if e.errno is None or (e.filename and not doing):
+            raise
+        raise type(e)(e.errno, f"{doing}{e.strerror or e}", str(path)) from None
 
 
 def _holder_record() -> str:
