@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import errno
 import importlib
 import json
 import logging
@@ -503,7 +502,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return command.run(fv)
     except Exception as e:
-        if _is_storage_error(e):  # Disk full, file too large...: the run failed, data intact.
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+            # A full disk, `ulimit -f`, a directory where a file belongs: one line naming the
+            # file; the run failed, its files are intact.
             print(f"{prog} {name}: error: {_message(e)}", file=sys.stderr)
             return EXIT_FAILED
         if not _is_user_error(e):
@@ -555,22 +556,6 @@ def _is_user_error(error: Exception) -> bool:
         evaluate.EvaluationError,
     )
     return isinstance(error, user_errors)
-
-
-def _is_storage_error(error: Exception) -> bool:
-    """A file could not be written or read (full disk, `ulimit -f`, permissions, a directory
-    where a file belongs); the message names the file."""
-    from adamlab.training import checkpoint
-
-    return isinstance(error, checkpoint.CheckpointWriteError) or (
-        isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS
-    )
-
-
-_STORAGE_ERRNOS = {
-    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
-    errno.EISDIR, errno.ENOTDIR, errno.EIO,
-}  # fmt: skip
 
 
 def _message(error: BaseException) -> str:
