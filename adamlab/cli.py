@@ -31,6 +31,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
@@ -90,6 +91,11 @@ def _config(fv: flags.FlagValues):
     if fv["config"].value is None:
         raise flags.Error("--config is required (e.g. --config=digits)")
     config = fv["config"].value
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise flags.Error(
+            f"--config {config_flags.get_config_filename(fv['config'])}: get_config() returned "
+            f"a {type(config).__name__}, not an ml_collections.ConfigDict"
+        )
 
     def clean(section):
         for key, value in section.items():
@@ -161,7 +167,8 @@ def _run_evaluate(fv: flags.FlagValues) -> int:
         fv["workdir"].value, checkpoint=checkpoint, split=fv["split"].value
     )
     print(evaluate.format_metrics(result))
-    print(f"wrote {path}")
+    if path is not None:  # None: the run directory is read-only (evaluate said so).
+        print(f"wrote {path}")
     return EXIT_OK
 
 
@@ -524,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     try:
         fv = parse_flags(name, args, prog)
-    except (flags.Error, FileNotFoundError, AttributeError, KeyError) as e:
+    except (flags.Error, FileNotFoundError, AttributeError, KeyError, SyntaxError) as e:
         unknown = isinstance(e, AttributeError | KeyError)
         print(f"{prog} {name}: {'unknown config field ' * unknown}{_message(e)}", file=sys.stderr)
         return EXIT_USAGE
@@ -533,6 +540,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return command.run(fv)
     except Exception as e:
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+            # A full disk, `ulimit -f`, a directory where a file belongs: one line naming the
+            # file; the run failed, its files are intact.
+            print(f"{prog} {name}: error: {_message(e)}", file=sys.stderr)
+            return EXIT_FAILED
         if not _is_user_error(e):
             raise  # A bug: keep the traceback.
         print(f"{prog} {name}: error: {_message(e)}", file=sys.stderr)
@@ -583,9 +595,14 @@ def _is_user_error(error: Exception) -> bool:
 
 
 def _message(error: BaseException) -> str:
-    """The innermost message of an exception (KeyError wraps its message in quotes)."""
+    """The innermost message of an exception (KeyError wraps its message in quotes), an
+    OSError's as "file: cause", a SyntaxError's as "file:line: ..."."""
     while error.args and isinstance(error.args[0], BaseException):
         error = error.args[0]
+    if isinstance(error, SyntaxError):
+        return f"{error.filename}:{error.lineno}: {type(error).__name__}: {error.msg}"
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        return f"{error.filename}: {error.strerror}"
     if isinstance(error, KeyError) and error.args:
         return str(error.args[0]).replace("\\'", "'")
     return str(error)

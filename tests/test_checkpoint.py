@@ -1,11 +1,13 @@
 """Tests for adamlab.checkpoint: round trips, retention, resume, device counts, errors, crashes,
-read-only readers and integrity (damaged steps, falling back to an intact one).
+read-only readers, integrity (damaged and unverified steps, falling back to a trusted one) and
+storage errors (a full disk, a file size limit, a step deleted while it is read).
 
 Every test writes to its own `tmp_path`; states are tiny so that orbax's I/O dominates (~50 ms
-per save). Four tests start a subprocess (a crash mid-save, a crash before the manifest, a live
-save that a reader opens, a restore on a 1-device machine).
+per save). Five tests start a subprocess (a crash mid-save, a crash before the manifest, a live
+save that a reader opens, a restore on a 1-device machine, a file size limit).
 """
 
+import errno
 import json
 import logging
 import math
@@ -30,6 +32,8 @@ from adamlab.training.checkpoint import (
     CheckpointCorruptError,
     Checkpointer,
     CheckpointMismatchError,
+    CheckpointVanishedError,
+    CheckpointWriteError,
 )
 
 from helpers import assert_trees_equal
@@ -674,8 +678,10 @@ def test_steps_without_a_manifest_are_verified_by_restoring(three_steps, tmp_pat
         assert reader.restore_newest_intact(_TARGET)[0] == 200
 
 
-def test_a_crash_before_the_manifest_leaves_an_unverified_usable_step(tmp_path):
-    """The process dies after orbax committed step 2, before its manifest was written."""
+def test_a_crash_before_the_manifest_resumes_from_the_step_before(tmp_path, caplog):
+    """Issue 27.4: the process dies after orbax committed step 2, before its manifest was
+    written. Step 2 cannot be verified: the resume says so and uses step 1; the writer sets
+    step 2 aside and can save it again."""
     result = _run(f"""
         import os, jax.numpy as jnp
         from adamlab.training import checkpoint
@@ -687,9 +693,50 @@ def test_a_crash_before_the_manifest_leaves_an_unverified_usable_step(tmp_path):
     assert result.returncode == 17, result.stderr[-3000:]
     with Checkpointer(tmp_path) as ckpt:
         assert ckpt.all_steps() == [1, 2] and ckpt.verify(1) and not ckpt.verify(2)
-        step, state, _ = ckpt.restore_newest_intact({"w": jnp.zeros(3)})
-        assert step == 2
-        np.testing.assert_array_equal(state["w"], [2.0, 2.0, 2.0])
+        with caplog.at_level(logging.WARNING, "adamlab.training.checkpoint"):
+            step, state, _ = ckpt.restore_newest_intact({"w": jnp.zeros(3)})
+        assert step == 1
+        np.testing.assert_array_equal(state["w"], [1.0, 1.0, 1.0])
+        assert any("step 2 has no adamlab_manifest.json" in r.getMessage() for r in caplog.records)
+        assert ckpt.all_steps() == [1] and [n for n in os.listdir(tmp_path) if "damaged-2-" in n]
+        assert ckpt.save(2, {"w": jnp.full(3, 2.0)}) and ckpt.verify(2)
+
+
+def test_a_manifest_less_step_with_flipped_bytes_is_never_used_silently(
+    three_steps, tmp_path, caplog
+):
+    """Issue 27.4: 8 flipped bytes in the array file of a step without a manifest restore
+    without an error (nothing else checks them); the resume must not use it silently."""
+    directory = _copy(three_steps, tmp_path)
+    os.remove(directory / "300" / MANIFEST_FILE)
+    data = directory / "300" / _data_file(directory / "300")
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 8] = bytes(b ^ 0xFF for b in raw[len(raw) // 2 :][:8])
+    data.write_bytes(bytes(raw))
+    with caplog.at_level(logging.WARNING, "adamlab.training.checkpoint"):
+        with Checkpointer(directory, best_metric="acc", read_only=True) as reader:
+            step, state, _ = reader.restore_newest_intact(_TARGET)
+            assert step == 200 and reader.all_steps() == [100, 200, 300]
+            assert_trees_equal(state, _small(200))
+            reader.restore(_TARGET, step=300)  # Asked for by number: read, with a warning.
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("step 300 has no adamlab_manifest.json" in w for w in warnings), warnings
+    assert any("resuming from step 200" in w and "skipped: 300" in w for w in warnings)
+    assert any("step 300 in" in w and "read unverified" in w for w in warnings), warnings
+    assert all("\n" not in w for w in warnings)
+
+
+def test_steps_all_without_manifests_resume_from_the_newest_with_a_warning(
+    three_steps, tmp_path, caplog
+):
+    directory = _copy(three_steps, tmp_path, manifests=False)
+    with caplog.at_level(logging.WARNING, "adamlab.training.checkpoint"):
+        with Checkpointer(directory, max_to_keep=None) as ckpt:
+            step, state, _ = ckpt.restore_newest_intact(_TARGET)
+            assert step == 300 and ckpt.all_steps() == [100, 200, 300]  # nothing set aside
+    assert_trees_equal(state, _small(300))
+    assert any("step 300 in" in r.getMessage() and "unverified" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
 
 
 def test_non_finite_saved_values_are_refused(tmp_path):
@@ -719,3 +766,126 @@ def test_manifests_cover_every_file_and_survive_reopening(tmp_path, state):
         ckpt.restore(jax.tree.map(_zeros_like, state))
         ckpt.save(4, state)
         assert [ckpt.verify(step) for step in ckpt.all_steps()] == [True, True]
+
+
+# -- storage errors and readers racing the writer (issue 27, items 6-8) ----------------------
+
+
+def _tmp_dirs(directory) -> list[str]:
+    return [name for name in os.listdir(directory) if ".orbax-checkpoint-tmp" in name]
+
+
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_a_disk_full_mid_save_is_one_line_and_leaves_no_temporary_directory(
+    tmp_path, monkeypatch, async_save
+):
+    """Issue 27.7: disk full while orbax writes a step (here its JSON item, after the arrays)."""
+    import orbax.checkpoint as ocp
+
+    def full(self, x, directory):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+
+    with Checkpointer(tmp_path, async_save=async_save) as ckpt:
+        ckpt.save(1, _small(1), extra={"at": 1})
+        ckpt.wait_until_finished()
+        monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, "_save_fn", full)
+        with pytest.raises(CheckpointWriteError) as info:
+            ckpt.save(2, _small(2))
+            ckpt.wait_until_finished()
+        message = str(info.value)
+        assert "\n" not in message and "step 2" in message and str(tmp_path) in message
+        assert "No space left on device (ENOSPC)" in message and "intact: [1]" in message
+        assert _tmp_dirs(tmp_path) == [] and ckpt.all_steps() == [1]
+        monkeypatch.undo()
+        assert ckpt.restore(_TARGET)[1] == {"at": 1}
+        assert ckpt.save(2, _small(2))  # The disk has room again: the run goes on.
+    assert _step_dirs(tmp_path) == [1, 2]
+
+
+def test_a_file_size_limit_mid_save_is_one_line(tmp_path):
+    """Issue 27.7: `ulimit -f` (EFBIG) while tensorstore writes the arrays: one line, no
+    traceback logged by orbax's threads, no temporary directory, step 1 intact."""
+    result = _run(f"""
+        import resource, numpy as np, jax.numpy as jnp
+        from adamlab.training.checkpoint import Checkpointer, CheckpointWriteError
+        with Checkpointer({str(tmp_path)!r}) as ckpt:
+            ckpt.save(1, {{"w": jnp.ones(3)}})
+            resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+            try:
+                ckpt.save(2, {{"w": jnp.asarray(np.random.rand(100000), jnp.float32)}})
+            except CheckpointWriteError as e:
+                print(e)
+    """)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("\n") == 1 and "File too large (EFBIG)" in result.stdout
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert _tmp_dirs(tmp_path) == [] and _step_dirs(tmp_path) == [1]
+
+
+def test_a_step_deleted_between_listing_and_reading(three_steps, tmp_path, monkeypatch):
+    """Issue 27.6: the trainer's retention deletes the step a reader resolved ("latest" is
+    looked up again; a step asked for by number is named in one line)."""
+    import orbax.checkpoint as ocp
+
+    directory = _copy(three_steps, tmp_path)
+    resolve = Checkpointer.resolve_step
+    deleted = []
+
+    def resolve_then_delete(self, step):
+        resolved = resolve(self, step)
+        if not deleted:
+            deleted.append(resolved)
+            shutil.rmtree(directory / str(resolved))
+        return resolved
+
+    monkeypatch.setattr(Checkpointer, "resolve_step", resolve_then_delete)
+    with Checkpointer(directory, best_metric="acc", read_only=True) as reader:
+        step, state, extra = reader.restore_with_step(_TARGET)
+        assert (deleted, step, extra) == ([300], 200, {"at": 200})
+        assert_trees_equal(state, _small(200))
+        deleted.clear()
+        with pytest.raises(CheckpointVanishedError) as info:
+            reader.restore(_TARGET, step=100)
+        assert isinstance(info.value, FileNotFoundError) and "\n" not in str(info.value)
+        assert f"step 100 in {directory} vanished" in str(info.value)
+
+    # Deleted after the manifest was checked, while orbax/tensorstore read the arrays.
+    directory = _copy(three_steps, tmp_path / "again")
+    monkeypatch.setattr(Checkpointer, "resolve_step", resolve)
+    restore = ocp.CheckpointManager.restore
+
+    def delete_then_restore(self, step, *args, **kwargs):
+        if step == 300 and (directory / "300").exists():
+            shutil.rmtree(directory / "300")
+        return restore(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", delete_then_restore)
+    with Checkpointer(directory, best_metric="acc", read_only=True) as reader:
+        assert reader.restore_with_step(_TARGET, "best")[0] == 200
+
+
+def test_a_step_replaced_by_a_file_is_skipped_with_one_warning(three_steps, tmp_path, caplog):
+    """Issue 27.8: a file named like a step is not a checkpoint: said once, then ignored."""
+    directory = _copy(three_steps, tmp_path)
+    shutil.rmtree(directory / "300")
+    (directory / "300").write_text("not a step")
+    with caplog.at_level(logging.WARNING, "adamlab.training.checkpoint"):
+        with Checkpointer(directory, best_metric="acc", read_only=True) as reader:
+            assert reader.all_steps() == [100, 200] and reader.latest_step() == 200
+            assert reader.best_step() == 200
+    warnings = [r.getMessage() for r in caplog.records if "not a checkpoint" in r.getMessage()]
+    assert warnings == [f"{directory}/300 is not a checkpoint (a file where a step directory "
+                        "should be): skipped"]  # fmt: skip
+
+
+def test_extra_holds_long_float_lists_and_metrics_may_be_none(tmp_path):
+    """A trainer's window of per-step metrics in `extra`; a preemption point saved without
+    validation metrics takes no part in the "best" ranking."""
+    window = {"loss": [float(i) / 7 for i in range(3000)], "steps": list(range(3000))}
+    with Checkpointer(tmp_path, best_metric="acc", max_to_keep=1) as ckpt:
+        ckpt.save(1, _small(1), metrics={"acc": 0.5}, extra={"window": window})
+        ckpt.save(2, _small(2), metrics=None, extra={"window": window, "preempted": True})
+        assert ckpt.best_step() == 1 and ckpt.metrics(2) == {}
+        assert ckpt.all_steps() == [1, 2]  # the last one, and the best
+        assert ckpt.restore_extra(2) == {"window": window, "preempted": True}
+        assert ckpt.restore(_TARGET, "best")[1] == {"window": window}

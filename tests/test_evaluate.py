@@ -1,7 +1,9 @@
 """`adamlab evaluate` / `evaluate_checkpoint` (restore a run's checkpoint, evaluate, write JSON)
 and `restore` (a saved run's config, model and variables, for a notebook)."""
 
+import errno
 import json
+import os
 import pathlib
 import shutil
 
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 
 from adamlab import cli, config_dict, data
-from adamlab.training import evaluate, experiment, optimizers, restore, run_io, train
+from adamlab.training import checkpoint, evaluate, experiment, optimizers, restore, run_io, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -216,3 +218,59 @@ def test_evaluate_names_what_the_run_lacks(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "best" in err and "Traceback" not in err
     assert cli.main(base) == cli.EXIT_OK
+
+
+def _delete_once_resolved(monkeypatch, workdir):
+    """The trainer's retention deleting the step a reader has just resolved (issue 27.6)."""
+    resolve = checkpoint.Checkpointer.resolve_step
+    deleted = []
+
+    def resolve_then_delete(self, step):
+        resolved = resolve(self, step)
+        if not deleted:
+            deleted.append(resolved)
+            shutil.rmtree(workdir / run_io.CHECKPOINT_DIR / str(resolved))
+        return resolved
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "resolve_step", resolve_then_delete)
+    return deleted
+
+
+def test_readers_racing_the_trainers_retention(run, tmp_path, monkeypatch, capsys):
+    """Issue 27.6: `evaluate --checkpoint latest` and `adamlab.restore` take the newest step
+    that still exists; a step asked for by number that vanishes is one line naming it."""
+    workdir, lines = run
+    for name in ("evaluate", "restore", "by_number"):
+        shutil.copytree(workdir, tmp_path / name)
+    deleted = _delete_once_resolved(monkeypatch, tmp_path / "evaluate")
+    result, _ = evaluate.evaluate_checkpoint(tmp_path / "evaluate", split="validation")
+    assert deleted == [8] and result["step"] == 4
+    assert result["accuracy"] == lines[("validation", 4)]["accuracy"]
+
+    deleted = _delete_once_resolved(monkeypatch, tmp_path / "restore")
+    assert restore.restore(tmp_path / "restore").step == 4 and deleted == [8]
+
+    deleted = _delete_once_resolved(monkeypatch, tmp_path / "by_number")
+    args = ["adamlab", "evaluate", f"--workdir={tmp_path / 'by_number'}", "--checkpoint=8"]
+    assert cli.main(args) == cli.EXIT_USAGE and deleted == [8]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "checkpoint step 8 in" in err and "vanished" in err
+
+
+def test_a_read_only_run_directory_is_evaluated_without_claiming_a_write(
+    run, monkeypatch, capsys, caplog
+):
+    """Issue 27.8: the metrics are printed, the warning says the file was not written, and
+    nothing claims "wrote"."""
+    workdir, lines = run
+
+    def read_only(path, data):
+        raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(run_io, "write_json", read_only)
+    args = ["adamlab", "evaluate", f"--workdir={workdir}", "--checkpoint=4", "--split=validation"]
+    assert cli.main(args) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert f"accuracy   {lines[('validation', 4)]['accuracy']:.4f}" in out and "wrote" not in out
+    assert any("could not write" in r.getMessage() for r in caplog.records)
+    assert evaluate.evaluate_checkpoint(workdir, checkpoint=4)[1] is None

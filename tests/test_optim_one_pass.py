@@ -251,11 +251,12 @@ def test_the_library_is_built_once_and_named_by_what_makes_it(tmp_path, monkeypa
         "print(json.dumps({'target': native.load('adam_one_pass')}))"
     )
     assert child_json(code, env=env) == {"target": TARGET}
-    (built,) = tmp_path.iterdir()
-    assert built.suffix == ".so"
+    (built,) = tmp_path.glob("*.so")
+    files = sorted(tmp_path.iterdir())
+    assert files == [built, built.with_name(built.name + ".sha256")]  # its recorded sha256
     first_build = built.stat().st_mtime_ns
     assert child_json(code, env=env) == {"target": TARGET}
-    assert list(tmp_path.iterdir()) == [built] and built.stat().st_mtime_ns == first_build
+    assert sorted(tmp_path.iterdir()) == files and built.stat().st_mtime_ns == first_build
     monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
     cxx = native.compiler()
     assert native.library_path("adam_one_pass", cxx) == built

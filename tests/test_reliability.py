@@ -1,7 +1,8 @@
 """Issue 15, "Nothing lost, ever": one writer per workdir (real processes race for it, hold it,
-are killed with SIGKILL), and no temporary files left behind by tf.data's AutoGraph.
+are killed with SIGKILL), and no temporary files left behind by tf.data's AutoGraph. Issue 27:
+a storage or config-file error is one line from the command line.
 
-The checkpoint and run-file items of the issue are tested in test_checkpoint.py and
+The checkpoint and run-file items of the issues are tested in test_checkpoint.py and
 test_run_io.py.
 """
 
@@ -201,3 +202,72 @@ def test_tf_data_leaves_no_autograph_files_and_batches_are_unchanged(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["True", "0", "True"]
+
+
+# -- one line per storage or config error, from the command line (issue 27.7) -------------------
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ("def get_config(:\n    pass\n", ":1: SyntaxError: invalid syntax"),
+        ("def get_config():\n    return 3\n", "get_config() returned a int, not an"),
+    ],
+    ids=["syntax_error", "not_a_config"],
+)
+def test_a_bad_config_file_is_one_line(tmp_path, capsys, config, expected):
+    from adamlab import cli
+
+    (tmp_path / "bad.py").write_text(config)
+    args = ["adamlab", "train", f"--config={tmp_path / 'bad.py'}", f"--workdir={tmp_path / 'w'}"]
+    assert cli.main(args) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err and str(tmp_path / "bad.py") in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_storage_errors_are_one_line_from_the_command_line(tmp_path, capsys):
+    """A `.lock` that is a directory stops `adamlab train` with one line naming it; the CLI
+    prints disk-full errors (here as the checkpointer raises them) the same way."""
+    from adamlab import cli
+    from adamlab.training import checkpoint
+
+    (tmp_path / LOCK_FILE).mkdir(parents=True)
+    args = ["adamlab", "train", "--config=digits", f"--workdir={tmp_path}",
+            "--config.train.num_steps=40"]  # fmt: skip
+    assert cli.main(args) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err == f"adamlab train: error: {tmp_path / LOCK_FILE}: cannot take the workdir lock: " \
+        "Is a directory\n"  # fmt: skip
+    full = OSError(errno.ENOSPC, "No space left on device", "/run/metrics.jsonl")
+    assert cli._message(full) == "/run/metrics.jsonl: No space left on device"
+    assert cli._message(checkpoint.CheckpointWriteError("could not save")) == "could not save"
+
+
+def test_a_full_disk_mid_save_stops_training_with_one_line(tmp_path):
+    """Issue 27.7: the second checkpoint of `adamlab train` hits a full disk: stderr holds one
+    line naming the step and the cause (exit 1; no traceback from orbax's threads), no
+    temporary directory is left, the first checkpoint is intact."""
+    script = f"""
+        import errno, os, sys
+        import orbax.checkpoint as ocp
+        from adamlab import cli
+        json_save = ocp.handlers.JsonCheckpointHandler._save_fn
+        async def full_on_step_20(self, x, directory):
+            if "/20.orbax-checkpoint-tmp" in str(directory):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+            return await json_save(self, x, directory)
+        ocp.handlers.JsonCheckpointHandler._save_fn = full_on_step_20
+        sys.exit(cli.main(["adamlab", "train", "--config=digits", "--workdir={tmp_path}",
+            "--config.train.num_steps=40", "--config.train.checkpoint_every_steps=10",
+            "--config.train.eval_every_steps=10", "--config.train.progress_bar=False",
+            "--config.optimizer.warmup_steps=1"]))
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True
+    )
+    errors = [line for line in result.stderr.splitlines() if " INFO " not in line]
+    assert result.returncode == 1 and len(errors) == 1, result.stderr[-3000:]
+    assert "could not save checkpoint step 20" in errors[0]
+    assert "No space left on device (ENOSPC)" in errors[0] and "intact: [10]" in errors[0]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]

@@ -197,3 +197,87 @@ def test_a_workdir_without_write_permission_is_refused(tmp_path):
     workdir.mkdir(mode=0o555)
     with pytest.raises(run_io.RunDirError, match="is not writable"):
         run_io.prepare_workdir(workdir)
+
+
+# -- storage errors and file modes (issue 27, items 7 and 8) ------------------------------------
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as write(2) says it: no file named
+
+
+def test_a_full_disk_while_writing_json_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    run_io.write_config(tmp_path, _config())
+    before = (tmp_path / run_io.CONFIG_FILE).read_text()
+    monkeypatch.setattr(os, "fsync", _disk_full)
+    with pytest.raises(OSError) as info:
+        run_io.write_config(tmp_path, _config(num_steps=99))
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.filename == str(tmp_path / run_io.CONFIG_FILE)
+    monkeypatch.undo()
+    assert (tmp_path / run_io.CONFIG_FILE).read_text() == before
+    assert os.listdir(tmp_path) == [run_io.CONFIG_FILE]  # no temporary file left behind
+
+
+def test_a_full_disk_while_writing_metrics_names_the_file(tmp_path):
+    class FullDisk:
+        write = flush = close = staticmethod(_disk_full)
+
+    writer = run_io.MetricWriter(tmp_path)
+    real, writer._file = writer._file, FullDisk()
+    with pytest.raises(OSError) as info:
+        writer.write(1, "train", {"loss": 0.5})
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.filename == str(tmp_path / run_io.METRICS_FILE)
+    with pytest.raises(OSError, match="No space left") as info:
+        writer.close()
+    assert info.value.filename == str(tmp_path / run_io.METRICS_FILE)
+    real.close()
+
+
+def test_a_full_disk_or_a_directory_where_the_lock_belongs_is_one_line(tmp_path, monkeypatch):
+    from adamlab.training import workdir_lock
+
+    monkeypatch.setattr(workdir_lock.os, "pwrite", _disk_full)
+    lock = run_io.WorkdirLock(tmp_path)
+    with pytest.raises(OSError) as info:
+        lock.acquire()
+    assert not lock.held and info.value.filename == str(tmp_path / ".lock")
+    assert "cannot take the workdir lock: No space left on device" in info.value.strerror
+    monkeypatch.undo()
+    os.remove(tmp_path / ".lock")
+    (tmp_path / ".lock").mkdir()
+    with pytest.raises(IsADirectoryError) as info:
+        run_io.WorkdirLock(tmp_path).acquire()
+    assert info.value.filename == str(tmp_path / ".lock")
+    assert "cannot take the workdir lock: Is a directory" in info.value.strerror
+
+
+def test_every_run_file_follows_the_umask(tmp_path):
+    """Issue 27.8: config.json and reports were 0600 (mkstemp) while checkpoints and metrics
+    followed the umask: a restore needs the config as readable as the weights."""
+    script = f"""
+        import os, jax.numpy as jnp, ml_collections
+        os.umask(0o027)
+        from adamlab.training import checkpoint, run_io
+        workdir = {str(tmp_path)!r}
+        with run_io.WorkdirLock(workdir):
+            run_io.write_config(workdir, ml_collections.ConfigDict({{"seed": 0}}))
+            run_io.write_json(os.path.join(workdir, "result.json"), {{"a": 1}})
+            with run_io.MetricWriter(workdir) as writer:
+                writer.write(1, "train", {{"loss": 0.5}})
+            with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+                ckpt.save(1, {{"w": jnp.ones(3)}})
+            modes = {{}}
+            for root, _, files in os.walk(workdir):
+                for name in files:
+                    path = os.path.join(root, name)
+                    modes[os.path.relpath(path, workdir)] = os.stat(path).st_mode & 0o777
+        print(sorted({{oct(m) for m in modes.values()}}), len(modes))
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    modes, count = result.stdout.split("] ")
+    assert modes == "['0o640'" and int(count) > 10, result.stdout

@@ -9,6 +9,11 @@ jaxlib version, CPU architecture), so a change to any of them builds a new one; 
 written to a temporary file and renamed into place, so processes building at once (pytest
 workers) never load a half-written one.
 
+A library is loaded for what it holds, not for its name: its sha256, recorded at build time in
+``<library>.sha256`` (written atomically, before the library is renamed into place), must match
+its bytes, or it is built again. A cache directory that other users can write to (group- or
+world-writable) is refused with a warning: anyone could place a library there.
+
 Nothing requires a kernel: where there is no compiler, the build fails or
 ``ADAMLAB_NATIVE_KERNELS=0`` (or false, no, off) is set, `load` returns None and
 `unavailable_reason` says why, and the caller runs its XLA program instead
@@ -26,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -58,6 +64,7 @@ KERNELS: dict[str, str] = {"adam_one_pass": "AdamlabAdamOnePass"}
 
 _libraries: dict[str, ctypes.CDLL] = {}  # kept alive: XLA calls into them
 _reasons: dict[str, str] = {}
+_log = logging.getLogger(__name__)
 
 
 def target_name(name: str) -> str:
@@ -100,9 +107,9 @@ def library_path(name: str, cxx: str) -> Path:
 
 
 def build(name: str, cxx: str, destination: Path) -> None:
-    """Compiles kernel `name` to `destination` (atomically); RuntimeError with the compiler's
-    message if it fails."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    """Compiles kernel `name` to `destination` (atomically), its sha256 recorded beside it;
+    RuntimeError with the compiler's message if it fails."""
+    destination.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     fd, partial = tempfile.mkstemp(suffix=".so", dir=destination.parent)
     os.close(fd)
     command = [
@@ -119,16 +126,34 @@ def build(name: str, cxx: str, destination: Path) -> None:
             raise RuntimeError(
                 f"building the {name} kernel failed ({' '.join(command)}):\n" + done.stderr[-2000:]
             )
+        # The sha256 first, atomically: a library in place always has its record.
+        record = Path(partial + ".sha256")
+        record.write_text(hashlib.sha256(Path(partial).read_bytes()).hexdigest())
+        os.replace(record, _record(destination))
         os.replace(partial, destination)
     finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+        for leftover in (partial, partial + ".sha256"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+
+
+def _record(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def _verified(library: Path) -> bool:
+    """Whether `library` holds the bytes whose sha256 was recorded when it was built."""
+    try:
+        return hashlib.sha256(library.read_bytes()).hexdigest() == _record(library).read_text()
+    except OSError:
+        return False
 
 
 @functools.cache
 def load(name: str) -> str | None:
     """Registers kernel `name` (one of `KERNELS`) for the CPU and returns its target name, or
-    None (then `unavailable_reason(name)` says why). Builds it on first use; once per process.
+    None (then `unavailable_reason(name)` says why). Builds it on first use, or again when the
+    cached library's bytes differ from those built; once per process.
     """
     if name not in KERNELS:
         raise ValueError(f"unknown kernel {name!r}; kernels: {', '.join(KERNELS)}")
@@ -140,9 +165,18 @@ def load(name: str) -> str | None:
         _reasons[name] = "no C++ compiler found (set CXX, or install g++ or clang++)"
         return None
     path = library_path(name, cxx)
+    if path.parent.exists() and path.parent.stat().st_mode & 0o022:  # Others could write there.
+        _reasons[name] = (
+            f"the kernel cache {path.parent} is group- or world-writable: its libraries are not "
+            f"loaded and the XLA program is used (chmod go-w it, or set {CACHE_ENV})"
+        )
+        _log.warning("%s", _reasons[name])
+        return None
     try:
-        if not path.exists():
+        if not _verified(path):  # Absent, or not what was built: build it (again).
             build(name, cxx, path)
+        if not _verified(path):
+            raise OSError(f"{path} does not match the sha256 recorded when it was built")
         library = ctypes.cdll.LoadLibrary(str(path))
         handler = getattr(library, KERNELS[name])
     except (OSError, RuntimeError, AttributeError) as error:

@@ -1,74 +1,27 @@
-"""Checkpoints of train state pytrees, with Orbax behind one small, stable API.
+"""Checkpoints of train-state pytrees: Orbax behind one small API, and what makes a step trusted.
 
-Every orbax call in adamlab goes through this module, so an orbax API change touches one file.
-A step directory holds two items, written by one `ocp.CheckpointManager`:
+Every orbax call in adamlab is here, so an orbax API change touches one file. A step directory
+holds orbax's items ``state`` (`ocp.args.StandardSave`), ``extra`` and ``metrics`` (JSON), then
+``adamlab_manifest.json`` (size and sha256 of every file), written after orbax's commit.
 
-* ``state``: the train state pytree (`ocp.args.StandardSave` / `StandardRestore`): params,
-  batch stats, optimizer state NamedTuples, the step counter, rng keys, numpy arrays, scalars.
-* ``extra``: a JSON dict saved beside it (`ocp.args.JsonSave`): data position, config, seed...
-
-plus the step's metrics (orbax's own ``metrics`` item), which rank checkpoints for "best".
-
-Semantics, and why:
-
-* **When to save.** `save` writes when ``step % save_interval_steps == 0``, when ``force=True``
-  (e.g. the end of training) or when orbax detects a preemption. A step that is already on
-  disk is never rewritten: `save` returns False.
-* **What is kept.** The last ``max_to_keep`` steps, plus the best step by ``best_metric`` even
-  when it is older (orbax's `LatestN` and `BestN(n=1)` preservation policies, combined with
-  `AnyPreservationPolicy`). A checkpoint is deleted only after a newer one is committed.
-* **Crash safety.** Orbax writes a step into ``<step>.orbax-checkpoint-tmp*`` and renames it
-  atomically once complete, so a crash mid-save leaves the previous steps intact. Unfinished
-  temporary directories are ignored, and removed when a writing `Checkpointer` opens the
-  directory (never by a read-only one: that directory may be a live trainer's save).
-* **Read-only.** ``Checkpointer(..., read_only=True)`` (evaluate, reports) never creates,
-  deletes or renames anything and refuses to `save`, so it can open a run that is training.
-* **Integrity.** Once orbax has committed a step, the primary process writes
-  ``<step>/adamlab_manifest.json`` (atomically, last) with the size and sha256 of every file of
-  the step. `restore` checks it before reading, then refuses non-finite floating leaves. Any
-  damage (a changed byte, a truncated or missing file, unreadable metadata) raises
-  `CheckpointCorruptError`: one line naming the step, the file and the intact steps. sha256
-  rather than zlib's crc32: it runs at ~1.4 GB/s here (crc32 ~2.4 GB/s), so a digits CNN
-  checkpoint (~0.5 MB) costs under a millisecond and 1 GB under a second, and anyone can
-  check a file by hand with ``sha256sum``.
-* **Steps without a manifest** (saved before manifests existed, or a crash between orbax's
-  commit and the manifest) are unverified, not damaged: they are checked by restoring them, and
-  count as damaged only if orbax cannot read them or they hold non-finite values.
-* **Falling back.** `restore_newest_intact` walks back from the newest step to the newest one
-  that restores cleanly, warning once per skipped step; a writing `Checkpointer` moves the
-  skipped steps aside to ``damaged-<step>-<time>`` (kept for inspection, never deleted) so the
-  run can save those steps again. `restore` with "best" or a step never falls back.
-* **Unreadable ranking metrics.** A step whose ``metrics/metrics`` file cannot be read takes no
-  part in the "best" ranking (with a warning) instead of making the whole directory unusable.
-* **Resume.** A new `Checkpointer` on the same directory sees the steps (and metrics) on disk.
-* **Device counts.** Arrays restore with the sharding of the target (a `jax.Array` or a
-  `jax.ShapeDtypeStruct` with ``.sharding``), whatever sharding they were saved with: a state
-  saved from 4 devices restores onto 1 and vice versa. Target leaves without a sharding land
-  on ``jax.local_devices()[0]``.
-* **Typed PRNG keys.** `jax.random.key` arrays can be saved as they are: orbax stores their
-  key data (uint32) and the key impl, and wraps them back when the target leaf is a typed key.
-  Mismatch checks compare a typed key by its key data's shape and dtype.
-* **Mismatches.** Before reading arrays, `restore` compares the saved tree (orbax metadata) with
-  the target, leaf by leaf, and raises `CheckpointMismatchError` naming every missing,
-  unexpected, reshaped or retyped leaf. Orbax alone would silently cast dtypes.
-* **Multi-host.** Call every method on every process: orbax synchronises the processes, writes
-  each process's shards and lets only the primary process (0) write JSON metadata, metrics and
-  delete old steps. This module writes one file itself, the manifest, on the primary process
-  after orbax has committed the step (the filesystem is shared).
-
-Example::
-
-    with Checkpointer(workdir / "checkpoints", max_to_keep=2, best_metric="val_accuracy",
-                      save_interval_steps=100) as ckpt:
-        if ckpt.latest_step() is not None:  # resume where the last run stopped
-            step, state, extra = ckpt.restore_newest_intact(state)
-        ...
-        ckpt.save(step, state, metrics={"val_accuracy": acc}, extra={"epoch": epoch})
+* A step is used if its files match its manifest and its floats are finite (else one line,
+  `CheckpointCorruptError`). A step without a manifest (a kill between orbax's commit and the
+  manifest) is unverified: a resume prefers an older verified step, with a warning.
+* `restore_newest_intact` (a resume) walks back to the newest trusted step; a writer moves the
+  skipped ones aside to ``damaged-<step>-<time>``. Retention (the last ``max_to_keep`` plus the
+  best) runs here once a newer step is sealed; metrics are read here, tolerantly.
+* Readers (``read_only=True``) change nothing and list the directory afresh: a step the trainer
+  deletes while it is read is looked up again or named (`CheckpointVanishedError`).
+* A failed save (disk full, ``ulimit -f``) leaves no temporary directory: `CheckpointWriteError`.
+* Mismatched trees are listed leaf by leaf before reading (orbax alone would silently cast);
+  arrays restore onto the target's shardings, whatever device count saved them.
+* Multi-host: call every method on every process; process 0 alone writes manifests, renames.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -76,6 +29,8 @@ import math
 import operator
 import os
 import re
+import shutil
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -84,38 +39,41 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from adamlab.training.run_io import atomic_write
 
-__all__ = ["Checkpointer", "CheckpointCorruptError", "CheckpointMismatchError"]
+__all__ = [
+    "Checkpointer",
+    "CheckpointCorruptError",
+    "CheckpointMismatchError",
+    "CheckpointVanishedError",
+    "CheckpointWriteError",
+]
 
-_STATE = "state"
-_EXTRA = "extra"
-_MAX_DIFF_LINES = 20  # A mismatch message lists at most this many leaves, then "... and N more".
+_STATE, _EXTRA, _METRICS = "state", "extra", "metrics"
 MANIFEST_FILE = "adamlab_manifest.json"
 _MANIFEST_FORMAT = 1
-_DAMAGED_PREFIX = "damaged-"  # Not a step name for orbax: a set-aside step is never listed.
-_MAX_REASON_CHARS = 300
+_DAMAGED_PREFIX = "damaged-"  # Not a step name: a set-aside step is never listed.
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"  # An unfinished save: <step>.orbax-checkpoint-tmp*
+_MAX_DIFF_LINES = 20
+_RETRIES = 3  # Lookups of "latest"/"best" when the writer deletes the step being read.
 _log = logging.getLogger(__name__)
 
 
-class _QuietReadOnly(logging.Filter):
-    """orbax warns "Given directory is read only" on every read-only open: that is the point of
-    a reader (evaluate, restore), not news; everything else passes."""
+def _orbax_noise(record: logging.LogRecord) -> bool:
+    """False for orbax's warning on every read-only open (a reader's point) and the tracebacks
+    its threads log for a failed save (raised again here as one line)."""
+    message = record.getMessage()
+    failed_save = "_SignalingThread.run() raised an exception" in message
+    return not (failed_save or message.startswith("Given directory is read only"))
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Given directory is read only")
 
-
-logging.getLogger("absl").addFilter(_QuietReadOnly())
+logging.getLogger("absl").addFilter(_orbax_noise)
 
 
 class CheckpointMismatchError(ValueError):
-    """A saved train state does not match the restore target.
-
-    The message says which checkpoint, and lists leaf by leaf (as ``a/b/c`` paths) what is
-    missing, unexpected, or saved with another shape or dtype. `differences` holds every line.
-    """
+    """A saved state does not match the restore target; `differences` lists every leaf."""
 
     def __init__(self, message: str, differences: tuple[str, ...] = ()):
         super().__init__(message)
@@ -123,53 +81,43 @@ class CheckpointMismatchError(ValueError):
 
 
 class CheckpointCorruptError(ValueError):
-    """A saved step is damaged: a checksum, size or file differs from its manifest, orbax cannot
-    read it, or it holds non-finite values.
+    """A saved step is damaged: one line naming the step, the file, the reason and, where
+    known, the intact steps."""
 
-    The message is one line: the step, the file (a path in the step directory, or ``state`` for
-    values), the reason and, where known, the steps that are intact (`intact_steps`).
-    """
-
-    def __init__(
-        self,
-        step: int,
-        file: str,
-        reason: str,
-        *,
-        directory: str = "",
-        intact_steps: tuple[int, ...] | None = None,
-    ):
+    def __init__(self, step: int, file: str, reason: str, *, directory="", intact_steps=None):
         self.step, self.file, self.directory = step, file, directory
-        self.reason = " ".join(str(reason).split())[:_MAX_REASON_CHARS]  # one line
-        self.intact_steps = intact_steps
-        where = os.path.join(directory, str(step), file) if directory else f"{step}/{file}"
+        self.reason, self.intact_steps = _one_line(reason), intact_steps
+        where = os.path.join(directory, str(step), file)
         message = f"checkpoint step {step} is damaged: {where}: {self.reason}"
         if intact_steps is not None:
             message += f"; intact steps: {list(intact_steps) or 'none'}"
         super().__init__(message)
 
     def with_intact_steps(self, intact_steps: tuple[int, ...]) -> CheckpointCorruptError:
-        """The same error, its message listing `intact_steps`."""
         return CheckpointCorruptError(
             self.step, self.file, self.reason, directory=self.directory, intact_steps=intact_steps
         )
 
 
+class CheckpointVanishedError(FileNotFoundError):
+    """A step was deleted (by the writer's retention) while it was being read."""
+
+
+class CheckpointWriteError(OSError):
+    """A save failed (disk full, file too large); nothing half-written is left."""
+
+
 class Checkpointer:
-    """Saves and restores train state pytrees + JSON metadata in `directory`.
+    """Saves and restores train-state pytrees, a JSON dict and metrics, in `directory`.
 
     Args:
-        directory: where the step directories live; created if absent. Reopening a directory
-            resumes: its existing steps are listed and restorable.
-        max_to_keep: how many of the most recent steps to keep (None keeps every step).
-        best_metric: a key of the `metrics` passed to `save`; the best step by it is kept even when
-            older than the last `max_to_keep`, and is what ``restore(..., step="best")`` loads.
-        best_mode: "max" (e.g. accuracy) or "min" (e.g. loss). A NaN metric ranks worst.
-        save_interval_steps: `save` writes only steps that are multiples of this (unless forced).
-        async_save: write in a background thread; `save` returns once arrays are copied to host.
-            Call `wait_until_finished` (or `close`) before relying on the files.
-        read_only: open to read only (evaluate, reports): nothing is created, deleted, renamed
-            or cleaned up, not even a live trainer's unfinished save, and `save` raises.
+        directory: where the step directories live; reopening it resumes.
+        max_to_keep: how many of the most recent steps to keep (None: all).
+        best_metric: the metric that ranks steps for "best"; the best step is always kept.
+        best_mode: "max" (accuracy) or "min" (loss). A NaN or missing metric never ranks.
+        save_interval_steps: `save` writes multiples of this (or forced, or at a preemption).
+        async_save: write in a background thread; `wait_until_finished` commits and seals.
+        read_only: never create, delete or rename anything (evaluate, reports).
     """
 
     def __init__(
@@ -184,187 +132,267 @@ class Checkpointer:
         read_only: bool = False,
     ):
         if max_to_keep is not None and (not _is_int(max_to_keep) or max_to_keep < 1):
-            raise ValueError(
-                f"max_to_keep must be a positive int or None (keep all), got {max_to_keep!r}"
-            )
+            raise ValueError(f"max_to_keep must be a positive int or None, got {max_to_keep!r}")
         if best_mode not in ("max", "min"):
             raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
         if best_metric is not None and not isinstance(best_metric, str):
             raise TypeError(f"best_metric must be a metric name (str) or None, got {best_metric!r}")
         if not _is_int(save_interval_steps) or save_interval_steps < 1:
-            raise ValueError(
-                f"save_interval_steps must be a positive int, got {save_interval_steps!r}"
-            )
-        self._directory = os.path.abspath(os.fspath(directory))
-        self._best_metric = best_metric
-        self._best_mode = best_mode
-        self._read_only = bool(read_only)
-        self._async = bool(async_save)
-        if self._read_only:
-            options = _read_only_options(best_metric, best_mode)
-        else:
-            options = _writer_options(
-                max_to_keep, best_metric, best_mode, save_interval_steps, async_save
-            )
+            raise ValueError(f"save_interval_steps must be a positive int: {save_interval_steps!r}")
+        self.directory = os.path.abspath(os.fspath(directory))
+        self._keep, self._best_metric, self._best_mode = max_to_keep, best_metric, best_mode
+        self.read_only, self._async = bool(read_only), bool(async_save)
+        self._options = (
+            _read_only_options() if read_only else _writer_options(save_interval_steps, async_save)
+        )
+        self._manager = self._open_manager()
+        self._metrics: dict[int, dict[str, float]] = {}  # Read or saved by this object.
+        self._pending: set[int] = set()  # Async saves not yet committed and sealed.
+        self._warned: set[str] = set()
+        self._barriers = 0
+
+    def _open_manager(self) -> ocp.CheckpointManager:
         handlers = {
             _STATE: ocp.handlers.StandardCheckpointHandler(),
-            _EXTRA: ocp.handlers.JsonCheckpointHandler(),  # written by the primary process only
+            _EXTRA: ocp.handlers.JsonCheckpointHandler(),
+            _METRICS: ocp.handlers.JsonCheckpointHandler(filename=_METRICS),  # orbax's layout
         }
         registry = ocp.handlers.create_default_handler_registry(**handlers)
-        self._manager = _TolerantManager(
-            self._directory, options=options, handler_registry=registry
+        return ocp.CheckpointManager(
+            self.directory, options=self._options, handler_registry=registry
         )
-        # Metrics of steps saved or read by this object: an async save's metrics are not on
-        # disk until it commits, yet best_step() must see them.
-        self._metrics_cache: dict[int, dict[str, float]] = {}
-        self._unsealed: set[int] = set()  # Saved steps whose manifest is not written yet.
-        self._set_aside_count = 0  # Names the barriers of `_set_aside` uniquely.
 
-    @property
-    def directory(self) -> str:
-        """The absolute checkpoint directory."""
-        return self._directory
+    def __enter__(self) -> Checkpointer:
+        return self
 
-    @property
-    def read_only(self) -> bool:
-        """Whether this object only reads (see the class docstring)."""
-        return self._read_only
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
-    def save(
-        self,
-        step: int,
-        state: Any,
-        *,
-        metrics: Mapping[str, float] | None = None,
-        extra: Mapping[str, Any] | None = None,
-        force: bool = False,
-    ) -> bool:
-        """Saves `state` (a pytree of arrays) at `step` if due; returns whether it saved.
+    def __repr__(self) -> str:
+        return f"Checkpointer({self.directory!r}, steps={self.all_steps()})"
 
-        The step's manifest (checksums) is written once orbax has committed it: at once for a
-        synchronous save, at the next `save`, `wait_until_finished` or `close` for an async one.
+    # -- writing ----------------------------------------------------------------------------
 
-        Args:
-            step: the training step, a non-negative int.
-            state: any pytree of jax/numpy arrays and Python scalars.
-            metrics: scalar metrics of this step, stored beside it; `best_metric` ranks checkpoints.
-            extra: a JSON-serialisable dict (data position, config, seed...) returned by `restore`.
-                JSON rules apply: tuples come back as lists, dict keys as strings.
-            force: save even if `step` is not a multiple of `save_interval_steps` (e.g. the end).
-
-        Raises:
-            PermissionError: this Checkpointer is read-only.
-        """
-        if self._read_only:
-            raise PermissionError(f"Checkpointer({self._directory!r}) is read-only: cannot save")
-        step = _check_step(step)
-        if step in self.all_steps():
-            return False  # Already on disk (e.g. the final save of a step that was just saved).
+    def save(self, step: int, state: Any, *, metrics=None, extra=None, force=False) -> bool:
+        """Saves `state` (a pytree) at `step` if due (a multiple of `save_interval_steps`, `force`
+        or a preemption) and not on disk yet; returns whether it did. `metrics`: scalars ranking
+        the step by `best_metric` (None or {}: unranked). `extra`: a JSON dict (lists of floats
+        too) that `restore` returns. Raises CheckpointWriteError if the write fails."""
+        if self.read_only:
+            raise PermissionError(f"Checkpointer({self.directory!r}) is read-only: cannot save")
+        step, extra = _check_step(step), _check_extra(extra)
         metrics = _check_metrics(metrics, self._best_metric)
-        extra = _check_extra(extra)
-        args = ocp.args.Composite(
-            **{_STATE: ocp.args.StandardSave(state), _EXTRA: ocp.args.JsonSave(extra)}
-        )
-        # `{}` rather than None: orbax warns on every save without metrics once best_fn is set,
-        # and an empty dict ranks worst, exactly like a missing best_metric.
-        saved = self._manager.save(step, args=args, metrics=metrics or {}, force=force)
+        if step in self.all_steps():
+            return False
+        items = {_STATE: ocp.args.StandardSave(state), _EXTRA: ocp.args.JsonSave(extra)}
+        items[_METRICS] = ocp.args.JsonSave(metrics)
+        earlier = set(self._pending)  # Committed once orbax starts a new save.
+        try:
+            saved = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+        except Exception as e:
+            raise self._write_failed(step, e) from e
         if saved:
-            # Orbax waited for earlier async saves before starting this one: they are committed.
-            self._write_manifests(self._unsealed | ({step} if not self._async else set()))
-            self._unsealed = {step} if self._async else set()
-            kept = set(self.all_steps())
-            self._metrics_cache = {s: m for s, m in self._metrics_cache.items() if s in kept}
-            self._metrics_cache[step] = metrics or {}
+            self._metrics[step] = metrics
+            self._pending.add(step)
+            self._seal(earlier if self._async else earlier | {step})
         return bool(saved)
 
-    def latest_step(self) -> int | None:
-        """The most recent saved step, or None if there is none."""
-        return self._manager.latest_step()
+    def wait_until_finished(self) -> None:
+        """Blocks until an asynchronous save is committed, then seals it."""
+        if self._pending:
+            try:
+                self._manager.wait_until_finished()
+            except Exception as e:
+                raise self._write_failed(max(self._pending), e) from e
+            self._seal(set(self._pending))
 
-    def best_step(self) -> int | None:
-        """The step with the best finite `best_metric`, or None (no best_metric, no such step)."""
-        if self._best_metric is None:
-            return None
-        step = self._manager.best_step()
-        if step is None:
-            return None
-        # Orbax ranks steps without the metric (or with NaN) worst, but still returns one of them
-        # when nothing better exists: that is not a best step.
-        value = self.metrics(step).get(self._best_metric, math.nan)
-        return None if math.isnan(value) else step
+    def close(self) -> None:
+        try:
+            self.wait_until_finished()
+        finally:
+            self._manager.close()
+
+    def _seal(self, steps: set[int]) -> None:
+        """Writes the manifests of the committed `steps`, then deletes what is not kept."""
+        self._pending -= steps
+        for step in sorted(steps) if jax.process_index() == 0 else ():
+            step_dir = os.path.join(self.directory, str(step))
+            manifest = os.path.join(step_dir, MANIFEST_FILE)
+            try:
+                if os.path.isdir(step_dir) and not os.path.exists(manifest):
+                    _write_manifest(step_dir)
+            except OSError as e:
+                raise CheckpointWriteError(
+                    f"could not write {manifest}: {_cause(e)}; step {step} is left unverified"
+                ) from e
+        on_disk = [s for s in self.all_steps() if s not in self._pending]
+        if self._keep is not None and len(on_disk) > self._keep:
+            kept = set(on_disk[-self._keep :]) | {self.best_step()}
+            for step in (s for s in on_disk if s not in kept):
+                if step in self._manager.all_steps():  # Listed when opened, or saved since.
+                    self._manager.delete(step)
+                self._metrics.pop(step, None)
+
+    def _write_failed(self, step: int, error: BaseException) -> CheckpointWriteError:
+        """Removes the unfinished save of `step` and returns the one-line error."""
+        with contextlib.suppress(Exception):
+            self._manager.wait_until_finished()  # Its other threads, if any.
+        _quiet_closed_loop()
+        if jax.process_index() == 0:
+            _remove_unfinished(self.directory, step)
+        self._pending.discard(step)
+        where = _file_of(error) or os.path.join(self.directory, str(step))
+        return CheckpointWriteError(
+            f"could not save checkpoint step {step}: {where}: {_cause(error)}; "
+            f"the earlier steps are intact: {self._listed() or 'none'}"
+        )
+
+    # -- listing ----------------------------------------------------------------------------
 
     def all_steps(self) -> list[int]:
-        """Every saved step on disk, ascending."""
-        return sorted(self._manager.all_steps())
+        """Every step on disk (listed afresh) and this object's uncommitted saves, ascending."""
+        return sorted(set(self._listed()) | self._pending)
+
+    def _listed(self) -> list[int]:
+        """Directories named by an int: committed steps (orbax commits by renaming into one)."""
+        with contextlib.suppress(FileNotFoundError):
+            entries = [e for e in os.scandir(self.directory) if e.name.isdigit()]
+            for entry in (e for e in entries if not e.is_dir()):
+                self._warn_once(
+                    entry.path,
+                    "%s is not a checkpoint (a file where a step directory should be): skipped",
+                    entry.path,
+                )
+            return sorted(int(e.name) for e in entries if e.is_dir())
+        return []
+
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def best_step(self) -> int | None:
+        """The step with the best finite `best_metric` (the latest among equals), or None."""
+        if self._best_metric is None:
+            return None
+        sign = 1 if self._best_mode == "max" else -1
+        values = [(self.metrics(s).get(self._best_metric, math.nan), s) for s in self.all_steps()]
+        ranked = [(sign * value, step) for value, step in values if not math.isnan(value)]
+        return max(ranked)[1] if ranked else None
 
     def metrics(self, step: int | str = "latest") -> dict[str, float]:
-        """The metrics saved with `step` (int, "latest" or "best"); empty if none were given."""
+        """The metrics saved with `step` (int, "latest" or "best"); {} if none or unreadable."""
         step = self.resolve_step(step)
-        if step not in self._metrics_cache:
-            self._metrics_cache[step] = dict(self._manager.metrics(step) or {})
-        return dict(self._metrics_cache[step])
+        if step not in self._metrics:
+            path = os.path.join(self.directory, str(step), _METRICS, _METRICS)
+            try:
+                with open(path, "rb") as f:
+                    metrics = json.loads(f.read())
+            except FileNotFoundError:
+                metrics = {}
+            except (OSError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError
+                metrics = e
+            if not isinstance(metrics, dict) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in metrics.values()
+            ):
+                self._warn_once(
+                    path,
+                    "checkpoint step %d: unreadable metrics file %s (%s); the step takes no part "
+                    "in the best-checkpoint ranking",
+                    *(step, path, _one_line(metrics)),
+                )
+                metrics = {}
+            self._metrics[step] = metrics
+        return dict(self._metrics[step])
+
+    def resolve_step(self, step: int | str) -> int:
+        """Turns "latest", "best" or an int into a step on disk, or raises FileNotFoundError."""
+        available = self.all_steps()
+        where = f"in {self.directory} (available steps: {available or 'none'})"
+        if isinstance(step, str) and step == "best" and self._best_metric is None:
+            raise ValueError(
+                f"step='best' is undefined: the checkpoints in {self.directory} are not "
+                "ranked by a metric (best_metric=None); use 'latest' or a step"
+            )
+        if isinstance(step, str) and step in ("latest", "best"):
+            resolved = self.latest_step() if step == "latest" else self.best_step()
+            if resolved is None:
+                metric = "" if step == "latest" else f" with metric {self._best_metric!r}"
+                raise FileNotFoundError(f"No checkpoint{metric} {where}.")
+            return resolved
+        if not _is_int(step):
+            raise ValueError(f"step must be an int, 'latest' or 'best', got {step!r}")
+        if int(step) not in available:
+            raise FileNotFoundError(f"No checkpoint for step {int(step)} {where}.")
+        return int(step)
+
+    # -- reading ----------------------------------------------------------------------------
 
     def restore(self, target: Any, step: int | str = "latest") -> tuple[Any, dict]:
-        """Restores the state saved at `step` into the structure, shardings and dtypes of `target`.
+        """``(state, extra)`` of `step`: `restore_with_step` without the step."""
+        return self.restore_with_step(target, step)[1:]
 
-        The step is verified first (manifest checksums) and its floating values must be finite.
-        It never falls back to another step (see `restore_newest_intact` for that).
-
-        Args:
-            target: a pytree like the saved state, of arrays or `jax.ShapeDtypeStruct`s (with
-                ``.sharding`` to place the result, e.g. replicated over a mesh or on one device).
-            step: an int, "latest" or "best".
-
-        Returns:
-            ``(state, extra)``: the state with `target`'s structure, and the saved `extra` dict.
+    def restore_with_step(self, target: Any, step: int | str = "latest") -> tuple[int, Any, dict]:
+        """``(step, state, extra)`` of `step` (an int, "latest" or "best"), verified, in the
+        structure, shardings and dtypes of `target` (arrays or `jax.ShapeDtypeStruct`s; without a
+        sharding, on the first local device). Never falls back to another step.
 
         Raises:
-            FileNotFoundError: no such step (the message lists the available ones).
-            CheckpointMismatchError: the saved tree differs from `target` (paths, shapes, dtypes).
-            CheckpointCorruptError: the step is damaged; the message lists the intact steps.
+            FileNotFoundError: no such step (`CheckpointVanishedError`: deleted while read);
+            CheckpointMismatchError: the saved tree differs; CheckpointCorruptError: damaged.
         """
         self.wait_until_finished()
-        step = self.resolve_step(step)
-        try:
-            return self._restore_checked(step, target)
-        except CheckpointCorruptError as e:
-            raise self._with_intact_steps(e) from None
+        for attempt in range(_RETRIES):
+            resolved = self.resolve_step(step)
+            try:
+                return resolved, *self._restore_checked(resolved, target)
+            except CheckpointVanishedError:
+                if not isinstance(step, str) or attempt == _RETRIES - 1:
+                    raise
+            except CheckpointCorruptError as e:
+                raise self._with_intact_steps(e) from None
+        raise AssertionError("unreachable")
 
     def restore_newest_intact(self, target: Any) -> tuple[int, Any, dict]:
-        """Restores the newest step that is intact: how a run resumes.
+        """``(step, state, extra)`` of the newest step that can be trusted: how a run resumes.
 
-        Walks back from the latest step, logging one warning per damaged step it skips. A
-        writing Checkpointer then moves the skipped steps aside (``damaged-<step>-<time>``,
-        kept for inspection), so that the run can save those steps again.
-
-        Returns:
-            ``(step, state, extra)``: the step used, then as `restore`.
-
-        Raises:
-            FileNotFoundError: there is no checkpoint.
-            CheckpointMismatchError: the newest readable step differs from `target` (a config
-                change, not damage: never skipped).
-            CheckpointCorruptError: every step is damaged (the error of the newest one).
+        Warns once per step it skips (damaged, or unverified while an older step is verified); a
+        writer moves them aside (``damaged-<step>-<time>``) so that the run can save them again.
+        A mismatch (a config change, not damage) is raised, never skipped.
         """
         self.wait_until_finished()
-        newest = self.resolve_step("latest")
-        damaged: list[CheckpointCorruptError] = []
-        for step in reversed([s for s in self.all_steps() if s <= newest]):
+        self.resolve_step("latest")
+        errors, unverified = [], []
+        for step in reversed(self.all_steps()):
             try:
-                state, extra = self._restore_checked(step, target)
+                if self.verify(step):
+                    return self._resume_from(step, target, verified=True)
+                _log.warning(
+                    "checkpoint step %d has no %s (a run killed before writing it): its files "
+                    "cannot be verified, so an older verified step is preferred",
+                    *(step, MANIFEST_FILE),
+                )
+                unverified.append(step)
             except CheckpointCorruptError as e:
                 _log.warning("skipping a damaged step: %s", e)
-                damaged.append(e)
-                continue
-            if damaged:
-                _log.warning(
-                    "resuming from step %d, the newest intact checkpoint (damaged: %s)",
-                    step,
-                    ", ".join(str(e.step) for e in damaged),
-                )
-                self._set_aside([e.step for e in damaged])
-            return step, state, extra
-        raise damaged[0].with_intact_steps(())
+                errors.append(e)
+        for step in unverified:  # No verified step restores: the newest unverified one.
+            try:
+                return self._resume_from(step, target, verified=False)
+            except CheckpointCorruptError as e:
+                _log.warning("skipping a damaged step: %s", e)
+                errors.append(e)
+        raise max(errors, key=lambda e: e.step).with_intact_steps(())
+
+    def _resume_from(self, step: int, target: Any, verified: bool) -> tuple[int, Any, dict]:
+        state, extra = self._restore_checked(step, target, verified)
+        skipped = [s for s in self.all_steps() if s > step]
+        if skipped:
+            _log.warning(
+                "resuming from step %d, the newest checkpoint that can be trusted (skipped: %s)",
+                *(step, ", ".join(map(str, skipped))),
+            )
+            self._set_aside(skipped)
+        return step, state, extra
 
     def restore_extra(self, step: int | str = "latest") -> dict:
         """The `extra` dict saved with `step`, without reading the arrays (checksums verified)."""
@@ -376,22 +404,15 @@ class Checkpointer:
             raise self._with_intact_steps(e) from None
 
     def verify(self, step: int) -> bool:
-        """Checks `step`'s files against its manifest: True if they match, False if the step has
-        no manifest (unverified, see the module docstring).
-
-        Raises:
-            CheckpointCorruptError: a file is missing, has another size or another sha256, or
-                the manifest itself is unreadable.
-        """
-        step_dir = os.path.join(self._directory, str(step))
-        manifest = _read_manifest(step, step_dir, self._directory)
-        if manifest is None:
-            return False
-        for name, expected in sorted(manifest.items()):
+        """Checks `step`'s files against its manifest: True if they match, False if it has none;
+        CheckpointCorruptError if a file is missing or changed or the manifest unreadable."""
+        step_dir = os.path.join(self.directory, str(step))
+        manifest = _read_manifest(step, step_dir, self.directory)
+        for name, expected in sorted((manifest or {}).items()):
             problem = _file_problem(os.path.join(step_dir, name), expected)
             if problem:
-                raise CheckpointCorruptError(step, name, problem, directory=self._directory)
-        return True
+                raise CheckpointCorruptError(step, name, problem, directory=self.directory)
+        return manifest is not None
 
     def intact_steps(self) -> tuple[int, ...]:
         """Steps whose files match their manifest, plus those without one (unverified)."""
@@ -402,71 +423,23 @@ class Checkpointer:
                 intact.append(step)
         return tuple(intact)
 
-    def wait_until_finished(self) -> None:
-        """Blocks until an asynchronous save (if any) is committed, then writes its manifest."""
-        self._manager.wait_until_finished()
-        self._write_manifests(self._unsealed)
-        self._unsealed = set()
-
-    def close(self) -> None:
-        """Finishes pending saves and deletions and releases orbax's resources."""
-        self.wait_until_finished()
-        self._manager.close()
-
-    def __enter__(self) -> Checkpointer:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"Checkpointer({self._directory!r}, steps={self.all_steps()})"
-
-    def resolve_step(self, step: int | str) -> int:
-        """Turns "latest", "best" or an int into a step on disk, or raises FileNotFoundError."""
-        available = self.all_steps()
-        where = f"in {self._directory} (available steps: {available or 'none'})"
-        if isinstance(step, str) and step == "latest":
-            resolved = self.latest_step()
-            if resolved is None:
-                raise FileNotFoundError(f"No checkpoint {where}.")
-            return resolved
-        if isinstance(step, str) and step == "best":
-            if self._best_metric is None:
-                raise ValueError(
-                    f"step='best' is undefined: the checkpoints in {self._directory} are not "
-                    "ranked by a metric (best_metric=None); use 'latest' or a step"
-                )
-            resolved = self.best_step()
-            if resolved is None:
-                raise FileNotFoundError(f"No checkpoint with metric {self._best_metric!r} {where}.")
-            return resolved
-        if not _is_int(step):
-            raise ValueError(f"step must be an int, 'latest' or 'best', got {step!r}")
-        if int(step) not in available:
-            raise FileNotFoundError(f"No checkpoint for step {int(step)} {where}.")
-        return int(step)
-
-    # -- private helpers ------------------------------------------------------------------------
-
-    def _saved_specs(self, step: int) -> dict[str, tuple[tuple[int, ...], np.dtype | None]]:
-        """{leaf path: (shape, dtype)} of the state saved at `step`, from orbax's metadata."""
-        metadata = self._manager.item_metadata(step)
-        item = metadata[_STATE] if _STATE in metadata else None
-        if item is None:
-            raise CheckpointMismatchError(
-                f"Checkpoint step {step} in {self._directory} has no {_STATE!r} item; it was not "
-                "written by adamlab.checkpoint.Checkpointer."
+    def _restore_checked(self, step: int, target: Any, verified: bool | None = None):
+        """One step: verify (unless done), compare trees, read, refuse non-finite values."""
+        if verified is None:
+            with self._reading(step, MANIFEST_FILE, True):
+                verified = self.verify(step)
+        if not verified:
+            self._warn_once(
+                f"unverified {step}",
+                "checkpoint step %d in %s has no %s: it is read unverified",
+                *(step, self.directory, MANIFEST_FILE),
             )
-        return _flat_specs(getattr(item, "tree", item), _saved_spec)
-
-    def _restore_checked(self, step: int, target: Any) -> tuple[Any, dict]:
-        """`restore` of one step: verify the manifest, compare trees, read, refuse non-finite."""
-        verified = self.verify(step)
         abstract = jax.tree.map(_abstract_leaf, target)
+        state_dir = epath.Path(self.directory) / str(step) / _STATE
         with self._reading(step, f"{_STATE}/_METADATA", verified):
-            saved = self._saved_specs(step)
-        differences = _diff_trees(saved, _flat_specs(abstract, _target_spec))
+            # The handler's metadata: the manager's would also parse the metrics.
+            item = ocp.handlers.StandardCheckpointHandler().metadata(state_dir)
+        differences = _diff_trees(_specs(getattr(item, "tree", item)), _specs(abstract))
         if differences:
             raise CheckpointMismatchError(self._mismatch_message(step, differences), differences)
         extra = self._read_extra(step, verified)  # First: an unreadable one is named exactly.
@@ -476,173 +449,112 @@ class Checkpointer:
         bad = _nonfinite_leaves(state)
         if bad:
             listed = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more leaves" if bad[3:] else "")
-            raise CheckpointCorruptError(
-                step, _STATE, f"non-finite values in {listed}", directory=self._directory
-            )
+            reason = f"non-finite values in {listed}"
+            raise CheckpointCorruptError(step, _STATE, reason, directory=self.directory)
         return state, extra
 
     def _read_extra(self, step: int, verified: bool) -> dict:
         with self._reading(step, f"{_EXTRA}/metadata", verified):
-            restored = self._manager.restore(
-                step, args=ocp.args.Composite(**{_EXTRA: ocp.args.JsonRestore()})
-            )
-        return dict(restored[_EXTRA] or {})
-
-    def _with_intact_steps(self, error: CheckpointCorruptError) -> CheckpointCorruptError:
-        """`error`, its message listing the other steps that are intact (to restore instead)."""
-        return error.with_intact_steps(tuple(s for s in self.intact_steps() if s != error.step))
+            args = ocp.args.Composite(**{_EXTRA: ocp.args.JsonRestore()})
+            return dict(self._manager.restore(step, args=args)[_EXTRA] or {})
 
     @contextlib.contextmanager
     def _reading(self, step: int, file: str, verified: bool):
-        """Turns orbax's errors reading an unverified step (no manifest) into one-line
-        `CheckpointCorruptError`s naming the file (found in the error, else `file`).
-
-        A verified step's files are exactly as saved, so an error reading it is not damage (a
-        bug, a full disk, a sharding problem): it propagates unchanged.
-        """
+        """An error reading `step` as one line: `CheckpointVanishedError` if the step was deleted
+        meanwhile, else for an unverified step `CheckpointCorruptError` naming the file. Errors
+        reading a verified step (its files are as saved) propagate unchanged."""
         try:
             yield
-        except (CheckpointMismatchError, CheckpointCorruptError):
+        except CheckpointMismatchError:
             raise
         except Exception as e:
-            if verified:
+            if self._vanished(step, e):
+                raise CheckpointVanishedError(
+                    f"checkpoint step {step} in {self.directory} vanished while it was read "
+                    f"(the training run deletes old steps); steps now: {self.all_steps() or 'none'}"
+                ) from None
+            if verified or isinstance(e, CheckpointCorruptError):
                 raise
-            _log.debug("reading checkpoint step %d failed", step, exc_info=True)
-            step_dir = os.path.join(self._directory, str(step))
-            name = _file_in_message(str(e), step_dir) or file
             reason = f"unreadable ({type(e).__name__}: {str(e).strip() or 'no detail'})"
-            raise CheckpointCorruptError(step, name, reason, directory=self._directory) from None
+            raise CheckpointCorruptError(step, file, reason, directory=self.directory) from None
 
-    def _write_manifests(self, steps: set[int]) -> None:
-        """Writes the manifest of each committed step in `steps` (primary process only)."""
-        if jax.process_index() != 0:
-            return
-        for step in sorted(steps):
-            step_dir = os.path.join(self._directory, str(step))
-            # Gone if the preservation policy already deleted it; done if written already.
-            if os.path.isdir(step_dir) and not os.path.exists(
-                os.path.join(step_dir, MANIFEST_FILE)
-            ):
-                _write_manifest(step_dir)
+    def _vanished(self, step: int, error: BaseException) -> bool:
+        """Whether `step` is gone, waiting up to 1 s for a deletion that `error` suggests."""
+        step_dir = os.path.join(self.directory, str(step))
+        text = f"{type(error).__name__} {error}".lower()
+        missing = any(w in text for w in ("not found", "no such file", "not_found", "missing"))
+        deadline = time.monotonic() + (1.0 if missing else 0.0)
+        while os.path.isdir(step_dir) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not os.path.isdir(step_dir)
+
+    def _with_intact_steps(self, error: CheckpointCorruptError) -> CheckpointCorruptError:
+        return error.with_intact_steps(tuple(s for s in self.intact_steps() if s != error.step))
 
     def _set_aside(self, steps: list[int]) -> None:
-        """Renames damaged `steps` to ``damaged-<step>-<time>`` (writers only), so that orbax no
-        longer lists them and the run can save those steps again; nothing is deleted."""
-        if self._read_only:
+        """Renames `steps` to ``damaged-<step>-<time>`` (writers only; nothing is deleted)."""
+        if self.read_only:
             return
         if jax.process_index() == 0:
             stamp = time.strftime("%Y%m%dT%H%M%S")
             for step in steps:
-                aside = os.path.join(self._directory, f"{_DAMAGED_PREFIX}{step}-{stamp}")
-                os.rename(os.path.join(self._directory, str(step)), aside)
-                _log.warning("moved damaged checkpoint step %d aside to %s", step, aside)
-        self._set_aside_count += 1  # Every process sets aside the same steps: same barrier name.
-        ocp.multihost.sync_global_processes(f"adamlab_set_aside_{self._set_aside_count}")
-        self._manager.reload()
-        self._metrics_cache = {s: m for s, m in self._metrics_cache.items() if s not in steps}
+                aside = os.path.join(self.directory, f"{_DAMAGED_PREFIX}{step}-{stamp}")
+                os.rename(os.path.join(self.directory, str(step)), aside)
+                _log.warning("moved checkpoint step %d aside to %s", step, aside)
+        self._barriers += 1  # Every process sets aside the same steps: the same barrier name.
+        ocp.multihost.sync_global_processes(f"adamlab_set_aside_{self._barriers}")
+        self._manager.close()  # orbax lists the steps when opened: reopen it.
+        self._manager = self._open_manager()
+        for step in steps:
+            self._metrics.pop(step, None)
 
     def _mismatch_message(self, step: int, differences: tuple[str, ...]) -> str:
         shown = list(differences[:_MAX_DIFF_LINES])
         if len(differences) > _MAX_DIFF_LINES:
             shown.append(f"... and {len(differences) - _MAX_DIFF_LINES} more")
         return (
-            f"Checkpoint step {step} in {self._directory} does not match the restore target "
+            f"Checkpoint step {step} in {self.directory} does not match the restore target "
             f"({len(differences)} differing leaves). The likely cause is a model or optimizer "
             "config that differs from the run that wrote it (layer sizes, optimizer, param "
             "dtype).\n  " + "\n  ".join(shown)
         )
 
-
-class _TolerantManager(ocp.CheckpointManager):
-    """Orbax's CheckpointManager, except that a step whose ``metrics/metrics`` file is unreadable
-    has no metrics (it takes no part in the best ranking, with a warning).
-
-    Orbax reads every step's metrics when it opens a directory, so one garbage metrics file
-    would otherwise make every step of the run unusable. `_get_metrics` is orbax's one place
-    that reads them (tests/test_checkpoint.py checks that it still exists).
-    """
-
-    def _get_metrics(self, step: int) -> Any:
-        try:
-            metrics = super()._get_metrics(step)
-        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError included
-            metrics = e
-        if metrics is None or _is_metrics_dict(metrics):
-            return metrics
-        warned = self.__dict__.setdefault("_adamlab_warned", set())
-        if step in warned:
-            return None
-        warned.add(step)
-        _log.warning(
-            "checkpoint step %d: unreadable metrics file %s (%s); the step takes no part in "
-            "the best-checkpoint ranking",
-            step,
-            os.path.join(str(self.directory), str(step), "metrics", "metrics"),
-            " ".join(str(metrics).split())[:_MAX_REASON_CHARS],
-        )
-        return None
+    def _warn_once(self, key: str, message: str, *args) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            _log.warning(message, *args)
 
 
-def _writer_options(
-    max_to_keep: int | None,
-    best_metric: str | None,
-    best_mode: str,
-    save_interval_steps: int,
-    async_save: bool,
-) -> ocp.CheckpointManagerOptions:
-    """Options of a writing Checkpointer: what to save and keep (see the module docstring)."""
-    rank = _metric_ranker(best_metric, best_mode)
-    policies = [ocp.checkpoint_managers.LatestN(n=max_to_keep)]
-    if best_metric is not None:
-        policies.append(
-            ocp.checkpoint_managers.BestN(
-                get_metric_fn=rank,
-                reverse=best_mode == "min",  # BestN keeps the tail of an ascending sort.
-                n=1,
-                # Steps saved without metrics are governed by LatestN alone.
-                keep_checkpoints_without_metrics=False,
-            )
-        )
+def _writer_options(save_interval_steps: int, async_save: bool) -> ocp.CheckpointManagerOptions:
+    """A writer saves at intervals or on preemption, keeps every step (retention is ours) and
+    removes the unfinished saves a crash left when it opens the directory."""
+    policies = [
+        ocp.checkpoint_managers.FixedIntervalPolicy(save_interval_steps),
+        ocp.checkpoint_managers.PreemptionCheckpointingPolicy(),
+    ]
     return ocp.CheckpointManagerOptions(
-        save_decision_policy=ocp.checkpoint_managers.AnySavePolicy(
-            [
-                ocp.checkpoint_managers.FixedIntervalPolicy(save_interval_steps),
-                ocp.checkpoint_managers.PreemptionCheckpointingPolicy(),
-            ]
-        ),
-        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-        # Orbax writes a step's metrics only when best_fn is set. Without a best_metric the
-        # ranking is never used (best_step() returns None), but metrics are still stored.
-        best_fn=rank,
-        best_mode=best_mode,
-        keep_checkpoints_without_metrics=False,
-        cleanup_tmp_directories=True,  # Remove saves that a crash left unfinished.
+        save_decision_policy=ocp.checkpoint_managers.AnySavePolicy(policies),
+        preservation_policy=ocp.checkpoint_managers.LatestN(n=None),
+        cleanup_tmp_directories=True,
         enable_async_checkpointing=async_save,
-        create=True,
+        lightweight_initialize=True,  # orbax need not read the metrics: we do.
     )
 
 
-def _read_only_options(best_metric: str | None, best_mode: str) -> ocp.CheckpointManagerOptions:
-    """Options of a read-only Checkpointer: orbax's read_only mode skips saves and deletions;
-    create and cleanup_tmp_directories are off (the latter would delete a live trainer's save).
-    save_interval_steps=0 and max_to_keep=None are what read_only forces (set here to spare
-    its warnings)."""
+def _read_only_options() -> ocp.CheckpointManagerOptions:
+    """A reader creates and removes nothing (an unfinished save may be a live trainer's); the
+    values are those read_only forces, set here to spare its warnings."""
     return ocp.CheckpointManagerOptions(
-        best_fn=_metric_ranker(best_metric, best_mode),
-        best_mode=best_mode,
-        read_only=True,
-        create=False,
-        cleanup_tmp_directories=False,
-        save_interval_steps=0,
-        max_to_keep=None,
-    )
+        read_only=True, create=False, cleanup_tmp_directories=False, save_interval_steps=0,
+        max_to_keep=None, lightweight_initialize=True,
+    )  # fmt: skip
 
 
-# -- integrity ----------------------------------------------------------------------------------
+# -- files --------------------------------------------------------------------------------------
 
 
 def _digest(path: str) -> tuple[int, str]:
-    """(size, sha256 hex) of a file, read once in 1 MiB blocks."""
+    """(size, sha256 hex) of a file, read in 1 MiB blocks."""
     sha, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -656,10 +568,9 @@ def _write_manifest(step_dir: str) -> None:
     files = {}
     for root, _, names in os.walk(step_dir):
         for name in names:
-            path = os.path.join(root, name)
-            relative = os.path.relpath(path, step_dir).replace(os.sep, "/")
+            relative = os.path.relpath(os.path.join(root, name), step_dir).replace(os.sep, "/")
             if relative != MANIFEST_FILE and not name.startswith(f".{MANIFEST_FILE}"):
-                size, sha256 = _digest(path)
+                size, sha256 = _digest(os.path.join(root, name))
                 files[relative] = {"size": size, "sha256": sha256}
     manifest = {"format": _MANIFEST_FORMAT, "files": dict(sorted(files.items()))}
     atomic_write(os.path.join(step_dir, MANIFEST_FILE), json.dumps(manifest, indent=1) + "\n")
@@ -669,21 +580,18 @@ def _read_manifest(step: int, step_dir: str, directory: str) -> dict[str, dict] 
     """The ``files`` of a step's manifest, or None if it has none."""
     try:
         with open(os.path.join(step_dir, MANIFEST_FILE), "rb") as f:
-            text = f.read()
-    except FileNotFoundError:
-        return None
-    try:
-        manifest = json.loads(text)
+            manifest = json.loads(f.read())
         files = manifest["files"]
         if manifest.get("format") != _MANIFEST_FORMAT or not all(
             isinstance(v.get("size"), int) and isinstance(v.get("sha256"), str)
             for v in files.values()
         ):
             raise ValueError(f"not an adamlab manifest of format {_MANIFEST_FORMAT}")
+    except FileNotFoundError:
+        return None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise CheckpointCorruptError(
-            step, MANIFEST_FILE, f"unreadable manifest ({e})", directory=directory
-        ) from None
+        reason = f"unreadable manifest ({e})"
+        raise CheckpointCorruptError(step, MANIFEST_FILE, reason, directory=directory) from None
     return files
 
 
@@ -702,33 +610,64 @@ def _file_problem(path: str, expected: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _file_in_message(message: str, step_dir: str) -> str | None:
-    """The most specific path inside `step_dir` that an error message mentions, relative to it
-    (tensorstore names the database directory, then the data file that failed)."""
-    prefix = re.escape(step_dir.rstrip("/") + "/")
-    paths = [p.rstrip("./") for p in re.findall(prefix + r"([^\s'\",:;\]\[)(]+)", message)]
-    return max(paths, key=len) if any(paths) else None
+def _remove_unfinished(directory: str, step: int) -> None:
+    """Removes ``<step>.orbax-checkpoint-tmp*`` until it stays away (tensorstore's writes in
+    flight when the save failed may recreate it for a moment)."""
+    quiet, deadline = 0, time.monotonic() + 5
+    while quiet < 3 and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            names = [n for n in os.listdir(directory) if n.startswith(f"{step}{_TMP_SUFFIX}")]
+            for name in names:
+                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+            quiet = 0 if names else quiet + 1
+        time.sleep(0.05)
 
 
-def _nonfinite_leaves(tree: Any) -> list[str]:
-    """Paths of the floating leaves of `tree` that hold a NaN or an infinity."""
-    paths, arrays, bad = [], [], []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jnp.inexact):
-            paths.append(_path_str(path))
-            arrays.append(leaf)
-        elif isinstance(leaf, np.ndarray | np.inexact | float) and np.issubdtype(
-            np.asarray(leaf).dtype, np.inexact
-        ):
-            if not np.isfinite(leaf).all():
-                bad.append(_path_str(path))
-    if arrays:  # One small program for every jax array (sharded ones included).
-        finite = jax.device_get(jax.jit(lambda xs: [jnp.isfinite(x).all() for x in xs])(arrays))
-        bad += [path for path, ok in zip(paths, finite, strict=True) if not ok]
-    return sorted(bad)
+def _quiet_closed_loop() -> None:
+    """After a failed save, tensorstore's writes still in flight call back into orbax's closed
+    event loop; Python would print that RuntimeError's traceback. Only that one is dropped."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_adamlab", False):
+        return
+
+    def hook(unraisable):
+        if "Event loop is closed" not in str(unraisable.exc_value):
+            previous(unraisable)
+
+    hook._adamlab = True
+    sys.unraisablehook = hook
 
 
-# -- pure helpers -------------------------------------------------------------------------------
+def _file_of(error: BaseException | None) -> str | None:
+    """The file an OSError in `error`'s chain names, or the last path a message quotes."""
+    while error is not None:
+        if isinstance(error, OSError) and error.filename:
+            return os.fspath(error.filename)
+        if quoted := re.findall(r'"(/[^"]+)"', str(error)):
+            return quoted[-1]
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _cause(error: BaseException) -> str:
+    """The OS's words for the errno in `error`'s chain (an OSError's, or the ``os_error_code``
+    tensorstore reports), else the first line of its message."""
+    chained = error
+    while chained is not None:
+        found = re.search(r"os_error_code='(\d+)'", str(chained))
+        code = getattr(chained, "errno", None) or (int(found.group(1)) if found else None)
+        if code:
+            return f"{os.strerror(code)} ({errno.errorcode.get(code, code)})"
+        chained = chained.__cause__ or chained.__context__
+    lines = str(error).strip().splitlines() or ["no detail"]
+    return _one_line(f"{type(error).__name__}: {lines[0]}")
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())[:300]
+
+
+# -- values -------------------------------------------------------------------------------------
 
 
 def _is_int(x: Any) -> bool:
@@ -745,24 +684,16 @@ def _check_step(step: Any) -> int:
     return step
 
 
-def _check_metrics(metrics: Mapping[str, Any] | None, best_metric: str | None) -> dict | None:
-    """Metrics as a {str: float} dict, or None if there are none.
-
-    A non-empty dict must hold the best_metric: its absence is most likely a misspelt name,
-    which would otherwise silently disable "best" tracking.
-    """
-    if metrics is None:
-        return None
-    if not isinstance(metrics, Mapping):
+def _check_metrics(metrics: Mapping[str, Any] | None, best_metric: str | None) -> dict:
+    """{str: float}; a non-empty dict must hold `best_metric` (else most likely misspelt)."""
+    if not isinstance(metrics, Mapping | None):
         raise TypeError(f"metrics must be a dict of name -> scalar, got {type(metrics).__name__}")
-    if not metrics:
-        return None  # e.g. no validation split: this step just takes no part in the ranking
     out = {}
-    for name, value in metrics.items():
+    for name, value in (metrics or {}).items():
         if np.size(value) != 1:
             raise TypeError(f"metric {name!r} must be a scalar, got shape {np.shape(value)}")
         out[str(name)] = float(np.asarray(value).reshape(()))
-    if best_metric is not None and best_metric not in out:
+    if out and best_metric is not None and best_metric not in out:
         raise ValueError(
             f"metrics lack best_metric {best_metric!r} (got {sorted(out)}); pass it, or save "
             "with metrics=None (or {}) to leave this step out of the best ranking."
@@ -772,51 +703,46 @@ def _check_metrics(metrics: Mapping[str, Any] | None, best_metric: str | None) -
 
 def _check_extra(extra: Mapping[str, Any] | None) -> dict:
     """`extra` as a dict, checked to be JSON-serialisable now rather than in a writer thread."""
-    if extra is None:
-        return {}
-    if not isinstance(extra, Mapping):
+    if not isinstance(extra, Mapping | None):
         raise TypeError(f"extra must be a dict, got {type(extra).__name__}")
     try:
-        json.dumps(dict(extra))
+        json.dumps(dict(extra or {}))
     except (TypeError, ValueError) as e:
         raise TypeError(
             "extra must be JSON-serialisable (dicts, lists, str, int, float, bool, None; convert "
             f"numpy/jax scalars with int()/float()): {e}"
         ) from None
-    return dict(extra)
+    return dict(extra or {})
 
 
-def _is_metrics_dict(metrics: Any) -> bool:
-    """Whether orbax read back what `save` writes: a dict of str -> real number."""
-    return isinstance(metrics, Mapping) and all(
-        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
-        for k, v in metrics.items()
-    )
+def _nonfinite_leaves(tree: Any) -> list[str]:
+    """Paths of the floating leaves of `tree` that hold a NaN or an infinity."""
+    flat = [(_path_str(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    arrays = [(p, x) for p, x in flat if isinstance(x, jax.Array) and _inexact(x.dtype)]
+    bad = [
+        p
+        for p, x in flat
+        if isinstance(x, np.ndarray | np.inexact | float)
+        and _inexact(np.asarray(x).dtype)
+        and not np.isfinite(x).all()
+    ]
+    if arrays:  # One small program for every jax array (sharded ones included).
+        finite = jax.jit(lambda xs: [jnp.isfinite(x).all() for x in xs])([x for _, x in arrays])
+        bad += [p for (p, _), ok in zip(arrays, jax.device_get(finite), strict=True) if not ok]
+    return sorted(bad)
 
 
-def _metric_ranker(name: str | None, mode: str):
-    """Score for orbax's best_fn: higher ranks better in "max" mode, lower in "min" mode.
+def _inexact(dtype) -> bool:
+    return jnp.issubdtype(dtype, jnp.inexact)
 
-    A missing or NaN metric ranks worst, so it never displaces a real best.
-    """
-    worst = -math.inf if mode == "max" else math.inf
 
-    def rank(metrics: Mapping[str, Any]) -> float:
-        if name is None:
-            return 0.0
-        value = float(metrics.get(name, math.nan))
-        return worst if math.isnan(value) else value
-
-    return rank
+# -- trees --------------------------------------------------------------------------------------
 
 
 def _abstract_leaf(x: Any) -> Any:
-    """A restore-target leaf: jax arrays become ShapeDtypeStructs that keep their sharding.
-
-    ShapeDtypeStructs without a sharding are placed on the first local device (otherwise orbax
-    would reuse the saved sharding, which names devices that may not exist here). numpy arrays
-    and Python scalars stay as they are: orbax restores them as numpy arrays / scalars.
-    """
+    """A restore-target leaf: a jax array becomes a ShapeDtypeStruct keeping its sharding; one
+    without a sharding goes to the first local device (the saved sharding may name devices that
+    do not exist here); numpy arrays and Python scalars stay as they are."""
     if isinstance(x, jax.Array):
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
     if isinstance(x, jax.ShapeDtypeStruct) and x.sharding is None:
@@ -826,63 +752,46 @@ def _abstract_leaf(x: Any) -> Any:
 
 
 def _path_str(path: tuple) -> str:
-    """'params/dense/kernel' for a key path: dict keys, attribute names and indices alike.
-
-    Orbax stores NamedTuples as dicts and tuples as lists, so the path, not the node type, is
-    what identifies a leaf in both trees.
-    """
+    """'params/dense/kernel': orbax stores NamedTuples as dicts and tuples as lists, so the path
+    (dict keys, attribute names, indices alike), not the node type, identifies a leaf."""
     parts = []
     for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
+        attr = next((a for a in ("key", "name", "idx") if hasattr(key, a)), None)
+        parts.append(str(getattr(key, attr) if attr else key))
     return "/".join(parts)
 
 
-def _flat_specs(tree: Any, spec_fn) -> dict[str, tuple[tuple[int, ...], np.dtype | None]]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {_path_str(path): spec_fn(leaf) for path, leaf in leaves}
-
-
-def _saved_spec(meta: Any) -> tuple[tuple[int, ...], np.dtype | None]:
-    """(shape, dtype) from orbax's metadata; dtype None (any) for a saved Python scalar.
-
-    A Python scalar (say a TrainState's ``step=0`` before the first update) is stored as int64 or
-    float64 and restores into whatever scalar dtype the target asks for: not a mismatch.
-    """
-    if isinstance(meta, ocp.metadata.ScalarMetadata):
-        return (), None
-    dtype = getattr(meta, "dtype", None)
-    return tuple(getattr(meta, "shape", ())), None if dtype is None else np.dtype(dtype)
-
-
-def _target_spec(leaf: Any) -> tuple[tuple[int, ...], np.dtype | None]:
-    """(shape, dtype) as orbax would save `leaf`; dtype None (any) for a Python scalar."""
-    if isinstance(leaf, bool | int | float | complex):
-        return (), None
-    shape, dtype = tuple(np.shape(leaf)), leaf.dtype
-    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        # Typed keys are saved as their key data: compare with what key_data would give.
-        data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(shape, dtype))
-        return tuple(data.shape), np.dtype(data.dtype)
-    return shape, np.dtype(dtype)
+def _specs(tree: Any) -> dict[str, tuple[tuple[int, ...], np.dtype | None]]:
+    """{leaf path: (shape, dtype)} as orbax stores the leaves of a target or of its metadata: a
+    typed PRNG key as its key data; dtype None (any) for a Python scalar, which restores into
+    whatever scalar dtype the target asks for."""
+    specs = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(leaf, bool | int | float | complex | ocp.metadata.ScalarMetadata):
+            specs[_path_str(path)] = (), None
+            continue
+        shape, dtype = tuple(getattr(leaf, "shape", ())), getattr(leaf, "dtype", None)
+        if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(shape, dtype))
+            shape, dtype = data.shape, data.dtype
+        specs[_path_str(path)] = tuple(shape), None if dtype is None else np.dtype(dtype)
+    return specs
 
 
 def _diff_trees(saved: dict, target: dict) -> tuple[str, ...]:
     """One line per leaf that is missing, unexpected, or of another shape or dtype."""
 
     def fmt(spec):
-        shape, dtype = spec
-        return f"{dtype or 'scalar'}{list(shape)}"
+        return f"{spec[1] or 'scalar'}{list(spec[0])}"
 
-    lines = []
-    for path in sorted(target.keys() - saved.keys()):
-        lines.append(f"missing from checkpoint (in target only): {path} {fmt(target[path])}")
-    for path in sorted(saved.keys() - target.keys()):
-        lines.append(f"unexpected in checkpoint (not in target): {path} {fmt(saved[path])}")
+    lines = [
+        f"missing from checkpoint (in target only): {p} {fmt(target[p])}"
+        for p in sorted(target.keys() - saved.keys())
+    ]
+    lines += [
+        f"unexpected in checkpoint (not in target): {p} {fmt(saved[p])}"
+        for p in sorted(saved.keys() - target.keys())
+    ]
     for path in sorted(saved.keys() & target.keys()):
         (s_shape, s_dtype), (t_shape, t_dtype) = saved[path], target[path]
         if s_shape != t_shape:

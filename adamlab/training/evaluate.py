@@ -2,7 +2,8 @@
 
 `evaluate_members` is what the training loop calls on validation/test; `evaluate_checkpoint` is
 `adamlab evaluate`: it rebuilds the run from its `config.json`, restores a checkpoint (latest,
-best or a step) read-only, evaluates a split and writes `workdir/eval_<split>_<step>.json`.
+best or a step) read-only, evaluates a split and writes `workdir/eval_<split>_<step>.json`, the
+one file it adds to a run directory (nothing under checkpoints/ is created, deleted or renamed).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jax
 import numpy as np
 
 from adamlab import data
+from adamlab.training import checkpoint as checkpoint_lib
 from adamlab.training import experiment as experiment_lib
 from adamlab.training import metrics, run_io
 
@@ -62,12 +64,12 @@ def evaluate_checkpoint(
     *,
     checkpoint: str | int = "latest",
     split: str = "test",
-) -> tuple[dict[str, Any], pathlib.Path]:
+) -> tuple[dict[str, Any], pathlib.Path | None]:
     """Evaluates a saved checkpoint of the run in `workdir`; writes and returns its metrics.
 
-    The run directory is opened read-only (nothing is created, deleted or renamed there but
-    the result file), so a run can be evaluated while it trains. On one device: the training
-    batch size does not constrain evaluation.
+    The checkpoints are opened read-only (nothing is created, deleted or renamed there), so a
+    run can be evaluated while it trains; the one file written is the result. On one device:
+    the training batch size does not constrain evaluation.
 
     Args:
       workdir: a run directory written by `adamlab train` (config.json + checkpoints/).
@@ -77,7 +79,7 @@ def evaluate_checkpoint(
     Returns:
       (metrics, path): metrics of the run (for a run of several members, "members": name ->
       metrics) plus "step", "split" and "checkpoint"; path of the JSON file written,
-      `workdir/eval_<split>_<step>.json`.
+      `workdir/eval_<split>_<step>.json`, or None if the run directory is not writable.
 
     Raises:
       FileNotFoundError: no config.json in `workdir`; NoCheckpointError: no checkpoint (or not
@@ -94,14 +96,16 @@ def evaluate_checkpoint(
             f"run {str(workdir)!r} has no validation split (data.validation_fraction="
             f"{config.data.get('validation_fraction')}); use --split test"
         )
+    target = experiment_lib.abstract_members(experiment)
     with experiment_lib.make_checkpointer(workdir, config, read_only=True) as checkpointer:
-        try:
-            step = checkpointer.resolve_step(checkpoint)
+        try:  # "latest"/"best" are looked up again if the trainer deletes the step meanwhile.
+            step, carry, _ = checkpointer.restore_with_step(target, checkpoint)
         except FileNotFoundError as e:
             raise NoCheckpointError(f"Run {str(workdir)!r}: {e}") from None
+        except (checkpoint_lib.CheckpointCorruptError, checkpoint_lib.CheckpointMismatchError):
+            raise
         except ValueError as e:  # "best" of a run that ranks no checkpoint.
             raise EvaluationError(f"Run {str(workdir)!r}: {e}") from None
-        carry, _ = checkpointer.restore(experiment_lib.abstract_members(experiment), step=step)
     engine = experiment.engine
     batches = data.eval_batches(
         config.data, split=split, global_batch_size=config.train.eval_batch_size
@@ -119,6 +123,7 @@ def evaluate_checkpoint(
         run_io.write_json(path, result)
     except OSError as e:  # A read-only run directory: the metrics are still returned.
         logging.warning("could not write %s (%s); the metrics are printed only", path, e)
+        return result, None
     return result, path
 
 

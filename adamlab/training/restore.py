@@ -52,8 +52,9 @@ def restore(
     """Restores `checkpoint` ("latest", "best" or a step) of the run in `workdir`.
 
     Raises:
-      FileNotFoundError: no config.json or no such checkpoint; CheckpointCorruptError: the
-      checkpoint is damaged (the message names an intact one).
+      FileNotFoundError: no config.json or no such checkpoint (`CheckpointVanishedError`: a step
+      asked for by number was deleted while read; "latest" and "best" are looked up again);
+      CheckpointCorruptError: the checkpoint is damaged (the message names an intact one).
     """
     config = run_io.read_config(workdir)
     experiment = experiment_lib.build_experiment(config)
@@ -63,9 +64,9 @@ def restore(
         raise ValueError(
             f"implementation={implementation!r}: the run trained {', '.join(implementations)}"
         )
+    target = experiment_lib.abstract_members(experiment)
     with experiment_lib.make_checkpointer(workdir, config, read_only=True) as checkpointer:
-        step = checkpointer.resolve_step(checkpoint)
-        carry, _ = checkpointer.restore(experiment_lib.abstract_members(experiment), step=step)
+        step, carry, _ = checkpointer.restore_with_step(target, checkpoint)
     state = carry.states[implementations.index(implementation)]
     variables = {"params": state.params}
     if state.batch_stats:

@@ -33,6 +33,7 @@ import logging
 import numbers
 import os
 import pathlib
+import secrets
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,7 +43,7 @@ import ml_collections
 import numpy as np
 
 from adamlab import config_dict
-from adamlab.training.workdir_lock import WorkdirBusyError, WorkdirLock  # re-exported
+from adamlab.training.workdir_lock import WorkdirBusyError, WorkdirLock, naming
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -255,14 +256,16 @@ class MetricWriter:
         """Appends one line `{"step", "split", **metrics}`; scalars also go to TensorBoard."""
         record = {"step": int(step), "split": split}
         record.update({k: _to_python(v) for k, v in metrics.items()})
-        self._file.write(json.dumps(record, default=_json_default) + "\n")
-        self._file.flush()
+        with naming(self.path):
+            self._file.write(json.dumps(record, default=_json_default) + "\n")
+            self._file.flush()
         for name, value in record.items():
             if name not in ("step", "split") and _is_scalar(value):
                 self._tb.add_scalar(f"{split}/{name}", value, int(step))
 
     def close(self) -> None:
-        self._file.close()
+        with naming(self.path):
+            self._file.close()
         self._tb.close()
 
     def __enter__(self) -> MetricWriter:
@@ -318,22 +321,34 @@ def write_json(path: str | os.PathLike, data: Mapping) -> None:
 def atomic_write(path: str | os.PathLike, text: str) -> None:
     """Replaces `path` by `text` so that a crash leaves the old file or the new one, whole.
 
-    The text goes to a temporary file beside it (unique per process), is fsynced, then renamed
-    over `path`; the directory is fsynced so that the rename itself survives a power cut.
+    The text goes to a temporary file beside it (unique per process, created with the user's
+    umask like every other file of a run), is fsynced, then renamed over `path`; the directory
+    is fsynced so that the rename itself survives a power cut. A failure (disk full) removes
+    the temporary file and raises an OSError naming `path`.
     """
     path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with naming(path):
+        fd, tmp = _create_beside(path)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     _fsync_directory(path.parent)
+
+
+def _create_beside(path: pathlib.Path) -> tuple[int, str]:
+    """A new file ``.<name>.<random>.tmp`` beside `path`, mode 0666 less the umask (mkstemp's
+    would be 0600, unlike the checkpoints and metrics beside it)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        with contextlib.suppress(FileExistsError):
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
 
 
 def _fsync_directory(directory: pathlib.Path) -> None:

@@ -1,28 +1,17 @@
-"""One writer per workdir: `WorkdirLock`, held by a training run for its whole life.
-
-Two trainers in one workdir interleave their metrics and checkpoints (issue 15: 175 duplicated
-records, a metrics.jsonl rewritten under the other's feet). The lock refuses the second one:
+"""One writer per workdir: `WorkdirLock`, held by a training run for its whole life, so that two
+trainers never interleave their metrics and checkpoints (`run_io.WorkdirLock` is the same class):
 
     with WorkdirLock(workdir, primary=distributed.is_primary()):
         ...  # write config.json, metrics.jsonl, checkpoints
 
-(`run_io.WorkdirLock` is the same class.)
-
-How, and why:
-
-* **flock** on ``<workdir>/.lock``: the OS releases it when the process ends in any way (kill -9
-  and crashes included), so it is never stale. The file stays; while held it names the holder
-  (pid, host, start time) for the error message, and it is emptied on release.
-* **Fallback** where flock fails (some network filesystems answer ENOLCK or EOPNOTSUPP): the
-  file ``<workdir>/.lock.owner``, created exclusively (O_EXCL) and removed on release. A crash
-  leaves it behind: it is stale if it names a pid of this host that no longer runs; a holder on
-  another host cannot be checked, and the message says which file to delete.
-* **Multi-host**: every process calls it with ``primary=...``; only process 0 takes the lock
-  (the others write no run files of their own).
-* A process that forks (without exec) shares the lock with its children, as flock does.
-
-Readers (`adamlab evaluate`, reports) take no lock: they only read (see
-`adamlab.training.checkpoint`'s read-only mode).
+* **flock** on ``<workdir>/.lock``: the OS releases it when the process ends in any way, so it
+  is never stale. While held, the file names the holder (pid, host, start) for the error.
+* **Fallback** where flock is unsupported (some network filesystems): ``<workdir>/.lock.owner``,
+  created exclusively and removed on release; after a crash it is stale if it names a pid of
+  this host that no longer runs (a holder on another host cannot be checked: the message says
+  which file to delete).
+* **Multi-host**: only process 0 (``primary=True``) takes it. Readers (evaluate, reports) take
+  none: they only read.
 """
 
 from __future__ import annotations
@@ -41,6 +30,7 @@ LOCK_FILE = ".lock"
 OWNER_FILE = ".lock.owner"  # The fallback's lock, where flock is unavailable.
 # flock errors that mean "not supported here" (not "held by someone else").
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+_LOCKING = "cannot take the workdir lock: "
 
 
 class WorkdirBusyError(RuntimeError):
@@ -69,20 +59,27 @@ class WorkdirLock:
         """Takes the lock, or raises WorkdirBusyError naming the holder."""
         if not self.primary or self.held:
             return
-        fd = os.open(self.workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        path = self.workdir / LOCK_FILE
+        with naming(path, _LOCKING):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise self._busy(_await_holder(self.workdir / LOCK_FILE)) from None
+                raise self._busy(_await_holder(path)) from None
             if e.errno not in _NO_FLOCK:
                 raise
             self._acquire_owner_file()
             return
         self._fd = fd
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, _holder_record().encode(), 0)
+        try:
+            with naming(path, _LOCKING):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, _holder_record().encode(), 0)
+        except OSError:
+            self.release()
+            raise
 
     def release(self) -> None:
         """Gives the lock back (also done by the OS if the process dies)."""
@@ -112,7 +109,8 @@ class WorkdirLock:
         owner = self.workdir / OWNER_FILE
         for _ in range(2):
             try:
-                fd = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                with naming(owner, _LOCKING):
+                    fd = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             except FileExistsError:
                 holder = _read_holder(owner)
                 if not _is_stale(holder):
@@ -120,9 +118,13 @@ class WorkdirLock:
                 with contextlib.suppress(FileNotFoundError):
                     owner.unlink()  # Its process died on this host: take over.
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(_holder_record())
             self._owner = owner
+            try:
+                with naming(owner, _LOCKING), os.fdopen(fd, "w") as f:
+                    f.write(_holder_record())
+            except OSError:
+                self.release()
+                raise
             return
         raise self._busy(_read_holder(owner), stale_hint=owner)
 
@@ -137,6 +139,20 @@ class WorkdirLock:
         if stale_hint is not None:
             message += f" (if that process is gone, delete {stale_hint})"
         return WorkdirBusyError(message)
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike, doing: str = ""):
+    """Re-raises an OSError as one naming `path` (a write or a flush names no file), its cause
+    after `doing`: one line that says where the disk is full (also used by `run_io`)."""
+    try:
+        yield
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno is None or (e.filename and not doing):
+            raise
+        raise type(e)(e.errno, f"{doing}{e.strerror or e}", str(path)) from None
 
 
 def _holder_record() -> str:
