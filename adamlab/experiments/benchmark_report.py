@@ -82,19 +82,8 @@ def write_report(plan, workdir, final_rows, tables, scores, finals, heatmap, wal
         "steps to target": profiles.performance_profile(steps),
     }
     title = f"performance profiles over {len(plan.workloads)} workload(s), final seeds' medians"
-    board = next(iter(scores.values()))
-    score_panels = {
-        f"{measure} to target": {f"{o} ({b.scores[o]:.3f})": b.rho[o] for o in b.ranked()}
-        for measure, b in scores.items()
-    }
-    score_title = (
-        f"AlgoPerf score ({plan.ruleset}, {plan.studies} studies): profiles of the medians "
-        f"over studies, {len(plan.workloads)} workload(s); legend: score"
-    )
     figures = {
-        "score.png": functools.partial(
-            profiles.plot_profiles, panels=score_panels, taus=board.taus, title=score_title
-        ),
+        "score.png": functools.partial(_plot_score, plan, scores),
         "profiles.png": functools.partial(profiles.plot_profiles, panels=rho, title=title),
         "curves.png": functools.partial(_plot_training_curves, plan, finals),
     }
@@ -110,6 +99,21 @@ def write_report(plan, workdir, final_rows, tables, scores, finals, heatmap, wal
         tables=tables,
         figures=figures,
     )
+
+
+def _plot_score(plan, scores: Mapping[str, algoperf.Scores], path) -> None:
+    """score.png: rho(tau) of the AlgoPerf score on its grid, a panel per measure (the
+    optimizers in the plan's order, so that each keeps its colour; the scores: summary.md)."""
+    panels = {
+        f"{measure} to target (score: summary.md)": {o: b.rho[o] for o in plan.optimizers}
+        for measure, b in scores.items()
+    }
+    title = (
+        f"AlgoPerf score ({plan.ruleset}, {plan.studies} studies): profiles of the medians "
+        f"over studies, {len(plan.workloads)} workload(s)"
+    )
+    taus = next(iter(scores.values())).taus
+    profiles.plot_profiles(path, panels, taus, title=title)
 
 
 def _plot_training_curves(plan, finals: Mapping[tuple[str, str], train.RunsResult], path) -> None:
