@@ -88,6 +88,24 @@ def test_selection_uses_steps_to_target_then_validation_metrics():
     assert tuning.select_trial([20, 40], [math.nan, 0.97], [math.nan, 0.1]) == 1
 
 
+def test_every_search_space_has_a_declared_default_setting():
+    """Self-tuning's setting: every tuned field but the warmup (the workload's schedule runs),
+    each the optimizer constructor's default where it declares one."""
+    config = config_dict.load_config("bench_digits_cnn")
+    for label in config.benchmark.search_spaces:
+        space = _space(label)
+        setting = tuning.default_setting(space)
+        assert set(setting) == set(space.ranges) - {"warmup_fraction"}, label
+        assert setting["learning_rate"] > 0
+        name = space.fixed["name"]
+        constructor = getattr(optim, name, None) or getattr(optax, name)
+        for field, parameter in inspect.signature(constructor).parameters.items():
+            if field in setting and parameter.default not in (None, parameter.empty):
+                assert setting[field] == parameter.default, (label, field)
+    assert tuning.default_setting(_space("sgd")) == {"learning_rate": 1e-2, "momentum": 0.9}
+    assert tuning.default_setting(_space("adabelief"))["eps"] == 1e-16
+
+
 # ---------------------------------------------------------------------------- measures
 
 
