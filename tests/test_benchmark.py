@@ -312,6 +312,24 @@ def test_a_different_budget_in_a_finished_workdir_is_refused_before_training(tin
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
 
 
+def test_a_benchmark_from_before_studies_resumes_as_one_external_tuning_study(
+    tiny, tmp_path, monkeypatch
+):
+    """A workdir whose benchmark.json predates --studies and --ruleset (recorded results) ran
+    their defaults: the same request resumes it without training, and adds the score."""
+    workdir = tmp_path / "bench"
+    shutil.copytree(tiny[1], workdir)
+    saved = json.loads((workdir / benchmark.PLAN_FILE).read_text())
+    for key in ("studies", "ruleset", "score"):
+        del saved[key]
+    (workdir / benchmark.PLAN_FILE).write_text(json.dumps(saved))
+    monkeypatch.setattr(train._Loop, "train", lambda *a, **k: pytest.fail("trained again"))
+    again = benchmark.run_benchmark(tiny[0], workdir, progress=lambda line: None)
+    assert again["rows"] == tiny[2]["rows"]
+    saved = json.loads((workdir / benchmark.PLAN_FILE).read_text())
+    assert (saved["studies"], saved["ruleset"]) == (1, "external_tuning") and saved["score"]
+
+
 @pytest.mark.parametrize(
     "request_",
     [
