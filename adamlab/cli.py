@@ -296,10 +296,28 @@ def _define_benchmark_flags(fv: flags.FlagValues, argv: list[str]) -> None:
         flag_values=fv,
     )
     flags.DEFINE_integer(
-        "trials", benchmark.DEFAULT_TRIALS, "Trials per optimizer and workload.", flag_values=fv
+        "trials",
+        None,
+        f"Trials per study, optimizer and workload (default {benchmark.DEFAULT_TRIALS}; "
+        "self_tuning: 1, the optimizer's default setting).",
+        flag_values=fv,
     )
     flags.DEFINE_integer(
         "seeds", benchmark.DEFAULT_SEEDS, "New seeds for the selected setting.", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "studies",
+        benchmark.DEFAULT_STUDIES,
+        "Independent tuning studies per optimizer and workload, each with its own seeds; the "
+        "AlgoPerf score takes the median over them.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "ruleset",
+        benchmark.DEFAULT_RULESET,
+        "AlgoPerf's ruleset: external_tuning (search each optimizer's space) or self_tuning "
+        "(its default setting, one trial per study, 3x the step budget).",
+        flag_values=fv,
     )
     flags.DEFINE_bool(
         "heatmap", True, "Adam + L2 vs AdamW grid on the first workload.", flag_values=fv
@@ -317,11 +335,16 @@ def _run_benchmark(fv: flags.FlagValues) -> int:
         fv["optimizers"].value,
         trials=fv["trials"].value,
         seeds=fv["seeds"].value,
+        studies=fv["studies"].value,
+        ruleset=fv["ruleset"].value,
         heatmap=fv["heatmap"].value,
-    )  # BenchmarkError (names, budget, config, data): exit 2 before anything is written.
+    )  # BenchmarkError (names, ruleset, budget, config, data): exit 2 before anything is written.
     workdir = fv["workdir"].value or default_workdir("benchmark")
     result = benchmark.run_benchmark(plan, workdir)
-    files = "trials.csv, results.csv, summary.md, profiles.png, curves.png, heatmap.png"
+    files = (
+        "trials.csv, studies.csv, results.csv, summary.md, benchmark.json, score.png, "
+        "profiles.png, curves.png, heatmap.png"
+    )
     return _report_done(result, files)
 
 

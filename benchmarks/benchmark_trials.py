@@ -66,7 +66,7 @@ def one_by_one(workload, optimizer: str, trials: int) -> tuple[float, dict, list
         for i in range(trials):
             config = benchmark.tune_config(workload, optimizer)
             config.runs.sweep = {}
-            for field, value in tuning.trial_values(workload.trials[optimizer], i).items():
+            for field, value in tuning.trial_values(workload.trials[optimizer][0], i).items():
                 config.optimizer[field] = value
             result = train.run(config, pathlib.Path(root) / f"trial{i}")
             phases.update(result.phases)

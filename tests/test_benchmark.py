@@ -2,9 +2,13 @@
 
 The math is checked against hand-computed examples; one tiny benchmark (logistic regression on
 digits, 6 steps, 2 trials, 2 seeds) runs every stage through the one loop, writes the report,
-and is resumed without training anything again.
+and is resumed without training anything again; two more (two studies under each ruleset)
+check the studies and the AlgoPerf score against `algoperf.score` on the per-study times.
 """
 
+import collections
+import inspect
+import json
 import math
 import re
 import shutil
@@ -15,8 +19,8 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
-from adamlab import cli, config_dict
-from adamlab.experiments import benchmark, benchmark_report, profiles, report, tuning
+from adamlab import cli, config_dict, optim
+from adamlab.experiments import algoperf, benchmark, benchmark_report, profiles, report, tuning
 from adamlab.training import optimizers, run_io, train
 
 INF = math.inf
@@ -82,6 +86,24 @@ def test_selection_uses_steps_to_target_then_validation_metrics():
     assert tuning.select_trial([INF, INF, INF], [0.9, 0.95, 0.95], [0.3, 0.4, 0.2]) == 2
     # A diverged trial (NaN metrics) is never selected, whatever its steps say.
     assert tuning.select_trial([20, 40], [math.nan, 0.97], [math.nan, 0.1]) == 1
+
+
+def test_every_search_space_has_a_declared_default_setting():
+    """Self-tuning's setting: every tuned field but the warmup (the workload's schedule runs),
+    each the optimizer constructor's default where it declares one."""
+    config = config_dict.load_config("bench_digits_cnn")
+    for label in config.benchmark.search_spaces:
+        space = _space(label)
+        setting = tuning.default_setting(space)
+        assert set(setting) == set(space.ranges) - {"warmup_fraction"}, label
+        assert setting["learning_rate"] > 0
+        name = space.fixed["name"]
+        constructor = getattr(optim, name, None) or getattr(optax, name)
+        for field, parameter in inspect.signature(constructor).parameters.items():
+            if field in setting and parameter.default not in (None, parameter.empty):
+                assert setting[field] == parameter.default, (label, field)
+    assert tuning.default_setting(_space("sgd")) == {"learning_rate": 1e-2, "momentum": 0.9}
+    assert tuning.default_setting(_space("adabelief"))["eps"] == 1e-16
 
 
 # ---------------------------------------------------------------------------- measures
@@ -176,6 +198,11 @@ def _tiny_workload(**bench_fields):
     [
         (dict(trials=0), "trials=0 must be an int >= 1"),
         (dict(seeds=0), "seeds=0 must be an int >= 1"),
+        (dict(studies=0), "studies=0 must be an int >= 1"),
+        (dict(studies=2.0), r"studies=2.0 must be an int >= 1"),
+        (dict(ruleset="open"), "ruleset='open' is unknown; allowed: external_tuning, self_tuning"),
+        (dict(ruleset="self_tuning", trials=4), "self_tuning ruleset runs one trial per study"),
+        (dict(studies=101), r"tuning seeds 0..100 reach the final seeds from 100"),
         (dict(optimizers="adam,lion"), r"optimizers \['lion'\] have no search space"),
         (dict(optimizers="adam,adam"), "repeated"),
     ],
@@ -198,6 +225,13 @@ def test_unknown_workload_and_missing_data_are_refused_by_the_command(tmp_path, 
     with pytest.raises(benchmark.BenchmarkError, match="workload 'mnist_logreg': Dataset 'mnist'"):
         benchmark.plan_benchmark({"mnist_logreg": config}, "adam")
     assert not workdir.exists()
+    for flag, value, match in (
+        ("--studies", "0", "studies=0 must be an int >= 1"),
+        ("--ruleset", "open", "ruleset='open' is unknown; allowed: external_tuning, self_tuning"),
+    ):
+        code = cli.main(["adamlab", "benchmark", flag, value, "--workdir", str(workdir)])
+        assert code == cli.EXIT_USAGE and match in capsys.readouterr().err
+        assert not workdir.exists()
 
 
 @pytest.mark.slow  # ~20 s of CPU; tests/test_configs.py validates every bench_* config anyway.
@@ -273,13 +307,39 @@ def test_a_different_budget_in_a_finished_workdir_is_refused_before_training(tin
     _, workdir, _, _ = tiny
     bigger = benchmark.plan_benchmark({"digits_cnn": _tiny_workload()}, "sgd", trials=3, seeds=2)
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
-    with pytest.raises(Exception, match="different config"):
+    with pytest.raises(run_io.ConfigMismatchError, match="holds .*--trials=2 "):
         benchmark.run_benchmark(bigger, workdir, progress=lambda line: None)
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
 
 
+def test_a_benchmark_from_before_studies_resumes_as_one_external_tuning_study(
+    tiny, tmp_path, monkeypatch
+):
+    """A workdir whose benchmark.json predates --studies and --ruleset (recorded results) ran
+    their defaults: the same request resumes it without training, and adds the score."""
+    workdir = tmp_path / "bench"
+    shutil.copytree(tiny[1], workdir)
+    saved = json.loads((workdir / benchmark.PLAN_FILE).read_text())
+    for key in ("studies", "ruleset", "score"):
+        del saved[key]
+    (workdir / benchmark.PLAN_FILE).write_text(json.dumps(saved))
+    monkeypatch.setattr(train._Loop, "train", lambda *a, **k: pytest.fail("trained again"))
+    again = benchmark.run_benchmark(tiny[0], workdir, progress=lambda line: None)
+    assert again["rows"] == tiny[2]["rows"]
+    saved = json.loads((workdir / benchmark.PLAN_FILE).read_text())
+    assert (saved["studies"], saved["ruleset"]) == (1, "external_tuning") and saved["score"]
+
+
 @pytest.mark.parametrize(
-    "request_", [{"optimizers": "adam"}, {"seeds": 3}, {"heatmap": False}], ids=str
+    "request_",
+    [
+        {"optimizers": "adam"},
+        {"seeds": 3},
+        {"heatmap": False},
+        {"studies": 2},
+        {"ruleset": "self_tuning", "trials": None},
+    ],
+    ids=str,
 )
 def test_another_request_in_a_finished_workdir_is_refused_and_the_report_kept(
     tiny, tmp_path, request_
@@ -293,7 +353,8 @@ def test_another_request_in_a_finished_workdir_is_refused_and_the_report_kept(
     asked = {"optimizers": "sgd", "trials": 2, "seeds": 2} | request_
     plan = benchmark.plan_benchmark({"digits_cnn": _tiny_workload()}, **asked)
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
-    with pytest.raises(run_io.ConfigMismatchError, match="holds .*--optimizers=sgd"):
+    held = "holds .*--optimizers=sgd .*--studies=1 --ruleset=external_tuning"
+    with pytest.raises(run_io.ConfigMismatchError, match=held):
         benchmark.run_benchmark(plan, workdir, progress=lambda line: None)
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
 
@@ -340,3 +401,133 @@ def test_each_trial_logs_its_own_learning_rate(tiny):
         logged.append([r["learning_rate"] for r in records])
     ratios = np.asarray(logged[0]) / np.asarray(logged[1])
     assert np.ptp(ratios) > 1e-3  # Different warmups: not one schedule rescaled.
+
+
+# ---------------------------------------------------------------------------- studies, rulesets
+
+
+def _run(workdir, optimizers, **request):
+    plan = benchmark.plan_benchmark(
+        {"digits_cnn": _tiny_workload()}, optimizers, seeds=1, heatmap=False, **request
+    )
+    return plan, benchmark.run_benchmark(plan, workdir, progress=lambda line: None)
+
+
+@pytest.fixture(scope="module")
+def two_studies(tmp_path_factory):
+    """adam and sgd, external tuning: 2 studies of 2 trials, 1 final seed, no heatmap."""
+    workdir = tmp_path_factory.mktemp("studies")
+    plan, result = _run(workdir, "adam,sgd", trials=2, studies=2)
+    return plan, workdir, result
+
+
+def _recomputed_score(workdir) -> dict[str, algoperf.Scores]:
+    """`algoperf.score` on the per-study times read back from trials.csv: in each study the
+    trial reaching the target in the fewest steps (its trials share their evaluations, so the
+    earliest evaluation), its steps and seconds; inf when none does."""
+    studies = collections.defaultdict(list)
+    for row in report.read_csv(workdir / "trials.csv"):
+        studies[row["optimizer"], row["workload"], row["study"]].append(row)
+    times = {m: collections.defaultdict(lambda: collections.defaultdict(list)) for m in MEASURES}
+    for (optimizer, workload, _), rows in sorted(studies.items()):
+        first = min(rows, key=lambda r: float(r["steps_to_target"]))
+        for measure, column in MEASURES.items():
+            times[measure][optimizer][workload].append(float(first[column]))
+    return {m: algoperf.score(t, ["digits_cnn"]) for m, t in times.items()}
+
+
+MEASURES = {"steps": "steps_to_target", "seconds": "seconds_to_target"}
+
+
+def test_each_study_draws_its_own_trials_with_its_own_seeds(two_studies):
+    plan, workdir, result = two_studies
+    assert not result["interrupted"]
+    rows = report.read_csv(workdir / "trials.csv")
+    for optimizer in ("adam", "sgd"):
+        space = plan.workloads["digits_cnn"].spaces[optimizer]
+        mine = [r for r in rows if r["optimizer"] == optimizer]
+        assert [(r["study"], r["trial"]) for r in mine] == [
+            ("0", "0"),
+            ("0", "1"),
+            ("1", "0"),
+            ("1", "1"),
+        ]
+        drawn = [[float(r["learning_rate"]) for r in mine if r["study"] == k] for k in "01"]
+        for k in (0, 1):  # Study k: Halton seed + k, tuning seed + k, in its own program.
+            assert drawn[k] == list(tuning.halton_trials(space, 2, seed=k)["learning_rate"])
+            assert {r["seed"] for r in mine if r["study"] == str(k)} == {str(k)}
+        assert set(drawn[0]).isdisjoint(drawn[1])
+        stage = workdir / "digits_cnn" / optimizer
+        assert (stage / "tune").is_dir() and (stage / "tune_study1").is_dir()
+        assert sum(r["selected"] == "True" for r in mine) == 1  # One setting for the final.
+    studies = report.read_csv(workdir / "studies.csv")
+    assert [(r["optimizer"], r["study"], r["trials"]) for r in studies] == [
+        ("adam", "0", "2"),
+        ("adam", "1", "2"),
+        ("sgd", "0", "2"),
+        ("sgd", "1", "2"),
+    ]
+    stages = report.read_csv(workdir / "stages.csv")
+    assert [r["stage"] for r in stages] == ["tune", "tune_study1", "final"] * 2
+
+
+def test_the_score_is_algoperfs_on_the_per_study_times(two_studies):
+    """summary.md and benchmark.json give `algoperf.score` of the per-study times in
+    trials.csv, in steps and seconds: the scores, medians over studies, ratios and rho."""
+    _, workdir, result = two_studies
+    expected = _recomputed_score(workdir)
+    saved = json.loads((workdir / benchmark.PLAN_FILE).read_text())
+    assert (saved["studies"], saved["ruleset"]) == (2, "external_tuning")
+    summary = (workdir / "summary.md").read_text()
+    assert "## AlgoPerf score" in summary and "Ruleset external_tuning, 2 studies" in summary
+    for measure, board in expected.items():
+        got = saved["score"][measure]
+        assert got["scores"] == pytest.approx(board.scores, rel=1e-12)
+        np.testing.assert_allclose(got["taus"], profiles.ALGOPERF_TAUS)
+        for optimizer in ("adam", "sgd"):
+            np.testing.assert_allclose(got["rho"][optimizer], board.rho[optimizer])
+            for table in ("medians", "ratios"):
+                value = got[table][optimizer]["digits_cnn"]  # null: inf
+                want = getattr(board, table)[optimizer]["digits_cnn"]
+                assert (math.inf if value is None else value) == pytest.approx(want, rel=1e-12)
+            line = f"| {optimizer} | {board.scores[optimizer]:.4f} |"
+            assert line in summary.split(f"{measure} to target:")[1], (measure, optimizer)
+        assert result["score"][measure].scores == pytest.approx(board.scores, rel=1e-12)
+
+
+def test_self_tuning_runs_the_declared_defaults_with_three_times_the_budget(tmp_path):
+    config = _tiny_workload()
+    plan = benchmark.plan_benchmark(
+        {"digits_cnn": config}, "adam,sgd", seeds=1, studies=2, ruleset="self_tuning"
+    )
+    workload = plan.workloads["digits_cnn"]
+    assert (plan.trials, workload.num_steps, workload.budget) == (1, 6, 18)
+    # Adam's defaults are its constructor's (adamlab.optim.adam), with its paper's 1e-3.
+    defaults = inspect.signature(optim.adam).parameters
+    adam = {k: (defaults[k].default,) for k in ("b1", "b2", "eps")} | {"learning_rate": (1e-3,)}
+    assert workload.trials["adam"] == (adam, adam)  # One trial per study, the same setting.
+    assert workload.trials["sgd"][0] == {"learning_rate": (1e-2,), "momentum": (0.9,)}
+    tune = benchmark.tune_config(workload, "adam", study=1)
+    assert tune.train.num_steps == 18 and tune.runs.seeds == (1,)
+    assert tune.optimizer.warmup_steps == 1  # The workload's schedule, not a tuned warmup.
+    assert benchmark.final_config(workload, "adam", {}, 1).train.num_steps == 18
+
+    plan, result = _run(tmp_path, "adam", studies=2, ruleset="self_tuning")
+    rows = report.read_csv(tmp_path / "trials.csv")
+    assert [(r["study"], float(r["learning_rate"]), r["seed"]) for r in rows] == [
+        ("0", 1e-3, "0"),
+        ("1", 1e-3, "1"),
+    ]
+    stages = report.read_csv(tmp_path / "stages.csv")
+    assert [(r["stage"], r["runs"], r["steps"]) for r in stages] == [
+        ("tune", "1", "18"),
+        ("tune_study1", "1", "18"),
+        ("final", "1", "18"),
+    ]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "* Ruleset: self_tuning" in summary and "Default settings:" in summary
+    assert "18 steps of batch 32" in summary
+    saved = json.loads((tmp_path / benchmark.PLAN_FILE).read_text())
+    assert saved["ruleset"] == "self_tuning" and saved["trials"] == 1
+    expected = _recomputed_score(tmp_path)
+    assert saved["score"]["steps"]["scores"] == pytest.approx(expected["steps"].scores)

@@ -6,7 +6,7 @@ r"""AlgoPerf's benchmark score, and AlgoPerf's published logs read and scored wi
     write_leaderboard("out", board, logs)   # leaderboard.csv, studies.csv, summary.md, profiles.png
 
 `score` is the scoring core: per submission, workload and study a time to target (inf: the
-target was missed) in, the score table out; adamlab's own benchmark can hand it its per-study
+target was missed) in, the score table out; `adamlab benchmark` hands it its per-study
 times. The rules are those of AlgoPerf's code (mlcommons/algorithmic-efficiency
 `scoring/performance_profile.py` and `score_submissions.py`, since moved to
 mlcommons/submissions_algorithms `scoring/`), which produced the published leaderboards; where

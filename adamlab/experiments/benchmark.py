@@ -2,19 +2,27 @@ r"""`adamlab benchmark`: tuned optimizers on workloads with validation targets, 
 
     adamlab benchmark --workloads digits_cnn,mnist_logreg \
         --optimizers adam,adamw,nadam,radam,amsgrad,adabelief,sgd --trials 16 --seeds 5 \
-        --workdir runs/bench
+        --studies 3 --ruleset external_tuning --workdir runs/bench
 
 A workload is a shipped config `configs/bench_<workload>.py`: an experiment config plus a
 `benchmark` section (the validation target, the search space of every optimizer, the seeds;
 `configs/bench_digits_cnn.py` documents each field). For every workload and optimizer, in
 stages that are each one run of the one loop (`adamlab.training.train.run`):
 
-1. **tune** (`<workdir>/<workload>/<optimizer>/tune/`): `--trials` points of a seeded
-   scrambled Halton sequence over the optimizer's search space (`tuning.halton_trials`), all
-   trained in ONE compiled program as one `runs.sweep` (trial i = the i-th value of every swept
-   field), with the workload's tuning seed.
-2. **select**, on the validation split only: the trial reaching the target in the fewest steps
-   (none reaches it: the best final validation accuracy; `tuning.select_trial`).
+1. **tune**, one stage per study k < `--studies` (`<workdir>/<workload>/<optimizer>/tune/` for
+   study 0, `tune_study<k>/` for the others): under the external-tuning ruleset `--trials`
+   points of a scrambled Halton sequence over the optimizer's search space, seeded with the
+   workload's Halton seed + k (`tuning.halton_trials`); under the self-tuning ruleset one
+   trial, the optimizer's declared default setting (`tuning.default_setting`), with 3x the
+   workload's step budget (AlgoPerf's self-tuning track). All trials of a study train in ONE
+   compiled program as one `runs.sweep` (trial i = the i-th value of every swept field), with
+   the workload's tuning seed + k.
+2. **select**, on the validation split only. Per study, AlgoPerf's rule
+   (`algoperf.select_trial`): the study's time is that of its trial reaching the target
+   first (inf: none did); these times make the AlgoPerf score (`algoperf.score`: the median
+   over studies, ratios to the fastest optimizer, the profile's normalised area). For the
+   final stage, over the trials of all studies: the trial reaching the target in the fewest
+   steps (none reaches it: the best final validation accuracy; `tuning.select_trial`).
 3. **final** (`.../final/`): the selected setting rerun with `--seeds` new seeds
    (`benchmark.final_seed_start` + i, never used in tuning), all in one program. Its test
    metrics are the only test numbers the report shows, once, with 95% t-intervals.
@@ -24,19 +32,20 @@ Then a learning rate x decay strength grid for Adam + L2 against AdamW (Loshchil
 
 **Time-to-target.** A run reaches the target at the first validation evaluation at or past it
 (resolution: `train.eval_every_steps`); never reached or diverged: infinity. Its seconds are
-its steps times its share of the final program's training time: one compiled program trains
-the S seeds of a final stage in lockstep, so each member is charged 1/S of the program's
-seconds per step (`1 / (steps_per_sec * S)`; compilation and evaluations are left out; the same
-S for every optimizer). This is the cost of a step of that optimizer on that workload, measured
-while the machine ran it; on a shared machine it carries the load of the moment, which is why
-the report also gives the step counts, which no load changes.
+its steps times its share of its program's training time: one compiled program trains the S
+members of a stage (trials of a study, seeds of a final stage) in lockstep, so each member is
+charged 1/S of the program's seconds per step (`1 / (steps_per_sec * S)`; compilation and
+evaluations are left out; the same S for every optimizer). This is the cost of a step of that
+optimizer on that workload, measured while the machine ran it; on a shared machine it carries
+the load of the moment, which is why the report also gives the step counts, which no load
+changes.
 
 A stage that finished returns its saved result without training, and an interrupted stage
 resumes from its checkpoint, so an interrupted benchmark resumes by running the same command;
 more workloads or optimizers extend it, and a request whose report would lose some of what the
-workdir holds (fewer names, other trials, seeds or heatmap) is refused. Wrong workload or
-optimizer names, a budget below 1, an invalid config or missing data are errors before
-anything is written.
+workdir holds (fewer names, other trials, seeds, studies, ruleset or heatmap) is refused. Wrong
+workload or optimizer names, an unknown ruleset, a budget below 1, an invalid config or missing
+data are errors before anything is written.
 """
 
 from __future__ import annotations
@@ -54,7 +63,7 @@ import ml_collections
 import numpy as np
 
 from adamlab import config_dict, data
-from adamlab.experiments import benchmark_report, groups, profiles, report, tuning
+from adamlab.experiments import algoperf, benchmark_report, groups, profiles, report, tuning
 from adamlab.training import run_io, train
 from adamlab.training.experiment import ConfigError
 
@@ -70,8 +79,14 @@ DEFAULT_OPTIMIZERS: tuple[str, ...] = (
     "adabelief",
     "sgd",
 )
-DEFAULT_TRIALS = 16
+DEFAULT_TRIALS = 16  # Per study, external tuning; self-tuning runs one.
 DEFAULT_SEEDS = 5
+DEFAULT_STUDIES = 1
+# AlgoPerf's rulesets -> the factor on the workload's step budget: external tuning searches
+# the space within the budget; self-tuning runs each optimizer's default setting, one trial per
+# study, with 3x the budget (AlgoPerf's self-tuning track).
+RULESETS: dict[str, int] = {"external_tuning": 1, "self_tuning": 3}
+DEFAULT_RULESET = "external_tuning"
 HEATMAP_METHODS: dict[str, tuple[str, str]] = {  # method -> (optimizer, swept decay field)
     "adam_l2": ("adam", "l2"),
     "adamw": ("adamw", "weight_decay"),
@@ -117,14 +132,19 @@ def _split(names: str | Sequence[str]) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
-    """A workload of the plan: its config, target, spaces and the tune stages' trials."""
+    """A workload of the plan: its config, target, spaces and the tune stages' trials.
+
+    `num_steps` is the workload's step budget, `budget` that of every stage under the plan's
+    ruleset (`RULESETS`).
+    """
 
     name: str
     config: ml_collections.ConfigDict
     spaces: dict[str, tuning.SearchSpace]
-    trials: dict[str, dict[str, tuple[float, ...]]]  # optimizer -> field -> values
+    trials: dict[str, tuple[dict[str, tuple[float, ...]], ...]]  # optimizer -> study -> values
     steps_per_epoch: int
     num_steps: int
+    budget: int
 
     @property
     def target(self) -> float:
@@ -137,6 +157,14 @@ class Workload:
     @property
     def higher_is_better(self) -> bool:
         return TARGET_METRICS[self.metric]
+
+    def tuning_seed(self, study: int) -> int:
+        """The seed (init, data order, dropout) of every trial of `study`."""
+        return self.config.benchmark.tuning_seed + study
+
+    def halton_seed(self, study: int) -> int:
+        """The seed of `study`'s Halton points (external tuning)."""
+        return self.config.benchmark.halton_seed + study
 
     def final_seeds(self, num_seeds: int) -> tuple[int, ...]:
         """The seeds of the final stage: `benchmark.final_seed_start` + i, never tuned on."""
@@ -155,9 +183,11 @@ class Plan:
 
     workloads: dict[str, Workload]
     optimizers: tuple[str, ...]
-    trials: int
+    trials: int  # Per study.
     seeds: int
     heatmap: bool
+    studies: int = DEFAULT_STUDIES
+    ruleset: str = DEFAULT_RULESET
 
     def stages(self) -> list[tuple[str, str]]:
         """(workload, optimizer) in the order they run."""
@@ -168,20 +198,36 @@ def plan_benchmark(
     workloads: Mapping[str, ml_collections.ConfigDict],
     optimizers: str | Sequence[str] = DEFAULT_OPTIMIZERS,
     *,
-    trials: int = DEFAULT_TRIALS,
+    trials: int | None = None,
     seeds: int = DEFAULT_SEEDS,
+    studies: int = DEFAULT_STUDIES,
+    ruleset: str = DEFAULT_RULESET,
     heatmap: bool = True,
 ) -> Plan:
     """Checks the request and builds every tune stage's config; nothing is written.
 
+    `trials` (per study) defaults to the ruleset's: `DEFAULT_TRIALS` for external tuning, 1
+    for self-tuning (its only value).
+
     Raises:
-      BenchmarkError: a budget (trials) or seed count below 1, an optimizer without a search
-        space in a workload, a bad search space, an invalid stage config, or a workload whose
-        dataset is not prepared (the message names the workload and says how to prepare it).
+      BenchmarkError: an unknown ruleset, a budget (trials, studies) or seed count below 1,
+        trials other than 1 under self-tuning, tuning seeds that reach the final seeds, an
+        optimizer without a search space in a workload, a bad search space, an invalid stage
+        config, or a workload whose dataset is not prepared (the message names the workload
+        and says how to prepare it).
     """
-    for what, value in (("trials", trials), ("seeds", seeds)):
+    if ruleset not in RULESETS:
+        raise BenchmarkError(f"ruleset={ruleset!r} is unknown; allowed: {', '.join(RULESETS)}")
+    search = ruleset == "external_tuning"
+    trials = (DEFAULT_TRIALS if search else 1) if trials is None else trials
+    for what, value in (("trials", trials), ("seeds", seeds), ("studies", studies)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BenchmarkError(f"{what}={value!r} must be an int >= 1")
+    if not search and trials != 1:
+        raise BenchmarkError(
+            f"trials={trials}: the self_tuning ruleset runs one trial per study, each "
+            "optimizer's default setting; leave --trials out (or use --studies)"
+        )
     optimizers = _split(optimizers)
     if not optimizers or len(set(optimizers)) != len(optimizers):
         raise BenchmarkError(f"optimizers={','.join(optimizers)!r}: empty or repeated names")
@@ -191,11 +237,14 @@ def plan_benchmark(
     heatmap = heatmap and first.get("benchmark", {}).get("heatmap") is not None
     planned = {}
     for i, (name, config) in enumerate(workloads.items()):  # The heatmap: first workload only.
-        planned[name] = _plan_workload(name, config, optimizers, trials, seeds, heatmap and not i)
-    return Plan(planned, optimizers, trials, seeds, heatmap)
+        request = (optimizers, trials, seeds, studies, ruleset, heatmap and not i)
+        planned[name] = _plan_workload(name, config, *request)
+    return Plan(planned, optimizers, trials, seeds, heatmap, studies, ruleset)
 
 
-def _plan_workload(name, config, optimizers, num_trials, num_seeds, heatmap) -> Workload:
+def _plan_workload(
+    name, config, optimizers, num_trials, num_seeds, num_studies, ruleset, heatmap
+) -> Workload:
     bench = config.get("benchmark")
     if bench is None:
         raise BenchmarkError(f"workload {name!r}: its config has no benchmark section")
@@ -217,20 +266,29 @@ def _plan_workload(name, config, optimizers, num_trials, num_seeds, heatmap) -> 
         steps_per_epoch = data.steps_per_epoch(info, config.train.batch_size)
     except (FileNotFoundError, ValueError) as e:
         raise BenchmarkError(f"workload {name!r}: {e}") from None
+    tuning_seeds = range(bench.tuning_seed, bench.tuning_seed + num_studies)
+    start = bench.final_seed_start
+    if set(tuning_seeds) & set(range(start, start + num_seeds)):
+        raise BenchmarkError(
+            f"workload {name!r}: the studies' tuning seeds {bench.tuning_seed}.."
+            f"{tuning_seeds[-1]} reach the final seeds from {start}: fewer studies, or a "
+            "larger benchmark.final_seed_start"
+        )
     spaces, trials = {}, {}
     for optimizer in optimizers:
         try:
-            spaces[optimizer] = tuning.SearchSpace.from_config(
-                optimizer, bench.search_spaces[optimizer]
-            )
+            space = tuning.SearchSpace.from_config(optimizer, bench.search_spaces[optimizer])
+            trials[optimizer] = _study_trials(space, num_trials, num_studies, ruleset, bench)
         except ValueError as e:
             raise BenchmarkError(f"workload {name!r}: {e}") from None
-        trials[optimizer] = tuning.halton_trials(spaces[optimizer], num_trials, bench.halton_seed)
-    workload = Workload(name, config, spaces, trials, steps_per_epoch, num_steps)
+        spaces[optimizer] = space
+    budget = num_steps * RULESETS[ruleset]
+    workload = Workload(name, config, spaces, trials, steps_per_epoch, num_steps, budget)
+    # Studies differ in seeds and values only: study 0 checks the tune stages' structure.
     checks = {f"{o}/tune": tune_config(workload, o) for o in optimizers}
     # The final stages' settings are chosen later; their structure is checked with trial 0.
     checks |= {
-        f"{o}/final": final_config(workload, o, tuning.trial_values(trials[o], 0), num_seeds)
+        f"{o}/final": final_config(workload, o, tuning.trial_values(trials[o][0], 0), num_seeds)
         for o in optimizers
     }
     if heatmap:
@@ -241,6 +299,22 @@ def _plan_workload(name, config, optimizers, num_trials, num_seeds, heatmap) -> 
         except ConfigError as e:
             raise BenchmarkError(f"workload {name!r}, stage {stage}: {e}") from None
     return workload
+
+
+def _study_trials(space, num_trials, num_studies, ruleset, bench) -> tuple[dict, ...]:
+    """Each study's trials, field -> values: Halton points seeded per study (external
+    tuning), or the optimizer's default setting as the one trial (self-tuning)."""
+    if ruleset == "self_tuning":
+        default = {k: (v,) for k, v in tuning.default_setting(space).items()}
+        return (default,) * num_studies
+    seeds = range(bench.halton_seed, bench.halton_seed + num_studies)
+    return tuple(tuning.halton_trials(space, num_trials, seed) for seed in seeds)
+
+
+def tune_dir(study: int) -> str:
+    """The stage directory of `study` under `<workload>/<optimizer>/`: `tune` for study 0
+    (the layout of a one-study benchmark), `tune_study<k>` for the others."""
+    return "tune" if study == 0 else f"tune_study{study}"
 
 
 # ---------------------------------------------------------------------------- stage configs
@@ -256,17 +330,20 @@ def _strip(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def _stage_config(workload: Workload, optimizer: str, seeds, sweep) -> ml_collections.ConfigDict:
     space = workload.spaces[optimizer]
     fields = dict.fromkeys(_RESET_FIELDS) | space.fixed
-    if "warmup_fraction" in space.ranges:  # A tuned warmup replaces the config's warmup_steps.
+    if "warmup_fraction" in sweep:  # A tuned warmup replaces the config's warmup_steps.
         fields["warmup_steps"] = 0
     fields = {f"optimizer.{k}": v for k, v in fields.items()}
+    if workload.budget != workload.num_steps:  # Self-tuning: a multiple of the budget.
+        fields["train.num_steps"] = workload.budget
     base = _strip(workload.config)
     return groups.with_members(base, seeds=tuple(seeds), sweep=sweep, **fields)
 
 
-def tune_config(workload: Workload, optimizer: str) -> ml_collections.ConfigDict:
-    """Every trial of `optimizer` on `workload` as one sweep, with the tuning seed."""
-    seed = workload.config.benchmark.tuning_seed
-    return _stage_config(workload, optimizer, (seed,), workload.trials[optimizer])
+def tune_config(workload: Workload, optimizer: str, study: int = 0) -> ml_collections.ConfigDict:
+    """Every trial of `optimizer` in `study` on `workload` as one sweep, with the study's
+    tuning seed."""
+    seeds = (workload.tuning_seed(study),)
+    return _stage_config(workload, optimizer, seeds, workload.trials[optimizer][study])
 
 
 def final_config(
@@ -311,7 +388,8 @@ def run_benchmark(
     """Runs (or resumes) every stage of `plan` in `workdir`; writes the report.
 
     Returns:
-      {"workdir", "trials" (rows of trials.csv), "rows" (rows of results.csv), "summary",
+      {"workdir", "trials" (rows of trials.csv), "studies" (rows of studies.csv), "rows"
+       (rows of results.csv), "score" (measure -> `algoperf.Scores`), "summary",
        "wall_time_s", "interrupted"}.
     """
     start = time.perf_counter()
@@ -320,23 +398,35 @@ def run_benchmark(
     _check_workdir(plan, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     run_io.write_json(workdir / PLAN_FILE, _plan_json(plan))
-    trial_rows, final_rows, stages, finals = [], [], [], {}
+    trial_rows, study_rows, final_rows, stages, finals = [], [], [], [], {}
     total = len(plan.stages()) + bool(plan.heatmap)
     for k, (name, optimizer) in enumerate(plan.stages(), start=1):
         workload = plan.workloads[name]
         where = f"[{k}/{total}] {name} {optimizer}"
         path = workdir / name / optimizer
-        tuned = _run_stage(tune_config(workload, optimizer), path / "tune", where, progress)
-        stages.append(_stage_row(name, optimizer, "tune", tuned))
-        if tuned.interrupted:
-            return _interrupted(workdir, start)
-        rows, best = _trial_rows(workload, optimizer, tuned)
+        rows = []
+        for study in range(plan.studies):
+            config = tune_config(workload, optimizer, study)
+            tuned = _run_stage(config, path / tune_dir(study), where, progress)
+            stages.append(_stage_row(name, optimizer, tune_dir(study), tuned))
+            if tuned.interrupted:
+                return _interrupted(workdir, start)
+            rows += _trial_rows(workload, optimizer, study, tuned)
+            study_rows.append(_study_row(workload, optimizer, study, tuned))
+            reached = sum(math.isfinite(r["steps_to_target"]) for r in rows[-plan.trials :])
+            progress(
+                f"{where}: study {study}: {reached}/{plan.trials} trials reached "
+                f"{workload.metric} >= {workload.target}; its time "
+                f"{study_rows[-1]['steps_to_target']:g} steps"
+            )
+        best = _select_final(rows)
         trial_rows += rows
-        chosen = tuning.trial_values(workload.trials[optimizer], best)
-        reached = sum(math.isfinite(r["steps_to_target"]) for r in rows)
+        chosen = tuning.trial_values(
+            workload.trials[optimizer][rows[best]["study"]], rows[best]["trial"]
+        )
         progress(
-            f"{where}: {reached}/{plan.trials} trials reached {workload.metric} >= "
-            f"{workload.target}; selected trial {best}: {_setting(chosen)}"
+            f"{where}: selected study {rows[best]['study']} trial {rows[best]['trial']}: "
+            f"{_setting(chosen)}"
         )
         config = final_config(workload, optimizer, chosen, plan.seeds)
         final = _run_stage(config, path / "final", where, progress)
@@ -357,13 +447,19 @@ def run_benchmark(
                 return _interrupted(workdir, start)
             heatmap[method] = result
     wall = time.perf_counter() - start
+    scores = benchmark_report.algoperf_scores(plan, study_rows)
+    tables = {"trials.csv": trial_rows, "studies.csv": study_rows, "stages.csv": stages}
     summary = benchmark_report.write_report(
-        plan, workdir, trial_rows, final_rows, stages, finals, heatmap, wall
+        plan, workdir, final_rows, tables, scores, finals, heatmap, wall
     )
+    score = benchmark_report.scores_json(scores)
+    run_io.write_json(workdir / PLAN_FILE, _plan_json(plan) | {"score": score})
     return {
         "workdir": workdir,
         "trials": trial_rows,
+        "studies": study_rows,
         "rows": final_rows,
+        "score": scores,
         "summary": summary,
         "wall_time_s": wall,
         "interrupted": False,
@@ -371,24 +467,33 @@ def run_benchmark(
 
 
 def _check_workdir(plan: Plan, workdir: pathlib.Path) -> None:
-    """Before anything is written: not a training run, no finished tune stage that a
-    different request (another budget or space) would overwrite, and no benchmark whose report
-    would lose workloads, optimizers or settings (`report.check_request`)."""
+    """Before anything is written: not a training run, no benchmark whose report would lose
+    workloads, optimizers or settings (`report.check_request`: the message names the flags it
+    holds), and no finished tune stage that a different request (another budget or space)
+    would overwrite."""
     if (workdir / run_io.CHECKPOINT_DIR).exists():
         raise run_io.ConfigMismatchError(
             f"{workdir} holds a training run; give the benchmark its own --workdir"
         )
-    for name, optimizer in plan.stages():
-        config = tune_config(plan.workloads[name], optimizer)
-        run_io.check_resumable(workdir / name / optimizer / "tune", config)
     if (workdir / PLAN_FILE).is_file():
         saved = json.loads((workdir / PLAN_FILE).read_text())
         report.check_request(workdir, _request(saved), _request(_plan_json(plan)))
+    for name, optimizer in plan.stages():
+        for study in range(plan.studies):
+            config = tune_config(plan.workloads[name], optimizer, study)
+            run_io.check_resumable(workdir / name / optimizer / tune_dir(study), config)
+
+
+# The flags benchmark.json records (its "score" is the report's); one written before
+# --studies and --ruleset existed ran their defaults.
+_REQUEST_FLAGS = ("optimizers", "trials", "seeds", "studies", "ruleset", "heatmap", "workloads")
+_EARLIER_DEFAULTS = {"studies": DEFAULT_STUDIES, "ruleset": DEFAULT_RULESET}
 
 
 def _request(plan: Mapping[str, Any]) -> dict[str, list]:
     """The flags of the benchmark that `plan` (benchmark.json) records."""
-    return {f"--{k}": list(v) if isinstance(v, list | dict) else [v] for k, v in plan.items()}
+    flags = {k: plan.get(k, _EARLIER_DEFAULTS.get(k)) for k in _REQUEST_FLAGS}
+    return {f"--{k}": list(v) if isinstance(v, list | dict) else [v] for k, v in flags.items()}
 
 
 def _run_stage(config, path: pathlib.Path, where: str, progress) -> train.RunsResult:
@@ -448,41 +553,75 @@ def _reach(workload: Workload, result: train.RunsResult) -> np.ndarray:
     )
 
 
-def _trial_rows(workload: Workload, optimizer: str, result: train.RunsResult):
-    """trials.csv rows (validation only) and the selected trial's index."""
+def _seconds_per_step(result: train.RunsResult) -> float:
+    """Each member's share of its program's training seconds per step."""
+    rate = result.steps_per_sec
+    if not (rate and math.isfinite(rate)):  # No timed step (every call compiled): the phase.
+        rate = result.num_steps / max(result.phases.get("train", math.nan), 1e-9)
+    return 1.0 / (rate * len(result.rows))
+
+
+def _trial_rows(workload: Workload, optimizer: str, study: int, result: train.RunsResult):
+    """trials.csv rows of one study (validation only)."""
     reach = _reach(workload, result)[:, 0]  # [V] (one seed)
-    trials = workload.trials[optimizer]
+    trials = workload.trials[optimizer][study]
+    per_step = _seconds_per_step(result)
     rows = []
     for i, member in enumerate(result.rows):
         rows.append(
             {
                 "workload": workload.name,
                 "optimizer": optimizer,
+                "study": study,
                 "trial": i,
                 **tuning.trial_values(trials, i),
                 "seed": member["seed"],
                 "steps_to_target": float(reach[i]),
+                "seconds_to_target": float(reach[i]) * per_step,
+                "seconds_per_step": per_step,
                 "validation_accuracy": member["validation_accuracy"],
                 "validation_loss": member["validation_loss"],
                 "finite": member["finite"],
             }
         )
+    return rows
+
+
+def _study_row(workload: Workload, optimizer: str, study: int, result: train.RunsResult):
+    """studies.csv row: the trial AlgoPerf's rule selects in the study (`algoperf.select_trial`:
+    the first to reach the target; none: inf) and its time in steps and seconds."""
+    steps, values = _curve(workload, result)  # [T], [V, 1, T]
+    target = algoperf.Target(workload.metric, workload.target, workload.higher_is_better)
+    index, time_ = algoperf.select_trial([(steps, v[0]) for v in values], target)
+    return {
+        "workload": workload.name,
+        "optimizer": optimizer,
+        "study": study,
+        "trials": len(values),
+        "selected_trial": "" if index is None else index,
+        "steps_to_target": time_,
+        "seconds_to_target": time_ * _seconds_per_step(result),
+    }
+
+
+def _select_final(rows: Sequence[Mapping[str, Any]]) -> int:
+    """The row of the setting the final stage reruns, over the trials of every study
+    (`tuning.select_trial`); marks it in the rows' `selected` column."""
     best = tuning.select_trial(
-        reach, [r["validation_accuracy"] for r in rows], [r["validation_loss"] for r in rows]
+        [r["steps_to_target"] for r in rows],
+        [r["validation_accuracy"] for r in rows],
+        [r["validation_loss"] for r in rows],
     )
-    for row in rows:
-        row["selected"] = row["trial"] == best
-    return rows, best
+    for i, row in enumerate(rows):
+        row["selected"] = i == best
+    return best
 
 
 def _final_rows(workload, optimizer, chosen, result: train.RunsResult) -> list[dict]:
     """results.csv rows: one per seed of the final stage."""
     reach = _reach(workload, result)[0]  # [S]
     members = len(result.rows)
-    rate = result.steps_per_sec
-    if not (rate and math.isfinite(rate)):  # No timed step (every call compiled): the phase.
-        rate = result.num_steps / max(result.phases.get("train", math.nan), 1e-9)
-    per_step = 1.0 / (rate * members)  # Each member's share of the program's step.
+    per_step = _seconds_per_step(result)
     rows = []
     for s, member in enumerate(result.rows):
         rows.append(
@@ -517,6 +656,8 @@ def _plan_json(plan: Plan) -> dict[str, Any]:
         "optimizers": list(plan.optimizers),
         "trials": plan.trials,
         "seeds": plan.seeds,
+        "studies": plan.studies,
+        "ruleset": plan.ruleset,
         "heatmap": plan.heatmap,
         "workloads": {
             name: {

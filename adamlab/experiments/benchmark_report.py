@@ -1,14 +1,17 @@
-"""The benchmark's report: trials.csv, results.csv, stages.csv, summary.md and the figures.
+"""The benchmark's report: trials.csv, studies.csv, results.csv, stages.csv, summary.md, figures.
 
-    summary = write_report(plan, workdir, trial_rows, final_rows, stages, finals, heatmap, wall)
+    scores = algoperf_scores(plan, study_rows)        # "steps"/"seconds" -> algoperf.Scores
+    summary = write_report(plan, workdir, final_rows, tables, scores, finals, heatmap, wall)
 
 `plan` is a `benchmark.Plan` (read only: its workloads' configs, targets, spaces and seeds);
-`trial_rows` and `final_rows` are the rows of trials.csv and results.csv, `stages` one row per
-stage (runs, steps, wall and compile seconds), `finals` the final stages' results (their
-curves), `heatmap` the Adam + L2 / AdamW grid runs (or None). summary.md states the tuning
-protocol in full, then per workload a table of the optimizers (selected setting, time-to-target
-medians, speedup against Adam, validation and test metrics with 95% t-intervals), the
-performance profiles and the stages' costs. Written by `report.write_report`.
+`final_rows` are the rows of results.csv, `tables` those of trials.csv, studies.csv (one row
+per study: the time of the trial AlgoPerf's rule selects) and stages.csv (runs, steps, wall and
+compile seconds per stage), `finals` the final stages' results (their curves), `heatmap` the
+Adam + L2 / AdamW grid runs (or None). summary.md states the protocol in full (the ruleset
+included), then per workload a table of the optimizers (selected setting, time-to-target
+medians, speedup against Adam, validation and test metrics with 95% t-intervals), the AlgoPerf
+score of the studies (`algoperf.score`), the final runs' performance profiles and the stages'
+costs. Written by `report.write_report`.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from adamlab.experiments import profiles, report
+from adamlab.experiments import algoperf, profiles, report, tuning
 from adamlab.training import train
 
 BASELINE = "adam"  # Speedups are against it.
+# The AlgoPerf score's measures: name -> the column of studies.csv.
+MEASURES = {"steps": "steps_to_target", "seconds": "seconds_to_target"}
+SCORE_TAUS = (1.0, 2.0, 3.0, 4.0)  # rho shown in summary.md: points of AlgoPerf's grid.
 
 
 def medians(final_rows: Sequence[Mapping[str, Any]], column: str) -> dict[str, dict[str, float]]:
@@ -35,9 +41,40 @@ def medians(final_rows: Sequence[Mapping[str, Any]], column: str) -> dict[str, d
     return {o: {w: float(np.median(v)) for w, v in per.items()} for o, per in out.items()}
 
 
-def write_report(plan, workdir, trial_rows, final_rows, stages, finals, heatmap, wall) -> str:
-    """trials.csv, results.csv, stages.csv, summary.md, profiles.png, curves.png, heatmap.png;
-    `finals`: (workload, optimizer) -> the final stage's `train.RunsResult`."""
+def algoperf_scores(plan, study_rows: Sequence[Mapping[str, Any]]) -> dict[str, algoperf.Scores]:
+    """The AlgoPerf score of every optimizer from its per-study times, in steps and seconds:
+    `algoperf.score` over the plan's workloads (the profile's fixed n), no held-out variants."""
+    out = {}
+    for measure, column in MEASURES.items():
+        times = {o: {w: [] for w in plan.workloads} for o in plan.optimizers}
+        for row in study_rows:
+            times[row["optimizer"]][row["workload"]].append(float(row[column]))
+        out[measure] = algoperf.score(times, tuple(plan.workloads))
+    return out
+
+
+def scores_json(scores: Mapping[str, algoperf.Scores]) -> dict[str, Any]:
+    """benchmark.json's "score": per measure the scores, the medians over studies, the ratios
+    to the fastest (null: inf, no credit), the grid and rho on it."""
+    finite = lambda x: float(x) if math.isfinite(x) else None  # JSON has no infinity.
+    table = lambda t: {o: {w: finite(x) for w, x in per.items()} for o, per in t.items()}
+    return {
+        measure: {
+            "scores": dict(board.scores),
+            "medians": table(board.medians),
+            "ratios": table(board.ratios),
+            "taus": board.taus.tolist(),
+            "rho": {o: r.tolist() for o, r in board.rho.items()},
+        }
+        for measure, board in scores.items()
+    }
+
+
+def write_report(plan, workdir, final_rows, tables, scores, finals, heatmap, wall) -> str:
+    """trials.csv, studies.csv, results.csv, stages.csv, summary.md, score.png, profiles.png,
+    curves.png, heatmap.png; `tables`: file name -> rows (trials.csv, studies.csv,
+    stages.csv); `scores`: `algoperf_scores`; `finals`: (workload, optimizer) -> the final
+    stage's `train.RunsResult`."""
     seconds = medians(final_rows, "seconds_to_target")
     steps = medians(final_rows, "steps_to_target")
     rho = {
@@ -46,10 +83,12 @@ def write_report(plan, workdir, trial_rows, final_rows, stages, finals, heatmap,
     }
     title = f"performance profiles over {len(plan.workloads)} workload(s), final seeds' medians"
     figures = {
+        "score.png": functools.partial(_plot_score, plan, scores),
         "profiles.png": functools.partial(profiles.plot_profiles, panels=rho, title=title),
         "curves.png": functools.partial(_plot_training_curves, plan, finals),
     }
-    sections = [_summary(plan, trial_rows, final_rows, stages, rho, seconds, steps, wall)]
+    trial_rows, stages = tables["trials.csv"], tables["stages.csv"]
+    sections = [_summary(plan, trial_rows, final_rows, stages, scores, rho, seconds, steps, wall)]
     if heatmap:
         sections.append(_heatmap(plan, heatmap, figures))
     return report.write_report(
@@ -57,9 +96,24 @@ def write_report(plan, workdir, trial_rows, final_rows, stages, finals, heatmap,
         final_rows,
         title="Optimizer benchmark",
         sections=sections,
-        tables={"trials.csv": trial_rows, "stages.csv": stages},
+        tables=tables,
         figures=figures,
     )
+
+
+def _plot_score(plan, scores: Mapping[str, algoperf.Scores], path) -> None:
+    """score.png: rho(tau) of the AlgoPerf score on its grid, a panel per measure (the
+    optimizers in the plan's order, so that each keeps its colour; the scores: summary.md)."""
+    panels = {
+        f"{measure} to target (score: summary.md)": {o: b.rho[o] for o in plan.optimizers}
+        for measure, b in scores.items()
+    }
+    title = (
+        f"AlgoPerf score ({plan.ruleset}, {plan.studies} studies): profiles of the medians "
+        f"over studies, {len(plan.workloads)} workload(s)"
+    )
+    taus = next(iter(scores.values())).taus
+    profiles.plot_profiles(path, panels, taus, title=title)
 
 
 def _plot_training_curves(plan, finals: Mapping[tuple[str, str], train.RunsResult], path) -> None:
@@ -112,7 +166,7 @@ def _heatmap(plan, results: Mapping[str, train.RunsResult], figures: dict) -> st
     )
 
 
-def _summary(plan, trial_rows, final_rows, stages, rho, seconds, steps, wall) -> str:
+def _summary(plan, trial_rows, final_rows, stages, scores, rho, seconds, steps, wall) -> str:
     lines = [
         f"Workloads: {', '.join(plan.workloads)}. Optimizers: {', '.join(plan.optimizers)}.",
         f"Wall time {wall:.1f} s for this invocation; stages (their own wall times, compile "
@@ -121,20 +175,20 @@ def _summary(plan, trial_rows, final_rows, stages, rho, seconds, steps, wall) ->
         "",
         "## Protocol",
         "",
-        f"* Budget: {plan.trials} trials per optimizer and workload, points of a scrambled "
-        "Halton sequence (scipy.stats.qmc.Halton, seeded per workload) over the search spaces "
-        "below, all trials of one optimizer and workload trained in one compiled program "
-        "(one runs.sweep) with the workload's tuning seed.",
-        "* Selection on the validation split only: the trial that reaches the target in the "
-        "fewest steps; if none does, the best final validation accuracy (then loss).",
+        *_ruleset_protocol(plan),
+        "* Selection for the final runs on the validation split only, over the trials of "
+        "every study: the trial that reaches the target in the fewest steps; if none does, "
+        "the best final validation accuracy (then loss).",
         f"* The selected setting is rerun with {plan.seeds} new seeds in one program; test "
         "metrics are those runs', reported once: mean ± 95% t-interval over the seeds.",
         "* Time-to-target: the first validation evaluation at or past the target (never: "
         "inf). Seconds = steps x the run's share of its program's time per step (1 / (steps/s "
         "x runs in the program); compile and evaluation excluded): see benchmark.py.",
-        "* Per workload and optimizer: medians over the final seeds. Performance profiles: "
-        "fraction of workloads on which an optimizer's median time-to-target is within tau of "
-        "the best optimizer's (tau 1..4). Speedup: Adam's median time / the optimizer's.",
+        "* AlgoPerf score: from the studies, by AlgoPerf's rules (below).",
+        "* Per workload and optimizer: medians over the final seeds. Performance profiles of "
+        "the final runs: fraction of workloads on which an optimizer's median time-to-target "
+        "is within tau of the best optimizer's (tau 1..4). Speedup: Adam's median time / the "
+        "optimizer's.",
         "",
     ]
     for name, workload in plan.workloads.items():
@@ -143,23 +197,124 @@ def _summary(plan, trial_rows, final_rows, stages, rho, seconds, steps, wall) ->
         lines += [
             f"## {name}",
             "",
-            f"{config.data.name}, model {config.model.name}, {workload.num_steps} steps of "
-            f"batch {config.train.batch_size} ({workload.num_steps / workload.steps_per_epoch:.1f}"
+            f"{config.data.name}, model {config.model.name}, {workload.budget} steps of "
+            f"batch {config.train.batch_size} ({workload.budget / workload.steps_per_epoch:.1f}"
             f" epochs), schedule {config.optimizer.schedule}; target {workload.metric} "
             f"{relation} {workload.target}, evaluated every {config.train.eval_every_steps} "
-            f"steps. Tuning seed {config.benchmark.tuning_seed}, Halton seed "
-            f"{config.benchmark.halton_seed}, final seeds "
-            f"{', '.join(map(str, workload.final_seeds(plan.seeds)))}.",
+            f"steps. {_seeds(plan, workload)}",
             "",
-            "Search spaces:",
-            "",
-            *[f"* {o}: {s.describe()}" for o, s in workload.spaces.items()],
+            *_settings(plan, workload),
             "",
             _workload_table(plan, name, trial_rows, final_rows, seconds, steps),
         ]
-    lines += ["## Performance profiles (profiles.png)", "", _profile_table(rho), ""]
+    lines += [_score_section(plan, scores), ""]
+    lines += ["## Performance profiles of the final runs (profiles.png)", ""]
+    lines += [_profile_table(rho), ""]
     lines += ["## Stages", "", _stage_table(stages)]
     return "\n".join(lines) + "\n"
+
+
+def _ruleset_protocol(plan) -> list[str]:
+    """The protocol's lines on the ruleset, the studies and their trials."""
+    studies = (
+        f"{plan.studies} independent studies per optimizer and workload, study k with the "
+        "workload's tuning seed + k"
+        if plan.studies > 1
+        else "1 study per optimizer and workload, with the workload's tuning seed"
+    )
+    if plan.ruleset == "self_tuning":
+        return [
+            "* Ruleset: self_tuning (AlgoPerf's self-tuning track): no search; each optimizer "
+            "runs its declared default setting (its constructor's defaults and its paper's "
+            "learning rate, below) with the workload's schedule, on a step budget 3x the "
+            "workload's.",
+            f"* Budget: {studies}, one trial each.",
+        ]
+    return [
+        "* Ruleset: external_tuning (AlgoPerf's external-tuning track): a search over each "
+        "optimizer's space within the workload's step budget.",
+        f"* Budget: {studies}; per study {plan.trials} trials, points of a scrambled Halton "
+        "sequence (scipy.stats.qmc.Halton, seeded per workload and study: Halton seed + k) "
+        "over the search spaces below, all trials of one study trained in one compiled "
+        "program (one runs.sweep).",
+    ]
+
+
+def _seeds(plan, workload) -> str:
+    bench = workload.config.benchmark
+    last = plan.studies - 1
+    seeds = ", ".join(map(str, (workload.tuning_seed(k) for k in range(plan.studies))))
+    halton = (
+        f", Halton seed{'s' if last else ''} {bench.halton_seed}"
+        + (f"..{workload.halton_seed(last)}" if last else "")
+        if plan.ruleset == "external_tuning"
+        else ""
+    )
+    final = ", ".join(map(str, workload.final_seeds(plan.seeds)))
+    return f"Tuning seed{'s' if last else ''} {seeds}{halton}, final seeds {final}."
+
+
+def _settings(plan, workload) -> list[str]:
+    """The search spaces (external tuning) or the default settings (self-tuning)."""
+    if plan.ruleset == "self_tuning":
+        settings = {o: tuning.trial_values(t[0], 0) for o, t in workload.trials.items()}
+        fixed = {o: s.fixed for o, s in workload.spaces.items()}
+        return [
+            "Default settings:",
+            "",
+            *[
+                f"* {o}: {', '.join(f'{k}={v}' for k, v in fixed[o].items())}; "
+                + " ".join(f"{k}={v:g}" for k, v in settings[o].items())
+                for o in workload.trials
+            ],
+        ]
+    return [
+        "Search spaces:",
+        "",
+        *[f"* {o}: {s.describe()}" for o, s in workload.spaces.items()],
+    ]
+
+
+def _score_section(plan, scores: Mapping[str, algoperf.Scores]) -> str:
+    """The AlgoPerf score of the studies, a table per measure; score.png."""
+    board = next(iter(scores.values()))
+    shown = [int(np.argmin(np.abs(board.taus - t))) for t in SCORE_TAUS]
+    workloads = list(board.workloads)
+    lines = [
+        "## AlgoPerf score (score.png)",
+        "",
+        f"Ruleset {plan.ruleset}, {plan.studies} stud{'ies' if plan.studies > 1 else 'y'} per "
+        "optimizer and workload (studies.csv). Per study the time of the trial that reaches "
+        "the target at the earliest evaluation (AlgoPerf's rule; none: inf); per workload the "
+        "median over the studies (a miss is inf), no credit beyond "
+        f"{board.taus[-1]:g}x the fastest optimizer's; rho(tau) is the fraction of the "
+        f"{len(workloads)} workload(s) within tau of the fastest, on AlgoPerf's grid of "
+        f"{board.taus.size} taus from {board.taus[0]:g} to {board.taus[-1]:g}, and the score "
+        "its normalised area (a trapezoid on that grid; 1: the fastest on every workload), as "
+        "`adamlab algoperf-score` scores AlgoPerf's logs (docs/algoperf.md). Cells: the "
+        "median over studies (its ratio to the fastest; -: no credit).",
+    ]
+    for measure, board in scores.items():
+        taus = " | ".join(f"rho({board.taus[i]:g})" for i in shown)
+        lines += [
+            "",
+            f"{measure} to target:",
+            "",
+            f"| optimizer | score | {taus} | " + " | ".join(workloads) + " |",
+            "|---|---|" + "---|" * (len(shown) + len(workloads)),
+        ]
+        fmt = "{:g}" if measure == "steps" else "{:.3g}"
+        for o in board.ranked():
+            rho = " | ".join(f"{board.rho[o][i]:.2f}" for i in shown)
+            cells = [_score_cell(board, o, w, fmt) for w in workloads]
+            lines.append(f"| {o} | {board.scores[o]:.4f} | {rho} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _score_cell(board: algoperf.Scores, optimizer: str, workload: str, fmt: str) -> str:
+    median, ratio = board.medians[optimizer][workload], board.ratios[optimizer][workload]
+    shown = "inf" if math.isinf(median) else fmt.format(median)
+    return f"{shown} ({ratio:.2f})" if math.isfinite(ratio) else f"{shown} (-)"
 
 
 def _load() -> str:

@@ -17,19 +17,46 @@ quasi-random design that covers the box more evenly than random search with the 
 as in AlgoPerf's baselines. Every drawn field is a sweepable optimizer field
 (`adamlab.training.optimizers.SWEEPABLE`), so all trials of one optimizer train as one `runs.sweep`
 in one compiled program: trial i is the i-th value of every swept field.
+
+Without a search (AlgoPerf's self-tuning ruleset) an optimizer runs its declared default
+setting, `default_setting(space)`: the defaults of its constructor's signature and the
+learning rate its paper recommends.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import optax
 from scipy.stats import qmc
 
 SCALES: tuple[str, ...] = ("log", "log1m", "linear")
+# LOCAL LOOKUP, until the optimizer table declares them: what an optimizer's constructor
+# cannot default. The learning rate has no default in any constructor (adamlab.optim's or
+# optax's); the values are the papers' (Kingma & Ba 2015 Alg. 1 for Adam and AMSGrad's base,
+# Dozat 2016 for Nadam, Liu et al. 2020 for RAdam, Zhuang et al. 2020 for AdaBelief,
+# Loshchilov & Hutter 2019 run AdamW at Adam's). SGD's momentum defaults to None (none) in
+# optax: 0.9 is Sutskever et al. 2013's; SGD, AdaGrad and RMSProp have no paper learning rate,
+# these are the common ones (PyTorch's AdaGrad, Hinton's RMSProp lecture).
+_NOT_DECLARED: dict[str, dict[str, float]] = {
+    "adam": {"learning_rate": 1e-3},
+    "adamw": {"learning_rate": 1e-3},
+    "nadam": {"learning_rate": 2e-3},
+    "nadamw": {"learning_rate": 2e-3},
+    "radam": {"learning_rate": 1e-3},
+    "radamw": {"learning_rate": 1e-3},
+    "amsgrad": {"learning_rate": 1e-3},
+    "adamax": {"learning_rate": 2e-3},
+    "adabelief": {"learning_rate": 1e-3},
+    "sgd": {"learning_rate": 1e-2, "momentum": 0.9},
+    "adagrad": {"learning_rate": 1e-2},
+    "rmsprop": {"learning_rate": 1e-3},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +138,38 @@ def halton_trials(space: SearchSpace, num_trials: int, seed: int) -> dict[str, t
         field: tuple(float(x) for x in scale_unit(points[:, j], *space.ranges[field]))
         for j, field in enumerate(fields)
     }
+
+
+def default_setting(space: SearchSpace) -> dict[str, float]:
+    """The optimizer's declared default for every field `space` tunes, warmup aside (a run
+    without search keeps the workload's schedule): field -> value.
+
+    The defaults are those of the optimizer's constructor (`adamlab.optim`'s for ours, optax's
+    for the baselines), the learning rate (which no constructor defaults) and any default
+    of None that the tuned field needs (SGD's momentum) from `_NOT_DECLARED`.
+
+    Raises:
+      ValueError: a tuned field with no declared default.
+    """
+    name = space.fixed["name"]
+    parameters = inspect.signature(_constructor(name)).parameters
+    declared = {k: p.default for k, p in parameters.items() if p.default is not p.empty}
+    declared |= _NOT_DECLARED.get(name, {})
+    fields = [f for f in space.ranges if f != "warmup_fraction"]
+    missing = [f for f in fields if declared.get(f) is None]
+    if missing:
+        raise ValueError(
+            f"search space {space.label!r}: {name} declares no default {', '.join(missing)}"
+        )
+    return {f: float(declared[f]) for f in fields}
+
+
+def _constructor(name: str):
+    """The constructor behind optimizer `name`: ours (adamlab.optim) or the optax baseline
+    that adamlab.training.optimizers builds."""
+    from adamlab import optim
+
+    return getattr(optim, name) if name in optim.names() else getattr(optax, name)
 
 
 def select_trial(
