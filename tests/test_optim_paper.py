@@ -2,10 +2,10 @@
 
 tests/paper_reference.py transcribes the pseudo-code line by line (Kingma & Ba Alg. 1 and
 Alg. 2 of Section 7.1, Reddi et al. Alg. 2, Dozat Alg. 2, Liu et al. Alg. 2, Zhuang et al.
-Alg. 2, Loshchilov & Hutter Alg. 2) in float32 arrays with Python-float hyperparameters. Ours
-with ``convention="paper"`` replays the same fixed gradients (the random pytree and the
-digits CNN coordinates of tests/fixtures/torch_problems.npz, 500 steps) and must agree with
-it at every step, for the parameters and every state leaf:
+Alg. 2, Loshchilov & Hutter Alg. 2, Chen et al. Alg. 2) in float32 arrays with Python-float
+hyperparameters. Ours with ``convention="paper"`` replays the same fixed gradients (the
+random pytree and the digits CNN coordinates of tests/fixtures/torch_problems.npz, 500 steps)
+and must agree with it at every step, for the parameters and every state leaf:
 
     reference      ours          reference      ours
     m              mu            v_hat (AMSGrad) nu_max
@@ -82,6 +82,7 @@ CASES = {
     ),
     "adamax": ("adamax", {}, paper.adamax, {}, {"m": "mu", "u": "nu"}),
     "adabelief": ("adabelief", {}, paper.adabelief, {}, {"m": "mu", "s": "nu"}),
+    "lion": ("lion", {"weight_decay": 1e-2}, paper.lion, {"lam": 1e-2}, {"m": "mu"}),
 }
 
 
@@ -126,3 +127,13 @@ def test_the_paper_convention_is_not_the_optax_one(problems):
         assert scaled_error(params, reference(init, grads, 1e-2)[0]) > 1e-4, name
     params, _ = run_ours(optim.create("adabelief", learning_rate=1e-2), init, grads, None)
     assert scaled_error(params, paper.adabelief(init, grads, 1e-2)[0]) > 1e-5
+
+
+def test_lions_paper_convention_is_optaxs_rule():
+    """Chen et al. multiply the decay by eta_t, as optax does: the two conventions are one
+    program (and the optax twin's, tests/test_optim_parity.py)."""
+    from adamlab.optim.program import step_program
+
+    params = {"w": np.ones((3, 2), np.float32), "b": np.zeros(2, np.float32)}
+    paper_tx = optim.lion(1e-2, convention="paper")
+    assert step_program(paper_tx, params) == step_program(optim.lion(1e-2), params)

@@ -1,11 +1,14 @@
 """The benchmark's tuning protocol: search spaces, quasi-random trials, selection on validation.
 
+    spaces = search_spaces()  # every optimizer's, from its entry in the one name table
     space = SearchSpace.from_config("adam", config.benchmark.search_spaces.adam)
     trials = halton_trials(space, num_trials=16, seed=0)  # {"learning_rate": (16 values), ...}
     best = select_trial(steps_to_target, validation_accuracy, validation_loss)
 
 A search space fixes some optimizer fields (the name, `implementation`, SGD's `nesterov`) and
-draws the others from ranges, each on a scale:
+draws the others from ranges, each on a scale. Each optimizer declares its own in its entry of
+`adamlab.optim.alias.TABLE`; a workload's config takes them (`search_spaces`) and may override
+a range. The scales:
 
 * "log": log-uniform in [low, high] (learning rate, eps, weight decay);
 * "log1m": 1 - value log-uniform in [1 - high, 1 - low] (b1, b2, momentum: 0.9 and 0.99 are as
@@ -28,6 +31,8 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import qmc
+
+from adamlab.optim import registry, validation
 
 SCALES: tuple[str, ...] = ("log", "log1m", "linear")
 
@@ -84,6 +89,18 @@ class SearchSpace:
         return f"{fixed}; {ranges}"
 
 
+def search_spaces() -> dict[str, dict]:
+    """Benchmark label -> {"fixed": optimizer fields, "ranges": field -> (low, high, scale)}:
+    the spaces of every optimizer of the name table, its name and implementation fixed."""
+    spaces = {}
+    for name in registry.names("optax"):
+        entry = registry.entry(name)
+        fixed = {"name": name, "implementation": "ours" if entry.ours else "optax"}
+        for label, space in entry.search_spaces.items():
+            spaces[label] = {"fixed": fixed | space["fixed"], "ranges": dict(space["ranges"])}
+    return spaces
+
+
 def scale_unit(u: np.ndarray, low: float, high: float, scale: str) -> np.ndarray:
     """Points u in [0, 1) mapped onto [low, high] on `scale` (see the module docstring)."""
     u = np.asarray(u, np.float64)
@@ -103,7 +120,7 @@ def halton_trials(space: SearchSpace, num_trials: int, seed: int) -> dict[str, t
     The same (space, num_trials, seed) gives the same trials on every machine; the first
     `num_trials` points of a larger budget are these plus more (a sequence, not a sample).
     """
-    if isinstance(num_trials, bool) or not isinstance(num_trials, int) or num_trials < 1:
+    if not validation.is_int(num_trials, 1):
         raise ValueError(f"trials={num_trials!r} must be an int >= 1 (the tuning budget)")
     fields = list(space.ranges)
     points = qmc.Halton(d=len(fields), scramble=True, seed=seed).random(num_trials)

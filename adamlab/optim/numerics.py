@@ -84,25 +84,58 @@ def infinity_moment(grads: Tree, nu: Tree, b2: Any, eps: Any) -> Tree:
     return jax.tree.map(lambda g, u: jnp.maximum(jnp.abs(g) + eps, b2 * u), grads, nu)
 
 
-def bias_correction(moment: Tree, decay: Any, count: jax.Array) -> Tree:
+def reciprocal_correction(decay: Any, count: jax.Array, convention: str = "optax") -> jax.Array:
+    """1 / (1 - decay^t): the scalar that bias-corrects by one multiplication per element.
+
+    optax forms 1 - decay^t in float32 from decay rounded to float32; PyTorch and the papers
+    to float64 accuracy (`one_minus_power`).
+    """
+    return 1 / (1 - decay**count if convention == "optax" else one_minus_power(decay, count))
+
+
+def bias_correction(
+    moment: Tree, decay: Any, count: jax.Array, convention: str = "optax", fused: bool = False
+) -> Tree:
     """moment / (1 - decay^t): undoes the zero initialisation of an exponential moving average.
 
-    `1 - decay**count` is computed in the precision of `decay` (float32 for Python floats) and
-    only then cast to each moment's dtype: computing decay**t in bfloat16 rounds it to 1.0
-    after a few steps and the correction divides by zero.
+    `1 - decay**count` is computed in the precision of `decay` (float32 for Python floats; to
+    float64 accuracy outside the optax convention, `one_minus_power`) and only then cast to
+    each moment's dtype: computing decay**t in bfloat16 rounds it to 1.0 after a few steps and
+    the correction divides by zero.
+
+    ``fused=True`` multiplies by the reciprocal instead (`reciprocal_correction`), one scalar
+    division per step in place of one per element: m r and m / (1/r) differ by at most one
+    rounding, so a fused optimizer stays within a few float32 ulps per step of the unfused one.
     """
-    correction = 1 - decay**count
+    if fused:
+        factor = reciprocal_correction(decay, count, convention)
+        return jax.tree.map(lambda m: m * factor.astype(m.dtype), moment)
+    correction = 1 - decay**count if convention == "optax" else one_minus_power(decay, count)
     return jax.tree.map(lambda m: m / correction.astype(m.dtype), moment)
 
 
-def nesterov_first_moment(mu: Tree, grads: Tree, b1: Any, count: jax.Array) -> Tree:
+def nesterov_coefficients(b1: Any, count: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(b1 / (1 - b1^(t+1)), (1 - b1) / (1 - b1^t)): the scalars of Nadam's fused moment."""
+    coef_mu = b1 * reciprocal_correction(b1, safe_increment(count))
+    return coef_mu, (1 - b1) * reciprocal_correction(b1, count)
+
+
+def nesterov_first_moment(
+    mu: Tree, grads: Tree, b1: Any, count: jax.Array, fused: bool = False
+) -> Tree:
     """Nadam's look-ahead first moment (Dozat 2016, Algorithm 2):
 
         m_hat = b1 * m_t / (1 - b1^(t+1)) + (1 - b1) * g_t / (1 - b1^t)
 
     i.e. the bias-corrected momentum of the *next* step applied now. Dozat also multiplies
-    v_hat by b2; like optax and PyTorch we omit that factor.
+    v_hat by b2; like optax and PyTorch we omit that factor. ``fused=True`` folds the two
+    divisions into the scalars of `nesterov_coefficients`.
     """
+    if fused:
+        coef_mu, coef_grad = nesterov_coefficients(b1, count)
+        return jax.tree.map(
+            lambda m, g: coef_mu.astype(m.dtype) * m + coef_grad.astype(g.dtype) * g, mu, grads
+        )
     return jax.tree.map(
         lambda m, g: b1 * m + (1 - b1) * g,
         bias_correction(mu, b1, safe_increment(count)),
@@ -214,12 +247,6 @@ _BERNOULLI_SERIES = tuple(
 )
 
 
-def precise_bias_correction(moment: Tree, decay: Any, count: jax.Array) -> Tree:
-    """moment / (1 - decay^t) with the correction of `one_minus_power` (PyTorch, the papers)."""
-    correction = one_minus_power(decay, count)
-    return jax.tree.map(lambda m: m / correction.astype(m.dtype), moment)
-
-
 def lerp_first_moment(grads: Tree, mu: Tree, b1: Any) -> Tree:
     """m_t = m_{t-1} + (1 - b1)(g_t - m_{t-1}): PyTorch's `exp_avg.lerp_(grad, 1 - beta1)`.
 
@@ -262,11 +289,6 @@ def moments_for(convention: str):
     if convention == "pytorch":
         return lerp_first_moment, pytorch_second_moment
     return first_moment, second_moment
-
-
-def bias_correction_for(convention: str):
-    """optax's float32 bias correction, or the float64-accurate one of PyTorch and the papers."""
-    return bias_correction if convention == "optax" else precise_bias_correction
 
 
 def nadam_momentum(b1: Any, momentum_decay: Any, t: jax.Array) -> tuple[jax.Array, jax.Array]:
