@@ -13,9 +13,10 @@ and must agree with it at every step, for the parameters and every state leaf:
 
 Tolerance: 1e-6 relative to each coordinate's largest magnitude over the run (as in
 tests/test_optim_torch.py) for the first moments, Adamax's u and Nadam's product; 3e-6 for
-the second moments (v, n, s, v_hat) and the parameters (measured: at most 2.2e-6 and 2.1e-6;
-most parameters <= 1e-6). Both sides compute in float32; ours evaluates 1 - b^t and RAdam's
-rho_t to float64 accuracy (as NumPy does from Python floats). What remains is one rounding:
+the second moments (v, n, s, v_hat), Lion's momentum (b2 = 0.99: measured 9.0e-7) and the
+parameters (measured: at most 2.2e-6 and 2.1e-6; most parameters <= 1e-6). Both sides compute
+in float32; ours evaluates 1 - b^t and RAdam's rho_t to float64 accuracy (as NumPy does from
+Python floats). What remains is one rounding:
 XLA:CPU evaluates b2 v + (1 - b2) g^2 as a fused multiply-add, NumPy rounds b2 v first.
 Emulating that fused multiply-add in NumPy reproduces ours' v_t bit for bit over the 500
 steps; the plain line differs by 1 ulp now and then, and v's long memory (b2 = 0.999) adds
@@ -113,6 +114,8 @@ def paper_errors(case, problem, problems):
 def test_paper_convention_matches_the_papers_pseudo_code(case, problem, problems):
     errors = paper_errors(case, problem, problems)
     loose = {"params", "state/v", "state/n", "state/s", "state/v_hat"}
+    if case == "lion":  # its m decays with b2 = 0.99: a long memory, as v's (measured 9.0e-7)
+        loose.add("state/m")
     tolerance = {k: RTOL_SECOND_MOMENTS if k in loose else RTOL for k in errors}
     bad = {k: f"{v:.2g} > {tolerance[k]}" for k, v in errors.items() if not v <= tolerance[k]}
     assert not bad, f"{case} on {problem}: differs from the paper by {bad}"
