@@ -225,26 +225,14 @@ def radam_sma_length(b2: Any, t: jax.Array) -> jax.Array:
     else:  # an injected b2: coth(x/2) - 2/x by its series (rho_inf >= 4 needs x <= 0.51)
         offset = x / 6 - x**3 / 360 + x**5 / 15120
     y = t * x
-    series = y / 2 - sum(c * y ** (2 * k) for k, c in _BERNOULLI_SERIES)
+    series = y / 2 - sum(c * y ** (2 * k) for k, c in enumerate(_BERNOULLI_SERIES, start=1))
     direct = 1 - y / jnp.expm1(jnp.maximum(y, 1.0))
     return (2.0 / x) * jnp.where(y < 1.0, series, direct) + offset
 
 
 # B_2k / (2k)! for k = 1..7: y / (e^y - 1) = 1 - y/2 + sum_k B_2k / (2k)! y^2k.
-_BERNOULLI_SERIES = tuple(
-    enumerate(
-        [
-            1 / 12,
-            -1 / 720,
-            1 / 30240,
-            -1 / 1209600,
-            1 / 47900160,
-            -691 / 1307674368000,
-            1 / 74724249600,
-        ],
-        start=1,
-    )
-)
+_BERNOULLI_SERIES = (1 / 12, -1 / 720, 1 / 30240, -1 / 1209600, 1 / 47900160)
+_BERNOULLI_SERIES += (-691 / 1307674368000, 1 / 74724249600)
 
 
 def lerp_first_moment(grads: Tree, mu: Tree, b1: Any) -> Tree:
@@ -304,26 +292,24 @@ def nadam_momentum(b1: Any, momentum_decay: Any, t: jax.Array) -> tuple[jax.Arra
 
 
 def nadam_first_moment(
-    mu: Tree,
-    grads: Tree,
-    momentum: tuple[jax.Array, jax.Array],
-    mu_next: jax.Array,
-    product: jax.Array,
-    product_next: jax.Array,
-) -> Tree:
+    mu: Tree, grads: Tree, b1: Any, momentum_decay: Any, count: jax.Array, product: jax.Array
+) -> tuple[Tree, jax.Array]:
     """Nadam's first moment with the momentum schedule (Dozat 2016, Alg. 2; torch NAdam):
 
         m_bar = (1 - mu_t) g_t / (1 - prod_{i<=t} mu_i) + mu_{t+1} m_t / (1 - prod_{i<=t+1} mu_i)
 
-    `momentum` is (mu_t, 1 - mu_t) from `nadam_momentum`. optax's `nesterov_first_moment` is
-    this with mu_i = b1 for every i.
+    and prod_{i<=t} mu_i (float32, as torch's ``mu_product``) from `product`, prod_{i<t}.
+    optax's `nesterov_first_moment` is this with mu_i = b1 for every i.
     """
-    _, one_minus_mu_t = momentum
+    mu_t, one_minus_mu_t = nadam_momentum(b1, momentum_decay, count)
+    mu_next, _ = nadam_momentum(b1, momentum_decay, safe_increment(count))
+    product = (product * mu_t).astype(jnp.float32)
     coef_grad = one_minus_mu_t / (1.0 - product)
-    coef_mu = mu_next / (1.0 - product_next)
-    return jax.tree.map(
+    coef_mu = mu_next / (1.0 - product * mu_next)
+    moment = jax.tree.map(
         lambda m, g: coef_grad.astype(g.dtype) * g + coef_mu.astype(m.dtype) * m, mu, grads
     )
+    return moment, product
 
 
 def dozat_second_moment(nu_hat: Tree, b2: Any) -> Tree:

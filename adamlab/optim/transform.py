@@ -159,89 +159,48 @@ def scale_by_adam(
       Kingma & Ba, Adam: A Method for Stochastic Optimization, ICLR 2015, Algorithm 1.
       Dozat, Incorporating Nesterov Momentum into Adam, ICLR workshop 2016, Algorithm 2.
     """
-    if convention == "optax" or not nesterov:
+    scheduled = nesterov and convention != "optax"  # Nadam's momentum schedule mu_t
+    if not scheduled:
         why = "optax's Nadam has no momentum schedule" if nesterov else "Adam has no schedule"
         validation.check_unset("scale_by_adam", "momentum_decay", momentum_decay, convention, why)
-    else:
-        momentum_decay = 0.004 if momentum_decay is None else momentum_decay
-        return _scale_by_scheduled_nadam(
-            b1, b2, eps, eps_root, mu_dtype, convention, momentum_decay, fused
-        )
+    momentum_decay = 0.004 if momentum_decay is None else momentum_decay
     mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
     correct = functools.partial(numerics.bias_correction, convention=convention, fused=fused)
     first_moment, second_moment = numerics.moments_for(convention)
 
     def init_fn(params):
-        return ScaleByAdamState(
-            count=_zero_count(),
-            mu=numerics.zeros_like(params, dtype=mu_dtype),
-            nu=numerics.zeros_like(params),
-        )
+        mu, nu = numerics.zeros_like(params, dtype=mu_dtype), numerics.zeros_like(params)
+        if scheduled:
+            return ScaleByNadamState(_zero_count(), mu, nu, jnp.ones([], jnp.float32))
+        return ScaleByAdamState(count=_zero_count(), mu=mu, nu=nu)
 
     def update_fn(updates, state, params=None):
         del params
         mu = first_moment(updates, state.mu, b1)
         nu = second_moment(updates, state.nu, b2)
         count = numerics.safe_increment(state.count)
-        if nesterov:
+        if scheduled:
+            mu_hat, product = numerics.nadam_first_moment(
+                mu, updates, b1, momentum_decay, count, state.mu_product
+            )
+        elif nesterov:
             mu_hat = numerics.nesterov_first_moment(mu, updates, b1, count, fused)
         else:
             mu_hat = correct(mu, b1, count)
         nu_hat = correct(nu, b2, count)
+        if scheduled and convention == "paper":
+            nu_hat = numerics.dozat_second_moment(nu_hat, b2)
         updates = numerics.adaptive_step(mu_hat, nu_hat, eps, eps_root)
         # The moments are computed in the promoted dtype and stored in their own dtypes.
-        mu = _store(mu, state.mu, mu_dtype)
-        nu = _store(nu, state.nu)
+        mu, nu = _store(mu, state.mu, mu_dtype), _store(nu, state.nu)
+        if scheduled:
+            return updates, ScaleByNadamState(count, mu, nu, product)
         return updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _scale_by_scheduled_nadam(
-    b1: Any,
-    b2: Any,
-    eps: Any,
-    eps_root: Any,
-    mu_dtype: Any,
-    convention: str,
-    momentum_decay: Any,
-    fused: bool,
-) -> optax.GradientTransformation:
-    """Nadam with the momentum schedule mu_t of PyTorch ("pytorch") and Dozat 2016 ("paper")."""
-    mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
-    first_moment, second_moment = numerics.moments_for(convention)
-
-    def init_fn(params):
-        return ScaleByNadamState(
-            count=_zero_count(),
-            mu=numerics.zeros_like(params, dtype=mu_dtype),
-            nu=numerics.zeros_like(params),
-            mu_product=jnp.ones([], jnp.float32),
-        )
-
-    def update_fn(updates, state, params=None):
-        del params
-        mu = first_moment(updates, state.mu, b1)
-        nu = second_moment(updates, state.nu, b2)
-        count = numerics.safe_increment(state.count)
-        momentum = numerics.nadam_momentum(b1, momentum_decay, count)
-        mu_next, _ = numerics.nadam_momentum(b1, momentum_decay, numerics.safe_increment(count))
-        product = (state.mu_product * momentum[0]).astype(jnp.float32)
-        mu_hat = numerics.nadam_first_moment(
-            mu, updates, momentum, mu_next, product, product * mu_next
-        )
-        nu_hat = numerics.bias_correction(nu, b2, count, convention, fused)
-        if convention == "paper":
-            nu_hat = numerics.dozat_second_moment(nu_hat, b2)
-        updates = numerics.adaptive_step(mu_hat, nu_hat, eps, eps_root)
-        mu = _store(mu, state.mu, mu_dtype)
-        nu = _store(nu, state.nu)
-        return updates, ScaleByNadamState(count=count, mu=mu, nu=nu, mu_product=product)
-
-    return optax.GradientTransformation(init_fn, update_fn)
-
-
-def amsgrad_bias_corrections(
+def _amsgrad_bias_corrections(
     bias_correction_mu: Any, bias_correction_nu: Any, convention: str
 ) -> tuple[bool, bool]:
     """AMSGrad's optax-convention switches: (mu, nu), None meaning True.
@@ -301,7 +260,7 @@ def scale_by_amsgrad(
     References:
       Reddi, Kale & Kumar, On the Convergence of Adam and Beyond, ICLR 2018, Algorithm 2.
     """
-    bias_correction_mu, bias_correction_nu = amsgrad_bias_corrections(
+    bias_correction_mu, bias_correction_nu = _amsgrad_bias_corrections(
         bias_correction_mu, bias_correction_nu, convention
     )
     mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
