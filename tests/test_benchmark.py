@@ -175,7 +175,7 @@ def _tiny_workload(**bench_fields):
     [
         (dict(trials=0), "trials=0 must be an int >= 1"),
         (dict(seeds=0), "seeds=0 must be an int >= 1"),
-        (dict(optimizers="adam,lion"), r"optimizers \['lion'\] have no search space"),
+        (dict(optimizers="adam,adamz"), r"optimizers \['adamz'\] have no search space"),
         (dict(optimizers="adam,adam"), "repeated"),
     ],
 )

@@ -133,8 +133,9 @@ def validate_optimizer_config(optimizer_config: Any, total_steps: int) -> None:
     fraction = config.get("warmup_fraction")
     if fraction is not None and (schedule != "warmup_cosine" or warmup):
         raise ValueError(
-            f"optimizer.warmup_fraction={fraction!r} needs schedule='warmup_cosine' (got "
-            f"{schedule!r}) and warmup_steps=0 (got {warmup}): it replaces warmup_steps"
+            f"optimizer.warmup_fraction={fraction!r} must be in [0, 1), with schedule="
+            f"'warmup_cosine' (got {schedule!r}) and warmup_steps=0 (got {warmup}): it replaces "
+            "warmup_steps"
         )
     if schedule == "warmup_cosine" and warmup >= total_steps:
         raise ValueError(
