@@ -41,6 +41,11 @@ def safe_increment(count: jax.Array) -> jax.Array:
     return jnp.where(count < max_value, count + jnp.array(1, count.dtype), max_value)
 
 
+def value_at(value: Any, count: jax.Array | None) -> Any:
+    """A hyperparameter at step `count`: ``value(count)`` for a schedule, else `value`."""
+    return value(count) if callable(value) else value
+
+
 def abs_sq(x: jax.Array) -> jax.Array:
     """|x|^2 elementwise; for real x this is x * x, for complex x it is real(conj(x) x)."""
     if jnp.iscomplexobj(x):

@@ -85,10 +85,6 @@ def update_and_apply(
     return optax.apply_updates(params, updates), state
 
 
-def _value(x: Any, count: jax.Array) -> Any:
-    return x(count) if callable(x) else x
-
-
 def _advance(state: Any) -> Any:
     """A schedule's state one step on (`transform.ScaleByScheduleState`); EmptyState as is."""
     if isinstance(state, transform.ScaleByScheduleState):
@@ -105,13 +101,13 @@ def coefficients(hp: AdamHyperparameters, state: tuple) -> jax.Array:
     lr_count = getattr(rest[-1], "count", None)
     weight_decay = 0.0
     if hp.weight_decay is not None:
-        weight_decay = _value(hp.weight_decay, getattr(rest[0], "count", None))
+        weight_decay = numerics.value_at(hp.weight_decay, getattr(rest[0], "count", None))
     if hp.nesterov:
         r1, grad_coefficient = numerics.nesterov_coefficients(hp.b1, count)
     else:
         r1, grad_coefficient = numerics.reciprocal_correction(hp.b1, count), 0.0
     values = (
-        -1 * _value(hp.learning_rate, lr_count),
+        -1 * numerics.value_at(hp.learning_rate, lr_count),
         hp.b1,
         1 - hp.b1,
         hp.b2,

@@ -587,7 +587,9 @@ def _decay_leaf(g: jax.Array, p: jax.Array, decayed: Any, rate: Any) -> jax.Arra
 
 
 def _broadcast_mask(mask: Any, params: Tree) -> Tree:
-    """Expands a mask that is a prefix of `params` (or a callable) to one bool per leaf."""
+    """Expands a mask that is a prefix of `params` (or a callable; None: all) to a bool per leaf."""
+    if mask is None:
+        return jax.tree.map(lambda _: True, params)
     mask_tree = mask(params) if callable(mask) else mask
     return jax.tree.map(lambda m, subtree: jax.tree.map(lambda _: m, subtree), mask_tree, params)
 
@@ -611,7 +613,13 @@ def add_decayed_weights(weight_decay: Any = 0.0, mask: Any = None) -> optax.Grad
     References:
       Loshchilov & Hutter, Decoupled Weight Decay Regularization, ICLR 2019.
     """
-    return _decayed_weights("add_decayed_weights", weight_decay, mask, sign=1)
+
+    def rate(count):  # a constant 0 adds nothing: no tree traversal (None)
+        constant_zero = isinstance(weight_decay, int | float) and weight_decay == 0.0
+        return None if constant_zero else numerics.value_at(weight_decay, count)
+
+    name, scheduled = "add_decayed_weights", callable(weight_decay)
+    return _decayed_weights(name, scheduled, mask, rate, _decay_leaf)
 
 
 @checked
@@ -630,7 +638,12 @@ def subtract_decayed_weights(
     Args:
       weight_decay, mask: as in :func:`add_decayed_weights`.
     """
-    return _decayed_weights("subtract_decayed_weights", weight_decay, mask, sign=-1)
+
+    def rate(count):
+        return -numerics.value_at(weight_decay, count)
+
+    name, scheduled = "subtract_decayed_weights", callable(weight_decay)
+    return _decayed_weights(name, scheduled, mask, rate, _decay_leaf)
 
 
 def pytorch_decoupled_weight_decay(
@@ -649,32 +662,14 @@ def pytorch_decoupled_weight_decay(
       learning_rate: the learning rate (float or schedule) of the chain.
       weight_decay, mask: as in :func:`add_decayed_weights`.
     """
+
+    def shrink(count):  # 1 - fl32(c_t), exact in float32 (Sterbenz)
+        lr, wd = (numerics.value_at(x, count) for x in (learning_rate, weight_decay))
+        return 1 - jnp.asarray(1 - lr * wd).astype(jnp.float32)
+
     scheduled = callable(learning_rate) or callable(weight_decay)
-
-    def value(x, count):
-        return x(count) if callable(x) else x
-
-    def init_fn(params):
-        del params
-        return ScaleByScheduleState(count=_zero_count()) if scheduled else optax.EmptyState()
-
-    def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError("pytorch_decoupled_weight_decay needs the params")
-        count = state.count if scheduled else None
-        factor = jnp.asarray(1 - value(learning_rate, count) * value(weight_decay, count))
-        shrink = 1 - factor.astype(jnp.float32)  # exact in float32 (Sterbenz)
-        if scheduled:
-            state = ScaleByScheduleState(count=numerics.safe_increment(state.count))
-        decayed = (
-            jax.tree.map(lambda _: True, params) if mask is None else _broadcast_mask(mask, params)
-        )
-        updates = jax.tree.map(
-            lambda g, p, d: _shrink_leaf(g, p, d, shrink.astype(p.dtype)), updates, params, decayed
-        )
-        return updates, state
-
-    return optax.GradientTransformation(init_fn, update_fn)
+    name = "pytorch_decoupled_weight_decay"
+    return _decayed_weights(name, scheduled, mask, shrink, _shrink_leaf)
 
 
 def _shrink_leaf(g: jax.Array, p: jax.Array, decayed: Any, shrink: jax.Array) -> jax.Array:
@@ -686,12 +681,17 @@ def _shrink_leaf(g: jax.Array, p: jax.Array, decayed: Any, shrink: jax.Array) ->
     """
     if decayed is False:
         return g
+    shrink = shrink.astype(p.dtype)
     shrunk = g + ((p - p * shrink) - p)
     return shrunk if decayed is True else jnp.where(decayed, shrunk, g)
 
 
-def _decayed_weights(name: str, weight_decay: Any, mask: Any, sign: int):
-    scheduled = callable(weight_decay)
+def _decayed_weights(name: str, scheduled: bool, mask: Any, rate: Any, leaf: Any):
+    """The weight decays' one body: leaf(g, p, decayed, rate(count)) where `mask` decays.
+
+    `rate` is evaluated at the chain's count (state `ScaleByScheduleState`) where a
+    hyperparameter is `scheduled`; a rate of None leaves the updates as they are.
+    """
 
     def init_fn(params):
         del params
@@ -700,20 +700,13 @@ def _decayed_weights(name: str, weight_decay: Any, mask: Any, sign: int):
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError(f"{name} needs the params: call update(g, state, params)")
+        value = rate(state.count if scheduled else None)
+        if value is None:
+            return updates, state
         if scheduled:
-            rate = weight_decay(state.count)
             state = ScaleByScheduleState(count=numerics.safe_increment(state.count))
-        elif isinstance(weight_decay, int | float) and weight_decay == 0.0:
-            return updates, state  # nothing to add; skip the tree traversal
-        else:
-            rate = weight_decay
-        if sign < 0:
-            rate = -rate
-        if mask is None:
-            decayed = jax.tree.map(lambda _: True, params)
-        else:
-            decayed = _broadcast_mask(mask, params)
-        updates = jax.tree.map(lambda g, p, d: _decay_leaf(g, p, d, rate), updates, params, decayed)
+        decayed = _broadcast_mask(mask, params)
+        updates = jax.tree.map(lambda g, p, d: leaf(g, p, d, value), updates, params, decayed)
         return updates, state
 
     return optax.GradientTransformation(init_fn, update_fn)
