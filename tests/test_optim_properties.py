@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from adamlab import optim
-from adamlab.optim import registry
+from adamlab.optim import registry, validation
 
 LR = 1e-2
 GRAD = jnp.array([0.5, -2.0, 3e-3, -7.0])
@@ -394,6 +394,21 @@ def test_bad_hyperparameters_are_refused_at_construction(name, hparams, message)
     hparams = {"learning_rate": LR, **hparams}
     with pytest.raises(ValueError, match=message):
         optim.create(name, **hparams)
+
+
+def test_arguments_are_checked_once_at_the_public_boundary(monkeypatch):
+    """A constructor checks its arguments; the transforms it chains do not check them again
+    (they are called unchecked); a transform called by a user checks its own."""
+    checked = []
+    violations = validation.violations
+    monkeypatch.setattr(
+        validation, "violations", lambda arguments: checked.append(1) or violations(arguments)
+    )
+    optim.create("nadamw", learning_rate=LR, convention="pytorch")
+    optim.lion(LR, mask=lambda params: params)
+    assert len(checked) == 2
+    optim.scale_by_adam(b2=0.99)
+    assert len(checked) == 3
 
 
 def test_transforms_validate_too():

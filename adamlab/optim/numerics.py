@@ -1,14 +1,14 @@
-"""Numerical building blocks shared by the Adam family: moments, bias correction, counters.
+"""Numerical building blocks shared by the optimizers: moments, bias correction, counters.
 
 Each helper is one line of the update rules in the papers, written so that the order of
 floating-point operations is stated in one place. Every transform in `transform.py` is a
 composition of these, which is what makes them agree with each other (and with optax, whose
 operation order we follow) to the last bit in float32.
 
-Conventions (issue 12). The same variant is written differently by optax, by PyTorch and by its
-paper. "optax" is the default and uses the helpers of the first part of this module; the
-helpers after "Conventions" are the ones where "pytorch" or "paper" differ, one function per
-difference, each citing where it comes from. docs/conventions.md tabulates them.
+The same variant is written differently by optax, by PyTorch and by its paper. "optax" is the
+default and uses the helpers of the first part of this module; those after "Conventions" are
+where "pytorch" or "paper" differ, one function per difference, each citing where it comes
+from. docs/conventions.md tabulates them.
 """
 
 import math
@@ -207,9 +207,9 @@ def one_minus_power(decay: Any, exponent: jax.Array) -> jax.Array:
 
     PyTorch (and a NumPy transcription of the papers) compute the bias corrections 1 - b^t in
     float64 from the Python float b. optax computes them in float32 from b rounded to float32,
-    which makes 1 - b2^t 1.3e-5 (relative) too small for b2 = 0.999 at every t: the 2.5e-6
-    difference between optax's and PyTorch's Adam after 500 steps (issue 12). -expm1(t log b)
-    is as accurate as float64 rounded to float32, within a few 1e-7.
+    which makes 1 - b2^t 1.3e-5 (relative) too small for b2 = 0.999 at every t, the difference
+    between optax's Adam and PyTorch's. -expm1(t log b) is as accurate as float64 rounded to
+    float32, within a few 1e-7.
     """
     return -jnp.expm1(exponent * _log(decay))
 
@@ -246,8 +246,8 @@ def lerp_first_moment(grads: Tree, mu: Tree, b1: Any) -> Tree:
     The same average as `first_moment`, rounded differently: torch's lerp (ATen's `lerp`)
     forms `self + w (end - self)` (one fused multiply-add) for a weight w < 0.5 and
     `end - (end - self)(1 - w)` otherwise. With optax's `(1 - b1) g + b1 m` a float32 m_t
-    drifts from torch's by up to 5e-6 of its scale over 500 steps of the digits CNN's
-    gradients; written as torch does, it matches torch's to the bit on XLA:CPU.
+    drifts from torch's over the steps; written as torch does, it matches torch's to the bit
+    on XLA:CPU.
     """
     w = 1 - b1
 

@@ -101,6 +101,22 @@ def _store(new: Tree, old: Tree, dtype: Any = None) -> Tree:
     return numerics.cast(new, dtype) if dtype is not None else numerics.cast_like(new, old)
 
 
+def _init_moments(mu_dtype: Any = None):
+    """The init of a `ScaleByAdamState`: count 0, zero moments (mu stored in `mu_dtype`)."""
+
+    def init_fn(params):
+        mu, nu = numerics.zeros_like(params, dtype=mu_dtype), numerics.zeros_like(params)
+        return ScaleByAdamState(count=_zero_count(), mu=mu, nu=nu)
+
+    return init_fn
+
+
+def _moments(count: jax.Array, mu: Tree, nu: Tree, state: Any, mu_dtype: Any = None):
+    """The next `ScaleByAdamState`, its moments stored in the dtypes they had (`_store`)."""
+    mu, nu = _store(mu, state.mu, mu_dtype), _store(nu, state.nu)
+    return ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+
 @checked
 def scale_by_adam(
     b1: float = 0.9,
@@ -169,10 +185,8 @@ def scale_by_adam(
     first_moment, second_moment = numerics.moments_for(convention)
 
     def init_fn(params):
-        mu, nu = numerics.zeros_like(params, dtype=mu_dtype), numerics.zeros_like(params)
-        if scheduled:
-            return ScaleByNadamState(_zero_count(), mu, nu, jnp.ones([], jnp.float32))
-        return ScaleByAdamState(count=_zero_count(), mu=mu, nu=nu)
+        moments = _init_moments(mu_dtype)(params)
+        return ScaleByNadamState(*moments, jnp.ones([], jnp.float32)) if scheduled else moments
 
     def update_fn(updates, state, params=None):
         del params
@@ -192,10 +206,8 @@ def scale_by_adam(
             nu_hat = numerics.dozat_second_moment(nu_hat, b2)
         updates = numerics.adaptive_step(mu_hat, nu_hat, eps, eps_root)
         # The moments are computed in the promoted dtype and stored in their own dtypes.
-        mu, nu = _store(mu, state.mu, mu_dtype), _store(nu, state.nu)
-        if scheduled:
-            return updates, ScaleByNadamState(count, mu, nu, product)
-        return updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
+        moments = _moments(count, mu, nu, state, mu_dtype)
+        return updates, ScaleByNadamState(*moments, product) if scheduled else moments
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -376,10 +388,7 @@ def scale_by_radam(
         """optax rectifies from rho_t >= threshold, PyTorch and Liu et al. from rho_t > it."""
         return rho >= threshold if convention == "optax" else rho > threshold
 
-    def init_fn(params):
-        return ScaleByAdamState(
-            count=_zero_count(), mu=numerics.zeros_like(params), nu=numerics.zeros_like(params)
-        )
+    init_fn = _init_moments()
 
     def update_fn(updates, state, params=None):
         del params
@@ -403,8 +412,7 @@ def scale_by_radam(
         updates = jax.tree.map(
             lambda step, momentum: jnp.where(tractable(rho), step, momentum), adam_step, mu_hat
         )
-        mu, nu = _store(mu, state.mu), _store(nu, state.nu)
-        return updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
+        return updates, _moments(count, mu, nu, state)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -436,10 +444,7 @@ def scale_by_adamax(
     """
     first_moment, _ = numerics.moments_for(convention)
 
-    def init_fn(params):
-        return ScaleByAdamState(
-            count=_zero_count(), mu=numerics.zeros_like(params), nu=numerics.zeros_like(params)
-        )
+    init_fn = _init_moments()
 
     def update_fn(updates, state, params=None):
         del params
@@ -451,8 +456,7 @@ def scale_by_adamax(
             nu = numerics.infinity_moment(updates, state.nu, b2, eps)
         mu_hat = numerics.bias_correction(mu, b1, count, convention, fused)
         updates = numerics.infinity_step(mu_hat, nu, eps, eps_outside=convention == "paper")
-        mu, nu = _store(mu, state.mu), _store(nu, state.nu)
-        return updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
+        return updates, _moments(count, mu, nu, state)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -503,10 +507,7 @@ def scale_by_belief(
         )
     correct = functools.partial(numerics.bias_correction, convention=convention, fused=fused)
 
-    def init_fn(params):
-        return ScaleByAdamState(
-            count=_zero_count(), mu=numerics.zeros_like(params), nu=numerics.zeros_like(params)
-        )
+    init_fn = _init_moments()
 
     def update_fn(updates, state, params=None):
         del params
@@ -524,8 +525,7 @@ def scale_by_belief(
         else:
             nu_hat = correct(nu, b2, count)
         updates = numerics.adaptive_step(mu_hat, nu_hat, eps, 0.0)
-        mu, nu = _store(mu, state.mu), _store(nu, state.nu)
-        return updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
+        return updates, _moments(count, mu, nu, state)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
