@@ -541,10 +541,11 @@ def scale_by_lion(
         u_t = \operatorname{sign}(c_t), \quad
         m_t = \beta_2 m_{t-1} + (1-\beta_2) g_t
 
-    Every coordinate moves by exactly the learning rate (or 0), so the update's scale is set
-    by the learning rate alone; the direction interpolates the gradient with a momentum that
-    decays more slowly (:math:`\beta_2 > \beta_1`) than the one it looks through. The same
-    rule in the optax and paper conventions (Chen et al., Algorithm 2).
+    Every coordinate moves by exactly the learning rate (or 0): the update's size is the
+    learning rate's alone. The signed direction weighs the current gradient by
+    :math:`1-\beta_1`, more than the momentum's own average does (:math:`1-\beta_2`, with
+    :math:`\beta_2 > \beta_1`). The same rule in the optax and paper conventions (Chen et al.,
+    Algorithm 2).
 
     Args:
       b1: weight of the momentum in the interpolation that is signed, in [0, 1).
