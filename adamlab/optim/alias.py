@@ -40,12 +40,12 @@ def _public(constructor: Callable) -> Callable:
 
     def check(arguments):
         validation.check(name, arguments)
-        check_offered(name, arguments.get("convention", "optax"), arguments.get("fused", False))
+        _check_offered(name, arguments.get("convention", "optax"), arguments.get("fused", False))
 
     return validation.checked(constructor, check)
 
 
-def check_offered(name: str, convention: str, fused: bool) -> None:
+def _check_offered(name: str, convention: str, fused: bool) -> None:
     """Raises ValueError unless optimizer `name` exists in `convention` (and fused, if asked)."""
     entry = TABLE[name]
     if convention in entry.missing:

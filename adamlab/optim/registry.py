@@ -12,9 +12,9 @@ from typing import Any
 import optax
 
 from adamlab.optim import alias
-from adamlab.optim.alias import Entry, check_offered
+from adamlab.optim.alias import Entry
 
-__all__ = ["Entry", "check_offered", "create", "entry", "hyperparameters", "names", "reference"]
+__all__ = ["Entry", "create", "entry", "hyperparameters", "names", "reference"]
 
 
 def names(implementation: str = "ours") -> tuple[str, ...]:
