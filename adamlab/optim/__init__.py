@@ -1,10 +1,9 @@
 """adamlab.optim: the Adam family (and Lion) written from the papers as optax transformations.
 
-Optimizers: `adam`, `adamw`, `amsgrad`, `nadam`, `nadamw`, `radam`, `radamw`, `adamax`,
-`adabelief`, `lion` (optax-compatible signatures; `alias.py`), their building blocks
-(`scale_by_*`, `add_decayed_weights`, `subtract_decayed_weights`, `scale_by_learning_rate`;
-`transform.py`), and by name (`registry.py`, over the one table `alias.TABLE`):
-`create(name, **hparams)` for ours, `reference(name, **hparams)` for the optax twin. Every
+The optimizers (`names()`: `adam`, `adamw`, `nadam`, ...) have optax-compatible signatures
+(`alias.py`), their building blocks are the `scale_by_*` transforms and the weight decays
+(`transform.py`), and by name (`registry.py`, over the one table `alias.TABLE`)
+`create(name, **hparams)` builds ours, `reference(name, **hparams)` the optax twin. Every
 optimizer takes ``convention="optax" | "pytorch" | "paper"`` (`CONVENTIONS`;
 docs/conventions.md), and those that bias-correct ``fused=True`` (the corrections as scalar
 multiplications). `inject_hyperparams` is optax's with float32 hyperparameters.
