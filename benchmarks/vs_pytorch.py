@@ -65,7 +65,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from adamlab import config_dict, optim, runtime  # noqa: E402
-from adamlab.optim import fused as fused_transform  # noqa: E402
 from adamlab.optim import native, one_pass  # noqa: E402
 from benchmarks import optimizer_step, train_step  # noqa: E402
 from benchmarks.torch_cnn import TorchCNN  # noqa: E402
@@ -232,7 +231,7 @@ def candidate_rows(sizes, repeats: int) -> list[dict]:
     rows = []
     for layout, shapes, params, grads in _trees(sizes):
         packed = optax.chain(
-            packed_state(fused_transform.scale_by_adam()),
+            packed_state(optim.scale_by_adam(fused=True)),
             optim.scale_by_learning_rate(1e-3),
         )
         txs = {

@@ -16,61 +16,7 @@ import pathlib
 import ml_collections
 
 from adamlab.config_dict import load_config_file
-
-# Adam-type optimizers share one space (weight decay only where it is decoupled: AdamW).
-_ADAM_RANGES = {
-    "learning_rate": (1e-4, 1e-1, "log"),
-    "b1": (0.8, 0.98, "log1m"),  # 1 - b1 log-uniform in [0.02, 0.2].
-    "b2": (0.9, 0.999, "log1m"),  # 1 - b2 log-uniform in [1e-3, 0.1].
-    "eps": (1e-10, 1e-5, "log"),
-    "warmup_fraction": (0.0, 0.2, "linear"),
-}
-
-
-def search_spaces() -> dict:
-    """Benchmark label -> {"fixed": optimizer fields, "ranges": field -> (low, high, scale)}."""
-    ours = lambda name, **extra: {
-        "fixed": {"name": name, "implementation": "ours"},
-        "ranges": _ADAM_RANGES | extra,
-    }
-    sgd_ranges = {
-        "learning_rate": (1e-3, 1.0, "log"),
-        "momentum": (0.5, 0.99, "log1m"),
-        "warmup_fraction": (0.0, 0.2, "linear"),
-    }
-    return {
-        "adam": ours("adam"),
-        "adamw": ours("adamw", weight_decay=(1e-5, 1e-1, "log")),
-        "nadam": ours("nadam"),
-        "radam": ours("radam"),
-        "amsgrad": ours("amsgrad"),
-        # AdaBelief's eps sits inside the square root of the belief: smaller values.
-        "adabelief": ours("adabelief", eps=(1e-16, 1e-8, "log")),
-        # The baselines are optax's (implementation "optax"), not ours.
-        "sgd": {  # SGD with Nesterov momentum (Kingma & Ba's SGDNesterov).
-            "fixed": {"name": "sgd", "implementation": "optax", "nesterov": True},
-            "ranges": dict(sgd_ranges),
-        },
-        "momentum": {  # SGD with heavy-ball momentum.
-            "fixed": {"name": "sgd", "implementation": "optax", "nesterov": False},
-            "ranges": dict(sgd_ranges),
-        },
-        "adagrad": {
-            "fixed": {"name": "adagrad", "implementation": "optax"},
-            "ranges": {
-                "learning_rate": (1e-3, 1.0, "log"),
-                "warmup_fraction": (0.0, 0.2, "linear"),
-            },
-        },
-        "rmsprop": {
-            "fixed": {"name": "rmsprop", "implementation": "optax"},
-            "ranges": {
-                "learning_rate": (1e-5, 1e-2, "log"),
-                "eps": (1e-10, 1e-5, "log"),
-                "warmup_fraction": (0.0, 0.2, "linear"),
-            },
-        },
-    }
+from adamlab.experiments import tuning
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -96,7 +42,8 @@ def benchmark_section() -> ml_collections.ConfigDict:
     bench.halton_seed = 0  # Seeds the scrambled Halton sequence of every optimizer's trials.
     bench.tuning_seed = 0  # The one seed (init, data order, dropout) of every trial.
     bench.final_seed_start = 100  # The selected setting reruns with seeds 100, 101, ...
-    bench.search_spaces = ml_collections.ConfigDict(search_spaces())
+    # Every optimizer's space, as its entry in adamlab/optim/alias.py's TABLE declares it.
+    bench.search_spaces = ml_collections.ConfigDict(tuning.search_spaces())
     # Loshchilov & Hutter 2019, Fig. 2: Adam + L2 (optimizer.l2) vs AdamW
     # (optimizer.weight_decay), a learning rate x strength grid in one program per method.
     bench.heatmap = heatmap = ml_collections.ConfigDict()

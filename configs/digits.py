@@ -63,8 +63,8 @@ def get_config() -> ml_collections.ConfigDict:
     opt.implementation = "ours"  # "ours" (adamlab.optim.create) or "optax" (the optax twin).
     # Whose numerics ours follow: "optax", "pytorch" or "paper" (docs/conventions.md).
     opt.convention = "optax"
-    # Ours only: the fused variant (adamlab.optim.fused: the bias corrections as scalar
-    # multiplications; same state, numbers within float32 rounding). Off by default: see the
+    # Ours only: the fused variant (`fused=True` of adamlab.optim: the bias corrections as
+    # scalar multiplications; same state, numbers within float32 rounding). Off by default: see the
     # README's "Benchmarks" (benchmarks/vs_pytorch.py) for where it wins and where it does not.
     opt.fused = False
     opt.learning_rate = 1e-2  # Peak learning rate (tuned on validation: 1e-3..3e-2).

@@ -173,3 +173,17 @@ def adamw(theta0, grads, alpha, beta1=0.9, beta2=0.999, eps=1e-8, lam=1e-4, eta=
         theta = theta - eta_t * (alpha * m_hat / (np.sqrt(v_hat) + eps) + lam * theta)
         _record(history, theta, m=m, v=v)
     return _stack(history)
+
+
+def lion(theta0, grads, eta, beta1=0.9, beta2=0.99, lam=0.0):
+    """Chen et al. 2023, Algorithm 2 (Lion), with a constant eta_t = eta. State: m."""
+    theta, history = theta0.copy(), _history()
+    m = np.zeros_like(theta)  # initialize theta_0, m_0 <- 0
+    for t in range(1, len(grads) + 1):
+        g = grads[t - 1]  # g_t <- grad_theta f(theta_{t-1})
+        c = beta1 * m + (1 - beta1) * g  # c_t <- beta1 m_{t-1} + (1 - beta1) g_t
+        # theta_t <- theta_{t-1} - eta_t (sign(c_t) + lambda theta_{t-1})
+        theta = theta - eta * (np.sign(c) + lam * theta)
+        m = beta2 * m + (1 - beta2) * g  # m_t <- beta2 m_{t-1} + (1 - beta2) g_t
+        _record(history, theta, m=m)
+    return _stack(history)

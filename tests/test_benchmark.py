@@ -203,7 +203,7 @@ def _tiny_workload(**bench_fields):
         (dict(ruleset="open"), "ruleset='open' is unknown; allowed: external_tuning, self_tuning"),
         (dict(ruleset="self_tuning", trials=4), "self_tuning ruleset runs one trial per study"),
         (dict(studies=101), r"tuning seeds 0..100 reach the final seeds from 100"),
-        (dict(optimizers="adam,lion"), r"optimizers \['lion'\] have no search space"),
+        (dict(optimizers="adam,adamz"), r"optimizers \['adamz'\] have no search space"),
         (dict(optimizers="adam,adam"), "repeated"),
     ],
 )

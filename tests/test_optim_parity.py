@@ -58,6 +58,13 @@ CASES = [
     ("adamax-schedule", "adamax", {"learning_rate": _SCHEDULE}),
     ("adabelief", "adabelief", {}),
     ("adabelief-nesterov", "adabelief", {"nesterov": True, "eps_root": 1e-12}),
+    ("lion", "lion", {}),
+    ("lion-mu_bf16", "lion", {"mu_dtype": jnp.bfloat16}),
+    (
+        "lion-schedule-mask",
+        "lion",
+        {"learning_rate": _SCHEDULE, "weight_decay": 1e-2, "mask": _decay_matrices},
+    ),
 ]
 
 
@@ -206,7 +213,7 @@ def test_per_step_parity_on_a_real_model(name, digits_problem):
     assert float(full_loss(final)) < 0.5 * float(full_loss(params))
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw", "nadam", "amsgrad"])
+@pytest.mark.parametrize("name", ["adam", "adamw", "nadam", "amsgrad", "lion"])
 def test_mixed_precision_parity_with_bfloat16_params(name):
     """bfloat16 params (mixed precision) keep their dtype and track optax step by step.
 

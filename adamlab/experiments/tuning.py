@@ -1,11 +1,14 @@
 """The benchmark's tuning protocol: search spaces, quasi-random trials, selection on validation.
 
+    spaces = search_spaces()  # every optimizer's, from its entry in the one name table
     space = SearchSpace.from_config("adam", config.benchmark.search_spaces.adam)
     trials = halton_trials(space, num_trials=16, seed=0)  # {"learning_rate": (16 values), ...}
     best = select_trial(steps_to_target, validation_accuracy, validation_loss)
 
 A search space fixes some optimizer fields (the name, `implementation`, SGD's `nesterov`) and
-draws the others from ranges, each on a scale:
+draws the others from ranges, each on a scale. Each optimizer declares its own in its entry of
+`adamlab.optim.alias.TABLE`; a workload's config takes them (`search_spaces`) and may override
+a range. The scales:
 
 * "log": log-uniform in [low, high] (learning rate, eps, weight decay);
 * "log1m": 1 - value log-uniform in [1 - high, 1 - low] (b1, b2, momentum: 0.9 and 0.99 are as
@@ -32,31 +35,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import optax
 from scipy.stats import qmc
 
+from adamlab.optim import registry, validation
+
 SCALES: tuple[str, ...] = ("log", "log1m", "linear")
-# LOCAL LOOKUP, until the optimizer table declares them: what an optimizer's constructor
-# cannot default. The learning rate has no default in any constructor (adamlab.optim's or
-# optax's); the values are the papers' (Kingma & Ba 2015 Alg. 1 for Adam and AMSGrad's base,
-# Dozat 2016 for Nadam, Liu et al. 2020 for RAdam, Zhuang et al. 2020 for AdaBelief,
-# Loshchilov & Hutter 2019 run AdamW at Adam's). SGD's momentum defaults to None (none) in
-# optax: 0.9 is Sutskever et al. 2013's; SGD, AdaGrad and RMSProp have no paper learning rate,
-# these are the common ones (PyTorch's AdaGrad, Hinton's RMSProp lecture).
-_NOT_DECLARED: dict[str, dict[str, float]] = {
-    "adam": {"learning_rate": 1e-3},
-    "adamw": {"learning_rate": 1e-3},
-    "nadam": {"learning_rate": 2e-3},
-    "nadamw": {"learning_rate": 2e-3},
-    "radam": {"learning_rate": 1e-3},
-    "radamw": {"learning_rate": 1e-3},
-    "amsgrad": {"learning_rate": 1e-3},
-    "adamax": {"learning_rate": 2e-3},
-    "adabelief": {"learning_rate": 1e-3},
-    "sgd": {"learning_rate": 1e-2, "momentum": 0.9},
-    "adagrad": {"learning_rate": 1e-2},
-    "rmsprop": {"learning_rate": 1e-3},
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +94,18 @@ class SearchSpace:
         return f"{fixed}; {ranges}"
 
 
+def search_spaces() -> dict[str, dict]:
+    """Benchmark label -> {"fixed": optimizer fields, "ranges": field -> (low, high, scale)}:
+    the spaces of every optimizer of the name table, its name and implementation fixed."""
+    spaces = {}
+    for name in registry.names("optax"):
+        entry = registry.entry(name)
+        fixed = {"name": name, "implementation": "ours" if entry.ours else "optax"}
+        for label, space in entry.search_spaces.items():
+            spaces[label] = {"fixed": fixed | space["fixed"], "ranges": dict(space["ranges"])}
+    return spaces
+
+
 def scale_unit(u: np.ndarray, low: float, high: float, scale: str) -> np.ndarray:
     """Points u in [0, 1) mapped onto [low, high] on `scale` (see the module docstring)."""
     u = np.asarray(u, np.float64)
@@ -130,7 +125,7 @@ def halton_trials(space: SearchSpace, num_trials: int, seed: int) -> dict[str, t
     The same (space, num_trials, seed) gives the same trials on every machine; the first
     `num_trials` points of a larger budget are these plus more (a sequence, not a sample).
     """
-    if isinstance(num_trials, bool) or not isinstance(num_trials, int) or num_trials < 1:
+    if not validation.is_int(num_trials, 1):
         raise ValueError(f"trials={num_trials!r} must be an int >= 1 (the tuning budget)")
     fields = list(space.ranges)
     points = qmc.Halton(d=len(fields), scramble=True, seed=seed).random(num_trials)
@@ -145,16 +140,17 @@ def default_setting(space: SearchSpace) -> dict[str, float]:
     without search keeps the workload's schedule): field -> value.
 
     The defaults are those of the optimizer's constructor (`adamlab.optim`'s for ours, optax's
-    for the baselines), the learning rate (which no constructor defaults) and any default
-    of None that the tuned field needs (SGD's momentum) from `_NOT_DECLARED`.
+    for the baselines) and its table entry's `defaults` (the learning rate, which no
+    constructor defaults, and SGD's momentum, None in optax).
 
     Raises:
       ValueError: a tuned field with no declared default.
     """
     name = space.fixed["name"]
-    parameters = inspect.signature(_constructor(name)).parameters
+    entry = registry.entry(name)
+    parameters = inspect.signature(entry.ours or entry.twin).parameters
     declared = {k: p.default for k, p in parameters.items() if p.default is not p.empty}
-    declared |= _NOT_DECLARED.get(name, {})
+    declared |= entry.defaults
     fields = [f for f in space.ranges if f != "warmup_fraction"]
     missing = [f for f in fields if declared.get(f) is None]
     if missing:
@@ -162,14 +158,6 @@ def default_setting(space: SearchSpace) -> dict[str, float]:
             f"search space {space.label!r}: {name} declares no default {', '.join(missing)}"
         )
     return {f: float(declared[f]) for f in fields}
-
-
-def _constructor(name: str):
-    """The constructor behind optimizer `name`: ours (adamlab.optim) or the optax baseline
-    that adamlab.training.optimizers builds."""
-    from adamlab import optim
-
-    return getattr(optim, name) if name in optim.names() else getattr(optax, name)
 
 
 def select_trial(

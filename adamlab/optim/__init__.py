@@ -1,74 +1,31 @@
-"""adamlab.optim: the Adam family written from first principles as optax transformations.
+"""adamlab.optim: the Adam family (and Lion) written from the papers as optax transformations.
 
-Optimizers: `adam`, `adamw`, `amsgrad`, `nadam`, `nadamw`, `radam`, `radamw`, `adamax`,
-`adabelief` (optax-compatible signatures), their building blocks (`scale_by_*`,
-`add_decayed_weights`, `subtract_decayed_weights`, `scale_by_learning_rate`), and by name:
-`create(name, convention=..., **hparams)` for ours, `reference(name, **hparams)` for the optax
-twin. Every optimizer takes ``convention="optax" | "pytorch" | "paper"`` (`CONVENTIONS`;
-docs/conventions.md) and ``fused=True`` for its fused variant (`adamlab.optim.fused`: the same
-rule and state with one division per element). `inject_hyperparams` is optax's with float32
-hyperparameters. `update_and_apply(tx, grads, state, params)` is ``tx.update`` then
-``optax.apply_updates``, in one pass on a C++ CPU kernel for ``adam``, ``adamw``, ``nadam``
-and ``nadamw`` with ``fused=True`` (`adamlab.optim.one_pass`).
+The optimizers (`names()`: `adam`, `adamw`, `nadam`, ...) have optax-compatible signatures
+(`alias.py`), their building blocks are the `scale_by_*` transforms and the weight decays
+(`transform.py`), and by name (`registry.py`, over the one table `alias.TABLE`)
+`create(name, **hparams)` builds ours, `reference(name, **hparams)` the optax twin. Every
+optimizer takes ``convention="optax" | "pytorch" | "paper"`` (`CONVENTIONS`;
+docs/conventions.md), and those that bias-correct ``fused=True`` (the corrections as scalar
+multiplications). `inject_hyperparams` is optax's with float32 hyperparameters.
+`update_and_apply(tx, grads, state, params)` is ``tx.update`` then ``optax.apply_updates``, in
+one pass on a C++ CPU kernel for a fused Adam(W)/Nadam(W) (`one_pass.py`).
 """
 
-from adamlab.optim.alias import (
-    adabelief,
-    adam,
-    adamax,
-    adamw,
-    amsgrad,
-    inject_hyperparams,
-    nadam,
-    nadamw,
-    radam,
-    radamw,
-)
+from adamlab.optim import alias, registry, transform
+from adamlab.optim.alias import *  # noqa: F403 - every public constructor (alias.__all__)
 from adamlab.optim.numerics import CONVENTIONS
 from adamlab.optim.one_pass import update_and_apply
 from adamlab.optim.registry import create, hyperparameters, names, reference
-from adamlab.optim.transform import (
-    ScaleByAdamState,
-    ScaleByAmsgradState,
-    ScaleByNadamState,
-    ScaleByScheduleState,
-    add_decayed_weights,
-    scale_by_adam,
-    scale_by_adamax,
-    scale_by_amsgrad,
-    scale_by_belief,
-    scale_by_learning_rate,
-    scale_by_radam,
-    subtract_decayed_weights,
-)
+from adamlab.optim.transform import *  # noqa: F403 - the transforms and states (transform.__all__)
 
 __all__ = [
+    *alias.__all__,
+    *transform.__all__,
     "CONVENTIONS",
-    "ScaleByAdamState",
-    "ScaleByAmsgradState",
-    "ScaleByNadamState",
-    "ScaleByScheduleState",
-    "adabelief",
-    "adam",
-    "adamax",
-    "adamw",
-    "add_decayed_weights",
-    "amsgrad",
     "create",
     "hyperparameters",
-    "inject_hyperparams",
-    "nadam",
-    "nadamw",
     "names",
-    "radam",
-    "radamw",
     "reference",
-    "scale_by_adam",
-    "scale_by_adamax",
-    "scale_by_amsgrad",
-    "scale_by_belief",
-    "scale_by_learning_rate",
-    "scale_by_radam",
-    "subtract_decayed_weights",
+    "registry",
     "update_and_apply",
 ]

@@ -1,79 +1,79 @@
-"""The Adam family as ready-to-use optimizers, with optax-compatible signatures.
+"""The optimizers, with optax-compatible signatures, and the one table that names them.
 
-Each alias is a composition (as in optax): a rescaling transform from `transform.py`, for the
-decoupled variants a weight decay, then `scale_by_learning_rate`. Hyperparameters are checked
-here first so that an error names the optimizer the user asked for.
+Each constructor is a composition, as in optax: a rescaling transform of `transform.py`, for
+the decoupled variants a weight decay, then ``-learning_rate`` (`_chain`, where the conventions
+place the decay). Variants that share their math share one body: Adam, AdamW, Nadam and NadamW
+are `_adam` with ``weight_decay`` and ``nesterov`` set, RAdam and RAdamW are `_radam`.
 
-Every alias takes ``fused=True`` for its fused variant where one exists (`fused.FUSED`: the
-same rule and state with the bias corrections as scalar multiplications), and
-``convention="optax" | "pytorch" | "paper"``: whose update rule to follow
-where optax, `torch.optim` and the papers disagree (docs/conventions.md). "optax", the
-default, is optax's rule operation for operation. Where a convention does not exist for a
-variant (PyTorch has no AdaBelief) the alias refuses it with a ValueError that says so.
+Every constructor takes ``convention="optax" | "pytorch" | "paper"``: whose update rule to
+follow where optax, `torch.optim` and the papers disagree (docs/conventions.md); "optax", the
+default, is optax's rule operation for operation. Those that bias-correct take ``fused``: the
+same rule and state with the corrections as scalar multiplications (`numerics.bias_correction`).
+
+Hyperparameters are checked once, here, where the user hands them in (`_public`): each by its
+rule (`validation.RULES`), then the convention and `fused` by what the optimizer's `TABLE`
+entry offers. The transforms beneath are called unchecked.
+
+`TABLE` is the one place where a name becomes an optimizer: ours, its optax twin, what a
+vectorized sweep may vary, its benchmark search space and its conventions; the optax baselines
+(SGD, AdaGrad, RMSProp) have a twin only. `registry` looks names up in it.
 """
 
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax.numpy as jnp
 import optax
 
-from adamlab.optim import fused as fused_transform
 from adamlab.optim import one_pass, transform, validation
+from adamlab.optim.numerics import CONVENTIONS
+
+__all__: list[str] = ["inject_hyperparams"]  # and every `_public` constructor
 
 
-def _check_common(name: str, learning_rate: Any, b1: Any, b2: Any, eps: Any, eps_root: Any):
-    validation.check_learning_rate(name, learning_rate)
-    validation.check_decay(name, "b1", b1)
-    validation.check_decay(name, "b2", b2)
-    validation.check_non_negative(name, "eps", eps)
-    validation.check_non_negative(name, "eps_root", eps_root)
+def _public(constructor: Callable) -> Callable:
+    """Exports `constructor` and checks its arguments when it is called (module docstring)."""
+    name = constructor.__name__
+    __all__.append(name)
+
+    def check(arguments):
+        validation.check(name, arguments)
+        _check_offered(name, arguments.get("convention", "optax"), arguments.get("fused", False))
+
+    return validation.checked(constructor, check)
 
 
-def _rescaling(name: str, fused: Any, convention: str):
-    """The module whose `scale_by_*` to chain: `fused` (one division per element) or
-    `transform`, after checking that the fused variant exists."""
-    fused_transform.check_fused(name, fused, convention)
-    return fused_transform if fused else transform
+def _check_offered(name: str, convention: str, fused: bool) -> None:
+    """Raises ValueError unless optimizer `name` exists in `convention` (and fused, if asked)."""
+    entry = TABLE[name]
+    if convention in entry.missing:
+        available = " or ".join(repr(c) for c in CONVENTIONS if c not in entry.missing)
+        raise ValueError(
+            f"{name}: convention={convention!r} does not exist: {entry.missing[convention]}; "
+            f"use {available}"
+        )
+    if fused and not entry.fused:
+        offered = ", ".join(n for n, e in TABLE.items() if e.fused)
+        raise ValueError(
+            f"{name}: fused=True does not exist for {name}; fused variants exist for {offered}"
+        )
+    if fused and convention not in entry.fused:
+        raise ValueError(
+            f"{name}: fused=True exists for convention {' or '.join(map(repr, entry.fused))}, "
+            f"got {convention!r}; use fused=False"
+        )
 
 
-def _nadam_options(name: str, fused: bool, convention: str, momentum_decay: Any) -> dict:
-    """Keywords of `scale_by_adam` for Nadam: the fused one has no momentum schedule."""
-    if not fused:
-        return {"convention": convention, "momentum_decay": momentum_decay}
-    why = "optax's Nadam has no momentum schedule"
-    validation.check_unset(name, "momentum_decay", momentum_decay, convention, why)
-    return {"convention": convention}
-
-
-def _with_one_pass(
-    tx: optax.GradientTransformation,
-    fused: bool,
-    convention: str,
-    mu_dtype: Any,
-    mask: Any,
-    hyperparameters: one_pass.AdamHyperparameters,
-) -> optax.GradientTransformation:
-    """`tx` with the one-pass CPU step (`one_pass.update_and_apply`) where the kernel computes
-    exactly its rule: fused, optax convention, moments in the params' dtype, no mask; else
-    `tx` unchanged."""
-    if fused and convention == "optax" and mu_dtype is None and mask is None:
-        return one_pass.attach(tx, hyperparameters)
-    return tx
-
-
-def _check_decoupled(name: str, weight_decay: Any, mask: Any) -> None:
-    validation.check_non_negative(name, "weight_decay", weight_decay)
-    validation.check_mask(name, mask)
-
-
-def _decoupled(
+def _chain(
     rescale: optax.GradientTransformation,
     learning_rate: Any,
-    weight_decay: Any,
-    mask: Any,
-    convention: str,
+    weight_decay: Any = None,
+    mask: Any = None,
+    convention: str = "optax",
 ) -> optax.GradientTransformation:
-    """rescale, decoupled weight decay, learning rate: in the order of the convention.
+    """rescale, the decoupled weight decay (none for None) where `convention` puts it, -lr.
 
     optax and PyTorch multiply the decay by the learning rate (PyTorch as
     ``param.mul_(1 - lr * weight_decay)`` before the step, the same rule with the factor
@@ -81,25 +81,55 @@ def _decoupled(
     Algorithm 2 multiplies it by the schedule multiplier only: ``weight_decay`` is then the
     per-step decay, not scaled by ``learning_rate`` (`transform.subtract_decayed_weights`).
     """
+    step = transform.scale_by_learning_rate.unchecked(learning_rate)
+    if weight_decay is None:
+        return optax.chain(rescale, step)
     if convention == "paper":
-        return optax.chain(
-            rescale,
-            transform.scale_by_learning_rate(learning_rate),
-            transform.subtract_decayed_weights(weight_decay, mask),
-        )
+        decay = transform.subtract_decayed_weights.unchecked(weight_decay, mask)
+        return optax.chain(rescale, step, decay)
     if convention == "pytorch":
-        return optax.chain(
-            rescale,
-            transform.scale_by_learning_rate(learning_rate),
-            transform.pytorch_decoupled_weight_decay(learning_rate, weight_decay, mask),
+        decay = transform.pytorch_decoupled_weight_decay(learning_rate, weight_decay, mask)
+        return optax.chain(rescale, step, decay)
+    decay = transform.add_decayed_weights.unchecked(weight_decay, mask)
+    return optax.chain(rescale, decay, step)
+
+
+def _adam(
+    learning_rate: Any,
+    b1: Any,
+    b2: Any,
+    eps: Any,
+    eps_root: Any,
+    mu_dtype: Any,
+    *,
+    nesterov: bool,
+    convention: str,
+    fused: bool,
+    weight_decay: Any = None,
+    mask: Any = None,
+    momentum_decay: Any = None,
+) -> optax.GradientTransformation:
+    """Adam, AdamW, Nadam and NadamW: `transform.scale_by_adam`, chained.
+
+    The chain carries the one-pass CPU step (`one_pass.update_and_apply`) where the kernel
+    computes exactly its rule: fused, optax convention, moments in the params' dtype, no mask.
+    """
+    rescale = transform.scale_by_adam.unchecked(
+        b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, convention=convention,
+        momentum_decay=momentum_decay, fused=fused,
+    )  # fmt: skip
+    tx = _chain(rescale, learning_rate, weight_decay, mask, convention)
+    if fused and convention == "optax" and mu_dtype is None and mask is None:
+        return one_pass.attach(
+            tx,
+            one_pass.AdamHyperparameters(
+                learning_rate, b1, b2, eps, eps_root, weight_decay, nesterov
+            ),
         )
-    return optax.chain(
-        rescale,
-        transform.add_decayed_weights(weight_decay, mask),
-        transform.scale_by_learning_rate(learning_rate),
-    )
+    return tx
 
 
+@_public
 def adam(
     learning_rate: Any,
     b1: float = 0.9,
@@ -121,7 +151,7 @@ def adam(
       convention: "optax" (default), "pytorch" (``torch.optim.Adam``; with nesterov,
         ``torch.optim.NAdam``) or "paper" (Kingma & Ba, Algorithm 1).
       fused: bias-correct by scalar multiplications, one division per element instead of
-        three (`adamlab.optim.fused`): the same state, within a few float32 ulps per step.
+        three: the same state, within a few float32 ulps per step.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
@@ -131,23 +161,13 @@ def adam(
       >>> optax.apply_updates(params, updates)  # eps -> 0: each weight moves by -lr * sign(g)
       Array([ 0.999, -1.999], dtype=float32)
     """
-    _check_common("adam", learning_rate, b1, b2, eps, eps_root)
-    validation.check_mu_dtype("adam", mu_dtype)
-    validation.check_bool("adam", "nesterov", nesterov)
-    validation.check_convention("adam", convention)
-    rescaling = _rescaling("adam", fused, convention)
-    tx = optax.chain(
-        rescaling.scale_by_adam(
-            b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, convention=convention
-        ),
-        transform.scale_by_learning_rate(learning_rate),
-    )
-    hyperparameters = one_pass.AdamHyperparameters(
-        learning_rate, b1, b2, eps, eps_root, None, nesterov
-    )
-    return _with_one_pass(tx, fused, convention, mu_dtype, None, hyperparameters)
+    return _adam(
+        learning_rate, b1, b2, eps, eps_root, mu_dtype,
+        nesterov=nesterov, convention=convention, fused=fused,
+    )  # fmt: skip
 
 
+@_public
 def adamw(
     learning_rate: Any,
     b1: float = 0.9,
@@ -173,21 +193,13 @@ def adamw(
       convention: "optax", "pytorch" (``torch.optim.AdamW``) or "paper".
       Others: as in :func:`adam`.
     """
-    _check_common("adamw", learning_rate, b1, b2, eps, eps_root)
-    validation.check_mu_dtype("adamw", mu_dtype)
-    validation.check_bool("adamw", "nesterov", nesterov)
-    validation.check_convention("adamw", convention)
-    _check_decoupled("adamw", weight_decay, mask)
-    rescale = _rescaling("adamw", fused, convention).scale_by_adam(
-        b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, convention=convention
-    )
-    tx = _decoupled(rescale, learning_rate, weight_decay, mask, convention)
-    hyperparameters = one_pass.AdamHyperparameters(
-        learning_rate, b1, b2, eps, eps_root, weight_decay, nesterov
-    )
-    return _with_one_pass(tx, fused, convention, mu_dtype, mask, hyperparameters)
+    return _adam(
+        learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov,
+        convention=convention, fused=fused, weight_decay=weight_decay, mask=mask,
+    )  # fmt: skip
 
 
+@_public
 def nadam(
     learning_rate: Any,
     b1: float = 0.9,
@@ -208,21 +220,13 @@ def nadam(
       momentum_decay: the schedule's psi (None: 0.004); "pytorch" and "paper" only.
       Others: as in :func:`adam`.
     """
-    _check_common("nadam", learning_rate, b1, b2, eps, eps_root)
-    validation.check_mu_dtype("nadam", mu_dtype)
-    validation.check_convention("nadam", convention)
-    rescaling = _rescaling("nadam", fused, convention)
-    nadam_options = _nadam_options("nadam", fused, convention, momentum_decay)
-    tx = optax.chain(
-        rescaling.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=True, **nadam_options),
-        transform.scale_by_learning_rate(learning_rate),
-    )
-    hyperparameters = one_pass.AdamHyperparameters(
-        learning_rate, b1, b2, eps, eps_root, None, nesterov=True
-    )
-    return _with_one_pass(tx, fused, convention, mu_dtype, None, hyperparameters)
+    return _adam(
+        learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=True,
+        convention=convention, fused=fused, momentum_decay=momentum_decay,
+    )  # fmt: skip
 
 
+@_public
 def nadamw(
     learning_rate: Any,
     b1: float = 0.9,
@@ -243,22 +247,13 @@ def nadamw(
     Algorithm 2 with Loshchilov & Hutter's decay. Arguments as in :func:`nadam` and
     :func:`adamw`.
     """
-    _check_common("nadamw", learning_rate, b1, b2, eps, eps_root)
-    validation.check_mu_dtype("nadamw", mu_dtype)
-    validation.check_convention("nadamw", convention)
-    rescaling = _rescaling("nadamw", fused, convention)
-    nadam_options = _nadam_options("nadamw", fused, convention, momentum_decay)
-    _check_decoupled("nadamw", weight_decay, mask)
-    rescale = rescaling.scale_by_adam(
-        b1, b2, eps, eps_root, mu_dtype, nesterov=True, **nadam_options
-    )
-    tx = _decoupled(rescale, learning_rate, weight_decay, mask, convention)
-    hyperparameters = one_pass.AdamHyperparameters(
-        learning_rate, b1, b2, eps, eps_root, weight_decay, nesterov=True
-    )
-    return _with_one_pass(tx, fused, convention, mu_dtype, mask, hyperparameters)
+    return _adam(
+        learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=True, convention=convention,
+        fused=fused, weight_decay=weight_decay, mask=mask, momentum_decay=momentum_decay,
+    )  # fmt: skip
 
 
+@_public
 def amsgrad(
     learning_rate: Any,
     b1: float = 0.9,
@@ -275,24 +270,24 @@ def amsgrad(
     """AMSGrad (Reddi et al. 2018): Adam with a non-increasing per-coordinate step size;
     see :func:`transform.scale_by_amsgrad` (where the conventions differ most: optax
     bias-corrects before the running maximum, PyTorch after it, the paper not at all)."""
-    _check_common("amsgrad", learning_rate, b1, b2, eps, eps_root)
-    validation.check_mu_dtype("amsgrad", mu_dtype)
-    validation.check_convention("amsgrad", convention)
-    return optax.chain(
-        _rescaling("amsgrad", fused, convention).scale_by_amsgrad(
-            b1,
-            b2,
-            eps,
-            eps_root,
-            mu_dtype,
-            bias_correction_mu,
-            bias_correction_nu,
-            convention=convention,
-        ),
-        transform.scale_by_learning_rate(learning_rate),
+    rescale = transform.scale_by_amsgrad.unchecked(
+        b1, b2, eps, eps_root, mu_dtype, bias_correction_mu, bias_correction_nu,
+        convention=convention, fused=fused,
+    )  # fmt: skip
+    return _chain(rescale, learning_rate)
+
+
+def _radam(
+    learning_rate, b1, b2, eps, eps_root, threshold, weight_decay, mask, nesterov, convention
+):
+    """RAdam and RAdamW: `transform.scale_by_radam`, chained."""
+    rescale = transform.scale_by_radam.unchecked(
+        b1, b2, eps, eps_root, threshold, nesterov=nesterov, convention=convention
     )
+    return _chain(rescale, learning_rate, weight_decay, mask, convention)
 
 
+@_public
 def radam(
     learning_rate: Any,
     b1: float = 0.9,
@@ -307,21 +302,12 @@ def radam(
 ) -> optax.GradientTransformation:
     """RAdam (Liu et al. 2020): momentum SGD until the variance of the adaptive step is
     tractable, then rectified Adam; see :func:`transform.scale_by_radam` (threshold None:
-    the convention's, 5 for optax and PyTorch, 4 for the paper)."""
-    _check_common("radam", learning_rate, b1, b2, eps, eps_root)
-    if threshold is not None:
-        validation.check_range("radam", "threshold", threshold, low=4.0)
-    validation.check_bool("radam", "nesterov", nesterov)
-    validation.check_convention("radam", convention)
-    _rescaling("radam", fused, convention)
-    return optax.chain(
-        transform.scale_by_radam(
-            b1, b2, eps, eps_root, threshold, nesterov=nesterov, convention=convention
-        ),
-        transform.scale_by_learning_rate(learning_rate),
-    )
+    the convention's, 5 for optax and PyTorch, 4 for the paper). No fused variant: `fused`
+    must be False."""
+    return _radam(learning_rate, b1, b2, eps, eps_root, threshold, None, None, nesterov, convention)
 
 
+@_public
 def radamw(
     learning_rate: Any,
     b1: float = 0.9,
@@ -342,19 +328,12 @@ def radamw(
     ``scale_by_radam`` chained like ``optax.adamw``; "paper" is Liu et al.'s Algorithm 2 with
     Loshchilov & Hutter's decay. Arguments as in :func:`radam` and :func:`adamw`.
     """
-    _check_common("radamw", learning_rate, b1, b2, eps, eps_root)
-    if threshold is not None:
-        validation.check_range("radamw", "threshold", threshold, low=4.0)
-    validation.check_bool("radamw", "nesterov", nesterov)
-    validation.check_convention("radamw", convention)
-    _rescaling("radamw", fused, convention)
-    _check_decoupled("radamw", weight_decay, mask)
-    rescale = transform.scale_by_radam(
-        b1, b2, eps, eps_root, threshold, nesterov=nesterov, convention=convention
+    return _radam(
+        learning_rate, b1, b2, eps, eps_root, threshold, weight_decay, mask, nesterov, convention
     )
-    return _decoupled(rescale, learning_rate, weight_decay, mask, convention)
 
 
+@_public
 def adamax(
     learning_rate: Any,
     b1: float = 0.9,
@@ -366,14 +345,11 @@ def adamax(
 ) -> optax.GradientTransformation:
     """Adamax (Kingma & Ba 2015, Section 7.1): Adam with the infinity norm;
     see :func:`transform.scale_by_adamax`."""
-    _check_common("adamax", learning_rate, b1, b2, eps, 0.0)
-    validation.check_convention("adamax", convention)
-    return optax.chain(
-        _rescaling("adamax", fused, convention).scale_by_adamax(b1, b2, eps, convention=convention),
-        transform.scale_by_learning_rate(learning_rate),
-    )
+    rescale = transform.scale_by_adamax.unchecked(b1, b2, eps, convention=convention, fused=fused)
+    return _chain(rescale, learning_rate)
 
 
+@_public
 def adabelief(
     learning_rate: Any,
     b1: float = 0.9,
@@ -388,16 +364,55 @@ def adabelief(
     """AdaBelief (Zhuang et al. 2020): Adam with the gradient's variance around its running
     mean in the denominator; see :func:`transform.scale_by_belief`. PyTorch has no
     AdaBelief: ``convention="pytorch"`` raises a ValueError."""
-    _check_common("adabelief", learning_rate, b1, b2, eps, eps_root)
-    validation.check_bool("adabelief", "nesterov", nesterov)
-    validation.check_convention(
-        "adabelief", convention, {"pytorch": "torch.optim has no AdaBelief"}
+    rescale = transform.scale_by_belief.unchecked(
+        b1, b2, eps, eps_root, nesterov=nesterov, convention=convention, fused=fused
     )
-    rescaling = _rescaling("adabelief", fused, convention)
-    return optax.chain(
-        rescaling.scale_by_belief(b1, b2, eps, eps_root, nesterov=nesterov, convention=convention),
-        transform.scale_by_learning_rate(learning_rate),
-    )
+    return _chain(rescale, learning_rate)
+
+
+@_public
+def lion(
+    learning_rate: Any,
+    b1: float = 0.9,
+    b2: float = 0.99,
+    mu_dtype: Any = None,
+    weight_decay: Any = 1e-3,
+    mask: Any = None,
+    *,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""Lion (Chen et al. 2023): the sign of an interpolated momentum, with decoupled decay.
+
+    .. math::
+        \theta_t = \theta_{t-1} - \alpha_t\,(\operatorname{sign}(\beta_1 m_{t-1} +
+        (1-\beta_1) g_t) + \lambda\theta_{t-1}), \quad
+        m_t = \beta_2 m_{t-1} + (1-\beta_2) g_t
+
+    See :func:`transform.scale_by_lion`. A suitable learning rate is typically 3-10x smaller
+    than AdamW's and the weight decay 3-10x larger (the paper's Section 5).
+
+    Args:
+      learning_rate: a positive float or an optax schedule of the step.
+      b1, b2, mu_dtype: see :func:`transform.scale_by_lion`.
+      weight_decay: :math:`\lambda`, multiplied by the learning rate in both conventions
+        (Algorithm 2 multiplies it by :math:`\eta_t`, as optax does).
+      mask: which params decay (see :func:`transform.add_decayed_weights`).
+      convention: "optax" (``optax.lion``) or "paper" (Chen et al., Algorithm 2): the same
+        rule; torch.optim has no Lion.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> tx = lion(1e-3, weight_decay=0.0)
+      >>> params = jnp.array([1.0, -2.0])
+      >>> updates, _ = tx.update(jnp.array([0.5, -0.5]), tx.init(params), params)
+      >>> optax.apply_updates(params, updates)  # the first step is -lr * sign(g)
+      Array([ 0.999, -1.999], dtype=float32)
+
+    References:
+      Chen et al., Symbolic Discovery of Optimization Algorithms, NeurIPS 2023, Algorithm 2.
+    """
+    rescale = transform.scale_by_lion.unchecked(b1, b2, mu_dtype)
+    return _chain(rescale, learning_rate, weight_decay, mask)  # optax's order in both
 
 
 def inject_hyperparams(
@@ -417,3 +432,186 @@ def inject_hyperparams(
       dtype('float32')
     """
     return optax.inject_hyperparams(inner_factory, static_args, hyperparam_dtype)
+
+
+def _optax_radamw(
+    learning_rate: Any,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    threshold: float = 5.0,
+    weight_decay: Any = 1e-4,
+    mask: Any = None,
+    *,
+    nesterov: bool = False,
+) -> optax.GradientTransformation:
+    """optax has no radamw: its RAdam rescaling chained as `optax.adamw` chains Adam's."""
+    return optax.chain(
+        optax.scale_by_radam(b1, b2, eps, eps_root, threshold, nesterov=nesterov),
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One optimizer of `TABLE`.
+
+    Attributes:
+      twin: optax's implementation, with our signature's hyperparameters (a baseline's only).
+      ours: our public constructor; None for the optax baselines.
+      sweepable: the hyperparameters one compiled program may vary between runs (they become
+        `inject_hyperparams` state); the config factory adds `l2` and `warmup_fraction`.
+      search_spaces: benchmark label -> {"fixed": fields, "ranges": field -> (low, high,
+        scale)}, the scales of `adamlab.experiments.tuning`; the optimizer's name and
+        implementation join the fixed fields there.
+      missing: conventions that do not exist for it, each with the reason.
+      fused: the conventions in which it has a fused variant.
+      defaults: what its paper (or library) recommends where the constructor declares no
+        default: the learning rate always, any other hyperparameter whose default is None
+        (SGD's momentum). A run without search (AlgoPerf's self-tuning) uses these and the
+        constructor's defaults.
+    """
+
+    twin: Callable[..., optax.GradientTransformation]
+    ours: Callable[..., optax.GradientTransformation] | None = None
+    sweepable: tuple[str, ...] = ()
+    search_spaces: Mapping[str, Mapping[str, Mapping]] = dataclasses.field(default_factory=dict)
+    missing: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    fused: tuple[str, ...] = ()
+    defaults: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+
+def _space(ranges: Mapping[str, tuple], **fixed: Any) -> dict:
+    return {"fixed": fixed, "ranges": dict(ranges)}
+
+
+_WARMUP = {"warmup_fraction": (0.0, 0.2, "linear")}
+# Adam-type optimizers share one space; weight decay only where it is decoupled.
+_ADAM_RANGES = {
+    "learning_rate": (1e-4, 1e-1, "log"),
+    "b1": (0.8, 0.98, "log1m"),  # 1 - b1 log-uniform in [0.02, 0.2].
+    "b2": (0.9, 0.999, "log1m"),  # 1 - b2 log-uniform in [1e-3, 0.1].
+    "eps": (1e-10, 1e-5, "log"),
+} | _WARMUP
+_ADAMW_RANGES = _ADAM_RANGES | {"weight_decay": (1e-5, 1e-1, "log")}
+_SGD_RANGES = {"learning_rate": (1e-3, 1.0, "log"), "momentum": (0.5, 0.99, "log1m")} | _WARMUP
+_ADAM = ("learning_rate", "b1", "b2", "eps", "eps_root")
+_ADAMW = (*_ADAM, "weight_decay")
+
+_LION_RANGES = {  # Chen et al.: a learning rate 3-10x smaller than AdamW's, a decay larger.
+    "learning_rate": (1e-5, 1e-2, "log"),
+    "b1": (0.8, 0.98, "log1m"),
+    "b2": (0.9, 0.999, "log1m"),
+    "weight_decay": (1e-4, 1.0, "log"),
+} | _WARMUP
+
+TABLE: dict[str, Entry] = {
+    "adam": Entry(
+        optax.adam,
+        adam,
+        _ADAM,
+        {"adam": _space(_ADAM_RANGES)},
+        fused=CONVENTIONS,
+        defaults={"learning_rate": 1e-3},
+    ),
+    "adamw": Entry(
+        optax.adamw,
+        adamw,
+        _ADAMW,
+        {"adamw": _space(_ADAMW_RANGES)},
+        fused=CONVENTIONS,
+        defaults={"learning_rate": 1e-3},
+    ),
+    "amsgrad": Entry(
+        optax.amsgrad,
+        amsgrad,
+        _ADAM,
+        {"amsgrad": _space(_ADAM_RANGES)},
+        fused=CONVENTIONS,
+        defaults={"learning_rate": 1e-3},
+    ),
+    "nadam": Entry(  # optax.nadam is this partial
+        functools.partial(optax.adam, nesterov=True),
+        nadam,
+        _ADAM,
+        {"nadam": _space(_ADAM_RANGES)},
+        fused=("optax",),
+        defaults={"learning_rate": 2e-3},
+    ),
+    "nadamw": Entry(
+        functools.partial(optax.adamw, nesterov=True),
+        nadamw,
+        _ADAMW,
+        {"nadamw": _space(_ADAMW_RANGES)},
+        fused=("optax",),
+        defaults={"learning_rate": 2e-3},
+    ),
+    "radam": Entry(
+        optax.radam,
+        radam,
+        _ADAM,
+        {"radam": _space(_ADAM_RANGES)},
+        defaults={"learning_rate": 1e-3},
+    ),
+    "radamw": Entry(
+        _optax_radamw,
+        radamw,
+        _ADAMW,
+        {"radamw": _space(_ADAMW_RANGES)},
+        defaults={"learning_rate": 1e-3},
+    ),
+    "adamax": Entry(
+        optax.adamax,
+        adamax,
+        _ADAM[:-1],
+        {"adamax": _space(_ADAM_RANGES)},
+        fused=CONVENTIONS,
+        defaults={"learning_rate": 2e-3},
+    ),
+    "adabelief": Entry(
+        optax.adabelief,
+        adabelief,
+        _ADAM,
+        # AdaBelief's eps sits inside the square root of the belief: smaller values.
+        {"adabelief": _space(_ADAM_RANGES | {"eps": (1e-16, 1e-8, "log")})},
+        missing={"pytorch": "torch.optim has no AdaBelief"},
+        fused=("optax", "paper"),
+        defaults={"learning_rate": 1e-3},
+    ),
+    "lion": Entry(
+        optax.lion,
+        lion,
+        ("learning_rate", "b1", "b2", "weight_decay"),
+        {"lion": _space(_LION_RANGES)},
+        missing={"pytorch": "torch.optim has no Lion"},
+        defaults={"learning_rate": 1e-4},
+    ),
+    # The comparison baselines: optax's (implementation "optax"), not ours.
+    "sgd": Entry(
+        optax.sgd,
+        sweepable=("learning_rate", "momentum"),
+        search_spaces={  # Nesterov (Kingma & Ba's SGDNesterov) and heavy-ball momentum.
+            "sgd": _space(_SGD_RANGES, nesterov=True),
+            "momentum": _space(_SGD_RANGES, nesterov=False),
+        },
+        defaults={"learning_rate": 1e-2, "momentum": 0.9},
+    ),
+    "adagrad": Entry(
+        optax.adagrad,
+        sweepable=("learning_rate", "eps"),
+        search_spaces={"adagrad": _space({"learning_rate": (1e-3, 1.0, "log")} | _WARMUP)},
+        defaults={"learning_rate": 1e-2},
+    ),
+    "rmsprop": Entry(
+        optax.rmsprop,
+        sweepable=("learning_rate", "eps", "momentum"),
+        search_spaces={
+            "rmsprop": _space(
+                {"learning_rate": (1e-5, 1e-2, "log"), "eps": (1e-10, 1e-5, "log")} | _WARMUP
+            )
+        },
+        defaults={"learning_rate": 1e-3},
+    ),
+}

@@ -1,14 +1,14 @@
-"""Numerical building blocks shared by the Adam family: moments, bias correction, counters.
+"""Numerical building blocks shared by the optimizers: moments, bias correction, counters.
 
 Each helper is one line of the update rules in the papers, written so that the order of
 floating-point operations is stated in one place. Every transform in `transform.py` is a
 composition of these, which is what makes them agree with each other (and with optax, whose
 operation order we follow) to the last bit in float32.
 
-Conventions (issue 12). The same variant is written differently by optax, by PyTorch and by its
-paper. "optax" is the default and uses the helpers of the first part of this module; the
-helpers after "Conventions" are the ones where "pytorch" or "paper" differ, one function per
-difference, each citing where it comes from. docs/conventions.md tabulates them.
+The same variant is written differently by optax, by PyTorch and by its paper. "optax" is the
+default and uses the helpers of the first part of this module; those after "Conventions" are
+where "pytorch" or "paper" differ, one function per difference, each citing where it comes
+from. docs/conventions.md tabulates them.
 """
 
 import math
@@ -39,6 +39,11 @@ def safe_increment(count: jax.Array) -> jax.Array:
         raise ValueError(f"step counter must be an integer or float array, got {count.dtype}")
     max_value = jnp.array(max_value, count.dtype)
     return jnp.where(count < max_value, count + jnp.array(1, count.dtype), max_value)
+
+
+def value_at(value: Any, count: jax.Array | None) -> Any:
+    """A hyperparameter at step `count`: ``value(count)`` for a schedule, else `value`."""
+    return value(count) if callable(value) else value
 
 
 def abs_sq(x: jax.Array) -> jax.Array:
@@ -84,25 +89,58 @@ def infinity_moment(grads: Tree, nu: Tree, b2: Any, eps: Any) -> Tree:
     return jax.tree.map(lambda g, u: jnp.maximum(jnp.abs(g) + eps, b2 * u), grads, nu)
 
 
-def bias_correction(moment: Tree, decay: Any, count: jax.Array) -> Tree:
+def reciprocal_correction(decay: Any, count: jax.Array, convention: str = "optax") -> jax.Array:
+    """1 / (1 - decay^t): the scalar that bias-corrects by one multiplication per element.
+
+    optax forms 1 - decay^t in float32 from decay rounded to float32; PyTorch and the papers
+    to float64 accuracy (`one_minus_power`).
+    """
+    return 1 / (1 - decay**count if convention == "optax" else one_minus_power(decay, count))
+
+
+def bias_correction(
+    moment: Tree, decay: Any, count: jax.Array, convention: str = "optax", fused: bool = False
+) -> Tree:
     """moment / (1 - decay^t): undoes the zero initialisation of an exponential moving average.
 
-    `1 - decay**count` is computed in the precision of `decay` (float32 for Python floats) and
-    only then cast to each moment's dtype: computing decay**t in bfloat16 rounds it to 1.0
-    after a few steps and the correction divides by zero.
+    `1 - decay**count` is computed in the precision of `decay` (float32 for Python floats; to
+    float64 accuracy outside the optax convention, `one_minus_power`) and only then cast to
+    each moment's dtype: computing decay**t in bfloat16 rounds it to 1.0 after a few steps and
+    the correction divides by zero.
+
+    ``fused=True`` multiplies by the reciprocal instead (`reciprocal_correction`), one scalar
+    division per step in place of one per element: m r and m / (1/r) differ by at most one
+    rounding, so a fused optimizer stays within a few float32 ulps per step of the unfused one.
     """
-    correction = 1 - decay**count
+    if fused:
+        factor = reciprocal_correction(decay, count, convention)
+        return jax.tree.map(lambda m: m * factor.astype(m.dtype), moment)
+    correction = 1 - decay**count if convention == "optax" else one_minus_power(decay, count)
     return jax.tree.map(lambda m: m / correction.astype(m.dtype), moment)
 
 
-def nesterov_first_moment(mu: Tree, grads: Tree, b1: Any, count: jax.Array) -> Tree:
+def nesterov_coefficients(b1: Any, count: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(b1 / (1 - b1^(t+1)), (1 - b1) / (1 - b1^t)): the scalars of Nadam's fused moment."""
+    coef_mu = b1 * reciprocal_correction(b1, safe_increment(count))
+    return coef_mu, (1 - b1) * reciprocal_correction(b1, count)
+
+
+def nesterov_first_moment(
+    mu: Tree, grads: Tree, b1: Any, count: jax.Array, fused: bool = False
+) -> Tree:
     """Nadam's look-ahead first moment (Dozat 2016, Algorithm 2):
 
         m_hat = b1 * m_t / (1 - b1^(t+1)) + (1 - b1) * g_t / (1 - b1^t)
 
     i.e. the bias-corrected momentum of the *next* step applied now. Dozat also multiplies
-    v_hat by b2; like optax and PyTorch we omit that factor.
+    v_hat by b2; like optax and PyTorch we omit that factor. ``fused=True`` folds the two
+    divisions into the scalars of `nesterov_coefficients`.
     """
+    if fused:
+        coef_mu, coef_grad = nesterov_coefficients(b1, count)
+        return jax.tree.map(
+            lambda m, g: coef_mu.astype(m.dtype) * m + coef_grad.astype(g.dtype) * g, mu, grads
+        )
     return jax.tree.map(
         lambda m, g: b1 * m + (1 - b1) * g,
         bias_correction(mu, b1, safe_increment(count)),
@@ -169,9 +207,9 @@ def one_minus_power(decay: Any, exponent: jax.Array) -> jax.Array:
 
     PyTorch (and a NumPy transcription of the papers) compute the bias corrections 1 - b^t in
     float64 from the Python float b. optax computes them in float32 from b rounded to float32,
-    which makes 1 - b2^t 1.3e-5 (relative) too small for b2 = 0.999 at every t: the 2.5e-6
-    difference between optax's and PyTorch's Adam after 500 steps (issue 12). -expm1(t log b)
-    is as accurate as float64 rounded to float32, within a few 1e-7.
+    which makes 1 - b2^t 1.3e-5 (relative) too small for b2 = 0.999 at every t, the difference
+    between optax's Adam and PyTorch's. -expm1(t log b) is as accurate as float64 rounded to
+    float32, within a few 1e-7.
     """
     return -jnp.expm1(exponent * _log(decay))
 
@@ -192,32 +230,14 @@ def radam_sma_length(b2: Any, t: jax.Array) -> jax.Array:
     else:  # an injected b2: coth(x/2) - 2/x by its series (rho_inf >= 4 needs x <= 0.51)
         offset = x / 6 - x**3 / 360 + x**5 / 15120
     y = t * x
-    series = y / 2 - sum(c * y ** (2 * k) for k, c in _BERNOULLI_SERIES)
+    series = y / 2 - sum(c * y ** (2 * k) for k, c in enumerate(_BERNOULLI_SERIES, start=1))
     direct = 1 - y / jnp.expm1(jnp.maximum(y, 1.0))
     return (2.0 / x) * jnp.where(y < 1.0, series, direct) + offset
 
 
 # B_2k / (2k)! for k = 1..7: y / (e^y - 1) = 1 - y/2 + sum_k B_2k / (2k)! y^2k.
-_BERNOULLI_SERIES = tuple(
-    enumerate(
-        [
-            1 / 12,
-            -1 / 720,
-            1 / 30240,
-            -1 / 1209600,
-            1 / 47900160,
-            -691 / 1307674368000,
-            1 / 74724249600,
-        ],
-        start=1,
-    )
-)
-
-
-def precise_bias_correction(moment: Tree, decay: Any, count: jax.Array) -> Tree:
-    """moment / (1 - decay^t) with the correction of `one_minus_power` (PyTorch, the papers)."""
-    correction = one_minus_power(decay, count)
-    return jax.tree.map(lambda m: m / correction.astype(m.dtype), moment)
+_BERNOULLI_SERIES = (1 / 12, -1 / 720, 1 / 30240, -1 / 1209600, 1 / 47900160)
+_BERNOULLI_SERIES += (-691 / 1307674368000, 1 / 74724249600)
 
 
 def lerp_first_moment(grads: Tree, mu: Tree, b1: Any) -> Tree:
@@ -226,8 +246,8 @@ def lerp_first_moment(grads: Tree, mu: Tree, b1: Any) -> Tree:
     The same average as `first_moment`, rounded differently: torch's lerp (ATen's `lerp`)
     forms `self + w (end - self)` (one fused multiply-add) for a weight w < 0.5 and
     `end - (end - self)(1 - w)` otherwise. With optax's `(1 - b1) g + b1 m` a float32 m_t
-    drifts from torch's by up to 5e-6 of its scale over 500 steps of the digits CNN's
-    gradients; written as torch does, it matches torch's to the bit on XLA:CPU.
+    drifts from torch's over the steps; written as torch does, it matches torch's to the bit
+    on XLA:CPU.
     """
     w = 1 - b1
 
@@ -264,11 +284,6 @@ def moments_for(convention: str):
     return first_moment, second_moment
 
 
-def bias_correction_for(convention: str):
-    """optax's float32 bias correction, or the float64-accurate one of PyTorch and the papers."""
-    return bias_correction if convention == "optax" else precise_bias_correction
-
-
 def nadam_momentum(b1: Any, momentum_decay: Any, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(mu_t, 1 - mu_t) with mu_t = b1 (1 - 0.5 * 0.96^(t psi)): Nadam's momentum schedule.
 
@@ -282,26 +297,24 @@ def nadam_momentum(b1: Any, momentum_decay: Any, t: jax.Array) -> tuple[jax.Arra
 
 
 def nadam_first_moment(
-    mu: Tree,
-    grads: Tree,
-    momentum: tuple[jax.Array, jax.Array],
-    mu_next: jax.Array,
-    product: jax.Array,
-    product_next: jax.Array,
-) -> Tree:
+    mu: Tree, grads: Tree, b1: Any, momentum_decay: Any, count: jax.Array, product: jax.Array
+) -> tuple[Tree, jax.Array]:
     """Nadam's first moment with the momentum schedule (Dozat 2016, Alg. 2; torch NAdam):
 
         m_bar = (1 - mu_t) g_t / (1 - prod_{i<=t} mu_i) + mu_{t+1} m_t / (1 - prod_{i<=t+1} mu_i)
 
-    `momentum` is (mu_t, 1 - mu_t) from `nadam_momentum`. optax's `nesterov_first_moment` is
-    this with mu_i = b1 for every i.
+    and prod_{i<=t} mu_i (float32, as torch's ``mu_product``) from `product`, prod_{i<t}.
+    optax's `nesterov_first_moment` is this with mu_i = b1 for every i.
     """
-    _, one_minus_mu_t = momentum
+    mu_t, one_minus_mu_t = nadam_momentum(b1, momentum_decay, count)
+    mu_next, _ = nadam_momentum(b1, momentum_decay, safe_increment(count))
+    product = (product * mu_t).astype(jnp.float32)
     coef_grad = one_minus_mu_t / (1.0 - product)
-    coef_mu = mu_next / (1.0 - product_next)
-    return jax.tree.map(
+    coef_mu = mu_next / (1.0 - product * mu_next)
+    moment = jax.tree.map(
         lambda m, g: coef_grad.astype(g.dtype) * g + coef_mu.astype(m.dtype) * m, mu, grads
     )
+    return moment, product
 
 
 def dozat_second_moment(nu_hat: Tree, b2: Any) -> Tree:

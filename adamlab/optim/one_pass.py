@@ -1,32 +1,26 @@
 """The optimizer step in one pass over memory: update and apply, in place, on all CPU threads.
 
 An optax step is two calls, ``updates, state = tx.update(grads, state, params)`` and
-``optax.apply_updates(params, updates)``. For Adam, XLA:CPU compiles the pair into three
-parallel passes that move 40 bytes per float32 parameter (`fused` module docstring), where
-``torch.optim.Adam(fused=True)`` moves 28 in one pass. `update_and_apply` is that pair as one
-call. For a transformation that carries a one-pass step (``adam``, ``adamw``, ``nadam`` and
-``nadamw`` with ``fused=True`` in the optax convention: `attach`), on the CPU, with float32
-params, it runs the C++ kernel `kernels/adam_one_pass.cc` through `jax.ffi`: one pass,
-28 bytes per parameter, in place (the params and moments are aliased to the results, so a
-jitted step that donates them allocates nothing), split over XLA's intra-op threads. Anything
-else, and wherever the kernel cannot be built (`native.load`), it is the two calls.
+``optax.apply_updates(params, updates)``, which XLA:CPU compiles into several passes over the
+parameters and moments (it splits a loop fusion over its threads only when the fusion has one
+output). `update_and_apply` is that pair as one call. For a transformation that carries a
+one-pass step (``adam``, ``adamw``, ``nadam`` and ``nadamw`` with ``fused=True`` in the optax
+convention: `attach`), on the CPU, with float32 params, it runs the C++ kernel
+`kernels/adam_one_pass.cc` through `jax.ffi`: one pass that reads p, g, m, v and writes p, m, v,
+in place (the params and moments are aliased to the results, so a jitted step that donates
+them allocates nothing), split over XLA's intra-op threads. Anything else, and wherever the
+kernel cannot be built (`native.load`), it is the two calls.
 
 The kernel computes the fused transformation's own float32 operations in the same order (the
 kernel's header lists them), and the state it returns is the chain's state, leaf for leaf:
-the results match ``tx.update`` + ``optax.apply_updates`` to float32 rounding (bit for bit
-where the compilers round alike; tests/test_optim_one_pass.py), and a checkpoint of either
-restores into the other. `tx` itself is untouched: a pure `optax.GradientTransformation`
-that works wherever the unfused one does; only `update_and_apply` takes the shortcut.
-Under `jax.vmap` the kernel updates each member's slice with that member's coefficients.
-The kernel has no derivative: to differentiate through an optimizer step (meta-learning, what
-``eps_root`` is for), call ``tx.update`` and ``optax.apply_updates``.
-
-Measured on a 2-core x86 CPU, six runs (`benchmarks/vs_pytorch.py`, README "Benchmarks"):
-0.61-0.94x the time of XLA's program for the same step, 93-107% of a triad's bandwidth at 50M
-parameters; against ``torch.optim.Adam(fused=True)`` per call 0.52-0.79x at 1M parameters in
-one array and 0.73-1.05x at 50M (both at the memory wall when fast), and in a jitted loop
-0.19-0.98x in every row. With ~200 leaves per call jax's dispatch of ~4 arrays per leaf adds
-about 0.7 ms, which a jitted loop (a train step) does not pay.
+the results match ``tx.update`` + ``optax.apply_updates`` to float32 rounding
+(tests/test_optim_one_pass.py), and a checkpoint of either restores into the other. `tx`
+itself is untouched: a pure `optax.GradientTransformation` that works wherever the unfused one
+does; only `update_and_apply` takes the shortcut. Under `jax.vmap` the kernel updates each
+member's slice with that member's coefficients. The kernel has no derivative: to
+differentiate through an optimizer step (meta-learning, what ``eps_root`` is for), call
+``tx.update`` and ``optax.apply_updates``. Its speed against XLA and torch.optim:
+benchmarks/vs_pytorch.py and its results.
 """
 
 from __future__ import annotations
@@ -38,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamlab.optim import fused, native, numerics, transform
+from adamlab.optim import native, numerics, transform
 
 Tree = Any
 KERNEL = "adam_one_pass"
@@ -91,10 +85,6 @@ def update_and_apply(
     return optax.apply_updates(params, updates), state
 
 
-def _value(x: Any, count: jax.Array) -> Any:
-    return x(count) if callable(x) else x
-
-
 def _advance(state: Any) -> Any:
     """A schedule's state one step on (`transform.ScaleByScheduleState`); EmptyState as is."""
     if isinstance(state, transform.ScaleByScheduleState):
@@ -105,25 +95,25 @@ def _advance(state: Any) -> Any:
 def coefficients(hp: AdamHyperparameters, state: tuple) -> jax.Array:
     """f32[11], the kernel's per-step scalars, formed as the chain forms them: step_size = -lr,
     b1, 1 - b1, b2, 1 - b2, r1, r2 = 1/(1 - b2^t), eps, eps_root, wd, cg. Adam: r1 =
-    1/(1 - b1^t), cg = 0; Nadam: (r1, cg) = `fused.nesterov_coefficients`."""
+    1/(1 - b1^t), cg = 0; Nadam: (r1, cg) = `numerics.nesterov_coefficients`."""
     adam_state, *rest = state
     count = numerics.safe_increment(adam_state.count)
     lr_count = getattr(rest[-1], "count", None)
     weight_decay = 0.0
     if hp.weight_decay is not None:
-        weight_decay = _value(hp.weight_decay, getattr(rest[0], "count", None))
+        weight_decay = numerics.value_at(hp.weight_decay, getattr(rest[0], "count", None))
     if hp.nesterov:
-        r1, grad_coefficient = fused.nesterov_coefficients(hp.b1, count)
+        r1, grad_coefficient = numerics.nesterov_coefficients(hp.b1, count)
     else:
-        r1, grad_coefficient = fused.reciprocal_correction(hp.b1, count, "optax"), 0.0
+        r1, grad_coefficient = numerics.reciprocal_correction(hp.b1, count), 0.0
     values = (
-        -1 * _value(hp.learning_rate, lr_count),
+        -1 * numerics.value_at(hp.learning_rate, lr_count),
         hp.b1,
         1 - hp.b1,
         hp.b2,
         1 - hp.b2,
         r1,
-        fused.reciprocal_correction(hp.b2, count, "optax"),
+        numerics.reciprocal_correction(hp.b2, count),
         hp.eps,
         hp.eps_root,
         weight_decay,

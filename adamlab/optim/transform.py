@@ -1,20 +1,25 @@
-r"""The Adam family's gradient transformations, written from the papers.
+r"""The Adam family's gradient transformations (and Lion's), written from the papers.
 
 Each factory returns an `optax.GradientTransformation(init, update)`: state goes in and comes
 out as a NamedTuple of arrays, nothing is mutated, so every transform is safe under `jax.jit`,
 `jax.vmap`, `jax.pmap` and optax's wrappers (`inject_hyperparams`, `MultiSteps`, `masked`,
-`apply_if_finite`). The transforms only *rescale* gradients; the aliases in `alias.py` chain
-them with `scale_by_learning_rate` (and `add_decayed_weights` for the decoupled variants).
+`apply_if_finite`). The transforms only *rescale* gradients; the constructors in `alias.py`
+chain them with `scale_by_learning_rate` (and a decoupled weight decay for the W variants).
 
 Notation: g_t gradient, m_t first moment, v_t second moment, t = 1, 2, ... the step count
 after the update, hats denote bias-corrected moments.
 
-Conventions: every rescaling transform takes ``convention="optax" | "pytorch" | "paper"``
-(see `numerics.CONVENTIONS` and docs/conventions.md). "optax" (the default) is optax's update
-rule, operation for operation; "pytorch" is `torch.optim`'s; "paper" is the published
-algorithm. Where they differ, the branch calls one small function of `numerics.py`.
+Every rescaling transform takes ``convention="optax" | "pytorch" | "paper"``: whose rule to
+follow where optax, `torch.optim` and the paper disagree (docs/conventions.md); "optax", the
+default, is optax's rule operation for operation, and each difference is one function of
+`numerics.py`. Those that bias-correct take ``fused``: divide each moment by
+:math:`1-\beta^t` (optax's way), or multiply it by the scalar :math:`1/(1-\beta^t)`, one
+division per step instead of one per element, within a few float32 ulps of the former
+(`numerics.bias_correction`). The public transforms check their arguments
+(`validation.checked`); the constructors call them ``.unchecked``, having checked already.
 """
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -22,8 +27,25 @@ import jax.numpy as jnp
 import optax
 
 from adamlab.optim import numerics, validation
+from adamlab.optim.validation import checked
 
 Tree = Any
+__all__ = [  # what `adamlab.optim` exports
+    "ScaleByAdamState",
+    "ScaleByAmsgradState",
+    "ScaleByLionState",
+    "ScaleByNadamState",
+    "ScaleByScheduleState",
+    "add_decayed_weights",
+    "scale_by_adam",
+    "scale_by_adamax",
+    "scale_by_amsgrad",
+    "scale_by_belief",
+    "scale_by_learning_rate",
+    "scale_by_lion",
+    "scale_by_radam",
+    "subtract_decayed_weights",
+]
 
 
 class ScaleByAdamState(NamedTuple):
@@ -52,17 +74,17 @@ class ScaleByNadamState(NamedTuple):
     mu_product: jax.Array  # shape (), float32, as torch.optim.NAdam's state["mu_product"]
 
 
+class ScaleByLionState(NamedTuple):
+    """Lion keeps one moment: the momentum m_t (optax's `ScaleByLionState`)."""
+
+    count: jax.Array
+    mu: Tree
+
+
 class ScaleByScheduleState(NamedTuple):
     """Step count for a scheduled scale (learning rate or weight decay)."""
 
     count: jax.Array
-
-
-def _check_moment_hparams(name: str, b1: Any, b2: Any, eps: Any, eps_root: Any = 0.0) -> None:
-    validation.check_decay(name, "b1", b1)
-    validation.check_decay(name, "b2", b2)
-    validation.check_non_negative(name, "eps", eps)
-    validation.check_non_negative(name, "eps_root", eps_root)
 
 
 def _zero_count() -> jax.Array:
@@ -79,6 +101,23 @@ def _store(new: Tree, old: Tree, dtype: Any = None) -> Tree:
     return numerics.cast(new, dtype) if dtype is not None else numerics.cast_like(new, old)
 
 
+def _init_moments(mu_dtype: Any = None):
+    """The init of a `ScaleByAdamState`: count 0, zero moments (mu stored in `mu_dtype`)."""
+
+    def init_fn(params):
+        mu, nu = numerics.zeros_like(params, dtype=mu_dtype), numerics.zeros_like(params)
+        return ScaleByAdamState(count=_zero_count(), mu=mu, nu=nu)
+
+    return init_fn
+
+
+def _moments(count: jax.Array, mu: Tree, nu: Tree, state: Any, mu_dtype: Any = None):
+    """The next `ScaleByAdamState`, its moments stored in the dtypes they had (`_store`)."""
+    mu, nu = _store(mu, state.mu, mu_dtype), _store(nu, state.nu)
+    return ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+
+@checked
 def scale_by_adam(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -89,6 +128,7 @@ def scale_by_adam(
     nesterov: bool = False,
     convention: str = "optax",
     momentum_decay: Any = None,
+    fused: bool = False,
 ) -> optax.GradientTransformation:
     r"""Rescales gradients by Adam's bias-corrected moment estimates.
 
@@ -119,6 +159,7 @@ def scale_by_adam(
       convention: "optax", "pytorch" or "paper".
       momentum_decay: Nadam's :math:`\psi` (PyTorch's ``momentum_decay``) for the "pytorch"
         and "paper" conventions; None means 0.004. optax's Nadam has no schedule.
+      fused: bias-correct by scalar multiplications (`numerics.bias_correction`).
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByAdamState`
@@ -134,95 +175,47 @@ def scale_by_adam(
       Kingma & Ba, Adam: A Method for Stochastic Optimization, ICLR 2015, Algorithm 1.
       Dozat, Incorporating Nesterov Momentum into Adam, ICLR workshop 2016, Algorithm 2.
     """
-    _check_moment_hparams("scale_by_adam", b1, b2, eps, eps_root)
-    validation.check_mu_dtype("scale_by_adam", mu_dtype)
-    validation.check_convention("scale_by_adam", convention)
-    if convention == "optax" or not nesterov:
+    scheduled = nesterov and convention != "optax"  # Nadam's momentum schedule mu_t
+    if not scheduled:
         why = "optax's Nadam has no momentum schedule" if nesterov else "Adam has no schedule"
         validation.check_unset("scale_by_adam", "momentum_decay", momentum_decay, convention, why)
-    else:
-        momentum_decay = 0.004 if momentum_decay is None else momentum_decay
-        validation.check_non_negative("scale_by_adam", "momentum_decay", momentum_decay)
-        return _scale_by_scheduled_nadam(
-            b1, b2, eps, eps_root, mu_dtype, convention, momentum_decay
-        )
+    momentum_decay = 0.004 if momentum_decay is None else momentum_decay
     mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
-    bias_correction = numerics.bias_correction_for(convention)
+    correct = functools.partial(numerics.bias_correction, convention=convention, fused=fused)
     first_moment, second_moment = numerics.moments_for(convention)
 
     def init_fn(params):
-        return ScaleByAdamState(
-            count=_zero_count(),
-            mu=numerics.zeros_like(params, dtype=mu_dtype),
-            nu=numerics.zeros_like(params),
-        )
+        moments = _init_moments(mu_dtype)(params)
+        return ScaleByNadamState(*moments, jnp.ones([], jnp.float32)) if scheduled else moments
 
     def update_fn(updates, state, params=None):
         del params
         mu = first_moment(updates, state.mu, b1)
         nu = second_moment(updates, state.nu, b2)
         count = numerics.safe_increment(state.count)
-        if nesterov:
-            mu_hat = numerics.nesterov_first_moment(mu, updates, b1, count)
+        if scheduled:
+            mu_hat, product = numerics.nadam_first_moment(
+                mu, updates, b1, momentum_decay, count, state.mu_product
+            )
+        elif nesterov:
+            mu_hat = numerics.nesterov_first_moment(mu, updates, b1, count, fused)
         else:
-            mu_hat = bias_correction(mu, b1, count)
-        nu_hat = bias_correction(nu, b2, count)
-        updates = numerics.adaptive_step(mu_hat, nu_hat, eps, eps_root)
-        # The moments are computed in the promoted dtype and stored in their own dtypes.
-        mu = _store(mu, state.mu, mu_dtype)
-        nu = _store(nu, state.nu)
-        return updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
-
-    return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _scale_by_scheduled_nadam(
-    b1: Any,
-    b2: Any,
-    eps: Any,
-    eps_root: Any,
-    mu_dtype: Any,
-    convention: str,
-    momentum_decay: Any,
-) -> optax.GradientTransformation:
-    """Nadam with the momentum schedule mu_t of PyTorch ("pytorch") and Dozat 2016 ("paper")."""
-    mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
-    first_moment, second_moment = numerics.moments_for(convention)
-
-    def init_fn(params):
-        return ScaleByNadamState(
-            count=_zero_count(),
-            mu=numerics.zeros_like(params, dtype=mu_dtype),
-            nu=numerics.zeros_like(params),
-            mu_product=jnp.ones([], jnp.float32),
-        )
-
-    def update_fn(updates, state, params=None):
-        del params
-        mu = first_moment(updates, state.mu, b1)
-        nu = second_moment(updates, state.nu, b2)
-        count = numerics.safe_increment(state.count)
-        momentum = numerics.nadam_momentum(b1, momentum_decay, count)
-        mu_next, _ = numerics.nadam_momentum(b1, momentum_decay, numerics.safe_increment(count))
-        product = (state.mu_product * momentum[0]).astype(jnp.float32)
-        mu_hat = numerics.nadam_first_moment(
-            mu, updates, momentum, mu_next, product, product * mu_next
-        )
-        nu_hat = numerics.precise_bias_correction(nu, b2, count)
-        if convention == "paper":
+            mu_hat = correct(mu, b1, count)
+        nu_hat = correct(nu, b2, count)
+        if scheduled and convention == "paper":
             nu_hat = numerics.dozat_second_moment(nu_hat, b2)
         updates = numerics.adaptive_step(mu_hat, nu_hat, eps, eps_root)
-        mu = _store(mu, state.mu, mu_dtype)
-        nu = _store(nu, state.nu)
-        return updates, ScaleByNadamState(count=count, mu=mu, nu=nu, mu_product=product)
+        # The moments are computed in the promoted dtype and stored in their own dtypes.
+        moments = _moments(count, mu, nu, state, mu_dtype)
+        return updates, ScaleByNadamState(*moments, product) if scheduled else moments
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def amsgrad_bias_corrections(
+def _amsgrad_bias_corrections(
     bias_correction_mu: Any, bias_correction_nu: Any, convention: str
 ) -> tuple[bool, bool]:
-    """AMSGrad's optax-convention switches, checked: (mu, nu), None meaning True.
+    """AMSGrad's optax-convention switches: (mu, nu), None meaning True.
 
     The other conventions fix where AMSGrad bias-corrects, so there both must be left unset
     (then (True, True) is returned and not used).
@@ -233,13 +226,10 @@ def amsgrad_bias_corrections(
         validation.check_unset(name, "bias_correction_mu", bias_correction_mu, convention, why)
         validation.check_unset(name, "bias_correction_nu", bias_correction_nu, convention, why)
         return True, True
-    mu = True if bias_correction_mu is None else bias_correction_mu
-    nu = True if bias_correction_nu is None else bias_correction_nu
-    validation.check_bool(name, "bias_correction_mu", mu)
-    validation.check_bool(name, "bias_correction_nu", nu)
-    return mu, nu
+    return bias_correction_mu in (None, True), bias_correction_nu in (None, True)
 
 
+@checked
 def scale_by_amsgrad(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -250,6 +240,7 @@ def scale_by_amsgrad(
     bias_correction_nu: bool | None = None,
     *,
     convention: str = "optax",
+    fused: bool = False,
 ) -> optax.GradientTransformation:
     r"""Rescales gradients like Adam, but divides by the running maximum of the second moment.
 
@@ -276,18 +267,17 @@ def scale_by_amsgrad(
       bias_correction_nu: bias-correct the second moment before taking the maximum (optax
         convention; None = True).
       convention: "optax", "pytorch" or "paper".
+      fused: as in :func:`scale_by_adam`.
 
     References:
       Reddi, Kale & Kumar, On the Convergence of Adam and Beyond, ICLR 2018, Algorithm 2.
     """
-    _check_moment_hparams("scale_by_amsgrad", b1, b2, eps, eps_root)
-    validation.check_mu_dtype("scale_by_amsgrad", mu_dtype)
-    validation.check_convention("scale_by_amsgrad", convention)
-    bias_correction_mu, bias_correction_nu = amsgrad_bias_corrections(
+    bias_correction_mu, bias_correction_nu = _amsgrad_bias_corrections(
         bias_correction_mu, bias_correction_nu, convention
     )
     mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
     first_moment, second_moment = numerics.moments_for(convention)
+    correct = functools.partial(numerics.bias_correction, convention=convention, fused=fused)
 
     def init_fn(params):
         return ScaleByAmsgradState(
@@ -303,14 +293,14 @@ def scale_by_amsgrad(
         nu = second_moment(updates, state.nu, b2)
         count = numerics.safe_increment(state.count)
         if convention == "optax":
-            mu_hat = numerics.bias_correction(mu, b1, count) if bias_correction_mu else mu
-            nu_hat = numerics.bias_correction(nu, b2, count) if bias_correction_nu else nu
+            mu_hat = correct(mu, b1, count) if bias_correction_mu else mu
+            nu_hat = correct(nu, b2, count) if bias_correction_nu else nu
             nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu_hat)
             nu_max_hat = nu_max
         elif convention == "pytorch":
-            mu_hat = numerics.precise_bias_correction(mu, b1, count)
+            mu_hat = correct(mu, b1, count)
             nu_max = numerics.raw_max_second_moment(state.nu_max, nu)
-            nu_max_hat = numerics.precise_bias_correction(nu_max, b2, count)
+            nu_max_hat = correct(nu_max, b2, count)
         else:
             mu_hat = mu
             nu_max = numerics.raw_max_second_moment(state.nu_max, nu)
@@ -323,6 +313,7 @@ def scale_by_amsgrad(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+@checked
 def scale_by_radam(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -362,8 +353,6 @@ def scale_by_radam(
     References:
       Liu et al., On the Variance of the Adaptive Learning Rate and Beyond, ICLR 2020.
     """
-    _check_moment_hparams("scale_by_radam", b1, b2, eps, eps_root)
-    validation.check_convention("scale_by_radam", convention)
     if nesterov and convention != "optax":
         raise ValueError(
             f"scale_by_radam: nesterov=True exists only for convention='optax' "
@@ -371,7 +360,6 @@ def scale_by_radam(
         )
     if threshold is None:
         threshold = 4.0 if convention == "paper" else 5.0
-    validation.check_range("scale_by_radam", "threshold", threshold, low=4.0)
     rho_inf = 2.0 / (1.0 - b2) - 1.0
     first_moment, second_moment = numerics.moments_for(convention)
 
@@ -400,10 +388,7 @@ def scale_by_radam(
         """optax rectifies from rho_t >= threshold, PyTorch and Liu et al. from rho_t > it."""
         return rho >= threshold if convention == "optax" else rho > threshold
 
-    def init_fn(params):
-        return ScaleByAdamState(
-            count=_zero_count(), mu=numerics.zeros_like(params), nu=numerics.zeros_like(params)
-        )
+    init_fn = _init_moments()
 
     def update_fn(updates, state, params=None):
         del params
@@ -411,31 +396,35 @@ def scale_by_radam(
         nu = second_moment(updates, state.nu, b2)
         count = numerics.safe_increment(state.count)
         rho = sma_length(count)
-        bias_correction = numerics.bias_correction_for(convention)
         if nesterov:
             mu_hat = numerics.nesterov_first_moment(mu, updates, b1, count)
         else:
-            mu_hat = bias_correction(mu, b1, count)
+            mu_hat = numerics.bias_correction(mu, b1, count, convention)
         if convention == "pytorch":
             adam_step = numerics.pytorch_radam_step(mu_hat, nu, b2, count, eps, eps_root)
             r = rectification(rho)
             adam_step = jax.tree.map(lambda step: r.astype(step.dtype) * step, adam_step)
         else:
-            nu_hat = bias_correction(nu, b2, count)
+            nu_hat = numerics.bias_correction(nu, b2, count, convention)
             adam_step = rectified_adam_step(rectification(rho), mu_hat, nu_hat)
         # Both branches are computed; `where` selects (the rejected one may hold NaNs from a
         # negative square root, which never reach the result).
         updates = jax.tree.map(
             lambda step, momentum: jnp.where(tractable(rho), step, momentum), adam_step, mu_hat
         )
-        mu, nu = _store(mu, state.mu), _store(nu, state.nu)
-        return updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
+        return updates, _moments(count, mu, nu, state)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+@checked
 def scale_by_adamax(
-    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *, convention: str = "optax"
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    *,
+    convention: str = "optax",
+    fused: bool = False,
 ) -> optax.GradientTransformation:
     r"""Rescales gradients by Adamax: Adam with the L2 norm of past gradients replaced by L-inf.
 
@@ -453,15 +442,9 @@ def scale_by_adamax(
       Kingma & Ba, Adam: A Method for Stochastic Optimization, ICLR 2015, Section 7.1,
       Algorithm 2.
     """
-    _check_moment_hparams("scale_by_adamax", b1, b2, eps)
-    validation.check_convention("scale_by_adamax", convention)
-    bias_correction = numerics.bias_correction_for(convention)
     first_moment, _ = numerics.moments_for(convention)
 
-    def init_fn(params):
-        return ScaleByAdamState(
-            count=_zero_count(), mu=numerics.zeros_like(params), nu=numerics.zeros_like(params)
-        )
+    init_fn = _init_moments()
 
     def update_fn(updates, state, params=None):
         del params
@@ -471,14 +454,14 @@ def scale_by_adamax(
             nu = numerics.infinity_moment_paper(updates, state.nu, b2)
         else:
             nu = numerics.infinity_moment(updates, state.nu, b2, eps)
-        mu_hat = bias_correction(mu, b1, count)
+        mu_hat = numerics.bias_correction(mu, b1, count, convention, fused)
         updates = numerics.infinity_step(mu_hat, nu, eps, eps_outside=convention == "paper")
-        mu, nu = _store(mu, state.mu), _store(nu, state.nu)
-        return updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
+        return updates, _moments(count, mu, nu, state)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+@checked
 def scale_by_belief(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -487,6 +470,7 @@ def scale_by_belief(
     *,
     nesterov: bool = False,
     convention: str = "optax",
+    fused: bool = False,
 ) -> optax.GradientTransformation:
     r"""Rescales gradients by AdaBelief: Adam with the variance of the gradient around its
     prediction m_t in place of its raw second moment.
@@ -505,26 +489,25 @@ def scale_by_belief(
       eps: added outside the square root (paper: 1e-16).
       eps_root: added to s_t at every step (the paper's epsilon inside Algorithm 2).
       convention: "optax" or "paper".
+      fused: as in :func:`scale_by_adam`.
 
     References:
       Zhuang et al., AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed
       Gradients, NeurIPS 2020.
     """
-    _check_moment_hparams("scale_by_belief", b1, b2, eps, eps_root)
-    validation.check_convention(
-        "scale_by_belief", convention, {"pytorch": "torch.optim has no AdaBelief"}
-    )
+    if convention == "pytorch":
+        raise ValueError(
+            "scale_by_belief: convention='pytorch' does not exist: torch.optim has no "
+            "AdaBelief; use 'optax' or 'paper'"
+        )
     if nesterov and convention != "optax":
         raise ValueError(
             "scale_by_belief: nesterov=True exists only for convention='optax' (Zhuang et al. "
             f"have no Nesterov variant), got {convention!r}"
         )
-    bias_correction = numerics.bias_correction_for(convention)
+    correct = functools.partial(numerics.bias_correction, convention=convention, fused=fused)
 
-    def init_fn(params):
-        return ScaleByAdamState(
-            count=_zero_count(), mu=numerics.zeros_like(params), nu=numerics.zeros_like(params)
-        )
+    init_fn = _init_moments()
 
     def update_fn(updates, state, params=None):
         del params
@@ -534,16 +517,63 @@ def scale_by_belief(
         nu = jax.tree.map(lambda s: s + eps_root, nu)
         count = numerics.safe_increment(state.count)
         if nesterov:
-            mu_hat = numerics.nesterov_first_moment(mu, updates, b1, count)
+            mu_hat = numerics.nesterov_first_moment(mu, updates, b1, count, fused)
         else:
-            mu_hat = bias_correction(mu, b1, count)
+            mu_hat = correct(mu, b1, count)
         if convention == "paper":
-            nu_hat = bias_correction(numerics.belief_paper_correction(nu, eps_root), b2, count)
+            nu_hat = correct(numerics.belief_paper_correction(nu, eps_root), b2, count)
         else:
-            nu_hat = bias_correction(nu, b2, count)
+            nu_hat = correct(nu, b2, count)
         updates = numerics.adaptive_step(mu_hat, nu_hat, eps, 0.0)
-        mu, nu = _store(mu, state.mu), _store(nu, state.nu)
-        return updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
+        return updates, _moments(count, mu, nu, state)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+@checked
+def scale_by_lion(
+    b1: float = 0.9, b2: float = 0.99, mu_dtype: Any = None
+) -> optax.GradientTransformation:
+    r"""Rescales gradients to Lion's direction: the sign of an interpolated momentum.
+
+    .. math::
+        c_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
+        u_t = \operatorname{sign}(c_t), \quad
+        m_t = \beta_2 m_{t-1} + (1-\beta_2) g_t
+
+    Every coordinate moves by exactly the learning rate (or 0): the update's size is the
+    learning rate's alone. The signed direction weighs the current gradient by
+    :math:`1-\beta_1`, more than the momentum's own average does (:math:`1-\beta_2`, with
+    :math:`\beta_2 > \beta_1`). The same rule in the optax and paper conventions (Chen et al.,
+    Algorithm 2).
+
+    Args:
+      b1: weight of the momentum in the interpolation that is signed, in [0, 1).
+      b2: decay of the momentum m_t, in [0, 1).
+      mu_dtype: dtype in which to *store* m_t (as in :func:`scale_by_adam`).
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`ScaleByLionState`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_lion()
+      >>> tx.update(jnp.array([0.5, -2.0, 0.0]), tx.init(jnp.zeros(3)))[0]
+      Array([ 1., -1.,  0.], dtype=float32)
+
+    References:
+      Chen et al., Symbolic Discovery of Optimization Algorithms, NeurIPS 2023, Algorithm 2.
+    """
+    mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+
+    def init_fn(params):
+        return ScaleByLionState(count=_zero_count(), mu=numerics.zeros_like(params, mu_dtype))
+
+    def update_fn(updates, state, params=None):
+        del params
+        direction = jax.tree.map(lambda g, m: jnp.sign((1 - b1) * g + b1 * m), updates, state.mu)
+        mu = _store(numerics.first_moment(updates, state.mu, b2), state.mu, mu_dtype)
+        return direction, ScaleByLionState(count=numerics.safe_increment(state.count), mu=mu)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -558,11 +588,14 @@ def _decay_leaf(g: jax.Array, p: jax.Array, decayed: Any, rate: Any) -> jax.Arra
 
 
 def _broadcast_mask(mask: Any, params: Tree) -> Tree:
-    """Expands a mask that is a prefix of `params` (or a callable) to one bool per leaf."""
+    """Expands a mask that is a prefix of `params` (or a callable; None: all) to a bool per leaf."""
+    if mask is None:
+        return jax.tree.map(lambda _: True, params)
     mask_tree = mask(params) if callable(mask) else mask
     return jax.tree.map(lambda m, subtree: jax.tree.map(lambda _: m, subtree), mask_tree, params)
 
 
+@checked
 def add_decayed_weights(weight_decay: Any = 0.0, mask: Any = None) -> optax.GradientTransformation:
     r"""Adds ``weight_decay * params`` to the updates: decoupled weight decay.
 
@@ -581,9 +614,16 @@ def add_decayed_weights(weight_decay: Any = 0.0, mask: Any = None) -> optax.Grad
     References:
       Loshchilov & Hutter, Decoupled Weight Decay Regularization, ICLR 2019.
     """
-    return _decayed_weights("add_decayed_weights", weight_decay, mask, sign=1)
+
+    def rate(count):  # a constant 0 adds nothing: no tree traversal (None)
+        constant_zero = isinstance(weight_decay, int | float) and weight_decay == 0.0
+        return None if constant_zero else numerics.value_at(weight_decay, count)
+
+    name, scheduled = "add_decayed_weights", callable(weight_decay)
+    return _decayed_weights(name, scheduled, mask, rate, _decay_leaf)
 
 
+@checked
 def subtract_decayed_weights(
     weight_decay: Any = 0.0, mask: Any = None
 ) -> optax.GradientTransformation:
@@ -599,7 +639,12 @@ def subtract_decayed_weights(
     Args:
       weight_decay, mask: as in :func:`add_decayed_weights`.
     """
-    return _decayed_weights("subtract_decayed_weights", weight_decay, mask, sign=-1)
+
+    def rate(count):
+        return -numerics.value_at(weight_decay, count)
+
+    name, scheduled = "subtract_decayed_weights", callable(weight_decay)
+    return _decayed_weights(name, scheduled, mask, rate, _decay_leaf)
 
 
 def pytorch_decoupled_weight_decay(
@@ -611,61 +656,43 @@ def pytorch_decoupled_weight_decay(
     params by :math:`c_t = 1 - \alpha_t \lambda`, then take the step: the rule of
     :func:`add_decayed_weights`, except that :math:`c_t` is rounded to float32. The params
     then shrink by :math:`1 - \mathrm{fl}(c_t)` per step, which differs from
-    :math:`\alpha_t\lambda` by up to 6e-8: the same relative error at every step, 1e-5 of
-    the params after 500 steps at :math:`\alpha\lambda = 10^{-4}` (issue 12's AdamW gap).
+    :math:`\alpha_t\lambda` by up to 6e-8: the same relative error at every step.
     Chained after :func:`scale_by_learning_rate`, this adds :math:`-(1 - c_t)\theta`.
 
     Args:
       learning_rate: the learning rate (float or schedule) of the chain.
       weight_decay, mask: as in :func:`add_decayed_weights`.
     """
-    validation.check_non_negative("pytorch_decoupled_weight_decay", "weight_decay", weight_decay)
-    validation.check_mask("pytorch_decoupled_weight_decay", mask)
+
+    def shrink(count):  # 1 - fl32(c_t), exact in float32 (Sterbenz)
+        lr, wd = (numerics.value_at(x, count) for x in (learning_rate, weight_decay))
+        return 1 - jnp.asarray(1 - lr * wd).astype(jnp.float32)
+
     scheduled = callable(learning_rate) or callable(weight_decay)
-
-    def value(x, count):
-        return x(count) if callable(x) else x
-
-    def init_fn(params):
-        del params
-        return ScaleByScheduleState(count=_zero_count()) if scheduled else optax.EmptyState()
-
-    def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError("pytorch_decoupled_weight_decay needs the params")
-        count = state.count if scheduled else None
-        factor = jnp.asarray(1 - value(learning_rate, count) * value(weight_decay, count))
-        shrink = 1 - factor.astype(jnp.float32)  # exact in float32 (Sterbenz)
-        if scheduled:
-            state = ScaleByScheduleState(count=numerics.safe_increment(state.count))
-        decayed = (
-            jax.tree.map(lambda _: True, params) if mask is None else _broadcast_mask(mask, params)
-        )
-        updates = jax.tree.map(
-            lambda g, p, d: _shrink_leaf(g, p, d, shrink.astype(p.dtype)), updates, params, decayed
-        )
-        return updates, state
-
-    return optax.GradientTransformation(init_fn, update_fn)
+    name = "pytorch_decoupled_weight_decay"
+    return _decayed_weights(name, scheduled, mask, shrink, _shrink_leaf)
 
 
 def _shrink_leaf(g: jax.Array, p: jax.Array, decayed: Any, shrink: jax.Array) -> jax.Array:
     """g + (fl(p c) - p), c = 1 - shrink: torch rounds p * c to the param's dtype before the
-    step (`param.mul_(c)`), and this rounding, not just its size, is what it does: adding
-    -shrink * p to the step instead (one rounding) leaves 4e-6 between the two after 500
-    steps of the digits CNN. p - p * shrink is fl(p c) (as one fused multiply-add exactly);
-    minus p it is exact (Sterbenz), so that apply_updates lands on fl(fl(p c) + step).
+    step (`param.mul_(c)`), and this rounding, not just its size, is what it does (adding
+    -shrink * p to the step instead rounds once, and drifts from torch). p - p * shrink is
+    fl(p c) (as one fused multiply-add exactly); minus p it is exact (Sterbenz), so that
+    apply_updates lands on fl(fl(p c) + step).
     """
     if decayed is False:
         return g
+    shrink = shrink.astype(p.dtype)
     shrunk = g + ((p - p * shrink) - p)
     return shrunk if decayed is True else jnp.where(decayed, shrunk, g)
 
 
-def _decayed_weights(name: str, weight_decay: Any, mask: Any, sign: int):
-    validation.check_non_negative(name, "weight_decay", weight_decay)
-    validation.check_mask(name, mask)
-    scheduled = callable(weight_decay)
+def _decayed_weights(name: str, scheduled: bool, mask: Any, rate: Any, leaf: Any):
+    """The weight decays' one body: leaf(g, p, decayed, rate(count)) where `mask` decays.
+
+    `rate` is evaluated at the chain's count (state `ScaleByScheduleState`) where a
+    hyperparameter is `scheduled`; a rate of None leaves the updates as they are.
+    """
 
     def init_fn(params):
         del params
@@ -674,32 +701,25 @@ def _decayed_weights(name: str, weight_decay: Any, mask: Any, sign: int):
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError(f"{name} needs the params: call update(g, state, params)")
+        value = rate(state.count if scheduled else None)
+        if value is None:
+            return updates, state
         if scheduled:
-            rate = weight_decay(state.count)
             state = ScaleByScheduleState(count=numerics.safe_increment(state.count))
-        elif isinstance(weight_decay, int | float) and weight_decay == 0.0:
-            return updates, state  # nothing to add; skip the tree traversal
-        else:
-            rate = weight_decay
-        if sign < 0:
-            rate = -rate
-        if mask is None:
-            decayed = jax.tree.map(lambda _: True, params)
-        else:
-            decayed = _broadcast_mask(mask, params)
-        updates = jax.tree.map(lambda g, p, d: _decay_leaf(g, p, d, rate), updates, params, decayed)
+        decayed = _broadcast_mask(mask, params)
+        updates = jax.tree.map(lambda g, p, d: leaf(g, p, d, value), updates, params, decayed)
         return updates, state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+@checked
 def scale_by_learning_rate(learning_rate: Any) -> optax.GradientTransformation:
     """Multiplies updates by ``-learning_rate`` (a float, or a schedule of the step count).
 
     The sign flip turns the ascent direction computed by the transforms into a descent step,
     so that ``optax.apply_updates(params, updates)`` minimises the loss.
     """
-    validation.check_learning_rate("scale_by_learning_rate", learning_rate)
 
     if not callable(learning_rate):
 

@@ -1,126 +1,155 @@
-"""Hyperparameter checks run when an optimizer is constructed.
+"""Hyperparameter rules, checked once, where a user hands the values in.
 
-A bad value (b1 = 1, a negative learning rate) would not fail loudly: it trains silently to
-NaN or to nothing. So every alias checks its arguments up front and raises a `ValueError` that
-names the optimizer, the parameter, the value and the allowed range.
+A bad value (b1 = 1, a negative learning rate) does not fail loudly: it trains silently to NaN
+or to nothing. Every hyperparameter name has one rule (`RULES`); the public constructors and
+transforms check their arguments by it (`checked`), the config factory checks a config's fields
+by it (`violations`), and the layers beneath trust what they are given, as optax's do.
 
 Values that are not concrete numbers are left alone: schedules (callables) and traced arrays
 (what `optax.inject_hyperparams` passes in under `jit`/`vmap`) cannot be inspected here.
 """
 
-from collections.abc import Callable
+import functools
+import inspect
+import math
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adamlab.optim.numerics import CONVENTIONS
+
+Rule = Callable[[Any], str | None]  # a value -> None if allowed, else what is allowed
+
 
 def _concrete(value: Any) -> np.ndarray | None:
-    """`value` as a numpy array if it is a concrete number, else None (tracer, callable...)."""
+    """`value` as a float64 array (NaN if it is no number), or None for a schedule or a tracer."""
     if callable(value) or isinstance(value, jax.core.Tracer):
         return None
     try:
         return np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        return None
+        return np.asarray(np.nan)
 
 
-def _fail(optimizer: str, name: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"{optimizer}: {name} must be {allowed}, got {value!r}")
+def interval(low: float, high: float = math.inf, *, open_low: bool = False) -> Rule:
+    """Every element finite and in [low, high) ((low, high) with `open_low`)."""
+    upper = "inf" if math.isinf(high) else f"{high:g}"
+    allowed = f"in {'(' if open_low else '['}{low:g}, {upper})"
+
+    def rule(value):
+        array = _concrete(value)
+        if array is None:
+            return None
+        above = array > low if open_low else array >= low
+        return None if np.all(np.isfinite(array) & above & (array < high)) else allowed
+
+    return rule
 
 
-def check_range(
-    optimizer: str,
-    name: str,
-    value: Any,
-    *,
-    low: float,
-    high: float = float("inf"),
-    low_inclusive: bool = True,
-    high_inclusive: bool = False,
-) -> None:
-    """Raises ValueError unless every element of a concrete `value` lies in the interval."""
-    array = _concrete(value)
-    if array is None:
-        return
-    above_low = array >= low if low_inclusive else array > low
-    below_high = array <= high if high_inclusive else array < high
-    if not (np.all(np.isfinite(array)) and np.all(above_low & below_high)):
-        left = "[" if low_inclusive else "("
-        right = "]" if high_inclusive else ")"
-        upper = "inf" if np.isinf(high) else f"{high:g}"
-        _fail(optimizer, name, value, f"in {left}{low:g}, {upper}{right}")
+def _optional(rule: Rule) -> Rule:
+    return lambda value: None if value is None else rule(value)
 
 
-def check_learning_rate(optimizer: str, learning_rate: Any) -> None:
-    """A learning rate is a positive number or a schedule (a callable of the step)."""
-    if learning_rate is None:
-        _fail(optimizer, "learning_rate", learning_rate, "a positive float or an optax schedule")
-    check_range(optimizer, "learning_rate", learning_rate, low=0.0, low_inclusive=False)
+def _learning_rate(value: Any) -> str | None:
+    if value is None:
+        return "a positive float or an optax schedule"
+    return interval(0.0, open_low=True)(value)
 
 
-def check_decay(optimizer: str, name: str, value: Any) -> None:
-    """Moment decay rates live in [0, 1): at 1 the average never moves and bias correction
-    divides by zero."""
-    check_range(optimizer, name, value, low=0.0, high=1.0)
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool | np.bool_) else "True or False"
 
 
-def check_non_negative(optimizer: str, name: str, value: Any) -> None:
-    check_range(optimizer, name, value, low=0.0)
-
-
-def check_mu_dtype(optimizer: str, mu_dtype: Any) -> None:
+def _dtype(value: Any) -> str | None:
     """The first moment may be stored in any floating dtype (e.g. bfloat16 to save memory)."""
-    if mu_dtype is None:
-        return
     try:
-        dtype = jnp.dtype(mu_dtype)
+        floating = value is None or jnp.issubdtype(jnp.dtype(value), jnp.floating)
     except TypeError:
-        dtype = None
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-        _fail(optimizer, "mu_dtype", mu_dtype, "None or a floating dtype such as jnp.bfloat16")
+        floating = False
+    return None if floating else "None or a floating dtype such as jnp.bfloat16"
 
 
-def check_bool(optimizer: str, name: str, value: Any) -> None:
-    if not isinstance(value, bool | np.bool_):
-        _fail(optimizer, name, value, "True or False")
+def _mask(value: Any) -> str | None:
+    """None, a callable, or a pytree of booleans (a prefix of the params)."""
+    if value is None or callable(value):
+        return None
+    if all(np.asarray(leaf).dtype == np.bool_ for leaf in jax.tree.leaves(value)):
+        return None
+    return "None, a callable, or a pytree of booleans"
 
 
-def check_mask(optimizer: str, mask: Any) -> None:
-    """A mask is None, a pytree of booleans (a prefix of the params) or a callable."""
-    if mask is None or isinstance(mask, Callable):
-        return
-    leaves = jax.tree.leaves(mask)
-    if not all(np.asarray(leaf).dtype == np.bool_ for leaf in leaves):
-        _fail(optimizer, "mask", mask, "None, a callable, or a pytree of booleans")
+def _convention(value: Any) -> str | None:
+    return None if value in CONVENTIONS else f"one of {', '.join(map(repr, CONVENTIONS))}"
 
 
-def check_convention(
-    optimizer: str, convention: Any, missing: dict[str, str] | None = None
-) -> None:
-    """`convention` is one of "optax", "pytorch", "paper" and exists for this optimizer.
+_DECAY = interval(0.0, 1.0)  # at 1 an average never moves and 1 - b^t divides by zero
+_NON_NEGATIVE = interval(0.0)
+RULES: dict[str, Rule] = {
+    "learning_rate": _learning_rate,
+    "b1": _DECAY,
+    "b2": _DECAY,
+    "eps": _NON_NEGATIVE,
+    "eps_root": _NON_NEGATIVE,
+    "weight_decay": _NON_NEGATIVE,
+    "l2": _NON_NEGATIVE,
+    "momentum_decay": _optional(_NON_NEGATIVE),
+    "threshold": _optional(interval(4.0)),  # RAdam's rho_t; below 4 r_t is not real
+    "warmup_fraction": _optional(interval(0.0, 1.0)),
+    "mu_dtype": _dtype,
+    "mask": _mask,
+    "convention": _convention,
+    "nesterov": _boolean,
+    "fused": _boolean,
+    "bias_correction_mu": _optional(_boolean),
+    "bias_correction_nu": _optional(_boolean),
+}
 
-    Args:
-      missing: conventions that do not exist for `optimizer`, each with the reason (e.g.
-        {"pytorch": "torch.optim has no AdaBelief"}).
+
+def violations(arguments: Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]:
+    """(name, value, what is allowed) for every argument its rule refuses."""
+    for name, value in arguments.items():
+        allowed = RULES[name](value) if name in RULES else None
+        if allowed is not None:
+            yield name, value, allowed
+
+
+def check(owner: str, arguments: Mapping[str, Any]) -> None:
+    """Raises ValueError "owner: name must be allowed, got value" for the first refused one."""
+    for name, value, allowed in violations(arguments):
+        raise ValueError(f"{owner}: {name} must be {allowed}, got {value!r}")
+
+
+def checked(function: Callable, check_arguments: Callable | None = None) -> Callable:
+    """`function` that checks its bound arguments first (default: `check` by its name).
+
+    ``.unchecked`` is `function` itself, for the callers beneath a boundary that checked.
     """
-    from adamlab.optim.numerics import CONVENTIONS
+    signature = inspect.signature(function)
+    check_arguments = check_arguments or functools.partial(check, function.__name__)
 
-    if convention not in CONVENTIONS:
-        _fail(optimizer, "convention", convention, f"one of {', '.join(map(repr, CONVENTIONS))}")
-    if missing and convention in missing:
-        available = [c for c in CONVENTIONS if c not in missing]
-        raise ValueError(
-            f"{optimizer}: convention={convention!r} does not exist: {missing[convention]}; "
-            f"use {' or '.join(map(repr, available))}"
-        )
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        check_arguments(bound.arguments)
+        return function(*args, **kwargs)
+
+    wrapper.unchecked = function
+    return wrapper
 
 
-def check_unset(optimizer: str, name: str, value: Any, convention: str, why: str) -> None:
+def is_int(value: Any, low: int) -> bool:
+    """An int (not a bool) >= `low`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def check_unset(owner: str, name: str, value: Any, convention: str, why: str) -> None:
     """An option of the optax convention must stay None (= the convention's own) otherwise."""
     if value is not None:
         raise ValueError(
-            f"{optimizer}: {name}={value!r} cannot be combined with convention={convention!r} "
+            f"{owner}: {name}={value!r} cannot be combined with convention={convention!r} "
             f"({why}); leave it unset"
         )

@@ -2,12 +2,12 @@
 
     tx, schedule = make_optimizer(config.optimizer, total_steps)
 
-Names (`optimizer.name`):
+Names (`optimizer.name`) are those of the one table, `adamlab.optim.alias.TABLE`:
 
-* ours, the Adam family under study: every name of `adamlab.optim.names()`. With
-  `implementation="ours"` our from-scratch code runs (`optim.create`, in the numerics of
-  `optimizer.convention`); with `implementation="optax"` its optax twin (`optim.reference`),
-  so a comparison is a one-field switch with identical hyperparameters.
+* ours, the optimizers under study, `adamlab.optim.names()`. With `implementation="ours"` our
+  code runs (`optim.create`, in the numerics of `optimizer.convention`); with
+  `implementation="optax"` its optax twin (`optim.reference`), so a comparison is a one-field
+  switch with identical hyperparameters.
 * the comparison baselines, NOT ours: `sgd` (fields `momentum`, `nesterov`), `adagrad` and
   `rmsprop`, straight from optax (the well-kept reference for them).
 
@@ -20,15 +20,15 @@ Schedules (`optimizer.schedule`): "constant", "warmup_cosine" (linear warmup ove
 `warmup_steps`, or over `warmup_fraction` of the steps when that is set, then cosine to 0 at the
 last step) and "inverse_sqrt" (Kingma & Ba's alpha / sqrt(t)).
 
-Vectorized runs (`make_optimizer(..., swept=names)`): the swept hyperparameters (of `SWEEPABLE`)
-become float32 state leaves through `optim.inject_hyperparams`, so one compiled update serves
-runs with different values; `with_values(tx, values)` builds the optimizer of one run.
+Vectorized runs (`make_optimizer(..., swept=names)`): the swept hyperparameters (of the table
+entry's `sweepable`, and `l2`, `warmup_fraction`) become float32 state leaves through
+`optim.inject_hyperparams`, so one compiled update serves runs with different values;
+`with_values(tx, values)` builds the optimizer of one run.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,24 +38,15 @@ import jax.numpy as jnp
 import optax
 
 from adamlab import config_dict, optim
+from adamlab.optim import registry, validation
 
 IMPLEMENTATIONS: tuple[str, ...] = ("ours", "optax")
 SCHEDULES: tuple[str, ...] = ("constant", "warmup_cosine", "inverse_sqrt")
-_BASELINE_FACTORIES: dict[str, Callable[..., optax.GradientTransformation]] = {
-    "sgd": optax.sgd,
-    "adagrad": optax.adagrad,
-    "rmsprop": optax.rmsprop,
-}
-BASELINES: tuple[str, ...] = tuple(_BASELINE_FACTORIES)
-# Numeric hyperparameters that can differ between the runs of one compiled program.
+BASELINES: tuple[str, ...] = tuple(n for n in registry.names("optax") if n not in optim.names())
+# Numeric hyperparameters that can differ between the runs of one compiled program: every
+# table entry's, and the factory's own (the L2 term, the warmup's length).
 SWEEPABLE: tuple[str, ...] = (
-    "learning_rate",
-    "b1",
-    "b2",
-    "eps",
-    "eps_root",
-    "weight_decay",
-    "momentum",
+    *dict.fromkeys(h for n in registry.names("optax") for h in registry.entry(n).sweepable),
     "l2",
     "warmup_fraction",
 )
@@ -75,14 +66,10 @@ _FACTORY_FIELDS = (
 
 def names() -> tuple[str, ...]:
     """Every optimizer name a config may use: ours, then the baselines."""
-    return (*optim.names(), *BASELINES)
+    return registry.names("optax")
 
 
-def hyperparameters(name: str) -> tuple[str, ...]:
-    """The keyword hyperparameters optimizer `name` takes (learning_rate included)."""
-    if name in _BASELINE_FACTORIES:
-        return tuple(inspect.signature(_BASELINE_FACTORIES[name]).parameters)
-    return optim.hyperparameters(name)
+hyperparameters = registry.hyperparameters  # the keyword hyperparameters optimizer `name` takes
 
 
 def optimizer_hparams(optimizer_config: Any) -> dict[str, Any]:
@@ -91,20 +78,12 @@ def optimizer_hparams(optimizer_config: Any) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in _FACTORY_FIELDS and v is not None}
 
 
-def _check_number(field: str, value: Any, minimum: float, strict: bool) -> None:
-    bad = isinstance(value, bool) or not isinstance(value, int | float)
-    if bad or not math.isfinite(value) or value < minimum or (strict and value == minimum):
-        relation = ">" if strict else ">="
-        raise ValueError(
-            f"optimizer.{field}={value!r} must be a finite number {relation} {minimum}"
-        )
-
-
 def validate_optimizer_config(optimizer_config: Any, total_steps: int) -> None:
     """Raises ValueError naming the field, the value and what is allowed.
 
-    Checks the factory's own fields; hyperparameter values are checked by the optimizer when
-    `make_optimizer` builds it (before any training step).
+    Checks the factory's own fields by the rules of `adamlab.optim.validation`; the optimizer's
+    hyperparameters are checked by its constructor when `make_optimizer` builds it (before any
+    training step).
     """
     config = config_dict.as_dict(optimizer_config, "optimizer config")
     name = config.get("name")
@@ -121,12 +100,15 @@ def validate_optimizer_config(optimizer_config: Any, total_steps: int) -> None:
             f"optimizer.name={name!r} is a baseline from optax, not ours: set "
             "optimizer.implementation='optax' (ours are: " + ", ".join(optim.names()) + ")"
         )
-    fused = config.get("fused")
-    if fused not in (None, False, True):
-        raise ValueError(f"optimizer.fused={fused!r} must be True or False")
-    if fused and (name in BASELINES or implementation != "ours"):
+    convention = config.get("convention") or "optax"
+    if implementation == "optax" and convention != "optax":
         raise ValueError(
-            f"optimizer.fused=True exists for ours only (adamlab.optim.fused), not for "
+            f"optimizer.convention={convention!r} exists for ours only: the optax twin "
+            "follows optax's numerics; use implementation='ours' or convention='optax'"
+        )
+    if config.get("fused") and implementation != "ours":
+        raise ValueError(
+            f"optimizer.fused=True exists for ours only, not for "
             f"implementation={implementation!r} {name!r}; set optimizer.fused=False"
         )
     schedule = config.get("schedule", "constant")
@@ -134,12 +116,14 @@ def validate_optimizer_config(optimizer_config: Any, total_steps: int) -> None:
         raise ValueError(
             f"optimizer.schedule={schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}"
         )
-    _check_number("learning_rate", config.get("learning_rate"), 0, strict=True)
-    _check_number("l2", config.get("l2") or 0.0, 0, strict=False)
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+    fields = {k: config.get(k) for k in ("learning_rate", "l2", "warmup_fraction", "fused")}
+    fields = {k: v for k, v in fields.items() if v is not None or k == "learning_rate"}
+    for field, value, allowed in validation.violations(fields):
+        raise ValueError(f"optimizer.{field}={value!r} must be {allowed}")
+    if not validation.is_int(total_steps, 1):
         raise ValueError(f"total_steps={total_steps!r} must be an int >= 1")
     warmup = config.get("warmup_steps", 0) or 0
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+    if not validation.is_int(warmup, 0):
         raise ValueError(f"optimizer.warmup_steps={warmup!r} must be an int >= 0")
     if schedule != "warmup_cosine" and warmup:
         raise ValueError(
@@ -147,14 +131,12 @@ def validate_optimizer_config(optimizer_config: Any, total_steps: int) -> None:
             "schedule has no warmup); set warmup_steps=0 or change the schedule"
         )
     fraction = config.get("warmup_fraction")
-    if fraction is not None:
-        _check_number("warmup_fraction", fraction, 0, strict=False)
-        if fraction >= 1 or schedule != "warmup_cosine" or warmup:
-            raise ValueError(
-                f"optimizer.warmup_fraction={fraction!r} must be in [0, 1), with "
-                f"schedule='warmup_cosine' (got {schedule!r}) and warmup_steps=0 (got {warmup}): "
-                "it replaces warmup_steps"
-            )
+    if fraction is not None and (schedule != "warmup_cosine" or warmup):
+        raise ValueError(
+            f"optimizer.warmup_fraction={fraction!r} must be in [0, 1), with schedule="
+            f"'warmup_cosine' (got {schedule!r}) and warmup_steps=0 (got {warmup}): it replaces "
+            "warmup_steps"
+        )
     if schedule == "warmup_cosine" and warmup >= total_steps:
         raise ValueError(
             f"optimizer.warmup_steps={warmup} must be < total_steps={total_steps}: the cosine "
@@ -177,6 +159,11 @@ def make_schedule(
     """
     validate_optimizer_config(optimizer_config, total_steps)
     config = config_dict.as_dict(optimizer_config, "optimizer config")
+    return _schedule(config, total_steps, peak, warmup_fraction)
+
+
+def _schedule(config: dict, total_steps: int, peak: Any, warmup_fraction: Any) -> optax.Schedule:
+    """`make_schedule` of a validated config."""
     peak = float(config["learning_rate"]) if peak is None else peak
     if warmup_fraction is None:
         warmup_fraction = config.get("warmup_fraction")
@@ -213,34 +200,15 @@ def _fractional_warmup_cosine(peak: Any, fraction: Any, total_steps: int) -> opt
     return schedule
 
 
-def _named(name: str, hparams: dict[str, Any], build: Callable) -> optax.GradientTransformation:
-    """`build(**hparams)`, with a TypeError for an unknown hyperparameter turned into a
-    ValueError that lists what `name` takes."""
-    accepted = hyperparameters(name)
-    unknown = sorted(set(hparams) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"optimizer {name!r} takes no {', '.join('optimizer.' + u for u in unknown)}; "
-            f"it takes: {', '.join(accepted)}"
-        )
-    return build(**hparams)
-
-
 def _base_optimizer(config: dict[str, Any], schedule: Any, hparams: dict[str, Any]):
-    name, implementation = config["name"], config.get("implementation", "ours")
-    if name in BASELINES:
-        return _named(name, dict(hparams, learning_rate=schedule), _BASELINE_FACTORIES[name])
-    convention = config.get("convention") or "optax"
-    if implementation == "optax":
-        if convention != "optax":
-            raise ValueError(
-                f"optimizer.convention={convention!r} exists for ours only: the optax twin "
-                "follows optax's numerics; use implementation='ours' or convention='optax'"
-            )
+    """Ours (`optim.create`) or the optax twin (`optim.reference`; a baseline's only one)."""
+    name = config["name"]
+    if config.get("implementation", "ours") == "optax":
         return optim.reference(name, learning_rate=schedule, **hparams)
+    convention = config.get("convention") or "optax"
     if convention != "optax":
         hparams = dict(hparams, convention=convention)
-    if config.get("fused"):  # the same rule and state, fewer divisions (adamlab.optim.fused)
+    if config.get("fused"):  # the same rule and state, fewer divisions
         hparams = dict(hparams, fused=True)
     return optim.create(name, learning_rate=schedule, **hparams)
 
@@ -269,10 +237,10 @@ def _build(config: dict[str, Any], total_steps: int, frozen: Sequence[str], valu
     fraction = values.pop("warmup_fraction", None)
     swept_l2 = "l2" in values
     l2 = values.pop("l2", config.get("l2") or 0.0)
-    schedule = make_schedule(config, total_steps, peak, fraction)
+    schedule = _schedule(config, total_steps, peak, fraction)
     tx = _base_optimizer(config, schedule, optimizer_hparams(config) | values)
     if swept_l2 or l2 > 0:  # L2 in the loss: its gradient l2 * params joins the gradient.
-        tx = optax.chain(optim.add_decayed_weights(l2), tx)
+        tx = optax.chain(optim.add_decayed_weights.unchecked(l2), tx)
     if frozen:
         tx = optax.multi_transform(
             {"trained": tx, "frozen": optax.set_to_zero()}, frozen_labels(frozen)
@@ -303,14 +271,15 @@ def make_optimizer(
         hyperparameter the optimizer rejects, or a field that cannot be swept.
     """
     config = config_dict.as_dict(optimizer_config, "optimizer config")
-    schedule = make_schedule(config, total_steps)
+    validate_optimizer_config(config, total_steps)
+    schedule = _schedule(config, total_steps, None, None)
     if not swept:
         return _build(config, total_steps, frozen, {}), schedule
-    accepted = {*hyperparameters(config["name"]), "l2"}
+    accepted = {*registry.entry(config["name"]).sweepable, "l2"}
     if config.get("schedule") == "warmup_cosine" and not config.get("warmup_steps"):
         accepted.add("warmup_fraction")  # Replaces warmup_steps (validate_optimizer_config).
     for name in swept:
-        if name not in SWEEPABLE or name not in accepted:
+        if name not in accepted:
             allowed = [h for h in SWEEPABLE if h in accepted]
             raise ValueError(
                 f"optimizer.{name} cannot be swept in one program for {config['name']}; "
