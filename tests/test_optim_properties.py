@@ -446,6 +446,8 @@ def test_registry_builds_optax_twins():
         "adamax",
         "adabelief",
         "lion",
+        "lamb",
+        "muon",
     )
     assert "weight_decay" in optim.hyperparameters("adamw")
     assert "threshold" in optim.hyperparameters("radam")
