@@ -146,9 +146,12 @@ ROSENBROCK_LR = {
     "adamax": 3e-2,
     "adabelief": 3e-2,
     "lion": 3e-3,
+    "lamb": 1e-2,
+    "muon": 3e-3,  # 1-D parameters: Muon's NAdamW part
 }
-# Lion's sign steps move every coordinate by the full rate: it settles as the rate decays.
-DECAYED = {"lion"}
+# Lion's sign steps move every coordinate by the full rate, LAMB's every layer by lr * ||w||:
+# they settle as the rate decays.
+DECAYED = {"lion", "lamb"}
 
 
 def _rate(name, lr, steps):

@@ -524,8 +524,9 @@ def muon(
       muon_weight_dimension_numbers: optax's: a tree (or a callable of the params returning
         one) of ``MuonDimensionNumbers``, None for a leaf that takes AdamW; None: the 2-D
         leaves.
-      convention: "optax" (``optax.contrib.muon``) or "paper" (Jordan's ``Muon`` reference
-        as optax composes it: the same rule); torch.optim's Muon differs (conventions.md).
+      convention: "optax" (``optax.contrib.muon``: bias-corrected momentum, NAdamW for the
+        other leaves when ``nesterov``) or "paper" (Jordan's reference ``MuonWithAuxAdam``:
+        momentum not bias-corrected, plain AdamW for the other leaves); docs/conventions.md.
 
     Example:
       >>> import jax.numpy as jnp
@@ -539,7 +540,6 @@ def muon(
       Jordan et al., Muon: An optimizer for hidden layers in neural networks, 2024,
       https://kellerjordan.github.io/posts/muon/.
     """
-    del convention  # one rule in both
     spec = muon_weight_dimension_numbers
     labels = lambda params: jax.tree.map(
         lambda d, p: jax.tree.map(lambda _: "adam" if d is None else "muon", p),
@@ -550,12 +550,13 @@ def muon(
     matrices = transform.scale_by_muon.unchecked(
         ns_coeffs, ns_steps, beta, eps, mu_dtype, nesterov=nesterov,
         weight_dimension_numbers=functools.partial(transform.muon_dimension_numbers, spec),
-        consistent_rms=consistent_rms,
+        consistent_rms=consistent_rms, convention=convention,
     )  # fmt: skip
     adam_lr = learning_rate if adam_learning_rate is None else adam_learning_rate
-    others = _adam(
-        adam_lr, adam_b1, adam_b2, eps, adam_eps_root, mu_dtype, nesterov=nesterov,
-        convention="optax", fused=False, weight_decay=adam_weight_decay,
+    others = _adam(  # optax's AdamW is Nesterov's with Muon's; Jordan's is plain Adam
+        adam_lr, adam_b1, adam_b2, eps, adam_eps_root, mu_dtype,
+        nesterov=nesterov and convention == "optax", convention="optax", fused=False,
+        weight_decay=adam_weight_decay,
     )  # fmt: skip
     return optax.partition(
         {

@@ -743,6 +743,7 @@ def scale_by_muon(
     nesterov: bool = True,
     weight_dimension_numbers: Any = None,
     consistent_rms: float | None = None,
+    convention: str = "optax",
 ) -> optax.GradientTransformation:
     r"""Rescales each matrix's gradient to its orthogonalised momentum: Muon's direction.
 
@@ -757,9 +758,13 @@ def scale_by_muon(
     with :math:`(a, b, c) = (3.4445, -4.7750, 2.0315)` and :math:`N = 5`. The quintic maps
     every singular value of :math:`X_0` (all in (0, 1] after the Frobenius normalisation)
     into a band around 1, not exactly 1: :math:`X_N \approx U S' V^\top` with
-    :math:`S'_{ii} \in [0.7, 1.2]` roughly, where :math:`\hat M_t = U S V^\top`. optax
-    bias-corrects the momentum (Jordan's reference does not; the first steps differ, then
-    the corrections tend to 1); docs/conventions.md.
+    :math:`S'_{ii} \in [0.7, 1.2]` roughly, where :math:`\hat M_t = U S V^\top`.
+
+    Conventions. "optax" bias-corrects the momentum as above (``optax.contrib.muon``);
+    "paper" is Jordan's reference, which does not: :math:`\hat M_t = \beta m_t + (1-\beta)
+    G_t` (Nesterov) or :math:`m_t`. Without Nesterov the two differ only through eps (the
+    normalisation removes a scalar factor); with it, in the first steps, until
+    :math:`\beta^t \to 0`. docs/conventions.md.
 
     Which leaves are matrices, and how: ``weight_dimension_numbers`` (optax's
     ``MuonDimensionNumbers``: reduction axes become the rows, output axes the columns, the
@@ -777,6 +782,7 @@ def scale_by_muon(
         updates returning one); None: all leaves are 2-D.
       consistent_rms: None for Jordan's width scale; a float r for
         :math:`\sqrt{\max(\text{fan\_in}, \text{fan\_out})}\, r` (Liu et al. 2025).
+      convention: "optax" or "paper" (Jordan's reference: no bias correction).
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByMuonState`.
@@ -805,7 +811,9 @@ def scale_by_muon(
         dims = spec(updates) if callable(spec) else muon_dimension_numbers(spec, updates)
         mu = numerics.first_moment(updates, state.mu, beta)
         count = numerics.safe_increment(state.count)
-        if nesterov:
+        if convention == "paper":  # Jordan: no bias correction; look-ahead g.lerp_(m, beta)
+            mu_hat = numerics.first_moment(updates, mu, beta) if nesterov else mu
+        elif nesterov:
             mu_hat = numerics.nesterov_first_moment(mu, updates, beta, count)
         else:
             mu_hat = numerics.bias_correction(mu, beta, count)
