@@ -86,8 +86,17 @@ def _convention(value: Any) -> str | None:
 
 
 def _newton_schulz_steps(value: Any) -> str | None:
-    """Muon's Newton-Schulz step count: a positive int (0 steps would not orthogonalise)."""
-    return None if is_int(value, 1) else "a positive int (Newton-Schulz steps; the paper's 5)"
+    """Muon's Newton-Schulz step count: a positive int (0 steps would not orthogonalise); as
+    `inject_hyperparams` holds it, an int32 array."""
+    integral = is_int(value, 1) or (
+        isinstance(value, np.ndarray | jax.Array)
+        and jnp.issubdtype(value.dtype, jnp.integer)
+        and _concrete(value) is not None
+        and np.all(_concrete(value) >= 1)
+    )
+    if integral or isinstance(value, jax.core.Tracer):
+        return None
+    return "a positive int (Newton-Schulz steps; the paper's 5)"
 
 
 def _newton_schulz_coefficients(value: Any) -> str | None:
