@@ -533,8 +533,9 @@ def muon(
       >>> tx = muon(2e-2)
       >>> params = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}
       >>> updates, _ = tx.update(params, tx.init(params), params)
-      >>> float(jnp.linalg.norm(updates["w"], ord=2))  # w's largest singular value moved
-      0.02...
+      >>> # g = ones((4, 3)) has one singular value; Newton-Schulz takes it to 0.696 (the band)
+      >>> float(jnp.linalg.norm(updates["w"], ord=2))  # lr * 0.696
+      0.0139...
 
     References:
       Jordan et al., Muon: An optimizer for hidden layers in neural networks, 2024,
