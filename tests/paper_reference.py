@@ -187,3 +187,87 @@ def lion(theta0, grads, eta, beta1=0.9, beta2=0.99, lam=0.0):
         m = beta2 * m + (1 - beta2) * g  # m_t <- beta2 m_{t-1} + (1 - beta2) g_t
         _record(history, theta, m=m)
     return _stack(history)
+
+
+# --- Whole-tensor algorithms: LAMB and Muon couple the coordinates of a layer ----------------
+# These take and return dicts of layers (name -> array; grads name -> [T, *shape]); a history
+# is name -> [T, *shape].
+
+
+def lamb(theta0, grads, eta, beta1=0.9, beta2=0.999, eps=1e-6, lam=0.0):
+    """You et al. 2020, Algorithm 2 (LAMB), phi(z) = z, per layer i. State: m, v."""
+    theta = {k: x.copy() for k, x in theta0.items()}
+    m = {k: np.zeros_like(x) for k, x in theta.items()}  # m_0 <- 0
+    v = {k: np.zeros_like(x) for k, x in theta.items()}  # v_0 <- 0
+    history = {"params": {k: [] for k in theta}, "m": {k: [] for k in theta}, "v": {}}
+    history["v"] = {k: [] for k in theta}
+    for t in range(1, len(next(iter(grads.values()))) + 1):
+        for i in theta:
+            g = grads[i][t - 1]  # g_t = (1/|S_t|) sum grad l(x_t, s_t)
+            m[i] = beta1 * m[i] + (1 - beta1) * g  # m_t = beta1 m_{t-1} + (1 - beta1) g_t
+            v[i] = beta2 * v[i] + (1 - beta2) * g * g  # v_t = beta2 v_{t-1} + (1 - beta2) g_t^2
+            m_hat = m[i] / (1 - beta1**t)  # m_t = m_t / (1 - beta1^t)
+            v_hat = v[i] / (1 - beta2**t)  # v_t = v_t / (1 - beta2^t)
+            r = m_hat / (np.sqrt(v_hat) + eps)  # r_t = m_t / (sqrt(v_t) + eps)
+            # x_{t+1}^(i) = x_t^(i) - eta_t phi(||x_t^(i)||) / ||r_t^(i) + lam x_t^(i)||
+            #               (r_t^(i) + lam x_t^(i))
+            step = r + lam * theta[i]
+            x_norm, step_norm = np.linalg.norm(theta[i]), np.linalg.norm(step)
+            # ours: ratio 1 where either norm is 0 (optax's; the paper divides by 0)
+            ratio = x_norm / step_norm if x_norm > 0 and step_norm > 0 else 1.0
+            theta[i] = theta[i] - eta * ratio * step
+            for name, value in (("params", theta[i]), ("m", m[i]), ("v", v[i])):
+                history[name][i].append(np.array(value, copy=True))
+    return {name: {k: np.stack(h) for k, h in by.items()} for name, by in history.items()}
+
+
+def newton_schulz5(G, steps=5, eps=1e-7):
+    """Jordan et al. 2024's ``zeropower_via_newtonschulz5``, line by line (in float32: ours;
+    the reference casts X to bfloat16)."""
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    X = G.astype(np.float32)
+    X = X / (np.linalg.norm(X) + eps)  # X /= (X.norm() + eps)
+    if G.shape[0] > G.shape[1]:
+        X = X.T
+    for _ in range(steps):
+        A = X @ X.T
+        B = b * A + c * A @ A
+        X = a * X + B @ X
+    if G.shape[0] > G.shape[1]:
+        X = X.T
+    return X
+
+
+def muon(theta0, grads, lr, momentum=0.95, eps=1e-8, weight_decay=0.0, betas=(0.9, 0.999)):
+    """Jordan et al. 2024, ``MuonWithAuxAdam``: ``muon_update`` for the 2-D layers, its
+    ``adam_update`` for the others, both followed by ``p.mul_(1 - lr * wd)`` and
+    ``p.add_(update, alpha=-lr)``. Matrices here are flax's (fan_in, fan_out); the reference's
+    are torch's (fan_out, fan_in): transposed in and out (NS(X^T) = NS(X)^T). State: m (the
+    momentum buffer, Adam's buf1), v (buf2)."""
+    theta = {k: x.copy() for k, x in theta0.items()}
+    m = {k: np.zeros_like(x) for k, x in theta.items()}
+    v = {k: np.zeros_like(x) for k, x in theta.items() if x.ndim != 2}
+    history = {"params": {k: [] for k in theta}, "m": {k: [] for k in theta}}
+    history["v"] = {k: [] for k in v}
+    for step in range(1, len(next(iter(grads.values()))) + 1):
+        for i, p in theta.items():
+            grad = grads[i][step - 1]
+            if p.ndim == 2:
+                grad, mom = grad.T, m[i].T  # torch's layout
+                mom = mom + (1 - momentum) * (grad - mom)  # momentum.lerp_(grad, 1 - beta)
+                update = grad + momentum * (mom - grad)  # grad.lerp_(momentum, beta)
+                update = newton_schulz5(update, steps=5, eps=eps)
+                update = update * max(1, grad.shape[-2] / grad.shape[-1]) ** 0.5
+                m[i], update = mom.T, update.T
+            else:
+                m[i] = m[i] + (1 - betas[0]) * (grad - m[i])  # buf1.lerp_(grad, 1 - betas[0])
+                v[i] = v[i] + (1 - betas[1]) * (grad * grad - v[i])  # buf2.lerp_(grad^2, ..)
+                buf1c = m[i] / (1 - betas[0] ** step)
+                buf2c = v[i] / (1 - betas[1] ** step)
+                update = buf1c / (np.sqrt(buf2c) + eps)
+                history["v"][i].append(v[i].copy())
+            p = p * np.float32(1 - lr * weight_decay)  # p.mul_(1 - lr * weight_decay)
+            theta[i] = p - lr * update  # p.add_(update, alpha=-lr)
+            history["params"][i].append(theta[i].copy())
+            history["m"][i].append(m[i].copy())
+    return {name: {k: np.stack(h) for k, h in by.items()} for name, by in history.items()}

@@ -23,6 +23,7 @@ steps; the plain line differs by 1 ulp now and then, and v's long memory (b2 = 0
 those up to 2.2e-6 of its scale, which the parameters inherit.
 """
 
+import jax
 import numpy as np
 import optax
 import paper_reference as paper
@@ -140,3 +141,73 @@ def test_lions_paper_convention_is_optaxs_rule():
     params = {"w": np.ones((3, 2), np.float32), "b": np.zeros(2, np.float32)}
     paper_tx = optim.lion(1e-2, convention="paper")
     assert step_program(paper_tx, params) == step_program(optim.lion(1e-2), params)
+
+
+# --- LAMB and Muon: whole-tensor, as they couple the coordinates of a layer -------------------
+
+
+def _layers_problem(steps=STEPS):
+    """Layers (a tall and a wide matrix, a bias, a conv kernel) and fixed gradients [T, ...]."""
+    rng = np.random.default_rng(7)
+    shapes = {"wide": (8, 24), "tall": (24, 8), "bias": (8,), "conv": (3, 3, 2, 4)}
+    init = {k: (rng.standard_normal(s) * 0.5).astype(np.float32) for k, s in shapes.items()}
+    init["bias"] = np.zeros(8, np.float32)  # a zero norm: LAMB's trust ratio 1
+    grads = {k: rng.standard_normal((steps, *s)).astype(np.float32) for k, s in shapes.items()}
+    return init, grads
+
+
+def _whole_tensor_run(tx, init, grads):
+    """Ours over the fixed gradients, jitted: params and the state's leaves, [T, ...] each."""
+
+    def step(carry, g):
+        params, state = carry
+        updates, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, state), (params, state)
+
+    run = jax.jit(lambda p, gs: jax.lax.scan(step, (p, tx.init(p)), gs)[1])
+    return run(init, grads)
+
+
+# name -> (ours' hyperparameters, reference's). Jordan's reference decays every layer with
+# the one weight_decay: ours' Muon and AdamW parts both get it.
+WHOLE_TENSOR = {
+    "lamb": ({"weight_decay": 1e-2}, {"lam": 1e-2}),
+    "muon": ({"weight_decay": 1e-2, "adam_weight_decay": 1e-2}, {"weight_decay": 1e-2}),
+}
+# Tolerance, relative to each coordinate's largest magnitude over the run (`scaled_error`).
+# LAMB: RTOL_SECOND_MOMENTS (measured at most 1.2e-6). Muon: 2e-5 (measured over 500 steps:
+# matrices 8.6e-6, NumPy and XLA accumulating the Newton-Schulz products in different orders
+# and the quintic multiplying small singular values' differences by up to a = 3.4 per step;
+# its AdamW part 1.2e-5, Jordan's lerp form of the moments and p.mul_(1 - lr wd) rounding
+# otherwise than ours). optax's bias-corrected convention is 1e-2 away: the test discriminates.
+WHOLE_TENSOR_RTOL = {"lamb": RTOL_SECOND_MOMENTS, "muon": 2e-5}
+
+
+@pytest.mark.parametrize("name", WHOLE_TENSOR)
+def test_whole_tensor_paper_convention_matches_the_papers_pseudo_code(name):
+    init, grads = _layers_problem()
+    lr = 1e-2
+    ours_hparams, ref_hparams = WHOLE_TENSOR[name]
+    tx = optim.create(name, learning_rate=lr, convention="paper", **ours_hparams)
+    params, state = _whole_tensor_run(tx, init, grads)
+    reference = getattr(paper, name)(init, grads, lr, **ref_hparams)
+    if name == "lamb":
+        ours = {"params": params, "m": state[0].mu, "v": state[0].nu}
+    else:  # the partition's groups: Muon's matrices and Adam's others
+        muon_state, adam_state = (state[0][g].inner_state[0] for g in ("muon", "adam"))
+        held = lambda tree: {k: x for k, x in tree.items() if not isinstance(x, optax.MaskedNode)}
+        mu = held(adam_state.mu) | held(muon_state.mu)  # each group holds a masked tree
+        ours = {"params": params, "m": mu, "v": held(adam_state.nu)}
+    for what, by_layer in reference.items():
+        for layer, ref in by_layer.items():
+            error = scaled_error(np.asarray(ours[what][layer]), ref)
+            assert error <= WHOLE_TENSOR_RTOL[name], f"{name} {what}[{layer}]: {error:.2g}"
+
+
+def test_muons_paper_convention_is_not_optaxs():
+    """optax bias-corrects Muon's Nesterov momentum, Jordan's reference does not."""
+    init, grads = _layers_problem(steps=50)
+    params, _ = _whole_tensor_run(optim.create("muon", learning_rate=1e-2), init, grads)
+    reference = paper.muon(init, grads, 1e-2)["params"]["wide"]
+    assert scaled_error(np.asarray(params["wide"]), reference) > 1e-3

@@ -65,6 +65,27 @@ CASES = [
         "lion",
         {"learning_rate": _SCHEDULE, "weight_decay": 1e-2, "mask": _decay_matrices},
     ),
+    ("lamb", "lamb", {}),
+    ("lamb-eps_root-mu_bf16", "lamb", {"eps_root": 1e-8, "mu_dtype": jnp.bfloat16}),
+    (
+        "lamb-schedule-mask",
+        "lamb",
+        {"learning_rate": _SCHEDULE, "weight_decay": 1e-2, "mask": _decay_matrices},
+    ),
+    ("muon", "muon", {}),  # the dense kernel orthogonalised, conv kernels and biases NAdamW
+    ("muon-no_nesterov-mu_bf16", "muon", {"nesterov": False, "mu_dtype": jnp.bfloat16}),
+    (  # HWIO conv kernels as (H*W*I) x O matrices, decayed; an AdamW of its own rate
+        "muon-conv-decay-adam_lr",
+        "muon",
+        {
+            "learning_rate": _SCHEDULE,
+            "weight_decay": 1e-2,
+            "adam_learning_rate": 1e-3,
+            "adam_weight_decay": 1e-2,
+            "muon_weight_dimension_numbers": optim.conv_dimension_numbers,
+        },
+    ),
+    ("muon-consistent_rms", "muon", {"consistent_rms": 0.2, "beta": 0.9}),
 ]
 
 
@@ -89,8 +110,11 @@ def _trajectory(tx, params, grad_fn, num_steps):
 
 
 def _moments(state):
-    """The fields of the Adam-family state (the first transform of the chain), by name."""
+    """The fields of the Adam-family state (the first transform of the chain), by name; for a
+    partition (Muon: matrices and the rest), those of each group's chain."""
     inner = state[0]
+    if isinstance(inner, dict):  # optax.partition's inner_states: label -> MaskedState
+        return {label: _moments(group.inner_state) for label, group in inner.items()}
     return {field: getattr(inner, field) for field in inner._fields}
 
 
@@ -213,7 +237,7 @@ def test_per_step_parity_on_a_real_model(name, digits_problem):
     assert float(full_loss(final)) < 0.5 * float(full_loss(params))
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw", "nadam", "amsgrad", "lion"])
+@pytest.mark.parametrize("name", ["adam", "adamw", "nadam", "amsgrad", "lion", "lamb", "muon"])
 def test_mixed_precision_parity_with_bfloat16_params(name):
     """bfloat16 params (mixed precision) keep their dtype and track optax step by step.
 

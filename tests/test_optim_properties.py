@@ -87,6 +87,98 @@ def test_lion_first_steps_are_the_sign_of_the_interpolated_momentum():
     np.testing.assert_allclose(updates, -LR * (jnp.sign(interpolated) + wd * params), rtol=1e-6)
 
 
+def test_lamb_first_step_is_the_sign_scaled_to_the_weights_norm():
+    """eps -> 0: Adam's first direction is sign(g), of norm sqrt(n); the trust ratio rescales
+    it to ||w||: w = (3, -4), ||w|| = 5, g = (1, 1) moves by -lr 5/sqrt(2) (1, 1). A zero
+    layer (a fresh bias) keeps ratio 1: -lr sign(g)."""
+    tx = optim.lamb(LR, eps=0.0)
+    params = {"w": jnp.array([3.0, -4.0]), "b": jnp.zeros(3)}
+    grads = {"w": jnp.array([1.0, 1.0]), "b": jnp.array([0.5, -2.0, 1.0])}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], -LR * 5 / np.sqrt(2) * np.ones(2), rtol=1e-6)
+    # 1 - b2 rounded in float32 (FIRST_STEP_RTOL); the norms' ratio is exact.
+    np.testing.assert_allclose(updates["b"], -LR * np.sign(grads["b"]), rtol=FIRST_STEP_RTOL)
+
+
+def _quintic(x, steps=5):
+    """Muon's Newton-Schulz map on one singular value: x -> a x + b x^3 + c x^5, `steps` times."""
+    a, b, c = optim.transform.MUON_NS_COEFFS
+    for _ in range(steps):
+        x = a * x + b * x**3 + c * x**5
+    return x
+
+
+def test_muon_first_step_by_hand():
+    """A rank-1 gradient g = ones(4, 3) has one singular value, ||g||_F: normalised it is 1,
+    and five quintic steps take it to q = p^5(1) (p(1) = a + b + c = 0.701, then on). The
+    Nesterov momentum of step 1 is a multiple of g, so the matrix moves by
+    -lr sqrt(max(1, 3/4)) q g / ||g||_F. The bias (AdamW with Nesterov, optax's NAdamW) moves
+    by -lr (1 + b1/(1 + b1)) sign(g) as eps -> 0."""
+    tx = optim.muon(LR, eps=0.0)
+    params = {"w": jnp.zeros((4, 3)), "b": jnp.zeros(3)}
+    grads = {"w": jnp.ones((4, 3)), "b": jnp.array([0.5, -2.0, 1.0])}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    q = _quintic(1.0)
+    np.testing.assert_allclose(updates["w"], -LR * q / np.sqrt(12) * np.ones((4, 3)), rtol=1e-5)
+    nesterov = 1 + 0.9 / 1.9  # b1 m_1 / (1 - b1^2) + (1 - b1) g / (1 - b1), over g
+    expected = -LR * nesterov * np.sign(grads["b"])
+    np.testing.assert_allclose(updates["b"], expected, rtol=FIRST_STEP_RTOL)
+
+
+# Muon's band. Newton-Schulz acts on each singular value alone (X = U S V^T gives
+# p(X) = U p(S) V^T), so the update's singular values are p^5(s_i / ||G||_F). Scanning p^5 over
+# x in [2e-3, 1] with NumPy gives the band [0.6818, 1.2024]: the quintic's slope at 0
+# (a = 3.4445) lifts small values fast but its coefficients trade convergence for that, so
+# values oscillate around 1 instead of reaching it (Jordan: S' ~ Uniform(0.5, 1.5) for less
+# well-conditioned inputs; below x = 1.6e-3, p^5(x) < 0.7). Hence [0.68, 1.21].
+MUON_BAND = (0.68, 1.21)
+MUON_BAND_FROM = 2e-3  # the smallest normalised singular value the band covers
+
+
+def test_muon_band_of_the_quintic_is_what_numpy_finds():
+    x = np.linspace(MUON_BAND_FROM, 1.0, 1_000_001)
+    y = _quintic(x)
+    assert MUON_BAND[0] <= y.min() < 0.69 and 1.20 < y.max() <= MUON_BAND[1]
+    assert _quintic(1.5e-3) < 0.7  # the band needs the lower limit
+
+
+@pytest.mark.parametrize("shape", [(64, 16), (16, 64), (128, 8), (24, 24)])
+def test_muon_orthogonalised_update_has_singular_values_in_the_band(shape):
+    g = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+    normalised = np.linalg.svd(g / np.linalg.norm(g), compute_uv=False)
+    assume = normalised.min() >= MUON_BAND_FROM  # true for these shapes and seeds
+    assert assume, normalised.min()
+    tx = optim.scale_by_muon(nesterov=False, eps=0.0)  # step 1: the momentum's m_hat is g
+    u, _ = tx.update(jnp.asarray(g), tx.init(jnp.asarray(g)))
+    width = np.sqrt(max(1.0, shape[1] / shape[0]))  # sqrt(max(1, fan_out / fan_in))
+    s = np.linalg.svd(np.asarray(u, np.float64) / width, compute_uv=False)
+    assert MUON_BAND[0] <= s.min() and s.max() <= MUON_BAND[1], (s.min(), s.max())
+    # And each is p^5 of its input's: the update is U p^5(S) V^T.
+    np.testing.assert_allclose(s, np.sort(_quintic(normalised))[::-1], rtol=0, atol=2e-4)
+
+
+def test_lamb_moves_each_layer_by_lr_times_its_norm():
+    """Weight decay 0: the trust ratio makes every layer's step ||w|| lr, at every step,
+    whatever the gradients' scale (a layer of zeros would keep ratio 1)."""
+    keys = jax.random.split(jax.random.key(3), 6)
+    params = {
+        "w": jax.random.normal(keys[0], (8, 5)),
+        "k": jax.random.normal(keys[1], (3, 3, 2, 4)) * 0.1,
+        "b": jax.random.normal(keys[2], (5,)) * 1e-3,
+    }
+    tx, lr = optim.lamb(LR), LR
+    state = tx.init(params)
+    for step in range(3):
+        key, scale = keys[3 + step], 10.0**step  # gradients of any scale
+        grads = jax.tree.map(lambda p, k=key, c=scale: jax.random.normal(k, p.shape) * c, params)
+        updates, state = tx.update(grads, state, params)
+        for name in params:
+            np.testing.assert_allclose(
+                jnp.linalg.norm(updates[name]), lr * jnp.linalg.norm(params[name]), rtol=1e-5
+            )
+        params = optax.apply_updates(params, updates)
+
+
 def test_adam_with_b1_zero_is_bias_corrected_rmsprop():
     """b1 = 0 removes momentum: Adam becomes RMSProp with a bias-corrected v (numpy model)."""
     b2, eps, steps = 0.99, 1e-8, 100
@@ -146,9 +238,12 @@ ROSENBROCK_LR = {
     "adamax": 3e-2,
     "adabelief": 3e-2,
     "lion": 3e-3,
+    "lamb": 1e-2,
+    "muon": 3e-3,  # 1-D parameters: Muon's NAdamW part
 }
-# Lion's sign steps move every coordinate by the full rate: it settles as the rate decays.
-DECAYED = {"lion"}
+# Lion's sign steps move every coordinate by the full rate, LAMB's every layer by lr * ||w||:
+# they settle as the rate decays.
+DECAYED = {"lion", "lamb"}
 
 
 def _rate(name, lr, steps):
@@ -199,7 +294,8 @@ def test_vmap_over_a_batch_of_problems_equals_a_loop(name):
 @pytest.mark.parametrize("name", optim.names())
 def test_inject_hyperparams_matches_fixed_hyperparams_and_vmaps_over_them(name):
     factory = getattr(optim, name)
-    injected = optax.inject_hyperparams(factory)(learning_rate=LR, b1=0.8)
+    momentum = {"muon": "adam_b1"}.get(name, "b1")  # PARAMS is 1-D: Muon's AdamW part
+    injected = optax.inject_hyperparams(factory)(learning_rate=LR, **{momentum: 0.8})
     state = injected.init(PARAMS)
     updates, state = injected.update(GRAD, state, PARAMS)
     # optax's nadam/nadamw are partials with nesterov=True; inject into the underlying alias.
@@ -208,15 +304,18 @@ def test_inject_hyperparams_matches_fixed_hyperparams_and_vmaps_over_them(name):
         "nadam": (optax.adam, {"nesterov": True}),
         "nadamw": (optax.adamw, {"nesterov": True}),
         "radamw": (registry.entry("radamw").twin, {}),
+        "lamb": (registry.entry("lamb").twin, {}),
+        "muon": (optax.contrib.muon, {}),
     }
     twin_factory, twin_kwargs = twins[name] if name in twins else (getattr(optax, name), {})
     twin = optax.inject_hyperparams(twin_factory)
-    ref = twin(learning_rate=LR, b1=0.8, **twin_kwargs)
+    ref = twin(learning_rate=LR, **{momentum: 0.8}, **twin_kwargs)
     ref_updates, _ = ref.update(GRAD, ref.init(PARAMS), PARAMS)
     np.testing.assert_allclose(updates, ref_updates, rtol=1e-6)
     # Injected hyperparameters are float32 arrays, so 1 - b2 is rounded in float32, where the
     # fixed version uses the Python float: the two agree to FIRST_STEP_RTOL, not to 1e-6.
-    np.testing.assert_allclose(updates, _first_update(factory(LR, b1=0.8)), rtol=FIRST_STEP_RTOL)
+    fixed = factory(LR, **{momentum: 0.8})
+    np.testing.assert_allclose(updates, _first_update(fixed), rtol=FIRST_STEP_RTOL)
     assert float(state.hyperparams["learning_rate"]) == pytest.approx(LR)
 
     # A learning-rate sweep as one vmapped program: the first step scales with the rate.
@@ -386,6 +485,14 @@ BAD_HPARAMS = [
     ("adamax", {"b1": 2.0}, r"adamax: b1 must be in \[0, 1\)"),
     ("adabelief", {"eps": -1.0}, r"adabelief: eps must be in \[0, inf\)"),
     ("adabelief", {"learning_rate": None}, r"adabelief: learning_rate must be a positive"),
+    ("lamb", {"b2": 1.0}, r"lamb: b2 must be in \[0, 1\)"),
+    ("muon", {"ns_steps": 0}, r"muon: ns_steps must be a positive int \(Newton-Schulz steps; "),
+    ("muon", {"ns_steps": -5}, r"muon: ns_steps must be a positive int .*, got -5"),
+    ("muon", {"ns_steps": 2.5}, r"muon: ns_steps must be a positive int"),
+    ("muon", {"ns_coeffs": (1.0, 2.0)}, r"muon: ns_coeffs must be three finite numbers"),
+    ("muon", {"beta": 1.0}, r"muon: beta must be in \[0, 1\), got 1.0"),
+    ("muon", {"adam_b2": -0.1}, r"muon: adam_b2 must be in \[0, 1\)"),
+    ("muon", {"adam_learning_rate": -1.0}, r"muon: adam_learning_rate must be in \(0, inf\)"),
 ]
 
 
@@ -446,6 +553,8 @@ def test_registry_builds_optax_twins():
         "adamax",
         "adabelief",
         "lion",
+        "lamb",
+        "muon",
     )
     assert "weight_decay" in optim.hyperparameters("adamw")
     assert "threshold" in optim.hyperparameters("radam")

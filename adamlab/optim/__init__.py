@@ -1,4 +1,4 @@
-"""adamlab.optim: the Adam family (and Lion) written from the papers as optax transformations.
+"""adamlab.optim: the Adam family and its successors, written from the papers as optax transforms.
 
 The optimizers (`names()`: `adam`, `adamw`, `nadam`, ...) have optax-compatible signatures
 (`alias.py`), their building blocks are the `scale_by_*` transforms and the weight decays

@@ -24,6 +24,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -415,6 +416,158 @@ def lion(
     return _chain(rescale, learning_rate, weight_decay, mask)  # optax's order in both
 
 
+@_public
+def lamb(
+    learning_rate: Any,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    eps_root: float = 0.0,
+    weight_decay: Any = 0.0,
+    mask: Any = None,
+    mu_dtype: Any = None,
+    *,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""LAMB (You et al. 2020): AdamW's direction, rescaled per layer to its weights' norm.
+
+    .. math::
+        r_t = \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon), \quad
+        x^{(i)}_{t+1} = x^{(i)}_t - \eta_t \frac{\|x^{(i)}_t\|}{\|r^{(i)}_t + \lambda
+        x^{(i)}_t\|} (r^{(i)}_t + \lambda x^{(i)}_t)
+
+    per layer (leaf) :math:`i`: every layer moves by :math:`\eta_t\|x^{(i)}_t\|`. The trust
+    ratio is 1 where either norm is 0 (:func:`transform.scale_by_trust_ratio`); eps is
+    outside the square root, before the decay (optax's ``lamb``: ``scale_by_adam``,
+    ``add_decayed_weights``, ``scale_by_trust_ratio``, ``scale_by_learning_rate``).
+
+    Args:
+      learning_rate: a positive float or an optax schedule of the step.
+      b1, b2, eps, eps_root, mu_dtype: see :func:`transform.scale_by_adam` (eps 1e-6, the
+        paper's and optax's).
+      weight_decay: :math:`\lambda`, added to the Adam direction inside the trust ratio.
+      mask: which params decay (see :func:`transform.add_decayed_weights`).
+      convention: "optax" (``optax.lamb``) or "paper" (You et al., Algorithm 2 with
+        :math:`\phi(z) = z`: the same rule, :math:`1-\beta^t` to float64 accuracy); torch.optim
+        has no LAMB.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> tx = lamb(1e-2)
+      >>> params = jnp.array([3.0, -4.0])
+      >>> updates, _ = tx.update(jnp.array([1.0, 1.0]), tx.init(params), params)
+      >>> float(jnp.linalg.norm(updates))  # lr * ||params||
+      0.05...
+
+    References:
+      You et al., Large Batch Optimization for Deep Learning: Training BERT in 76 minutes,
+      ICLR 2020, Algorithm 2.
+    """
+    return optax.chain(
+        transform.scale_by_adam.unchecked(b1, b2, eps, eps_root, mu_dtype, convention=convention),
+        transform.add_decayed_weights.unchecked(weight_decay, mask),
+        transform.scale_by_trust_ratio.unchecked(),
+        transform.scale_by_learning_rate.unchecked(learning_rate),
+    )
+
+
+@_public
+def muon(
+    learning_rate: Any,
+    ns_coeffs: tuple[float, float, float] = transform.MUON_NS_COEFFS,
+    ns_steps: int = 5,
+    beta: float = 0.95,
+    eps: float = 1e-8,
+    weight_decay: Any = 0.0,
+    weight_decay_mask: Any = None,
+    mu_dtype: Any = None,
+    *,
+    nesterov: bool = True,
+    adam_b1: float = 0.9,
+    adam_b2: float = 0.999,
+    adam_eps_root: float = 0.0,
+    adam_weight_decay: Any = 0.0,
+    adam_learning_rate: Any = None,
+    muon_weight_dimension_numbers: Any = None,
+    consistent_rms: float | None = None,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""Muon (Jordan et al. 2024): orthogonalised momentum for the matrices, AdamW elsewhere.
+
+    For each matrix :math:`W` (see :func:`transform.scale_by_muon`):
+
+    .. math::
+        W_t = W_{t-1} - \eta_t\,(\sqrt{\max(1, \text{fan\_out}/\text{fan\_in})}\,
+        \mathrm{NS}_5(\hat M_t) + \lambda W_{t-1})
+
+    where :math:`\mathrm{NS}_5` is five quintic Newton-Schulz steps with
+    :math:`(a, b, c) = (3.4445, -4.7750, 2.0315)`, :math:`\approx UV^\top` of
+    :math:`\hat M_t = USV^\top`. Every other leaf (biases, scales; by default conv kernels)
+    takes AdamW with ``adam_b1``, ``adam_b2``, ``eps``, ``adam_weight_decay`` and, like
+    optax's, Nesterov momentum when ``nesterov`` (NAdamW).
+
+    Matrices. By default the 2-D leaves, as (fan_in, fan_out) = (rows, columns). A conv kernel
+    (flax's HWIO) is a matrix only through ``muon_weight_dimension_numbers``: with
+    :func:`transform.conv_dimension_numbers` it is the (H*W*I) x O matrix (optax's
+    ``MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)``: reduction axes
+    flattened into the rows, output axes into the columns), the transpose of Jordan's
+    ``g.view(len(g), -1)`` of an OIHW kernel, with the same singular values.
+
+    Args:
+      learning_rate: a positive float or an optax schedule of the step.
+      ns_coeffs, ns_steps, beta, eps, mu_dtype, nesterov, consistent_rms: see
+        :func:`transform.scale_by_muon`; ``ns_steps`` is fixed at the paper's 5 in searches.
+      weight_decay: decoupled decay of the matrices, multiplied by the learning rate.
+      weight_decay_mask: which matrices decay (as ``mask`` of :func:`adamw`).
+      adam_b1, adam_b2, adam_eps_root, adam_weight_decay: the AdamW of the other leaves.
+      adam_learning_rate: its learning rate; None: ``learning_rate``.
+      muon_weight_dimension_numbers: optax's: a tree (or a callable of the params returning
+        one) of ``MuonDimensionNumbers``, None for a leaf that takes AdamW; None: the 2-D
+        leaves.
+      convention: "optax" (``optax.contrib.muon``: bias-corrected momentum, NAdamW for the
+        other leaves when ``nesterov``) or "paper" (Jordan's reference ``MuonWithAuxAdam``:
+        momentum not bias-corrected, plain AdamW for the other leaves); docs/conventions.md.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = muon(2e-2)
+      >>> params = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}
+      >>> updates, _ = tx.update(params, tx.init(params), params)
+      >>> # g = ones((4, 3)) has one singular value; Newton-Schulz takes it to 0.696 (the band)
+      >>> float(jnp.linalg.norm(updates["w"], ord=2))  # lr * 0.696
+      0.0139...
+
+    References:
+      Jordan et al., Muon: An optimizer for hidden layers in neural networks, 2024,
+      https://kellerjordan.github.io/posts/muon/.
+    """
+    spec = muon_weight_dimension_numbers
+    labels = lambda params: jax.tree.map(
+        lambda d, p: jax.tree.map(lambda _: "adam" if d is None else "muon", p),
+        transform.muon_dimension_numbers(spec, params),
+        params,
+        is_leaf=lambda x: x is None or isinstance(x, transform.MuonDimensionNumbers),
+    )
+    matrices = transform.scale_by_muon.unchecked(
+        ns_coeffs, ns_steps, beta, eps, mu_dtype, nesterov=nesterov,
+        weight_dimension_numbers=functools.partial(transform.muon_dimension_numbers, spec),
+        consistent_rms=consistent_rms, convention=convention,
+    )  # fmt: skip
+    adam_lr = learning_rate if adam_learning_rate is None else adam_learning_rate
+    others = _adam(  # optax's AdamW is Nesterov's with Muon's; Jordan's is plain Adam
+        adam_lr, adam_b1, adam_b2, eps, adam_eps_root, mu_dtype,
+        nesterov=nesterov and convention == "optax", convention="optax", fused=False,
+        weight_decay=adam_weight_decay,
+    )  # fmt: skip
+    return optax.partition(
+        {
+            "muon": _chain(matrices, learning_rate, weight_decay, weight_decay_mask),
+            "adam": others,
+        },
+        labels,
+    )
+
+
 def inject_hyperparams(
     inner_factory: Any, static_args: Any = (), hyperparam_dtype: Any = jnp.float32
 ) -> Any:
@@ -450,6 +603,25 @@ def _optax_radamw(
     return optax.chain(
         optax.scale_by_radam(b1, b2, eps, eps_root, threshold, nesterov=nesterov),
         optax.add_decayed_weights(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def _optax_lamb(
+    learning_rate: Any,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    eps_root: float = 0.0,
+    weight_decay: Any = 0.0,
+    mask: Any = None,
+    mu_dtype: Any = None,
+) -> optax.GradientTransformation:
+    """`optax.lamb`'s composition, with the `mu_dtype` its scale_by_adam takes and it does not."""
+    return optax.chain(
+        optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.scale_by_trust_ratio(),
         optax.scale_by_learning_rate(learning_rate),
     )
 
@@ -506,6 +678,18 @@ _LION_RANGES = {  # Chen et al.: a learning rate 3-10x smaller than AdamW's, a d
     "b2": (0.9, 0.999, "log1m"),
     "weight_decay": (1e-4, 1.0, "log"),
 } | _WARMUP
+
+_LAMB_RANGES = _ADAMW_RANGES | {  # a step of lr * ||w|| per layer: lr is a relative step
+    "learning_rate": (1e-4, 1e-1, "log"),
+    "eps": (1e-8, 1e-4, "log"),
+}
+# Muon's matrices: Jordan's lr 0.02 (a step of spectral norm ~lr); the AdamW part shares it.
+_MUON_RANGES = {
+    "learning_rate": (1e-3, 1e-1, "log"),
+    "beta": (0.8, 0.99, "log1m"),
+    "weight_decay": (1e-5, 1e-1, "log"),
+} | _WARMUP
+_MUON_FIXED = {"ns_steps": 5}  # the paper's; an integer, not searched
 
 TABLE: dict[str, Entry] = {
     "adam": Entry(
@@ -587,6 +771,22 @@ TABLE: dict[str, Entry] = {
         {"lion": _space(_LION_RANGES)},
         missing={"pytorch": "torch.optim has no Lion"},
         defaults={"learning_rate": 1e-4},
+    ),
+    "lamb": Entry(
+        _optax_lamb,
+        lamb,
+        _ADAMW,
+        {"lamb": _space(_LAMB_RANGES)},
+        missing={"pytorch": "torch.optim has no LAMB"},
+        defaults={"learning_rate": 1e-3},  # You et al.'s BERT: 1e-3 at batch 64k/32k
+    ),
+    "muon": Entry(
+        optax.contrib.muon,
+        muon,
+        ("learning_rate", "beta", "eps", "weight_decay", "adam_b1", "adam_b2"),
+        {"muon": _space(_MUON_RANGES, **_MUON_FIXED)},
+        missing={"pytorch": "torch.optim.Muon refuses non-2-D params (no AdamW part)"},
+        defaults={"learning_rate": 2e-2},  # Jordan et al.'s
     ),
     # The comparison baselines: optax's (implementation "optax"), not ours.
     "sgd": Entry(

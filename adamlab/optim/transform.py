@@ -1,4 +1,4 @@
-r"""The Adam family's gradient transformations (and Lion's), written from the papers.
+r"""The Adam family's gradient transformations and its successors', written from the papers.
 
 Each factory returns an `optax.GradientTransformation(init, update)`: state goes in and comes
 out as a NamedTuple of arrays, nothing is mutated, so every transform is safe under `jax.jit`,
@@ -20,30 +20,37 @@ division per step instead of one per element, within a few float32 ulps of the f
 """
 
 import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from optax.contrib import MuonDimensionNumbers  # optax's, so that one spec serves both
 
 from adamlab.optim import numerics, validation
 from adamlab.optim.validation import checked
 
 Tree = Any
 __all__ = [  # what `adamlab.optim` exports
+    "MuonDimensionNumbers",
     "ScaleByAdamState",
     "ScaleByAmsgradState",
     "ScaleByLionState",
+    "ScaleByMuonState",
     "ScaleByNadamState",
     "ScaleByScheduleState",
     "add_decayed_weights",
+    "conv_dimension_numbers",
     "scale_by_adam",
     "scale_by_adamax",
     "scale_by_amsgrad",
     "scale_by_belief",
     "scale_by_learning_rate",
     "scale_by_lion",
+    "scale_by_muon",
     "scale_by_radam",
+    "scale_by_trust_ratio",
     "subtract_decayed_weights",
 ]
 
@@ -79,6 +86,15 @@ class ScaleByLionState(NamedTuple):
 
     count: jax.Array
     mu: Tree
+
+
+class ScaleByMuonState(NamedTuple):
+    """Muon keeps its momentum and, as optax's `MuonState` does, its Newton-Schulz coefficients
+    (so that the two states match leaf for leaf)."""
+
+    count: jax.Array
+    mu: Tree
+    ns_coeffs: jax.Array  # shape (3,): a, b, c of the quintic a X + b (XX^T) X + c (XX^T)^2 X
 
 
 class ScaleByScheduleState(NamedTuple):
@@ -574,6 +590,241 @@ def scale_by_lion(
         direction = jax.tree.map(lambda g, m: jnp.sign((1 - b1) * g + b1 * m), updates, state.mu)
         mu = _store(numerics.first_moment(updates, state.mu, b2), state.mu, mu_dtype)
         return direction, ScaleByLionState(count=numerics.safe_increment(state.count), mu=mu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _safe_norm(x: jax.Array) -> jax.Array:
+    """||x||_2 of the whole tensor, with a finite derivative at x = 0 (optax's `safe_norm` with
+    min_norm 0): the norm is taken of ones where it would be 0, and 0 returned there."""
+    norm = jnp.linalg.norm(x, keepdims=True)
+    x = jnp.where(norm <= 0.0, jnp.ones_like(x), x)
+    norm = jnp.squeeze(norm)
+    return jnp.where(norm <= 0.0, 0.0, jnp.linalg.norm(x))
+
+
+def _trust_ratio_leaf(u: jax.Array, p: jax.Array) -> jax.Array:
+    """u * ||p|| / ||u|| for one layer (leaf); ratio 1 where either norm is 0 (optax's rule)."""
+    param_norm, update_norm = _safe_norm(p), _safe_norm(u)
+    ratio = 1.0 * param_norm / (update_norm + 0.0)  # optax's trust_coefficient 1, eps 0
+    zero_norm = jnp.logical_or(param_norm == 0.0, update_norm == 0.0)
+    return u * jnp.where(zero_norm, jnp.array(1.0, dtype=p.dtype), ratio)
+
+
+@checked
+def scale_by_trust_ratio() -> optax.GradientTransformation:
+    r"""Rescales each layer's update to the norm of its weights: LAMB's trust ratio.
+
+    .. math::
+        u^{(i)} \leftarrow \frac{\phi(\|x^{(i)}\|)}{\|u^{(i)}\|}\, u^{(i)}, \quad \phi(z) = z
+
+    per leaf :math:`i` (a layer), with whole-tensor Euclidean norms. The ratio is 1 where
+    either norm is 0 (a zero-initialised bias, a zero update), as in optax's
+    ``scale_by_trust_ratio``; the paper leaves that case undefined. Chained after Adam's
+    direction plus the decoupled decay and before ``-learning_rate``, every layer moves by
+    exactly :math:`\eta_t \|x^{(i)}\|`.
+
+    Returns:
+      An ``optax.GradientTransformation`` with an empty state; ``update`` needs the params.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_trust_ratio()
+      >>> tx.update(jnp.array([3.0, 4.0]), tx.init(None), jnp.array([0.0, 2.0]))[0]
+      Array([1.2, 1.6], dtype=float32)
+
+    References:
+      You et al., Large Batch Optimization for Deep Learning: Training BERT in 76 minutes,
+      ICLR 2020, Algorithm 2.
+    """
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("scale_by_trust_ratio needs the params: call update(g, state, params)")
+        return jax.tree.map(_trust_ratio_leaf, updates, params), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+MUON_NS_COEFFS = (3.4445, -4.7750, 2.0315)  # Jordan et al. 2024's quintic
+
+
+def _is_dims(x: Any) -> bool:
+    return isinstance(x, MuonDimensionNumbers)
+
+
+def muon_dimension_numbers(spec: Any, params: Tree) -> Tree:
+    """Per leaf of `params`: its `MuonDimensionNumbers` if Muon orthogonalises it, else None.
+
+    `spec` None: every 2-D leaf is a (fan_in, fan_out) matrix, everything else is not (optax's
+    default; a conv kernel then goes to AdamW). Otherwise a prefix tree of dimension numbers
+    (None: not Muon's) or a callable returning one from the params, as optax takes it.
+    """
+    if spec is None:
+        return jax.tree.map(lambda p: MuonDimensionNumbers() if p.ndim == 2 else None, params)
+    dims = spec(params) if callable(spec) else spec
+    return jax.tree.map(
+        lambda d, subtree: jax.tree.map(lambda _: d, subtree),
+        dims,
+        params,
+        is_leaf=lambda x: x is None or _is_dims(x),
+    )
+
+
+def conv_dimension_numbers(params: Tree) -> Tree:
+    """Muon's matrices for a CNN: 2-D leaves as (fan_in, fan_out), HWIO conv kernels as the
+    (H*W*I) x O matrix (reduction axes 0, 1, 2; output axis 3), the rest AdamW's.
+
+    Pass it as ``muon_weight_dimension_numbers``. It is Jordan's ``g.view(len(g), -1)`` of a
+    PyTorch OIHW kernel, transposed: the same singular values, the same orthogonal factor.
+    """
+    conv = MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)
+    by_rank = {2: MuonDimensionNumbers(), 4: conv}
+    return jax.tree.map(lambda p: by_rank.get(p.ndim), params)
+
+
+def _axes(x: jax.Array, dims: MuonDimensionNumbers) -> tuple[tuple[int, ...], ...]:
+    """(batch, reduction, output) axes of `x`: reduction and output as non-negative tuples."""
+    reduction, output = (
+        tuple(a % x.ndim for a in ((axes,) if isinstance(axes, int) else axes))
+        for axes in (dims.reduction_axis, dims.output_axis)
+    )
+    batch = tuple(sorted(set(range(x.ndim)) - set(reduction) - set(output)))
+    return batch, reduction, output
+
+
+def _orthogonalise_matrix(x: jax.Array, coeffs: jax.Array, ns_steps: int, eps: Any) -> jax.Array:
+    """`ns_steps` quintic Newton-Schulz steps on X / (||X||_F + eps), wide side last."""
+    transposed = x.shape[0] > x.shape[1]  # f(X^T) = f(X)^T: iterate on the smaller X X^T
+    if transposed:
+        x = x.T
+    x /= jnp.linalg.norm(x, ord="fro") + eps
+    coeffs = coeffs.astype(x.dtype)
+
+    def newton_schulz_step(i, x):
+        del i
+        a = x @ x.T.conj()
+        b = coeffs[1] * a + coeffs[2] * a @ a
+        return coeffs[0] * x + b @ x
+
+    x = jax.lax.fori_loop(0, ns_steps, newton_schulz_step, x, unroll=True)
+    return x.T if transposed else x
+
+
+def _orthogonalise(x: jax.Array, coeffs: jax.Array, ns_steps: int, eps: Any, dims: Any):
+    """Newton-Schulz on each (reduction, output) matrix of `x`, vmapped over its batch axes."""
+    batch, reduction, output = _axes(x, dims)
+    order = batch + reduction + output
+    shapes = [tuple(x.shape[a] for a in axes) for axes in (batch, reduction, output)]
+    matrices = x.transpose(order).reshape([math.prod(s) for s in shapes])
+    orthogonal = jax.vmap(lambda m: _orthogonalise_matrix(m, coeffs, ns_steps, eps))(matrices)
+    inverse = tuple(sorted(range(x.ndim), key=lambda i: order[i]))
+    return orthogonal.reshape(shapes[0] + shapes[1] + shapes[2]).transpose(inverse)
+
+
+def _width_scale(u: jax.Array, dims: MuonDimensionNumbers, consistent_rms: Any) -> jax.Array:
+    """sqrt(max(1, fan_out / fan_in)) (Jordan), or sqrt(max(fan_in, fan_out)) * consistent_rms
+    (Liu et al. 2025: an update RMS like AdamW's)."""
+    _, reduction, output = _axes(u, dims)
+    fan_in, fan_out = (math.prod(u.shape[a] for a in axes) for axes in (reduction, output))
+    if consistent_rms is not None:
+        return jnp.sqrt(jnp.maximum(fan_in, fan_out)) * consistent_rms * u
+    return jnp.sqrt(jnp.maximum(1, fan_out / fan_in)) * u
+
+
+@checked
+def scale_by_muon(
+    ns_coeffs: tuple[float, float, float] = MUON_NS_COEFFS,
+    ns_steps: int = 5,
+    beta: float = 0.95,
+    eps: float = 1e-8,
+    mu_dtype: Any = None,
+    *,
+    nesterov: bool = True,
+    weight_dimension_numbers: Any = None,
+    consistent_rms: float | None = None,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""Rescales each matrix's gradient to its orthogonalised momentum: Muon's direction.
+
+    .. math::
+        m_t = \beta m_{t-1} + (1-\beta) G_t, \quad
+        \hat M_t = \tfrac{\beta m_t}{1-\beta^{t+1}} + \tfrac{(1-\beta) G_t}{1-\beta^t}
+        \ \text{(Nesterov; else } m_t/(1-\beta^t)) \\
+        X_0 = \hat M_t / (\|\hat M_t\|_F + \epsilon), \quad
+        X_{k+1} = a X_k + b (X_k X_k^\top) X_k + c (X_k X_k^\top)^2 X_k, \\
+        u_t = \sqrt{\max(1, \text{fan\_out}/\text{fan\_in})}\; X_{N}
+
+    with :math:`(a, b, c) = (3.4445, -4.7750, 2.0315)` and :math:`N = 5`. The quintic maps
+    every singular value of :math:`X_0` (all in (0, 1] after the Frobenius normalisation)
+    into a band around 1, not exactly 1: :math:`X_N \approx U S' V^\top` with
+    :math:`S'_{ii} \in [0.7, 1.2]` roughly, where :math:`\hat M_t = U S V^\top`.
+
+    Conventions. "optax" bias-corrects the momentum as above (``optax.contrib.muon``);
+    "paper" is Jordan's reference, which does not: :math:`\hat M_t = \beta m_t + (1-\beta)
+    G_t` (Nesterov) or :math:`m_t`. Without Nesterov the two differ only through eps (the
+    normalisation removes a scalar factor); with it, in the first steps, until
+    :math:`\beta^t \to 0`. docs/conventions.md.
+
+    Which leaves are matrices, and how: ``weight_dimension_numbers`` (optax's
+    ``MuonDimensionNumbers``: reduction axes become the rows, output axes the columns, the
+    other axes a batch orthogonalised matrix by matrix). None: every leaf is a 2-D matrix. An
+    HWIO conv kernel is the (H*W*I) x O matrix (:func:`conv_dimension_numbers`).
+
+    Args:
+      ns_coeffs: (a, b, c) of the quintic Newton-Schulz step.
+      ns_steps: number of Newton-Schulz steps, a positive int (the paper's 5).
+      beta: decay of the momentum, in [0, 1).
+      eps: added to the Frobenius norm before the division, >= 0.
+      mu_dtype: dtype in which to *store* the momentum (as in :func:`scale_by_adam`).
+      nesterov: orthogonalise the look-ahead momentum (Jordan's default).
+      weight_dimension_numbers: a tree of ``MuonDimensionNumbers`` (or a callable of the
+        updates returning one); None: all leaves are 2-D.
+      consistent_rms: None for Jordan's width scale; a float r for
+        :math:`\sqrt{\max(\text{fan\_in}, \text{fan\_out})}\, r` (Liu et al. 2025).
+      convention: "optax" or "paper" (Jordan's reference: no bias correction).
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`ScaleByMuonState`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> tx = scale_by_muon()
+      >>> g = jax.random.normal(jax.random.key(0), (8, 4))
+      >>> u, _ = tx.update(g, tx.init(g))
+      >>> bool(jnp.all(jnp.abs(jnp.linalg.svd(u, compute_uv=False) - 1) < 0.35))
+      True
+
+    References:
+      Jordan et al., Muon: An optimizer for hidden layers in neural networks, 2024,
+      https://kellerjordan.github.io/posts/muon/.
+    """
+    mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+
+    def init_fn(params):
+        mu = numerics.zeros_like(params, mu_dtype)
+        return ScaleByMuonState(count=_zero_count(), mu=mu, ns_coeffs=jnp.asarray(ns_coeffs))
+
+    def update_fn(updates, state, params=None):
+        del params
+        spec = weight_dimension_numbers
+        dims = spec(updates) if callable(spec) else muon_dimension_numbers(spec, updates)
+        mu = numerics.first_moment(updates, state.mu, beta)
+        count = numerics.safe_increment(state.count)
+        if convention == "paper":  # Jordan: no bias correction; look-ahead g.lerp_(m, beta)
+            mu_hat = numerics.first_moment(updates, mu, beta) if nesterov else mu
+        elif nesterov:
+            mu_hat = numerics.nesterov_first_moment(mu, updates, beta, count)
+        else:
+            mu_hat = numerics.bias_correction(mu, beta, count)
+        orthogonal = jax.tree.map(
+            lambda m, d: _orthogonalise(m, state.ns_coeffs, ns_steps, eps, d),
+            mu_hat, dims, is_leaf=_is_dims,
+        )  # fmt: skip
+        scale = functools.partial(_width_scale, consistent_rms=consistent_rms)
+        updates = jax.tree.map(scale, orthogonal, dims, is_leaf=_is_dims)
+        mu = _store(mu, state.mu, mu_dtype)
+        return updates, ScaleByMuonState(count=count, mu=mu, ns_coeffs=state.ns_coeffs)
 
     return optax.GradientTransformation(init_fn, update_fn)
 

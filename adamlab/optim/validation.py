@@ -85,12 +85,43 @@ def _convention(value: Any) -> str | None:
     return None if value in CONVENTIONS else f"one of {', '.join(map(repr, CONVENTIONS))}"
 
 
+def _newton_schulz_steps(value: Any) -> str | None:
+    """Muon's Newton-Schulz step count: a positive int (0 steps would not orthogonalise); as
+    `inject_hyperparams` holds it, an int32 array."""
+    integral = is_int(value, 1) or (
+        isinstance(value, np.ndarray | jax.Array)
+        and jnp.issubdtype(value.dtype, jnp.integer)
+        and _concrete(value) is not None
+        and np.all(_concrete(value) >= 1)
+    )
+    if integral or isinstance(value, jax.core.Tracer):
+        return None
+    return "a positive int (Newton-Schulz steps; the paper's 5)"
+
+
+def _newton_schulz_coefficients(value: Any) -> str | None:
+    """Muon's quintic (a, b, c): three finite numbers."""
+    array = _concrete(value)
+    if array is None or (array.shape == (3,) and np.all(np.isfinite(array))):
+        return None
+    return "three finite numbers (a, b, c), such as (3.4445, -4.7750, 2.0315)"
+
+
 _DECAY = interval(0.0, 1.0)  # at 1 an average never moves and 1 - b^t divides by zero
 _NON_NEGATIVE = interval(0.0)
 RULES: dict[str, Rule] = {
     "learning_rate": _learning_rate,
     "b1": _DECAY,
     "b2": _DECAY,
+    "beta": _DECAY,  # Muon's momentum
+    "adam_b1": _DECAY,  # Muon's AdamW, for the non-matrix leaves
+    "adam_b2": _DECAY,
+    "adam_eps_root": _NON_NEGATIVE,
+    "adam_weight_decay": _NON_NEGATIVE,
+    "adam_learning_rate": _optional(_learning_rate),
+    "ns_steps": _newton_schulz_steps,
+    "ns_coeffs": _newton_schulz_coefficients,
+    "consistent_rms": _optional(interval(0.0, open_low=True)),
     "eps": _NON_NEGATIVE,
     "eps_root": _NON_NEGATIVE,
     "weight_decay": _NON_NEGATIVE,
@@ -100,6 +131,7 @@ RULES: dict[str, Rule] = {
     "warmup_fraction": _optional(interval(0.0, 1.0)),
     "mu_dtype": _dtype,
     "mask": _mask,
+    "weight_decay_mask": _mask,  # Muon's name for it (optax's)
     "convention": _convention,
     "nesterov": _boolean,
     "fused": _boolean,
