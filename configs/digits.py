@@ -25,6 +25,8 @@ every field.
 import ml_collections
 from ml_collections import config_dict
 
+from adamlab.optim import registry
+
 # Measured on this config (2-core AMD EPYC CPU, jax 0.10.2, seeds 0-4): see the docstring.
 RESULT = "test accuracy 0.988 mean over seeds 0-4 (min 0.983)"
 
@@ -86,6 +88,11 @@ def get_config() -> ml_collections.ConfigDict:
     # L2 penalty (l2 / 2) * ||params||^2 in the loss, for any optimizer (Adam + L2, as opposed
     # to AdamW's decoupled weight_decay); None or 0: none.
     opt.l2 = config_dict.placeholder(float)
+    # Every other optimizer's hyperparameters (adamlab.optim.registry.config_fields: AdEMAMix's
+    # b3, Muon's ns_steps, ...), None: that optimizer's default.
+    for field, kind in registry.config_fields().items():
+        if field not in opt:
+            opt[field] = config_dict.placeholder(kind)
 
     config.train = train = ml_collections.ConfigDict()
     train.engine = "jit"  # "jit" (jax.jit + NamedSharding) or "pmap"; both use all local devices.

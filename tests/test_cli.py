@@ -317,3 +317,20 @@ def test_sigterm_saves_a_checkpoint_exits_75_and_the_run_resumes(tmp_path, capsy
     other = [a.replace("adamw", "nadam") for a in resume]
     assert cli.main(["adamlab", "train", *other]) == cli.EXIT_USAGE
     assert "optimizer.name: 'adamw' (saved) != 'nadam' (given)" in capsys.readouterr().err
+
+
+def test_every_optimizers_hyperparameters_are_settable_from_the_command_line():
+    """The configs declare every numeric or boolean hyperparameter of the optimizer table (None:
+    the optimizer's default), so a new optimizer needs no config edited to be tuned by flags."""
+    from adamlab.optim import registry
+
+    fields = registry.config_fields()
+    assert {"b1", "b2", "eps", "weight_decay", "ns_steps", "beta"} <= set(fields)
+    fv = cli.parse_flags(
+        "train",
+        ["--config=digits", "--config.optimizer.name=muon", "--config.optimizer.ns_steps=3",
+         "--config.optimizer.beta=0.9"],
+    )  # fmt: skip
+    optimizer = fv["config"].value.optimizer
+    assert (optimizer.name, optimizer.ns_steps, optimizer.beta) == ("muon", 3, 0.9)
+    assert all(optimizer[f] is None for f in ("b1", "b2", "eps", "decay", "adam_b1"))

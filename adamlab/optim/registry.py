@@ -14,7 +14,7 @@ import optax
 from adamlab.optim import alias
 from adamlab.optim.alias import Entry
 
-__all__ = ["Entry", "create", "entry", "hyperparameters", "names", "reference"]
+__all__ = ["Entry", "config_fields", "create", "entry", "hyperparameters", "names", "reference"]
 
 
 def names(implementation: str = "ours") -> tuple[str, ...]:
@@ -37,6 +37,19 @@ def hyperparameters(name: str) -> tuple[str, ...]:
     nadam would take nesterov=False and quietly become Adam), or the baseline's."""
     found = entry(name)
     return tuple(inspect.signature(found.ours or found.twin).parameters)
+
+
+def config_fields() -> dict[str, type]:
+    """Every hyperparameter a config may set, over the whole table, with its type: those
+    whose default is a number or a bool (a schedule, a mask or a dtype is set in code). A
+    config declares them all (as None: the optimizer's default), so that a new optimizer's
+    hyperparameters are settable from the command line with no config edited."""
+    fields: dict[str, type] = {}
+    for found in alias.TABLE.values():
+        for name, p in inspect.signature(found.ours or found.twin).parameters.items():
+            if type(p.default) in (bool, int, float) and name not in fields:
+                fields[name] = type(p.default)
+    return fields
 
 
 def _build(factory: Any, name: str, hparams: dict[str, Any]) -> optax.GradientTransformation:
