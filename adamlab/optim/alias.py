@@ -2,8 +2,9 @@
 
 Each constructor is a composition, as in optax: a rescaling transform of `transform.py`, for
 the decoupled variants a weight decay, then ``-learning_rate`` (`_chain`, where the conventions
-place the decay). Variants that share their math share one body: Adam, AdamW, Nadam and NadamW
-are `_adam` with ``weight_decay`` and ``nesterov`` set, RAdam and RAdamW are `_radam`.
+place the decay). Variants that share their math share one body: Adam, AdamW, Nadam, NadamW
+and C-AdamW are `_adam` with ``weight_decay``, ``nesterov`` and ``caution_eps`` set, RAdam and
+RAdamW are `_radam`, Lion and C-Lion `_lion`.
 
 Every constructor takes ``convention="optax" | "pytorch" | "paper"``: whose update rule to
 follow where optax, `torch.optim` and the papers disagree (docs/conventions.md); "optax", the

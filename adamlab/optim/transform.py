@@ -1,4 +1,5 @@
-r"""The Adam family's gradient transformations (and Lion's), written from the papers.
+r"""The Adam family's gradient transformations (and Lion's, and Cautious's mask over any of
+them), written from the papers.
 
 Each factory returns an `optax.GradientTransformation(init, update)`: state goes in and comes
 out as a NamedTuple of arrays, nothing is mutated, so every transform is safe under `jax.jit`,
