@@ -1,5 +1,6 @@
-r"""Optimizer memory per device: replicated vs ZeRO-1, float32 vs bfloat16 first moment; and the
-accuracy cost of mixed precision on digits.
+r"""Optimizer memory per device: replicated vs ZeRO-1, float32 vs bfloat16 first moment; bytes of
+optimizer state per parameter for every optimizer; and the accuracy cost of mixed precision on
+digits.
 
 `--mode memory` (default): for each model (the digits CNN, the MNIST CNN, CIFAR-10's ResNet-20)
 builds the real engines ("jit" and "pmap") over all devices, places the state and runs one train
@@ -9,6 +10,12 @@ device 0 (`adamlab.zero.bytes_on_device`). Configurations: replicated vs
 `train.shard_optimizer=True`, `optimizer.mu_dtype` None (float32) vs "bfloat16". Bytes are exact
 counts, not timings: they do not depend on the machine, only on the number of devices.
 
+`--mode bytes`: for every optimizer of the name table (ours and the optax baselines) and each
+storage setting it takes (float32 moments; `mu_dtype="bfloat16"`; `mu_dtype` and `nu_dtype`
+"bfloat16"), the bytes of its state per parameter of each model, from the shapes alone
+(`jax.eval_shape`: nothing is computed). Adam keeps 8 bytes per float32 parameter (m and v),
+AMSGrad 12 (and v's maximum), Lion 4; the scalars (step counts) add a few bytes per model.
+
 `--mode accuracy`: trains configs/digits.py (24 epochs, `adamlab train`'s run) with float32 and
 with mixed precision (bfloat16 compute, `model.dtype="bfloat16"`, float32 parameters, and a
 bfloat16 first moment, `optimizer.mu_dtype="bfloat16"`) for `--seeds`, and reports test accuracy
@@ -16,6 +23,7 @@ and loss per seed.
 
     python benchmarks/optimizer_memory.py --cpu_devices 4          # CPU: 4 simulated devices
     python benchmarks/optimizer_memory.py                          # GPU/TPU box: real devices
+    python benchmarks/optimizer_memory.py --mode bytes --models digits_cnn
     python benchmarks/optimizer_memory.py --mode accuracy --seeds 0,1,2
     python benchmarks/optimizer_memory.py --cpu_devices 2 --models digits_cnn --out /tmp/m.json
     python benchmarks/optimizer_memory.py --mode accuracy --seeds 0 --num_steps 30 --out /tmp/a.json
@@ -27,6 +35,7 @@ Prints a table and writes JSON (`--out`, default benchmarks/results/optimizer_<m
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import pathlib
 import platform
@@ -44,7 +53,7 @@ MODELS = {  # name: (shipped config, image shape, batch size)
 
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=("memory", "accuracy"), default="memory")
+    parser.add_argument("--mode", choices=("memory", "bytes", "accuracy"), default="memory")
     parser.add_argument(
         "--cpu_devices", type=int, default=None, help="simulate this many CPU devices (CPU only)"
     )
@@ -120,6 +129,62 @@ def _memory(args) -> dict:
     return {"rows": rows}
 
 
+# (label, hyperparameters) of each storage setting, where the optimizer takes them.
+_STORAGE = (
+    ("float32", {}),
+    ("mu_bf16", {"mu_dtype": "bfloat16"}),
+    ("mu_nu_bf16", {"mu_dtype": "bfloat16", "nu_dtype": "bfloat16"}),
+)
+
+
+def _state_bytes(tree) -> int:
+    """Bytes of the array leaves of `tree` (shapes and dtypes: `jax.ShapeDtypeStruct`s)."""
+    import jax
+    import numpy as np
+
+    return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def _bytes(args) -> dict:
+    import jax
+
+    from adamlab import config_dict, models, optim
+    from adamlab.training import optimizers
+
+    rows = []
+    for name in args.models.split(","):
+        config_file, image_shape, _ = MODELS[name]
+        config = config_dict.load_config(config_file)
+        model = models.create_model(config.model, 10)
+        dummy = jax.ShapeDtypeStruct((1, *image_shape), "float32")
+        init = functools.partial(model.init, train=False)
+        params = jax.eval_shape(init, jax.random.key(0), dummy)["params"]
+        size = sum(x.size for x in jax.tree.leaves(params))
+        for optimizer in optimizers.names():
+            accepted = optimizers.hyperparameters(optimizer)
+            build = optim.create if optimizer in optim.names() else optim.reference
+            for label, storage in _STORAGE:
+                if not set(storage) <= set(accepted):
+                    continue
+                tx = build(optimizer, learning_rate=1e-3, **storage)
+                state_bytes = _state_bytes(jax.eval_shape(tx.init, params))
+                row = {
+                    "model": name,
+                    "optimizer": optimizer,
+                    "storage": label,
+                    "params": size,
+                    "opt_bytes": state_bytes,
+                    "opt_bytes_per_param": state_bytes / size,
+                }
+                rows.append(row)
+                print(
+                    f"{name:17s} {optimizer:15s} {label:10s} params={size:8d} "
+                    f"state={state_bytes:10d} B  {row['opt_bytes_per_param']:.3f} B/param",
+                    flush=True,
+                )
+    return {"rows": rows}
+
+
 def _accuracy(args) -> dict:
     from adamlab import config_dict
     from adamlab.training import train
@@ -168,7 +233,7 @@ def main() -> None:
 
     from adamlab.training import run_io
 
-    result = _memory(args) if args.mode == "memory" else _accuracy(args)
+    result = {"memory": _memory, "bytes": _bytes, "accuracy": _accuracy}[args.mode](args)
     if args.mode == "accuracy" and args.num_steps is not None:
         result["num_steps"] = args.num_steps  # Not the config's 24 epochs.
     result["machine"] = {

@@ -83,6 +83,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Storage dtype of Adam's first moment: None (= the parameters' float32) or "bfloat16"
     # (mixed precision: 2 bytes less per parameter; see docs/scaling.md). Adam-type only.
     opt.mu_dtype = config_dict.placeholder(str)
+    # Storage dtype of the second moment (v_t; AMSGrad's max, Adamax's u_t, AdaBelief's s_t):
+    # None or "bfloat16" (2 bytes less per parameter). optax's mu_dtype alone keeps it float32.
+    opt.nu_dtype = config_dict.placeholder(str)
     opt.momentum = config_dict.placeholder(float)  # sgd, rmsprop: momentum (None: none).
     opt.nesterov = config_dict.placeholder(bool)  # sgd, rmsprop: Nesterov momentum.
     # L2 penalty (l2 / 2) * ||params||^2 in the loss, for any optimizer (Adam + L2, as opposed

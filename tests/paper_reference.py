@@ -14,6 +14,9 @@ Two additions to the papers, each marked ``# ours:``:
     theta_{t-1}) added to Nadam and RAdam (``lam > 0``), for NadamW and RAdamW, which have no
     paper of their own.
 
+Cautious (Liang et al. 2024) couples the coordinates of a tensor (the mask's mean): its
+functions take a list of tensors and run the algorithm on each, whole.
+
 No jax here: nothing shared with the implementation under test.
 """
 
@@ -271,3 +274,55 @@ def muon(theta0, grads, lr, momentum=0.95, eps=1e-8, weight_decay=0.0, betas=(0.
             history["params"][i].append(theta[i].copy())
             history["m"][i].append(m[i].copy())
     return {name: {k: np.stack(h) for k, h in by.items()} for name, by in history.items()}
+
+
+def _caution(u, g, eps):
+    """Liang et al. 2024, Algorithm 1 ("Caution an Optimizer (Opt) in PyTorch"), for one tensor:
+    ``m = (u * g > 0).to(g.dtype)``; the step is ``u * m / (m.mean() + eps)``."""
+    m = (u * g > 0).astype(g.dtype)  # m = (u * g > 0).to(g.dtype)
+    return u * m / (m.mean() + np.float32(eps))  # p.add_(u * m / (m.mean() + eps), alpha=-lr)
+
+
+def cautious_adamw(thetas0, grads, alpha, beta1=0.9, beta2=0.999, eps=1e-8, lam=0.0, c_eps=1e-8):
+    """C-AdamW: Liang et al.'s Algorithm 1 with Opt = Adam (Kingma & Ba Alg. 1, lines 1-5,
+    u = m^_t / (sqrt(v^_t) + eps)) and Loshchilov & Hutter's decoupled decay (Alg. 2, line 12,
+    eta_t = 1) outside the mask, as the authors' C-AdamW applies it. `thetas0`, `grads`: one
+    entry per tensor (grads[i] is tensor i's [T, ...] history). State per tensor: m, v."""
+    runs = []
+    for theta0, tensor_grads in zip(thetas0, grads, strict=True):
+        theta, history = theta0.copy(), _history()
+        m = np.zeros_like(theta)  # m_0 <- 0
+        v = np.zeros_like(theta)  # v_0 <- 0
+        for t in range(1, len(tensor_grads) + 1):
+            g = tensor_grads[t - 1]  # g_t <- grad_theta f_t(theta_{t-1})
+            m = beta1 * m + (1 - beta1) * g  # m_t <- beta1 m_{t-1} + (1 - beta1) g_t
+            v = beta2 * v + (1 - beta2) * g * g  # v_t <- beta2 v_{t-1} + (1 - beta2) g_t^2
+            m_hat = m / (1 - beta1**t)  # m^_t <- m_t / (1 - beta1^t)
+            v_hat = v / (1 - beta2**t)  # v^_t <- v_t / (1 - beta2^t)
+            u = m_hat / (np.sqrt(v_hat) + eps)  # the update u from Opt (Adam)
+            decay = lam * theta  # L&H Alg. 2, line 12: lam theta_{t-1}
+            theta = theta - alpha * _caution(u, g, c_eps)  # Liang et al. Alg. 1
+            theta = theta - decay
+            _record(history, theta, m=m, v=v)
+        runs.append(_stack(history))
+    return runs
+
+
+def cautious_lion(thetas0, grads, eta, beta1=0.9, beta2=0.99, lam=0.0, c_eps=1e-8):
+    """C-Lion: Liang et al.'s Algorithm 1 with Opt = Lion (Chen et al. Alg. 2, eta_t = eta),
+    the decay (eta lambda theta_{t-1}) outside the mask. One entry per tensor, as
+    `cautious_adamw`. State per tensor: m."""
+    runs = []
+    for theta0, tensor_grads in zip(thetas0, grads, strict=True):
+        theta, history = theta0.copy(), _history()
+        m = np.zeros_like(theta)  # m_0 <- 0
+        for t in range(1, len(tensor_grads) + 1):
+            g = tensor_grads[t - 1]  # g_t <- grad_theta f(theta_{t-1})
+            c = beta1 * m + (1 - beta1) * g  # c_t <- beta1 m_{t-1} + (1 - beta1) g_t
+            u = np.sign(c)  # the update u from Opt (Lion): sign(c_t)
+            # theta_t <- theta_{t-1} - eta_t (caution(u) + lambda theta_{t-1})
+            theta = theta - eta * (_caution(u, g, c_eps) + lam * theta)
+            m = beta2 * m + (1 - beta2) * g  # m_t <- beta2 m_{t-1} + (1 - beta2) g_t
+            _record(history, theta, m=m)
+        runs.append(_stack(history))
+    return runs

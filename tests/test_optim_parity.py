@@ -36,7 +36,8 @@ def _decay_matrices(params):
 _SCHEDULE = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 50, NUM_STEPS, 1e-4)
 
 # (case id, optimizer name, hyperparameters). Every alias, and every option the issue names:
-# schedules, masks, nesterov, eps_root > 0, mu_dtype=bfloat16.
+# schedules, masks, nesterov, eps_root > 0, mu_dtype=bfloat16. Cautious's twin is optax's
+# AdamW / Lion with the paper's one line (optax has no Cautious).
 CASES = [
     ("adam", "adam", {}),
     ("adam-schedule", "adam", {"learning_rate": _SCHEDULE}),
@@ -86,6 +87,13 @@ CASES = [
         },
     ),
     ("muon-consistent_rms", "muon", {"consistent_rms": 0.2, "beta": 0.9}),
+    ("cautious_adamw", "cautious_adamw", {"weight_decay": 1e-2}),
+    (
+        "cautious_adamw-nesterov-mask-mu_bf16",
+        "cautious_adamw",
+        {"nesterov": True, "mask": _decay_matrices, "mu_dtype": jnp.bfloat16},
+    ),
+    ("cautious_lion", "cautious_lion", {"caution_eps": 1e-3}),
 ]
 
 
@@ -237,7 +245,9 @@ def test_per_step_parity_on_a_real_model(name, digits_problem):
     assert float(full_loss(final)) < 0.5 * float(full_loss(params))
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw", "nadam", "amsgrad", "lion", "lamb", "muon"])
+@pytest.mark.parametrize(
+    "name", ["adam", "adamw", "nadam", "amsgrad", "lion", "lamb", "muon", "cautious_adamw"]
+)
 def test_mixed_precision_parity_with_bfloat16_params(name):
     """bfloat16 params (mixed precision) keep their dtype and track optax step by step.
 

@@ -179,6 +179,55 @@ def test_lamb_moves_each_layer_by_lr_times_its_norm():
         params = optax.apply_updates(params, updates)
 
 
+def test_cautious_first_steps_by_hand():
+    """Step 1: m_1 = (1 - b1) g agrees in sign with g everywhere, so C-AdamW's first step is
+    AdamW's, -lr (sign(g) + wd theta) (eps -> 0). Step 2: u_2 has the sign of
+    m_2 = b1 (1 - b1) g_1 + (1 - b1) g_2 = 0.09 g_1 + 0.1 g_2, chosen to disagree with g_2 in
+    coordinates 0 (0.085 > 0, g < 0) and 2 (-0.04 < 0, g > 0): phi = [0, 1, 0, 1], its mean
+    1/2, and the kept coordinates move twice as far as AdamW's."""
+    b1, b2, wd = 0.9, 0.999, 0.1
+    tx = optim.cautious_adamw(LR, b1=b1, b2=b2, eps=0.0, weight_decay=wd)
+    g1, g2 = jnp.array([1.0, 1.0, -1.0, 1.0]), jnp.array([-0.05, -2.0, 0.5, 3.0])
+    updates, state = tx.update(g1, tx.init(PARAMS), PARAMS)
+    np.testing.assert_allclose(updates, -LR * (jnp.sign(g1) + wd * PARAMS), rtol=FIRST_STEP_RTOL)
+    updates, _ = tx.update(g2, state, PARAMS)
+    m = b1 * (1 - b1) * g1 + (1 - b1) * g2
+    v = b2 * (1 - b2) * g1**2 + (1 - b2) * g2**2
+    u = (m / (1 - b1**2)) / jnp.sqrt(v / (1 - b2**2))
+    np.testing.assert_array_equal(u * g2 > 0, jnp.array([False, True, False, True]))
+    phi = jnp.array([0.0, 1.0, 0.0, 1.0])
+    expected = -LR * (u * phi / (0.5 + 1e-8) + wd * PARAMS)
+    np.testing.assert_allclose(updates, expected, rtol=FIRST_STEP_RTOL)
+
+
+@pytest.mark.parametrize("name,base", [("cautious_adamw", "adamw"), ("cautious_lion", "lion")])
+def test_cautious_with_all_signs_agreeing_is_its_base(name, base):
+    """Gradients of a fixed sign per coordinate keep m_t (and so u_t) of that sign: the mask is
+    all ones, the reference's rescaling 1 / (1 + eps), which is 1 in float32 for eps = 1e-8:
+    C-AdamW is AdamW and C-Lion is Lion, bit for bit, over 200 steps. With eps = 1e-3 the
+    direction is the base's divided by 1 + eps (decay off)."""
+    rng = np.random.default_rng(0)
+    signs = np.where(rng.random(6) < 0.5, -1.0, 1.0).astype(np.float32)
+    grads = jnp.asarray(signs * (np.abs(rng.normal(size=(200, 6))) + 1e-3).astype(np.float32))
+    p0 = jnp.asarray(rng.normal(size=6).astype(np.float32))
+
+    def run(tx):
+        def step(carry, g):
+            p, state = carry
+            updates, state = tx.update(g, state, p)
+            return (optax.apply_updates(p, updates), state), updates
+
+        return jax.jit(lambda: jax.lax.scan(step, (p0, tx.init(p0)), grads)[1])()
+
+    np.testing.assert_array_equal(
+        run(optim.create(name, learning_rate=LR)), run(optim.create(base, learning_rate=LR))
+    )
+    eps = 1e-3
+    cautious = run(optim.create(name, learning_rate=LR, weight_decay=0.0, caution_eps=eps))
+    plain = run(optim.create(base, learning_rate=LR, weight_decay=0.0))
+    np.testing.assert_allclose(cautious, plain / (1 + eps), rtol=1e-6)
+
+
 def test_adam_with_b1_zero_is_bias_corrected_rmsprop():
     """b1 = 0 removes momentum: Adam becomes RMSProp with a bias-corrected v (numpy model)."""
     b2, eps, steps = 0.99, 1e-8, 100
@@ -240,10 +289,12 @@ ROSENBROCK_LR = {
     "lion": 3e-3,
     "lamb": 1e-2,
     "muon": 3e-3,  # 1-D parameters: Muon's NAdamW part
+    "cautious_adamw": 3e-2,
+    "cautious_lion": 3e-3,
 }
 # Lion's sign steps move every coordinate by the full rate, LAMB's every layer by lr * ||w||:
 # they settle as the rate decays.
-DECAYED = {"lion", "lamb"}
+DECAYED = {"lion", "lamb", "cautious_lion"}
 
 
 def _rate(name, lr, steps):
@@ -306,6 +357,8 @@ def test_inject_hyperparams_matches_fixed_hyperparams_and_vmaps_over_them(name):
         "radamw": (registry.entry("radamw").twin, {}),
         "lamb": (registry.entry("lamb").twin, {}),
         "muon": (optax.contrib.muon, {}),
+        "cautious_adamw": (registry.entry("cautious_adamw").twin, {}),
+        "cautious_lion": (registry.entry("cautious_lion").twin, {}),
     }
     twin_factory, twin_kwargs = twins[name] if name in twins else (getattr(optax, name), {})
     twin = optax.inject_hyperparams(twin_factory)
@@ -448,6 +501,73 @@ def test_mu_dtype_stores_first_moment_in_bfloat16():
     assert updates["w"].dtype == jnp.float32
 
 
+# Every optimizer of ours with a second moment (Lion keeps only m_t).
+WITH_NU = [n for n in optim.names() if "nu_dtype" in optim.hyperparameters(n)]
+
+
+def _state_bytes(state):
+    return sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+
+
+@pytest.mark.parametrize("name", WITH_NU)
+def test_bfloat16_moments_halve_their_bytes(name):
+    """`nu_dtype` stores the second moment (and AMSGrad's maximum) in bfloat16: half the bytes
+    of float32 params', as `mu_dtype` does for the first (optax #1552: optax has mu_dtype only)."""
+    params = {"w": jnp.ones((8, 4)), "b": jnp.zeros(4)}
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.25), params)
+    full = optim.create(name, learning_rate=LR)
+    half = optim.create(name, learning_rate=LR, nu_dtype=jnp.bfloat16)
+    (full_state, half_state) = (tx.update(grads, tx.init(params), params)[1] for tx in (full, half))
+    nu_fields = [f for f in full_state[0]._fields if f.startswith("nu")]
+    for field in nu_fields:
+        ours, reference = getattr(half_state[0], field), getattr(full_state[0], field)
+        assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(ours)), field
+        assert _state_bytes(ours) * 2 == _state_bytes(reference), field
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(half_state[0].mu))
+    both = optim.create(name, learning_rate=LR, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
+    both_state = both.init(params)[0]
+    moments = [getattr(both_state, f) for f in ("mu", *nu_fields)]
+    assert _state_bytes(moments) * 2 == _state_bytes(
+        [getattr(full_state[0], f) for f in ("mu", *nu_fields)]
+    )
+
+
+@pytest.mark.parametrize("name", WITH_NU)
+def test_bfloat16_second_moment_stays_close_to_float32_over_100_steps(name):
+    """100 steps on gradients spanning 4 decades, nu in bfloat16 against float32.
+
+    Tolerances. bfloat16 keeps 8 significant bits: each store of v_t rounds it by up to 2^-9
+    relative. With b2 = 0.999 the step's increment (1 - b2) g^2 is about v_t / t, only a few
+    bfloat16 ulps of v_t by step 100, so the roundings do not average out: v_t drifts by up to
+    ~7% (measured 6.7%; Adamax's u_t 10%: b2 u rounds back to u in bfloat16, so u_t cannot
+    decay). The step depends on sqrt(v_t), half that relative error: measured <= 1.7% of the
+    learning rate per step, and the parameters <= 0.4% of the distance lr * T they can travel.
+    Bounds: nu 15%, each step 3% of lr, params 1% of lr * T; any real error (a wrong dtype in
+    the arithmetic, a moment cast before it is updated) is far outside them.
+    """
+    steps, lr = 100, 1e-2
+    rng = np.random.default_rng(0)
+    scales = np.logspace(-3, 1, 64, dtype=np.float32)
+    grads = jnp.asarray(rng.normal(size=(steps, 64)).astype(np.float32) * scales)
+
+    def run(tx):
+        def step(carry, g):
+            p, state = carry
+            updates, state = tx.update(g, state, p)
+            return (optax.apply_updates(p, updates), state), updates
+
+        p0 = jnp.zeros(64)
+        (p, state), updates = jax.jit(lambda: jax.lax.scan(step, (p0, tx.init(p0)), grads))()
+        return p, state[0].nu, updates
+
+    p32, nu32, u32 = run(optim.create(name, learning_rate=lr))
+    p16, nu16, u16 = run(optim.create(name, learning_rate=lr, nu_dtype=jnp.bfloat16))
+    assert nu16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(nu16, np.float32), nu32, rtol=0.15)
+    assert float(jnp.max(jnp.abs(u16 - u32))) <= 0.03 * lr
+    assert float(jnp.max(jnp.abs(p16 - p32))) <= 0.01 * lr * steps
+
+
 @pytest.mark.parametrize("name", ["adam", "adamw", "nadam", "amsgrad", "adabelief"])
 def test_complex_parameters_match_optax(name):
     params = jnp.array([1.0 + 1.0j, -0.5 + 2.0j])
@@ -476,6 +596,7 @@ BAD_HPARAMS = [
     ("adam", {"eps": -1e-8}, r"adam: eps must be in \[0, inf\), got -1e-08"),
     ("adam", {"eps_root": -1.0}, r"adam: eps_root must be in \[0, inf\)"),
     ("adam", {"mu_dtype": jnp.int32}, r"adam: mu_dtype must be None or a floating dtype"),
+    ("adamw", {"nu_dtype": "int8"}, r"adamw: nu_dtype must be None or a floating dtype"),
     ("adam", {"nesterov": "yes"}, r"adam: nesterov must be True or False"),
     ("adamw", {"weight_decay": -1e-4}, r"adamw: weight_decay must be in \[0, inf\)"),
     ("adamw", {"mask": {"w": "yes"}}, r"adamw: mask must be None, a callable, or a pytree"),
@@ -493,6 +614,7 @@ BAD_HPARAMS = [
     ("muon", {"beta": 1.0}, r"muon: beta must be in \[0, 1\), got 1.0"),
     ("muon", {"adam_b2": -0.1}, r"muon: adam_b2 must be in \[0, 1\)"),
     ("muon", {"adam_learning_rate": -1.0}, r"muon: adam_learning_rate must be in \(0, inf\)"),
+    ("cautious_adamw", {"caution_eps": 0.0}, r"cautious_adamw: caution_eps must be in \(0, inf\)"),
 ]
 
 
@@ -555,6 +677,8 @@ def test_registry_builds_optax_twins():
         "lion",
         "lamb",
         "muon",
+        "cautious_adamw",
+        "cautious_lion",
     )
     assert "weight_decay" in optim.hyperparameters("adamw")
     assert "threshold" in optim.hyperparameters("radam")

@@ -85,7 +85,7 @@ def _updates(tx, steps=3, params=None):
     return out, state
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw", "radam", "lion"])
+@pytest.mark.parametrize("name", ["adam", "adamw", "radam", "lion", "cautious_adamw"])
 def test_implementation_switch_builds_ours_and_optax(name, monkeypatch):
     calls = []
     for function in ("create", "reference"):

@@ -39,11 +39,22 @@ def test_model_dtype_from_config_and_errors():
         train.validate_config(_config(dtype="float16"))
 
 
-def test_bad_mu_dtype_is_a_config_error():
+@pytest.mark.parametrize("field", ["mu_dtype", "nu_dtype"])
+def test_bad_moment_dtype_is_a_config_error(field):
     config = _config()
-    config.optimizer.mu_dtype = "int8"
-    with pytest.raises(train.ConfigError, match="mu_dtype"):
+    config.optimizer[field] = "int8"
+    with pytest.raises(train.ConfigError, match=field):
         train.validate_config(config)
+
+
+def test_nu_dtype_from_config_stores_the_second_moment():
+    from adamlab.training.optimizers import make_optimizer
+
+    config = _config()
+    config.optimizer.update(name="adamw", mu_dtype="bfloat16", nu_dtype="bfloat16")
+    tx, _ = make_optimizer(config.optimizer, total_steps=100)
+    state = tx.init({"w": jnp.ones(3)})[0]
+    assert state.mu["w"].dtype == state.nu["w"].dtype == jnp.bfloat16
 
 
 MIXED_MODEL = {"name": "cnn", "features": (8, 16), "dense_features": 32, "dtype": "bfloat16"}

@@ -2,8 +2,9 @@
 
 Each constructor is a composition, as in optax: a rescaling transform of `transform.py`, for
 the decoupled variants a weight decay, then ``-learning_rate`` (`_chain`, where the conventions
-place the decay). Variants that share their math share one body: Adam, AdamW, Nadam and NadamW
-are `_adam` with ``weight_decay`` and ``nesterov`` set, RAdam and RAdamW are `_radam`.
+place the decay). Variants that share their math share one body: Adam, AdamW, Nadam, NadamW
+and C-AdamW are `_adam` with ``weight_decay``, ``nesterov`` and ``caution_eps`` set, RAdam and
+RAdamW are `_radam`, Lion and C-Lion `_lion`.
 
 Every constructor takes ``convention="optax" | "pytorch" | "paper"``: whose update rule to
 follow where optax, `torch.optim` and the papers disagree (docs/conventions.md); "optax", the
@@ -106,21 +107,28 @@ def _adam(
     nesterov: bool,
     convention: str,
     fused: bool,
+    nu_dtype: Any = None,
     weight_decay: Any = None,
     mask: Any = None,
     momentum_decay: Any = None,
+    caution_eps: Any = None,
 ) -> optax.GradientTransformation:
-    """Adam, AdamW, Nadam and NadamW: `transform.scale_by_adam`, chained.
+    """Adam, AdamW, Nadam, NadamW and C-AdamW: `transform.scale_by_adam`, chained (masked by
+    `transform.scale_by_cautious` when `caution_eps` is given).
 
     The chain carries the one-pass CPU step (`one_pass.update_and_apply`) where the kernel
-    computes exactly its rule: fused, optax convention, moments in the params' dtype, no mask.
+    computes exactly its rule: fused, optax convention, moments in the params' dtype, no mask,
+    no caution.
     """
     rescale = transform.scale_by_adam.unchecked(
-        b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, convention=convention,
-        momentum_decay=momentum_decay, fused=fused,
+        b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov,
+        convention=convention, momentum_decay=momentum_decay, fused=fused,
     )  # fmt: skip
+    if caution_eps is not None:
+        rescale = transform.scale_by_cautious.unchecked(rescale, caution_eps)
     tx = _chain(rescale, learning_rate, weight_decay, mask, convention)
-    if fused and convention == "optax" and mu_dtype is None and mask is None:
+    plain = mu_dtype is None and nu_dtype is None and mask is None and caution_eps is None
+    if fused and convention == "optax" and plain:
         return one_pass.attach(
             tx,
             one_pass.AdamHyperparameters(
@@ -139,6 +147,7 @@ def adam(
     eps_root: float = 0.0,
     mu_dtype: Any = None,
     *,
+    nu_dtype: Any = None,
     nesterov: bool = False,
     convention: str = "optax",
     fused: bool = False,
@@ -148,7 +157,9 @@ def adam(
 
     Args:
       learning_rate: a positive float or an optax schedule of the step.
-      b1, b2, eps, eps_root, mu_dtype, nesterov: see :func:`transform.scale_by_adam`.
+      b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov: see
+        :func:`transform.scale_by_adam` (``nu_dtype``: the second moment's storage dtype,
+        which optax's ``mu_dtype`` leaves in the params' dtype).
       convention: "optax" (default), "pytorch" (``torch.optim.Adam``; with nesterov,
         ``torch.optim.NAdam``) or "paper" (Kingma & Ba, Algorithm 1).
       fused: bias-correct by scalar multiplications, one division per element instead of
@@ -164,7 +175,7 @@ def adam(
     """
     return _adam(
         learning_rate, b1, b2, eps, eps_root, mu_dtype,
-        nesterov=nesterov, convention=convention, fused=fused,
+        nesterov=nesterov, convention=convention, fused=fused, nu_dtype=nu_dtype,
     )  # fmt: skip
 
 
@@ -179,6 +190,7 @@ def adamw(
     weight_decay: Any = 1e-4,
     mask: Any = None,
     *,
+    nu_dtype: Any = None,
     nesterov: bool = False,
     convention: str = "optax",
     fused: bool = False,
@@ -195,8 +207,8 @@ def adamw(
       Others: as in :func:`adam`.
     """
     return _adam(
-        learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov,
-        convention=convention, fused=fused, weight_decay=weight_decay, mask=mask,
+        learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, convention=convention,
+        fused=fused, nu_dtype=nu_dtype, weight_decay=weight_decay, mask=mask,
     )  # fmt: skip
 
 
@@ -209,6 +221,7 @@ def nadam(
     eps_root: float = 0.0,
     mu_dtype: Any = None,
     *,
+    nu_dtype: Any = None,
     convention: str = "optax",
     fused: bool = False,
     momentum_decay: float | None = None,
@@ -222,8 +235,8 @@ def nadam(
       Others: as in :func:`adam`.
     """
     return _adam(
-        learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=True,
-        convention=convention, fused=fused, momentum_decay=momentum_decay,
+        learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=True, convention=convention,
+        fused=fused, nu_dtype=nu_dtype, momentum_decay=momentum_decay,
     )  # fmt: skip
 
 
@@ -238,6 +251,7 @@ def nadamw(
     weight_decay: Any = 1e-4,
     mask: Any = None,
     *,
+    nu_dtype: Any = None,
     convention: str = "optax",
     fused: bool = False,
     momentum_decay: float | None = None,
@@ -250,7 +264,53 @@ def nadamw(
     """
     return _adam(
         learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=True, convention=convention,
-        fused=fused, weight_decay=weight_decay, mask=mask, momentum_decay=momentum_decay,
+        fused=fused, nu_dtype=nu_dtype, weight_decay=weight_decay, mask=mask,
+        momentum_decay=momentum_decay,
+    )  # fmt: skip
+
+
+@_public
+def cautious_adamw(
+    learning_rate: Any,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    weight_decay: Any = 1e-4,
+    mask: Any = None,
+    *,
+    caution_eps: float = 1e-8,
+    nu_dtype: Any = None,
+    nesterov: bool = False,
+    convention: str = "optax",
+    fused: bool = False,
+) -> optax.GradientTransformation:
+    r"""C-AdamW (Liang et al. 2024): AdamW that steps only where Adam's direction agrees in
+    sign with the gradient.
+
+    .. math::
+        u_t = \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon), \quad
+        \phi_t = \mathbb{1}[u_t \odot g_t > 0], \quad
+        \theta_t = \theta_{t-1} - \alpha_t (u_t \odot \phi_t / (\operatorname{mean}
+        \phi_t + \epsilon_c) + \lambda \theta_{t-1})
+
+    The mask (per tensor, :func:`transform.scale_by_cautious`) is applied to Adam's direction,
+    before the learning rate; the decoupled weight decay stays outside it, where each
+    convention puts AdamW's (:func:`adamw`). With every sign agreeing it is :func:`adamw`.
+
+    Args:
+      caution_eps: :math:`\epsilon_c` > 0 of the rescaling.
+      Others: as in :func:`adamw` (the conventions are AdamW's; the mask is the same in all).
+
+    References:
+      Liang, Chen, Liu & Liu, Cautious Optimizers: Improving Training with One Line of Code,
+      arXiv:2411.16085, 2024, Algorithm 1.
+    """
+    return _adam(
+        learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, convention=convention,
+        fused=fused, nu_dtype=nu_dtype, weight_decay=weight_decay, mask=mask,
+        caution_eps=caution_eps,
     )  # fmt: skip
 
 
@@ -265,6 +325,7 @@ def amsgrad(
     bias_correction_mu: bool | None = None,
     bias_correction_nu: bool | None = None,
     *,
+    nu_dtype: Any = None,
     convention: str = "optax",
     fused: bool = False,
 ) -> optax.GradientTransformation:
@@ -273,18 +334,20 @@ def amsgrad(
     bias-corrects before the running maximum, PyTorch after it, the paper not at all)."""
     rescale = transform.scale_by_amsgrad.unchecked(
         b1, b2, eps, eps_root, mu_dtype, bias_correction_mu, bias_correction_nu,
-        convention=convention, fused=fused,
+        nu_dtype=nu_dtype, convention=convention, fused=fused,
     )  # fmt: skip
     return _chain(rescale, learning_rate)
 
 
 def _radam(
-    learning_rate, b1, b2, eps, eps_root, threshold, weight_decay, mask, nesterov, convention
-):
+    learning_rate, b1, b2, eps, eps_root, threshold, weight_decay, mask, nesterov, convention,
+    mu_dtype, nu_dtype,
+):  # fmt: skip
     """RAdam and RAdamW: `transform.scale_by_radam`, chained."""
     rescale = transform.scale_by_radam.unchecked(
-        b1, b2, eps, eps_root, threshold, nesterov=nesterov, convention=convention
-    )
+        b1, b2, eps, eps_root, threshold, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+        nesterov=nesterov, convention=convention,
+    )  # fmt: skip
     return _chain(rescale, learning_rate, weight_decay, mask, convention)
 
 
@@ -297,6 +360,8 @@ def radam(
     eps_root: float = 0.0,
     threshold: float | None = None,
     *,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
     nesterov: bool = False,
     convention: str = "optax",
     fused: bool = False,
@@ -305,7 +370,10 @@ def radam(
     tractable, then rectified Adam; see :func:`transform.scale_by_radam` (threshold None:
     the convention's, 5 for optax and PyTorch, 4 for the paper). No fused variant: `fused`
     must be False."""
-    return _radam(learning_rate, b1, b2, eps, eps_root, threshold, None, None, nesterov, convention)
+    return _radam(
+        learning_rate, b1, b2, eps, eps_root, threshold, None, None, nesterov, convention,
+        mu_dtype, nu_dtype,
+    )  # fmt: skip
 
 
 @_public
@@ -319,6 +387,8 @@ def radamw(
     weight_decay: Any = 1e-4,
     mask: Any = None,
     *,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
     nesterov: bool = False,
     convention: str = "optax",
     fused: bool = False,
@@ -330,8 +400,9 @@ def radamw(
     Loshchilov & Hutter's decay. Arguments as in :func:`radam` and :func:`adamw`.
     """
     return _radam(
-        learning_rate, b1, b2, eps, eps_root, threshold, weight_decay, mask, nesterov, convention
-    )
+        learning_rate, b1, b2, eps, eps_root, threshold, weight_decay, mask, nesterov, convention,
+        mu_dtype, nu_dtype,
+    )  # fmt: skip
 
 
 @_public
@@ -341,12 +412,16 @@ def adamax(
     b2: float = 0.999,
     eps: float = 1e-8,
     *,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
     convention: str = "optax",
     fused: bool = False,
 ) -> optax.GradientTransformation:
     """Adamax (Kingma & Ba 2015, Section 7.1): Adam with the infinity norm;
     see :func:`transform.scale_by_adamax`."""
-    rescale = transform.scale_by_adamax.unchecked(b1, b2, eps, convention=convention, fused=fused)
+    rescale = transform.scale_by_adamax.unchecked(
+        b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype, convention=convention, fused=fused
+    )
     return _chain(rescale, learning_rate)
 
 
@@ -358,6 +433,8 @@ def adabelief(
     eps: float = 1e-16,
     eps_root: float = 1e-16,
     *,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
     nesterov: bool = False,
     convention: str = "optax",
     fused: bool = False,
@@ -366,8 +443,9 @@ def adabelief(
     mean in the denominator; see :func:`transform.scale_by_belief`. PyTorch has no
     AdaBelief: ``convention="pytorch"`` raises a ValueError."""
     rescale = transform.scale_by_belief.unchecked(
-        b1, b2, eps, eps_root, nesterov=nesterov, convention=convention, fused=fused
-    )
+        b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov,
+        convention=convention, fused=fused,
+    )  # fmt: skip
     return _chain(rescale, learning_rate)
 
 
@@ -412,8 +490,48 @@ def lion(
     References:
       Chen et al., Symbolic Discovery of Optimization Algorithms, NeurIPS 2023, Algorithm 2.
     """
+    return _lion(learning_rate, b1, b2, mu_dtype, weight_decay, mask)
+
+
+def _lion(learning_rate, b1, b2, mu_dtype, weight_decay, mask, caution_eps=None):
+    """Lion and C-Lion: `transform.scale_by_lion` (masked by `transform.scale_by_cautious`
+    when `caution_eps` is given), chained in optax's order in both conventions."""
     rescale = transform.scale_by_lion.unchecked(b1, b2, mu_dtype)
-    return _chain(rescale, learning_rate, weight_decay, mask)  # optax's order in both
+    if caution_eps is not None:
+        rescale = transform.scale_by_cautious.unchecked(rescale, caution_eps)
+    return _chain(rescale, learning_rate, weight_decay, mask)
+
+
+@_public
+def cautious_lion(
+    learning_rate: Any,
+    b1: float = 0.9,
+    b2: float = 0.99,
+    mu_dtype: Any = None,
+    weight_decay: Any = 1e-3,
+    mask: Any = None,
+    *,
+    caution_eps: float = 1e-8,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""C-Lion (Liang et al. 2024): Lion that steps only where its sign direction agrees with
+    the gradient's sign.
+
+    .. math::
+        u_t = \operatorname{sign}(\beta_1 m_{t-1} + (1-\beta_1) g_t), \quad
+        \phi_t = \mathbb{1}[u_t \odot g_t > 0], \quad
+        \theta_t = \theta_{t-1} - \alpha_t (u_t \odot \phi_t / (\operatorname{mean}
+        \phi_t + \epsilon_c) + \lambda \theta_{t-1})
+
+    The mask (per tensor, :func:`transform.scale_by_cautious`) acts on Lion's sign direction,
+    before the learning rate and outside the decoupled decay. Arguments as in :func:`lion`;
+    ``caution_eps`` as in :func:`cautious_adamw`.
+
+    References:
+      Liang, Chen, Liu & Liu, Cautious Optimizers: Improving Training with One Line of Code,
+      arXiv:2411.16085, 2024, Algorithm 1.
+    """
+    return _lion(learning_rate, b1, b2, mu_dtype, weight_decay, mask, caution_eps)
 
 
 @_public
@@ -626,6 +744,62 @@ def _optax_lamb(
     )
 
 
+def _optax_caution(inner: optax.GradientTransformation, caution_eps: float):
+    """Liang et al.'s Algorithm 1 over an optax direction, in its own words
+    (``m = (u * g > 0); u * m / (m.mean() + eps)``): optax has Cautious only as an open PR."""
+
+    def update_fn(updates, state, params=None):
+        directions, state = inner.update(updates, state, params)
+
+        def masked(u, g):
+            m = (u * g > 0).astype(jnp.float32)
+            return u * (m / (m.mean() + caution_eps)).astype(u.dtype)
+
+        return jax.tree.map(masked, directions, updates), state
+
+    return optax.GradientTransformation(inner.init, update_fn)
+
+
+def _optax_cautious_adamw(
+    learning_rate: Any,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    weight_decay: Any = 1e-4,
+    mask: Any = None,
+    *,
+    caution_eps: float = 1e-8,
+    nesterov: bool = False,
+) -> optax.GradientTransformation:
+    """optax.adamw's pieces with the caution on Adam's direction, before the decay."""
+    direction = optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
+    return optax.chain(
+        _optax_caution(direction, caution_eps),
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def _optax_cautious_lion(
+    learning_rate: Any,
+    b1: float = 0.9,
+    b2: float = 0.99,
+    mu_dtype: Any = None,
+    weight_decay: Any = 1e-3,
+    mask: Any = None,
+    *,
+    caution_eps: float = 1e-8,
+) -> optax.GradientTransformation:
+    """optax.lion's pieces with the caution on Lion's sign direction, before the decay."""
+    return optax.chain(
+        _optax_caution(optax.scale_by_lion(b1, b2, mu_dtype), caution_eps),
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One optimizer of `TABLE`.
@@ -787,6 +961,24 @@ TABLE: dict[str, Entry] = {
         {"muon": _space(_MUON_RANGES, **_MUON_FIXED)},
         missing={"pytorch": "torch.optim.Muon refuses non-2-D params (no AdamW part)"},
         defaults={"learning_rate": 2e-2},  # Jordan et al.'s
+    ),
+    # Cautious (Liang et al. 2024) over AdamW and Lion: the base's spaces and defaults. optax
+    # has no Cautious (an open PR): the twin is optax's base with the paper's one line.
+    "cautious_adamw": Entry(
+        _optax_cautious_adamw,
+        cautious_adamw,
+        _ADAMW,
+        {"cautious_adamw": _space(_ADAMW_RANGES)},
+        fused=CONVENTIONS,
+        defaults={"learning_rate": 1e-3},
+    ),
+    "cautious_lion": Entry(
+        _optax_cautious_lion,
+        cautious_lion,
+        ("learning_rate", "b1", "b2", "weight_decay"),
+        {"cautious_lion": _space(_LION_RANGES)},
+        missing={"pytorch": "torch.optim has no Lion"},
+        defaults={"learning_rate": 1e-4},
     ),
     # The comparison baselines: optax's (implementation "optax"), not ours.
     "sgd": Entry(

@@ -148,6 +148,24 @@ def nesterov_first_moment(
     )
 
 
+def caution(directions: Tree, grads: Tree, eps: Any) -> Tree:
+    """u phi / (mean(phi) + eps), phi = 1[u g > 0]: Liang et al. 2024's cautious update.
+
+    The direction u is kept where it agrees in sign with the gradient g and zeroed elsewhere;
+    the mask is rescaled so that its mean over each tensor (leaf) is 1 (1/(1 + eps) when every
+    sign agrees), which keeps the step's average size. The paper's Algorithm 1, line by line:
+    ``m = (u * g > 0).to(g.dtype); p.add_(u * m / (m.mean() + eps), alpha=-lr)``. The mean is
+    taken in float32 (a bfloat16 sum over a large tensor would round), the mask then cast to
+    u's dtype. Real parameters only (u g > 0 has no meaning for complex ones).
+    """
+
+    def leaf(u, g):
+        agree = (u * g > 0).astype(jnp.float32)
+        return u * (agree / (jnp.mean(agree) + eps)).astype(u.dtype)
+
+    return jax.tree.map(leaf, directions, grads)
+
+
 # --- Low precision ---------------------------------------------------------------------------
 
 

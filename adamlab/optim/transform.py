@@ -46,6 +46,7 @@ __all__ = [  # what `adamlab.optim` exports
     "scale_by_adamax",
     "scale_by_amsgrad",
     "scale_by_belief",
+    "scale_by_cautious",
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_muon",
@@ -117,19 +118,29 @@ def _store(new: Tree, old: Tree, dtype: Any = None) -> Tree:
     return numerics.cast(new, dtype) if dtype is not None else numerics.cast_like(new, old)
 
 
-def _init_moments(mu_dtype: Any = None):
-    """The init of a `ScaleByAdamState`: count 0, zero moments (mu stored in `mu_dtype`)."""
+def _storage_dtype(dtype: Any) -> Any:
+    """`mu_dtype` / `nu_dtype` as a numpy dtype; None (the params' dtype) stays None."""
+    return None if dtype is None else jnp.dtype(dtype)
+
+
+def _init_moments(mu_dtype: Any = None, nu_dtype: Any = None):
+    """The init of a `ScaleByAdamState`: count 0, zero moments stored in `mu_dtype` and
+    `nu_dtype` (None: the params' dtype)."""
 
     def init_fn(params):
-        mu, nu = numerics.zeros_like(params, dtype=mu_dtype), numerics.zeros_like(params)
+        mu = numerics.zeros_like(params, dtype=mu_dtype)
+        nu = numerics.zeros_like(params, dtype=nu_dtype)
         return ScaleByAdamState(count=_zero_count(), mu=mu, nu=nu)
 
     return init_fn
 
 
-def _moments(count: jax.Array, mu: Tree, nu: Tree, state: Any, mu_dtype: Any = None):
-    """The next `ScaleByAdamState`, its moments stored in the dtypes they had (`_store`)."""
-    mu, nu = _store(mu, state.mu, mu_dtype), _store(nu, state.nu)
+def _moments(
+    count: jax.Array, mu: Tree, nu: Tree, state: Any, mu_dtype: Any = None, nu_dtype: Any = None
+):
+    """The next `ScaleByAdamState`, its moments stored in `mu_dtype` and `nu_dtype`, else in
+    the dtypes they had (`_store`)."""
+    mu, nu = _store(mu, state.mu, mu_dtype), _store(nu, state.nu, nu_dtype)
     return ScaleByAdamState(count=count, mu=mu, nu=nu)
 
 
@@ -141,6 +152,7 @@ def scale_by_adam(
     eps_root: float = 0.0,
     mu_dtype: Any = None,
     *,
+    nu_dtype: Any = None,
     nesterov: bool = False,
     convention: str = "optax",
     momentum_decay: Any = None,
@@ -171,6 +183,9 @@ def scale_by_adam(
       eps_root: added inside the square root; > 0 keeps meta-gradients finite, >= 0.
       mu_dtype: dtype in which to *store* the first moment (e.g. ``jnp.bfloat16`` to halve its
         memory); the update is computed in the promoted dtype. None keeps the params' dtype.
+      nu_dtype: dtype in which to *store* the second moment, as `mu_dtype` (optax has
+        `mu_dtype` only and keeps v_t in the params' dtype, optax #1552). A bfloat16 v_t keeps
+        8 significant bits: the step's denominator sqrt(v_t) to ~0.2% relative.
       nesterov: use Nesterov momentum (Nadam).
       convention: "optax", "pytorch" or "paper".
       momentum_decay: Nadam's :math:`\psi` (PyTorch's ``momentum_decay``) for the "pytorch"
@@ -196,12 +211,12 @@ def scale_by_adam(
         why = "optax's Nadam has no momentum schedule" if nesterov else "Adam has no schedule"
         validation.check_unset("scale_by_adam", "momentum_decay", momentum_decay, convention, why)
     momentum_decay = 0.004 if momentum_decay is None else momentum_decay
-    mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+    mu_dtype, nu_dtype = _storage_dtype(mu_dtype), _storage_dtype(nu_dtype)
     correct = functools.partial(numerics.bias_correction, convention=convention, fused=fused)
     first_moment, second_moment = numerics.moments_for(convention)
 
     def init_fn(params):
-        moments = _init_moments(mu_dtype)(params)
+        moments = _init_moments(mu_dtype, nu_dtype)(params)
         return ScaleByNadamState(*moments, jnp.ones([], jnp.float32)) if scheduled else moments
 
     def update_fn(updates, state, params=None):
@@ -222,7 +237,7 @@ def scale_by_adam(
             nu_hat = numerics.dozat_second_moment(nu_hat, b2)
         updates = numerics.adaptive_step(mu_hat, nu_hat, eps, eps_root)
         # The moments are computed in the promoted dtype and stored in their own dtypes.
-        moments = _moments(count, mu, nu, state, mu_dtype)
+        moments = _moments(count, mu, nu, state, mu_dtype, nu_dtype)
         return updates, ScaleByNadamState(*moments, product) if scheduled else moments
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -255,6 +270,7 @@ def scale_by_amsgrad(
     bias_correction_mu: bool | None = None,
     bias_correction_nu: bool | None = None,
     *,
+    nu_dtype: Any = None,
     convention: str = "optax",
     fused: bool = False,
 ) -> optax.GradientTransformation:
@@ -279,6 +295,8 @@ def scale_by_amsgrad(
 
     Args:
       b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
+      nu_dtype: dtype in which to store v_t and its running maximum (as in
+        :func:`scale_by_adam`).
       bias_correction_mu: bias-correct the first moment (optax convention; None = True).
       bias_correction_nu: bias-correct the second moment before taking the maximum (optax
         convention; None = True).
@@ -291,7 +309,7 @@ def scale_by_amsgrad(
     bias_correction_mu, bias_correction_nu = _amsgrad_bias_corrections(
         bias_correction_mu, bias_correction_nu, convention
     )
-    mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+    mu_dtype, nu_dtype = _storage_dtype(mu_dtype), _storage_dtype(nu_dtype)
     first_moment, second_moment = numerics.moments_for(convention)
     correct = functools.partial(numerics.bias_correction, convention=convention, fused=fused)
 
@@ -299,8 +317,8 @@ def scale_by_amsgrad(
         return ScaleByAmsgradState(
             count=_zero_count(),
             mu=numerics.zeros_like(params, dtype=mu_dtype),
-            nu=numerics.zeros_like(params),
-            nu_max=numerics.zeros_like(params),
+            nu=numerics.zeros_like(params, dtype=nu_dtype),
+            nu_max=numerics.zeros_like(params, dtype=nu_dtype),
         )
 
     def update_fn(updates, state, params=None):
@@ -323,7 +341,7 @@ def scale_by_amsgrad(
             nu_max_hat = nu_max
         updates = numerics.adaptive_step(mu_hat, nu_max_hat, eps, eps_root)
         mu = _store(mu, state.mu, mu_dtype)
-        nu, nu_max = _store(nu, state.nu), _store(nu_max, state.nu_max)
+        nu, nu_max = _store(nu, state.nu, nu_dtype), _store(nu_max, state.nu_max, nu_dtype)
         return updates, ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -337,6 +355,8 @@ def scale_by_radam(
     eps_root: float = 0.0,
     threshold: float | None = None,
     *,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
     nesterov: bool = False,
     convention: str = "optax",
 ) -> optax.GradientTransformation:
@@ -364,6 +384,8 @@ def scale_by_radam(
       b1, b2, eps, eps_root, nesterov: as in :func:`scale_by_adam` (nesterov: optax only).
       threshold: the value of rho_t from which the rectified Adam step is used; None means
         the convention's (5, 5, 4). Must be >= 4, below which r_t is not real.
+      mu_dtype, nu_dtype: storage dtypes of m_t and v_t, as in :func:`scale_by_adam`
+        (optax's RAdam has neither).
       convention: "optax", "pytorch" or "paper".
 
     References:
@@ -404,7 +426,8 @@ def scale_by_radam(
         """optax rectifies from rho_t >= threshold, PyTorch and Liu et al. from rho_t > it."""
         return rho >= threshold if convention == "optax" else rho > threshold
 
-    init_fn = _init_moments()
+    mu_dtype, nu_dtype = _storage_dtype(mu_dtype), _storage_dtype(nu_dtype)
+    init_fn = _init_moments(mu_dtype, nu_dtype)
 
     def update_fn(updates, state, params=None):
         del params
@@ -428,7 +451,7 @@ def scale_by_radam(
         updates = jax.tree.map(
             lambda step, momentum: jnp.where(tractable(rho), step, momentum), adam_step, mu_hat
         )
-        return updates, _moments(count, mu, nu, state)
+        return updates, _moments(count, mu, nu, state, mu_dtype, nu_dtype)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -439,6 +462,8 @@ def scale_by_adamax(
     b2: float = 0.999,
     eps: float = 1e-8,
     *,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
     convention: str = "optax",
     fused: bool = False,
 ) -> optax.GradientTransformation:
@@ -452,15 +477,16 @@ def scale_by_adamax(
     The infinity norm needs no bias correction (it is not an average that starts at zero).
     "pytorch" is this rule with a float64-accurate :math:`1-\beta_1^t`; "paper" (Kingma & Ba,
     Algorithm 2) has no eps: :math:`u_t = \max(\beta_2 u_{t-1}, |g_t|)`, and we divide by
-    :math:`u_t + \epsilon` (`numerics.infinity_step`).
+    :math:`u_t + \epsilon` (`numerics.infinity_step`). ``mu_dtype`` and ``nu_dtype`` store
+    m_t and u_t (as in :func:`scale_by_adam`; optax's Adamax has neither).
 
     References:
       Kingma & Ba, Adam: A Method for Stochastic Optimization, ICLR 2015, Section 7.1,
       Algorithm 2.
     """
     first_moment, _ = numerics.moments_for(convention)
-
-    init_fn = _init_moments()
+    mu_dtype, nu_dtype = _storage_dtype(mu_dtype), _storage_dtype(nu_dtype)
+    init_fn = _init_moments(mu_dtype, nu_dtype)
 
     def update_fn(updates, state, params=None):
         del params
@@ -472,7 +498,7 @@ def scale_by_adamax(
             nu = numerics.infinity_moment(updates, state.nu, b2, eps)
         mu_hat = numerics.bias_correction(mu, b1, count, convention, fused)
         updates = numerics.infinity_step(mu_hat, nu, eps, eps_outside=convention == "paper")
-        return updates, _moments(count, mu, nu, state)
+        return updates, _moments(count, mu, nu, state, mu_dtype, nu_dtype)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -484,6 +510,8 @@ def scale_by_belief(
     eps: float = 1e-16,
     eps_root: float = 1e-16,
     *,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
     nesterov: bool = False,
     convention: str = "optax",
     fused: bool = False,
@@ -504,6 +532,8 @@ def scale_by_belief(
       b1, b2, nesterov: as in :func:`scale_by_adam` (nesterov: optax only).
       eps: added outside the square root (paper: 1e-16).
       eps_root: added to s_t at every step (the paper's epsilon inside Algorithm 2).
+      mu_dtype, nu_dtype: storage dtypes of m_t and s_t, as in :func:`scale_by_adam` (optax's
+        AdaBelief has neither).
       convention: "optax" or "paper".
       fused: as in :func:`scale_by_adam`.
 
@@ -522,8 +552,8 @@ def scale_by_belief(
             f"have no Nesterov variant), got {convention!r}"
         )
     correct = functools.partial(numerics.bias_correction, convention=convention, fused=fused)
-
-    init_fn = _init_moments()
+    mu_dtype, nu_dtype = _storage_dtype(mu_dtype), _storage_dtype(nu_dtype)
+    init_fn = _init_moments(mu_dtype, nu_dtype)
 
     def update_fn(updates, state, params=None):
         del params
@@ -541,7 +571,7 @@ def scale_by_belief(
         else:
             nu_hat = correct(nu, b2, count)
         updates = numerics.adaptive_step(mu_hat, nu_hat, eps, 0.0)
-        return updates, _moments(count, mu, nu, state)
+        return updates, _moments(count, mu, nu, state, mu_dtype, nu_dtype)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -580,7 +610,7 @@ def scale_by_lion(
     References:
       Chen et al., Symbolic Discovery of Optimization Algorithms, NeurIPS 2023, Algorithm 2.
     """
-    mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+    mu_dtype = _storage_dtype(mu_dtype)
 
     def init_fn(params):
         return ScaleByLionState(count=_zero_count(), mu=numerics.zeros_like(params, mu_dtype))
@@ -827,6 +857,52 @@ def scale_by_muon(
         return updates, ScaleByMuonState(count=count, mu=mu, ns_coeffs=state.ns_coeffs)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+@checked
+def scale_by_cautious(
+    inner: optax.GradientTransformation, caution_eps: float = 1e-8
+) -> optax.GradientTransformation:
+    r"""Masks `inner`'s direction where it disagrees in sign with the gradient (Cautious).
+
+    .. math::
+        u_t = \text{inner}(g_t), \quad \phi_t = \mathbb{1}[u_t \odot g_t > 0], \quad
+        \tilde u_t = u_t \odot \phi_t / (\operatorname{mean}(\phi_t) + \epsilon_c)
+
+    with the mean over each tensor (`numerics.caution`): a coordinate moves only where the
+    step is a descent direction for the current gradient, and the tensor's surviving
+    coordinates are scaled up by dim / nnz so that the average step keeps its size. Where every
+    sign agrees the direction is unchanged (times :math:`1/(1+\epsilon_c)`, which is 1 in
+    float32 for the default 1e-8).
+
+    The mask acts on the rescaled direction, before the learning rate and outside the
+    decoupled weight decay (`alias._chain` adds the decay after it), as in the authors' C-AdamW
+    and C-Lion (kyleliang919/C-Optim): the decay pulls every weight, agreeing or not. The
+    state is `inner`'s, unchanged (the mask needs none), so a cautious optimizer's state is
+    its base's.
+
+    Args:
+      inner: the transform whose direction is masked (e.g. :func:`scale_by_adam`,
+        :func:`scale_by_lion`); it is given the gradients and params as they come.
+      caution_eps: :math:`\epsilon_c` > 0, keeps the rescaling finite when no sign agrees.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_cautious(scale_by_lion())
+      >>> state = tx.init(jnp.zeros(4))
+      >>> tx.update(jnp.array([0.5, -2.0, 1.0, -1.0]), state)[0]  # signs agree: 1/(1+eps)
+      Array([ 1., -1.,  1., -1.], dtype=float32)
+
+    References:
+      Liang, Chen, Liu & Liu, Cautious Optimizers: Improving Training with One Line of Code,
+      arXiv:2411.16085, 2024, Algorithm 1.
+    """
+
+    def update_fn(updates, state, params=None):
+        directions, state = inner.update(updates, state, params)
+        return numerics.caution(directions, updates, caution_eps), state
+
+    return optax.GradientTransformation(inner.init, update_fn)
 
 
 def _decay_leaf(g: jax.Array, p: jax.Array, decayed: Any, rate: Any) -> jax.Array:

@@ -64,7 +64,7 @@ def _boolean(value: Any) -> str | None:
 
 
 def _dtype(value: Any) -> str | None:
-    """The first moment may be stored in any floating dtype (e.g. bfloat16 to save memory)."""
+    """A moment may be stored in any floating dtype (e.g. bfloat16 to save memory)."""
     try:
         floating = value is None or jnp.issubdtype(jnp.dtype(value), jnp.floating)
     except TypeError:
@@ -128,8 +128,10 @@ RULES: dict[str, Rule] = {
     "l2": _NON_NEGATIVE,
     "momentum_decay": _optional(_NON_NEGATIVE),
     "threshold": _optional(interval(4.0)),  # RAdam's rho_t; below 4 r_t is not real
+    "caution_eps": interval(0.0, open_low=True),
     "warmup_fraction": _optional(interval(0.0, 1.0)),
     "mu_dtype": _dtype,
+    "nu_dtype": _dtype,
     "mask": _mask,
     "weight_decay_mask": _mask,  # Muon's name for it (optax's)
     "convention": _convention,
