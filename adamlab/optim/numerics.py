@@ -381,3 +381,43 @@ def belief_paper_correction(nu: Tree, eps_root: Any) -> Tree:
     bias-correcting (s_hat = (s_t + eps) / (1 - b2^t)); optax adds it once (optax #440).
     """
     return jax.tree.map(lambda s: s + eps_root, nu)
+
+
+# --- ADOPT and AdEMAMix ----------------------------------------------------------------------
+
+
+def adopt_normalised(grads: Tree, nu: Tree, eps: Any, clip: Any = None) -> Tree:
+    """clip(g_t / max(sqrt(v_{t-1}), eps), c_t): ADOPT's normalised gradient (Taniguchi et al.
+    2024, Algorithm 1; the clip to [-c_t, c_t] of their Section 5), in optax's operation order.
+    `nu` is the *previous* second moment; `clip` None leaves it unclipped."""
+
+    def normalise(g, v):
+        scaled = g / jnp.maximum(jnp.sqrt(v), eps)
+        return scaled if clip is None else jnp.clip(scaled, -clip, clip)
+
+    return jax.tree.map(normalise, grads, nu)
+
+
+def ademamix_alpha(alpha: Any, warmup: int | None) -> Any:
+    """alpha(t) = min(t alpha / T_alpha, alpha): AdEMAMix's linear warmup of the slow EMA's
+    weight (Pagliardini et al. 2024, Section 3, f_alpha); `alpha` itself for no warmup."""
+    if warmup is None:
+        return alpha
+    return lambda t: alpha * jnp.minimum(jnp.asarray(t, jnp.float32) / warmup, 1.0)
+
+
+def ademamix_b3(b3: Any, b_start: Any, warmup: int | None) -> Any:
+    """beta3(t) = min(exp(ln b_start ln b3 / ((1 - t/T) ln b3 + (t/T) ln b_start)), b3):
+    AdEMAMix's warmup of the slow EMA's decay (Pagliardini et al. 2024, Section 3, f_beta3,
+    with beta_start = beta1): the half-life ln(0.5)/ln(beta) grows linearly in t from
+    beta_start's to beta3's; `b3` itself for no warmup."""
+    if warmup is None:
+        return b3
+
+    def schedule(t):
+        a = jnp.minimum(jnp.asarray(t, jnp.float32) / warmup, 1.0)
+        log_start, log_end = _log(b_start), _log(b3)
+        interpolated = jnp.exp(log_start * log_end / ((1 - a) * log_end + a * log_start))
+        return jnp.minimum(interpolated, b3)
+
+    return schedule
