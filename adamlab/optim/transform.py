@@ -612,7 +612,9 @@ def scale_by_adopt(
     The first call (count 0) only initialises :math:`v_0 = g_0^2` and returns a zero update,
     as optax does; step t of the paper is the call with count t. ``nesterov=True`` (optax
     only) returns :math:`\beta_1 m_t + (1-\beta_1)\,\mathrm{clip}(\cdot)` instead of
-    :math:`m_t`. "optax" and "paper" are one rule (docs/conventions.md).
+    :math:`m_t`. "optax" and "paper" are one rule; optax selects the first step by setting
+    the decays to 0 and 1 as float32 arrays, which rounds :math:`1-\beta_2` (1.7e-4 of it
+    for 0.9999), "paper" selects the moments (`numerics.adopt_second_moment`).
 
     Args:
       b1: decay of the momentum, in [0, 1).
@@ -652,13 +654,19 @@ def scale_by_adopt(
 
     def update_fn(updates, state, params=None):
         del params
-        # count 0 only initialises v_0 = g_0^2 (b2 -> 0) and keeps m_0 = 0 (b1 -> 1).
-        b2_ = jnp.where(state.count > 0, b2, 0)
-        b1_ = jnp.where(state.count > 0, b1, 1)  # compared again: optax's program
-        nu = numerics.second_moment(updates, state.nu, b2_)
+        if convention == "optax":
+            # count 0 only initialises v_0 = g_0^2 (b2 -> 0) and keeps m_0 = 0 (b1 -> 1).
+            b2_ = jnp.where(state.count > 0, b2, 0)
+            b1_ = jnp.where(state.count > 0, b1, 1)  # compared again: optax's program
+            nu = numerics.second_moment(updates, state.nu, b2_)
+        else:
+            nu = numerics.adopt_second_moment(updates, state.nu, b2, state.count)
         clip = clip_value_fn(state.count) if use_clipping else None
         normalised = numerics.adopt_normalised(updates, state.nu, eps, clip)
-        mu = numerics.first_moment(normalised, state.mu, b1_)
+        if convention == "optax":
+            mu = numerics.first_moment(normalised, state.mu, b1_)
+        else:
+            mu = numerics.adopt_first_moment(normalised, state.mu, b1, state.count)
         count = numerics.safe_increment(state.count)
         step = numerics.first_moment(normalised, mu, b1_) if nesterov else mu
         return step, _moments(count, mu, nu, state, mu_dtype)
@@ -714,8 +722,10 @@ def scale_by_ademamix(
     (:math:`\beta_3(t)`'s half-life grows linearly from :math:`\beta_1`'s to
     :math:`\beta_3`'s). ``b3`` and ``alpha`` may also be optax schedules of the count.
     Conventions: "optax" evaluates the schedules at the count before the step, t - 1 (as
-    optax evaluates every schedule), "paper" at t, with :math:`1-\beta^t` to float64
-    accuracy. Both store :math:`\nu` in ``mu_dtype`` as optax does (docs/conventions.md).
+    optax evaluates every schedule), "paper" at t, with :math:`1-\beta^t` and
+    :math:`1-\beta_3(t)` to float32's relative precision (`numerics.one_minus_power`,
+    `numerics.ademamix_b3`). Both store m1, m2 and :math:`\nu` in ``mu_dtype`` at every
+    step; optax's init does, its update then keeps the promoted dtype (docs/conventions.md).
 
     Args:
       b1: decay of the fast EMA, in [0, 1).
@@ -744,6 +754,7 @@ def scale_by_ademamix(
     """
     mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
     b3_t = numerics.ademamix_b3(b3, b1, b3_warmup)
+    one_minus_b3_t = numerics.ademamix_b3(b3, b1, b3_warmup, complement=True)
     alpha_t = numerics.ademamix_alpha(alpha, alpha_warmup)
     first_moment, second_moment = numerics.moments_for(convention)
 
@@ -762,7 +773,11 @@ def scale_by_ademamix(
         at = state.count_m2 if convention == "optax" else numerics.safe_increment(state.count_m2)
         c_b3, c_alpha = numerics.value_at(b3_t, at), numerics.value_at(alpha_t, at)
         m1 = first_moment(updates, state.m1, b1)
-        m2 = first_moment(updates, state.m2, c_b3)
+        if convention == "optax":
+            m2 = first_moment(updates, state.m2, c_b3)
+        else:  # 1 - b3(t) to float32 precision, not 1 - fl32(b3(t))
+            one_minus_b3 = numerics.value_at(one_minus_b3_t, at)
+            m2 = numerics.slow_moment(updates, state.m2, c_b3, one_minus_b3)
         nu = second_moment(updates, state.nu, b2)
         count = numerics.safe_increment(state.count)
         count_m2 = numerics.safe_increment(state.count_m2)
