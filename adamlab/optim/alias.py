@@ -426,7 +426,7 @@ def adopt(
     *,
     nesterov: bool = False,
     use_clipping: bool = True,
-    clip_value_fn: Any = lambda count: count**0.25,
+    clip_value_fn: Any = None,
     convention: str = "optax",
 ) -> optax.GradientTransformation:
     r"""ADOPT (Taniguchi et al. 2024): Adam that normalises by the previous second moment
@@ -444,7 +444,8 @@ def adopt(
     Args:
       learning_rate: a positive float or an optax schedule of the step.
       b1, b2, eps, mu_dtype, nesterov, use_clipping, clip_value_fn: see
-        :func:`transform.scale_by_adopt` (optax's names and defaults).
+        :func:`transform.scale_by_adopt` (optax's names and defaults; clip_value_fn None
+        stands for optax's default, :math:`t^{1/4}`).
       convention: "optax" (``optax.contrib.adopt``) or "paper" (Algorithm 1 with the clipping
         of Section 5): the same rule; torch.optim has no ADOPT.
 

@@ -590,7 +590,7 @@ def scale_by_adopt(
     *,
     nesterov: bool = False,
     use_clipping: bool = True,
-    clip_value_fn: Any = lambda count: count**0.25,
+    clip_value_fn: Any = None,
     convention: str = "optax",
 ) -> optax.GradientTransformation:
     r"""Rescales gradients by ADOPT: the momentum of gradients normalised by the *previous*
@@ -624,7 +624,9 @@ def scale_by_adopt(
       nesterov: Nesterov momentum (optax's; the paper has none).
       use_clipping: clip the normalised gradient to :math:`[-c_t, c_t]` (the paper's
         Section 5 and optax's default); False is the paper's unclipped Algorithm 1.
-      clip_value_fn: :math:`c_t` as a function of the count t.
+      clip_value_fn: :math:`c_t` as a function of the count t; None is optax's default,
+        :math:`t^{1/4}` (a None default keeps `optax.inject_hyperparams` from taking the
+        function for a schedule: pass one in its ``static_args``).
       convention: "optax" or "paper".
 
     Returns:
@@ -650,6 +652,7 @@ def scale_by_adopt(
             f"have no Nesterov variant), got {convention!r}"
         )
     mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+    clip_value = clip_value_fn or (lambda count: count**0.25)  # optax's default
     init_fn = _init_moments(mu_dtype)
 
     def update_fn(updates, state, params=None):
@@ -661,7 +664,7 @@ def scale_by_adopt(
             nu = numerics.second_moment(updates, state.nu, b2_)
         else:
             nu = numerics.adopt_second_moment(updates, state.nu, b2, state.count)
-        clip = clip_value_fn(state.count) if use_clipping else None
+        clip = clip_value(state.count) if use_clipping else None
         normalised = numerics.adopt_normalised(updates, state.nu, eps, clip)
         if convention == "optax":
             mu = numerics.first_moment(normalised, state.mu, b1_)

@@ -119,7 +119,7 @@ RULES: dict[str, Rule] = {
     "alpha_warmup": _optional(_steps),
     "b3_warmup": _optional(_steps),
     "use_clipping": _boolean,
-    "clip_value_fn": _callable,
+    "clip_value_fn": _optional(_callable),
 }
 
 
