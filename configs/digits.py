@@ -78,6 +78,13 @@ def get_config() -> ml_collections.ConfigDict:
     opt.b2 = config_dict.placeholder(float)  # Second-moment decay (Adam: 0.999).
     opt.eps = config_dict.placeholder(float)  # Denominator epsilon, outside the sqrt (1e-8).
     opt.weight_decay = config_dict.placeholder(float)  # Decoupled decay (adamw/nadamw only).
+    # AdEMAMix only: the slow EMA's decay b3 and weight alpha (0.9999, 5.0), the lengths of their
+    # warmups in steps (the paper's T_alpha and T_beta3, typically the run's; None: none).
+    opt.b3 = config_dict.placeholder(float)
+    opt.alpha = config_dict.placeholder(float)
+    opt.alpha_warmup = config_dict.placeholder(int)
+    opt.b3_warmup = config_dict.placeholder(int)
+    opt.use_clipping = config_dict.placeholder(bool)  # ADOPT only: clip at t^(1/4) (True).
     # Storage dtype of Adam's first moment: None (= the parameters' float32) or "bfloat16"
     # (mixed precision: 2 bytes less per parameter; see docs/scaling.md). Adam-type only.
     opt.mu_dtype = config_dict.placeholder(str)

@@ -786,8 +786,10 @@ def scale_by_ademamix(
         count_m2 = numerics.safe_increment(state.count_m2)
         m1_hat = numerics.bias_correction(m1, b1, count, convention)
         nu_hat = numerics.bias_correction(nu, b2, count, convention)
-        updates = jax.tree.map(
-            lambda m1_, m2_, v_: (m1_ + c_alpha * m2_) / (jnp.sqrt(v_ + eps_root) + eps),
+        updates = jax.tree.map(  # a float16 denominator in float32 (`numerics.widen`)
+            lambda m1_, m2_, v_: numerics.safe_divide(
+                m1_ + c_alpha * m2_, jnp.sqrt(numerics.widen(v_) + eps_root) + eps
+            ),
             m1_hat,
             m2,
             nu_hat,
