@@ -537,6 +537,13 @@ def test_transforms_validate_too():
         optim.scale_by_adam(b2=1.0)
     with pytest.raises(ValueError, match=r"add_decayed_weights: weight_decay must be"):
         optim.add_decayed_weights(-0.1)
+    with pytest.raises(ValueError, match=r"scale_by_ademamix: b3 must be in \[b1, 1\)"):
+        optim.scale_by_ademamix(b1=0.99, b3=0.9)
+    for transform, name in ((optim.scale_by_adopt, "ADOPT"), (optim.scale_by_ademamix, "AdEMAMix")):
+        with pytest.raises(ValueError, match=f"convention='pytorch' does not exist: .* no {name}"):
+            transform(convention="pytorch")
+    with pytest.raises(ValueError, match=r"nesterov=True exists only for convention='optax'"):
+        optim.scale_by_adopt(nesterov=True, convention="paper")
 
 
 def test_unknown_optimizer_and_hyperparameter():

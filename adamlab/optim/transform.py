@@ -581,6 +581,14 @@ def scale_by_lion(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _refuse_pytorch(owner: str, optimizer: str, convention: str) -> None:
+    if convention == "pytorch":
+        raise ValueError(
+            f"{owner}: convention='pytorch' does not exist: torch.optim has no {optimizer}; "
+            "use 'optax' or 'paper'"
+        )
+
+
 @checked
 def scale_by_adopt(
     b1: float = 0.9,
@@ -646,6 +654,7 @@ def scale_by_adopt(
       Taniguchi et al., ADOPT: Modified Adam Can Converge with Any beta2 with the Optimal
       Rate, NeurIPS 2024, Algorithm 1 (and Section 5 for the clipping).
     """
+    _refuse_pytorch("scale_by_adopt", "ADOPT", convention)
     if nesterov and convention != "optax":
         raise ValueError(
             "scale_by_adopt: nesterov=True exists only for convention='optax' (Taniguchi et al. "
@@ -755,6 +764,7 @@ def scale_by_ademamix(
       Pagliardini, Ablin & Grangier, The AdEMAMix Optimizer: Better, Faster, Older, ICLR
       2025, Algorithm 1.
     """
+    _refuse_pytorch("scale_by_ademamix", "AdEMAMix", convention)
     mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
     b3_t = numerics.ademamix_b3(b3, b1, b3_warmup)
     one_minus_b3_t = numerics.ademamix_b3(b3, b1, b3_warmup, complement=True)
