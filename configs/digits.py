@@ -92,7 +92,8 @@ def get_config() -> ml_collections.ConfigDict:
     # to AdamW's decoupled weight_decay); None or 0: none.
     opt.l2 = config_dict.placeholder(float)
     # Every other optimizer's hyperparameters (adamlab.optim.registry.config_fields: AdEMAMix's
-    # b3, Muon's ns_steps, ...), None: that optimizer's default.
+    # b3, alpha and their warmups in steps, ADOPT's use_clipping, Muon's ns_steps, ...), None:
+    # that optimizer's default (its docstring says what each does).
     for field, kind in registry.config_fields().items():
         if field not in opt:
             opt[field] = config_dict.placeholder(kind)

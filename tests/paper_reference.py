@@ -20,6 +20,8 @@ functions take a list of tensors and run the algorithm on each, whole.
 No jax here: nothing shared with the implementation under test.
 """
 
+import math
+
 import numpy as np
 
 
@@ -326,3 +328,62 @@ def cautious_lion(thetas0, grads, eta, beta1=0.9, beta2=0.99, lam=0.0, c_eps=1e-
             _record(history, theta, m=m)
         runs.append(_stack(history))
     return runs
+
+
+def adopt(theta0, grads, alpha, beta1=0.9, beta2=0.9999, eps=1e-6, clip=lambda t: t**0.25):
+    """Taniguchi et al. 2024, Algorithm 1 (ADOPT), with the clipped momentum of the updated
+    paper, Clip(x, c_t) = min(max(x, -c_t), c_t) with c_t = t^(1/4) (`clip`; None: Algorithm 1
+    unclipped). State: m, v. The initialisation reads g_0 = grads[0]; it is recorded as the
+    first entry (theta_0, m_0, v_0), which is what an optimizer called once per gradient
+    returns for it (no step)."""
+    theta, history = theta0.copy(), _history()
+    g = grads[0]  # g_0 <- grad f_0(theta_0)
+    v = g * g  # initialize v_0 <- g_0 ⊙ g_0
+    m = np.zeros_like(theta)  # m_0 <- 0
+    _record(history, theta, m=m, v=v)
+    for t in range(1, len(grads)):
+        g = grads[t]  # 1: g_t <- grad_theta f_t(theta_{t-1})
+        normalised = g / np.maximum(np.sqrt(v), eps)  # g_t / max{sqrt(v_{t-1}), eps}
+        if clip is not None:
+            normalised = np.clip(normalised, -clip(t), clip(t))  # Clip(., c_t)
+        m = beta1 * m + (1 - beta1) * normalised  # 2: m_t <- beta1 m_{t-1} + (1 - beta1) ...
+        theta = theta - alpha * m  # 3: theta_t <- theta_{t-1} - alpha_t m_t
+        v = beta2 * v + (1 - beta2) * g * g  # 4: v_t <- beta2 v_{t-1} + (1 - beta2) g_t ⊙ g_t
+        _record(history, theta, m=m, v=v)
+    return _stack(history)
+
+
+def ademamix(
+    theta0, grads, eta, beta1=0.9, beta2=0.999, beta3=0.9999, alpha=5.0, eps=1e-8, lam=0.0,
+    t_alpha=None, t_beta3=None,
+):  # fmt: skip
+    """Pagliardini et al. 2024, Algorithm 1 (AdEMAMix), with the schedulers of Section 3
+    (line 4: alpha(t) <- f_alpha(t, alpha, T_alpha), beta3(t) <- f_beta3(t, beta3,
+    beta_start, T_beta3), beta_start = beta1; None: no scheduler) and a constant eta(t) = eta.
+    State: m1, m2, nu."""
+
+    def f_alpha(t):  # f_alpha(t, alpha, T_alpha) = min(t alpha / T_alpha, alpha)
+        return alpha if t_alpha is None else min(t * alpha / t_alpha, alpha)
+
+    def f_beta3(t):  # min(exp(ln(b_start) ln(b3) / ((1 - t/T) ln(b3) + (t/T) ln(b_start))), b3)
+        if t_beta3 is None:
+            return beta3
+        ln_start, ln_end, a = math.log(beta1), math.log(beta3), t / t_beta3
+        return min(math.exp(ln_start * ln_end / ((1 - a) * ln_end + a * ln_start)), beta3)
+
+    theta, history = theta0.copy(), _history()
+    m1 = np.zeros_like(theta)  # 2: m1^(0) <- 0
+    m2 = np.zeros_like(theta)  #    m2^(0) <- 0
+    nu = np.zeros_like(theta)  #    nu^(0) <- 0
+    for t in range(1, len(grads) + 1):  # 3: for t in [T]
+        alpha_t, beta3_t = f_alpha(t), f_beta3(t)  # 4: schedulers
+        g = grads[t - 1]  # 6: g^(t) <- grad L_{theta^(t-1)}(x)
+        m1 = beta1 * m1 + (1 - beta1) * g  # 7: m1^(t) <- beta1 m1^(t-1) + (1 - beta1) g^(t)
+        m2 = beta3_t * m2 + (1 - beta3_t) * g  # 8: m2^(t) <- beta3 m2^(t-1) + (1 - beta3) g^(t)
+        nu = beta2 * nu + (1 - beta2) * g * g  # 9: nu^(t) <- beta2 nu^(t-1) + (1 - beta2) g^2
+        m1_hat = m1 / (1 - beta1**t)  # 10: m1^ <- m1^(t) / (1 - beta1^t)
+        nu_hat = nu / (1 - beta2**t)  #     nu^ <- nu^(t) / (1 - beta2^t)
+        # 11: theta^(t) <- theta^(t-1) - eta ((m1^ + alpha m2^(t)) / (sqrt(nu^) + eps) + lam theta)
+        theta = theta - eta * ((m1_hat + alpha_t * m2) / (np.sqrt(nu_hat) + eps) + lam * theta)
+        _record(history, theta, m1=m1, m2=m2, nu=nu)
+    return _stack(history)

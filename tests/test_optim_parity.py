@@ -34,6 +34,7 @@ def _decay_matrices(params):
 
 
 _SCHEDULE = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 50, NUM_STEPS, 1e-4)
+_B3_SCHEDULE = optax.linear_schedule(0.9, 0.9999, NUM_STEPS)  # any optax schedule of b3
 
 # (case id, optimizer name, hyperparameters). Every alias, and every option the issue names:
 # schedules, masks, nesterov, eps_root > 0, mu_dtype=bfloat16. Cautious's twin is optax's
@@ -94,6 +95,19 @@ CASES = [
         {"nesterov": True, "mask": _decay_matrices, "mu_dtype": jnp.bfloat16},
     ),
     ("cautious_lion", "cautious_lion", {"caution_eps": 1e-3}),
+    ("adopt", "adopt", {}),
+    ("adopt-b2_0.5-schedule", "adopt", {"b2": 0.5, "learning_rate": _SCHEDULE}),
+    ("adopt-nesterov-mu_bf16", "adopt", {"nesterov": True, "mu_dtype": jnp.bfloat16}),
+    ("adopt-unclipped", "adopt", {"use_clipping": False}),
+    ("adopt-clip_fn", "adopt", {"clip_value_fn": lambda count: 0.5 + 0.01 * count}),
+    ("ademamix", "ademamix", {}),
+    ("ademamix-eps_root-b3_0.999", "ademamix", {"b3": 0.999, "alpha": 8.0, "eps_root": 1e-8}),
+    (
+        "ademamix-warmups-decay-mask",
+        "ademamix",
+        {"alpha_warmup": 300, "b3_warmup": 400, "weight_decay": 1e-2, "mask": _decay_matrices},
+    ),
+    ("ademamix-schedules", "ademamix", {"learning_rate": _SCHEDULE, "b3": _B3_SCHEDULE}),
 ]
 
 
@@ -246,7 +260,19 @@ def test_per_step_parity_on_a_real_model(name, digits_problem):
 
 
 @pytest.mark.parametrize(
-    "name", ["adam", "adamw", "nadam", "amsgrad", "lion", "lamb", "muon", "cautious_adamw"]
+    "name",
+    [
+        "adam",
+        "adamw",
+        "nadam",
+        "amsgrad",
+        "lion",
+        "lamb",
+        "muon",
+        "cautious_adamw",
+        "adopt",
+        "ademamix",
+    ],
 )
 def test_mixed_precision_parity_with_bfloat16_params(name):
     """bfloat16 params (mixed precision) keep their dtype and track optax step by step.

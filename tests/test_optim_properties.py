@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import optax.contrib
 import pytest
 
 from adamlab import optim
@@ -228,6 +229,88 @@ def test_cautious_with_all_signs_agreeing_is_its_base(name, base):
     np.testing.assert_allclose(cautious, plain / (1 + eps), rtol=1e-6)
 
 
+def test_adopt_first_steps_by_hand():
+    """Step 1 (count 0) reads g_0 into v_0 = g_0^2 and takes no step; step 2 moves by
+    -lr (1 - b1) clip(g_1 / max(|g_0|, eps), 1^(1/4)); step 3 clips at c_2 = 2^(1/4)."""
+    b1, b2, eps = 0.9, 0.9999, 1e-6
+    tx = optim.adopt(LR, b1=b1, b2=b2, eps=eps)
+    g0 = jnp.array([0.5, -2.0, 3e-3, -7.0, 0.0])
+    g1 = jnp.array([1.0, -1.0, 6e-3, -3.5, 1e-7])  # ratios 2 (clipped), -0.5, 2, -0.5, 0.1
+    params = jnp.zeros(5)
+    updates, state = tx.update(g0, tx.init(params), params)
+    np.testing.assert_array_equal(updates, jnp.zeros(5))
+    np.testing.assert_array_equal(state[0].nu, g0 * g0)
+    np.testing.assert_array_equal(state[0].mu, jnp.zeros(5))
+    updates, state = tx.update(g1, state, params)
+    normalised = jnp.array([1.0, -0.5, 1.0, -0.5, 0.1])  # g_1 / max(|g_0|, eps), clipped at 1
+    np.testing.assert_allclose(updates, -LR * (1 - b1) * normalised, rtol=1e-6)
+    # optax forms 1 - b2 from b2 as a float32 array: 1 - fl32(0.9999) is 1.7e-4 too large (the
+    # g_1^2 term of the last coordinate shows it); the paper convention forms it exactly.
+    v1 = b2 * g0 * g0 + (1 - b2) * g1 * g1
+    np.testing.assert_allclose(state[0].nu, v1, rtol=2e-4)
+    paper = optim.adopt(LR, b1=b1, b2=b2, eps=eps, convention="paper")
+    paper_state = paper.update(g0, paper.init(params), params)[1]
+    np.testing.assert_allclose(paper.update(g1, paper_state, params)[1][0].nu, v1, rtol=1e-6)
+    g2 = 5.0 * g0  # |g_2| / sqrt(v_1) ~ 5 > 2^(1/4): clipped at c_2
+    updates, _ = tx.update(g2, state, params)
+    clipped = jnp.clip(g2 / jnp.maximum(jnp.sqrt(state[0].nu), eps), -(2**0.25), 2**0.25)
+    assert np.allclose(jnp.abs(clipped[:4]), 2**0.25)
+    expected = -LR * (b1 * (1 - b1) * normalised + (1 - b1) * clipped)
+    np.testing.assert_allclose(updates, expected, rtol=1e-6)
+
+
+def test_adopt_converges_on_reddi_et_al_counterexample_where_adam_fails():
+    """Reddi, Kale & Kumar 2018, Section 3 (Theorem 1): online f_t(x) = C x for t mod 3 = 1,
+    else -x, on [-1, 1], with C = 3 > 2: the regret-minimising point is x = -1 (the average
+    gradient is (C - 2)/3 > 0), yet Adam with b1 = 0 and b2 = 1/(1 + C^2) goes to +1. ADOPT at
+    that b2 reaches -1 (Taniguchi et al., Section 6: it converges with any b2). The step size
+    is Reddi et al.'s alpha / sqrt(t), the iterate projected onto [-1, 1]."""
+    c, steps = 3.0, 3000
+    b2 = 1 / (1 + c * c)
+    rate = lambda count: 0.1 / jnp.sqrt(count + 1.0)  # noqa: E731
+
+    def iterates(tx):
+        def body(carry, t):
+            x, state = carry
+            g = jnp.where(t % 3 == 1, c, -1.0)[None]  # t = 1, 2, ...
+            updates, state = tx.update(g, state, x)
+            x = jnp.clip(optax.apply_updates(x, updates), -1.0, 1.0)
+            return (x, state), x[0]
+
+        x0 = jnp.zeros(1)
+        run = jax.jit(lambda x: jax.lax.scan(body, (x, tx.init(x)), jnp.arange(1, steps + 1)))
+        return np.asarray(run(x0)[1])
+
+    adam, adopt = (
+        iterates(optim.adam(rate, b1=0.0, b2=b2)),
+        iterates(optim.adopt(rate, b1=0.0, b2=b2)),
+    )
+    assert adam[-300:].min() > 0.99  # Adam sits at the wrong end, +1
+    assert adopt[-300:].max() < -0.99  # ADOPT at the optimum, -1
+    assert adopt[-1] == pytest.approx(-1.0, abs=5e-3)
+
+
+def test_ademamix_first_step_by_hand():
+    """m1_hat = g and nu_hat = g^2 after one step, m2 = (1 - b3) g (not bias-corrected), so
+    with eps -> 0 the step is -lr (sign(g) (1 + alpha (1 - b3)) + wd theta). With the
+    warmups optax evaluates alpha(t) at the count before the step (alpha(0) = 0: Adam's
+    first step), the paper at t = 1: alpha / T_alpha, and b3(1) by its half-life formula."""
+    b1, b3, alpha, wd = 0.9, 0.999, 5.0, 0.1
+    tx = optim.ademamix(LR, b1=b1, b3=b3, alpha=alpha, eps=0.0, weight_decay=wd)
+    expected = -LR * (jnp.sign(GRAD) * (1 + alpha * (1 - b3)) + wd * PARAMS)
+    np.testing.assert_allclose(_first_update(tx), expected, rtol=FIRST_STEP_RTOL)
+    warmups = {"b1": b1, "b3": b3, "alpha": alpha, "eps": 0.0, "alpha_warmup": 10}
+    warmups["b3_warmup"] = 20
+    tx = optim.ademamix(LR, **warmups)
+    np.testing.assert_allclose(_first_update(tx), -LR * jnp.sign(GRAD), rtol=FIRST_STEP_RTOL)
+    tx = optim.ademamix(LR, **warmups, convention="paper")
+    a = 1 / 20
+    b3_1 = np.exp(np.log(b1) * np.log(b3) / ((1 - a) * np.log(b3) + a * np.log(b1)))
+    assert b1 < b3_1 < b3
+    expected = -LR * jnp.sign(GRAD) * (1 + alpha / 10 * (1 - b3_1))
+    np.testing.assert_allclose(_first_update(tx), expected, rtol=FIRST_STEP_RTOL)
+
+
 def test_adam_with_b1_zero_is_bias_corrected_rmsprop():
     """b1 = 0 removes momentum: Adam becomes RMSProp with a bias-corrected v (numpy model)."""
     b2, eps, steps = 0.99, 1e-8, 100
@@ -291,7 +374,13 @@ ROSENBROCK_LR = {
     "muon": 3e-3,  # 1-D parameters: Muon's NAdamW part
     "cautious_adamw": 3e-2,
     "cautious_lion": 3e-3,
+    "adopt": 3e-1,  # as AMSGrad: it divides by a v_{t-1} that remembers the early gradients
+    "ademamix": 1e-2,
 }
+# AdEMAMix's slow EMA (b3 = 0.9999, a half-life of 6931 steps) still holds the gradients of
+# the descent when these short runs end, and holds the iterate off the optimum: b3 = 0.999,
+# the paper's choice for short runs (Pagliardini et al., Appendix C.1.5).
+SHORT_RUN = {"ademamix": {"b3": 0.999}}
 # Lion's sign steps move every coordinate by the full rate, LAMB's every layer by lr * ||w||:
 # they settle as the rate decays.
 DECAYED = {"lion", "lamb", "cautious_lion"}
@@ -303,11 +392,12 @@ def _rate(name, lr, steps):
 
 @pytest.mark.parametrize("name", optim.names())
 def test_converges_on_quadratic_and_rosenbrock(name):
-    quad_lr = _rate(name, 3e-2, 2000)
-    p = _minimise(optim.create(name, learning_rate=quad_lr), _quadratic, jnp.zeros(3), 2000)
+    quad_lr, hparams = _rate(name, 3e-2, 2000), SHORT_RUN.get(name, {})
+    tx = optim.create(name, learning_rate=quad_lr, **hparams)
+    p = _minimise(tx, _quadratic, jnp.zeros(3), 2000)
     # Decoupled weight decay pulls the optimum towards 0 by ~wd/curvature: 1e-4 relative here.
     np.testing.assert_allclose(p, _TARGET, rtol=1e-3, atol=1e-3)
-    tx = optim.create(name, learning_rate=_rate(name, ROSENBROCK_LR[name], 10_000))
+    tx = optim.create(name, learning_rate=_rate(name, ROSENBROCK_LR[name], 10_000), **hparams)
     p = _minimise(tx, _rosenbrock, jnp.array([-1.2, 1.0]), 10_000)
     np.testing.assert_allclose(p, jnp.ones(2), atol=1e-2)
 
@@ -351,6 +441,8 @@ def test_inject_hyperparams_matches_fixed_hyperparams_and_vmaps_over_them(name):
     updates, state = injected.update(GRAD, state, PARAMS)
     # optax's nadam/nadamw are partials with nesterov=True; inject into the underlying alias.
     # optax has no radamw: the registry's twin chains optax's pieces.
+    # optax's adopt defaults clip_value_fn to a function, which inject_hyperparams would take
+    # for a schedule: it is a static argument there (ours defaults it to None).
     twins = {
         "nadam": (optax.adam, {"nesterov": True}),
         "nadamw": (optax.adamw, {"nesterov": True}),
@@ -359,9 +451,13 @@ def test_inject_hyperparams_matches_fixed_hyperparams_and_vmaps_over_them(name):
         "muon": (optax.contrib.muon, {}),
         "cautious_adamw": (registry.entry("cautious_adamw").twin, {}),
         "cautious_lion": (registry.entry("cautious_lion").twin, {}),
+        "adopt": (optax.contrib.adopt, {}, ("clip_value_fn",)),
+        "ademamix": (optax.contrib.ademamix, {}),
     }
-    twin_factory, twin_kwargs = twins[name] if name in twins else (getattr(optax, name), {})
-    twin = optax.inject_hyperparams(twin_factory)
+    twin_factory, twin_kwargs, *static = (
+        twins[name] if name in twins else (getattr(optax, name), {})
+    )
+    twin = optax.inject_hyperparams(twin_factory, static_args=static[0] if static else ())
     ref = twin(learning_rate=LR, **{momentum: 0.8}, **twin_kwargs)
     ref_updates, _ = ref.update(GRAD, ref.init(PARAMS), PARAMS)
     np.testing.assert_allclose(updates, ref_updates, rtol=1e-6)
@@ -489,7 +585,10 @@ def test_dtypes_are_preserved(name, dtype):
     moments = state[0]  # mu and nu (Lion: mu only)
     for leaf in jax.tree.leaves([getattr(moments, f) for f in ("mu", "nu") if hasattr(moments, f)]):
         assert leaf.dtype == dtype
-    assert jnp.all(params["w"] < 1)  # it stepped in the right direction
+    # It stepped in the right direction; ADOPT's second step, (1 - b1) lr = 1e-3 (its first
+    # is zero), is below half a bfloat16 ulp of 1: the update says it, not the params.
+    assert jnp.all(updates["w"] < 0) and jnp.all(params["w"] <= 1)
+    assert name == "adopt" or jnp.all(params["w"] < 1)
 
 
 def test_mu_dtype_stores_first_moment_in_bfloat16():
@@ -615,6 +714,28 @@ BAD_HPARAMS = [
     ("muon", {"adam_b2": -0.1}, r"muon: adam_b2 must be in \[0, 1\)"),
     ("muon", {"adam_learning_rate": -1.0}, r"muon: adam_learning_rate must be in \(0, inf\)"),
     ("cautious_adamw", {"caution_eps": 0.0}, r"cautious_adamw: caution_eps must be in \(0, inf\)"),
+    ("adopt", {"b2": 1.0}, r"adopt: b2 must be in \[0, 1\), got 1.0"),
+    ("adopt", {"use_clipping": 1}, r"adopt: use_clipping must be True or False"),
+    ("adopt", {"clip_value_fn": 1.0}, r"adopt: clip_value_fn must be a callable of the step count"),
+    ("ademamix", {"b3": 0.5}, r"ademamix: b3 must be in \[b1, 1\) = \[0.9, 1\).*, got 0.5"),
+    ("ademamix", {"b1": 0.95, "b3": 0.94}, r"ademamix: b3 must be in \[b1, 1\) = \[0.95, 1\)"),
+    ("ademamix", {"b3": 1.0}, r"ademamix: b3 must be in \[0, 1\), got 1.0"),
+    ("ademamix", {"alpha": -1.0}, r"ademamix: alpha must be in \[0, inf\), got -1.0"),
+    (
+        "ademamix",
+        {"b3_warmup": 0},
+        r"ademamix: b3_warmup must be an int >= 1 \(a number of steps\), got 0",
+    ),
+    (
+        "ademamix",
+        {"alpha_warmup": 2.5},
+        r"ademamix: alpha_warmup must be an int >= 1 \(a number of steps\), got 2.5",
+    ),
+    (
+        "ademamix",
+        {"b3": optax.constant_schedule(0.999), "b3_warmup": 100},
+        r"ademamix: b3_warmup must be None when the value it warms up is a schedule",
+    ),
 ]
 
 
@@ -645,6 +766,13 @@ def test_transforms_validate_too():
         optim.scale_by_adam(b2=1.0)
     with pytest.raises(ValueError, match=r"add_decayed_weights: weight_decay must be"):
         optim.add_decayed_weights(-0.1)
+    with pytest.raises(ValueError, match=r"scale_by_ademamix: b3 must be in \[b1, 1\)"):
+        optim.scale_by_ademamix(b1=0.99, b3=0.9)
+    for transform, name in ((optim.scale_by_adopt, "ADOPT"), (optim.scale_by_ademamix, "AdEMAMix")):
+        with pytest.raises(ValueError, match=f"convention='pytorch' does not exist: .* no {name}"):
+            transform(convention="pytorch")
+    with pytest.raises(ValueError, match=r"nesterov=True exists only for convention='optax'"):
+        optim.scale_by_adopt(nesterov=True, convention="paper")
 
 
 def test_unknown_optimizer_and_hyperparameter():
@@ -679,6 +807,8 @@ def test_registry_builds_optax_twins():
         "muon",
         "cautious_adamw",
         "cautious_lion",
+        "adopt",
+        "ademamix",
     )
     assert "weight_decay" in optim.hyperparameters("adamw")
     assert "threshold" in optim.hyperparameters("radam")

@@ -106,7 +106,7 @@ def run_ours(tx, init, grads, shapes):
     state = {}
     for field in history_state._fields:
         value = getattr(history_state, field)
-        if field == "count":
+        if field.startswith("count"):  # step counts (AdEMAMix keeps two)
             continue
         if field == "mu_product":
             state[field] = np.asarray(value, np.float64)

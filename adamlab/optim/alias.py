@@ -28,8 +28,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+import optax.contrib
 
-from adamlab.optim import one_pass, transform, validation
+from adamlab.optim import numerics, one_pass, transform, validation
 from adamlab.optim.numerics import CONVENTIONS
 
 __all__: list[str] = ["inject_hyperparams"]  # and every `_public` constructor
@@ -686,6 +687,118 @@ def muon(
     )
 
 
+@_public
+def adopt(
+    learning_rate: Any,
+    b1: float = 0.9,
+    b2: float = 0.9999,
+    eps: float = 1e-6,
+    mu_dtype: Any = None,
+    *,
+    nesterov: bool = False,
+    use_clipping: bool = True,
+    clip_value_fn: Any = None,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""ADOPT (Taniguchi et al. 2024): Adam that normalises by the previous second moment
+    before the momentum, and converges for any :math:`\beta_2`.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1)\,\mathrm{clip}\!\left(
+            \frac{g_t}{\max(\sqrt{v_{t-1}}, \epsilon)}, t^{1/4}\right), \quad
+        \theta_t = \theta_{t-1} - \alpha_t m_t, \quad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2
+
+    from :math:`v_0 = g_0^2`, :math:`m_0 = 0`: the first update is zero (it only reads
+    :math:`g_0`). See :func:`transform.scale_by_adopt`.
+
+    Args:
+      learning_rate: a positive float or an optax schedule of the step.
+      b1, b2, eps, mu_dtype, nesterov, use_clipping, clip_value_fn: see
+        :func:`transform.scale_by_adopt` (optax's names and defaults; clip_value_fn None
+        stands for optax's default, :math:`t^{1/4}`).
+      convention: "optax" (``optax.contrib.adopt``) or "paper" (Algorithm 1 with the clipping
+        of Section 5): the same rule; torch.optim has no ADOPT.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> tx = adopt(1e-3)
+      >>> params, g = jnp.array([1.0, -2.0]), jnp.array([0.5, -0.5])
+      >>> updates, state = tx.update(g, tx.init(params), params)  # reads g_0: no step
+      >>> updates, state = tx.update(g, state, params)
+      >>> optax.apply_updates(params, updates)  # -lr (1 - b1) sign(g)
+      Array([ 0.9999, -1.9999], dtype=float32)
+
+    References:
+      Taniguchi et al., ADOPT: Modified Adam Can Converge with Any beta2 with the Optimal
+      Rate, NeurIPS 2024, Algorithm 1.
+    """
+    rescale = transform.scale_by_adopt.unchecked(
+        b1, b2, eps, mu_dtype, nesterov=nesterov, use_clipping=use_clipping,
+        clip_value_fn=clip_value_fn, convention=convention,
+    )  # fmt: skip
+    return _chain(rescale, learning_rate)
+
+
+@_public
+def ademamix(
+    learning_rate: Any,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    b3: Any = 0.9999,
+    alpha: Any = 5.0,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    weight_decay: Any = 0.0,
+    mask: Any = None,
+    *,
+    alpha_warmup: int | None = None,
+    b3_warmup: int | None = None,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""AdEMAMix (Pagliardini et al. 2024): AdamW with a second, slow EMA of the gradients
+    added to the fast one.
+
+    .. math::
+        \theta_t = \theta_{t-1} - \eta_t\left(\frac{\hat m^{(1)}_t + \alpha(t) m^{(2)}_t}
+        {\sqrt{\hat\nu_t} + \epsilon} + \lambda\theta_{t-1}\right), \quad
+        m^{(2)}_t = \beta_3(t) m^{(2)}_{t-1} + (1-\beta_3(t)) g_t
+
+    with Adam's :math:`\hat m^{(1)}_t, \hat\nu_t`; see :func:`transform.scale_by_ademamix`
+    (and there the warmups :math:`\alpha(t)`, :math:`\beta_3(t)`). The paper warms both up
+    over the whole run (``alpha_warmup = b3_warmup`` = the number of steps); without a
+    warmup a large ``b3`` can destabilise the first steps.
+
+    Args:
+      learning_rate: a positive float or an optax schedule of the step.
+      b1, b2, b3, alpha, eps, eps_root, mu_dtype, alpha_warmup, b3_warmup: see
+        :func:`transform.scale_by_ademamix` (b3 >= b1).
+      weight_decay: :math:`\lambda`, multiplied by the learning rate in both conventions
+        (Algorithm 1 multiplies it by :math:`\eta_t`, as optax does).
+      mask: which params decay (see :func:`transform.add_decayed_weights`).
+      convention: "optax" (``optax.contrib.ademamix``) or "paper" (Algorithm 1: the
+        schedules at t, not t - 1); torch.optim has no AdEMAMix.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> tx = ademamix(1e-3, b3=0.99, eps=0.0)
+      >>> params = jnp.array([1.0, -2.0])
+      >>> updates, _ = tx.update(jnp.array([0.5, -0.5]), tx.init(params), params)
+      >>> optax.apply_updates(params, updates)  # -lr sign(g) (1 + alpha (1 - b3))
+      Array([ 0.99895, -1.99895], dtype=float32)
+
+    References:
+      Pagliardini, Ablin & Grangier, The AdEMAMix Optimizer: Better, Faster, Older, ICLR
+      2025, Algorithm 1.
+    """
+    rescale = transform.scale_by_ademamix.unchecked(
+        b1, b2, b3, alpha, eps, eps_root, mu_dtype,
+        alpha_warmup=alpha_warmup, b3_warmup=b3_warmup, convention=convention,
+    )  # fmt: skip
+    return _chain(rescale, learning_rate, weight_decay, mask)  # optax's order in both
+
+
 def inject_hyperparams(
     inner_factory: Any, static_args: Any = (), hyperparam_dtype: Any = jnp.float32
 ) -> Any:
@@ -800,6 +913,29 @@ def _optax_cautious_lion(
     )
 
 
+def _optax_ademamix(
+    learning_rate: Any,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    b3: Any = 0.9999,
+    alpha: Any = 5.0,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    weight_decay: Any = 0.0,
+    mask: Any = None,
+    *,
+    alpha_warmup: int | None = None,
+    b3_warmup: int | None = None,
+) -> optax.GradientTransformation:
+    """optax.contrib.ademamix takes the warmups as schedules of b3 and alpha: the paper's."""
+    return optax.contrib.ademamix(
+        learning_rate, b1, b2, numerics.ademamix_b3(b3, b1, b3_warmup),
+        numerics.ademamix_alpha(alpha, alpha_warmup), eps, eps_root, mu_dtype, weight_decay,
+        mask,
+    )  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One optimizer of `TABLE`.
@@ -864,6 +1000,17 @@ _MUON_RANGES = {
     "weight_decay": (1e-5, 1e-1, "log"),
 } | _WARMUP
 _MUON_FIXED = {"ns_steps": 5}  # the paper's; an integer, not searched
+_ADOPT_RANGES = _ADAM_RANGES | {  # Taniguchi et al.: any b2 works, the default is 0.9999.
+    "b2": (0.99, 0.9999, "log1m"),
+    "eps": (1e-8, 1e-4, "log"),  # a floor of sqrt(v), not an addend: larger than Adam's
+}
+# Pagliardini et al.'s ranges (Section 4, App. C): b3 in [0.999, 0.9999], alpha in [2, 10].
+# The warmups' lengths (integers) are not searched: the paper sets T_alpha = T_beta3 = T,
+# the run's length, which the table does not know; left unset, there is no warmup.
+_ADEMAMIX_RANGES = _ADAMW_RANGES | {
+    "b3": (0.999, 0.9999, "log1m"),
+    "alpha": (2.0, 10.0, "log"),
+}
 
 TABLE: dict[str, Entry] = {
     "adam": Entry(
@@ -979,6 +1126,22 @@ TABLE: dict[str, Entry] = {
         {"cautious_lion": _space(_LION_RANGES)},
         missing={"pytorch": "torch.optim has no Lion"},
         defaults={"learning_rate": 1e-4},
+    ),
+    "adopt": Entry(
+        optax.contrib.adopt,
+        adopt,
+        ("learning_rate", "b1", "b2", "eps"),
+        {"adopt": _space(_ADOPT_RANGES)},
+        missing={"pytorch": "torch.optim has no ADOPT"},
+        defaults={"learning_rate": 1e-3},
+    ),
+    "ademamix": Entry(
+        _optax_ademamix,
+        ademamix,
+        ("learning_rate", "b1", "b2", "b3", "alpha", "eps", "eps_root", "weight_decay"),
+        {"ademamix": _space(_ADEMAMIX_RANGES)},
+        missing={"pytorch": "torch.optim has no AdEMAMix"},
+        defaults={"learning_rate": 1e-3},
     ),
     # The comparison baselines: optax's (implementation "optax"), not ours.
     "sgd": Entry(

@@ -41,14 +41,19 @@ def hyperparameters(name: str) -> tuple[str, ...]:
 
 def config_fields() -> dict[str, type]:
     """Every hyperparameter a config may set, over the whole table, with its type: those
-    whose default is a number or a bool (a schedule, a mask or a dtype is set in code). A
+    whose default is a number or a bool, or None where the annotation says a number (a
+    schedule, a mask or a dtype is set in code). A
     config declares them all (as None: the optimizer's default), so that a new optimizer's
     hyperparameters are settable from the command line with no config edited."""
+    kinds = {kind.__name__: kind for kind in (bool, int, float)}
     fields: dict[str, type] = {}
     for found in alias.TABLE.values():
         for name, p in inspect.signature(found.ours or found.twin).parameters.items():
-            if type(p.default) in (bool, int, float) and name not in fields:
-                fields[name] = type(p.default)
+            kind = type(p.default) if type(p.default) in (bool, int, float) else None
+            if p.default is None and isinstance(p.annotation, str):  # "int | None": a number
+                kind = kinds.get(p.annotation.removesuffix(" | None"))
+            if kind is not None and name not in fields:
+                fields[name] = kind
     return fields
 
 

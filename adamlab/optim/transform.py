@@ -35,6 +35,7 @@ Tree = Any
 __all__ = [  # what `adamlab.optim` exports
     "MuonDimensionNumbers",
     "ScaleByAdamState",
+    "ScaleByAdemamixState",
     "ScaleByAmsgradState",
     "ScaleByLionState",
     "ScaleByMuonState",
@@ -44,6 +45,8 @@ __all__ = [  # what `adamlab.optim` exports
     "conv_dimension_numbers",
     "scale_by_adam",
     "scale_by_adamax",
+    "scale_by_ademamix",
+    "scale_by_adopt",
     "scale_by_amsgrad",
     "scale_by_belief",
     "scale_by_cautious",
@@ -859,6 +862,111 @@ def scale_by_muon(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _refuse_pytorch(owner: str, optimizer: str, convention: str) -> None:
+    if convention == "pytorch":
+        raise ValueError(
+            f"{owner}: convention='pytorch' does not exist: torch.optim has no {optimizer}; "
+            "use 'optax' or 'paper'"
+        )
+
+
+@checked
+def scale_by_adopt(
+    b1: float = 0.9,
+    b2: float = 0.9999,
+    eps: float = 1e-6,
+    mu_dtype: Any = None,
+    *,
+    nesterov: bool = False,
+    use_clipping: bool = True,
+    clip_value_fn: Any = None,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""Rescales gradients by ADOPT: the momentum of gradients normalised by the *previous*
+    second moment, clipped.
+
+    .. math::
+        v_0 = g_0^2, \quad m_0 = 0 \\
+        m_t = \beta_1 m_{t-1} + (1-\beta_1)\,\mathrm{clip}\!\left(
+            \frac{g_t}{\max(\sqrt{v_{t-1}}, \epsilon)}, c_t\right), \quad
+        u_t = m_t, \quad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2
+
+    with :math:`c_t = t^{1/4}` (``clip_value_fn``) and ``clip(x, c)`` the clamp to [-c, c].
+    Dividing by :math:`v_{t-1}`, which does not contain :math:`g_t`, decorrelates the step
+    from the current gradient; normalising *before* the momentum makes the update bounded:
+    together they give the optimal rate for any :math:`\beta_2` (Taniguchi et al., Theorem
+    4.1), where Adam needs :math:`\beta_2` tuned to the problem.
+
+    The first call (count 0) only initialises :math:`v_0 = g_0^2` and returns a zero update,
+    as optax does; step t of the paper is the call with count t. ``nesterov=True`` (optax
+    only) returns :math:`\beta_1 m_t + (1-\beta_1)\,\mathrm{clip}(\cdot)` instead of
+    :math:`m_t`. "optax" and "paper" are one rule; optax selects the first step by setting
+    the decays to 0 and 1 as float32 arrays, which rounds :math:`1-\beta_2` (1.7e-4 of it
+    for 0.9999), "paper" selects the moments (`numerics.adopt_second_moment`).
+
+    Args:
+      b1: decay of the momentum, in [0, 1).
+      b2: decay of the second moment, in [0, 1).
+      eps: floor of :math:`\sqrt{v_{t-1}}` in the normalisation, >= 0.
+      mu_dtype: dtype in which to *store* m_t (as in :func:`scale_by_adam`).
+      nesterov: Nesterov momentum (optax's; the paper has none).
+      use_clipping: clip the normalised gradient to :math:`[-c_t, c_t]` (the paper's
+        Section 5 and optax's default); False is the paper's unclipped Algorithm 1.
+      clip_value_fn: :math:`c_t` as a function of the count t; None is optax's default,
+        :math:`t^{1/4}` (a None default keeps `optax.inject_hyperparams` from taking the
+        function for a schedule: pass one in its ``static_args``).
+      convention: "optax" or "paper".
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`ScaleByAdamState`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_adopt(b1=0.5)
+      >>> g = jnp.array([0.5, -2.0])
+      >>> u, state = tx.update(g, tx.init(g))  # count 0: v_0 = g_0^2, no step
+      >>> u
+      Array([0., 0.], dtype=float32)
+      >>> tx.update(g, state)[0]  # (1 - b1) clip(g / |g|, 1)
+      Array([ 0.5, -0.5], dtype=float32)
+
+    References:
+      Taniguchi et al., ADOPT: Modified Adam Can Converge with Any beta2 with the Optimal
+      Rate, NeurIPS 2024, Algorithm 1 (and Section 5 for the clipping).
+    """
+    _refuse_pytorch("scale_by_adopt", "ADOPT", convention)
+    if nesterov and convention != "optax":
+        raise ValueError(
+            "scale_by_adopt: nesterov=True exists only for convention='optax' (Taniguchi et al. "
+            f"have no Nesterov variant), got {convention!r}"
+        )
+    mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+    clip_value = clip_value_fn or (lambda count: count**0.25)  # optax's default
+    init_fn = _init_moments(mu_dtype)
+
+    def update_fn(updates, state, params=None):
+        del params
+        if convention == "optax":
+            # count 0 only initialises v_0 = g_0^2 (b2 -> 0) and keeps m_0 = 0 (b1 -> 1).
+            b2_ = jnp.where(state.count > 0, b2, 0)
+            b1_ = jnp.where(state.count > 0, b1, 1)  # compared again: optax's program
+            nu = numerics.second_moment(updates, state.nu, b2_)
+        else:
+            nu = numerics.adopt_second_moment(updates, state.nu, b2, state.count)
+        clip = clip_value(state.count) if use_clipping else None
+        normalised = numerics.adopt_normalised(updates, state.nu, eps, clip)
+        if convention == "optax":
+            mu = numerics.first_moment(normalised, state.mu, b1_)
+        else:
+            mu = numerics.adopt_first_moment(normalised, state.mu, b1, state.count)
+        count = numerics.safe_increment(state.count)
+        step = numerics.first_moment(normalised, mu, b1_) if nesterov else mu
+        return step, _moments(count, mu, nu, state, mu_dtype)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 @checked
 def scale_by_cautious(
     inner: optax.GradientTransformation, caution_eps: float = 1e-8
@@ -903,6 +1011,131 @@ def scale_by_cautious(
         return numerics.caution(directions, updates, caution_eps), state
 
     return optax.GradientTransformation(inner.init, update_fn)
+
+
+class ScaleByAdemamixState(NamedTuple):
+    """AdEMAMix's state, laid out as optax's: the counts of the moments and of the slow EMA's
+    schedules (equal; optax keeps both), the fast EMA m1, the slow EMA m2, the second moment."""
+
+    count: jax.Array
+    count_m2: jax.Array
+    m1: Tree
+    m2: Tree
+    nu: Tree
+
+
+@checked
+def scale_by_ademamix(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    b3: Any = 0.9999,
+    alpha: Any = 5.0,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    *,
+    alpha_warmup: int | None = None,
+    b3_warmup: int | None = None,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""Rescales gradients by AdEMAMix: Adam's step plus a slow EMA of the gradients.
+
+    .. math::
+        m^{(1)}_t = \beta_1 m^{(1)}_{t-1} + (1-\beta_1) g_t, \quad
+        m^{(2)}_t = \beta_3(t) m^{(2)}_{t-1} + (1-\beta_3(t)) g_t, \quad
+        \nu_t = \beta_2 \nu_{t-1} + (1-\beta_2) g_t^2 \\
+        \hat m^{(1)}_t = m^{(1)}_t / (1-\beta_1^t), \quad
+        \hat\nu_t = \nu_t / (1-\beta_2^t), \quad
+        u_t = (\hat m^{(1)}_t + \alpha(t) m^{(2)}_t) / (\sqrt{\hat\nu_t + \epsilon_{root}}
+        + \epsilon)
+
+    The slow EMA is not bias-corrected: it fills over :math:`1/(1-\beta_3)` steps. With
+    ``alpha_warmup`` and ``b3_warmup`` (the paper's :math:`T_\alpha, T_{\beta_3}`, typically
+    the run's length) both are warmed up by the paper's schedulers (Section 3):
+
+    .. math::
+        \alpha(t) = \min(t\alpha/T_\alpha, \alpha), \quad
+        \beta_3(t) = \min\left(\exp\left(\frac{\ln\beta_1 \ln\beta_3}{(1-t/T_{\beta_3})
+        \ln\beta_3 + (t/T_{\beta_3})\ln\beta_1}\right), \beta_3\right)
+
+    (:math:`\beta_3(t)`'s half-life grows linearly from :math:`\beta_1`'s to
+    :math:`\beta_3`'s). ``b3`` and ``alpha`` may also be optax schedules of the count.
+    Conventions: "optax" evaluates the schedules at the count before the step, t - 1 (as
+    optax evaluates every schedule), "paper" at t, with :math:`1-\beta^t` and
+    :math:`1-\beta_3(t)` to float32's relative precision (`numerics.one_minus_power`,
+    `numerics.ademamix_b3`). Both store m1, m2 and :math:`\nu` in ``mu_dtype`` at every
+    step; optax's init does, its update then keeps the promoted dtype (docs/conventions.md).
+
+    Args:
+      b1: decay of the fast EMA, in [0, 1).
+      b2: decay of the second moment, in [0, 1).
+      b3: decay of the slow EMA, in [b1, 1), or a schedule.
+      alpha: weight of the slow EMA, >= 0, or a schedule.
+      eps, eps_root: as in :func:`scale_by_adam`.
+      mu_dtype: dtype in which to *store* m1, m2 and nu (optax's); None keeps the params'.
+      alpha_warmup: :math:`T_\alpha`, steps of alpha's linear warmup from 0; None: none.
+      b3_warmup: :math:`T_{\beta_3}`, steps of b3's half-life warmup from b1; None: none.
+      convention: "optax" or "paper".
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`ScaleByAdemamixState`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_ademamix(b1=0.5, b2=0.5, b3=0.75, alpha=2.0, eps=0.0)
+      >>> g = jnp.array([0.5, -2.0])
+      >>> tx.update(g, tx.init(g))[0]  # sign(g) (1 + alpha (1 - b3))
+      Array([ 1.5, -1.5], dtype=float32)
+
+    References:
+      Pagliardini, Ablin & Grangier, The AdEMAMix Optimizer: Better, Faster, Older, ICLR
+      2025, Algorithm 1.
+    """
+    _refuse_pytorch("scale_by_ademamix", "AdEMAMix", convention)
+    mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+    b3_t = numerics.ademamix_b3(b3, b1, b3_warmup)
+    one_minus_b3_t = numerics.ademamix_b3(b3, b1, b3_warmup, complement=True)
+    alpha_t = numerics.ademamix_alpha(alpha, alpha_warmup)
+    first_moment, second_moment = numerics.moments_for(convention)
+
+    def init_fn(params):
+        return ScaleByAdemamixState(
+            count=_zero_count(),
+            count_m2=_zero_count(),
+            m1=numerics.zeros_like(params, dtype=mu_dtype),
+            m2=numerics.zeros_like(params, dtype=mu_dtype),
+            nu=numerics.zeros_like(params, dtype=mu_dtype),
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        # optax evaluates a schedule at the count before the step, the paper at t.
+        at = state.count_m2 if convention == "optax" else numerics.safe_increment(state.count_m2)
+        c_b3, c_alpha = numerics.value_at(b3_t, at), numerics.value_at(alpha_t, at)
+        m1 = first_moment(updates, state.m1, b1)
+        if convention == "optax":
+            m2 = first_moment(updates, state.m2, c_b3)
+        else:  # 1 - b3(t) to float32 precision, not 1 - fl32(b3(t))
+            one_minus_b3 = numerics.value_at(one_minus_b3_t, at)
+            m2 = numerics.slow_moment(updates, state.m2, c_b3, one_minus_b3)
+        nu = second_moment(updates, state.nu, b2)
+        count = numerics.safe_increment(state.count)
+        count_m2 = numerics.safe_increment(state.count_m2)
+        m1_hat = numerics.bias_correction(m1, b1, count, convention)
+        nu_hat = numerics.bias_correction(nu, b2, count, convention)
+        updates = jax.tree.map(  # a float16 denominator in float32 (`numerics.widen`)
+            lambda m1_, m2_, v_: numerics.safe_divide(
+                m1_ + c_alpha * m2_, jnp.sqrt(numerics.widen(v_) + eps_root) + eps
+            ),
+            m1_hat,
+            m2,
+            nu_hat,
+        )
+        m1, m2 = _store(m1, state.m1, mu_dtype), _store(m2, state.m2, mu_dtype)
+        nu = _store(nu, state.nu, mu_dtype)
+        return updates, ScaleByAdemamixState(count, count_m2, m1, m2, nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _decay_leaf(g: jax.Array, p: jax.Array, decayed: Any, rate: Any) -> jax.Array:

@@ -3,7 +3,8 @@
 A bad value (b1 = 1, a negative learning rate) does not fail loudly: it trains silently to NaN
 or to nothing. Every hyperparameter name has one rule (`RULES`); the public constructors and
 transforms check their arguments by it (`checked`), the config factory checks a config's fields
-by it (`violations`), and the layers beneath trust what they are given, as optax's do.
+by it (`violations`), and the layers beneath trust what they are given, as optax's do. A few
+hold between two names (`RELATIONS`: AdEMAMix's b3 >= b1).
 
 Values that are not concrete numbers are left alone: schedules (callables) and traced arrays
 (what `optax.inject_hyperparams` passes in under `jit`/`vmap`) cannot be inspected here.
@@ -81,6 +82,14 @@ def _mask(value: Any) -> str | None:
     return "None, a callable, or a pytree of booleans"
 
 
+def _steps(value: Any) -> str | None:
+    return None if is_int(value, 1) else "an int >= 1 (a number of steps)"
+
+
+def _callable(value: Any) -> str | None:
+    return None if callable(value) else "a callable of the step count"
+
+
 def _convention(value: Any) -> str | None:
     return None if value in CONVENTIONS else f"one of {', '.join(map(repr, CONVENTIONS))}"
 
@@ -139,6 +148,36 @@ RULES: dict[str, Rule] = {
     "fused": _boolean,
     "bias_correction_mu": _optional(_boolean),
     "bias_correction_nu": _optional(_boolean),
+    "b3": _DECAY,  # AdEMAMix's slow EMA (or a schedule); at least b1 (RELATIONS)
+    "alpha": _NON_NEGATIVE,  # AdEMAMix's weight of the slow EMA (or a schedule)
+    "alpha_warmup": _optional(_steps),
+    "b3_warmup": _optional(_steps),
+    "use_clipping": _boolean,
+    "clip_value_fn": _optional(_callable),
+}
+
+
+def _at_least_b1(b3: Any, b1: Any) -> str | None:
+    """AdEMAMix's slow EMA decays no faster than its fast one: b3 >= b1."""
+    b3_array, b1_array = _concrete(b3), _concrete(b1)
+    if b3_array is None or b1_array is None or np.all(b3_array >= b1_array):
+        return None
+    return f"in [b1, 1) = [{float(np.max(b1_array)):g}, 1) (the slow EMA's decay)"
+
+
+def _constant(warmup: Any, value: Any) -> str | None:
+    """A warmup schedules a constant: it cannot be combined with a schedule."""
+    if warmup is None or not callable(value):
+        return None
+    return "None when the value it warms up is a schedule (give one or the other)"
+
+
+# Rules between two hyperparameters: (name, other) -> rule(value, other's value), checked
+# when both are given; a refusal names `name`.
+RELATIONS: dict[tuple[str, str], Callable[[Any, Any], str | None]] = {
+    ("b3", "b1"): _at_least_b1,
+    ("alpha_warmup", "alpha"): _constant,
+    ("b3_warmup", "b3"): _constant,
 }
 
 
@@ -148,6 +187,11 @@ def violations(arguments: Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]:
         allowed = RULES[name](value) if name in RULES else None
         if allowed is not None:
             yield name, value, allowed
+    for (name, other), relation in RELATIONS.items():
+        if name in arguments and other in arguments:
+            allowed = relation(arguments[name], arguments[other])
+            if allowed is not None:
+                yield name, arguments[name], allowed
 
 
 def check(owner: str, arguments: Mapping[str, Any]) -> None:
