@@ -325,7 +325,8 @@ def test_every_optimizers_hyperparameters_are_settable_from_the_command_line():
     from adamlab.optim import registry
 
     fields = registry.config_fields()
-    assert {"b1", "b2", "eps", "weight_decay", "ns_steps", "beta"} <= set(fields)
+    assert {"b1", "b2", "eps", "weight_decay", "ns_steps", "beta", "b3", "b3_warmup"} <= set(fields)
+    assert (fields["ns_steps"], fields["b3_warmup"], fields["use_clipping"]) == (int, int, bool)
     fv = cli.parse_flags(
         "train",
         ["--config=digits", "--config.optimizer.name=muon", "--config.optimizer.ns_steps=3",

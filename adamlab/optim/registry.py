@@ -50,8 +50,8 @@ def config_fields() -> dict[str, type]:
     for found in alias.TABLE.values():
         for name, p in inspect.signature(found.ours or found.twin).parameters.items():
             kind = type(p.default) if type(p.default) in (bool, int, float) else None
-            if p.default is None and isinstance(p.annotation, str):  # "int | None": a number
-                kind = kinds.get(p.annotation.removesuffix(" | None"))
+            if p.default is None:  # annotated `int | None`: a number
+                kind = kinds.get(str(p.annotation).removesuffix(" | None"))
             if kind is not None and name not in fields:
                 fields[name] = kind
     return fields
