@@ -390,3 +390,11 @@ def test_the_command_on_bad_logs_exits_2_naming_the_file_and_writes_nothing(good
     assert "external_tuning|self_tuning" in capsys.readouterr().err
     assert cli.main(args[:2] + args[3:]) == cli.EXIT_USAGE  # No DIR.
     assert "give one log directory DIR" in capsys.readouterr().err
+
+
+def test_an_out_path_that_is_a_file_is_an_error_before_anything_is_read(good, tmp_path):
+    out = tmp_path / "board"
+    out.write_text("mine")
+    with pytest.raises(algoperf.LogError, match="is a file, not a directory"):
+        algoperf.score_track(good, "external_tuning", out)
+    assert out.read_text() == "mine"

@@ -522,6 +522,8 @@ def score_track(
     Everything is read and scored before anything is written: bad logs (`LogError`) leave
     `out` untouched.
     """
+    if pathlib.Path(out).exists() and not pathlib.Path(out).is_dir():
+        raise LogError(f"--out {out}: is a file, not a directory for the leaderboard")
     logs = read_track(directory, track, version)
     board = score(logs.study_times(), version.base_workloads, version.held_out)
     return board, logs, write_leaderboard(out, board, logs, source=str(directory))
