@@ -8,12 +8,14 @@ and kills one `adamlab train` process with SIGKILL at a checkpoint's commit; the
 every command and more kill points is `slow` (`pytest -m slow tests/test_interruption.py`).
 """
 
+import dataclasses
 import os
 import pathlib
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -178,3 +180,315 @@ def test_adamlab_train_killed_at_a_checkpoint_commit_resumes_to_the_same_files(
     done = _run_adamlab(*_train_args(workdir))
     assert done.wait() == 0, done.stderr.read()
     assert persisted_outputs(workdir) == persisted_outputs(uninterrupted)
+
+
+# ---------------------------------------------------------------------------- the kill matrix
+# Every command, run as a process, killed at many points (slow): each case runs the command in a
+# fresh workdir, kills it at its point (SIGKILL, or SIGTERM for one point per command), runs the
+# same command again to completion, and compares every persisted output with an uninterrupted
+# run's. A process that ends before its kill point still makes a valid case (it is compared).
+
+# The benchmark's workloads are shipped configs with no --config overrides: a launcher shrinks
+# bench_digits_cnn in the process (tiny CNN, 24 steps, a 2 x 2 heatmap), then runs the command.
+_BENCHMARK_LAUNCHER = """
+import sys
+from adamlab import cli, config_dict
+
+_load = config_dict.load_config
+
+
+def load_config(name):
+    config = _load(name)
+    if str(name).startswith("bench_"):
+        config.model.features = (8,)
+        config.model.dense_features = 16
+        config.optimizer.warmup_steps = 2
+        config.train.update(
+            num_steps=24, batch_size=32, eval_batch_size=256, log_every_steps=4,
+            eval_every_steps=4, checkpoint_every_steps=8, progress_bar=False,
+        )
+        config.benchmark.target = 0.3
+        config.benchmark.heatmap.update(
+            learning_rates=(1e-3, 1e-2), strengths=(1e-4, 1e-2), seeds=(0,)
+        )
+    return config
+
+
+config_dict.load_config = load_config
+cli.console(["adamlab", *sys.argv[1:]])
+"""
+
+_TINY = {
+    "model.features": "(8,)", "model.dense_features": "16", "optimizer.warmup_steps": "2",
+    "train.batch_size": "32", "train.eval_batch_size": "256", "train.progress_bar": "False",
+}  # fmt: skip
+
+
+def _overrides(**fields) -> list[str]:
+    return [f"--config.{k}={v}" for k, v in (_TINY | fields).items()]
+
+
+_TRAIN = {
+    "train.num_steps": "18", "train.log_every_steps": "4", "train.eval_every_steps": "3",
+    "train.checkpoint_every_steps": "6", "train.steps_per_dispatch": "1",
+}  # fmt: skip
+_GROUP = {
+    "train.num_steps": "16", "train.log_every_steps": "4", "train.eval_every_steps": "4",
+    "train.checkpoint_every_steps": "8",
+}  # fmt: skip
+_DIAGNOSTICS = {
+    "diagnostics.layer_stats_every_steps": "3", "diagnostics.curvature_every_steps": "6",
+    "diagnostics.curvature_examples": "128",
+}  # fmt: skip
+# The study: batch sizes 64 and 128 (20 and 10 steps an epoch on digits) for 3 epochs, a
+# checkpoint at each epoch's end (group_config rounds checkpoint_every_steps up to an epoch).
+_STUDY = {
+    "study.batch_sizes": "(64,128)", "study.rules": "('none','sqrt')", "train.num_epochs": "3.0",
+    "train.checkpoint_every_steps": "1",
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class _Command:
+    """A command of the matrix: its arguments for a workdir, and where its stages checkpoint
+    (directories relative to the workdir, in the order they run, with their final step)."""
+
+    args: Callable[[pathlib.Path], list[str]]
+    stages: dict[str, int]
+    launcher: str | None = None  # Python code run instead of `python -m adamlab`.
+    after: Callable[[pathlib.Path], list[str]] | None = None  # A command run on the result.
+
+
+_COMMANDS = {
+    "benchmark": _Command(
+        lambda w: [
+            "benchmark",
+            "--workloads",
+            "digits_cnn",
+            "--optimizers",
+            "adam,sgd",
+            "--trials",
+            "2",
+            "--seeds",
+            "2",
+            "--workdir",
+            str(w),
+        ],
+        {f"digits_cnn/{o}/{stage}": 24 for o in ("adam", "sgd") for stage in ("tune", "final")}
+        | {"heatmap/adam_l2": 24, "heatmap/adamw": 24},
+        launcher=_BENCHMARK_LAUNCHER,
+    ),  # fmt: skip
+    "train": _Command(
+        lambda w: ["train", "--config", "digits", "--workdir", str(w), *_overrides(**_TRAIN)],
+        {".": 18},
+    ),
+    "train_diagnostics": _Command(
+        lambda w: [
+            "train",
+            "--config",
+            "digits",
+            "--workdir",
+            str(w),
+            *_overrides(**_TRAIN, **_DIAGNOSTICS),
+        ],
+        {".": 18},
+        after=lambda w: ["diagnostics", "--workdir", str(w)],
+    ),  # fmt: skip
+    "compare": _Command(
+        lambda w: [
+            "compare",
+            "--config",
+            "digits",
+            "--optimizers",
+            "adam,adamw",
+            "--seeds",
+            "2",
+            "--workdir",
+            str(w),
+            *_overrides(**_GROUP),
+        ],
+        {"adam": 16, "adamw": 16},
+    ),  # fmt: skip
+    "sweep": _Command(
+        lambda w: [
+            "sweep",
+            "--config",
+            "digits",
+            "--sweep",
+            "optimizer.learning_rate=1e-3,1e-2",
+            "--seeds",
+            "2",
+            "--workdir",
+            str(w),
+            *_overrides(**_GROUP),
+        ],
+        {"adam": 16},
+    ),  # fmt: skip
+    "study_batch_size": _Command(
+        lambda w: [
+            "study",
+            "batch_size",
+            "--seeds",
+            "1",
+            "--workdir",
+            str(w),
+            *_overrides(**_STUDY),
+        ],
+        {"batch64": 60, "batch128": 30},
+    ),  # fmt: skip
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _KillPoint:
+    """Kill when `path` (relative to the workdir; a glob if it has a `*`) exists, `delay` s
+    later; or, with no path, `after` times the uninterrupted run's wall time from the start."""
+
+    signal: int = signal.SIGKILL
+    path: str | None = None
+    delay: float = 0.0
+    after: float | None = None
+
+
+def _first_checkpoint(stage: str, final: int) -> int:
+    every = {"train": 6, "group": 8}
+    if stage.startswith("batch"):
+        return final // 3  # One checkpoint an epoch, 3 epochs.
+    return every["train"] if stage == "." else every["group"]
+
+
+def _kill_points(command: _Command) -> dict[str, _KillPoint]:
+    """Per command: a timer, the first commit of each stage, a commit mid-way through the
+    single-stage ones, the inside of a save, just after the final checkpoint, and a SIGTERM."""
+    stages = list(command.stages)
+    points = {
+        "timer": _KillPoint(after=0.7),
+        "in_save": _KillPoint(path="**/*.orbax-checkpoint-tmp*"),
+    }
+    for stage, final in command.stages.items():
+        first = _first_checkpoint(stage, final)
+        name = "commit" if stage == "." else f"commit_{stage.replace('/', '_')}"
+        points[name] = _KillPoint(path=f"{stage}/checkpoints/{first}")
+        if len(stages) == 1 and 2 * first < final:
+            points[f"{name}_{2 * first}"] = _KillPoint(path=f"{stage}/checkpoints/{2 * first}")
+    last = stages[-1]
+    points["after_final"] = _KillPoint(path=f"{last}/checkpoints/{command.stages[last]}", delay=0.3)
+    middle = stages[len(stages) // 2]
+    first = _first_checkpoint(middle, command.stages[middle])
+    points["sigterm"] = _KillPoint(signal.SIGTERM, path=f"{middle}/checkpoints/{first}")
+    return points
+
+
+_CASES = [(c, p) for c, command in _COMMANDS.items() for p in _kill_points(command)]
+
+
+def _start(command: _Command, workdir: pathlib.Path, log: pathlib.Path) -> subprocess.Popen:
+    """The command as a process of its own, on one CPU device (what a user's machine gives;
+    the test session's 4 simulated devices are not passed on), its output in `log`."""
+    env = dict(os.environ, ADAMLAB_GC_FREEZE="0")
+    env["XLA_FLAGS"] = " ".join(
+        f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f
+    )
+    prefix = ["-c", command.launcher] if command.launcher else ["-m", "adamlab"]
+    with log.open("a") as out:
+        out.write(f"\n$ {' '.join(command.args(workdir))}\n")
+        out.flush()
+        return subprocess.Popen(
+            [sys.executable, *prefix, *command.args(workdir)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+        )  # fmt: skip
+
+
+def _run_to_completion(command: _Command, workdir: pathlib.Path, log: pathlib.Path) -> float:
+    start = time.monotonic()
+    code = _start(command, workdir, log).wait(timeout=1800)
+    assert code == 0, f"exit {code}; see {log}:\n{log.read_text()[-3000:]}"
+    if command.after:
+        done = subprocess.run(
+            [sys.executable, "-m", "adamlab", *command.after(workdir)],
+            capture_output=True, text=True, timeout=600, cwd=ROOT,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+    return time.monotonic() - start
+
+
+def _reached(point: _KillPoint, workdir: pathlib.Path, started: float, wall: float) -> bool:
+    if point.path is None:
+        return time.monotonic() - started >= point.after * wall
+    if "*" in point.path:
+        return next(workdir.glob(point.path), None) is not None
+    return (workdir / point.path).exists()
+
+
+def _kill_at(process, point: _KillPoint, workdir: pathlib.Path, wall: float) -> int | None:
+    """Sends `point.signal` once `point` is reached; the process's exit code, None if it ended
+    before (a valid case: it is compared all the same)."""
+    started = time.monotonic()
+    while not _reached(point, workdir, started, wall):
+        if process.poll() is not None:
+            return None
+        if time.monotonic() - started > 1800:
+            process.kill()
+            raise AssertionError(f"{point} not reached in 30 minutes")
+        time.sleep(0.005)
+    time.sleep(point.delay)
+    process.send_signal(point.signal)
+    return process.wait(timeout=600)
+
+
+@pytest.fixture(scope="module")
+def matrix_uninterrupted(tmp_path_factory):
+    """Command name -> (workdir of its uninterrupted run, wall seconds), run on first use."""
+    runs = {}
+
+    def get(name: str) -> tuple[pathlib.Path, float]:
+        if name not in runs:
+            workdir = tmp_path_factory.mktemp(f"uninterrupted-{name}") / "run"
+            wall = _run_to_completion(_COMMANDS[name], workdir, workdir.parent / "log.txt")
+            runs[name] = workdir, wall
+        return runs[name]
+
+    return get
+
+
+def _differences(actual: dict, expected: dict, limit: int = 12) -> list[str]:
+    """Where two `persisted_outputs` differ: a file missing on either side, or its first
+    differing records/rows and fields."""
+    lines = [f"missing: {k}" for k in sorted(expected.keys() - actual.keys())]
+    lines += [f"extra: {k}" for k in sorted(actual.keys() - expected.keys())]
+    for key in sorted(expected.keys() & actual.keys()):
+        a, e = actual[key], expected[key]
+        if a == e:
+            continue
+        if isinstance(a, list) and isinstance(e, list):
+            if len(a) != len(e):
+                lines.append(f"{key}: {len(a)} records, expected {len(e)}")
+            for i, (x, y) in enumerate(zip(a, e, strict=False)):
+                if x != y:
+                    fields = {k for k in set(x) | set(y) if x.get(k) != y.get(k)}
+                    shown = {k: (x.get(k), y.get(k)) for k in sorted(fields)[:4]}
+                    lines.append(f"{key}[{i}]: (got, expected) {shown}")
+                    break
+        elif isinstance(a, dict) and isinstance(e, dict):
+            fields = sorted(k for k in set(a) | set(e) if a.get(k) != e.get(k))
+            lines.append(f"{key}: fields differ: {fields[:8]}")
+        else:
+            lines.append(f"{key} differs")
+    return lines[:limit]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "point"), _CASES, ids=[f"{c}-{p}" for c, p in _CASES])
+def test_kill_matrix(matrix_uninterrupted, tmp_path, name, point):
+    """`name` killed at `point`, then run again, ends with the uninterrupted run's files."""
+    command = _COMMANDS[name]
+    kill = _kill_points(command)[point]
+    expected_dir, wall = matrix_uninterrupted(name)
+    workdir, log = tmp_path / "run", tmp_path / "log.txt"
+    code = _kill_at(_start(command, workdir, log), kill, workdir, wall)
+    stopped = {signal.SIGKILL: -signal.SIGKILL, signal.SIGTERM: 75}[kill.signal]
+    # A SIGTERM that arrives before the loop's handler is set (imports) ends the process.
+    assert code in (None, 0, stopped, -signal.SIGTERM), f"exit {code}; see {log}"
+    _run_to_completion(command, workdir, log)
+    actual, expected = persisted_outputs(workdir), persisted_outputs(expected_dir)
+    assert actual == expected, "\n".join(_differences(actual, expected))
