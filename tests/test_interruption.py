@@ -486,6 +486,8 @@ def test_kill_matrix(matrix_uninterrupted, tmp_path, name, point):
     expected_dir, wall = matrix_uninterrupted(name)
     workdir, log = tmp_path / "run", tmp_path / "log.txt"
     code = _kill_at(_start(command, workdir, log), kill, workdir, wall)
+    with log.open("a") as out:  # Whether the kill point was reached, for whoever reads the log.
+        out.write(f"\n# {point}: {'ended before it' if code is None else f'exit {code}'}\n")
     stopped = {signal.SIGKILL: -signal.SIGKILL, signal.SIGTERM: 75}[kill.signal]
     # A SIGTERM that arrives before the loop's handler is set (imports) ends the process.
     assert code in (None, 0, stopped, -signal.SIGTERM), f"exit {code}; see {log}"
