@@ -11,6 +11,7 @@ every command and more kill points is `slow` (`pytest -m slow tests/test_interru
 import dataclasses
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -451,6 +452,34 @@ def matrix_uninterrupted(tmp_path_factory):
     return get
 
 
+_TIMING_COLUMN = re.compile(r"sec|time|wall|compile|steps/s|speedup", re.IGNORECASE)
+_TIMING_TEXT = re.compile(r"\d[\d.e+-]* (?:s|steps/s)\b|load average [\d., ]+")
+
+
+def summary_without_timing(text: str) -> list[str]:
+    """summary.md's lines, timing aside: table columns whose header names a time (seconds,
+    wall, compile, steps/s, speedup) and rows about seconds are dropped, and durations, rates
+    and load averages in the prose masked. Everything else (settings, steps to target, metrics
+    with their intervals) must be equal."""
+    out, header = [], None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            header = None
+            out.append(_TIMING_TEXT.sub("<timing>", line))
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+        if set(line) <= set("|-: ") or "seconds" in line:
+            continue
+        out.append(
+            " | ".join(
+                c for h, c in zip(header, cells, strict=False) if not _TIMING_COLUMN.search(h)
+            )
+        )
+    return out
+
+
 def _differences(actual: dict, expected: dict, limit: int = 12) -> list[str]:
     """Where two `persisted_outputs` differ: a file missing on either side, or its first
     differing records/rows and fields."""
@@ -494,3 +523,8 @@ def test_kill_matrix(matrix_uninterrupted, tmp_path, name, point):
     _run_to_completion(command, workdir, log)
     actual, expected = persisted_outputs(workdir), persisted_outputs(expected_dir)
     assert actual == expected, "\n".join(_differences(actual, expected))
+    for summary in expected_dir.rglob("summary.md"):
+        got = workdir / summary.relative_to(expected_dir)
+        assert summary_without_timing(got.read_text()) == summary_without_timing(
+            summary.read_text()
+        ), got
