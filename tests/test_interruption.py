@@ -23,6 +23,7 @@ import pytest
 
 from adamlab import config_dict
 from adamlab.training import run_io, train
+from adamlab.training.checkpoint import MANIFEST_FILE as MANIFEST
 
 from helpers import persisted_outputs, without_timing
 
@@ -343,7 +344,8 @@ _COMMANDS = {
 @dataclasses.dataclass(frozen=True)
 class _KillPoint:
     """Kill when `path` (relative to the workdir; a glob if it has a `*`) exists, `delay` s
-    later; or, with no path, `after` times the uninterrupted run's wall time from the start."""
+    later; or, with no path, at the fraction `after` of the uninterrupted run's training time
+    (from its first metrics record to its end: start-up is no part of it)."""
 
     signal: int = signal.SIGKILL
     path: str | None = None
@@ -360,10 +362,12 @@ def _first_checkpoint(stage: str, final: int) -> int:
 
 def _kill_points(command: _Command) -> dict[str, _KillPoint]:
     """Per command: a timer, the first commit of each stage, a commit mid-way through the
-    single-stage ones, the inside of a save, just after the final checkpoint, and a SIGTERM."""
+    single-stage ones, the inside of a save, the final step's commit (before its manifest) and
+    just after it (its manifest written: the test evaluation, result.json and the report are
+    to come), and a SIGTERM."""
     stages = list(command.stages)
     points = {
-        "timer": _KillPoint(after=0.7),
+        "timer": _KillPoint(after=0.5),
         "in_save": _KillPoint(path="**/*.orbax-checkpoint-tmp*"),
     }
     for stage, final in command.stages.items():
@@ -373,7 +377,9 @@ def _kill_points(command: _Command) -> dict[str, _KillPoint]:
         if len(stages) == 1 and 2 * first < final:
             points[f"{name}_{2 * first}"] = _KillPoint(path=f"{stage}/checkpoints/{2 * first}")
     last = stages[-1]
-    points["after_final"] = _KillPoint(path=f"{last}/checkpoints/{command.stages[last]}", delay=0.3)
+    final = f"{last}/checkpoints/{command.stages[last]}"
+    points["final_commit"] = _KillPoint(path=final)
+    points["after_final"] = _KillPoint(path=f"{final}/{MANIFEST}")
     middle = stages[len(stages) // 2]
     first = _first_checkpoint(middle, command.stages[middle])
     points["sigterm"] = _KillPoint(signal.SIGTERM, path=f"{middle}/checkpoints/{first}")
@@ -400,9 +406,19 @@ def _start(command: _Command, workdir: pathlib.Path, log: pathlib.Path) -> subpr
         )  # fmt: skip
 
 
-def _run_to_completion(command: _Command, workdir: pathlib.Path, log: pathlib.Path) -> float:
-    start = time.monotonic()
-    code = _start(command, workdir, log).wait(timeout=1800)
+def _run_to_completion(
+    command: _Command, workdir: pathlib.Path, log: pathlib.Path
+) -> tuple[float, float]:
+    """Runs `command` to the end (exit 0); (seconds to its first metrics record, to its end)."""
+    start, first = time.monotonic(), None
+    process = _start(command, workdir, log)
+    while process.poll() is None and time.monotonic() - start < 1800:
+        if first is None and next(workdir.rglob(run_io.METRICS_FILE), None) is not None:
+            first = time.monotonic() - start
+        time.sleep(0.02)
+    code = process.poll()
+    if code is None:
+        process.kill()
     assert code == 0, f"exit {code}; see {log}:\n{log.read_text()[-3000:]}"
     if command.after:
         done = subprocess.run(
@@ -410,22 +426,24 @@ def _run_to_completion(command: _Command, workdir: pathlib.Path, log: pathlib.Pa
             capture_output=True, text=True, timeout=600, cwd=ROOT,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
-    return time.monotonic() - start
+    wall = time.monotonic() - start
+    return (wall if first is None else first), wall
 
 
-def _reached(point: _KillPoint, workdir: pathlib.Path, started: float, wall: float) -> bool:
+def _reached(point: _KillPoint, workdir: pathlib.Path, started: float, timing) -> bool:
     if point.path is None:
-        return time.monotonic() - started >= point.after * wall
+        first, wall = timing
+        return time.monotonic() - started >= first + point.after * (wall - first)
     if "*" in point.path:
         return next(workdir.glob(point.path), None) is not None
     return (workdir / point.path).exists()
 
 
-def _kill_at(process, point: _KillPoint, workdir: pathlib.Path, wall: float) -> int | None:
+def _kill_at(process, point: _KillPoint, workdir: pathlib.Path, timing) -> int | None:
     """Sends `point.signal` once `point` is reached; the process's exit code, None if it ended
     before (a valid case: it is compared all the same)."""
     started = time.monotonic()
-    while not _reached(point, workdir, started, wall):
+    while not _reached(point, workdir, started, timing):
         if process.poll() is not None:
             return None
         if time.monotonic() - started > 1800:
@@ -439,14 +457,15 @@ def _kill_at(process, point: _KillPoint, workdir: pathlib.Path, wall: float) -> 
 
 @pytest.fixture(scope="module")
 def matrix_uninterrupted(tmp_path_factory):
-    """Command name -> (workdir of its uninterrupted run, wall seconds), run on first use."""
+    """Command name -> (workdir of its uninterrupted run, its timing: seconds to the first
+    metrics record and to the end), run on first use."""
     runs = {}
 
-    def get(name: str) -> tuple[pathlib.Path, float]:
+    def get(name: str) -> tuple[pathlib.Path, tuple[float, float]]:
         if name not in runs:
             workdir = tmp_path_factory.mktemp(f"uninterrupted-{name}") / "run"
-            wall = _run_to_completion(_COMMANDS[name], workdir, workdir.parent / "log.txt")
-            runs[name] = workdir, wall
+            timing = _run_to_completion(_COMMANDS[name], workdir, workdir.parent / "log.txt")
+            runs[name] = workdir, timing
         return runs[name]
 
     return get
@@ -512,9 +531,9 @@ def test_kill_matrix(matrix_uninterrupted, tmp_path, name, point):
     """`name` killed at `point`, then run again, ends with the uninterrupted run's files."""
     command = _COMMANDS[name]
     kill = _kill_points(command)[point]
-    expected_dir, wall = matrix_uninterrupted(name)
+    expected_dir, timing = matrix_uninterrupted(name)
     workdir, log = tmp_path / "run", tmp_path / "log.txt"
-    code = _kill_at(_start(command, workdir, log), kill, workdir, wall)
+    code = _kill_at(_start(command, workdir, log), kill, workdir, timing)
     with log.open("a") as out:  # Whether the kill point was reached, for whoever reads the log.
         out.write(f"\n# {point}: {'ended before it' if code is None else f'exit {code}'}\n")
     stopped = {signal.SIGKILL: -signal.SIGKILL, signal.SIGTERM: 75}[kill.signal]
