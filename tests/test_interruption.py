@@ -420,13 +420,13 @@ def _run_to_completion(
     if code is None:
         process.kill()
     assert code == 0, f"exit {code}; see {log}:\n{log.read_text()[-3000:]}"
+    wall = time.monotonic() - start
     if command.after:
         done = subprocess.run(
             [sys.executable, "-m", "adamlab", *command.after(workdir)],
             capture_output=True, text=True, timeout=600, cwd=ROOT,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
-    wall = time.monotonic() - start
     return (wall if first is None else first), wall
 
 
