@@ -290,7 +290,7 @@ _COMMANDS = {
         lambda w: [
             "train",
             "--config",
-            "digits",
+            _DIGITS,
             "--workdir",
             str(w),
             *_overrides(**_TRAIN, **_DIAGNOSTICS),
@@ -302,7 +302,7 @@ _COMMANDS = {
         lambda w: [
             "compare",
             "--config",
-            "digits",
+            _DIGITS,
             "--optimizers",
             "adam,adamw",
             "--seeds",
@@ -317,7 +317,7 @@ _COMMANDS = {
         lambda w: [
             "sweep",
             "--config",
-            "digits",
+            _DIGITS,
             "--sweep",
             "optimizer.learning_rate=1e-3,1e-2",
             "--seeds",
