@@ -281,7 +281,7 @@ _COMMANDS = {
         {f"digits_cnn/{o}/{stage}": 24 for o in ("adam", "sgd") for stage in ("tune", "final")}
         | {"heatmap/adam_l2": 24, "heatmap/adamw": 24},
         launcher=_BENCHMARK_LAUNCHER,
-    ),  # fmt: skip
+    ),
     "train": _Command(
         lambda w: ["train", "--config", _DIGITS, "--workdir", str(w), *_overrides(**_TRAIN)],
         {".": 18},
@@ -297,7 +297,7 @@ _COMMANDS = {
         ],
         {".": 18},
         after=lambda w: ["diagnostics", "--workdir", str(w)],
-    ),  # fmt: skip
+    ),
     "compare": _Command(
         lambda w: [
             "compare",
@@ -312,7 +312,7 @@ _COMMANDS = {
             *_overrides(**_GROUP),
         ],
         {"adam": 16, "adamw": 16},
-    ),  # fmt: skip
+    ),
     "sweep": _Command(
         lambda w: [
             "sweep",
@@ -327,11 +327,13 @@ _COMMANDS = {
             *_overrides(**_GROUP),
         ],
         {"adam": 16},
-    ),  # fmt: skip
+    ),
     "study_batch_size": _Command(
         lambda w: [
             "study",
             "batch_size",
+            "--config",
+            str(ROOT / "configs" / "study_batch_size.py"),
             "--seeds",
             "1",
             "--workdir",
@@ -339,7 +341,7 @@ _COMMANDS = {
             *_overrides(**_STUDY),
         ],
         {"batch64": 60, "batch128": 30},
-    ),  # fmt: skip
+    ),
 }
 
 
