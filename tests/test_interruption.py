@@ -141,8 +141,9 @@ def test_several_members_stopped_mid_window_report_the_uninterrupted_curves(tmp_
 def _run_adamlab(*args, **popen):
     env = dict(os.environ, ADAMLAB_GC_FREEZE="0")
     return subprocess.Popen(
-        [sys.executable, "-m", "adamlab", *args],
+        [sys.executable, "-c", _LAUNCHER, *args],  # `adamlab *args`, this checkout's configs.
         env=env,
+        cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -193,16 +194,29 @@ def test_adamlab_train_killed_at_a_checkpoint_commit_resumes_to_the_same_files(
 # same command again to completion, and compares every persisted output with an uninterrupted
 # run's. A process that ends before its kill point still makes a valid case (it is compared).
 
-# The benchmark's workloads are shipped configs with no --config overrides: a launcher shrinks
-# bench_digits_cnn in the process (tiny CNN, 24 steps, a 2 x 2 heatmap), then runs the command.
-_BENCHMARK_LAUNCHER = """
-import sys
+# Every command runs through this launcher (then as `adamlab <command> ...`). It makes this
+# checkout's configs/ the package `adamlab.configs` (an editable install shared by several
+# checkouts maps it to one of them: a shipped config's name, and the defaults that
+# run_io.check_resumable reads from configs/digits.py on every resume, would come from another
+# checkout), and it shrinks the benchmark's workloads, shipped configs that the command takes no
+# overrides for (tiny CNN, 24 steps, a 2 x 2 heatmap).
+_LAUNCHER = """
+import importlib.util, pathlib, sys
+
+configs = pathlib.Path.cwd() / "configs"
+spec = importlib.util.spec_from_file_location(
+    "adamlab.configs", configs / "__init__.py", submodule_search_locations=[str(configs)]
+)
+sys.modules["adamlab.configs"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sys.modules["adamlab.configs"])
+
 from adamlab import cli, config_dict
 
+_load = config_dict.load_config
 
 
 def load_config(name):
-    config = config_dict.load_config_file(f"configs/{name}.py")  # This checkout's (cwd).
+    config = _load(name)
     if str(name).startswith("bench_"):
         config.model.features = (8,)
         config.model.dense_features = 16
@@ -259,7 +273,6 @@ class _Command:
 
     args: Callable[[pathlib.Path], list[str]]
     stages: dict[str, int]
-    launcher: str | None = None  # Python code run instead of `python -m adamlab`.
     after: Callable[[pathlib.Path], list[str]] | None = None  # A command run on the result.
 
 
@@ -280,7 +293,6 @@ _COMMANDS = {
         ],
         {f"digits_cnn/{o}/{stage}": 24 for o in ("adam", "sgd") for stage in ("tune", "final")}
         | {"heatmap/adam_l2": 24, "heatmap/adamw": 24},
-        launcher=_BENCHMARK_LAUNCHER,
     ),
     "train": _Command(
         lambda w: ["train", "--config", _DIGITS, "--workdir", str(w), *_overrides(**_TRAIN)],
@@ -400,12 +412,11 @@ def _start(command: _Command, workdir: pathlib.Path, log: pathlib.Path) -> subpr
     env["XLA_FLAGS"] = " ".join(
         f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f
     )
-    prefix = ["-c", command.launcher] if command.launcher else ["-m", "adamlab"]
     with log.open("a") as out:
         out.write(f"\n$ {' '.join(command.args(workdir))}\n")
         out.flush()
         return subprocess.Popen(
-            [sys.executable, *prefix, *command.args(workdir)],
+            [sys.executable, "-c", _LAUNCHER, *command.args(workdir)],
             env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
 
@@ -427,7 +438,7 @@ def _run_to_completion(
     wall = time.monotonic() - start
     if command.after:
         done = subprocess.run(
-            [sys.executable, "-m", "adamlab", *command.after(workdir)],
+            [sys.executable, "-c", _LAUNCHER, *command.after(workdir)],
             capture_output=True, text=True, timeout=600, cwd=ROOT,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
