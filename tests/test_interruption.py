@@ -487,7 +487,7 @@ def matrix_uninterrupted(tmp_path_factory):
 
 
 _TIMING_COLUMN = re.compile(r"sec|time|wall|compile|steps/s|speedup", re.IGNORECASE)
-_TIMING_TEXT = re.compile(r"\d[\d.e+-]* (?:s|steps/s)\b|load average [\d., ]+")
+_TIMING_TEXT = re.compile(r"(?:\d[\d.e+-]*|nan|inf) (?:s|steps/s)\b|load average [\d., ]+")
 
 
 def summary_without_timing(text: str) -> list[str]:
