@@ -5,6 +5,7 @@ digits, 6 steps, 2 trials, 2 seeds) runs every stage through the one loop, write
 and is resumed without training anything again.
 """
 
+import json
 import math
 import re
 
@@ -319,3 +320,19 @@ def test_each_trial_logs_its_own_learning_rate(tiny):
         logged.append([r["learning_rate"] for r in records])
     ratios = np.asarray(logged[0]) / np.asarray(logged[1])
     assert np.ptp(ratios) > 1e-3  # Different warmups: not one schedule rescaled.
+
+
+def test_a_final_stage_resumed_at_its_last_step_is_timed_from_its_records(tmp_path):
+    """A process that timed no step (the stage resumed at its final checkpoint) charges each
+    step what the earlier attempt measured (its train records), not 1 / 1e-9 s."""
+    member = tmp_path / "members" / "ours_seed100"
+    member.mkdir(parents=True)
+    records = [
+        {"step": 4, "split": "train", "loss": 1.0, "steps_per_sec": 100.0},
+        {"step": 4, "split": "validation", "accuracy": 0.5},
+        {"step": 8, "split": "train", "loss": 0.5, "steps_per_sec": 50.0},
+        {"step": 8, "split": "test", "accuracy": 0.6},
+    ]
+    (member / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert benchmark._persisted_rate(tmp_path) == pytest.approx(8 / (4 / 100 + 4 / 50))
+    assert math.isnan(benchmark._persisted_rate(tmp_path / "empty"))

@@ -339,7 +339,7 @@ def run_benchmark(
         stages.append(_stage_row(name, optimizer, "final", final))
         if final.interrupted:
             return _interrupted(workdir, start)
-        final_rows += _final_rows(workload, optimizer, chosen, final)
+        final_rows += _final_rows(workload, optimizer, chosen, final, path / "final")
     heatmap = None
     if plan.heatmap:
         workload = next(iter(plan.workloads.values()))
@@ -461,13 +461,13 @@ def _trial_rows(workload: Workload, optimizer: str, result: train.RunsResult):
     return rows, best
 
 
-def _final_rows(workload, optimizer, chosen, result: train.RunsResult) -> list[dict]:
-    """results.csv rows: one per seed of the final stage."""
+def _final_rows(workload, optimizer, chosen, result: train.RunsResult, path) -> list[dict]:
+    """results.csv rows: one per seed of the final stage (run in `path`)."""
     reach = _reach(workload, result)[0]  # [S]
     members = len(result.rows)
     rate = result.steps_per_sec
-    if not (rate and math.isfinite(rate)):  # No timed step (every call compiled): the phase.
-        rate = result.num_steps / max(result.phases.get("train", math.nan), 1e-9)
+    if not (rate and math.isfinite(rate)):  # This process timed no step: what was persisted.
+        rate = _persisted_rate(path)
     per_step = 1.0 / (rate * members)  # Each member's share of the program's step.
     rows = []
     for s, member in enumerate(result.rows):
@@ -492,6 +492,20 @@ def _final_rows(workload, optimizer, chosen, result: train.RunsResult) -> list[d
             }
         )
     return rows
+
+
+def _persisted_rate(path: pathlib.Path) -> float:
+    """The program's steps/s over the train records of a stage's first member (the rate of
+    each log window, weighted by its steps); NaN if none has one. For a stage whose process
+    timed no step: resumed at its final step, or every call compiled."""
+    member = min(path.glob(f"members/*/{run_io.METRICS_FILE}"), default=path / run_io.METRICS_FILE)
+    steps = seconds = 0.0
+    last = 0
+    for record in run_io.read_metrics(member.parent, "train"):
+        window, last = record["step"] - last, record["step"]
+        if record.get("steps_per_sec", 0) > 0 and math.isfinite(record["steps_per_sec"]):
+            steps, seconds = steps + window, seconds + window / record["steps_per_sec"]
+    return steps / seconds if seconds else math.nan
 
 
 def _setting(values: Mapping[str, float]) -> str:
