@@ -334,5 +334,5 @@ def test_a_final_stage_resumed_at_its_last_step_is_timed_from_its_records(tmp_pa
         {"step": 8, "split": "test", "accuracy": 0.6},
     ]
     (member / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert benchmark._persisted_rate(tmp_path) == pytest.approx(8 / (4 / 100 + 4 / 50))
-    assert math.isnan(benchmark._persisted_rate(tmp_path / "empty"))
+    assert report.persisted_rate(tmp_path) == pytest.approx(8 / (4 / 100 + 4 / 50))
+    assert math.isnan(report.persisted_rate(tmp_path / "empty"))

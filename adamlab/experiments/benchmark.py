@@ -51,7 +51,7 @@ import ml_collections
 import numpy as np
 
 from adamlab import config_dict, data
-from adamlab.experiments import benchmark_report, groups, profiles, tuning
+from adamlab.experiments import benchmark_report, groups, profiles, report, tuning
 from adamlab.training import run_io, train
 from adamlab.training.experiment import ConfigError
 
@@ -467,7 +467,7 @@ def _final_rows(workload, optimizer, chosen, result: train.RunsResult, path) -> 
     members = len(result.rows)
     rate = result.steps_per_sec
     if not (rate and math.isfinite(rate)):  # This process timed no step: what was persisted.
-        rate = _persisted_rate(path)
+        rate = report.persisted_rate(path)
     per_step = 1.0 / (rate * members)  # Each member's share of the program's step.
     rows = []
     for s, member in enumerate(result.rows):
@@ -492,20 +492,6 @@ def _final_rows(workload, optimizer, chosen, result: train.RunsResult, path) -> 
             }
         )
     return rows
-
-
-def _persisted_rate(path: pathlib.Path) -> float:
-    """The program's steps/s over the train records of a stage's first member (the rate of
-    each log window, weighted by its steps); NaN if none has one. For a stage whose process
-    timed no step: resumed at its final step, or every call compiled."""
-    member = min(path.glob(f"members/*/{run_io.METRICS_FILE}"), default=path / run_io.METRICS_FILE)
-    steps = seconds = 0.0
-    last = 0
-    for record in run_io.read_metrics(member.parent, "train"):
-        window, last = record["step"] - last, record["step"]
-        if record.get("steps_per_sec", 0) > 0 and math.isfinite(record["steps_per_sec"]):
-            steps, seconds = steps + window, seconds + window / record["steps_per_sec"]
-    return steps / seconds if seconds else math.nan
 
 
 def _setting(values: Mapping[str, float]) -> str:

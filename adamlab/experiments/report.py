@@ -252,3 +252,19 @@ def plot_panels(
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return pathlib.Path(path)
+
+
+def persisted_rate(path: pathlib.Path) -> float:
+    """The steps/s of the program in run directory `path`, from its first member's train
+    records (each log window's rate, weighted by its steps); NaN if none has one. For a run
+    whose own process timed no step (resumed at its final step): what the attempts measured."""
+    from adamlab.training import run_io  # Imports jax: kept out of the report's import.
+
+    member = min(path.glob(f"members/*/{run_io.METRICS_FILE}"), default=path / run_io.METRICS_FILE)
+    steps = seconds = 0.0
+    last = 0
+    for record in run_io.read_metrics(member.parent, "train"):
+        window, last = record["step"] - last, record["step"]
+        if record.get("steps_per_sec", 0) > 0 and math.isfinite(record["steps_per_sec"]):
+            steps, seconds = steps + window, seconds + window / record["steps_per_sec"]
+    return steps / seconds if seconds else math.nan

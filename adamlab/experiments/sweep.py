@@ -122,7 +122,13 @@ def run_sweep(
     if not interrupted:
         report.write_csv(workdir / "results.csv", rows)
         plot_sweep(rows, name, values, workdir / "sweep.png", title=config.data.name)
-        summary = _summary_markdown(config, name, rows, seeds, wall, results)
+        rates = {  # Where this process timed no step (resumed at the end): the records'.
+            k: r.steps_per_sec
+            if math.isfinite(r.steps_per_sec)
+            else report.persisted_rate(workdir / k)
+            for k, r in results.items()
+        }
+        summary = _summary_markdown(config, name, rows, seeds, wall, rates)
         (workdir / "summary.md").write_text(summary)
     return {
         "workdir": workdir,
@@ -158,7 +164,7 @@ def plot_sweep(
     )
 
 
-def _summary_markdown(config, name, rows, seeds, wall, results) -> str:
+def _summary_markdown(config, name, rows, seeds, wall, rates) -> str:
     from adamlab.experiments import report
 
     # Both implementations ran in lockstep, so rows have a parity (NaN where a run diverged).
@@ -173,11 +179,11 @@ def _summary_markdown(config, name, rows, seeds, wall, results) -> str:
         maxima={"parity": "parity (max rel. param diff)"} if lockstep else None,
     )
     diverged = sum(not r["finite"] for r in rows)
-    speed = ", ".join(f"{k}: {r.steps_per_sec:.1f} steps/s" for k, r in results.items())
+    speed = ", ".join(f"{k}: {rate:.1f} steps/s" for k, rate in rates.items())
     return (
         f"# Sweep of optimizer.{name} on {config.data.name}\n\n"
         f"Seeds {', '.join(map(str, seeds))}; {rows[0]['steps']} steps each; one compiled "
-        f"program per optimizer trains all {len(rows) // len(results)} of its runs "
+        f"program per optimizer trains all {len(rows) // len(rates)} of its runs "
         f"({speed}). Mean ± 95% t-interval over seeds.\n\n{table}\n"
         f"Wall time {wall:.1f} s. Diverged (non-finite) runs: {diverged} of {len(rows)}.\n"
     )
