@@ -8,6 +8,7 @@ and kills one `adamlab train` process with SIGKILL at a checkpoint's commit; the
 every command and more kill points is `slow` (`pytest -m slow tests/test_interruption.py`).
 """
 
+import csv
 import dataclasses
 import os
 import pathlib
@@ -397,6 +398,9 @@ def _kill_points(command: _Command) -> dict[str, _KillPoint]:
     points["final_commit"] = _KillPoint(path=final)
     points["after_final"] = _KillPoint(path=f"{final}/{MANIFEST}")
     middle = stages[len(stages) // 2]
+    if middle != last:  # The benchmark: its last final stage resumed at its last step.
+        step = f"{middle}/checkpoints/{command.stages[middle]}/{MANIFEST}"
+        points[f"after_final_{middle.replace('/', '_')}"] = _KillPoint(path=step)
     first = _first_checkpoint(middle, command.stages[middle])
     points["sigterm"] = _KillPoint(signal.SIGTERM, path=f"{middle}/checkpoints/{first}")
     return points
@@ -557,6 +561,9 @@ def test_kill_matrix(matrix_uninterrupted, tmp_path, name, point):
     _run_to_completion(command, workdir, log)
     actual, expected = persisted_outputs(workdir), persisted_outputs(expected_dir)
     assert actual == expected, "\n".join(_differences(actual, expected))
+    if (workdir / "benchmark.json").is_file():  # seconds_per_step: a timing, but not 1e-10 s.
+        with (workdir / "results.csv").open(newline="") as f:
+            assert all(float(row["seconds_per_step"]) > 1e-6 for row in csv.DictReader(f))
     for summary in expected_dir.rglob("summary.md"):
         got = workdir / summary.relative_to(expected_dir)
         assert summary_without_timing(got.read_text()) == summary_without_timing(
