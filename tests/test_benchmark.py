@@ -325,7 +325,7 @@ def test_each_trial_logs_its_own_learning_rate(tiny):
 def test_a_final_stage_resumed_at_its_last_step_is_timed_from_its_records(tmp_path):
     """A process that timed no step (the stage resumed at its final checkpoint) charges each
     step what the earlier attempt measured (its train records), not 1 / 1e-9 s."""
-    member = tmp_path / "members" / "ours_seed100"
+    member = tmp_path / "members" / "ours" / "seed100"
     member.mkdir(parents=True)
     records = [
         {"step": 4, "split": "train", "loss": 1.0, "steps_per_sec": 100.0},

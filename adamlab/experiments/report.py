@@ -260,7 +260,7 @@ def persisted_rate(path: pathlib.Path) -> float:
     whose own process timed no step (resumed at its final step): what the attempts measured."""
     from adamlab.training import run_io  # Imports jax: kept out of the report's import.
 
-    member = min(path.glob(f"members/*/{run_io.METRICS_FILE}"), default=path / run_io.METRICS_FILE)
+    member = min(path.glob(f"members/**/{run_io.METRICS_FILE}"), default=path / run_io.METRICS_FILE)
     steps = seconds = 0.0
     last = 0
     for record in run_io.read_metrics(member.parent, "train"):
