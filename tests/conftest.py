@@ -5,8 +5,11 @@ suite runs anywhere; single-device references use `jax.devices()[:1]`.
 """
 
 import atexit
+import importlib.util
 import os
+import pathlib
 import shutil
+import sys
 import tempfile
 
 _FLAG = "--xla_force_host_platform_device_count=4"
@@ -25,6 +28,16 @@ for name, prefix in (("ADAMLAB_KERNEL_CACHE", "kernels"), ("ADAMLAB_COMPILATION_
     if name not in os.environ:
         os.environ[name] = tempfile.mkdtemp(prefix=f"adamlab-{prefix}-")
         atexit.register(shutil.rmtree, os.environ[name], ignore_errors=True)
+
+# This checkout's configs/ as the package `adamlab.configs`: an editable install shared by
+# several checkouts (worktrees) maps it to one of them, whose configs may need other code
+# (run_io.check_resumable runs configs/digits.py on every resume).
+_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+_spec = importlib.util.spec_from_file_location(
+    "adamlab.configs", _CONFIGS / "__init__.py", submodule_search_locations=[str(_CONFIGS)]
+)
+sys.modules["adamlab.configs"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sys.modules["adamlab.configs"])
 
 # As the `adamlab` command does first thing: XLA:CPU's convolutions with Eigen, so that the suite
 # computes what the command computes (in-process runs are compared with the command's).

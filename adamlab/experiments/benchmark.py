@@ -555,10 +555,7 @@ def _reach(workload: Workload, result: train.RunsResult) -> np.ndarray:
 
 def _seconds_per_step(result: train.RunsResult) -> float:
     """Each member's share of its program's training seconds per step."""
-    rate = result.steps_per_sec
-    if not (rate and math.isfinite(rate)):  # No timed step (every call compiled): the phase.
-        rate = result.num_steps / max(result.phases.get("train", math.nan), 1e-9)
-    return 1.0 / (rate * len(result.rows))
+    return 1.0 / (result.steps_per_sec * len(result.rows))  # NaN: no step was ever timed.
 
 
 def _trial_rows(workload: Workload, optimizer: str, study: int, result: train.RunsResult):

@@ -731,7 +731,11 @@ class _Loop:
         records = [run_io.read_metrics(self._member_dir(name)) for _, _, name in self.names]
         finals = [finals_from_records(r) for r in records]
         wall = time.perf_counter() - self.start_time
-        steps_per_sec = self.run_steps / self.run_seconds if self.run_steps else math.nan
+        # A process that timed no step (resumed at the final step) reports what its attempts
+        # measured, from the records.
+        steps_per_sec = (
+            self.run_steps / self.run_seconds if self.run_steps else recorded_rate(records[0])
+        )
         grid = self.who.grid or (1, 1)
         rows = []
         for i, (m, index, _) in enumerate(self.names):
@@ -806,6 +810,21 @@ def finals_from_records(records: Sequence[dict]) -> dict[str, Any]:
             values = {k: v for k, v in record.items() if k not in ("step", "split")}
             finals.update(_prefixed(record["split"], values))
     return finals
+
+
+def recorded_rate(records: Sequence[dict]) -> float:
+    """The steps/s of a member's train records: each log window's rate, weighted by its
+    steps (NaN without one)."""
+    steps = seconds = 0.0
+    last = 0
+    for record in records:
+        if record["split"] != "train":
+            continue
+        window, last = record["step"] - last, record["step"]
+        rate = record.get("steps_per_sec", math.nan)
+        if rate > 0 and math.isfinite(rate):
+            steps, seconds = steps + window, seconds + window / rate
+    return steps / seconds if seconds else math.nan
 
 
 def curves_from_records(members_records, split: str, grid: tuple[int, ...]):
