@@ -188,7 +188,9 @@ def check_resumable(workdir: str | os.PathLike, config: ml_collections.ConfigDic
         return False
     saved = _load_config_json(path)
     differences = config_differences(saved, config_to_dict(config))
-    defaults = _flat(config_to_dict(config_dict.load_config("digits")))
+    # The shipped defaults only where fields differ: a resume with the same config runs no
+    # config file.
+    defaults = _flat(config_to_dict(config_dict.load_config("digits"))) if differences else {}
     refused = [d for d in differences if not _may_differ(*d, defaults)]
     if refused:
         lines = "\n".join(f"  {name}: {a!r} (saved) != {b!r} (given)" for name, a, b in refused)
