@@ -506,6 +506,14 @@ def scale_by_adamax(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _refuse_pytorch(owner: str, optimizer: str, convention: str) -> None:
+    if convention == "pytorch":
+        raise ValueError(
+            f"{owner}: convention='pytorch' does not exist: torch.optim has no {optimizer}; "
+            "use 'optax' or 'paper'"
+        )
+
+
 @checked
 def scale_by_belief(
     b1: float = 0.9,
@@ -544,11 +552,7 @@ def scale_by_belief(
       Zhuang et al., AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed
       Gradients, NeurIPS 2020.
     """
-    if convention == "pytorch":
-        raise ValueError(
-            "scale_by_belief: convention='pytorch' does not exist: torch.optim has no "
-            "AdaBelief; use 'optax' or 'paper'"
-        )
+    _refuse_pytorch("scale_by_belief", "AdaBelief", convention)
     if nesterov and convention != "optax":
         raise ValueError(
             "scale_by_belief: nesterov=True exists only for convention='optax' (Zhuang et al. "
@@ -860,14 +864,6 @@ def scale_by_muon(
         return updates, ScaleByMuonState(count=count, mu=mu, ns_coeffs=state.ns_coeffs)
 
     return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _refuse_pytorch(owner: str, optimizer: str, convention: str) -> None:
-    if convention == "pytorch":
-        raise ValueError(
-            f"{owner}: convention='pytorch' does not exist: torch.optim has no {optimizer}; "
-            "use 'optax' or 'paper'"
-        )
 
 
 @checked
