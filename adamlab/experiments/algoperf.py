@@ -562,19 +562,21 @@ def study_rows(logs: TrackLogs) -> list[dict[str, object]]:
 def write_leaderboard(
     out: str | os.PathLike, board: Scores, logs: TrackLogs, *, source: str = ""
 ) -> list[pathlib.Path]:
-    """leaderboard.csv, studies.csv, summary.md and profiles.png in `out` (created)."""
+    """leaderboard.csv, studies.csv, summary.md and profiles.png in `out` (created), through
+    the one report writer."""
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     title = f"AlgoPerf {logs.version.name} {logs.track}"
-    written = [
-        report.write_csv(out / "leaderboard.csv", leaderboard_rows(board)),
-        report.write_csv(out / "studies.csv", study_rows(logs)),
-    ]
-    summary = out / "summary.md"
-    summary.write_text(summary_markdown(board, logs, title=title, source=source))
-    written.append(summary)
-    written.append(plot_leaderboard(out / "profiles.png", board, title=title))
-    return written
+    report.write_report(
+        out,
+        leaderboard_rows(board),
+        rows_file="leaderboard.csv",
+        title=f"{title} leaderboard",
+        sections=summary_sections(board, logs, source=source),
+        tables={"studies.csv": study_rows(logs)},
+        figures={"profiles.png": lambda path: plot_leaderboard(path, board, title=title)},
+    )
+    return [out / name for name in ("leaderboard.csv", "studies.csv", "summary.md", "profiles.png")]
 
 
 def plot_leaderboard(path: str | os.PathLike, board: Scores, *, title: str) -> pathlib.Path:
@@ -606,35 +608,36 @@ def plot_leaderboard(path: str | os.PathLike, board: Scores, *, title: str) -> p
     return pathlib.Path(path)
 
 
-def summary_markdown(board: Scores, logs: TrackLogs, *, title: str, source: str = "") -> str:
-    """The leaderboard as markdown: scores, per-workload ratios, and the warnings."""
+def summary_sections(board: Scores, logs: TrackLogs, *, source: str = "") -> list[str]:
+    """summary.md's sections: the logs, the score's rules, the leaderboard with per-workload
+    ratios, and the warnings."""
     version = logs.version
-    lines = [f"# {title} leaderboard", ""]
-    if source:
-        lines += [f"Logs: `{source}`.", ""]
-    lines += [
+    table = [
+        "| rank | submission | score | " + " | ".join(board.workloads) + " |",
+        "|---|---|---|" + "---|" * len(board.workloads),
+    ]
+    for row in leaderboard_rows(board):
+        ratios = [_ratio_cell(float(row[f"{w}_ratio"])) for w in board.workloads]
+        table.append(
+            f"| {row['rank']} | {row['submission']} | {float(row['score']):.4f} | "
+            + " | ".join(ratios)
+            + " |"
+        )
+    warnings = [f"- {w}" for w in logs.warnings] or ["None: every workload, study and trial."]
+    return [
+        f"Logs: `{source}`." if source else "",
         f"Score: the normalised area under each submission's performance profile over the "
         f"{len(board.workloads)} base workloads, a trapezoid on AlgoPerf's grid of "
         f"{board.taus.size} taus from {board.taus[0]:g} to {board.taus[-1]:g}; per study the "
         f"trial reaching the target at the earliest evaluation, per workload the median over "
         f"{version.studies} studies (a miss: inf), no credit beyond {board.taus[-1]:g}x the "
         "fastest or when the held-out variant misses (docs/algoperf.md).",
-        "",
-        "| rank | submission | score | " + " | ".join(board.workloads) + " |",
-        "|---|---|---|" + "---|" * len(board.workloads),
+        "\n".join(table),
+        "Cells: time to target over the fastest submission's (-: no credit).",
+        "## Warnings",
+        "\n".join(warnings),
+        "![profiles](profiles.png)",
     ]
-    for row in leaderboard_rows(board):
-        ratios = [_ratio_cell(float(row[f"{w}_ratio"])) for w in board.workloads]
-        lines.append(
-            f"| {row['rank']} | {row['submission']} | {float(row['score']):.4f} | "
-            + " | ".join(ratios)
-            + " |"
-        )
-    lines += ["", "Cells: time to target over the fastest submission's (-: no credit).", ""]
-    lines += ["## Warnings", ""]
-    lines += [f"- {w}" for w in logs.warnings] or ["None: every workload, study and trial."]
-    lines += ["", "![profiles](profiles.png)", ""]
-    return "\n".join(lines)
 
 
 def _ratio_cell(ratio: float) -> str:

@@ -206,15 +206,17 @@ def write_report(
     columns: Sequence[str] | None = None,
     tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     figures: Mapping[str, Callable[[pathlib.Path], Any]] | None = None,
+    rows_file: str = RESULTS,
 ) -> str:
     """Writes the report of `rows` (one dict per run) into `workdir`; returns summary.md.
 
-    results.csv holds `rows` (their `columns`; default: all); `tables` are more files, name ->
-    rows (CSV, or JSON for a name ending in ".json": rows whole, lists included); summary.md is
-    `# title` then each non-empty section; `figures`: file name -> a function drawing into it.
+    `rows_file` (results.csv) holds `rows` (their `columns`; default: all); `tables` are more
+    files, name -> rows (CSV, or JSON for a name ending in ".json": rows whole, lists
+    included); summary.md is `# title` then each non-empty section; `figures`: file name -> a
+    function drawing into it.
     """
     workdir = pathlib.Path(workdir)
-    write_csv(workdir / RESULTS, rows, columns)
+    write_csv(workdir / rows_file, rows, columns)
     for name, table in (tables or {}).items():
         if name.endswith(".json"):
             (workdir / name).write_text(json.dumps(list(table), indent=1, default=float))
