@@ -1,10 +1,12 @@
 """Golden trajectories of `torch.optim`: the ground truth of the "pytorch" convention (issue 12).
 
     pip install -e '.[torch]'
-    python benchmarks/golden_torch.py [--out tests/fixtures]
+    python benchmarks/golden_torch.py [--out tests/fixtures] [--names NAME ...]
 
 writes `torch_problems.npz` (two problems: initial parameters and a fixed sequence of 500
 float32 gradients each) and one `torch_<name>.npz` per optimizer (its trajectory on both).
+With `--names`, only those optimizers' files, on the problems already in `--out` (torch and
+numpy only: no jax needed to add one optimizer).
 `tests/test_optim_torch.py` replays the same gradients through ours with
 ``convention="pytorch"`` and compares, so that the default test suite needs no torch; with
 torch installed the same test also runs torch live.
@@ -34,7 +36,12 @@ has a counterpart in ours after steps 1, 5, 6, 10, 100, 250 and 500:
     max_exp_avg_sq (amsgrad)    nu_max   (the maximum of the raw v_t, convention "pytorch")
     exp_inf (Adamax)            nu
     mu_product (NAdam)          mu_product
+    z (Schedule-Free)           z        (`ScheduleFreeState.z`; exp_avg_sq: its base's nu)
     step                        count    (compared implicitly: both count every update)
+
+Schedule-Free AdamW is the authors' `schedulefree.AdamWScheduleFree` (the `schedulefree`
+package, in train mode throughout: its params are y, the gradient point), with a warmup of 50
+steps and a decay, so that the warmup's convention shows.
 
 About 0.6 MB in all. Runs on the CPU in ~1 minute (the CNN's gradients are the long part).
 """
@@ -76,6 +83,11 @@ OPTIMIZERS = {
         {"weight_decay": 1e-2},
     ),
     "adamax": ("Adamax", {}, {}),
+    "schedule_free_adamw": (
+        "schedulefree.AdamWScheduleFree",
+        {"weight_decay": 1e-2, "warmup_steps": 50},
+        {"weight_decay": 1e-2, "warmup_steps": 50},
+    ),
 }
 LEARNING_RATE = {"pytree": 1e-2, "cnn": 3e-3}
 # torch state name -> ours (field of the rescaling transform's state).
@@ -85,6 +97,7 @@ STATE_NAMES = {
     "max_exp_avg_sq": "nu_max",
     "exp_inf": "nu",
     "mu_product": "mu_product",
+    "z": "z",
 }
 
 
@@ -161,6 +174,16 @@ def cnn_problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return init.astype(np.float32), np.stack(recorded).astype(np.float32), names
 
 
+def optimizer_class(class_name: str):
+    """A torch.optim class by name, or "package.Class" from another package (schedulefree)."""
+    import importlib
+
+    import torch
+
+    module, _, name = class_name.rpartition(".")
+    return getattr(importlib.import_module(module) if module else torch.optim, name)
+
+
 def torch_trajectory(name: str, init: np.ndarray, grads: np.ndarray, lr: float, shapes=None):
     """Runs torch.optim's `name` on the fixed gradients; returns the stored snapshots.
 
@@ -177,7 +200,9 @@ def torch_trajectory(name: str, init: np.ndarray, grads: np.ndarray, lr: float, 
         torch.nn.Parameter(torch.from_numpy(init[a:b].reshape(s).copy()))
         for a, b, s in zip(offsets[:-1], offsets[1:], shapes, strict=True)
     ]
-    opt = getattr(torch.optim, class_name)(params, lr=lr, foreach=False, **kwargs)
+    opt = optimizer_class(class_name)(params, lr=lr, foreach=False, **kwargs)
+    if hasattr(opt, "train"):  # Schedule-Free: train mode, the params are y
+        opt.train()
 
     def flat(values):
         return np.concatenate([np.asarray(v, np.float32).reshape(-1) for v in values])
@@ -206,29 +231,36 @@ def torch_trajectory(name: str, init: np.ndarray, grads: np.ndarray, lr: float, 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parents[1] / "tests/fixtures"))
+    parser.add_argument("--names", nargs="+", choices=sorted(OPTIMIZERS), help="only these")
     args = parser.parse_args(argv)
     import torch
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pytree_init, pytree_grads = pytree_problem()
-    cnn_init, cnn_grads, cnn_names = cnn_problem()
-    np.savez_compressed(
-        out / "torch_problems.npz",
-        pytree_init=pytree_init,
-        pytree_grads=pytree_grads,
-        cnn_init=cnn_init,
-        cnn_grads=cnn_grads,
-        cnn_coordinates=np.array(cnn_names),
-        pytree_shapes=np.array(json.dumps({k: list(v) for k, v in PYTREE_SHAPES.items()})),
-        param_steps=PARAM_STEPS,
-        state_steps=STATE_STEPS,
-    )
+    if args.names:
+        saved = np.load(out / "torch_problems.npz")
+        pytree_init, pytree_grads = saved["pytree_init"], saved["pytree_grads"]
+        cnn_init, cnn_grads = saved["cnn_init"], saved["cnn_grads"]
+    else:
+        pytree_init, pytree_grads = pytree_problem()
+        cnn_init, cnn_grads, cnn_names = cnn_problem()
+        np.savez_compressed(
+            out / "torch_problems.npz",
+            pytree_init=pytree_init,
+            pytree_grads=pytree_grads,
+            cnn_init=cnn_init,
+            cnn_grads=cnn_grads,
+            cnn_coordinates=np.array(cnn_names),
+            pytree_shapes=np.array(json.dumps({k: list(v) for k, v in PYTREE_SHAPES.items()})),
+            param_steps=PARAM_STEPS,
+            state_steps=STATE_STEPS,
+        )
     problems = {
         "pytree": (pytree_init, pytree_grads, PYTREE_SHAPES.values()),
         "cnn": (cnn_init, cnn_grads, None),
     }
-    for name, (class_name, kwargs, ours) in OPTIMIZERS.items():
+    for name in args.names or OPTIMIZERS:
+        class_name, kwargs, ours = OPTIMIZERS[name]
         arrays = {}
         for problem, (init, grads, shapes) in problems.items():
             lr = LEARNING_RATE[problem]

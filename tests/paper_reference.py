@@ -387,3 +387,27 @@ def ademamix(
         theta = theta - eta * ((m1_hat + alpha_t * m2) / (np.sqrt(nu_hat) + eps) + lam * theta)
         _record(history, theta, m1=m1, m2=m2, nu=nu)
     return _stack(history)
+
+
+def schedule_free_adamw(
+    x1, grads, gamma, beta1=0.9, beta2=0.999, eps=1e-8, lam=0.0, t_warmup=None
+):  # fmt: skip
+    """Defazio et al. 2024, Algorithm 1 (Schedule-Free AdamW). The params are the gradient
+    point: y_{t+1} = (1 - beta1) z_{t+1} + beta1 x_{t+1} after step t (line 5 of the next
+    step; y_1 = x_1). State: z, v, x (the average, the point to evaluate)."""
+    x, history = x1.copy(), _history()
+    z = x.copy()  # 2: z_1 = x_1
+    v = np.zeros_like(x)  # 3: v_0 = 0
+    gamma_sq_sum = 0.0  # sum_{i=1}^t gamma_i^2 of line 10
+    for t in range(1, len(grads) + 1):  # 4: for t = 1 to T
+        y = (1 - beta1) * z + beta1 * x  # 5: y_t = (1 - beta1) z_t + beta1 x_t
+        g = grads[t - 1]  # 6: g_t in df(y_t, zeta_t)
+        v = beta2 * v + (1 - beta2) * g * g  # 7: v_t = beta2 v_{t-1} + (1 - beta2) g_t^2
+        warmup = 1.0 if t_warmup is None else min(1.0, t / t_warmup)
+        gamma_t = gamma * math.sqrt(1 - beta2**t) * warmup  # 8: gamma sqrt(1-b2^t) min(1, t/T)
+        z = z - gamma_t * g / (np.sqrt(v) + eps) - gamma_t * lam * y  # 9: z_{t+1}
+        gamma_sq_sum += gamma_t**2
+        c = gamma_t**2 / gamma_sq_sum  # 10: c_{t+1} = gamma_t^2 / sum_{i=1}^t gamma_i^2
+        x = (1 - c) * x + c * z  # 11: x_{t+1} = (1 - c_{t+1}) x_t + c_{t+1} z_{t+1}
+        _record(history, (1 - beta1) * z + beta1 * x, z=z, v=v, x=x)
+    return _stack(history)

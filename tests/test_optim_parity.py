@@ -108,6 +108,17 @@ CASES = [
         {"alpha_warmup": 300, "b3_warmup": 400, "weight_decay": 1e-2, "mask": _decay_matrices},
     ),
     ("ademamix-schedules", "ademamix", {"learning_rate": _SCHEDULE, "b3": _B3_SCHEDULE}),
+    ("schedule_free_adamw", "schedule_free_adamw", {}),
+    (
+        "schedule_free_adamw-warmup-decay-b1",
+        "schedule_free_adamw",
+        {"warmup_steps": 50, "weight_decay": 1e-2, "b1": 0.95},
+    ),
+    (
+        "schedule_free_adamw-schedule-z_bf16",
+        "schedule_free_adamw",
+        {"learning_rate": _SCHEDULE, "state_dtype": jnp.bfloat16},
+    ),
 ]
 
 
@@ -133,7 +144,11 @@ def _trajectory(tx, params, grad_fn, num_steps):
 
 def _moments(state):
     """The fields of the Adam-family state (the first transform of the chain), by name; for a
-    partition (Muon: matrices and the rest), those of each group's chain."""
+    partition (Muon: matrices and the rest), those of each group's chain; for Schedule-Free,
+    its z, its averaging scalars and its base's."""
+    if hasattr(state, "z"):
+        fields = ("b1", "weight_sum", "step_count", "max_lr", "z")
+        return {f: getattr(state, f) for f in fields} | _moments(state.base_optimizer_state)
     inner = state[0]
     if isinstance(inner, dict):  # optax.partition's inner_states: label -> MaskedState
         return {label: _moments(group.inner_state) for label, group in inner.items()}
@@ -272,6 +287,7 @@ def test_per_step_parity_on_a_real_model(name, digits_problem):
         "cautious_adamw",
         "adopt",
         "ademamix",
+        "schedule_free_adamw",
     ],
 )
 def test_mixed_precision_parity_with_bfloat16_params(name):

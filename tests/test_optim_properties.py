@@ -311,6 +311,64 @@ def test_ademamix_first_step_by_hand():
     np.testing.assert_allclose(_first_update(tx), expected, rtol=FIRST_STEP_RTOL)
 
 
+@pytest.mark.parametrize("convention", optim.CONVENTIONS)
+def test_schedule_free_first_steps_by_hand(convention):
+    """Step 1: c_2 = w_1 / w_1 = 1, so x_2 = z_2 = y_2 = y_1 - gamma_1 (u_1 + wd y_1), with
+    u_1 = sign(g) for eps -> 0 in every convention. The paper's gamma_t carries k_t =
+    sqrt(1 - b2^t) and its denominator none, so its Adam step is the same but its decay is k_t
+    times smaller and its weights gamma_t^2 grow: c_3 = k_2^2 / (k_1^2 + k_2^2), 1/2 for
+    optax and PyTorch. Step 2: x_3 = (1 - c_3) x_2 + c_3 z_3, the params are
+    y_3 = (1 - b1) z_3 + b1 x_3 and the point evaluated is x (`schedule_free_eval_params`)."""
+    b1, b2, wd = 0.8, 0.5, 0.1
+    k = (lambda t: np.sqrt(1 - b2**t)) if convention == "paper" else (lambda t: 1.0)
+    tx = optim.schedule_free_adamw(
+        LR, b1=b1, b2=b2, eps=0.0, weight_decay=wd, convention=convention
+    )
+    state = tx.init(PARAMS)
+    updates, state = tx.update(GRAD, state, PARAMS)
+    z2 = PARAMS - LR * (jnp.sign(GRAD) + k(1) * wd * PARAMS)
+    y2 = optax.apply_updates(PARAMS, updates)
+    np.testing.assert_allclose(y2, z2, rtol=1e-6)
+    np.testing.assert_allclose(optim.schedule_free_eval_params(state, y2), z2, rtol=1e-6)
+    g2 = -3 * GRAD  # v_2 = b2 (1 - b2) g^2 + (1 - b2) 9 g^2, bias-corrected by 1 - b2^2
+    v_hat = (b2 * (1 - b2) + (1 - b2) * 9) * GRAD**2 / (1 - b2**2)
+    updates, state = tx.update(g2, state, y2)
+    z3 = z2 - LR * (g2 / jnp.sqrt(v_hat) + k(2) * wd * y2)
+    c3 = k(2) ** 2 / (k(1) ** 2 + k(2) ** 2)
+    x3 = (1 - c3) * z2 + c3 * z3
+    np.testing.assert_allclose(state.z, z3, rtol=1e-6)
+    y3 = optax.apply_updates(y2, updates)
+    np.testing.assert_allclose(y3, (1 - b1) * z3 + b1 * x3, rtol=1e-6)
+    np.testing.assert_allclose(optim.schedule_free_eval_params(state, y3), x3, rtol=1e-6)
+
+
+def test_schedule_free_average_is_the_mean_of_the_z_iterates():
+    """With a constant learning rate the weights gamma^2 are equal: x_{T+1} is the plain mean
+    of z_2, ..., z_{T+1} (c_{t+1} = 1/t; Defazio et al., Section 2: x is an online average),
+    and with a warmup the gamma_t^2-weighted mean. Ours' state and optax's give the same x."""
+    rng = np.random.default_rng(3)
+    grads = jnp.asarray(rng.normal(size=(30, 4)), jnp.float32)
+    for warmup in (None, 10):
+        tx = optim.schedule_free_adamw(LR, warmup_steps=warmup, weight_decay=1e-2)
+        twin = optax.contrib.schedule_free_adamw(LR, warmup_steps=warmup, weight_decay=1e-2)
+        params, state, zs = PARAMS, tx.init(PARAMS), []
+        for g in grads:
+            updates, state = tx.update(g, state, params)
+            params = optax.apply_updates(params, updates)
+            zs.append(state.z)
+        t = np.arange(1, 31)
+        weights = np.minimum(1.0, t / warmup) ** 2 if warmup else np.ones(30)
+        expected = np.average(np.stack(zs), axis=0, weights=weights)
+        x = optim.schedule_free_eval_params(state, params)
+        np.testing.assert_allclose(x, expected, rtol=1e-5, atol=1e-6)
+        params, state = PARAMS, twin.init(PARAMS)
+        for g in grads:
+            updates, state = twin.update(g, state, params)
+            params = optax.apply_updates(params, updates)
+        twin_x = optax.contrib.schedule_free_eval_params(state, params)
+        np.testing.assert_array_equal(optim.schedule_free_eval_params(state, params), twin_x)
+
+
 def test_adam_with_b1_zero_is_bias_corrected_rmsprop():
     """b1 = 0 removes momentum: Adam becomes RMSProp with a bias-corrected v (numpy model)."""
     b2, eps, steps = 0.99, 1e-8, 100
@@ -376,6 +434,7 @@ ROSENBROCK_LR = {
     "cautious_lion": 3e-3,
     "adopt": 3e-1,  # as AMSGrad: it divides by a v_{t-1} that remembers the early gradients
     "ademamix": 1e-2,
+    "schedule_free_adamw": 3e-2,
 }
 # AdEMAMix's slow EMA (b3 = 0.9999, a half-life of 6931 steps) still holds the gradients of
 # the descent when these short runs end, and holds the iterate off the optimum: b3 = 0.999,
@@ -453,6 +512,7 @@ def test_inject_hyperparams_matches_fixed_hyperparams_and_vmaps_over_them(name):
         "cautious_lion": (registry.entry("cautious_lion").twin, {}),
         "adopt": (optax.contrib.adopt, {}, ("clip_value_fn",)),
         "ademamix": (optax.contrib.ademamix, {}),
+        "schedule_free_adamw": (optax.contrib.schedule_free_adamw, {}),
     }
     twin_factory, twin_kwargs, *static = (
         twins[name] if name in twins else (getattr(optax, name), {})
@@ -566,8 +626,11 @@ def test_pytrees_with_none_and_empty_subtrees(name):
     assert jax.tree.structure(updates) == jax.tree.structure(grads)
     ref = optim.reference(name, learning_rate=LR)
     ref_updates, _ = ref.update(grads, ref.init(params), params)
+    # Schedule-Free's update is y_{t+1} - y_t, a difference of points: its rounding is at the
+    # params' scale (1 here: one ulp 6e-8), which jit and eager may place differently.
+    atol = 1.2e-7 if name == "schedule_free_adamw" else 0
     for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(ref_updates), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=atol)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
@@ -736,6 +799,11 @@ BAD_HPARAMS = [
         {"b3": optax.constant_schedule(0.999), "b3_warmup": 100},
         r"ademamix: b3_warmup must be None when the value it warms up is a schedule",
     ),
+    ("schedule_free_adamw", {"b1": 0.0}, r"schedule_free_adamw: b1 must be in \(0, 1\), got 0.0"),
+    ("schedule_free_adamw", {"b1": 1.0}, r"schedule_free_adamw: b1 must be in \[0, 1\)"),
+    ("schedule_free_adamw", {"warmup_steps": 0}, r"warmup_steps must be an int >= 1 \(a number"),
+    ("schedule_free_adamw", {"weight_lr_power": -1.0}, r"weight_lr_power must be in \[0, inf\)"),
+    ("schedule_free_adamw", {"state_dtype": jnp.int8}, r"state_dtype must be None or a floating"),
 ]
 
 

@@ -799,6 +799,83 @@ def ademamix(
     return _chain(rescale, learning_rate, weight_decay, mask)  # optax's order in both
 
 
+@_public
+def schedule_free_adamw(
+    learning_rate: Any = 0.0025,
+    warmup_steps: int | None = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    weight_lr_power: float = 2.0,
+    state_dtype: Any = None,
+    *,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""Schedule-Free AdamW (Defazio et al. 2024): AdamW without momentum and without a
+    schedule; the momentum is an interpolation, the decay an average of the iterates.
+
+    Algorithm 1 of the paper, for t = 1, ..., T (z_1 = x_1, v_0 = 0):
+
+    .. math::
+        y_t = (1-\beta_1) z_t + \beta_1 x_t \\
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \quad g_t = \nabla f(y_t) \\
+        \gamma_t = \gamma \sqrt{1-\beta_2^t} \min(1, t/T_{warmup}) \\
+        z_{t+1} = z_t - \gamma_t g_t / (\sqrt{v_t} + \epsilon) - \gamma_t \lambda y_t \\
+        c_{t+1} = \gamma_t^2 / \textstyle\sum_{i=1}^t \gamma_i^2 \\
+        x_{t+1} = (1-c_{t+1}) x_t + c_{t+1} z_{t+1}
+
+    The params are y (where gradients are taken); evaluate x:
+    :func:`transform.schedule_free_eval_params` (the loop does, `Entry.eval_params`). optax
+    and PyTorch keep the bias correction in the denominator, :math:`\sqrt{v_t/(1-\beta_2^t)}`,
+    and weigh the average by the largest :math:`\gamma` so far (equal to the paper's for a
+    non-decreasing :math:`\gamma_t`); docs/conventions.md lists where they differ.
+
+    Args:
+      learning_rate: :math:`\gamma`, a positive float or a schedule of the step (the paper's
+        is constant after the warmup); optax's default 0.0025.
+      warmup_steps: :math:`T_{warmup}`, steps of the linear warmup; None: none.
+      b1: the interpolation :math:`\beta_1` in (0, 1) (momentum's place; optax's and the
+        paper's 0.9).
+      b2, eps: Adam's second-moment decay and denominator's epsilon.
+      weight_decay: :math:`\lambda`, decoupled, at y, multiplied by :math:`\gamma_t` (all three
+        agree).
+      weight_lr_power: the power of the learning rate in the averaging weights (2: the
+        paper's :math:`\gamma_t^2`).
+      state_dtype: dtype in which to store z (None: the params').
+      convention: "optax" (``optax.contrib.schedule_free_adamw``), "pytorch"
+        (``schedulefree.AdamWScheduleFree``, the authors' code) or "paper" (Algorithm 1).
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> from adamlab.optim import transform
+      >>> tx = schedule_free_adamw(0.5, b1=0.5, b2=0.5, eps=0.0)
+      >>> params = jnp.array([1.0, -2.0])
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(jnp.array([0.5, -0.5]), state, params)
+      >>> params = optax.apply_updates(params, updates)  # c_2 = 1: x_2 = z_2 = y_2
+      >>> transform.schedule_free_eval_params(state, params)  # -lr sign(g)
+      Array([ 0.5, -1.5], dtype=float32)
+
+    References:
+      Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky, The Road Less Scheduled, NeurIPS
+      2024, Algorithm 1 (arXiv:2405.15682); facebookresearch/schedule_free.
+    """
+    interpolation = validation.interval(0.0, 1.0, open_low=True)(b1)
+    if interpolation is not None:  # x = (y - (1 - b1) z) / b1
+        raise ValueError(f"schedule_free_adamw: b1 must be {interpolation}, got {b1!r}")
+    gamma = numerics.schedule_free_learning_rate(learning_rate, warmup_steps, b2, convention)
+    # The base's count is t - 1: optax evaluates the step's schedule there, the others at t.
+    step_lr = gamma
+    if callable(gamma) and convention != "optax":
+        step_lr = lambda count: gamma(numerics.safe_increment(count))
+    rescale = transform.scale_by_second_moment.unchecked(b2, eps, convention=convention)
+    base = _chain(rescale, step_lr, weight_decay)  # the decay at y, x gamma_t, in all three
+    return transform.schedule_free.unchecked(
+        base, gamma, b1, weight_lr_power, state_dtype, convention=convention
+    )
+
+
 def inject_hyperparams(
     inner_factory: Any, static_args: Any = (), hyperparam_dtype: Any = jnp.float32
 ) -> Any:
@@ -954,6 +1031,9 @@ class Entry:
         default: the learning rate always, any other hyperparameter whose default is None
         (SGD's momentum). A run without search (AlgoPerf's self-tuning) uses these and the
         constructor's defaults.
+      eval_params: ``(opt_state, params) -> params``, the point to evaluate and checkpoint
+        for inference where it is not the params (Schedule-Free's average x); None: the
+        params. The loop, `adamlab evaluate` and the exports call it (for ours and the twin).
     """
 
     twin: Callable[..., optax.GradientTransformation]
@@ -963,6 +1043,7 @@ class Entry:
     missing: Mapping[str, str] = dataclasses.field(default_factory=dict)
     fused: tuple[str, ...] = ()
     defaults: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    eval_params: Callable[[Any, Any], Any] | None = None
 
 
 def _space(ranges: Mapping[str, tuple], **fixed: Any) -> dict:
@@ -1010,6 +1091,12 @@ _ADOPT_RANGES = _ADAM_RANGES | {  # Taniguchi et al.: any b2 works, the default 
 _ADEMAMIX_RANGES = _ADAMW_RANGES | {
     "b3": (0.999, 0.9999, "log1m"),
     "alpha": (2.0, 10.0, "log"),
+}
+# Defazio et al. (Section 5, App.): b1 0.9 (0.95, 0.98 on long runs), a learning rate 1-10x
+# AdamW's, a warmup (the loop's schedule: warmup_fraction). weight_lr_power is fixed at their 2.
+_SCHEDULE_FREE_RANGES = _ADAMW_RANGES | {
+    "learning_rate": (3e-4, 3e-1, "log"),
+    "b1": (0.8, 0.99, "log1m"),
 }
 
 TABLE: dict[str, Entry] = {
@@ -1142,6 +1229,14 @@ TABLE: dict[str, Entry] = {
         {"ademamix": _space(_ADEMAMIX_RANGES)},
         missing={"pytorch": "torch.optim has no AdEMAMix"},
         defaults={"learning_rate": 1e-3},
+    ),
+    "schedule_free_adamw": Entry(
+        optax.contrib.schedule_free_adamw,
+        schedule_free_adamw,
+        ("learning_rate", "b1", "b2", "eps", "weight_decay", "weight_lr_power"),
+        {"schedule_free_adamw": _space(_SCHEDULE_FREE_RANGES, weight_lr_power=2.0)},
+        defaults={"learning_rate": 2.5e-3},  # Defazio et al.'s code (and optax's) default
+        eval_params=transform.schedule_free_eval_params,
     ),
     # The comparison baselines: optax's (implementation "optax"), not ours.
     "sgd": Entry(

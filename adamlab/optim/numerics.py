@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 Tree = Any
 
@@ -473,3 +474,91 @@ def slow_moment(grads: Tree, mu: Tree, decay: Any, one_minus_decay: Any) -> Tree
     """m_t = b m_{t-1} + (1 - b) g_t with 1 - b given, not formed from b: the "paper"
     convention's slow EMA of AdEMAMix (`ademamix_b3`'s complement)."""
     return jax.tree.map(lambda g, m: one_minus_decay * g + decay * m, grads, mu)
+
+
+# --- Schedule-Free ---------------------------------------------------------------------------
+
+
+def schedule_free_learning_rate(
+    learning_rate: Any, warmup_steps: int | None, b2: Any, convention: str
+) -> Any:
+    """gamma_t, Schedule-Free's learning rate at step t = 1, 2, ... (a schedule of t, or the
+    constant): the linear warmup min(1, t/T_warmup) and, for "paper", Adam's bias correction.
+
+    optax (`optax.contrib.schedule_free_adamw`) warms a constant up by its
+    `warmup_constant_schedule(0, lr, T)`, (0 - lr)(1 - t/T) + lr; PyTorch's
+    `AdamWScheduleFree` multiplies, lr (t/T); Defazio et al.'s Algorithm 1 (line 8) also puts
+    the bias correction of v_t here, gamma_t = gamma sqrt(1 - b2^t) min(1, t/T_warmup), and
+    none in the denominator (`schedule_free_denominator`). A schedule given as the learning
+    rate is multiplied by the warmup in every convention (optax's would refuse it).
+    """
+    lr = learning_rate
+    if warmup_steps is not None:
+        if convention == "optax" and not callable(learning_rate):
+            lr = optax.warmup_constant_schedule(0.0, learning_rate, warmup_steps)
+        else:
+            lr = lambda t: (
+                value_at(learning_rate, t)
+                * jnp.minimum(jnp.asarray(t, jnp.float32) / warmup_steps, 1.0)
+            )
+    if convention != "paper":
+        return lr
+    return lambda t: value_at(lr, t) * jnp.sqrt(one_minus_power(b2, t))
+
+
+def schedule_free_denominator(nu: Tree, b2: Any, count: jax.Array, convention: str) -> Tree:
+    """The v_t whose root divides the gradient: bias-corrected v_t / (1 - b2^t) (optax in
+    float32, PyTorch's `exp_avg_sq.div(bias_correction2)` to float64 accuracy), or v_t itself
+    for "paper", whose gamma_t carries sqrt(1 - b2^t) (`schedule_free_learning_rate`)."""
+    if convention == "paper":
+        return nu
+    return bias_correction(nu, b2, count, convention)
+
+
+def reciprocal_step(grads: Tree, nu_hat: Tree, eps: Any) -> Tree:
+    """g (1 / (sqrt(v_hat) + eps)): optax's `scale_by_rms` order (a multiplication by the
+    reciprocal where `adaptive_step` divides); a float16 denominator formed in float32
+    (`widen`)."""
+    return jax.tree.map(
+        lambda g, v: ((1 / (jnp.sqrt(widen(v)) + eps)) * widen(g)).astype(g.dtype), grads, nu_hat
+    )
+
+
+def schedule_free_average_weight(weight: jax.Array, total: jax.Array) -> jax.Array:
+    """c_{t+1} = w_t / sum_{i<=t} w_i, w_t = gamma_max^p (Defazio et al. 2024, Algorithm 1,
+    line 10, with the maximum learning rate so far and p = `weight_lr_power`, their code's);
+    0 where the sum is 0 (a zero learning rate), NaN propagated, as optax writes it."""
+    return jnp.where(
+        jnp.logical_or(jnp.isnan(weight), jnp.isnan(total)),
+        jnp.full(weight.shape, jnp.nan),
+        jnp.nan_to_num(weight / total, nan=0.0, posinf=jnp.inf),
+    )
+
+
+def schedule_free_x(y: Tree, z: Tree, b1: Any) -> Tree:
+    """x = (y - (1 - b1) z) / b1: the averaged iterate recovered from the gradient point
+    y = (1 - b1) z + b1 x (Defazio et al. 2024, Algorithm 1, line 5), as optax recovers it;
+    the point to evaluate and ship. b1 > 0."""
+    return jax.tree.map(lambda yi, zi: (yi - (1.0 - b1) * zi) / b1, y, z)
+
+
+def schedule_free_y(
+    y: Tree, z: Tree, z_next: Tree, steps: Tree, c: Any, b1: Any, convention: str
+) -> Tree:
+    """y_{t+1} = (1 - b1) z_{t+1} + b1 x_{t+1}, x_{t+1} = (1 - c) x_t + c z_{t+1}, where
+    z_{t+1} = z_t + s_t (`steps`, s_t = -gamma_t u_t).
+
+    optax and the paper form x_t (`schedule_free_x`), average it with z_{t+1} and interpolate.
+    PyTorch's `AdamWScheduleFree.step` never forms x: it moves y in place,
+    `y.lerp_(z, c); y.add_(u, alpha=lr (b1 (1 - c) - 1))`, the same point (expand x_t from
+    y_t and z_t) rounded another way; torch's lerp is written as in `lerp_first_moment`.
+    """
+    if convention != "pytorch":
+        x = jax.tree.map(lambda xi, zi: (1.0 - c) * xi + c * zi, schedule_free_x(y, z, b1), z_next)
+        return jax.tree.map(lambda xi, zi: b1 * xi + (1.0 - b1) * zi, x, z_next)
+
+    def step(yi, zi, si):
+        lerp = jnp.where(c < 0.5, yi + c * (zi - yi), zi - (zi - yi) * (1 - c))
+        return lerp + (1 - b1 * (1 - c)) * si
+
+    return jax.tree.map(step, y, z, steps)

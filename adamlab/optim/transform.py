@@ -40,7 +40,9 @@ __all__ = [  # what `adamlab.optim` exports
     "ScaleByLionState",
     "ScaleByMuonState",
     "ScaleByNadamState",
+    "ScaleByRmsState",
     "ScaleByScheduleState",
+    "ScheduleFreeState",
     "add_decayed_weights",
     "conv_dimension_numbers",
     "scale_by_adam",
@@ -54,7 +56,10 @@ __all__ = [  # what `adamlab.optim` exports
     "scale_by_lion",
     "scale_by_muon",
     "scale_by_radam",
+    "scale_by_second_moment",
     "scale_by_trust_ratio",
+    "schedule_free",
+    "schedule_free_eval_params",
     "subtract_decayed_weights",
 ]
 
@@ -1132,6 +1137,162 @@ def scale_by_ademamix(
         return updates, ScaleByAdemamixState(count, count_m2, m1, m2, nu)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByRmsState(NamedTuple):
+    """Adam without momentum keeps the count and the second moment (optax's
+    `ScaleByRmsWithCountState`)."""
+
+    count: jax.Array
+    nu: Tree
+
+
+@checked
+def scale_by_second_moment(
+    b2: float = 0.999, eps: float = 1e-8, nu_dtype: Any = None, *, convention: str = "optax"
+) -> optax.GradientTransformation:
+    r"""Adam with :math:`\beta_1 = 0` without its zero first moment: the base step of
+    Schedule-Free AdamW (whose momentum is the interpolation, :func:`schedule_free`).
+
+    .. math::
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \quad
+        u_t = g_t / (\sqrt{v_t / (1-\beta_2^t)} + \epsilon)
+
+    optax (`scale_by_rms(eps_in_sqrt=False, bias_correction=True)`) multiplies g by the
+    reciprocal of the denominator, PyTorch's `AdamWScheduleFree` divides; the paper's
+    Algorithm 1 divides by :math:`\sqrt{v_t} + \epsilon` and moves the bias correction into
+    :math:`\gamma_t` (`numerics.schedule_free_denominator`).
+    """
+    nu_dtype = _storage_dtype(nu_dtype)
+    _, second_moment = numerics.moments_for(convention)
+
+    def init_fn(params):
+        return ScaleByRmsState(_zero_count(), numerics.zeros_like(params, dtype=nu_dtype))
+
+    def update_fn(updates, state, params=None):
+        del params
+        nu = second_moment(updates, state.nu, b2)
+        count = numerics.safe_increment(state.count)
+        nu_hat = numerics.schedule_free_denominator(nu, b2, count, convention)
+        if convention == "optax":
+            updates = numerics.reciprocal_step(updates, nu_hat, eps)
+        else:
+            updates = numerics.adaptive_step(updates, nu_hat, eps, 0.0)
+        return updates, ScaleByRmsState(count, _store(nu, state.nu, nu_dtype))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+class ScheduleFreeState(NamedTuple):
+    """Schedule-Free's state, field for field optax's `ScheduleFreeState`: the interpolation
+    b1 (kept so that the evaluation point x can be formed from the state alone), the sum of the
+    averaging weights, the step t of the next update (from 1), the largest learning rate so
+    far, the base optimizer's state and the base sequence z. The params are y."""
+
+    b1: jax.Array
+    weight_sum: jax.Array
+    step_count: jax.Array
+    max_lr: jax.Array
+    base_optimizer_state: Any
+    z: Tree
+
+
+@checked
+def schedule_free(
+    base: optax.GradientTransformation,
+    learning_rate: Any,
+    b1: float = 0.9,
+    weight_lr_power: float = 2.0,
+    state_dtype: Any = None,
+    *,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""Schedule-Free (Defazio et al. 2024): `base`'s steps move z; the params are the
+    gradient point y, an interpolation of z and their weighted average x.
+
+    .. math::
+        y_t = (1-\beta_1) z_t + \beta_1 x_t, \quad
+        z_{t+1} = z_t + s_t, \quad
+        c_{t+1} = \frac{\gamma_{\max,t}^p}{\sum_{i \le t} \gamma_{\max,i}^p}, \quad
+        x_{t+1} = (1-c_{t+1}) x_t + c_{t+1} z_{t+1}
+
+    with :math:`s_t` the base's update at :math:`y_t` (for AdamW, :math:`-\gamma_t (u_t +
+    \lambda y_t)`), :math:`\gamma_{\max,t}` the largest learning rate up to t and p
+    ``weight_lr_power``. The update returned is :math:`y_{t+1} - y_t`
+    (`numerics.schedule_free_y`). Evaluate, checkpoint for inference and ship x, not the
+    params: :func:`schedule_free_eval_params`. The state holds z and the base's state; x is
+    recovered from y and z, so the memory is the base's plus one copy of the params.
+
+    Conventions: "optax" evaluates a schedule at t for the weights but at t - 1 for the base's
+    step (the base's own count), "pytorch" and "paper" at t for both; "pytorch" moves y as
+    `AdamWScheduleFree` does and keeps the scalars in float32 (optax in the params' dtype).
+
+    Args:
+      base: the transform whose updates :math:`s_t` step z (with its learning rate), without
+        momentum.
+      learning_rate: :math:`\gamma_t`, a float or a schedule of t, for the averaging weights.
+      b1: the interpolation :math:`\beta_1` in (0, 1).
+      weight_lr_power: p >= 0, the power of the learning rate in the averaging weights.
+      state_dtype: dtype in which to store z (None: the params').
+      convention: "optax", "pytorch" or "paper".
+
+    References:
+      Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky, The Road Less Scheduled, NeurIPS
+      2024, Algorithm 1 (arXiv:2405.15682).
+    """
+
+    def init_fn(params):
+        dtype = optax.tree.dtype(params, "lowest") if convention == "optax" else jnp.float32
+        z = jax.tree.map(lambda t: t.copy(), numerics.cast(params, state_dtype))
+        return ScheduleFreeState(
+            b1=jnp.asarray(b1, dtype=dtype),
+            weight_sum=jnp.zeros([], dtype),
+            step_count=jnp.ones([], jnp.int32),
+            max_lr=jnp.zeros([], dtype),
+            base_optimizer_state=base.init(params),
+            z=z,
+        )
+
+    def update_fn(updates, state, params=None):
+        lr = learning_rate
+        if callable(learning_rate):
+            lr = jnp.asarray(learning_rate(state.step_count), dtype=state.max_lr.dtype)
+        max_lr = jnp.maximum(state.max_lr, lr)
+        count = numerics.safe_increment(state.step_count)
+        weight = max_lr**weight_lr_power
+        weight_sum = state.weight_sum + weight
+        c = numerics.schedule_free_average_weight(weight, weight_sum)
+        steps, base_state = base.update(updates, state.base_optimizer_state, params)
+        z = jax.tree.map(
+            lambda zi, si: jnp.asarray(zi + si).astype(jnp.asarray(zi).dtype), state.z, steps
+        )
+        y = numerics.schedule_free_y(params, state.z, z, steps, c, b1, convention)
+        updates = jax.tree.map(lambda new, old: new - old, y, params)
+        return updates, ScheduleFreeState(state.b1, weight_sum, count, max_lr, base_state, z)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _schedule_free_states(opt_state: Any) -> list:
+    """Every Schedule-Free state (ours or optax's) inside an optimizer state: a chain, an
+    `inject_hyperparams` state, a member's."""
+    kinds = (ScheduleFreeState, optax.contrib.ScheduleFreeState)
+    found = jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, kinds))
+    return [s for s in found if isinstance(s, kinds)]
+
+
+def schedule_free_eval_params(opt_state: Any, params: Tree) -> Tree:
+    """The point to evaluate a Schedule-Free run at: its average x = (y - (1 - b1) z) / b1
+    (`numerics.schedule_free_x`), from the params y and the state (ours or optax's, anywhere
+    inside `opt_state`). optax's `schedule_free_eval_params` for a state that may be wrapped.
+    """
+    found = _schedule_free_states(opt_state)
+    if len(found) != 1:
+        raise ValueError(
+            f"schedule_free_eval_params: the optimizer state holds {len(found)} Schedule-Free "
+            "states; it needs exactly one (the state of a schedule_free optimizer)"
+        )
+    return numerics.schedule_free_x(params, found[0].z, found[0].b1)
 
 
 def _decay_leaf(g: jax.Array, p: jax.Array, decayed: Any, rate: Any) -> jax.Array:

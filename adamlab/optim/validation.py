@@ -154,6 +154,9 @@ RULES: dict[str, Rule] = {
     "b3_warmup": _optional(_steps),
     "use_clipping": _boolean,
     "clip_value_fn": _optional(_callable),
+    "warmup_steps": _optional(_steps),  # Schedule-Free's linear warmup
+    "weight_lr_power": _NON_NEGATIVE,  # Schedule-Free's averaging weights gamma^p
+    "state_dtype": _dtype,  # Schedule-Free's z
 }
 
 
