@@ -268,15 +268,17 @@ def lerp_first_moment(grads: Tree, mu: Tree, b1: Any) -> Tree:
     drifts from torch's over the steps; written as torch does, it matches torch's to the bit
     on XLA:CPU.
     """
-    w = 1 - b1
+    return jax.tree.map(lambda g, m: torch_lerp(m, g, 1 - b1), grads, mu)
 
-    def lerp(g, m):
-        small = m + w * (g - m)
-        if isinstance(w, numbers.Real):
-            return small if w < 0.5 else g - (g - m) * (1 - w)
-        return jnp.where(w < 0.5, small, g - (g - m) * (1 - w))
 
-    return jax.tree.map(lerp, grads, mu)
+def torch_lerp(start: jax.Array, end: jax.Array, weight: Any) -> jax.Array:
+    """start + weight (end - start) as ATen's CPU `lerp` rounds it: that for a weight < 0.5,
+    end - (end - start)(1 - weight) otherwise (a Python weight picks the branch at trace
+    time)."""
+    small = start + weight * (end - start)
+    if isinstance(weight, numbers.Real):
+        return small if weight < 0.5 else end - (end - start) * (1 - weight)
+    return jnp.where(weight < 0.5, small, end - (end - start) * (1 - weight))
 
 
 def pytorch_second_moment(grads: Tree, nu: Tree, b2: Any) -> Tree:
@@ -551,14 +553,13 @@ def schedule_free_y(
     optax and the paper form x_t (`schedule_free_x`), average it with z_{t+1} and interpolate.
     PyTorch's `AdamWScheduleFree.step` never forms x: it moves y in place,
     `y.lerp_(z, c); y.add_(u, alpha=lr (b1 (1 - c) - 1))`, the same point (expand x_t from
-    y_t and z_t) rounded another way; torch's lerp is written as in `lerp_first_moment`.
+    y_t and z_t) rounded another way (`torch_lerp`).
     """
     if convention != "pytorch":
         x = jax.tree.map(lambda xi, zi: (1.0 - c) * xi + c * zi, schedule_free_x(y, z, b1), z_next)
         return jax.tree.map(lambda xi, zi: b1 * xi + (1.0 - b1) * zi, x, z_next)
 
     def step(yi, zi, si):
-        lerp = jnp.where(c < 0.5, yi + c * (zi - yi), zi - (zi - yi) * (1 - c))
-        return lerp + (1 - b1 * (1 - c)) * si
+        return torch_lerp(yi, zi, c) + (1 - b1 * (1 - c)) * si
 
     return jax.tree.map(step, y, z, steps)
