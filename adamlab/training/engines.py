@@ -25,6 +25,7 @@ loop fetches them when it logs.
     members = engine.put_members(initial_members(...))
     members, metrics = engine.train(members, engine.put_chunk(chunk))   # chunk [K, (S,) B, ...]
     sums = engine.evaluate(members, engine.put_batch(batch))          # per implementation
+    members = engine.recompute_batch_stats(members, [engine.put_batch(b) for b in batches])
     host = engine.get_members(members)  # numpy copy: checkpoint, report
 
 Per-layer diagnostics (`layer_stats=`, one `adamlab.diagnostics.layer_stats` function per
@@ -32,7 +33,9 @@ implementation) compile a second program, `train(..., layer_stats=True)`: the ch
 steps are the plain step and its last step also returns metrics["layers"]. The loop calls it
 only for chunks that end at a diagnostics point, so the plain program, and every number it
 computes, is the same with diagnostics on or off. `loss` is the train and eval loss
-(`steps.LOSSES`).
+(`steps.LOSSES`). `eval_params` is the optimizer's evaluation point (`Entry.eval_params`,
+Schedule-Free's average x; None: the params): `evaluate` and `recompute_batch_stats` (the
+BatchNorm statistics at that point, for the evaluation only) take the model there.
 
 Options: `shard_optimizer=True` is ZeRO-1 (`adamlab.training.zero`), for a single run (grid
 ()): jit shards the moments with `NamedSharding`; pmap reduce-scatters the gradients, updates
@@ -62,7 +65,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from adamlab.training import cpu_conv, members, zero
-from adamlab.training.steps import make_eval_step, make_train_step
+from adamlab.training.steps import make_batch_stats_step, make_eval_step, make_train_step
 
 ENGINES: tuple[str, ...] = ("jit", "pmap")
 PMAP_AXIS = "batch"
@@ -245,8 +248,10 @@ class Engine:
         loss: str = "cross_entropy",
         layer_stats: Sequence[Any] | None = None,
         padded_chunks: bool | None = None,
+        eval_params: Any = None,
     ):
         validate_engine_name(name)
+        self.eval_params = eval_params
         self.name, self.grid, self.txs = name, tuple(grid), tuple(txs)
         self.devices = tuple(jax.devices() if devices is None else devices)
         if not self.devices:
@@ -304,9 +309,17 @@ class Engine:
         # they are not expanded either; on the 2-core CPU the MNIST CNN's eval batch of 1000
         # takes 0.30-0.57x of its time with `conv_matmul` (1 to 16 members,
         # benchmarks/eval_convolutions.py).
-        eval_step = make_eval_step(model, num_classes, axis_name=axis, loss=loss)
+        eval_step = make_eval_step(
+            model, num_classes, axis_name=axis, loss=loss, eval_params=eval_params
+        )
         grid_eval = members.vectorize(eval_step, self.grid, batch_axis=None)
         evaluate = lambda carry, batch: tuple(grid_eval(s, batch) for s in carry.states)
+        stats_step = members.vectorize(
+            make_batch_stats_step(model, eval_params, axis_name=axis), self.grid, batch_axis=None
+        )
+        stats = lambda carry, batch: carry.replace(
+            states=tuple(stats_step(s, batch) for s in carry.states)
+        )
         if self.pmap:
             self._train = {
                 logged: jax.pmap(
@@ -322,12 +335,14 @@ class Engine:
             self._evaluate = jax.pmap(
                 evaluate, axis_name=PMAP_AXIS, devices=self.devices, out_axes=None
             )
+            self._batch_stats = jax.pmap(stats, axis_name=PMAP_AXIS, devices=self.devices)
         else:
             self._train = {
                 logged: jax.jit(self._constrained(fn), donate_argnums=0)
                 for logged, fn in chunk_fns.items()
             }
             self._evaluate = jax.jit(evaluate, out_shardings=self.replicated)
+            self._batch_stats = jax.jit(self._constrained_members(stats))
 
     # ------------------------------------------------------------------------ state
 
@@ -341,6 +356,15 @@ class Engine:
             for tx, s, st in zip(self.txs, shardings.states, carry.states, strict=True)
         )
         return shardings.replace(states=states)
+
+    def _constrained_members(self, fn):
+        """`fn(carry, batch) -> carry` whose result keeps the members' layout."""
+
+        def constrained(carry, batch):
+            carry = fn(carry, batch)
+            return jax.lax.with_sharding_constraint(carry, self.member_shardings(carry))
+
+        return constrained
 
     def _constrained(self, chunk_fn):
         def constrained(carry, batches, length):
@@ -468,6 +492,15 @@ class Engine:
         """Per implementation, the eval sums of every member (`steps.make_eval_step`)."""
         out = self._evaluate(carry, batch)
         return jax.block_until_ready(out) if self.synchronous else out
+
+    def recompute_batch_stats(self, carry: Any, batches: Sequence[dict]) -> Any:
+        """A copy of the members whose BatchNorm statistics ran over `batches` (device
+        batches, `put_batch`) in train mode at the evaluation point
+        (`steps.make_batch_stats_step`): for evaluating them, not for training on (`carry` is
+        neither donated nor changed)."""
+        for batch in batches:
+            carry = self._batch_stats(carry, batch)
+        return jax.block_until_ready(carry) if self.synchronous else carry
 
 
 def make_engine(name: str, model, txs, schedule, num_classes, **options) -> Engine:

@@ -1,13 +1,17 @@
 """Evaluation: every member of a run on one split, and a saved run's checkpoint.
 
 `evaluate_members` is what the training loop calls on validation/test; `evaluate_checkpoint` is
-`adamlab evaluate`: it rebuilds the run from its `config.json`, restores a checkpoint (latest,
+`adamlab evaluate`. Both evaluate each member at its optimizer's evaluation point (the engine's
+`eval_params`: Schedule-Free's average x, not the params y it trains), with BatchNorm's
+statistics recomputed there over a few training batches (`batch_stats_batches`). `adamlab
+evaluate`: it rebuilds the run from its `config.json`, restores a checkpoint (latest,
 best or a step) read-only, evaluates a split and writes `workdir/eval_<split>_<step>.json`, the
 one file it adds to a run directory (nothing under checkpoints/ is created, deleted or renamed).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import pathlib
@@ -23,6 +27,9 @@ from adamlab.training import experiment as experiment_lib
 from adamlab.training import metrics, run_io
 
 SPLITS = ("test", "validation", "train")
+# Training batches over which BatchNorm's running statistics (momentum 0.9) are recomputed at
+# an evaluation point other than the params: the statistics of the params keep 0.9^50 = 0.5%.
+BATCH_STATS_BATCHES = 50
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -33,8 +40,26 @@ class EvaluationError(ValueError):
     """What was asked of a run does not exist in it (a split, a ranked checkpoint)."""
 
 
+def batch_stats_batches(config: Any, engine: Any, carry: Any) -> list[dict]:
+    """The first `BATCH_STATS_BATCHES` full training batches (in the split's order, no
+    augmentation), over which BatchNorm's statistics are recomputed at the evaluation point
+    before an evaluation; none where the optimizer evaluates its params or the model keeps no
+    statistics."""
+    if engine.eval_params is None or not jax.tree.leaves(carry.states[0].batch_stats):
+        return []
+    batches = data.eval_batches(
+        config.data, split="train", global_batch_size=config.train.batch_size
+    )
+    full = (b for b in batches if np.all(b["mask"]))
+    return list(itertools.islice(full, BATCH_STATS_BATCHES))
+
+
 def evaluate_members(
-    engine: Any, carry: Any, batches: Iterable[dict], names: Sequence[tuple]
+    engine: Any,
+    carry: Any,
+    batches: Iterable[dict],
+    names: Sequence[tuple],
+    stats_batches: Sequence[dict] = (),
 ) -> list[dict[str, Any]]:
     """Loss, accuracy, macro precision/recall/F1 and confusion matrix of every member.
 
@@ -45,7 +70,11 @@ def evaluate_members(
       batches: host eval batches [B, ...] with a "mask" (`data.eval_batches`).
       names: the members, `(implementation index, grid index, name)` as
         `experiment.MemberGrid.names()` lists them; the result follows their order.
+      stats_batches: host training batches over which BatchNorm's statistics are first
+        recomputed at the evaluation point (`batch_stats_batches`), on a copy of `carry`.
     """
+    if stats_batches:
+        carry = engine.recompute_batch_stats(carry, [engine.put_batch(b) for b in stats_batches])
     totals = None
     for batch in batches:
         sums = jax.device_get(engine.evaluate(carry, engine.put_batch(batch)))
@@ -111,7 +140,8 @@ def evaluate_checkpoint(
         config.data, split=split, global_batch_size=config.train.eval_batch_size
     )
     names = experiment.who.names()
-    results = evaluate_members(engine, engine.put_members(carry), batches, names)
+    stats_batches = batch_stats_batches(config, engine, carry)
+    results = evaluate_members(engine, engine.put_members(carry), batches, names, stats_batches)
     result = (
         results[0]
         if len(names) == 1

@@ -196,6 +196,15 @@ def _validated(config: ml_collections.ConfigDict):
         raise
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from e
+    name = config.optimizer.name
+    if optimizers.eval_params(name) and train.engine == "pmap" and train.get("shard_optimizer"):
+        _fail(
+            "train.shard_optimizer",
+            True,
+            f"cannot be combined with engine='pmap' for {name}, evaluated at a point formed "
+            "from its whole state (Schedule-Free's average x), which pmap's ZeRO-1 holds in "
+            "slices: use train.engine='jit' or shard_optimizer=False",
+        )
     if train.best_metric is not None and not info.num_validation:
         _fail(
             "train.best_metric",
@@ -325,6 +334,7 @@ def build_experiment(
         conv_matmul=on_cpu and (bool(who.grid) or dispatch > 1),
         loss=config.train.get("loss", "cross_entropy"),
         layer_stats=layer_stats_for(config, who),
+        eval_params=optimizers.eval_params(config.optimizer.name),
     )
     sweepable = tuple(tx for tx, _ in built)
     return Experiment(

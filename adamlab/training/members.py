@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adamlab.training.steps import evaluation_params
 from adamlab.training.train_state import TrainState, create_train_state
 
 _TINY = 1e-30  # Floor of the parity's denominator: a leaf of zeros compares absolutely.
@@ -102,6 +103,13 @@ def vectorize(fn: Callable, grid: tuple[int, ...], batch_axis: int | None = 0) -
     if not grid:
         return fn
     return jax.vmap(jax.vmap(fn, in_axes=(0, batch_axis)), in_axes=(0, None))
+
+
+def evaluation_point(state: TrainState, eval_params: Callable | None, grid: tuple[int, ...]):
+    """The params one implementation's members (leading axes `grid`) are evaluated and shipped
+    at (`steps.evaluation_params`), as host arrays."""
+    point = vectorize(lambda s, _: evaluation_params(s, eval_params), grid, batch_axis=None)
+    return jax.tree.map(np.asarray, point(state, None))
 
 
 def initial_members(

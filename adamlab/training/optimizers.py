@@ -72,6 +72,12 @@ def names() -> tuple[str, ...]:
 hyperparameters = registry.hyperparameters  # the keyword hyperparameters optimizer `name` takes
 
 
+def eval_params(name: str) -> Callable[[Any, Any], Any] | None:
+    """`(opt_state, params) -> params`: where optimizer `name` is evaluated (its table entry's
+    `eval_params`, Schedule-Free's average x), for ours and its optax twin; None: the params."""
+    return registry.entry(name).eval_params
+
+
 def optimizer_hparams(optimizer_config: Any) -> dict[str, Any]:
     """The hyperparameters passed to the optimizer: non-None fields not used by the factory."""
     config = config_dict.as_dict(optimizer_config, "optimizer config")

@@ -25,7 +25,7 @@ from typing import Any
 import ml_collections
 
 from adamlab.training import experiment as experiment_lib
-from adamlab.training import run_io
+from adamlab.training import members, run_io
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +36,9 @@ class RestoredRun:
     config: ml_collections.ConfigDict
     model: Any  # The linen module: model.apply(variables, images, train=False).
     variables: dict[str, Any]  # {"params": ..., "batch_stats": ...} (numpy).
+    # At the optimizer's evaluation point (Schedule-Free's average x, not the params y it
+    # trains: `steps.evaluation_params`); its BatchNorm statistics are those kept in training
+    # (`adamlab evaluate` recomputes them at x).
     params: Any
     opt_state: Any  # None unless optimizer_state=True.
     step: int
@@ -68,14 +71,15 @@ def restore(
     with experiment_lib.make_checkpointer(workdir, config, read_only=True) as checkpointer:
         step, carry, _ = checkpointer.restore_with_step(target, checkpoint)
     state = carry.states[implementations.index(implementation)]
-    variables = {"params": state.params}
+    params = members.evaluation_point(state, experiment.engine.eval_params, experiment.who.grid)
+    variables = {"params": params}
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
     return RestoredRun(
         config=config,
         model=experiment.model,
         variables=variables,
-        params=state.params,
+        params=params,
         opt_state=state.opt_state if optimizer_state else None,
         step=step,
         implementation=implementation,

@@ -179,16 +179,52 @@ def make_train_step(
     return train_step
 
 
+def evaluation_params(state: TrainState, eval_params: Callable | None) -> Any:
+    """The params a run is evaluated, checkpointed for inference and shipped at: its
+    optimizer's evaluation point where the optimizer's table entry names one
+    (`Entry.eval_params(opt_state, params)`: Schedule-Free's average x, formed from the params
+    y where the gradients are taken and its state), else the params themselves."""
+    return state.params if eval_params is None else eval_params(state.opt_state, state.params)
+
+
+def make_batch_stats_step(
+    model: nn.Module, eval_params: Callable | None, *, axis_name: str | None = None
+) -> Callable[[TrainState, Batch], TrainState]:
+    """`(state, batch) -> state` with BatchNorm's running statistics moved one step of their
+    average towards `batch`'s, taken at the evaluation point (a forward pass in train mode, no
+    gradient, no dropout key drawn from the run's).
+
+    Training keeps the statistics of the params it steps; an evaluation point elsewhere
+    (Schedule-Free's x, not its gradient point y) has its own, which a few such passes over
+    training batches recompute (the schedulefree package's advice for BatchNorm models).
+    """
+    model = _with_axis_name(model, axis_name)
+
+    def batch_stats_step(state: TrainState, batch: Batch) -> TrainState:
+        _, new_variables = model.apply(
+            _variables(evaluation_params(state, eval_params), state.batch_stats),
+            batch["image"],
+            train=True,
+            rngs={"dropout": jax.random.key(0)},  # unused: only BatchNorm models get here
+            mutable=["batch_stats"],
+        )
+        return state.replace(batch_stats=new_variables["batch_stats"])
+
+    return batch_stats_step
+
+
 def make_eval_step(
     model: nn.Module,
     num_classes: int,
     *,
     axis_name: str | None = None,
     loss: str = "cross_entropy",
+    eval_params: Callable | None = None,
 ) -> EvalStep:
     """Builds the eval step, which returns sums so batches and devices add up exactly.
 
-    Padding examples (`batch["mask"]` False) count nowhere; their labels may be anything.
+    Padding examples (`batch["mask"]` False) count nowhere; their labels may be anything. The
+    model is evaluated at `evaluation_params(state, eval_params)`.
 
     Returns:
       `eval_step(state, batch) -> {"loss_sum": float32 [], "correct": int32 [],
@@ -197,9 +233,8 @@ def make_eval_step(
     """
 
     def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
-        logits = model.apply(
-            _variables(state.params, state.batch_stats), batch["image"], train=False
-        )
+        params = evaluation_params(state, eval_params)
+        logits = model.apply(_variables(params, state.batch_stats), batch["image"], train=False)
         mask = batch.get("mask")
         if mask is None:
             mask = jnp.ones(logits.shape[:1], bool)

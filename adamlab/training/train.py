@@ -212,7 +212,8 @@ class RunsResult:
         with every metric (train: means of the last log interval).
       curves: implementation -> split ("train", "validation") -> (steps [T], {"loss",
         "accuracy": arrays [values, seeds, T]}).
-      params: implementation -> final parameters with leading axes [values, seeds] (host).
+      params: implementation -> final parameters with leading axes [values, seeds] (host), at
+        the evaluation point (Schedule-Free's average x; `evaluated_at`).
       step, interrupted, num_steps, steps_per_sec, wall_time_s; phases: seconds per phase
         (`PHASES`, where they say what each counts).
     """
@@ -227,6 +228,9 @@ class RunsResult:
     steps_per_sec: float
     wall_time_s: float
     phases: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Where the members were evaluated and exported: "params", or the optimizer's evaluation
+    # point (`Entry.eval_params`'s name, e.g. "schedule_free_eval_params": Schedule-Free's x).
+    evaluated_at: str = "params"
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -379,6 +383,15 @@ class _Loop:
         self.eval_cache: dict[str, list] = {}
         self.reported: set[int] = set()  # Members whose divergence was logged.
         self.member_schedules = self._member_schedules()
+        point = self.engine.eval_params
+        self.evaluated_at = "params" if point is None else point.__name__
+        if point is not None:
+            logging.info(
+                "%s is evaluated, checkpointed for inference and exported at %s (its "
+                "evaluation point), not at the params it trains",
+                config.optimizer.name,
+                self.evaluated_at,
+            )
         diag = config.get("diagnostics") or {}
         self.layers_every = diag.get("layer_stats_every_steps")
         self.curvature_every = diag.get("curvature_every_steps")
@@ -537,7 +550,13 @@ class _Loop:
                     global_batch_size=self.config.train.eval_batch_size,
                 )
             )
-        return evaluate.evaluate_members(self.engine, carry, self.eval_cache[split], self.names)
+        if "batch_stats" not in self.eval_cache:  # at the evaluation point (none: [])
+            self.eval_cache["batch_stats"] = evaluate.batch_stats_batches(
+                self.config, self.engine, carry
+            )
+        return evaluate.evaluate_members(
+            self.engine, carry, self.eval_cache[split], self.names, self.eval_cache["batch_stats"]
+        )
 
     def _validate(self, carry, step: int) -> dict[str, float] | None:
         """Validation of every member at `step` (logged); the mean ranks the checkpoints."""
@@ -769,7 +788,7 @@ class _Loop:
         params = {
             impl: jax.tree.map(
                 lambda x: np.reshape(x, (*grid, *np.shape(x)[len(self.who.grid) :])),
-                host.states[m].params,
+                members.evaluation_point(host.states[m], self.engine.eval_params, self.who.grid),
             )
             for m, impl in enumerate(self.who.implementations)
         }
@@ -799,6 +818,7 @@ class _Loop:
             steps_per_sec=steps_per_sec,
             wall_time_s=wall,
             phases=self.phases,
+            evaluated_at=self.evaluated_at,
         )
 
 
