@@ -34,17 +34,20 @@ def _engine(name, devices, model, tx, eval_params):
 
 @pytest.fixture(scope="module")
 def resnet():
-    """A tiny ResNet trained 3 steps by Schedule-Free AdamW: (model, host members, batches)."""
+    """A tiny ResNet after 3 Schedule-Free AdamW steps on fixed random gradients (no train
+    step to compile): (model, tx, host members, batches)."""
     model = models.create_model(RESNET, 10)
     tx = optim.schedule_free_adamw(5e-2)  # large steps: x and y apart after 3
-    batches = digits_batches(5, 32, channels=3)
-    engine = _engine("jit", jax.devices()[:1], model, tx, None)
-    carry = engine.put_members(
-        members.initial_members(model, [tx], (8, 8, 3), (0,), {}, [lambda _: tx])
-    )
-    for batch in batches[:3]:
-        carry, _ = engine.train(carry, engine.put_chunk(jax.tree.map(lambda x: x[None], batch)))
-    return model, tx, engine.get_members(carry), batches
+    host = members.initial_members(model, [tx], (8, 8, 3), (0,), {}, [lambda _: tx])
+    state, update = host.states[0], jax.jit(tx.update)
+    params, opt_state = state.params, state.opt_state
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        grads = jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(p.dtype), params)
+        updates, opt_state = update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+    state = jax.device_get(state.replace(params=params, opt_state=opt_state))
+    return model, tx, host.replace(states=(state,)), digits_batches(5, 32, channels=3)
 
 
 def _manual(model, state, stats_batches, eval_batch):
@@ -62,7 +65,7 @@ def _manual(model, state, stats_batches, eval_batch):
     return stats, float(np.sum(losses))
 
 
-# 1 device in the default suite; pmap and jit over 4 compile ~10 s more each.
+# 1 device in the default suite; pmap and jit over 4 compile a few seconds more each.
 SLOW = pytest.mark.slow
 
 
@@ -94,8 +97,8 @@ def test_engines_evaluate_at_x_with_batch_statistics_recomputed_there(
     assert_trees_equal(engine.get_members(carry).states[0].batch_stats, host.states[0].batch_stats)
     sums = jax.device_get(engine.evaluate(fresh, engine.put_batch(eval_batch)))[0]
     assert float(sums["loss_sum"]) == pytest.approx(expected_loss, rel=RTOL)
-    # At the params y (no evaluation point) the loss is far outside that tolerance (measured
-    # ~90x after 3 steps): x is what was evaluated.
+    # At the params y (no evaluation point) the loss is far outside that tolerance: x is what
+    # was evaluated.
     at_y = _engine(engine_name, jax.devices()[:num_devices], model, tx, None)
     y_sums = jax.device_get(at_y.evaluate(at_y.put_members(host), at_y.put_batch(eval_batch)))[0]
     assert abs(float(y_sums["loss_sum"]) - expected_loss) > 20 * RTOL * expected_loss
@@ -108,7 +111,7 @@ def _schedule_free_config(**train_overrides):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory):  # ~10 s of CPU: the tests that train are slow
     """One uninterrupted tiny Schedule-Free run on digits: (workdir, returned metrics)."""
     workdir = tmp_path_factory.mktemp("schedule_free")
     return workdir, train.train_and_evaluate(_schedule_free_config(), workdir)
@@ -125,6 +128,7 @@ def _test_loss_at(params, config, model):
     return total / count
 
 
+@SLOW
 def test_the_loop_evaluates_and_exports_x_and_says_so(run):
     workdir, result = run
     saved = json.loads((workdir / train.RESULT_FILE).read_text())
@@ -143,7 +147,7 @@ def test_the_loop_evaluates_and_exports_x_and_says_so(run):
     jax.tree.map(same, restored.variables["params"], x)
 
 
-@SLOW  # two more runs (~15 s of CPU); the loop's resume is the default suite's for Adam
+@SLOW  # two more runs; the loop's resume is in the default suite for Adam (test_train.py)
 def test_a_resumed_run_ends_bitwise_equal_to_the_uninterrupted_one(run, tmp_path):
     workdir, result = run
     config = _schedule_free_config()
