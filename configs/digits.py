@@ -70,7 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
     # README's "Benchmarks" (benchmarks/vs_pytorch.py) for where it wins and where it does not.
     opt.fused = False
     opt.learning_rate = 1e-2  # Peak learning rate (tuned on validation: 1e-3..3e-2).
-    # "constant", "warmup_cosine" (linear warmup, cosine to 0) or "inverse_sqrt" (lr / sqrt(t)).
+    # "constant", "warmup_cosine" (linear warmup, cosine to 0), "inverse_sqrt" (lr / sqrt(t)) or
+    # "warmup_constant" (linear warmup, then constant: Schedule-Free's).
     opt.schedule = "warmup_cosine"
     opt.warmup_steps = 20  # Linear warmup length, in steps.
     # Or the warmup as a fraction of the run's steps (sweepable; needs warmup_steps=0); None: off.

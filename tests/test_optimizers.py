@@ -60,6 +60,20 @@ def test_warmup_cosine_schedule_values():
         assert float(schedule(step)) == pytest.approx(value, abs=1e-9), step
 
 
+def test_warmup_constant_schedule_warms_up_then_stays_at_the_peak():
+    """Schedule-Free's schedule: linear from 0 over warmup_steps (or warmup_fraction of the
+    run), then the peak to the end; no decay."""
+    config = _config(learning_rate=1e-2, schedule="warmup_constant", warmup_steps=10)
+    _, schedule = make_optimizer(config, total_steps=110)
+    for step, value in {0: 0.0, 5: 5e-3, 10: 1e-2, 60: 1e-2, 110: 1e-2, 1000: 1e-2}.items():
+        assert float(schedule(step)) == pytest.approx(value, abs=1e-9), step
+    config = _config(learning_rate=1e-2, schedule="warmup_constant", warmup_fraction=0.1)
+    _, schedule = make_optimizer(config, total_steps=100)
+    assert [float(schedule(s)) for s in (0, 5, 10, 99)] == pytest.approx([0, 5e-3, 1e-2, 1e-2])
+    _, schedule = make_optimizer(_config(learning_rate=1e-2, schedule="warmup_constant"), 10)
+    assert float(schedule(0)) == pytest.approx(1e-2)  # no warmup: the peak from the start
+
+
 def test_warmup_cosine_without_warmup_starts_at_the_peak():
     config = _config(learning_rate=1e-2, schedule="warmup_cosine")
     _, schedule = make_optimizer(config, total_steps=10)
@@ -231,14 +245,15 @@ def test_only_sweepable_hyperparameters_of_the_optimizer_can_be_swept():
         (
             {"schedule": "step"},
             10,
-            "schedule='step' is unknown; allowed: constant, warmup_cosine, inverse_sqrt",
+            "schedule='step' is unknown; allowed: constant, warmup_cosine, inverse_sqrt, "
+            "warmup_constant",
         ),
         ({"learning_rate": 0.0}, 10, r"optimizer.learning_rate=0.0 must be in \(0, inf\)"),
         ({"learning_rate": float("nan")}, 10, r"learning_rate=nan must be in \(0, inf\)"),
         ({"schedule": "warmup_cosine", "warmup_steps": 11}, 10, "warmup_steps=11 must be <"),
         ({"schedule": "warmup_cosine", "warmup_steps": 10}, 10, "warmup_steps=10 must be <"),
         ({"schedule": "warmup_cosine", "warmup_steps": -1}, 10, "must be an int >= 0"),
-        ({"warmup_steps": 5}, 10, "warmup_steps=5 needs schedule='warmup_cosine'"),
+        ({"warmup_steps": 5}, 10, "warmup_steps=5 needs schedule='warmup_cosine' or"),
         ({}, 0, "total_steps=0 must be an int >= 1"),
         ({"b1": 1.0}, 10, "b1"),  # range checks of adamlab.optim surface through the factory
         ({"threshold": 5.0}, 10, "unknown hyperparameter"),  # radam's, not adam's

@@ -43,7 +43,7 @@ import numpy as np
 
 from adamlab import data
 from adamlab.experiments import report
-from adamlab.training import experiment
+from adamlab.training import experiment, optimizers
 
 # Study name -> its shipped config (`adamlab study <name>` loads it unless --config is given).
 STUDIES: dict[str, str] = {
@@ -106,7 +106,7 @@ def group_config(
     ("section.field" -> value) applied.
 
     Train metrics are logged once an epoch (the per-epoch loss curves), validation and
-    checkpoints fall on epoch ends, and a warmup_cosine schedule warms up over
+    checkpoints fall on epoch ends, and a schedule with a warmup warms up over
     `study.warmup_fraction` of the steps (if set; the other schedules take no warmup).
     """
     group = config.copy_and_resolve_references().unlock()  # The command line's is locked.
@@ -122,7 +122,7 @@ def group_config(
     train.eval_every_steps = train.checkpoint_every_steps = per_epoch * math.ceil(
         train.checkpoint_every_steps / per_epoch
     )
-    if optimizer.schedule != "warmup_cosine":
+    if optimizer.schedule not in optimizers.WARMUP_SCHEDULES:
         optimizer.warmup_steps = 0
     elif fraction is not None:
         optimizer.warmup_steps = round(fraction * experiment.total_steps(group, info))

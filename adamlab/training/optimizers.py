@@ -18,7 +18,8 @@ gradient before any optimizer (L2 in the loss, as opposed to AdamW's decoupled d
 
 Schedules (`optimizer.schedule`): "constant", "warmup_cosine" (linear warmup over
 `warmup_steps`, or over `warmup_fraction` of the steps when that is set, then cosine to 0 at the
-last step) and "inverse_sqrt" (Kingma & Ba's alpha / sqrt(t)).
+last step), "inverse_sqrt" (Kingma & Ba's alpha / sqrt(t)) and "warmup_constant" (the linear
+warmup, then constant: Schedule-Free's, which needs no decay).
 
 Vectorized runs (`make_optimizer(..., swept=names)`): the swept hyperparameters (of the table
 entry's `sweepable`, and `l2`, `warmup_fraction`) become float32 state leaves through
@@ -41,7 +42,8 @@ from adamlab import config_dict, optim
 from adamlab.optim import registry, validation
 
 IMPLEMENTATIONS: tuple[str, ...] = ("ours", "optax")
-SCHEDULES: tuple[str, ...] = ("constant", "warmup_cosine", "inverse_sqrt")
+SCHEDULES: tuple[str, ...] = ("constant", "warmup_cosine", "inverse_sqrt", "warmup_constant")
+WARMUP_SCHEDULES: tuple[str, ...] = ("warmup_cosine", "warmup_constant")  # take a warmup
 BASELINES: tuple[str, ...] = tuple(n for n in registry.names("optax") if n not in optim.names())
 # Numeric hyperparameters that can differ between the runs of one compiled program: every
 # table entry's, and the factory's own (the L2 term, the warmup's length).
@@ -131,17 +133,18 @@ def validate_optimizer_config(optimizer_config: Any, total_steps: int) -> None:
     warmup = config.get("warmup_steps", 0) or 0
     if not validation.is_int(warmup, 0):
         raise ValueError(f"optimizer.warmup_steps={warmup!r} must be an int >= 0")
-    if schedule != "warmup_cosine" and warmup:
+    if schedule not in WARMUP_SCHEDULES and warmup:
         raise ValueError(
-            f"optimizer.warmup_steps={warmup} needs schedule='warmup_cosine' (the {schedule!r} "
-            "schedule has no warmup); set warmup_steps=0 or change the schedule"
+            f"optimizer.warmup_steps={warmup} needs schedule='warmup_cosine' or "
+            f"'warmup_constant' (the {schedule!r} schedule has no warmup); set warmup_steps=0 "
+            "or change the schedule"
         )
     fraction = config.get("warmup_fraction")
-    if fraction is not None and (schedule != "warmup_cosine" or warmup):
+    if fraction is not None and (schedule not in WARMUP_SCHEDULES or warmup):
         raise ValueError(
             f"optimizer.warmup_fraction={fraction!r} must be in [0, 1), with schedule="
-            f"'warmup_cosine' (got {schedule!r}) and warmup_steps=0 (got {warmup}): it replaces "
-            "warmup_steps"
+            f"'warmup_cosine' or 'warmup_constant' (got {schedule!r}) and warmup_steps=0 (got "
+            f"{warmup}): it replaces warmup_steps"
         )
     if schedule == "warmup_cosine" and warmup >= total_steps:
         raise ValueError(
@@ -178,6 +181,10 @@ def _schedule(config: dict, total_steps: int, peak: Any, warmup_fraction: Any) -
         return optax.constant_schedule(peak)
     if schedule == "inverse_sqrt":
         return lambda count: peak / jnp.sqrt(count + 1.0)
+    if schedule == "warmup_constant":
+        warmup = config.get("warmup_steps", 0) or 0
+        steps = warmup if warmup_fraction is None else warmup_fraction * total_steps
+        return _warmup_constant(peak, steps)
     if warmup_fraction is not None:
         return _fractional_warmup_cosine(peak, warmup_fraction, total_steps)
     warmup = config.get("warmup_steps", 0) or 0
@@ -190,6 +197,18 @@ def _schedule(config: dict, total_steps: int, peak: Any, warmup_fraction: Any) -
         ],
         [warmup],
     )
+
+
+def _warmup_constant(peak: Any, steps: Any) -> optax.Schedule:
+    """peak min(1, count / steps): a linear warmup from 0 over `steps` (possibly a traced
+    array, a swept fraction of the run), then the peak; no warmup for 0 steps."""
+
+    def schedule(count):
+        w = jnp.asarray(steps, jnp.float32)
+        warm = peak * jnp.asarray(count, jnp.float32) / jnp.where(w > 0, w, 1.0)
+        return jnp.where(count < w, warm, peak)
+
+    return schedule
 
 
 def _fractional_warmup_cosine(peak: Any, fraction: Any, total_steps: int) -> optax.Schedule:
@@ -282,7 +301,7 @@ def make_optimizer(
     if not swept:
         return _build(config, total_steps, frozen, {}), schedule
     accepted = {*registry.entry(config["name"]).sweepable, "l2"}
-    if config.get("schedule") == "warmup_cosine" and not config.get("warmup_steps"):
+    if config.get("schedule") in WARMUP_SCHEDULES and not config.get("warmup_steps"):
         accepted.add("warmup_fraction")  # Replaces warmup_steps (validate_optimizer_config).
     for name in swept:
         if name not in accepted:
