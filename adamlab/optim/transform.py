@@ -5,6 +5,9 @@ out as a NamedTuple of arrays, nothing is mutated, so every transform is safe un
 `jax.vmap`, `jax.pmap` and optax's wrappers (`inject_hyperparams`, `MultiSteps`, `masked`,
 `apply_if_finite`). The transforms only *rescale* gradients; the constructors in `alias.py`
 chain them with `scale_by_learning_rate` (and a decoupled weight decay for the W variants).
+One wraps such a chain instead: `schedule_free` steps a sequence z with it and returns the move
+of the params between two points (Schedule-Free's y), whose evaluation point x
+`schedule_free_eval_params` forms.
 
 Notation: g_t gradient, m_t first moment, v_t second moment, t = 1, 2, ... the step count
 after the update, hats denote bias-corrected moments.
@@ -1162,6 +1165,23 @@ def scale_by_second_moment(
     reciprocal of the denominator, PyTorch's `AdamWScheduleFree` divides; the paper's
     Algorithm 1 divides by :math:`\sqrt{v_t} + \epsilon` and moves the bias correction into
     :math:`\gamma_t` (`numerics.schedule_free_denominator`).
+
+    Args:
+      b2: decay of the second moment, in [0, 1).
+      eps: added to the denominator outside the square root, >= 0.
+      nu_dtype: dtype in which to *store* v_t (None: the params').
+      convention: "optax", "pytorch" or "paper".
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_second_moment(b2=0.5, eps=0.0)
+      >>> g = jnp.array([0.5, -2.0])
+      >>> tx.update(g, tx.init(g))[0]  # v_hat = g^2 at t = 1: sign(g)
+      Array([ 1., -1.], dtype=float32)
+
+    References:
+      Defazio et al., The Road Less Scheduled, NeurIPS 2024, Algorithm 1 (its v_t, without
+      momentum); Kingma & Ba, Adam, ICLR 2015, Algorithm 1 with beta_1 = 0.
     """
     nu_dtype = _storage_dtype(nu_dtype)
     _, second_moment = numerics.moments_for(convention)
@@ -1292,7 +1312,12 @@ def schedule_free_eval_params(opt_state: Any, params: Tree) -> Tree:
             f"schedule_free_eval_params: the optimizer state holds {len(found)} Schedule-Free "
             "states; it needs exactly one (the state of a schedule_free optimizer)"
         )
-    return numerics.schedule_free_x(params, found[0].z, found[0].b1)
+    b1 = found[0].b1
+    return jax.tree.map(  # a frozen leaf (optax.multi_transform's MaskedNode) has no z
+        lambda y, z: y if isinstance(z, optax.MaskedNode) else numerics.schedule_free_x(y, z, b1),
+        params,
+        found[0].z,
+    )
 
 
 def _decay_leaf(g: jax.Array, p: jax.Array, decayed: Any, rate: Any) -> jax.Array:
