@@ -877,6 +877,7 @@ def test_registry_builds_optax_twins():
         "cautious_lion",
         "adopt",
         "ademamix",
+        "schedule_free_adamw",
     )
     assert "weight_decay" in optim.hyperparameters("adamw")
     assert "threshold" in optim.hyperparameters("radam")
