@@ -247,12 +247,13 @@ def _torch_trajectory_in_a_subprocess(tmp_path, *args) -> dict:
 
 
 def test_live_torch_agrees_with_the_fixtures(problems, tmp_path):
-    """With torch installed, rerun it: the fixtures are what this torch produces (to 1e-6)."""
-    if importlib.util.find_spec("torch") is None:
-        pytest.skip("torch is not installed (pip install -e '.[torch]')")
-    for name in ("amsgrad", "nadamw", "radam"):
+    """With the torch extra installed, rerun the references: the fixtures are what they
+    produce (to 1e-6), torch.optim's and the whole-tensor ones (Muon, C-AdamW, LAMB)."""
+    if any(importlib.util.find_spec(m) is None for m in ("torch", "timm")):
+        pytest.skip("torch or timm is not installed (pip install -e '.[torch]')")
+    for name in ("amsgrad", "nadamw", "radam", "muon", "cautious_adamw", "lamb"):
         golden_arrays = np.load(FIXTURES / f"torch_{name}.npz")
-        init, grads, shapes = problems["pytree"]
+        init, grads, shapes = golden.problem_of(name, "pytree", problems)
         lr = json.loads(str(golden_arrays["meta"]))["learning_rate"]["pytree"]
         live = _torch_trajectory_in_a_subprocess(tmp_path, name, init, grads, lr, shapes)
         for key, value in live.items():
