@@ -376,6 +376,8 @@ ROSENBROCK_LR = {
     "cautious_lion": 3e-3,
     "adopt": 3e-1,  # as AMSGrad: it divides by a v_{t-1} that remembers the early gradients
     "ademamix": 1e-2,
+    "mars_adamw": 1e-2,
+    "adam_mini": 1e-2,
 }
 # AdEMAMix's slow EMA (b3 = 0.9999, a half-life of 6931 steps) still holds the gradients of
 # the descent when these short runs end, and holds the iterate off the optimum: b3 = 0.999,
@@ -454,13 +456,14 @@ def test_inject_hyperparams_matches_fixed_hyperparams_and_vmaps_over_them(name):
         "adopt": (optax.contrib.adopt, {}, ("clip_value_fn",)),
         "ademamix": (optax.contrib.ademamix, {}),
     }
-    twin_factory, twin_kwargs, *static = (
-        twins[name] if name in twins else (getattr(optax, name), {})
-    )
-    twin = optax.inject_hyperparams(twin_factory, static_args=static[0] if static else ())
-    ref = twin(learning_rate=LR, **{momentum: 0.8}, **twin_kwargs)
-    ref_updates, _ = ref.update(GRAD, ref.init(PARAMS), PARAMS)
-    np.testing.assert_allclose(updates, ref_updates, rtol=1e-6)
+    if registry.entry(name).twin is not None:  # MARS and Adam-mini have none
+        twin_factory, twin_kwargs, *static = (
+            twins[name] if name in twins else (getattr(optax, name), {})
+        )
+        twin = optax.inject_hyperparams(twin_factory, static_args=static[0] if static else ())
+        ref = twin(learning_rate=LR, **{momentum: 0.8}, **twin_kwargs)
+        ref_updates, _ = ref.update(GRAD, ref.init(PARAMS), PARAMS)
+        np.testing.assert_allclose(updates, ref_updates, rtol=1e-6)
     # Injected hyperparameters are float32 arrays, so 1 - b2 is rounded in float32, where the
     # fixed version uses the Python float: the two agree to FIRST_STEP_RTOL, not to 1e-6.
     fixed = factory(LR, **{momentum: 0.8})
@@ -564,8 +567,14 @@ def test_pytrees_with_none_and_empty_subtrees(name):
     tx = optim.create(name, learning_rate=LR)
     updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
     assert jax.tree.structure(updates) == jax.tree.structure(grads)
-    ref = optim.reference(name, learning_rate=LR)
-    ref_updates, _ = ref.update(grads, ref.init(params), params)
+    if registry.entry(name).twin is None:  # MARS, Adam-mini: ours on the tree without them
+        ref, pruned = tx, {"w": params["w"], "nested": params["nested"]}
+        ref_updates, _ = ref.update(
+            {"w": grads["w"], "nested": grads["nested"]}, ref.init(pruned), pruned
+        )
+    else:
+        ref = optim.reference(name, learning_rate=LR)
+        ref_updates, _ = ref.update(grads, ref.init(params), params)
     for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(ref_updates), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
@@ -809,7 +818,12 @@ def test_registry_builds_optax_twins():
         "cautious_lion",
         "adopt",
         "ademamix",
+        "mars_adamw",
+        "adam_mini",
     )
+    for name in ("mars_adamw", "adam_mini"):  # optax has neither: no twin, said so
+        with pytest.raises(ValueError, match=rf"{name} has no optax twin \(optax has none\)"):
+            optim.reference(name, learning_rate=LR)
     assert "weight_decay" in optim.hyperparameters("adamw")
     assert "threshold" in optim.hyperparameters("radam")
     # reference() really is optax and create() really is ours: their states are different
