@@ -38,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import golden_torch  # noqa: E402
 
+FIXTURES = pathlib.Path(__file__).parents[1] / "tests" / "fixtures"
 LEARNING_RATE = 1e-2
 WEIGHT_DECAY = 1e-2
 # name -> ours' hyperparameters besides learning_rate (pytorch_optimizer's MARS adds a fixed
@@ -89,6 +90,11 @@ def _optimizer(name: str, named_params: list):
 STATE_NAMES = {"exp_avg": "mu", "exp_avg_sq": "nu", "m": "mu", "v": "nu", "vmean": "nu"}
 
 
+def _state(opt, param, ours: str):
+    """`param`'s state tensor that ours calls `ours` (Adam-mini names v by the kind of block)."""
+    return next(v for k, v in opt.state[param].items() if STATE_NAMES.get(k) == ours)
+
+
 def trajectory(name: str, init: np.ndarray, grads: np.ndarray) -> dict[str, np.ndarray]:
     """`name`'s PyTorch implementation on the pytree problem, whole tensors, ours' layout."""
     import torch
@@ -105,45 +111,37 @@ def trajectory(name: str, init: np.ndarray, grads: np.ndarray) -> dict[str, np.n
     ]
     opt = _optimizer(name, named)
 
-    def flat(values):
-        return np.concatenate([np.asarray(v, np.float32).reshape(-1) for v in values])
+    def snapshot(values) -> np.ndarray:
+        """Tensors in ours' layout, flattened and concatenated in PYTREE_SHAPES order."""
+        leaves = (
+            from_torch_layout(v.detach().numpy(), s)
+            for v, (*_, s) in zip(values, spans, strict=True)
+        )
+        return np.concatenate([np.asarray(x, np.float32).reshape(-1) for x in leaves])
 
-    out = {"params": [], "state": {}}
+    snapshots: dict[str, list] = {}
     for t in range(1, golden_torch.NUM_STEPS + 1):
         for (_, p), (a, b, s) in zip(named, spans, strict=True):
             p.grad = torch.from_numpy(to_torch_layout(grads[t - 1, a:b].reshape(s)))
         opt.step()
         if t in golden_torch.PARAM_STEPS:
-            leaves = (
-                from_torch_layout(p.detach().numpy(), s)
-                for (_, p), (*_, s) in zip(named, spans, strict=True)
-            )
-            out["params"].append(flat(leaves))
+            snapshots.setdefault("params", []).append(snapshot(p for _, p in named))
         if t in golden_torch.STATE_STEPS:
-            states = {}
-            for (_, p), (*_, s) in zip(named, spans, strict=True):
-                for key, ours in STATE_NAMES.items():
-                    if key in opt.state[p]:
-                        value = from_torch_layout(opt.state[p][key].detach().numpy(), s)
-                        states.setdefault(ours, []).append(value)
-            for ours, values in states.items():
-                out["state"].setdefault(ours, []).append(flat(values))
-    return {
-        "params": np.stack(out["params"]),
-        **{f"state/{k}": np.stack(v) for k, v in out["state"].items()},
-    }
+            for ours in ("mu", "nu"):
+                values = [_state(opt, p, ours) for _, p in named]
+                snapshots.setdefault(f"state/{ours}", []).append(snapshot(values))
+    return {key: np.stack(history) for key, history in snapshots.items()}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(pathlib.Path(__file__).parents[1] / "tests/fixtures"))
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=pathlib.Path, default=FIXTURES)
+    out = parser.parse_args(argv).out
+    out.mkdir(parents=True, exist_ok=True)
     from importlib.metadata import version
 
     import torch
 
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     init, grads = golden_torch.pytree_problem()
     versions = {
         "torch": torch.__version__,
