@@ -39,7 +39,8 @@ _B3_SCHEDULE = optax.linear_schedule(0.9, 0.9999, NUM_STEPS)  # any optax schedu
 
 # (case id, optimizer name, hyperparameters). Every alias, and every option the issue names:
 # schedules, masks, nesterov, eps_root > 0, mu_dtype=bfloat16. Cautious's twin is optax's
-# AdamW / Lion with the paper's one line (optax has no Cautious).
+# AdamW / Lion with the paper's one line (optax has no Cautious). MARS and Adam-mini have no
+# twin (optax has neither): test_optim_torch.py and test_optim_paper.py prove them.
 CASES = [
     ("adam", "adam", {}),
     ("adam-schedule", "adam", {"learning_rate": _SCHEDULE}),
