@@ -500,7 +500,7 @@ def mars_previous_gradient(grads: Tree, last_grads: Tree, count: jax.Array) -> T
     """g_{t-1} for the paper's correction: g_t itself at the first step. Algorithm 1 sets
     x_1 = x_0, so its correction vanishes at t = 1 (c_1 = g_1); the authors' code and
     pytorch_optimizer start ``last_grad`` at zero instead, c_1 = (1 + gamma b1/(1-b1)) g_1
-    before the clipping (timm's port calls making the first step g_1 its own addition)."""
+    before the clipping."""
     return jax.tree.map(lambda g, last: jnp.where(count == 0, g, last), grads, last_grads)
 
 
