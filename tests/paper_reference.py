@@ -14,8 +14,9 @@ Two additions to the papers, each marked ``# ours:``:
     theta_{t-1}) added to Nadam and RAdam (``lam > 0``), for NadamW and RAdamW, which have no
     paper of their own.
 
-Cautious (Liang et al. 2024) couples the coordinates of a tensor (the mask's mean): its
-functions take a list of tensors and run the algorithm on each, whole.
+Cautious (Liang et al. 2024), MARS (Yuan et al. 2024: the clip's norm) and Adam-mini (Zhang
+et al. 2024: the block means) couple the coordinates of a tensor: their functions take a list
+of tensors and run the algorithm on each, whole.
 
 No jax here: nothing shared with the implementation under test.
 """
@@ -387,3 +388,64 @@ def ademamix(
         theta = theta - eta * ((m1_hat + alpha_t * m2) / (np.sqrt(nu_hat) + eps) + lam * theta)
         _record(history, theta, m1=m1, m2=m2, nu=nu)
     return _stack(history)
+
+
+def mars_adamw(
+    thetas0, grads, eta, beta1=0.95, beta2=0.99, gamma=0.025, eps=1e-8, lam=0.0, clip=True
+):  # fmt: skip
+    """Yuan et al. 2024, Algorithm 2 (MARS-AdamW) with the approximate correction of their
+    Section 3 (the previous step's gradient for grad f(x_{t-1}, xi_t)) and a constant eta_t;
+    Clip(c, 1) per tensor (`clip` False: none). One entry per tensor, as `cautious_adamw`.
+    State per tensor: m, v."""
+    runs = []
+    for theta0, tensor_grads in zip(thetas0, grads, strict=True):
+        theta, history = theta0.copy(), _history()
+        m = np.zeros_like(theta)  # m_0 <- 0
+        v = np.zeros_like(theta)  # v_0 <- 0
+        g_prev = tensor_grads[0]  # x_1 <- x_0: at t = 1 the two gradients are one
+        for t in range(1, len(tensor_grads) + 1):
+            g = tensor_grads[t - 1]  # grad f(x_t, xi_t)
+            # c_t = grad f(x_t) + gamma_t (beta1 / (1 - beta1)) (grad f(x_t) - grad f(x_{t-1}))
+            c = g + gamma * (beta1 / (1 - beta1)) * (g - g_prev)
+            norm = np.linalg.norm(c)  # c~_t = c_t / ||c_t||_2 if ||c_t||_2 > 1, else c_t
+            c_tilde = c / norm if clip and norm > 1 else c
+            m = beta1 * m + (1 - beta1) * c_tilde  # m_t = beta1 m_{t-1} + (1 - beta1) c~_t
+            v = beta2 * v + (1 - beta2) * c_tilde * c_tilde  # v_t = beta2 v + (1 - beta2) c~_t^2
+            m_hat = m / (1 - beta1**t)  # m^_t = m_t / (1 - beta1^t)
+            v_hat = v / (1 - beta2**t)  # v^_t = v_t / (1 - beta2^t)
+            # x_{t+1} = x_t - eta_t (m^_t / (sqrt(v^_t) + eps) + lambda x_t)
+            theta = theta - eta * (m_hat / (np.sqrt(v_hat) + eps) + lam * theta)
+            g_prev = g
+            _record(history, theta, m=m, v=v)
+        runs.append(_stack(history))
+    return runs
+
+
+def _mean_per_output_unit(x):
+    """mean(x) over each block: a tensor's output unit (its last axis) for ndim >= 2, each
+    coordinate otherwise (Zhang et al., Algorithm 2's one block per output neuron)."""
+    if x.ndim <= 1:
+        return x
+    return np.mean(x, axis=tuple(range(x.ndim - 1)), keepdims=True)
+
+
+def adam_mini(thetas0, grads, eta, beta1=0.9, beta2=0.999, eps=1e-8, lam=0.0):
+    """Zhang et al. 2024, Algorithm 1 (Adam-mini, general form) with a constant eta_t and the
+    blocks of `_mean_per_output_unit`. One entry per tensor. State per tensor: m, v (one per
+    block)."""
+    runs = []
+    for theta0, tensor_grads in zip(thetas0, grads, strict=True):
+        theta, history = theta0.copy(), _history()
+        m = np.zeros_like(theta)
+        v = np.zeros_like(_mean_per_output_unit(theta))
+        for t in range(1, len(tensor_grads) + 1):
+            g = tensor_grads[t - 1]  # 4: g = param.grad
+            theta = theta - eta * lam * theta  # 5: param = param - eta_t x lambda x param
+            m = (1 - beta1) * g + beta1 * m  # 6: m = (1 - beta1) x g + beta1 x m
+            m_hat = m / (1 - beta1**t)  # 7: m^ = m / (1 - beta1^t)
+            v = (1 - beta2) * _mean_per_output_unit(g * g) + beta2 * v  # 8: mean(g ⊙ g)
+            v_hat = v / (1 - beta2**t)  # 9: v^ = v / (1 - beta2^t)
+            theta = theta - eta * m_hat / (np.sqrt(v_hat) + eps)  # 10: param - eta_t m^/(...)
+            _record(history, theta, m=m, v=v)
+        runs.append(_stack(history))
+    return runs

@@ -799,6 +799,112 @@ def ademamix(
     return _chain(rescale, learning_rate, weight_decay, mask)  # optax's order in both
 
 
+def _chain_lr_scaled_decay(rescale, learning_rate, weight_decay, mask, convention):
+    """`_chain` for the papers that multiply the decay by the learning rate (MARS, Adam-mini:
+    optax's place of it in "optax" and "paper"), and PyTorch's ``p.mul_(1 - lr wd)``."""
+    decay_convention = "pytorch" if convention == "pytorch" else "optax"
+    return _chain(rescale, learning_rate, weight_decay, mask, decay_convention)
+
+
+@_public
+def mars_adamw(
+    learning_rate: Any,
+    b1: float = 0.95,
+    b2: float = 0.99,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    weight_decay: Any = 0.0,
+    mask: Any = None,
+    *,
+    gamma: float = 0.025,
+    use_clipping: bool = True,
+    nu_dtype: Any = None,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""MARS-AdamW (Yuan et al. 2024): AdamW on the variance-reduced gradient
+    :math:`c_t = g_t + \gamma \beta_1/(1-\beta_1)(g_t - g_{t-1})`, clipped to norm 1 per
+    tensor: :math:`\theta_t = \theta_{t-1} - \eta_t (\hat m_t / (\sqrt{\hat v_t} + \epsilon)
+    + \lambda \theta_{t-1})`; see :func:`transform.scale_by_mars`. Every leaf gets MARS (the
+    authors' code gives 1-D params a plain AdamW of their own rate unless ``optimize_1d``;
+    here that is an `optax.partition` away).
+
+    Args:
+      learning_rate: a positive float or an optax schedule of the step.
+      b1, b2, gamma, eps, eps_root, mu_dtype, nu_dtype, use_clipping: see
+        :func:`transform.scale_by_mars` (the paper's b1 = 0.95, b2 = 0.99, gamma = 0.025).
+      weight_decay: :math:`\lambda` >= 0, multiplied by the learning rate (the authors' code
+        and pytorch_optimizer's; their default 0).
+      mask: which params decay (see :func:`transform.add_decayed_weights`).
+      convention: "optax" (the authors' code in optax's arithmetic; optax has no MARS),
+        "pytorch" (pytorch_optimizer's ``MARS(mars_type="adamw", optimize_1d=True)``) or
+        "paper" (Algorithms 1 and 2).
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> tx = mars_adamw(1e-3, gamma=0.0, eps=0.0)
+      >>> params = jnp.array([1.0, -2.0])
+      >>> updates, _ = tx.update(jnp.array([0.5, -0.5]), tx.init(params), params)
+      >>> optax.apply_updates(params, updates)  # as Adam's: -lr sign(g)
+      Array([ 0.999, -1.999], dtype=float32)
+
+    References:
+      Yuan, Liu, Wu, Zhou, Gu, MARS: Unleashing the Power of Variance Reduction for Training
+      Large Models, arXiv:2411.10438, 2024, Algorithm 2.
+    """
+    rescale = transform.scale_by_mars.unchecked(
+        b1, b2, gamma, eps, eps_root, mu_dtype,
+        nu_dtype=nu_dtype, use_clipping=use_clipping, convention=convention,
+    )  # fmt: skip
+    return _chain_lr_scaled_decay(rescale, learning_rate, weight_decay, mask, convention)
+
+
+@_public
+def adam_mini(
+    learning_rate: Any,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    weight_decay: Any = 0.0,
+    mask: Any = None,
+    *,
+    nu_dtype: Any = None,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""Adam-mini (Zhang et al. 2024): AdamW with one second moment per block (a kernel's
+    output unit), :math:`\theta_t = \theta_{t-1} - \eta_t (\hat m_t / (\sqrt{\hat v_{t,b}}
+    + \epsilon) + \lambda \theta_{t-1})`; see :func:`transform.scale_by_adam_mini`.
+
+    Args:
+      learning_rate: a positive float or an optax schedule of the step.
+      b1, b2, eps, eps_root, mu_dtype, nu_dtype: see :func:`transform.scale_by_adam_mini`.
+      weight_decay: :math:`\lambda` >= 0, multiplied by the learning rate (Algorithm 1, line
+        5: ``param - eta_t lambda param``); the authors' code exempts params named norm, ln
+        or bias: pass ``mask`` for that.
+      mask: which params decay (see :func:`transform.add_decayed_weights`).
+      convention: "optax" (optax has no Adam-mini), "pytorch" (the authors' ``adam_mini``
+        package) or "paper" (Algorithm 1).
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> tx = adam_mini(1e-3, eps=0.0)
+      >>> params = jnp.array([1.0, -2.0])  # 1-D: one block per coordinate, Adam's first step
+      >>> updates, _ = tx.update(jnp.array([0.5, -0.5]), tx.init(params), params)
+      >>> optax.apply_updates(params, updates)
+      Array([ 0.999, -1.999], dtype=float32)
+
+    References:
+      Zhang, Chen, Li, Ye, Ding, Shi, Li, Sun & Luo, Adam-mini: Use Fewer Learning Rates To
+      Gain More, arXiv:2406.16793, 2024, Algorithm 1.
+    """
+    rescale = transform.scale_by_adam_mini.unchecked(
+        b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, convention=convention
+    )
+    return _chain_lr_scaled_decay(rescale, learning_rate, weight_decay, mask, convention)
+
+
 def inject_hyperparams(
     inner_factory: Any, static_args: Any = (), hyperparam_dtype: Any = jnp.float32
 ) -> Any:
@@ -941,7 +1047,8 @@ class Entry:
     """One optimizer of `TABLE`.
 
     Attributes:
-      twin: optax's implementation, with our signature's hyperparameters (a baseline's only).
+      twin: optax's implementation, with our signature's hyperparameters (a baseline's only);
+        None where optax has none (MARS, Adam-mini): `registry.reference` refuses it.
       ours: our public constructor; None for the optax baselines.
       sweepable: the hyperparameters one compiled program may vary between runs (they become
         `inject_hyperparams` state); the config factory adds `l2` and `warmup_fraction`.
@@ -956,7 +1063,7 @@ class Entry:
         constructor's defaults.
     """
 
-    twin: Callable[..., optax.GradientTransformation]
+    twin: Callable[..., optax.GradientTransformation] | None
     ours: Callable[..., optax.GradientTransformation] | None = None
     sweepable: tuple[str, ...] = ()
     search_spaces: Mapping[str, Mapping[str, Mapping]] = dataclasses.field(default_factory=dict)
@@ -1010,6 +1117,14 @@ _ADOPT_RANGES = _ADAM_RANGES | {  # Taniguchi et al.: any b2 works, the default 
 _ADEMAMIX_RANGES = _ADAMW_RANGES | {
     "b3": (0.999, 0.9999, "log1m"),
     "alpha": (2.0, 10.0, "log"),
+}
+# MARS: Yuan et al.'s GPT-2 runs use b1 = 0.95, b2 = 0.99, gamma = 0.025 and lr 3e-3 to 6e-3;
+# gamma is searched around theirs (0 is AdamW). Adam-mini takes AdamW's hyperparameters
+# (Zhang et al. tune only AdamW's); its partition is fixed (the output units, no integer).
+_MARS_RANGES = _ADAMW_RANGES | {
+    "b1": (0.9, 0.99, "log1m"),
+    "b2": (0.95, 0.999, "log1m"),
+    "gamma": (1e-3, 0.1, "log"),
 }
 
 TABLE: dict[str, Entry] = {
@@ -1141,6 +1256,21 @@ TABLE: dict[str, Entry] = {
         ("learning_rate", "b1", "b2", "b3", "alpha", "eps", "eps_root", "weight_decay"),
         {"ademamix": _space(_ADEMAMIX_RANGES)},
         missing={"pytorch": "torch.optim has no AdEMAMix"},
+        defaults={"learning_rate": 1e-3},
+    ),
+    # optax has neither (MARS is an open PR): no twin; proven against PyTorch and the papers.
+    "mars_adamw": Entry(
+        None,
+        mars_adamw,
+        (*_ADAMW, "gamma"),
+        {"mars_adamw": _space(_MARS_RANGES)},
+        defaults={"learning_rate": 3e-3},  # Yuan et al.'s GPT-2 small
+    ),
+    "adam_mini": Entry(
+        None,
+        adam_mini,
+        _ADAMW,
+        {"adam_mini": _space(_ADAMW_RANGES)},
         defaults={"learning_rate": 1e-3},
     ),
     # The comparison baselines: optax's (implementation "optax"), not ours.

@@ -38,12 +38,14 @@ __all__ = [  # what `adamlab.optim` exports
     "ScaleByAdemamixState",
     "ScaleByAmsgradState",
     "ScaleByLionState",
+    "ScaleByMarsState",
     "ScaleByMuonState",
     "ScaleByNadamState",
     "ScaleByScheduleState",
     "add_decayed_weights",
     "conv_dimension_numbers",
     "scale_by_adam",
+    "scale_by_adam_mini",
     "scale_by_adamax",
     "scale_by_ademamix",
     "scale_by_adopt",
@@ -52,6 +54,7 @@ __all__ = [  # what `adamlab.optim` exports
     "scale_by_cautious",
     "scale_by_learning_rate",
     "scale_by_lion",
+    "scale_by_mars",
     "scale_by_muon",
     "scale_by_radam",
     "scale_by_trust_ratio",
@@ -1130,6 +1133,188 @@ def scale_by_ademamix(
         m1, m2 = _store(m1, state.m1, mu_dtype), _store(m2, state.m2, mu_dtype)
         nu = _store(nu, state.nu, mu_dtype)
         return updates, ScaleByAdemamixState(count, count_m2, m1, m2, nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByMarsState(NamedTuple):
+    """MARS-AdamW's state: Adam's, and the previous gradient g_{t-1} of the correction."""
+
+    count: jax.Array
+    mu: Tree
+    nu: Tree
+    last_grad: Tree
+
+
+@checked
+def scale_by_mars(
+    b1: float = 0.95,
+    b2: float = 0.99,
+    gamma: float = 0.025,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    *,
+    nu_dtype: Any = None,
+    use_clipping: bool = True,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""Rescales gradients by MARS-AdamW: Adam on a variance-reduced, clipped gradient.
+
+    .. math::
+        c_t = g_t + \gamma \frac{\beta_1}{1-\beta_1} (g_t - g_{t-1}), \quad
+        \tilde c_t = \mathrm{Clip}(c_t, 1) = \begin{cases} c_t / \|c_t\|_2 & \|c_t\|_2 > 1 \\
+        c_t & \text{otherwise} \end{cases} \\
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) \tilde c_t, \quad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) \tilde c_t^2 \\
+        u_t = \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon), \quad
+        \hat m_t = m_t / (1-\beta_1^t), \; \hat v_t = v_t / (1-\beta_2^t)
+
+    (Yuan et al., Algorithm 2 with the approximate correction of Section 3: :math:`g_{t-1}`
+    is the previous step's gradient, at :math:`x_{t-1}` on its own sample, so one gradient
+    per step.) The correction adds a STORM-like estimate of the gradient's drift; the norm
+    (per tensor, as the authors' code) is clipped to 1. With ``gamma=0`` and
+    ``use_clipping=False`` it is Adam's rule exactly (:func:`scale_by_adam`).
+
+    Conventions: "optax" is the authors' code in optax's arithmetic (optax has MARS only as an
+    open PR): :math:`g_0 = 0`, so :math:`c_1 = (1 + \gamma\beta_1/(1-\beta_1)) g_1` before the
+    clipping. "paper" follows Algorithm 1's :math:`x_1 = x_0`: no correction at t = 1
+    (`numerics.mars_previous_gradient`), :math:`1-\beta^t` to float64 accuracy. "pytorch"
+    is pytorch_optimizer's ``MARS`` (the authors' is not on PyPI): :math:`g_0 = 0`, PyTorch's
+    rounding of the moments and its denominator :math:`(\sqrt{v_t + \epsilon_{root}} +
+    \epsilon)/\sqrt{1-\beta_2^t}` (`numerics.pytorch_radam_step`; it hard-codes
+    :math:`\epsilon_{root}` = 1e-15). docs/conventions.md has the evidence.
+
+    Args:
+      b1: decay of the first moment and weight of the correction, in [0, 1).
+      b2: decay of the second moment, in [0, 1).
+      gamma: :math:`\gamma` >= 0, the strength of the correction (the paper's 0.025).
+      eps, eps_root, mu_dtype, nu_dtype: as in :func:`scale_by_adam`.
+      use_clipping: clip :math:`c_t` to norm 1 per tensor (the paper's); False leaves it.
+      convention: "optax", "pytorch" or "paper".
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`ScaleByMarsState`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_mars(b1=0.5, b2=0.5, gamma=0.0, eps=0.0)
+      >>> tx.update(jnp.array([0.25, -0.5]), tx.init(jnp.zeros(2)))[0]  # ||g|| < 1: sign(g)
+      Array([ 1., -1.], dtype=float32)
+
+    References:
+      Yuan, Liu, Wu, Zhou, Gu, MARS: Unleashing the Power of Variance Reduction for Training
+      Large Models, arXiv:2411.10438, 2024, Algorithms 1 and 2.
+    """
+    mu_dtype, nu_dtype = _storage_dtype(mu_dtype), _storage_dtype(nu_dtype)
+    first_moment, second_moment = numerics.moments_for(convention)
+
+    def init_fn(params):
+        moments = _init_moments(mu_dtype, nu_dtype)(params)
+        return ScaleByMarsState(*moments, last_grad=numerics.zeros_like(params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        previous = state.last_grad
+        if convention == "paper":
+            previous = numerics.mars_previous_gradient(updates, previous, state.count)
+        corrected = numerics.mars_correction(updates, previous, b1, gamma)
+        if use_clipping:
+            corrected = numerics.clip_to_unit_norm(corrected)
+        mu = first_moment(corrected, state.mu, b1)
+        nu = second_moment(corrected, state.nu, b2)
+        count = numerics.safe_increment(state.count)
+        mu_hat = numerics.bias_correction(mu, b1, count, convention)
+        if convention == "pytorch":
+            step = numerics.pytorch_radam_step(mu_hat, nu, b2, count, eps, eps_root)
+        else:
+            step = numerics.adaptive_step(
+                mu_hat, numerics.bias_correction(nu, b2, count, convention), eps, eps_root
+            )
+        moments = _moments(count, mu, nu, state, mu_dtype, nu_dtype)
+        last_grad = numerics.cast_like(updates, state.last_grad)
+        return step, ScaleByMarsState(*moments, last_grad=last_grad)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+@checked
+def scale_by_adam_mini(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    *,
+    nu_dtype: Any = None,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""Rescales gradients by Adam-mini: Adam with one second moment per block of parameters.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
+        v_{t,b} = \beta_2 v_{t-1,b} + (1-\beta_2)\,\operatorname{mean}_{i \in b}(g_{t,i}^2) \\
+        u_{t,i} = \hat m_{t,i} / (\sqrt{\hat v_{t,b(i)} + \epsilon_{root}} + \epsilon), \quad
+        \hat m_t = m_t / (1-\beta_1^t), \; \hat v_t = v_t / (1-\beta_2^t)
+
+    (Zhang et al., Algorithm 1.) The blocks (`numerics.block_shape`): one per output unit of a
+    leaf with ndim >= 2 (a dense kernel's column, a conv kernel's output channel: the "one
+    learning rate per output neuron" of the paper's partition of MLP, value and output layers,
+    Algorithm 2, and of the authors' code for layers named linear/mlp), one per coordinate for
+    biases, scales and scalars (the authors' code runs Adam on biases). The state's
+    :math:`v` is ``(1, ..., 1, out)`` per kernel, so it needs about half of Adam's memory.
+    With every block a single coordinate (1-D params) it is :func:`scale_by_adam`.
+
+    Conventions: "optax" in optax's arithmetic (optax has no Adam-mini); "pytorch" is the
+    authors' ``adam_mini`` package (PyTorch's rounding of the moments, :math:`1-\beta^t` to
+    float64 accuracy); "paper" is Algorithm 1 with :math:`1-\beta^t` to float64 accuracy.
+    docs/conventions.md has the partition's evidence.
+
+    Args:
+      b1, b2, eps, eps_root: as in :func:`scale_by_adam`.
+      mu_dtype: dtype in which to *store* m_t (as in :func:`scale_by_adam`).
+      nu_dtype: dtype in which to *store* the per-block v_t; each block's mean is formed in
+        float32 at least.
+      convention: "optax", "pytorch" or "paper".
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`ScaleByAdamState` (its ``nu``
+      shaped by `numerics.block_shape`).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_adam_mini(b1=0.5, b2=0.5, eps=0.0)
+      >>> g = jnp.array([[3.0], [-4.0]])  # one output unit: one v = mean(g^2) = 12.5
+      >>> tx.update(g, tx.init(g))[0]  # g / sqrt(12.5)
+      Array([[ 0.84852815],
+             [-1.1313709 ]], dtype=float32)
+
+    References:
+      Zhang, Chen, Li, Ye, Ding, Shi, Li, Sun & Luo, Adam-mini: Use Fewer Learning Rates To
+      Gain More, arXiv:2406.16793, 2024, Algorithms 1 and 2.
+    """
+    mu_dtype, nu_dtype = _storage_dtype(mu_dtype), _storage_dtype(nu_dtype)
+    first_moment, _ = numerics.moments_for(convention)
+
+    def init_fn(params):
+        mu = numerics.zeros_like(params, dtype=mu_dtype)
+        nu = jax.tree.map(
+            lambda p: jnp.zeros(
+                numerics.block_shape(p.shape), p.dtype if nu_dtype is None else nu_dtype
+            ),
+            params,
+        )
+        return ScaleByAdamState(count=_zero_count(), mu=mu, nu=nu)
+
+    def update_fn(updates, state, params=None):
+        del params
+        mu = first_moment(updates, state.mu, b1)
+        nu = numerics.block_second_moment(updates, state.nu, b2, convention)
+        count = numerics.safe_increment(state.count)
+        mu_hat = numerics.bias_correction(mu, b1, count, convention)
+        nu_hat = numerics.bias_correction(nu, b2, count, convention)
+        step = numerics.adaptive_step(mu_hat, nu_hat, eps, eps_root)
+        return numerics.cast_like(step, updates), _moments(count, mu, nu, state, mu_dtype, nu_dtype)
 
     return optax.GradientTransformation(init_fn, update_fn)
 

@@ -152,7 +152,8 @@ RULES: dict[str, Rule] = {
     "alpha": _NON_NEGATIVE,  # AdEMAMix's weight of the slow EMA (or a schedule)
     "alpha_warmup": _optional(_steps),
     "b3_warmup": _optional(_steps),
-    "use_clipping": _boolean,
+    "use_clipping": _boolean,  # ADOPT's and MARS's own clipping step, on or off
+    "gamma": _NON_NEGATIVE,  # MARS's weight of the gradient correction
     "clip_value_fn": _optional(_callable),
 }
 
