@@ -15,6 +15,8 @@ from adamlab import optim
 from adamlab.optim import registry, validation
 
 LR = 1e-2
+# Ours with an optax twin (`optim.reference`); SOAP has none (tests/test_optim_soap.py).
+TWINNED = tuple(n for n in optim.names() if registry.entry(n).twin is not None)
 GRAD = jnp.array([0.5, -2.0, 3e-3, -7.0])
 PARAMS = jnp.array([1.0, -1.0, 0.5, 2.0])
 
@@ -376,6 +378,7 @@ ROSENBROCK_LR = {
     "cautious_lion": 3e-3,
     "adopt": 3e-1,  # as AMSGrad: it divides by a v_{t-1} that remembers the early gradients
     "ademamix": 1e-2,
+    "soap": 1e-2,  # 1-D parameters: Adam (b1 = b2 = 0.95) after the first call
 }
 # AdEMAMix's slow EMA (b3 = 0.9999, a half-life of 6931 steps) still holds the gradients of
 # the descent when these short runs end, and holds the iterate off the optimum: b3 = 0.999,
@@ -432,7 +435,7 @@ def test_vmap_over_a_batch_of_problems_equals_a_loop(name):
         np.testing.assert_allclose(batched[i], _first_update(tx, grads[i], params[i]), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", optim.names())
+@pytest.mark.parametrize("name", TWINNED)
 def test_inject_hyperparams_matches_fixed_hyperparams_and_vmaps_over_them(name):
     factory = getattr(optim, name)
     momentum = {"muon": "adam_b1"}.get(name, "b1")  # PARAMS is 1-D: Muon's AdamW part
@@ -557,7 +560,7 @@ def test_pmap_over_four_devices_matches_one_device():
 # --- Pytrees and dtypes ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", optim.names())
+@pytest.mark.parametrize("name", TWINNED)
 def test_pytrees_with_none_and_empty_subtrees(name):
     params = {"w": jnp.ones((2, 3)), "none": None, "empty": {}, "nested": {"b": jnp.ones(2)}}
     grads = {"w": jnp.ones((2, 3)), "none": None, "empty": {}, "nested": {"b": -jnp.ones(2)}}
@@ -736,6 +739,17 @@ BAD_HPARAMS = [
         {"b3": optax.constant_schedule(0.999), "b3_warmup": 100},
         r"ademamix: b3_warmup must be None when the value it warms up is a schedule",
     ),
+    (
+        "soap",
+        {"precondition_frequency": 0},
+        r"soap: precondition_frequency must be a positive int \(steps between two refreshes "
+        r"of the eigenbases; the paper's 10\), got 0",
+    ),
+    ("soap", {"precondition_frequency": -10}, r"soap: precondition_frequency .*, got -10"),
+    ("soap", {"precondition_frequency": 2.5}, r"soap: precondition_frequency .*, got 2.5"),
+    ("soap", {"max_precond_dim": 0}, r"soap: max_precond_dim must be a positive int \(the long"),
+    ("soap", {"shampoo_beta": 1.0}, r"soap: shampoo_beta must be in \[0, 1\), got 1.0"),
+    ("soap", {"convention": "pytorch"}, r"soap: convention='pytorch' does not exist: torch.optim"),
 ]
 
 
@@ -809,6 +823,7 @@ def test_registry_builds_optax_twins():
         "cautious_lion",
         "adopt",
         "ademamix",
+        "soap",
     )
     assert "weight_decay" in optim.hyperparameters("adamw")
     assert "threshold" in optim.hyperparameters("radam")

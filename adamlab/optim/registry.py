@@ -93,5 +93,8 @@ def reference(name: str, **hparams: Any) -> optax.GradientTransformation:
             f"reference({name!r}) is optax's implementation: it has convention='optax' only, "
             f"got {convention!r}"
         )
+    twin = entry(name).twin
+    if twin is None:
+        raise ValueError(f"{name} has no optax twin (optax does not implement it); use create")
     hparams = {k: v for k, v in hparams.items() if v is not None or k == "learning_rate"}
-    return _build(entry(name).twin, name, hparams)
+    return _build(twin, name, hparams)

@@ -41,6 +41,7 @@ __all__ = [  # what `adamlab.optim` exports
     "ScaleByMuonState",
     "ScaleByNadamState",
     "ScaleByScheduleState",
+    "ScaleBySoapState",
     "add_decayed_weights",
     "conv_dimension_numbers",
     "scale_by_adam",
@@ -54,6 +55,7 @@ __all__ = [  # what `adamlab.optim` exports
     "scale_by_lion",
     "scale_by_muon",
     "scale_by_radam",
+    "scale_by_soap",
     "scale_by_trust_ratio",
     "subtract_decayed_weights",
 ]
@@ -1007,6 +1009,240 @@ def scale_by_cautious(
         return numerics.caution(directions, updates, caution_eps), state
 
     return optax.GradientTransformation(inner.init, update_fn)
+
+
+class ScaleBySoapState(NamedTuple):
+    """SOAP's state: Adam's moments (m_t in the params' basis, v_t in the eigenbasis) and, per
+    leaf, one Shampoo statistic and its eigenbasis per axis (L, R and Q_L, Q_R of a matrix),
+    each a tuple over the leaf's axes with None for an axis left in its own basis."""
+
+    count: jax.Array  # calls so far: the first only initialises the preconditioner
+    mu: Tree
+    nu: Tree
+    preconditioners: Tree  # tuple per leaf: (d, d) float32 statistic per rotated axis
+    bases: Tree  # tuple per leaf: (d, d) float32 orthogonal Q per rotated axis
+
+
+def _soap_axes(x: jax.Array, max_precond_dim: int) -> tuple[bool, ...]:
+    """The axes SOAP rotates: every axis of a tensor of two or more, of size at most
+    `max_precond_dim` (the authors' default; no `merge_dims`, no `precondition_1d`): a 1-D or
+    0-D leaf, and a larger axis, keep their basis and take Adam."""
+    return tuple(x.ndim >= 2 and n <= max_precond_dim for n in x.shape)
+
+
+_HIGHEST = jax.lax.Precision.HIGHEST  # float32 products (not TF32/bf16 passes on GPUs)
+
+
+def _rotate(x: jax.Array, bases: tuple, back: bool = False) -> jax.Array:
+    """x with each rotated axis i contracted with Q_i: into the eigenbasis (Q_L^T X Q_R for a
+    matrix) or, with `back`, out of it (Q_L X Q_R^T)."""
+    for axis, q in enumerate(bases):
+        if q is not None:
+            turned = jnp.tensordot(x, q, axes=([axis], [1 if back else 0]), precision=_HIGHEST)
+            x = jnp.moveaxis(turned, -1, axis)
+    return x
+
+
+def _axis_covariance(g: jax.Array, axis: int) -> jax.Array:
+    """G_(i) G_(i)^T, the gradient contracted with itself over every axis but `axis`: G G^T
+    (L's term) for axis 0 of a matrix, G^T G (R's) for axis 1."""
+    others = [a for a in range(g.ndim) if a != axis]
+    g = g.astype(jnp.float32)
+    return jnp.tensordot(g, g, axes=(others, others), precision=_HIGHEST)
+
+
+def _eigenbasis(statistic: jax.Array) -> jax.Array:
+    """The eigenvectors of a symmetric statistic by decreasing eigenvalue: the authors'
+    first basis, ``torch.flip(torch.linalg.eigh(m)[1], [1])``."""
+    return jnp.flip(jnp.linalg.eigh(statistic)[1], axis=1)
+
+
+def _power_iteration(statistic: jax.Array, q: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(QR(P Q) with Q's columns ordered by decreasing estimated eigenvalue, that order):
+    Vyas et al.'s Algorithm 4 (one power-iteration step and a QR decomposition, S = PQ,
+    Q = QR(S)), the estimates diag(Q^T P Q) sorted as in the authors' code."""
+    product = jnp.matmul(statistic, q, precision=_HIGHEST)
+    order = jnp.argsort(-jnp.sum(q * product, axis=0))
+    return jnp.linalg.qr(product[:, order])[0], order
+
+
+def _refresh_leaf(statistics: tuple, bases: tuple, nu: jax.Array) -> tuple[tuple, jax.Array]:
+    """Every rotated axis's basis refreshed by `_power_iteration`, and v_t's coordinates along
+    that axis permuted to follow its columns (the authors' ``exp_avg_sq.index_select``)."""
+    refreshed = []
+    for axis, (statistic, q) in enumerate(zip(statistics, bases, strict=True)):
+        if statistic is not None:
+            q, order = _power_iteration(statistic, q)
+            nu = jnp.take(nu, order, axis=axis)
+        refreshed.append(q)
+    return tuple(refreshed), nu
+
+
+@checked
+def scale_by_soap(
+    b1: float = 0.95,
+    b2: float = 0.95,
+    eps: float = 1e-8,
+    shampoo_beta: float | None = None,
+    precondition_frequency: int = 10,
+    max_precond_dim: int = 10000,
+    mu_dtype: Any = None,
+    *,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""Rescales gradients by SOAP: Adam in the eigenbasis of Shampoo's preconditioner.
+
+    For a matrix leaf (Vyas et al., Algorithm 3; :math:`f` = ``precondition_frequency``):
+
+    .. math::
+        G'_t = Q_L^\top G_t Q_R, \quad
+        M_t = \beta_1 M_{t-1} + (1-\beta_1) G_t, \quad M'_t = Q_L^\top M_t Q_R \\
+        V_t = \beta_2 V_{t-1} + (1-\beta_2)\, G'_t \odot G'_t, \quad
+        N'_t = \hat M'_t / (\sqrt{\hat V_t} + \epsilon), \quad
+        u_t = Q_L N'_t Q_R^\top \\
+        L_t = \beta_s L_{t-1} + (1-\beta_s) G_t G_t^\top, \quad
+        R_t = \beta_s R_{t-1} + (1-\beta_s) G_t^\top G_t \\
+        \text{if } t \bmod f = 0: \quad Q_L \leftarrow \mathrm{QR}(L_t Q_L), \quad
+        Q_R \leftarrow \mathrm{QR}(R_t Q_R)
+
+    (Algorithm 4: one power-iteration step, the columns first ordered by decreasing
+    :math:`\operatorname{diag}(Q^\top L Q)` and :math:`V`'s coordinates permuted with them,
+    as in the authors' code). A tensor of more axes has one statistic and one basis per axis
+    (:math:`G_{(i)} G_{(i)}^\top`, all other axes contracted; a flax conv kernel's H, W, I and
+    O each, as the authors' ``merge_dims=False``). 1-D and 0-D leaves, and axes longer than
+    ``max_precond_dim``, keep their basis: there SOAP is Adam.
+
+    The first call reads :math:`G_0` only: :math:`L_0 = (1-\beta_s) G_0 G_0^\top` (R alike),
+    :math:`Q` its eigenvectors by ``eigh`` (by decreasing eigenvalue), a zero update and
+    :math:`M, V` untouched ("first step is skipped so that we never use the current
+    gradients in the projection", the authors' soap.py); Adam's step :math:`t` is the call
+    with ``count`` t, bias-corrected with that t. The basis is refreshed after the step,
+    with :math:`L_t` that already holds :math:`G_t`. The refresh (``jax.lax.switch``) keeps
+    the transform pure: under ``vmap`` every branch is computed and one selected.
+
+    Conventions (optax has SOAP only as an open pull request; torch.optim has none):
+    "optax" bias-corrects as optax's Adam, :math:`\hat M'_t / (\sqrt{\hat V_t} +
+    \epsilon)`; "paper" as the authors' code (and pytorch_optimizer's SOAP): :math:`\epsilon`
+    added to :math:`\sqrt{V_t}` before the correction, the step
+    :math:`\sqrt{1-\beta_2^t}/(1-\beta_1^t)\, M'_t / (\sqrt{V_t}+\epsilon)`
+    (`numerics.pytorch_radam_step`), :math:`1-\beta^t` to float64 accuracy.
+
+    Args:
+      b1: decay of Adam's first moment, in [0, 1) (the authors' 0.95).
+      b2: decay of Adam's second moment, in [0, 1) (the authors' 0.95).
+      eps: added to the denominator outside the square root, >= 0.
+      shampoo_beta: :math:`\beta_s`, the decay of L and R, in [0, 1); None: ``b2``.
+      precondition_frequency: f, the steps between two refreshes of the bases, an int >= 1
+        (the paper's 10).
+      max_precond_dim: the longest axis rotated, an int >= 1 (the paper's 10000).
+      mu_dtype: dtype in which to *store* m_t (as in :func:`scale_by_adam`); L, R and the
+        bases are float32 (``eigh`` and ``qr`` need it).
+      convention: "optax" or "paper".
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`ScaleBySoapState`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_soap()
+      >>> g = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+      >>> u, state = tx.update(g, tx.init(g))  # count 0: L, R and their bases, no step
+      >>> u
+      Array([[0., 0.],
+             [0., 0.]], dtype=float32)
+      >>> jnp.round(tx.update(g, state)[0], 4)  # diagonal L, R: Adam's first step, sign(g)
+      Array([[1., 0.],
+             [0., 1.]], dtype=float32)
+
+    References:
+      Vyas, Morwani, Zhao, Shapira, Brandfonbrener, Janson & Kakade, SOAP: Improving and
+      Stabilizing Shampoo using Adam, ICLR 2025 (arXiv:2409.11321), Algorithms 3 and 4;
+      the authors' code, github.com/nikhilvyas/SOAP (soap.py).
+    """
+    _refuse_pytorch("scale_by_soap", "SOAP", convention)
+    mu_dtype = _storage_dtype(mu_dtype)
+    shampoo_beta = b2 if shampoo_beta is None else shampoo_beta
+
+    def init_fn(params):
+        def statistics(x):
+            return tuple(
+                jnp.zeros((n, n), jnp.float32) if rotated else None
+                for n, rotated in zip(x.shape, _soap_axes(x, max_precond_dim), strict=True)
+            )
+
+        stats = jax.tree.map(statistics, params)
+        bases = jax.tree.map(
+            lambda x: tuple(jnp.eye(n, dtype=jnp.float32) for n in x.shape), params
+        )
+        bases = jax.tree.map(
+            lambda s, q: tuple(None if si is None else qi for si, qi in zip(s, q, strict=True)),
+            stats,
+            bases,
+            is_leaf=lambda x: isinstance(x, tuple),
+        )
+        moments = _init_moments(mu_dtype)(params)
+        return ScaleBySoapState(moments.count, moments.mu, moments.nu, stats, bases)
+
+    def update_fn(updates, state, params=None):
+        del params
+        first = state.count == 0
+        t = jnp.maximum(state.count, 1)  # Adam's step: the call's count
+        treedef = jax.tree.structure(updates)
+        bases = treedef.flatten_up_to(state.bases)
+        grads = treedef.flatten_up_to(updates)
+        rotated = treedef.unflatten([_rotate(g, q) for g, q in zip(grads, bases, strict=True)])
+        mu = numerics.first_moment(updates, state.mu, b1)
+        nu = numerics.second_moment(rotated, state.nu, b2)
+        mu_rotated = treedef.unflatten(
+            [_rotate(m, q) for m, q in zip(treedef.flatten_up_to(mu), bases, strict=True)]
+        )
+        if convention == "optax":
+            mu_hat = numerics.bias_correction(mu_rotated, b1, t)
+            nu_hat = numerics.bias_correction(nu, b2, t)
+            steps = numerics.adaptive_step(mu_hat, nu_hat, eps, 0.0)
+        else:
+            mu_hat = numerics.bias_correction(mu_rotated, b1, t, convention)
+            steps = numerics.pytorch_radam_step(mu_hat, nu, b2, t, eps, 0.0)
+        steps = treedef.flatten_up_to(steps)
+        directions = [_rotate(s, q, back=True) for s, q in zip(steps, bases, strict=True)]
+        directions = [
+            jnp.where(first, jnp.zeros_like(g), d.astype(g.dtype))
+            for g, d in zip(grads, directions, strict=True)
+        ]
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(first, o, n), new, old)
+        mu = keep(_store(mu, state.mu, mu_dtype), state.mu)
+        nu = keep(_store(nu, state.nu), state.nu)
+
+        covariances = jax.tree.map(
+            lambda g, s: tuple(
+                None if si is None else _axis_covariance(g, i) for i, si in enumerate(s)
+            ),
+            updates,
+            state.preconditioners,
+        )
+        stats = numerics.first_moment(covariances, state.preconditioners, shampoo_beta)
+        stat_leaves = treedef.flatten_up_to(stats)
+        nu_leaves = treedef.flatten_up_to(nu)
+
+        def initial():
+            eig = [tuple(None if s is None else _eigenbasis(s) for s in ss) for ss in stat_leaves]
+            return eig, nu_leaves
+
+        def refreshed():
+            pairs = [_refresh_leaf(*a) for a in zip(stat_leaves, bases, nu_leaves, strict=True)]
+            return [q for q, _ in pairs], [v for _, v in pairs]
+
+        branch = jnp.where(first, 0, jnp.where(t % precondition_frequency == 0, 1, 2))
+        new_bases, nu_leaves = jax.lax.switch(
+            branch, [initial, refreshed, lambda: (bases, nu_leaves)]
+        )
+        count = numerics.safe_increment(state.count)
+        new_state = ScaleBySoapState(
+            count, mu, treedef.unflatten(nu_leaves), stats, treedef.unflatten(new_bases)
+        )
+        return treedef.unflatten(directions), new_state
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 class ScaleByAdemamixState(NamedTuple):
