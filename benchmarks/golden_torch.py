@@ -203,6 +203,79 @@ def torch_trajectory(name: str, init: np.ndarray, grads: np.ndarray, lr: float, 
     }
 
 
+# SOAP (Vyas et al. 2024) couples a tensor's coordinates (its rotations): whole tensors, not
+# coordinates. torch.optim has none and the authors' soap.py is not on PyPI: this is
+# pytorch_optimizer's SOAP, the authors' rule line for line (m in the params' basis, as
+# soap.py before its Dec 2024 "momentum change", which stores it rotated: the same rule), at
+# the authors' defaults but weight_decay 0 (docs/conventions.md). Every matrix's sides differ
+# by at most one: the first statistic G G^T (rank min(m, n)) then has no repeated eigenvalue,
+# where a repeated one leaves eigh's basis arbitrary and the trajectories apart.
+SOAP_SHAPES = {
+    "bias": (8,),
+    "conv": (3, 3, 2, 4),
+    "scale": (),
+    "tall": (9, 8),
+    "tiny": (6, 7),
+    "wide": (8, 9),
+}  # in jax.tree order
+SOAP_KWARGS = {"betas": (0.95, 0.95), "eps": 1e-8, "weight_decay": 0.0}
+SOAP_KWARGS |= {"precondition_frequency": 10, "max_precondition_dim": 10000}
+SOAP_LR = 1e-2
+SOAP_STATE_NAMES = {"exp_avg": "mu", "exp_avg_sq": "nu"}
+
+
+def soap_problem(seed: int = 7) -> tuple[dict, dict]:
+    """(init, gradients [500, ...]) by leaf, float32: standard normal gradients, those of
+    "tiny" times 1e-6 (sqrt(v) ~ 1e-6: where eps = 1e-8 sits in the bias correction shows)."""
+    rng = np.random.default_rng(seed)
+    init = {k: np.asarray(rng.standard_normal(s) * 0.5, np.float32) for k, s in SOAP_SHAPES.items()}
+    grads = {k: rng.standard_normal((NUM_STEPS, *s)) for k, s in SOAP_SHAPES.items()}
+    grads["tiny"] *= 1e-6
+    return init, {k: g.astype(np.float32) for k, g in grads.items()}
+
+
+def soap_trajectory(init: dict, grads: dict) -> dict:
+    """pytorch_optimizer's SOAP on the whole tensors: params, exp_avg and exp_avg_sq by leaf
+    after the steps of PARAM_STEPS (step 1 only initialises: params unchanged)."""
+    import torch
+    from pytorch_optimizer import SOAP
+
+    params = {k: torch.nn.Parameter(torch.from_numpy(x.copy())) for k, x in init.items()}
+    opt = SOAP(params.values(), lr=SOAP_LR, **SOAP_KWARGS)
+    out = {}
+    for t in range(1, NUM_STEPS + 1):
+        for k, p in params.items():
+            p.grad = torch.from_numpy(np.array(grads[k][t - 1]))
+        opt.step()
+        if t in PARAM_STEPS:
+            for k, p in params.items():
+                out.setdefault(f"params/{k}", []).append(p.detach().numpy().copy())
+                for key in SOAP_STATE_NAMES:
+                    value = opt.state[p].get(key, torch.zeros_like(p)).detach().numpy().copy()
+                    out.setdefault(f"state/{key}/{k}", []).append(value)
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def write_soap(out: pathlib.Path) -> None:
+    """tests/fixtures/torch_soap.npz: the problem and pytorch_optimizer's trajectory."""
+    from importlib.metadata import version
+
+    import torch
+
+    init, grads = soap_problem()
+    arrays = {f"init/{k}": x for k, x in init.items()} | {f"grads/{k}": g for k, g in grads.items()}
+    meta = {
+        "torch": torch.__version__,
+        "pytorch_optimizer": version("pytorch_optimizer"),
+        "torch_optimizer": "pytorch_optimizer.SOAP",
+        "torch_kwargs": SOAP_KWARGS,
+        "learning_rate": SOAP_LR,
+    }
+    arrays |= soap_trajectory(init, grads)
+    np.savez_compressed(out / "torch_soap.npz", meta=np.array(json.dumps(meta)), **arrays)
+    print(f"wrote {out / 'torch_soap.npz'}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parents[1] / "tests/fixtures"))
@@ -243,6 +316,7 @@ def main(argv=None) -> None:
         }
         np.savez_compressed(out / f"torch_{name}.npz", meta=np.array(json.dumps(meta)), **arrays)
         print(f"wrote {out / f'torch_{name}.npz'}")
+    write_soap(out)
 
 
 if __name__ == "__main__":
