@@ -812,6 +812,7 @@ def soap(
     max_precond_dim: int = 10000,
     mu_dtype: Any = None,
     *,
+    nu_dtype: Any = None,
     convention: str = "optax",
 ) -> optax.GradientTransformation:
     r"""SOAP (Vyas et al. 2024): Adam in the eigenbasis of Shampoo's preconditioner, with
@@ -829,9 +830,9 @@ def soap(
 
     Args:
       learning_rate: a positive float or an optax schedule of the step.
-      b1, b2, eps, shampoo_beta, precondition_frequency, max_precond_dim, mu_dtype: see
-        :func:`transform.scale_by_soap`; the two integers are fixed at the paper's 10 and 10000
-        in searches.
+      b1, b2, eps, shampoo_beta, precondition_frequency, max_precond_dim, mu_dtype, nu_dtype:
+        see :func:`transform.scale_by_soap`; the two integers are fixed at the paper's 10 and
+        10000 in searches.
       weight_decay: :math:`\lambda`, multiplied by the learning rate in both conventions, in
         optax's order (the authors decay the stepped weights, a difference of
         :math:`\eta^2\lambda u_t`, and not at the first call; docs/conventions.md).
@@ -853,7 +854,7 @@ def soap(
     """
     rescale = transform.scale_by_soap.unchecked(
         b1, b2, eps, shampoo_beta, precondition_frequency, max_precond_dim, mu_dtype,
-        convention=convention,
+        nu_dtype=nu_dtype, convention=convention,
     )  # fmt: skip
     return _chain(rescale, learning_rate, weight_decay, mask)  # optax's order in both
 

@@ -1088,6 +1088,7 @@ def scale_by_soap(
     max_precond_dim: int = 10000,
     mu_dtype: Any = None,
     *,
+    nu_dtype: Any = None,
     convention: str = "optax",
 ) -> optax.GradientTransformation:
     r"""Rescales gradients by SOAP: Adam in the eigenbasis of Shampoo's preconditioner.
@@ -1135,8 +1136,8 @@ def scale_by_soap(
       precondition_frequency: f, the steps between two refreshes of the bases, an int >= 1
         (the paper's 10).
       max_precond_dim: the longest axis rotated, an int >= 1 (the paper's 10000).
-      mu_dtype: dtype in which to *store* m_t (as in :func:`scale_by_adam`); L, R and the
-        bases are float32 (``eigh`` and ``qr`` need it).
+      mu_dtype, nu_dtype: dtypes in which to *store* m_t and v_t (as in
+        :func:`scale_by_adam`); L, R and the bases are float32 (``eigh`` and ``qr`` need it).
       convention: "optax" or "paper".
 
     Returns:
@@ -1160,7 +1161,7 @@ def scale_by_soap(
       the authors' code, github.com/nikhilvyas/SOAP (soap.py).
     """
     _refuse_pytorch("scale_by_soap", "SOAP", convention)
-    mu_dtype = _storage_dtype(mu_dtype)
+    mu_dtype, nu_dtype = _storage_dtype(mu_dtype), _storage_dtype(nu_dtype)
     shampoo_beta = b2 if shampoo_beta is None else shampoo_beta
 
     def init_fn(params):
@@ -1180,7 +1181,7 @@ def scale_by_soap(
             bases,
             is_leaf=lambda x: isinstance(x, tuple),
         )
-        moments = _init_moments(mu_dtype)(params)
+        moments = _init_moments(mu_dtype, nu_dtype)(params)
         return ScaleBySoapState(moments.count, moments.mu, moments.nu, stats, bases)
 
     def update_fn(updates, state, params=None):
@@ -1211,7 +1212,7 @@ def scale_by_soap(
         ]
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(first, o, n), new, old)
         mu = keep(_store(mu, state.mu, mu_dtype), state.mu)
-        nu = keep(_store(nu, state.nu), state.nu)
+        nu = keep(_store(nu, state.nu, nu_dtype), state.nu)
 
         covariances = jax.tree.map(
             lambda g, s: tuple(
