@@ -29,9 +29,9 @@ parameters' scale for an 8 x 24 matrix, both sides correct).
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import paper_reference as paper
 import pytest
+from test_optim_paper import _whole_tensor_run
 from test_optim_torch import FIXTURES, golden, scaled_error
 
 from adamlab import optim
@@ -48,27 +48,11 @@ def problem():
     return init, grads, data
 
 
-def _runner(tx):
-    """Ours over fixed gradients, jitted once: (init, grads [T, ...]) -> params, m and v
-    after every call, [T, ...]."""
-
-    def step(carry, g):
-        params, state = carry
-        updates, state = tx.update(g, state, params)
-        params = optax.apply_updates(params, updates)
-        return (params, state), (params, state[0])
-
-    run = jax.jit(lambda p, gs: jax.lax.scan(step, (p, tx.init(p)), gs)[1])
-
-    def history(init, grads):
-        params, state = run(init, grads)
-        return jax.tree.map(np.asarray, {"params": params, "m": state.mu, "v": state.nu})
-
-    return history
-
-
 def _run(tx, init, grads):
-    return _runner(tx)(init, grads)
+    """Ours over the fixed gradients, jitted: params, m and v after every call, [T, ...]."""
+    params, state = _whole_tensor_run(tx, init, grads)
+    history = {"params": params, "m": state[0].mu, "v": state[0].nu}
+    return jax.tree.map(np.asarray, history)
 
 
 def _soap(convention):
@@ -185,8 +169,8 @@ def test_rotating_the_problem_rotates_the_trajectory():
     turn = lambda x: (u_rot @ x @ v_rot.T).astype(np.float32)
     for name, rotated in (("soap", True), ("adam", False)):
         tx = optim.create(name, learning_rate=1e-2, **({"weight_decay": 0.0} if rotated else {}))
-        run = _runner(tx)
-        plain = run({"w": w0}, {"w": grads})["params"]["w"]
-        turned = run({"w": turn(w0)}, {"w": np.stack([turn(g) for g in grads])})["params"]["w"]
-        error = np.abs(turned[-1] - turn(plain[-1])).max()
+        init = {"plain": w0, "turned": turn(w0)}  # two leaves: two independent problems
+        stream = {"plain": grads, "turned": np.stack([turn(g) for g in grads])}
+        params = _run(tx, init, stream)["params"]
+        error = np.abs(params["turned"][-1] - turn(params["plain"][-1])).max()
         assert error < 1e-5 if rotated else error > 1e-2, (name, error)
