@@ -174,3 +174,10 @@ def test_rotating_the_problem_rotates_the_trajectory():
         params = _run(tx, init, stream)["params"]
         error = np.abs(params["turned"][-1] - turn(params["plain"][-1])).max()
         assert error < 1e-5 if rotated else error > 1e-2, (name, error)
+
+
+def test_there_is_no_optax_twin_to_build():
+    """optax has SOAP only as an open pull request: the table holds no twin and says so."""
+    assert optim.registry.entry("soap").twin is None
+    with pytest.raises(ValueError, match=r"soap has no optax twin \(optax does not implement"):
+        optim.reference("soap", learning_rate=1e-3)
