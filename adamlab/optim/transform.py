@@ -1023,11 +1023,22 @@ class ScaleBySoapState(NamedTuple):
     bases: Tree  # tuple per leaf: (d, d) float32 orthogonal Q per rotated axis
 
 
-def _soap_axes(x: jax.Array, max_precond_dim: int) -> tuple[bool, ...]:
-    """The axes SOAP rotates: every axis of a tensor of two or more, of size at most
-    `max_precond_dim` (the authors' default; no `merge_dims`, no `precondition_1d`): a 1-D or
-    0-D leaf, and a larger axis, keep their basis and take Adam."""
-    return tuple(x.ndim >= 2 and n <= max_precond_dim for n in x.shape)
+def _zero_statistics(x: jax.Array, max_precond_dim: int) -> tuple:
+    """A zero (n, n) float32 statistic per axis SOAP rotates, None per other axis: it rotates
+    every axis of a tensor of two or more of size at most `max_precond_dim` (the authors'
+    default; no `merge_dims`, no `precondition_1d`); a 1-D or 0-D leaf, and a longer axis,
+    keep their basis and take Adam."""
+    rotated = x.ndim >= 2
+    return tuple(
+        jnp.zeros((n, n), jnp.float32) if rotated and n <= max_precond_dim else None
+        for n in x.shape
+    )
+
+
+def _leafwise(fn: Any, treedef: Any, *trees: Tree) -> list:
+    """fn of each leaf of trees of structure `treedef` (a state's tuple per leaf passed
+    whole), in leaf order."""
+    return [fn(*args) for args in zip(*map(treedef.flatten_up_to, trees), strict=True)]
 
 
 _HIGHEST = jax.lax.Precision.HIGHEST  # float32 products (not TF32/bf16 passes on GPUs)
@@ -1051,10 +1062,15 @@ def _axis_covariance(g: jax.Array, axis: int) -> jax.Array:
     return jnp.tensordot(g, g, axes=(others, others), precision=_HIGHEST)
 
 
-def _eigenbasis(statistic: jax.Array) -> jax.Array:
+def _covariances(g: jax.Array, statistics: tuple) -> tuple:
+    """`_axis_covariance` of each axis that has a statistic (None for the others)."""
+    return tuple(None if s is None else _axis_covariance(g, i) for i, s in enumerate(statistics))
+
+
+def _eigenbasis_or_none(statistic: jax.Array | None) -> jax.Array | None:
     """The eigenvectors of a symmetric statistic by decreasing eigenvalue: the authors'
-    first basis, ``torch.flip(torch.linalg.eigh(m)[1], [1])``."""
-    return jnp.flip(jnp.linalg.eigh(statistic)[1], axis=1)
+    first basis, ``torch.flip(torch.linalg.eigh(m)[1], [1])`` (None stays None)."""
+    return None if statistic is None else jnp.flip(jnp.linalg.eigh(statistic)[1], axis=1)
 
 
 def _power_iteration(statistic: jax.Array, q: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -1165,83 +1181,65 @@ def scale_by_soap(
     shampoo_beta = b2 if shampoo_beta is None else shampoo_beta
 
     def init_fn(params):
-        def statistics(x):
-            return tuple(
-                jnp.zeros((n, n), jnp.float32) if rotated else None
-                for n, rotated in zip(x.shape, _soap_axes(x, max_precond_dim), strict=True)
-            )
-
-        stats = jax.tree.map(statistics, params)
-        bases = jax.tree.map(
-            lambda x: tuple(jnp.eye(n, dtype=jnp.float32) for n in x.shape), params
-        )
-        bases = jax.tree.map(
-            lambda s, q: tuple(None if si is None else qi for si, qi in zip(s, q, strict=True)),
-            stats,
-            bases,
-            is_leaf=lambda x: isinstance(x, tuple),
-        )
+        treedef = jax.tree.structure(params)
+        stats = [_zero_statistics(x, max_precond_dim) for x in jax.tree.leaves(params)]
+        bases = [tuple(s if s is None else jnp.eye(len(s)) for s in ss) for ss in stats]
         moments = _init_moments(mu_dtype, nu_dtype)(params)
+        stats, bases = treedef.unflatten(stats), treedef.unflatten(bases)
         return ScaleBySoapState(moments.count, moments.mu, moments.nu, stats, bases)
 
-    def update_fn(updates, state, params=None):
-        del params
-        first = state.count == 0
-        t = jnp.maximum(state.count, 1)  # Adam's step: the call's count
-        treedef = jax.tree.structure(updates)
-        bases = treedef.flatten_up_to(state.bases)
-        grads = treedef.flatten_up_to(updates)
-        rotated = treedef.unflatten([_rotate(g, q) for g, q in zip(grads, bases, strict=True)])
+    def adam_in_eigenbasis(updates, state, t, treedef):
+        """Adam's moments (m unrotated, v rotated) and its direction, rotated back."""
+        rotated = treedef.unflatten(_leafwise(_rotate, treedef, updates, state.bases))
         mu = numerics.first_moment(updates, state.mu, b1)
         nu = numerics.second_moment(rotated, state.nu, b2)
-        mu_rotated = treedef.unflatten(
-            [_rotate(m, q) for m, q in zip(treedef.flatten_up_to(mu), bases, strict=True)]
-        )
+        mu_rotated = treedef.unflatten(_leafwise(_rotate, treedef, mu, state.bases))
         if convention == "optax":
-            mu_hat = numerics.bias_correction(mu_rotated, b1, t)
             nu_hat = numerics.bias_correction(nu, b2, t)
-            steps = numerics.adaptive_step(mu_hat, nu_hat, eps, 0.0)
+            steps = numerics.adaptive_step(
+                numerics.bias_correction(mu_rotated, b1, t), nu_hat, eps, 0.0
+            )
         else:
             mu_hat = numerics.bias_correction(mu_rotated, b1, t, convention)
             steps = numerics.pytorch_radam_step(mu_hat, nu, b2, t, eps, 0.0)
-        steps = treedef.flatten_up_to(steps)
-        directions = [_rotate(s, q, back=True) for s, q in zip(steps, bases, strict=True)]
-        directions = [
-            jnp.where(first, jnp.zeros_like(g), d.astype(g.dtype))
-            for g, d in zip(grads, directions, strict=True)
-        ]
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(first, o, n), new, old)
-        mu = keep(_store(mu, state.mu, mu_dtype), state.mu)
-        nu = keep(_store(nu, state.nu, nu_dtype), state.nu)
+        back = functools.partial(_rotate, back=True)
+        directions = treedef.unflatten(_leafwise(back, treedef, steps, state.bases))
+        directions = numerics.cast_like(directions, updates)  # the bases are float32
+        return directions, _store(mu, state.mu, mu_dtype), _store(nu, state.nu, nu_dtype)
 
-        covariances = jax.tree.map(
-            lambda g, s: tuple(
-                None if si is None else _axis_covariance(g, i) for i, si in enumerate(s)
-            ),
-            updates,
-            state.preconditioners,
+    def preconditioner(updates, state, nu, first, t, treedef):
+        """L, R with G_t; their bases by eigh at the first call, refreshed every f-th step
+        (v permuted with them), else kept: (statistics, bases, nu)."""
+        covariances = treedef.unflatten(
+            _leafwise(_covariances, treedef, updates, state.preconditioners)
         )
         stats = numerics.first_moment(covariances, state.preconditioners, shampoo_beta)
-        stat_leaves = treedef.flatten_up_to(stats)
-        nu_leaves = treedef.flatten_up_to(nu)
+        stat_leaves, nu_leaves = treedef.flatten_up_to(stats), treedef.flatten_up_to(nu)
+        bases = treedef.flatten_up_to(state.bases)
 
         def initial():
-            eig = [tuple(None if s is None else _eigenbasis(s) for s in ss) for ss in stat_leaves]
-            return eig, nu_leaves
+            return [tuple(map(_eigenbasis_or_none, ss)) for ss in stat_leaves], nu_leaves
 
         def refreshed():
-            pairs = [_refresh_leaf(*a) for a in zip(stat_leaves, bases, nu_leaves, strict=True)]
+            pairs = _leafwise(_refresh_leaf, treedef, stats, state.bases, nu)
             return [q for q, _ in pairs], [v for _, v in pairs]
 
         branch = jnp.where(first, 0, jnp.where(t % precondition_frequency == 0, 1, 2))
-        new_bases, nu_leaves = jax.lax.switch(
-            branch, [initial, refreshed, lambda: (bases, nu_leaves)]
-        )
+        bases, nu_leaves = jax.lax.switch(branch, [initial, refreshed, lambda: (bases, nu_leaves)])
+        return stats, treedef.unflatten(bases), treedef.unflatten(nu_leaves)
+
+    def update_fn(updates, state, params=None):
+        del params
+        treedef = jax.tree.structure(updates)
+        first = state.count == 0  # only initialises the bases: no step, m and v untouched
+        t = jnp.maximum(state.count, 1)  # Adam's step: the call's count
+        directions, mu, nu = adam_in_eigenbasis(updates, state, t, treedef)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(first, o, n), new, old)
+        directions = keep(directions, numerics.zeros_like(updates))
+        mu, nu = keep(mu, state.mu), keep(nu, state.nu)
+        stats, bases, nu = preconditioner(updates, state, nu, first, t, treedef)
         count = numerics.safe_increment(state.count)
-        new_state = ScaleBySoapState(
-            count, mu, treedef.unflatten(nu_leaves), stats, treedef.unflatten(new_bases)
-        )
-        return treedef.unflatten(directions), new_state
+        return directions, ScaleBySoapState(count, mu, nu, stats, bases)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
