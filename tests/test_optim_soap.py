@@ -181,3 +181,24 @@ def test_there_is_no_optax_twin_to_build():
     assert optim.registry.entry("soap").twin is None
     with pytest.raises(ValueError, match=r"soap has no optax twin \(optax does not implement"):
         optim.reference("soap", learning_rate=1e-3)
+
+
+def test_pytrees_with_tuples_none_and_empty_subtrees_under_jit():
+    """The state holds a tuple per leaf (one statistic per axis): a params tree of tuples,
+    None leaves and empty subtrees keeps its structure, and bfloat16 params their dtype."""
+    params = (
+        (jnp.ones((3, 4)), jnp.ones(2)),
+        {"none": None, "empty": {}, "k": jnp.ones((2, 2, 2))},
+    )
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+    tx = optim.soap(1e-2)
+    update = jax.jit(tx.update)
+    state = tx.init(params)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        grads = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), params)
+        updates, state = update(grads, state, params)
+        assert jax.tree.structure(updates) == jax.tree.structure(params)
+        assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
+    assert len(state[0].preconditioners[0][0]) == 2 and state[0].preconditioners[0][1] == (None,)
+    assert all(np.isfinite(np.asarray(x, np.float32)).all() for x in jax.tree.leaves(state))
