@@ -15,7 +15,8 @@ Two additions to the papers, each marked ``# ours:``:
     paper of their own.
 
 Cautious (Liang et al. 2024) couples the coordinates of a tensor (the mask's mean): its
-functions take a list of tensors and run the algorithm on each, whole.
+functions take a list of tensors and run the algorithm on each, whole. So does SOAP (Vyas et
+al. 2024, its rotations), on a dict of tensors, in float64 (the eigenbases' truth).
 
 No jax here: nothing shared with the implementation under test.
 """
