@@ -15,6 +15,7 @@ from adamlab import optim
 from adamlab.optim import registry, validation
 
 LR = 1e-2
+# Ours with an optax twin (`optim.reference`); SOAP has none (tests/test_optim_soap.py).
 GRAD = jnp.array([0.5, -2.0, 3e-3, -7.0])
 PARAMS = jnp.array([1.0, -1.0, 0.5, 2.0])
 
@@ -483,6 +484,7 @@ ROSENBROCK_LR = {
     "ademamix": 1e-2,
     "mars_adamw": 1e-2,
     "adam_mini": 1e-2,
+    "soap": 1e-2,  # 1-D parameters: Adam (b1 = b2 = 0.95) after the first call
 }
 # AdEMAMix's slow EMA (b3 = 0.9999, a half-life of 6931 steps) still holds the gradients of
 # the descent when these short runs end, and holds the iterate off the optimum: b3 = 0.999,
@@ -561,7 +563,7 @@ def test_inject_hyperparams_matches_fixed_hyperparams_and_vmaps_over_them(name):
         "adopt": (optax.contrib.adopt, {}, ("clip_value_fn",)),
         "ademamix": (optax.contrib.ademamix, {}),
     }
-    if registry.entry(name).twin is not None:  # MARS and Adam-mini have none
+    if registry.entry(name).twin is not None:  # MARS, Adam-mini, SOAP have none
         twin_factory, twin_kwargs, *static = (
             twins[name] if name in twins else (getattr(optax, name), {})
         )
@@ -672,7 +674,7 @@ def test_pytrees_with_none_and_empty_subtrees(name):
     tx = optim.create(name, learning_rate=LR)
     updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
     assert jax.tree.structure(updates) == jax.tree.structure(grads)
-    if registry.entry(name).twin is None:  # MARS, Adam-mini: ours on the tree without them
+    if registry.entry(name).twin is None:  # MARS, Adam-mini, SOAP: ours on the tree without them
         ref, pruned = tx, {"w": params["w"], "nested": params["nested"]}
         ref_updates, _ = ref.update(
             {"w": grads["w"], "nested": grads["nested"]}, ref.init(pruned), pruned
@@ -858,6 +860,17 @@ BAD_HPARAMS = [
     ("adam_mini", {"b2": 1.0}, r"adam_mini: b2 must be in \[0, 1\), got 1.0"),
     ("adam_mini", {"weight_decay": -1e-2}, r"adam_mini: weight_decay must be in \[0, inf\)"),
     ("adam_mini", {"mu_dtype": "int32"}, r"adam_mini: mu_dtype must be None or a floating"),
+    (
+        "soap",
+        {"precondition_frequency": 0},
+        r"soap: precondition_frequency must be a positive int \(steps between two refreshes "
+        r"of the eigenbases; the paper's 10\), got 0",
+    ),
+    ("soap", {"precondition_frequency": -10}, r"soap: precondition_frequency .*, got -10"),
+    ("soap", {"precondition_frequency": 2.5}, r"soap: precondition_frequency .*, got 2.5"),
+    ("soap", {"max_precond_dim": 0}, r"soap: max_precond_dim must be a positive int \(the long"),
+    ("soap", {"shampoo_beta": 1.0}, r"soap: shampoo_beta must be in \[0, 1\), got 1.0"),
+    ("soap", {"convention": "pytorch"}, r"soap: convention='pytorch' does not exist: torch.optim"),
 ]
 
 
@@ -933,8 +946,9 @@ def test_registry_builds_optax_twins():
         "ademamix",
         "mars_adamw",
         "adam_mini",
+        "soap",
     )
-    for name in ("mars_adamw", "adam_mini"):  # optax has neither: no twin, said so
+    for name in ("mars_adamw", "adam_mini", "soap"):  # optax has none: no twin, said so
         with pytest.raises(ValueError, match=rf"{name} has no optax twin \(optax has none\)"):
             optim.reference(name, learning_rate=LR)
     assert "weight_decay" in optim.hyperparameters("adamw")

@@ -249,6 +249,11 @@ def test_only_sweepable_hyperparameters_of_the_optimizer_can_be_swept():
             r"sgd got unknown hyperparameter\(s\) b1; it accepts: learning_rate, momentum",
         ),
         ({"implementation": "optax", "convention": "pytorch"}, 10, "exists for ours only"),
+        (  # optax has SOAP only as an open pull request: no twin
+            {"name": "soap", "implementation": "optax"},
+            10,
+            r"optimizer.implementation='optax' does not exist for 'soap': optax does not",
+        ),
     ],
 )
 def test_bad_config_is_a_clear_error(overrides, total_steps, match):

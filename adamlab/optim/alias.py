@@ -903,6 +903,64 @@ def adam_mini(
         b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, convention=convention
     )
     return _chain_lr_scaled_decay(rescale, learning_rate, weight_decay, mask, convention)
+@_public
+def soap(
+    learning_rate: Any,
+    b1: float = 0.95,
+    b2: float = 0.95,
+    eps: float = 1e-8,
+    weight_decay: Any = 0.01,
+    mask: Any = None,
+    shampoo_beta: float | None = None,
+    precondition_frequency: int = 10,
+    max_precond_dim: int = 10000,
+    mu_dtype: Any = None,
+    *,
+    nu_dtype: Any = None,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""SOAP (Vyas et al. 2024): Adam in the eigenbasis of Shampoo's preconditioner, with
+    decoupled weight decay.
+
+    .. math::
+        W_t = W_{t-1} - \eta_t\,(Q_L \frac{\hat M'_t}{\sqrt{\hat V_t} + \epsilon} Q_R^\top
+        + \lambda W_{t-1})
+
+    with Adam's moments of the rotated gradient :math:`Q_L^\top G_t Q_R`, and :math:`Q_L,
+    Q_R` the eigenvectors of :math:`L = \mathrm{EMA}(G G^\top)`, :math:`R =
+    \mathrm{EMA}(G^\top G)`, refreshed every ``precondition_frequency`` steps; see
+    :func:`transform.scale_by_soap` (tensors of more axes, 1-D leaves as Adam, the first call
+    that only initialises the bases). The defaults are the authors' (lr 3e-3 in the table).
+
+    Args:
+      learning_rate: a positive float or an optax schedule of the step.
+      b1, b2, eps, shampoo_beta, precondition_frequency, max_precond_dim, mu_dtype, nu_dtype:
+        see :func:`transform.scale_by_soap`; the two integers are fixed at the paper's 10 and
+        10000 in searches.
+      weight_decay: :math:`\lambda`, multiplied by the learning rate in both conventions, in
+        optax's order (the authors decay the stepped weights, a difference of
+        :math:`\eta^2\lambda u_t`, and not at the first call; docs/conventions.md).
+      mask: which params decay (see :func:`transform.add_decayed_weights`).
+      convention: "optax" (optax's Adam bias correction; optax has SOAP only as an open pull
+        request) or "paper" (the authors' soap.py); torch.optim has no SOAP.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> tx = soap(3e-3, weight_decay=0.0)
+      >>> params = jnp.ones((2, 3))
+      >>> updates, state = tx.update(params, tx.init(params), params)  # initialises: no step
+      >>> float(jnp.abs(updates).max())
+      0.0
+
+    References:
+      Vyas et al., SOAP: Improving and Stabilizing Shampoo using Adam, ICLR 2025,
+      Algorithm 3; github.com/nikhilvyas/SOAP.
+    """
+    rescale = transform.scale_by_soap.unchecked(
+        b1, b2, eps, shampoo_beta, precondition_frequency, max_precond_dim, mu_dtype,
+        nu_dtype=nu_dtype, convention=convention,
+    )  # fmt: skip
+    return _chain(rescale, learning_rate, weight_decay, mask)  # optax's order in both
 
 
 def inject_hyperparams(
@@ -1048,7 +1106,8 @@ class Entry:
 
     Attributes:
       twin: optax's implementation, with our signature's hyperparameters (a baseline's only);
-        None where optax has none (MARS, Adam-mini): `registry.reference` refuses it.
+        None where optax has none (MARS, Adam-mini; SOAP is an open pull request):
+        `registry.reference` refuses it.
       ours: our public constructor; None for the optax baselines.
       sweepable: the hyperparameters one compiled program may vary between runs (they become
         `inject_hyperparams` state); the config factory adds `l2` and `warmup_fraction`.
@@ -1111,6 +1170,9 @@ _ADOPT_RANGES = _ADAM_RANGES | {  # Taniguchi et al.: any b2 works, the default 
     "b2": (0.99, 0.9999, "log1m"),
     "eps": (1e-8, 1e-4, "log"),  # a floor of sqrt(v), not an addend: larger than Adam's
 }
+# SOAP: the authors' lr 3e-3 and b1 = b2 = 0.95 lie inside AdamW's space; the integers are
+# fixed at the paper's (f = 10, max_precond_dim = 10000), not searched.
+_SOAP_FIXED = {"precondition_frequency": 10, "max_precond_dim": 10000}
 # Pagliardini et al.'s ranges (Section 4, App. C): b3 in [0.999, 0.9999], alpha in [2, 10].
 # The warmups' lengths (integers) are not searched: the paper sets T_alpha = T_beta3 = T,
 # the run's length, which the table does not know; left unset, there is no warmup.
@@ -1272,6 +1334,14 @@ TABLE: dict[str, Entry] = {
         _ADAMW,
         {"adam_mini": _space(_ADAMW_RANGES)},
         defaults={"learning_rate": 1e-3},
+    ),
+    "soap": Entry(  # optax has SOAP only as an open pull request: no twin
+        None,
+        soap,
+        ("learning_rate", "b1", "b2", "eps", "weight_decay"),
+        {"soap": _space(_ADAMW_RANGES, **_SOAP_FIXED)},
+        missing={"pytorch": "torch.optim has no SOAP"},
+        defaults={"learning_rate": 3e-3},  # Vyas et al.'s
     ),
     # The comparison baselines: optax's (implementation "optax"), not ours.
     "sgd": Entry(

@@ -42,6 +42,7 @@ __all__ = [  # what `adamlab.optim` exports
     "ScaleByMuonState",
     "ScaleByNadamState",
     "ScaleByScheduleState",
+    "ScaleBySoapState",
     "add_decayed_weights",
     "conv_dimension_numbers",
     "scale_by_adam",
@@ -57,6 +58,7 @@ __all__ = [  # what `adamlab.optim` exports
     "scale_by_mars",
     "scale_by_muon",
     "scale_by_radam",
+    "scale_by_soap",
     "scale_by_trust_ratio",
     "subtract_decayed_weights",
 ]
@@ -1010,6 +1012,239 @@ def scale_by_cautious(
         return numerics.caution(directions, updates, caution_eps), state
 
     return optax.GradientTransformation(inner.init, update_fn)
+
+
+class ScaleBySoapState(NamedTuple):
+    """SOAP's state: Adam's moments (m_t in the params' basis, v_t in the eigenbasis) and, per
+    leaf, one Shampoo statistic and its eigenbasis per axis (L, R and Q_L, Q_R of a matrix),
+    each a tuple over the leaf's axes with None for an axis left in its own basis."""
+
+    count: jax.Array  # calls so far: the first only initialises the preconditioner
+    mu: Tree
+    nu: Tree
+    preconditioners: Tree  # tuple per leaf: (d, d) float32 statistic per rotated axis
+    bases: Tree  # tuple per leaf: (d, d) float32 orthogonal Q per rotated axis
+
+
+def _zero_statistics(x: jax.Array, max_precond_dim: int) -> tuple:
+    """A zero (n, n) float32 statistic per axis SOAP rotates, None per other axis: it rotates
+    every axis of a tensor of two or more of size at most `max_precond_dim` (the authors'
+    default; no `merge_dims`, no `precondition_1d`); a 1-D or 0-D leaf, and a longer axis,
+    keep their basis and take Adam."""
+    rotated = x.ndim >= 2
+    return tuple(
+        jnp.zeros((n, n), jnp.float32) if rotated and n <= max_precond_dim else None
+        for n in x.shape
+    )
+
+
+def _leafwise(fn: Any, treedef: Any, *trees: Tree) -> list:
+    """fn of each leaf of trees of structure `treedef` (a state's tuple per leaf passed
+    whole), in leaf order."""
+    return [fn(*args) for args in zip(*map(treedef.flatten_up_to, trees), strict=True)]
+
+
+_HIGHEST = jax.lax.Precision.HIGHEST  # float32 products (not TF32/bf16 passes on GPUs)
+
+
+def _rotate(x: jax.Array, bases: tuple, back: bool = False) -> jax.Array:
+    """x with each rotated axis i contracted with Q_i: into the eigenbasis (Q_L^T X Q_R for a
+    matrix) or, with `back`, out of it (Q_L X Q_R^T)."""
+    for axis, q in enumerate(bases):
+        if q is not None:
+            turned = jnp.tensordot(x, q, axes=([axis], [1 if back else 0]), precision=_HIGHEST)
+            x = jnp.moveaxis(turned, -1, axis)
+    return x
+
+
+def _axis_covariance(g: jax.Array, axis: int) -> jax.Array:
+    """G_(i) G_(i)^T, the gradient contracted with itself over every axis but `axis`: G G^T
+    (L's term) for axis 0 of a matrix, G^T G (R's) for axis 1."""
+    others = [a for a in range(g.ndim) if a != axis]
+    g = g.astype(jnp.float32)
+    return jnp.tensordot(g, g, axes=(others, others), precision=_HIGHEST)
+
+
+def _covariances(g: jax.Array, statistics: tuple) -> tuple:
+    """`_axis_covariance` of each axis that has a statistic (None for the others)."""
+    return tuple(None if s is None else _axis_covariance(g, i) for i, s in enumerate(statistics))
+
+
+def _eigenbasis_or_none(statistic: jax.Array | None) -> jax.Array | None:
+    """The eigenvectors of a symmetric statistic by decreasing eigenvalue: the authors'
+    first basis, ``torch.flip(torch.linalg.eigh(m)[1], [1])`` (None stays None)."""
+    return None if statistic is None else jnp.flip(jnp.linalg.eigh(statistic)[1], axis=1)
+
+
+def _power_iteration(statistic: jax.Array, q: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(QR(P Q) with Q's columns ordered by decreasing estimated eigenvalue, that order):
+    Vyas et al.'s Algorithm 4 (one power-iteration step and a QR decomposition, S = PQ,
+    Q = QR(S)), the estimates diag(Q^T P Q) sorted as in the authors' code."""
+    product = jnp.matmul(statistic, q, precision=_HIGHEST)
+    order = jnp.argsort(-jnp.sum(q * product, axis=0))
+    return jnp.linalg.qr(product[:, order])[0], order
+
+
+def _refresh_leaf(statistics: tuple, bases: tuple, nu: jax.Array) -> tuple[tuple, jax.Array]:
+    """Every rotated axis's basis refreshed by `_power_iteration`, and v_t's coordinates along
+    that axis permuted to follow its columns (the authors' ``exp_avg_sq.index_select``)."""
+    refreshed = []
+    for axis, (statistic, q) in enumerate(zip(statistics, bases, strict=True)):
+        if statistic is not None:
+            q, order = _power_iteration(statistic, q)
+            nu = jnp.take(nu, order, axis=axis)
+        refreshed.append(q)
+    return tuple(refreshed), nu
+
+
+@checked
+def scale_by_soap(
+    b1: float = 0.95,
+    b2: float = 0.95,
+    eps: float = 1e-8,
+    shampoo_beta: float | None = None,
+    precondition_frequency: int = 10,
+    max_precond_dim: int = 10000,
+    mu_dtype: Any = None,
+    *,
+    nu_dtype: Any = None,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""Rescales gradients by SOAP: Adam in the eigenbasis of Shampoo's preconditioner.
+
+    For a matrix leaf (Vyas et al., Algorithm 3; :math:`f` = ``precondition_frequency``):
+
+    .. math::
+        G'_t = Q_L^\top G_t Q_R, \quad
+        M_t = \beta_1 M_{t-1} + (1-\beta_1) G_t, \quad M'_t = Q_L^\top M_t Q_R \\
+        V_t = \beta_2 V_{t-1} + (1-\beta_2)\, G'_t \odot G'_t, \quad
+        N'_t = \hat M'_t / (\sqrt{\hat V_t} + \epsilon), \quad
+        u_t = Q_L N'_t Q_R^\top \\
+        L_t = \beta_s L_{t-1} + (1-\beta_s) G_t G_t^\top, \quad
+        R_t = \beta_s R_{t-1} + (1-\beta_s) G_t^\top G_t \\
+        \text{if } t \bmod f = 0: \quad Q_L \leftarrow \mathrm{QR}(L_t Q_L), \quad
+        Q_R \leftarrow \mathrm{QR}(R_t Q_R)
+
+    (Algorithm 4: one power-iteration step, the columns first ordered by decreasing
+    :math:`\operatorname{diag}(Q^\top L Q)` and :math:`V`'s coordinates permuted with them,
+    as in the authors' code). A tensor of more axes has one statistic and one basis per axis
+    (:math:`G_{(i)} G_{(i)}^\top`, all other axes contracted; a flax conv kernel's H, W, I and
+    O each, as the authors' ``merge_dims=False``). 1-D and 0-D leaves, and axes longer than
+    ``max_precond_dim``, keep their basis: there SOAP is Adam.
+
+    The first call reads :math:`G_0` only: :math:`L_0 = (1-\beta_s) G_0 G_0^\top` (R alike),
+    :math:`Q` its eigenvectors by ``eigh`` (by decreasing eigenvalue), a zero update and
+    :math:`M, V` untouched ("first step is skipped so that we never use the current
+    gradients in the projection", the authors' soap.py); Adam's step :math:`t` is the call
+    with ``count`` t, bias-corrected with that t. The basis is refreshed after the step,
+    with :math:`L_t` that already holds :math:`G_t`. The refresh (``jax.lax.switch``) keeps
+    the transform pure: under ``vmap`` every branch is computed and one selected.
+
+    Conventions (optax has SOAP only as an open pull request; torch.optim has none):
+    "optax" bias-corrects as optax's Adam, :math:`\hat M'_t / (\sqrt{\hat V_t} +
+    \epsilon)`; "paper" as the authors' code (and pytorch_optimizer's SOAP): :math:`\epsilon`
+    added to :math:`\sqrt{V_t}` before the correction, the step
+    :math:`\sqrt{1-\beta_2^t}/(1-\beta_1^t)\, M'_t / (\sqrt{V_t}+\epsilon)`
+    (`numerics.pytorch_radam_step`), :math:`1-\beta^t` to float64 accuracy.
+
+    Args:
+      b1: decay of Adam's first moment, in [0, 1) (the authors' 0.95).
+      b2: decay of Adam's second moment, in [0, 1) (the authors' 0.95).
+      eps: added to the denominator outside the square root, >= 0.
+      shampoo_beta: :math:`\beta_s`, the decay of L and R, in [0, 1); None: ``b2``.
+      precondition_frequency: f, the steps between two refreshes of the bases, an int >= 1
+        (the paper's 10).
+      max_precond_dim: the longest axis rotated, an int >= 1 (the paper's 10000).
+      mu_dtype, nu_dtype: dtypes in which to *store* m_t and v_t (as in
+        :func:`scale_by_adam`); L, R and the bases are float32 (``eigh`` and ``qr`` need it).
+      convention: "optax" or "paper".
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`ScaleBySoapState`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_soap()
+      >>> g = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+      >>> u, state = tx.update(g, tx.init(g))  # count 0: L, R and their bases, no step
+      >>> u
+      Array([[0., 0.],
+             [0., 0.]], dtype=float32)
+      >>> jnp.round(tx.update(g, state)[0], 4)  # diagonal L, R: Adam's first step, sign(g)
+      Array([[1., 0.],
+             [0., 1.]], dtype=float32)
+
+    References:
+      Vyas, Morwani, Zhao, Shapira, Brandfonbrener, Janson & Kakade, SOAP: Improving and
+      Stabilizing Shampoo using Adam, ICLR 2025 (arXiv:2409.11321), Algorithms 3 and 4;
+      the authors' code, github.com/nikhilvyas/SOAP (soap.py).
+    """
+    _refuse_pytorch("scale_by_soap", "SOAP", convention)
+    mu_dtype, nu_dtype = _storage_dtype(mu_dtype), _storage_dtype(nu_dtype)
+    shampoo_beta = b2 if shampoo_beta is None else shampoo_beta
+
+    def init_fn(params):
+        treedef = jax.tree.structure(params)
+        stats = [_zero_statistics(x, max_precond_dim) for x in jax.tree.leaves(params)]
+        bases = [tuple(s if s is None else jnp.eye(len(s)) for s in ss) for ss in stats]
+        moments = _init_moments(mu_dtype, nu_dtype)(params)
+        stats, bases = treedef.unflatten(stats), treedef.unflatten(bases)
+        return ScaleBySoapState(moments.count, moments.mu, moments.nu, stats, bases)
+
+    def adam_in_eigenbasis(updates, state, t, treedef):
+        """Adam's moments (m unrotated, v rotated) and its direction, rotated back."""
+        rotated = treedef.unflatten(_leafwise(_rotate, treedef, updates, state.bases))
+        mu = numerics.first_moment(updates, state.mu, b1)
+        nu = numerics.second_moment(rotated, state.nu, b2)
+        mu_rotated = treedef.unflatten(_leafwise(_rotate, treedef, mu, state.bases))
+        if convention == "optax":
+            nu_hat = numerics.bias_correction(nu, b2, t)
+            steps = numerics.adaptive_step(
+                numerics.bias_correction(mu_rotated, b1, t), nu_hat, eps, 0.0
+            )
+        else:
+            mu_hat = numerics.bias_correction(mu_rotated, b1, t, convention)
+            steps = numerics.pytorch_radam_step(mu_hat, nu, b2, t, eps, 0.0)
+        back = functools.partial(_rotate, back=True)
+        directions = treedef.unflatten(_leafwise(back, treedef, steps, state.bases))
+        directions = numerics.cast_like(directions, updates)  # the bases are float32
+        return directions, _store(mu, state.mu, mu_dtype), _store(nu, state.nu, nu_dtype)
+
+    def preconditioner(updates, state, nu, first, t, treedef):
+        """L, R with G_t; their bases by eigh at the first call, refreshed every f-th step
+        (v permuted with them), else kept: (statistics, bases, nu)."""
+        covariances = treedef.unflatten(
+            _leafwise(_covariances, treedef, updates, state.preconditioners)
+        )
+        stats = numerics.first_moment(covariances, state.preconditioners, shampoo_beta)
+        stat_leaves, nu_leaves = treedef.flatten_up_to(stats), treedef.flatten_up_to(nu)
+        bases = treedef.flatten_up_to(state.bases)
+
+        def initial():
+            return [tuple(map(_eigenbasis_or_none, ss)) for ss in stat_leaves], nu_leaves
+
+        def refreshed():
+            pairs = _leafwise(_refresh_leaf, treedef, stats, state.bases, nu)
+            return [q for q, _ in pairs], [v for _, v in pairs]
+
+        branch = jnp.where(first, 0, jnp.where(t % precondition_frequency == 0, 1, 2))
+        bases, nu_leaves = jax.lax.switch(branch, [initial, refreshed, lambda: (bases, nu_leaves)])
+        return stats, treedef.unflatten(bases), treedef.unflatten(nu_leaves)
+
+    def update_fn(updates, state, params=None):
+        del params
+        treedef = jax.tree.structure(updates)
+        first = state.count == 0  # only initialises the bases: no step, m and v untouched
+        t = jnp.maximum(state.count, 1)  # Adam's step: the call's count
+        directions, mu, nu = adam_in_eigenbasis(updates, state, t, treedef)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(first, o, n), new, old)
+        directions = keep(directions, numerics.zeros_like(updates))
+        mu, nu = keep(mu, state.mu), keep(nu, state.nu)
+        stats, bases, nu = preconditioner(updates, state, nu, first, t, treedef)
+        count = numerics.safe_increment(state.count)
+        return directions, ScaleBySoapState(count, mu, nu, stats, bases)
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 class ScaleByAdemamixState(NamedTuple):

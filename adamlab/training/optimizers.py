@@ -100,6 +100,11 @@ def validate_optimizer_config(optimizer_config: Any, total_steps: int) -> None:
             f"optimizer.name={name!r} is a baseline from optax, not ours: set "
             "optimizer.implementation='optax' (ours are: " + ", ".join(optim.names()) + ")"
         )
+    if implementation == "optax" and registry.entry(name).twin is None:
+        raise ValueError(
+            f"optimizer.implementation='optax' does not exist for {name!r}: optax does not "
+            "implement it; use implementation='ours'"
+        )
     convention = config.get("convention") or "optax"
     if implementation == "optax" and convention != "optax":
         raise ValueError(
