@@ -179,13 +179,6 @@ def test_rotating_the_problem_rotates_the_trajectory():
         assert error < 1e-5 if rotated else error > 1e-2, (name, error)
 
 
-def test_there_is_no_optax_twin_to_build():
-    """optax has SOAP only as an open pull request: the table holds no twin and says so."""
-    assert optim.registry.entry("soap").twin is None
-    with pytest.raises(ValueError, match=r"soap has no optax twin \(optax does not implement"):
-        optim.reference("soap", learning_rate=1e-3)
-
-
 def test_pytrees_with_tuples_none_and_empty_subtrees_under_jit():
     """The state holds a tuple per leaf (one statistic per axis): a params tree of tuples,
     None leaves and empty subtrees keeps its structure, and bfloat16 params their dtype."""
