@@ -1,6 +1,6 @@
 """Golden trajectories of the PyTorch references: `torch.optim`, the ground truth of the
 "pytorch" convention (issue 12), and the authors' or the standard PyTorch implementation of
-the optimizers torch.optim lacks (timm, pytorch-optimizer).
+the optimizers torch.optim lacks (timm, pytorch-optimizer, adam-mini).
 
     python benchmarks/golden_torch.py --problems   # JAX (the adamlab env): the gradients
     pip install -e '.[torch]'
@@ -28,14 +28,14 @@ optimizer differs between the two sides:
     The Adam family updates every coordinate on its own, so a coordinate sees the same
     sequence of updates as in the whole network;
   * "cnn_whole": whole tensors, for the optimizers that couple the coordinates of a tensor
-    (LAMB's trust ratio, Muon's orthogonalisation, Cautious's mask mean): the digits CNN
+    (LAMB's trust ratio, Muon's orthogonalisation, Cautious's mask mean, MARS's clip of
+    c_t to norm 1, Adam-mini's block means): the digits CNN
     shrunk to conv 2, conv 2, dense 4, 10 classes (144 values in 8 arrays), trained and
     recorded as "cnn", every value of every array at every step.
 
 A `Reference` says which problems an optimizer runs: the per-coordinate ones run "pytree" and
 "cnn" (`PER_COORDINATE`), the coupled ones "pytree" (whole leaves already) and "cnn_whole"
-(`WHOLE_TENSOR`): LAMB, Muon, Cautious, MARS (its clip of c_t to norm 1 per tensor) and
-Adam-mini (its block means).
+(`WHOLE_TENSOR`).
 
 Stored trajectories: the parameters after steps 1-10 and every 20th step to 500 (where the
 conventions differ most early on: bias corrections, RAdam's threshold); every state leaf that
