@@ -1,6 +1,6 @@
 """Golden trajectories of the PyTorch references: `torch.optim`, the ground truth of the
 "pytorch" convention (issue 12), and the authors' or the standard PyTorch implementation of
-the optimizers torch.optim lacks (timm, pytorch-optimizer).
+the optimizers torch.optim lacks (timm, pytorch-optimizer, adam-mini).
 
     python benchmarks/golden_torch.py --problems   # JAX (the adamlab env): the gradients
     pip install -e '.[torch]'
@@ -28,7 +28,8 @@ optimizer differs between the two sides:
     The Adam family updates every coordinate on its own, so a coordinate sees the same
     sequence of updates as in the whole network;
   * "cnn_whole": whole tensors, for the optimizers that couple the coordinates of a tensor
-    (LAMB's trust ratio, Muon's orthogonalisation, Cautious's mask mean): the digits CNN
+    (LAMB's trust ratio, Muon's orthogonalisation, Cautious's mask mean, MARS's clip of
+    c_t to norm 1, Adam-mini's block means): the digits CNN
     shrunk to conv 2, conv 2, dense 4, 10 classes (144 values in 8 arrays), trained and
     recorded as "cnn", every value of every array at every step.
 
@@ -49,8 +50,9 @@ has a counterpart in ours after steps 1, 5, 6, 10, 100, 250 and 500:
     step                        count    (compared implicitly: both count every update)
 
 timm's and pytorch-optimizer's optimizers name their state as torch.optim does; a `Reference`
-with another mapping says so (AdEMAMix: exp_avg -> m1, exp_avg_slow -> m2), one with none
-(Muon, whose state ours nests in optax.partition's) stores the parameters only.
+with another mapping says so (AdEMAMix: exp_avg -> m1, exp_avg_slow -> m2; Adam-mini: m ->
+mu, and v or vmean -> nu, by the kind of block: stored under the first parameter's name),
+one with none (Muon, whose state ours nests in optax.partition's) stores the parameters only.
 
 About 1 MB in all. On the CPU the problems take ~30 s (the CNNs' gradients), the trajectories
 ~1 minute.
@@ -63,6 +65,7 @@ import importlib.metadata
 import inspect
 import json
 import pathlib
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -105,11 +108,15 @@ class Reference(NamedTuple):
         that couples the coordinates of a tensor.
       state: reference state name -> ours' field; None: `STATE_NAMES`; {}: params only.
       learning_rate: problem -> learning rate; None: `LEARNING_RATE`.
-      matrices: only the leaves of rank >= 2, each the reference's 2-D (fan_out, fan_in)
-        parameter, the transpose of the (fan_in, fan_out) matrix of our
-        `transform.conv_dimension_numbers` (Muon; `matrix_problem`).
+      matrices: only the leaves of rank >= 2 (Muon; `matrix_problem`), in `torch_layout`.
+      torch_layout: each leaf of rank >= 2 as the reference's 2-D (fan_out, fan_in) parameter,
+        the transpose of the (fan_in, fan_out) matrix of our `transform.conv_dimension_numbers`
+        (a torch model's layout: Adam-mini's one v per row is ours' per output unit); the
+        snapshots are in ours' layout again.
       float32: the reference's bfloat16 casts run in float32 (`_float32_casts`):
         torch.optim.Muon's Newton-Schulz, which ours computes in float32.
+      make: ``make(factory, params, lr, kwargs)`` builds the reference where it is not
+        ``factory(params, lr=lr, **kwargs)`` (Adam-mini's named parameters); None: that call.
     """
 
     optimizer: str
@@ -121,6 +128,21 @@ class Reference(NamedTuple):
     learning_rate: dict | None = None
     matrices: bool = False
     float32: bool = False
+    torch_layout: bool = False
+    make: Callable | None = None
+
+
+def _adam_mini_with_our_blocks(factory, params, lr, kwargs):
+    """The authors' ``Adam_mini`` on `params` (torch layout), named so that it computes ours'
+    partition: it partitions by name, one v per row of an ``mlp`` weight (ours' per output
+    unit) and Adam for a ``bias`` (ours' for ndim <= 1). Its name rule exempts biases from
+    the decay: every group decays by ``kwargs["weight_decay"]``, as ours does without a mask.
+    """
+    names = [f"mlp.{i}.weight" if p.ndim >= 2 else f"{i}.bias" for i, p in enumerate(params)]
+    opt = factory(list(zip(names, params, strict=True)), lr=lr, verbose=False, **kwargs)
+    for group in opt.param_groups:
+        group["weight_decay"] = kwargs["weight_decay"]
+    return opt
 
 
 # Decoupled decay 1e-2 (torch.optim.AdamW's default) is set explicitly on both sides.
@@ -184,6 +206,27 @@ OPTIMIZERS = {
         {**_DECAY, "alpha_warmup": NUM_STEPS, "b3_warmup": NUM_STEPS},
         "paper",
         state={"exp_avg": "m1", "exp_avg_sq": "nu", "exp_avg_slow": "m2"},
+    ),
+    # MARS: the authors' code (AGI-Arena/MARS) is not on PyPI; pytorch-optimizer's port with
+    # optimize_1d gives every leaf MARS, as ours does, and its fixed 1e-15 under the square
+    # root is ours' eps_root.
+    "mars_adamw": Reference(
+        "pytorch_optimizer.MARS",
+        {**_DECAY, "mars_type": "adamw", "optimize_1d": True},
+        {**_DECAY, "eps_root": 1e-15},
+        "pytorch",
+        WHOLE_TENSOR,
+        torch_layout=True,
+    ),
+    "adam_mini": Reference(
+        "adam_mini.Adam_mini",
+        _DECAY,
+        _DECAY,
+        "pytorch",
+        WHOLE_TENSOR,
+        state={"m": "mu", "v": "nu", "vmean": "nu"},
+        torch_layout=True,
+        make=_adam_mini_with_our_blocks,
     ),
 }
 
@@ -336,12 +379,15 @@ def torch_trajectory(name: str, init: np.ndarray, grads: np.ndarray, lr: float, 
 
     `shapes`: the leaves to split the flat vector into (one torch parameter each); None keeps
     one parameter. foreach=False: the single-tensor loop, torch's reference implementation.
-    A `Reference.matrices` leaf is the torch (fan_out, fan_in) matrix, its snapshots ours'
-    layout again.
+    A `Reference.torch_layout` leaf of rank >= 2 is the torch (fan_out, fan_in) matrix, its
+    snapshots ours' layout again. A state leaf is stored under the name the first
+    parameter's state gives it; each parameter contributes its own name for the same leaf
+    of ours (Adam-mini: v or vmean).
     """
     import torch
 
     ref = OPTIMIZERS[name]
+    transpose = ref.matrices or ref.torch_layout
     shapes = [init.shape] if shapes is None else list(shapes)
     sizes = [int(np.prod(s)) for s in shapes]
     offsets = np.cumsum([0, *sizes])
@@ -349,13 +395,13 @@ def torch_trajectory(name: str, init: np.ndarray, grads: np.ndarray, lr: float, 
 
     def to_torch(x, s):
         x = x.reshape(s)
-        return torch.from_numpy((x.reshape(-1, s[-1]).T if ref.matrices else x).copy())
+        return torch.from_numpy((x.reshape(-1, s[-1]).T if transpose and x.ndim >= 2 else x).copy())
 
-    def flat(tensors):
+    def flat(tensors):  # .T: (out, in) -> ours' (in, out); a 1-D or (out, 1) leaf keeps its order
         return np.concatenate(
             [
                 np.asarray(t.detach().numpy(), np.float32).T.reshape(-1)
-                if ref.matrices
+                if transpose
                 else np.asarray(t.detach().numpy(), np.float32).reshape(-1)
                 for t in tensors
             ]
@@ -366,7 +412,7 @@ def torch_trajectory(name: str, init: np.ndarray, grads: np.ndarray, lr: float, 
     kwargs = dict(ref.kwargs)
     if "foreach" in inspect.signature(factory).parameters:
         kwargs["foreach"] = False
-    opt = factory(params, lr=lr, **kwargs)
+    opt = ref.make(factory, params, lr, kwargs) if ref.make else factory(params, lr=lr, **kwargs)
     state_names = STATE_NAMES if ref.state is None else ref.state
     out = {"params": [], "state": {}}
     for t in range(1, NUM_STEPS + 1):
@@ -377,17 +423,24 @@ def torch_trajectory(name: str, init: np.ndarray, grads: np.ndarray, lr: float, 
         if t in PARAM_STEPS:
             out["params"].append(flat(params))
         if t in STATE_STEPS:
-            for key in state_names:
-                if key in opt.state[params[0]]:
-                    if key == "mu_product":  # one scalar per parameter, all equal
-                        value = np.float32(opt.state[params[0]][key].item())
-                    else:
-                        value = flat(opt.state[p][key] for p in params)
-                    out["state"].setdefault(key, []).append(value)
+            for key, ours in state_names.items():
+                if key not in opt.state[params[0]]:
+                    continue
+                if key == "mu_product":  # one scalar per parameter, all equal
+                    value = np.float32(opt.state[params[0]][key].item())
+                else:
+                    names = [k for k, o in state_names.items() if o == ours]
+                    value = flat(_state_leaf(opt.state[p], names) for p in params)
+                out["state"].setdefault(key, []).append(value)
     return {
         "params": np.stack(out["params"]),
         **{f"state/{k}": np.stack(v) for k, v in out["state"].items()},
     }
+
+
+def _state_leaf(state: dict, names: list[str]):
+    """The first of `names` that a parameter's torch `state` holds."""
+    return next(state[key] for key in names if key in state)
 
 
 def problem_of(name: str, problem: str, problems: dict):
@@ -420,6 +473,7 @@ def write_fixture(out: pathlib.Path, name: str, problems: dict) -> None:
         "problems": list(ref.problems),
         "state": STATE_NAMES if ref.state is None else ref.state,
         "matrices": ref.matrices,
+        "torch_layout": ref.torch_layout,
         "float32": ref.float32,
         "learning_rate": learning_rate,
     }

@@ -716,12 +716,45 @@ def test_mu_dtype_stores_first_moment_in_bfloat16():
     assert updates["w"].dtype == jnp.float32
 
 
-# Every optimizer of ours with a second moment (Lion keeps only m_t).
+# Every optimizer of ours with a second moment takes nu_dtype; Lion and C-Lion keep only
+# m_t (and Muon's matrices only a momentum: its nu_dtype is its AdamW part's).
 WITH_NU = [n for n in optim.names() if "nu_dtype" in optim.hyperparameters(n)]
+FIRST_MOMENTS = ("mu", "m1", "m2")  # AdEMAMix's fast and slow EMAs are its first moments
+
+
+def test_every_optimizer_with_a_second_moment_takes_nu_dtype():
+    without = set(optim.names()) - set(WITH_NU)
+    assert without == {"lion", "cautious_lion"}
+    for name in without:  # no second moment: nothing for nu_dtype to store
+        state = optim.create(name, learning_rate=LR).init(jnp.ones(3))
+        assert not [f for f in _moments(state)._fields if f.startswith("nu")], name
+
+
+def test_ademamix_nu_dtype_defaults_to_mu_dtype_as_optax_stores_it():
+    """optax's AdEMAMix stores nu in mu_dtype: nu_dtype None keeps that rule (the optax twin's
+    state), a given nu_dtype overrides it."""
+    params = jnp.ones(3)
+    twin = optim.reference("ademamix", learning_rate=LR, mu_dtype=jnp.bfloat16)
+    assert twin.init(params)[0].nu.dtype == jnp.bfloat16
+    for nu_dtype, expected in ((None, jnp.bfloat16), (jnp.float32, jnp.float32)):
+        tx = optim.ademamix(LR, mu_dtype=jnp.bfloat16, nu_dtype=nu_dtype)
+        state = tx.update(params, tx.init(params), params)[1][0]
+        assert state.nu.dtype == expected, nu_dtype
+        assert state.m1.dtype == state.m2.dtype == jnp.bfloat16
 
 
 def _state_bytes(state):
     return sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+
+
+def _moments(state):
+    """The NamedTuple that holds an optimizer's moments: the first of its state's with a mu or
+    nu (the chain's rescaling; Muon's AdamW part, in optax.partition's state)."""
+
+    def is_moments(x):
+        return hasattr(x, "_fields") and bool({"mu", "nu"} & set(x._fields))
+
+    return next(x for x in jax.tree.leaves(state, is_leaf=is_moments) if is_moments(x))
 
 
 @pytest.mark.parametrize("name", WITH_NU)
@@ -732,18 +765,25 @@ def test_bfloat16_moments_halve_their_bytes(name):
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.25), params)
     full = optim.create(name, learning_rate=LR)
     half = optim.create(name, learning_rate=LR, nu_dtype=jnp.bfloat16)
-    (full_state, half_state) = (tx.update(grads, tx.init(params), params)[1] for tx in (full, half))
-    nu_fields = [f for f in full_state[0]._fields if f.startswith("nu")]
+    (full_state, half_state) = (
+        _moments(tx.update(grads, tx.init(params), params)[1]) for tx in (full, half)
+    )
+    nu_fields = [f for f in full_state._fields if f.startswith("nu")]
+    mu_fields = [f for f in full_state._fields if f in FIRST_MOMENTS]
+    assert nu_fields and mu_fields
     for field in nu_fields:
-        ours, reference = getattr(half_state[0], field), getattr(full_state[0], field)
+        ours, reference = getattr(half_state, field), getattr(full_state, field)
         assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(ours)), field
         assert _state_bytes(ours) * 2 == _state_bytes(reference), field
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(half_state[0].mu))
+    for field in mu_fields:
+        assert all(
+            leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(getattr(half_state, field))
+        )
     both = optim.create(name, learning_rate=LR, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
-    both_state = both.init(params)[0]
-    moments = [getattr(both_state, f) for f in ("mu", *nu_fields)]
+    both_state = _moments(both.init(params))
+    moments = [getattr(both_state, f) for f in (*mu_fields, *nu_fields)]
     assert _state_bytes(moments) * 2 == _state_bytes(
-        [getattr(full_state[0], f) for f in ("mu", *nu_fields)]
+        [getattr(full_state, f) for f in (*mu_fields, *nu_fields)]
     )
 
 
@@ -773,7 +813,7 @@ def test_bfloat16_second_moment_stays_close_to_float32_over_100_steps(name):
 
         p0 = jnp.zeros(64)
         (p, state), updates = jax.jit(lambda: jax.lax.scan(step, (p0, tx.init(p0)), grads))()
-        return p, state[0].nu, updates
+        return p, _moments(state).nu, updates
 
     p32, nu32, u32 = run(optim.create(name, learning_rate=lr))
     p16, nu16, u16 = run(optim.create(name, learning_rate=lr, nu_dtype=jnp.bfloat16))
@@ -871,6 +911,8 @@ BAD_HPARAMS = [
     ("soap", {"max_precond_dim": 0}, r"soap: max_precond_dim must be a positive int \(the long"),
     ("soap", {"shampoo_beta": 1.0}, r"soap: shampoo_beta must be in \[0, 1\), got 1.0"),
     ("soap", {"convention": "pytorch"}, r"soap: convention='pytorch' does not exist: torch.optim"),
+    ("adopt", {"nu_dtype": "int8"}, r"adopt: nu_dtype must be None or a floating dtype"),
+    ("ademamix", {"nu_dtype": jnp.int32}, r"ademamix: nu_dtype must be None or a floating"),
 ]
 
 

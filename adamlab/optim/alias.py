@@ -546,6 +546,7 @@ def lamb(
     mask: Any = None,
     mu_dtype: Any = None,
     *,
+    nu_dtype: Any = None,
     convention: str = "optax",
 ) -> optax.GradientTransformation:
     r"""LAMB (You et al. 2020): AdamW's direction, rescaled per layer to its weights' norm.
@@ -562,8 +563,9 @@ def lamb(
 
     Args:
       learning_rate: a positive float or an optax schedule of the step.
-      b1, b2, eps, eps_root, mu_dtype: see :func:`transform.scale_by_adam` (eps 1e-6, the
-        paper's and optax's).
+      b1, b2, eps, eps_root, mu_dtype, nu_dtype: see :func:`transform.scale_by_adam` (eps
+        1e-6, the paper's and optax's; ``nu_dtype``: the second moment's storage dtype, which
+        optax's ``mu_dtype`` leaves in the params' dtype).
       weight_decay: :math:`\lambda`, added to the Adam direction inside the trust ratio.
       mask: which params decay (see :func:`transform.add_decayed_weights`).
       convention: "optax" (``optax.lamb``) or "paper" (You et al., Algorithm 2 with
@@ -583,7 +585,9 @@ def lamb(
       ICLR 2020, Algorithm 2.
     """
     return optax.chain(
-        transform.scale_by_adam.unchecked(b1, b2, eps, eps_root, mu_dtype, convention=convention),
+        transform.scale_by_adam.unchecked(
+            b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, convention=convention
+        ),
         transform.add_decayed_weights.unchecked(weight_decay, mask),
         transform.scale_by_trust_ratio.unchecked(),
         transform.scale_by_learning_rate.unchecked(learning_rate),
@@ -601,6 +605,7 @@ def muon(
     weight_decay_mask: Any = None,
     mu_dtype: Any = None,
     *,
+    nu_dtype: Any = None,
     nesterov: bool = True,
     adam_b1: float = 0.9,
     adam_b2: float = 0.999,
@@ -639,6 +644,8 @@ def muon(
       weight_decay: decoupled decay of the matrices, multiplied by the learning rate.
       weight_decay_mask: which matrices decay (as ``mask`` of :func:`adamw`).
       adam_b1, adam_b2, adam_eps_root, adam_weight_decay: the AdamW of the other leaves.
+      nu_dtype: the storage dtype of that AdamW's second moment (the matrices have none), as
+        in :func:`transform.scale_by_adam`; ``mu_dtype`` stores both parts' momenta.
       adam_learning_rate: its learning rate; None: ``learning_rate``.
       muon_weight_dimension_numbers: optax's: a tree (or a callable of the params returning
         one) of ``MuonDimensionNumbers``, None for a leaf that takes AdamW; None: the 2-D
@@ -676,7 +683,7 @@ def muon(
     others = _adam(  # optax's AdamW is Nesterov's with Muon's; Jordan's is plain Adam
         adam_lr, adam_b1, adam_b2, eps, adam_eps_root, mu_dtype,
         nesterov=nesterov and convention == "optax", convention="optax", fused=False,
-        weight_decay=adam_weight_decay,
+        nu_dtype=nu_dtype, weight_decay=adam_weight_decay,
     )  # fmt: skip
     return optax.partition(
         {
@@ -695,6 +702,7 @@ def adopt(
     eps: float = 1e-6,
     mu_dtype: Any = None,
     *,
+    nu_dtype: Any = None,
     nesterov: bool = False,
     use_clipping: bool = True,
     clip_value_fn: Any = None,
@@ -714,9 +722,10 @@ def adopt(
 
     Args:
       learning_rate: a positive float or an optax schedule of the step.
-      b1, b2, eps, mu_dtype, nesterov, use_clipping, clip_value_fn: see
+      b1, b2, eps, mu_dtype, nu_dtype, nesterov, use_clipping, clip_value_fn: see
         :func:`transform.scale_by_adopt` (optax's names and defaults; clip_value_fn None
-        stands for optax's default, :math:`t^{1/4}`).
+        stands for optax's default, :math:`t^{1/4}`; ``nu_dtype``, which optax lacks, stores
+        v_t).
       convention: "optax" (``optax.contrib.adopt``) or "paper" (Algorithm 1 with the clipping
         of Section 5): the same rule; torch.optim has no ADOPT.
 
@@ -734,8 +743,8 @@ def adopt(
       Rate, NeurIPS 2024, Algorithm 1.
     """
     rescale = transform.scale_by_adopt.unchecked(
-        b1, b2, eps, mu_dtype, nesterov=nesterov, use_clipping=use_clipping,
-        clip_value_fn=clip_value_fn, convention=convention,
+        b1, b2, eps, mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov,
+        use_clipping=use_clipping, clip_value_fn=clip_value_fn, convention=convention,
     )  # fmt: skip
     return _chain(rescale, learning_rate)
 
@@ -753,6 +762,7 @@ def ademamix(
     weight_decay: Any = 0.0,
     mask: Any = None,
     *,
+    nu_dtype: Any = None,
     alpha_warmup: int | None = None,
     b3_warmup: int | None = None,
     convention: str = "optax",
@@ -772,8 +782,9 @@ def ademamix(
 
     Args:
       learning_rate: a positive float or an optax schedule of the step.
-      b1, b2, b3, alpha, eps, eps_root, mu_dtype, alpha_warmup, b3_warmup: see
-        :func:`transform.scale_by_ademamix` (b3 >= b1).
+      b1, b2, b3, alpha, eps, eps_root, mu_dtype, nu_dtype, alpha_warmup, b3_warmup: see
+        :func:`transform.scale_by_ademamix` (b3 >= b1; ``nu_dtype`` None stores nu in
+        ``mu_dtype``, as optax does).
       weight_decay: :math:`\lambda`, multiplied by the learning rate in both conventions
         (Algorithm 1 multiplies it by :math:`\eta_t`, as optax does).
       mask: which params decay (see :func:`transform.add_decayed_weights`).
@@ -793,7 +804,7 @@ def ademamix(
       2025, Algorithm 1.
     """
     rescale = transform.scale_by_ademamix.unchecked(
-        b1, b2, b3, alpha, eps, eps_root, mu_dtype,
+        b1, b2, b3, alpha, eps, eps_root, mu_dtype, nu_dtype=nu_dtype,
         alpha_warmup=alpha_warmup, b3_warmup=b3_warmup, convention=convention,
     )  # fmt: skip
     return _chain(rescale, learning_rate, weight_decay, mask)  # optax's order in both

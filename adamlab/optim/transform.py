@@ -878,6 +878,7 @@ def scale_by_adopt(
     eps: float = 1e-6,
     mu_dtype: Any = None,
     *,
+    nu_dtype: Any = None,
     nesterov: bool = False,
     use_clipping: bool = True,
     clip_value_fn: Any = None,
@@ -911,6 +912,8 @@ def scale_by_adopt(
       b2: decay of the second moment, in [0, 1).
       eps: floor of :math:`\sqrt{v_{t-1}}` in the normalisation, >= 0.
       mu_dtype: dtype in which to *store* m_t (as in :func:`scale_by_adam`).
+      nu_dtype: dtype in which to *store* v_t (as in :func:`scale_by_adam`; optax's ADOPT
+        has ``mu_dtype`` only and keeps v_t in the params' dtype, optax #1552).
       nesterov: Nesterov momentum (optax's; the paper has none).
       use_clipping: clip the normalised gradient to :math:`[-c_t, c_t]` (the paper's
         Section 5 and optax's default); False is the paper's unclipped Algorithm 1.
@@ -942,9 +945,9 @@ def scale_by_adopt(
             "scale_by_adopt: nesterov=True exists only for convention='optax' (Taniguchi et al. "
             f"have no Nesterov variant), got {convention!r}"
         )
-    mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+    mu_dtype, nu_dtype = _storage_dtype(mu_dtype), _storage_dtype(nu_dtype)
     clip_value = clip_value_fn or (lambda count: count**0.25)  # optax's default
-    init_fn = _init_moments(mu_dtype)
+    init_fn = _init_moments(mu_dtype, nu_dtype)
 
     def update_fn(updates, state, params=None):
         del params
@@ -963,7 +966,7 @@ def scale_by_adopt(
             mu = numerics.adopt_first_moment(normalised, state.mu, b1, state.count)
         count = numerics.safe_increment(state.count)
         step = numerics.first_moment(normalised, mu, b1_) if nesterov else mu
-        return step, _moments(count, mu, nu, state, mu_dtype)
+        return step, _moments(count, mu, nu, state, mu_dtype, nu_dtype)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -1268,6 +1271,7 @@ def scale_by_ademamix(
     eps_root: float = 0.0,
     mu_dtype: Any = None,
     *,
+    nu_dtype: Any = None,
     alpha_warmup: int | None = None,
     b3_warmup: int | None = None,
     convention: str = "optax",
@@ -1297,8 +1301,9 @@ def scale_by_ademamix(
     Conventions: "optax" evaluates the schedules at the count before the step, t - 1 (as
     optax evaluates every schedule), "paper" at t, with :math:`1-\beta^t` and
     :math:`1-\beta_3(t)` to float32's relative precision (`numerics.one_minus_power`,
-    `numerics.ademamix_b3`). Both store m1, m2 and :math:`\nu` in ``mu_dtype`` at every
-    step; optax's init does, its update then keeps the promoted dtype (docs/conventions.md).
+    `numerics.ademamix_b3`). Both store m1 and m2 in ``mu_dtype`` and :math:`\nu` in
+    ``nu_dtype`` (by default ``mu_dtype``, as optax's init does) at every step; optax's
+    update then keeps the promoted dtype (docs/conventions.md).
 
     Args:
       b1: decay of the fast EMA, in [0, 1).
@@ -1306,7 +1311,10 @@ def scale_by_ademamix(
       b3: decay of the slow EMA, in [b1, 1), or a schedule.
       alpha: weight of the slow EMA, >= 0, or a schedule.
       eps, eps_root: as in :func:`scale_by_adam`.
-      mu_dtype: dtype in which to *store* m1, m2 and nu (optax's); None keeps the params'.
+      mu_dtype: dtype in which to *store* m1 and m2 (optax's); None keeps the params'.
+      nu_dtype: dtype in which to *store* nu; None: ``mu_dtype``, where optax's ``mu_dtype``
+        puts it (so ``mu_dtype`` alone stays optax's rule). A float32 v_t beside bfloat16
+        momenta keeps the denominator's 24 bits (as in :func:`scale_by_adam`).
       alpha_warmup: :math:`T_\alpha`, steps of alpha's linear warmup from 0; None: none.
       b3_warmup: :math:`T_{\beta_3}`, steps of b3's half-life warmup from b1; None: none.
       convention: "optax" or "paper".
@@ -1326,7 +1334,8 @@ def scale_by_ademamix(
       2025, Algorithm 1.
     """
     _refuse_pytorch("scale_by_ademamix", "AdEMAMix", convention)
-    mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+    mu_dtype = _storage_dtype(mu_dtype)
+    nu_dtype = mu_dtype if nu_dtype is None else _storage_dtype(nu_dtype)
     b3_t = numerics.ademamix_b3(b3, b1, b3_warmup)
     one_minus_b3_t = numerics.ademamix_b3(b3, b1, b3_warmup, complement=True)
     alpha_t = numerics.ademamix_alpha(alpha, alpha_warmup)
@@ -1338,7 +1347,7 @@ def scale_by_ademamix(
             count_m2=_zero_count(),
             m1=numerics.zeros_like(params, dtype=mu_dtype),
             m2=numerics.zeros_like(params, dtype=mu_dtype),
-            nu=numerics.zeros_like(params, dtype=mu_dtype),
+            nu=numerics.zeros_like(params, dtype=nu_dtype),
         )
 
     def update_fn(updates, state, params=None):
@@ -1366,7 +1375,7 @@ def scale_by_ademamix(
             nu_hat,
         )
         m1, m2 = _store(m1, state.m1, mu_dtype), _store(m2, state.m2, mu_dtype)
-        nu = _store(nu, state.nu, mu_dtype)
+        nu = _store(nu, state.nu, nu_dtype)
         return updates, ScaleByAdemamixState(count, count_m2, m1, m2, nu)
 
     return optax.GradientTransformation(init_fn, update_fn)
