@@ -246,6 +246,12 @@ def test_a_run_refuses_groups_matching_nothing_before_training(tmp_path):
     config.diagnostics.layer_stats_every_steps = 4
     with pytest.raises(experiment.ConfigError, match="layer_stats_every_steps=4 is invalid: rea"):
         experiment.validate_config(config)
+    config.diagnostics.layer_stats_every_steps = None
+    config.diagnostics.curvature_every_steps = 4
+    with pytest.raises(experiment.ConfigError, match="preconditioned=True is invalid: needs one"):
+        experiment.validate_config(config)
+    config.diagnostics.preconditioned = False  # The plain Hessian needs no optimizer state.
+    assert experiment.validate_config(config) == 12
 
 
 GROUPS = (
