@@ -252,6 +252,9 @@ def test_a_run_refuses_groups_matching_nothing_before_training(tmp_path):
         experiment.validate_config(config)
     config.diagnostics.preconditioned = False  # The plain Hessian needs no optimizer state.
     assert experiment.validate_config(config) == 12
+    config.train.shard_optimizer = True
+    with pytest.raises(experiment.ConfigError, match="shard_optimizer=True is invalid: shards one"):
+        experiment.validate_config(config)
 
 
 GROUPS = (
