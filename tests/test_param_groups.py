@@ -11,7 +11,7 @@ import pytest
 from test_train import final_state, tiny_config
 
 from adamlab import cli, optim
-from adamlab.training import experiment, optimizers, run_io, train
+from adamlab.training import experiment, optimizers, run_io, train, zero
 from adamlab.training.optimizers import make_optimizer, make_schedule
 
 from helpers import assert_trees_equal
@@ -149,6 +149,19 @@ def test_frozen_leaves_are_one_label_of_the_same_partition():
     assert not np.any(actual["Conv_0"]["kernel"]) and not np.any(actual["Conv_0"]["bias"])
     # No moments for the frozen leaves: no [3, 3, 1, 4] array in the state.
     assert (3, 3, 1, 4) not in {np.shape(x) for x in jax.tree.leaves(tx.init(PARAMS))}
+
+
+def test_frozen_leaves_keep_zero_1_shardings():
+    """ZeRO-1 places the state by optax.tree_map_params, whose init sees a placeholder without
+    leaves (nothing to label or check): the trained moments sharded, no state for the frozen."""
+    tx, _ = make_optimizer(_config(), 50, frozen=("^Dense_1/",))
+    mesh = jax.sharding.Mesh(jax.devices()[:4], ("data",))
+    shardings = zero.opt_state_shardings(tx, jax.eval_shape(tx.init, PARAMS), mesh)
+    mu = shardings.inner_states["trained"].inner_state[0].mu
+    P = jax.sharding.PartitionSpec
+    assert mu["Conv_0"]["kernel"].spec == P(None, None, None, "data")  # 4 output channels
+    assert mu["LayerNorm_0"]["scale"].spec == P()  # 5 is not divisible by 4: replicated
+    assert mu["Dense_1"]["kernel"] == optax.MaskedNode()  # Frozen: no moment.
 
 
 def test_swept_values_reach_the_groups_that_inherit_them():

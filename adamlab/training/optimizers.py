@@ -306,7 +306,8 @@ def param_labels(groups: Sequence[str] = (), frozen: Sequence[str] = ()) -> Call
     def labels(params: Any) -> Any:
         paths = [path_of(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
         matches = {path: [i for i, c in enumerate(compiled) if c.search(path)] for path in paths}
-        _check_matches(groups, frozen, matches)
+        if paths:  # No leaves, nothing to label: optax.tree_map_params' placeholder (ZeRO-1).
+            _check_matches(groups, frozen, matches)
 
         def label(path, _):
             key = path_of(path)
