@@ -151,17 +151,20 @@ def test_frozen_leaves_are_one_label_of_the_same_partition():
     assert (3, 3, 1, 4) not in {np.shape(x) for x in jax.tree.leaves(tx.init(PARAMS))}
 
 
-def test_frozen_leaves_keep_zero_1_shardings():
+def test_groups_and_frozen_leaves_keep_zero_1_shardings():
     """ZeRO-1 places the state by optax.tree_map_params, whose init sees a placeholder without
-    leaves (nothing to label or check): the trained moments sharded, no state for the frozen."""
-    tx, _ = make_optimizer(_config(), 50, frozen=("^Dense_1/",))
+    leaves (nothing to label or check): each group's moments sharded, none for the frozen."""
+    groups = ({"params": "bias|scale", "weight_decay": 0.0},)
+    tx, _ = make_optimizer(_config(groups=groups), 50, frozen=("^Dense_1/",))
     mesh = jax.sharding.Mesh(jax.devices()[:4], ("data",))
-    shardings = zero.opt_state_shardings(tx, jax.eval_shape(tx.init, PARAMS), mesh)
-    mu = shardings.inner_states["trained"].inner_state[0].mu
+    shardings = zero.opt_state_shardings(tx, jax.eval_shape(tx.init, PARAMS), mesh).inner_states
+    trained, group = (shardings[k].inner_state[0].mu for k in ("trained", "group0"))
     P = jax.sharding.PartitionSpec
-    assert mu["Conv_0"]["kernel"].spec == P(None, None, None, "data")  # 4 output channels
-    assert mu["LayerNorm_0"]["scale"].spec == P()  # 5 is not divisible by 4: replicated
-    assert mu["Dense_1"]["kernel"] == optax.MaskedNode()  # Frozen: no moment.
+    assert trained["Conv_0"]["kernel"].spec == P(None, None, None, "data")  # 4 output channels
+    assert group["Conv_0"]["bias"].spec == P("data")
+    assert group["LayerNorm_0"]["scale"].spec == P()  # 5 is not divisible by 4: replicated
+    assert trained["Conv_0"]["bias"] == group["Conv_0"]["kernel"] == optax.MaskedNode()
+    assert trained["Dense_1"]["kernel"] == group["Dense_1"]["bias"] == optax.MaskedNode()
 
 
 def test_swept_values_reach_the_groups_that_inherit_them():
@@ -265,9 +268,6 @@ def test_a_run_refuses_groups_matching_nothing_before_training(tmp_path):
         experiment.validate_config(config)
     config.diagnostics.preconditioned = False  # The plain Hessian needs no optimizer state.
     assert experiment.validate_config(config) == 12
-    config.train.shard_optimizer = True
-    with pytest.raises(experiment.ConfigError, match="shard_optimizer=True is invalid: shards one"):
-        experiment.validate_config(config)
 
 
 GROUPS = (

@@ -221,17 +221,10 @@ def _check_partition(model: Any, info: Any, who: MemberGrid, built: Sequence) ->
 
 
 def _check_diagnostics(config: ml_collections.ConfigDict) -> None:
-    """`train.loss`, ZeRO-1 and the optional `diagnostics` section (configs/digits.py documents
-    them): ZeRO-1 and some diagnostics read one optimizer's state for every parameter."""
+    """`train.loss` and the optional `diagnostics` section (configs/digits.py documents it)."""
     loss = config.train.get("loss", "cross_entropy")
     if loss not in steps.LOSSES:
         _fail("train.loss", loss, f"allowed: {', '.join(steps.LOSSES)}")
-    if config.optimizer.get("groups") and config.train.get("shard_optimizer", False):
-        _fail(  # optax.tree_map_params (zero.opt_state_shardings) cannot see through the groups.
-            "train.shard_optimizer",
-            True,
-            "shards one optimizer's state (ZeRO-1): False with optimizer.groups",
-        )
     diag = config.get("diagnostics")
     if diag is None:
         return
