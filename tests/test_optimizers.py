@@ -184,7 +184,7 @@ def test_frozen_leaves_get_zero_updates_and_no_optimizer_state():
     # Adam's moments exist for the head only: no [5, 7] array in the state.
     shapes = {np.shape(x) for x in jax.tree.leaves(state)}
     assert (3,) in shapes and (5, 7) not in shapes
-    labels = optimizers.frozen_labels(["head"])(params)
+    labels = optimizers.param_labels(frozen=["head"])(params)
     assert labels == {"body": {"w": "trained"}, "head": {"w": "frozen"}}
 
 

@@ -131,8 +131,9 @@ def validate_config(config: ml_collections.ConfigDict) -> int:
 
 
 def _validated(config: ml_collections.ConfigDict):
-    """`validate_config`, returning what checking built: (num_steps, info, members, and per
-    implementation the optimizer with its swept hyperparameters injected and the schedule)."""
+    """`validate_config`, returning what checking built: (num_steps, info, members, per
+    implementation the optimizer with its swept hyperparameters injected and the schedule, and
+    the model)."""
     for section in ("data", "model", "optimizer", "train"):
         if section not in config:
             raise ConfigError(f"config has no {section!r} section; see configs/digits.py")
@@ -192,6 +193,9 @@ def _validated(config: ml_collections.ConfigDict):
             for impl in who.implementations
         )
         _check_sweep(config, who, num_steps)
+        model = models.create_model(config.model, info.num_classes)
+        if frozen or optimizers.groups_of(config.optimizer):
+            _check_partition(model, info, who, built)
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:
@@ -203,7 +207,17 @@ def _validated(config: ml_collections.ConfigDict):
             f"needs a validation split, but data.validation_fraction="
             f"{config.data.get('validation_fraction')} leaves none; set best_metric=None",
         )
-    return num_steps, info, who, built
+    return num_steps, info, who, built, model
+
+
+def _check_partition(model: Any, info: Any, who: MemberGrid, built: Sequence) -> None:
+    """The groups' and `init.frozen`'s regexes against the model's parameter paths: each
+    optimizer initialised on the abstract parameters (`jax.eval_shape`: nothing allocated),
+    which labels them (`optimizers.param_labels`) before any step."""
+    first = {k: v[0] for k, v in who.sweep.items()}
+    for tx, _ in built:
+        tx = optimizers.with_values(tx, first)
+        jax.eval_shape(lambda tx=tx: create_train_state(0, model, tx, info.image_shape))
 
 
 def _check_diagnostics(config: ml_collections.ConfigDict) -> None:
@@ -224,6 +238,19 @@ def _check_diagnostics(config: ml_collections.ConfigDict) -> None:
         _fail("diagnostics.lanczos_steps", diag.lanczos_steps, "must be >= diagnostics.top_k")
     if not isinstance(diag.get("preconditioned", True), bool):
         _fail("diagnostics.preconditioned", diag.get("preconditioned"), "must be True or False")
+    groups = config.optimizer.get("groups")  # Checked with the optimizer.
+    if groups and diag.get("layer_stats_every_steps"):
+        _fail(
+            "diagnostics.layer_stats_every_steps",
+            diag.layer_stats_every_steps,
+            "reads one optimizer's state for every parameter: None with optimizer.groups",
+        )
+    if groups and diag.get("curvature_every_steps") and diag.get("preconditioned", True):
+        _fail(
+            "diagnostics.preconditioned",
+            True,
+            "needs one optimizer's second moment for every parameter: False with optimizer.groups",
+        )
     if diag.get("layer_stats_every_steps") and config.train.get("shard_optimizer", False):
         _fail(
             "diagnostics.layer_stats_every_steps",
@@ -296,8 +323,7 @@ def build_experiment(
     config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None
 ) -> Experiment:
     """Validates `config` and builds dataset info, model, optimizers, schedule and engine."""
-    num_steps, info, who, built = _validated(config)
-    model = models.create_model(config.model, info.num_classes)
+    num_steps, info, who, built, model = _validated(config)
     first = {k: v[0] for k, v in who.sweep.items()}
     txs = [optimizers.with_values(tx, first) for tx, _ in built]
     schedule = built[0][1]
