@@ -183,8 +183,9 @@ def _steps(step, carry, batches: dict, length, traced: bool) -> tuple[Any, dict]
     return jax.lax.fori_loop(0, length, body, (carry, metrics))
 
 
-def _run_chunk(step, traced: bool):
-    """`chunk_fn(members, batches, length)`: `length` calls of `step`, metrics [rows, ...].
+def _run_chunk(step, traced: bool, place):
+    """`chunk_fn(members, batches, length)`: `length` calls of `step`, metrics [rows, ...],
+    returned through `place(carry, metrics)` (the engine's layout).
 
     One row calls `step` once (no loop); more run `_steps`.
     """
@@ -192,14 +193,14 @@ def _run_chunk(step, traced: bool):
     def chunk_fn(carry, batches, length):
         if jax.tree.leaves(batches)[0].shape[0] == 1:
             carry, metrics = step(carry, _row(batches, 0))
-            return carry, jax.tree.map(lambda x: x[None], metrics)
-        return _steps(step, carry, batches, length, traced)
+            return place(carry, jax.tree.map(lambda x: x[None], metrics))
+        return place(*_steps(step, carry, batches, length, traced))
 
     return chunk_fn
 
 
-def _run_chunk_logging_last(step, logged_step, traced: bool):
-    """Like `_run_chunk(step, traced)`, but the chunk's last step (row `length - 1`) is
+def _run_chunk_logging_last(step, logged_step, traced: bool, place):
+    """Like `_run_chunk(step, traced, place)`, but the chunk's last step (row `length - 1`) is
     `logged_step`, whose per-layer statistics come back as metrics["layers"] (one value each,
     no leading axis)."""
 
@@ -212,11 +213,11 @@ def _run_chunk_logging_last(step, logged_step, traced: bool):
         carry, last = logged_step(carry, _row(batches, last_row))
         layers = last.pop("layers")
         if rows == 1:
-            return carry, dict(jax.tree.map(lambda x: x[None], last), layers=layers)
+            return place(carry, dict(jax.tree.map(lambda x: x[None], last), layers=layers))
         if traced:
-            return carry, dict(_set_row(metrics, last, last_row), layers=layers)
+            return place(carry, dict(_set_row(metrics, last, last_row), layers=layers))
         stacked = lambda head, x: jnp.concatenate([head, x[None]])
-        return carry, dict(jax.tree.map(stacked, metrics, last), layers=layers)
+        return place(carry, dict(jax.tree.map(stacked, metrics, last), layers=layers))
 
     return chunk_fn
 
@@ -297,9 +298,11 @@ class Engine:
 
         step = member_step([None] * len(self.txs))
         traced = self.padded_chunks
-        chunk_fns = {False: _run_chunk(step, traced)}
+        place = (lambda *out: out) if self.pmap else self._constrain
+        chunk_fns = {False: _run_chunk(step, traced, place)}
         if layer_stats is not None:
-            chunk_fns[True] = _run_chunk_logging_last(step, member_step(layer_stats), traced)
+            logged = member_step(layer_stats)
+            chunk_fns[True] = _run_chunk_logging_last(step, logged, traced, place)
         # Evaluation keeps XLA's convolutions: it runs in no loop, and vmapped over members
         # they are not expanded either; on the 2-core CPU the MNIST CNN's eval batch of 1000
         # takes 0.30-0.57x of its time with `conv_matmul` (1 to 16 members,
@@ -324,8 +327,7 @@ class Engine:
             )
         else:
             self._train = {
-                logged: jax.jit(self._constrained(fn), donate_argnums=0)
-                for logged, fn in chunk_fns.items()
+                logged: jax.jit(fn, donate_argnums=0) for logged, fn in chunk_fns.items()
             }
             self._evaluate = jax.jit(evaluate, out_shardings=self.replicated)
 
@@ -342,15 +344,10 @@ class Engine:
         )
         return shardings.replace(states=states)
 
-    def _constrained(self, chunk_fn):
-        def constrained(carry, batches, length):
-            carry, metrics = chunk_fn(carry, batches, length)
-            constrain = jax.lax.with_sharding_constraint
-            return constrain(carry, self.member_shardings(carry)), constrain(
-                metrics, self.replicated
-            )
-
-        return constrained
+    def _constrain(self, carry, metrics):
+        """jit: a chunk's outputs in the members' layout, its metrics replicated."""
+        constrain = jax.lax.with_sharding_constraint
+        return constrain(carry, self.member_shardings(carry)), constrain(metrics, self.replicated)
 
     def put_members(self, carry: members.Members) -> members.Members:
         """Host members -> device members in this engine's layout."""
