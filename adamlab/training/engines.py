@@ -1,50 +1,13 @@
 """Data-parallel engines: how the members' step is compiled and where state and batches live.
 
-Two engines, chosen by `config.train.engine`, that give the same numbers as one device (to
-float32 rounding per step, tests/test_engines.py):
-
-- "jit": `jax.jit` over a 1-D device `Mesh` with axis "data". The members are replicated
-  (`NamedSharding(mesh, P())`), batches split along their batch axis; XLA inserts the gradient
-  all-reduce and computes BatchNorm statistics over the global batch.
-- "pmap": `jax.pmap` with the members replicated along a leading device axis and batches laid
-  out [devices, ..., per_device_batch, ...]; the step averages gradients, metrics and BatchNorm
-  statistics with `lax.pmean` over the axis "batch".
-
-Both train a chunk of K steps per dispatch: a chunk of one row calls the members' step once;
-a longer one runs it in a loop over its stacked batches (no per-step dispatch or host work).
-On CPU and TPU (`padded_chunks`) K is an argument of the compiled loop, not part of it: the
-loop pads every chunk to one capacity (`put_chunk(chunk, length=K)`), so a run whose log, eval
-and checkpoint points leave gaps of many lengths compiles one program. On a GPU a loop of
-traced length waits for the device at every step (XLA's WhileThunk copies its condition to
-the host), so there each chunk is exactly K rows, a `lax.scan` of known length, and each
-distinct K compiles once. The members are donated; metrics come back as device arrays [rows,
-*grid, implementations] (the first K rows are the steps'), reduced across devices, and the
-loop fetches them when it logs.
-
     engine = make_engine(config.train.engine, model, txs, schedule, num_classes, grid=())
     members = engine.put_members(initial_members(...))
     members, metrics = engine.train(members, engine.put_chunk(chunk))   # chunk [K, (S,) B, ...]
     sums = engine.evaluate(members, engine.put_batch(batch))          # per implementation
     host = engine.get_members(members)  # numpy copy: checkpoint, report
 
-Per-layer diagnostics (`layer_stats=`, one `adamlab.diagnostics.layer_stats` function per
-implementation) compile a second program, `train(..., layer_stats=True)`: the chunk's first K-1
-steps are the plain step and its last step also returns metrics["layers"]. The loop calls it
-only for chunks that end at a diagnostics point, so the plain program, and every number it
-computes, is the same with diagnostics on or off. `loss` is the train and eval loss
-(`steps.LOSSES`).
-
-Options: `shard_optimizer=True` is ZeRO-1 (`adamlab.training.zero`), for a single run (grid
-()): jit shards the moments with `NamedSharding`; pmap reduce-scatters the gradients, updates
-its slice and all-gathers the parameters. `get_members` returns the full state either way, so
-checkpoints do not depend on it. `conv_matmul` computes the train step's plain convolutions as
-slices and one matmul (`adamlab.training.cpu_conv`; the default on CPU whenever K > 1 or the
-grid is not ()); evaluation keeps XLA's convolutions.
-
-Multi-host (`jax.distributed`): the jit engine's mesh spans every process's devices; each
-process feeds its own slice of every global batch (`jax.make_array_from_process_local_data`),
-places the members it built or restored identically on every process, and `get_members`
-gathers sharded leaves from all processes. The pmap engine is single-process.
+"jit" (a device `Mesh`) and "pmap" give the same numbers as one device; both train a chunk of
+K steps per dispatch. docs/internals.md describes chunks, diagnostics, ZeRO-1 and multi-host.
 """
 
 from __future__ import annotations
