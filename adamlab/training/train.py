@@ -875,13 +875,6 @@ def _prefixed(prefix: str, values: dict) -> dict:
     return {f"{prefix}_{k}": v for k, v in values.items() if k != "confusion"}
 
 
-def _stack_curve(values: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """[T] of {"loss": [V, S]} -> {"loss": [V, S, T]}."""
-    if not values:
-        return {}
-    return {k: np.stack([x[k] for x in values], axis=-1) for k in values[0]}
-
-
 def _result_to_json(result: RunsResult) -> dict[str, Any]:
     """`result.json`: everything of a finished run but its parameters (in the checkpoint)."""
     curves = {
