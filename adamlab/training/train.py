@@ -457,8 +457,7 @@ class _Loop:
         # The optimizer's step count at each update: what its schedule was evaluated at.
         pairs = zip(fetched, first_steps, strict=True)
         counts = np.concatenate([np.arange(len(c["loss"])) + first - 1 for c, first in pairs])
-        rates = np.asarray(self.experiment.sweep_schedule(counts[None]))
-        means = np.broadcast_to(rates, (rates.shape[0], counts.size)).mean(axis=1)
+        means = [np.mean(row) for row in np.asarray(self.experiment.sweep_schedule(counts[None]))]
         return [float(means[index[0]]) for _, index, _ in self.names]
 
     def _train_summary(self, fetched, first_steps) -> list[dict[str, float]]:
