@@ -1,50 +1,13 @@
 """Data-parallel engines: how the members' step is compiled and where state and batches live.
 
-Two engines, chosen by `config.train.engine`, that give the same numbers as one device (to
-float32 rounding per step, tests/test_engines.py):
-
-- "jit": `jax.jit` over a 1-D device `Mesh` with axis "data". The members are replicated
-  (`NamedSharding(mesh, P())`), batches split along their batch axis; XLA inserts the gradient
-  all-reduce and computes BatchNorm statistics over the global batch.
-- "pmap": `jax.pmap` with the members replicated along a leading device axis and batches laid
-  out [devices, ..., per_device_batch, ...]; the step averages gradients, metrics and BatchNorm
-  statistics with `lax.pmean` over the axis "batch".
-
-Both train a chunk of K steps per dispatch: a chunk of one row calls the members' step once;
-a longer one runs it in a loop over its stacked batches (no per-step dispatch or host work).
-On CPU and TPU (`padded_chunks`) K is an argument of the compiled loop, not part of it: the
-loop pads every chunk to one capacity (`put_chunk(chunk, length=K)`), so a run whose log, eval
-and checkpoint points leave gaps of many lengths compiles one program. On a GPU a loop of
-traced length waits for the device at every step (XLA's WhileThunk copies its condition to
-the host), so there each chunk is exactly K rows, a `lax.scan` of known length, and each
-distinct K compiles once. The members are donated; metrics come back as device arrays [rows,
-*grid, implementations] (the first K rows are the steps'), reduced across devices, and the
-loop fetches them when it logs.
-
     engine = make_engine(config.train.engine, model, txs, schedule, num_classes, grid=())
     members = engine.put_members(initial_members(...))
     members, metrics = engine.train(members, engine.put_chunk(chunk))   # chunk [K, (S,) B, ...]
     sums = engine.evaluate(members, engine.put_batch(batch))          # per implementation
     host = engine.get_members(members)  # numpy copy: checkpoint, report
 
-Per-layer diagnostics (`layer_stats=`, one `adamlab.diagnostics.layer_stats` function per
-implementation) compile a second program, `train(..., layer_stats=True)`: the chunk's first K-1
-steps are the plain step and its last step also returns metrics["layers"]. The loop calls it
-only for chunks that end at a diagnostics point, so the plain program, and every number it
-computes, is the same with diagnostics on or off. `loss` is the train and eval loss
-(`steps.LOSSES`).
-
-Options: `shard_optimizer=True` is ZeRO-1 (`adamlab.training.zero`), for a single run (grid
-()): jit shards the moments with `NamedSharding`; pmap reduce-scatters the gradients, updates
-its slice and all-gathers the parameters. `get_members` returns the full state either way, so
-checkpoints do not depend on it. `conv_matmul` computes the train step's plain convolutions as
-slices and one matmul (`adamlab.training.cpu_conv`; the default on CPU whenever K > 1 or the
-grid is not ()); evaluation keeps XLA's convolutions.
-
-Multi-host (`jax.distributed`): the jit engine's mesh spans every process's devices; each
-process feeds its own slice of every global batch (`jax.make_array_from_process_local_data`),
-places the members it built or restored identically on every process, and `get_members`
-gathers sharded leaves from all processes. The pmap engine is single-process.
+"jit" (a device `Mesh`) and "pmap" give the same numbers as one device; both train a chunk of
+K steps per dispatch. docs/internals.md describes chunks, diagnostics, ZeRO-1 and multi-host.
 """
 
 from __future__ import annotations
@@ -183,8 +146,9 @@ def _steps(step, carry, batches: dict, length, traced: bool) -> tuple[Any, dict]
     return jax.lax.fori_loop(0, length, body, (carry, metrics))
 
 
-def _run_chunk(step, traced: bool):
-    """`chunk_fn(members, batches, length)`: `length` calls of `step`, metrics [rows, ...].
+def _run_chunk(step, traced: bool, place):
+    """`chunk_fn(members, batches, length)`: `length` calls of `step`, metrics [rows, ...],
+    returned through `place(carry, metrics)` (the engine's layout).
 
     One row calls `step` once (no loop); more run `_steps`.
     """
@@ -192,14 +156,14 @@ def _run_chunk(step, traced: bool):
     def chunk_fn(carry, batches, length):
         if jax.tree.leaves(batches)[0].shape[0] == 1:
             carry, metrics = step(carry, _row(batches, 0))
-            return carry, jax.tree.map(lambda x: x[None], metrics)
-        return _steps(step, carry, batches, length, traced)
+            return place(carry, jax.tree.map(lambda x: x[None], metrics))
+        return place(*_steps(step, carry, batches, length, traced))
 
     return chunk_fn
 
 
-def _run_chunk_logging_last(step, logged_step, traced: bool):
-    """Like `_run_chunk(step, traced)`, but the chunk's last step (row `length - 1`) is
+def _run_chunk_logging_last(step, logged_step, traced: bool, place):
+    """Like `_run_chunk(step, traced, place)`, but the chunk's last step (row `length - 1`) is
     `logged_step`, whose per-layer statistics come back as metrics["layers"] (one value each,
     no leading axis)."""
 
@@ -212,11 +176,11 @@ def _run_chunk_logging_last(step, logged_step, traced: bool):
         carry, last = logged_step(carry, _row(batches, last_row))
         layers = last.pop("layers")
         if rows == 1:
-            return carry, dict(jax.tree.map(lambda x: x[None], last), layers=layers)
+            return place(carry, dict(jax.tree.map(lambda x: x[None], last), layers=layers))
         if traced:
-            return carry, dict(_set_row(metrics, last, last_row), layers=layers)
+            return place(carry, dict(_set_row(metrics, last, last_row), layers=layers))
         stacked = lambda head, x: jnp.concatenate([head, x[None]])
-        return carry, dict(jax.tree.map(stacked, metrics, last), layers=layers)
+        return place(carry, dict(jax.tree.map(stacked, metrics, last), layers=layers))
 
     return chunk_fn
 
@@ -297,9 +261,11 @@ class Engine:
 
         step = member_step([None] * len(self.txs))
         traced = self.padded_chunks
-        chunk_fns = {False: _run_chunk(step, traced)}
+        place = (lambda *out: out) if self.pmap else self._constrain
+        chunk_fns = {False: _run_chunk(step, traced, place)}
         if layer_stats is not None:
-            chunk_fns[True] = _run_chunk_logging_last(step, member_step(layer_stats), traced)
+            logged = member_step(layer_stats)
+            chunk_fns[True] = _run_chunk_logging_last(step, logged, traced, place)
         # Evaluation keeps XLA's convolutions: it runs in no loop, and vmapped over members
         # they are not expanded either; on the 2-core CPU the MNIST CNN's eval batch of 1000
         # takes 0.30-0.57x of its time with `conv_matmul` (1 to 16 members,
@@ -324,8 +290,7 @@ class Engine:
             )
         else:
             self._train = {
-                logged: jax.jit(self._constrained(fn), donate_argnums=0)
-                for logged, fn in chunk_fns.items()
+                logged: jax.jit(fn, donate_argnums=0) for logged, fn in chunk_fns.items()
             }
             self._evaluate = jax.jit(evaluate, out_shardings=self.replicated)
 
@@ -342,15 +307,10 @@ class Engine:
         )
         return shardings.replace(states=states)
 
-    def _constrained(self, chunk_fn):
-        def constrained(carry, batches, length):
-            carry, metrics = chunk_fn(carry, batches, length)
-            constrain = jax.lax.with_sharding_constraint
-            return constrain(carry, self.member_shardings(carry)), constrain(
-                metrics, self.replicated
-            )
-
-        return constrained
+    def _constrain(self, carry, metrics):
+        """jit: a chunk's outputs in the members' layout, its metrics replicated."""
+        constrain = jax.lax.with_sharding_constraint
+        return constrain(carry, self.member_shardings(carry)), constrain(metrics, self.replicated)
 
     def put_members(self, carry: members.Members) -> members.Members:
         """Host members -> device members in this engine's layout."""

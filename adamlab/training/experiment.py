@@ -26,6 +26,7 @@ import optax
 
 from adamlab import data, models
 from adamlab.diagnostics import layer_stats
+from adamlab.optim import validation
 from adamlab.training import distributed, engines, members, optimizers, run_io, steps, transfer
 from adamlab.training.checkpoint import Checkpointer
 from adamlab.training.train_state import create_train_state
@@ -192,7 +193,7 @@ def _validated(config: ml_collections.ConfigDict):
             )
             for impl in who.implementations
         )
-        _check_sweep(config, who, num_steps)
+        _check_sweep(config, who)
         model = models.create_model(config.model, info.num_classes)
         if frozen or optimizers.groups_of(config.optimizer):
             _check_partition(model, info, who, built)
@@ -279,17 +280,36 @@ def _optimizer_section(config: ml_collections.ConfigDict, implementation: str) -
     return config.optimizer.to_dict() | {"implementation": implementation}
 
 
-def _check_sweep(config, who: MemberGrid, num_steps: int) -> None:
-    """Every swept value is valid: inside the program values are traced, so the optimizer's
-    own checks at construction see none of them."""
-    for impl in who.implementations:
-        section = _optimizer_section(config, impl)
-        for name, values in who.sweep.items():
-            for value in values:
-                try:
-                    optimizers.make_optimizer(section | {name: float(value)}, num_steps)
-                except ValueError as e:
-                    raise ConfigError(f"runs.sweep optimizer.{name}={value!r}: {e}") from e
+def _check_sweep(config: ml_collections.ConfigDict, who: MemberGrid) -> None:
+    """Every run's swept values obey their rules (`validation.RULES`, and `RELATIONS` beside
+    the config's other values): inside the program they are traced, so the optimizer's checks
+    at construction see none of them. Nothing is built."""
+    fixed = optimizers.optimizer_hparams(config.optimizer)
+    fixed["learning_rate"] = config.optimizer.learning_rate
+    num_values = who.grid[0] if who.sweep else 0
+    for v in range(num_values):
+        values = {name: swept[v] for name, swept in who.sweep.items()}
+        for name, value, allowed in validation.violations(fixed | values):
+            raise ConfigError(f"runs.sweep optimizer.{name}={value!r}: must be {allowed}")
+
+
+def _sweep_schedule(config: ml_collections.ConfigDict, who: MemberGrid, num_steps: int):
+    """The learning-rate schedule of every swept value at once (`schedule(counts)` has a row
+    per value), where a sweep makes it differ from the config's (a swept peak or warmup
+    fraction); None otherwise."""
+    swept = {
+        k: np.asarray(who.sweep[k])[:, None]
+        for k in ("learning_rate", "warmup_fraction")
+        if k in who.sweep
+    }
+    if not swept:
+        return None
+    return optimizers.make_schedule(
+        config.optimizer,
+        num_steps,
+        peak=swept.get("learning_rate"),
+        warmup_fraction=swept.get("warmup_fraction"),
+    )
 
 
 def total_steps(config: ml_collections.ConfigDict, info: Any) -> int:
@@ -317,6 +337,8 @@ class Experiment:
     engine: engines.Engine
     who: MemberGrid
     steps_per_dispatch: int
+    # The schedule of every swept value (`_sweep_schedule`), or None when they share `schedule`.
+    sweep_schedule: optax.Schedule | None = None
 
 
 def build_experiment(
@@ -354,7 +376,16 @@ def build_experiment(
     )
     sweepable = tuple(tx for tx, _ in built)
     return Experiment(
-        info, num_steps, model, tuple(txs), schedule, sweepable, engine, who, dispatch
+        info,
+        num_steps,
+        model,
+        tuple(txs),
+        schedule,
+        sweepable,
+        engine,
+        who,
+        dispatch,
+        _sweep_schedule(config, who, num_steps),
     )
 
 

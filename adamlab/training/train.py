@@ -44,7 +44,6 @@ from adamlab.training import (
     engines,
     evaluate,
     members,
-    optimizers,
     restore,
     run_io,
     transfer,
@@ -378,7 +377,6 @@ class _Loop:
         self.run_steps, self.run_seconds = 0, 0.0  # The whole run, for RunsResult.
         self.eval_cache: dict[str, list] = {}
         self.reported: set[int] = set()  # Members whose divergence was logged.
-        self.member_schedules = self._member_schedules()
         diag = config.get("diagnostics") or {}
         self.layers_every = diag.get("layer_stats_every_steps")
         self.curvature_every = diag.get("curvature_every_steps")
@@ -451,34 +449,16 @@ class _Loop:
             out.append({k: float(np.asarray(v)[(*index, m)]) for k, v in arrays.items()})
         return out
 
-    def _member_schedules(self) -> list | None:
-        """Each member's learning-rate schedule, where a sweep makes it differ from the
-        config's (a swept peak or warmup fraction); None otherwise. Built once per run."""
-        swept = [k for k in ("learning_rate", "warmup_fraction") if k in self.who.sweep]
-        if not swept:
-            return None
-        schedules = []
-        for _, index, _ in self.names:
-            values = {k: self.who.sweep[k][index[0]] for k in swept}
-            schedules.append(
-                optimizers.make_schedule(
-                    self.config.optimizer,
-                    self.experiment.num_steps,
-                    peak=values.get("learning_rate"),
-                    warmup_fraction=values.get("warmup_fraction"),
-                )
-            )
-        return schedules
-
     def _logged_learning_rates(self, fetched, first_steps) -> list[float] | None:
-        """Each member's mean learning rate over the fetched steps, from its own schedule;
-        None where the members follow the config's (see `_member_schedules`)."""
-        if self.member_schedules is None:
+        """Each member's mean learning rate over the fetched steps, from its swept value's
+        schedule; None where the members follow the config's (`Experiment.sweep_schedule`)."""
+        if self.experiment.sweep_schedule is None:
             return None
         # The optimizer's step count at each update: what its schedule was evaluated at.
         pairs = zip(fetched, first_steps, strict=True)
         counts = np.concatenate([np.arange(len(c["loss"])) + first - 1 for c, first in pairs])
-        return [float(np.mean(schedule(counts))) for schedule in self.member_schedules]
+        means = [np.mean(row) for row in np.asarray(self.experiment.sweep_schedule(counts[None]))]
+        return [float(means[index[0]]) for _, index, _ in self.names]
 
     def _train_summary(self, fetched, first_steps) -> list[dict[str, float]]:
         """Means over the fetched steps of every LOGGED metric, per member."""
@@ -892,13 +872,6 @@ def _close(streams: Sequence[Iterator]) -> None:
 
 def _prefixed(prefix: str, values: dict) -> dict:
     return {f"{prefix}_{k}": v for k, v in values.items() if k != "confusion"}
-
-
-def _stack_curve(values: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """[T] of {"loss": [V, S]} -> {"loss": [V, S, T]}."""
-    if not values:
-        return {}
-    return {k: np.stack([x[k] for x in values], axis=-1) for k in values[0]}
 
 
 def _result_to_json(result: RunsResult) -> dict[str, Any]:
