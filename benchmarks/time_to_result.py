@@ -256,9 +256,10 @@ def torch_job(npz: str, settings: dict, seed: int) -> dict:
     return {"num_steps": step, "test_accuracy": correct / len(test_y)}
 
 
-def run_torch(npz: pathlib.Path, settings: dict, seed: int) -> dict:
-    """`torch_job` in a child process, timed from outside."""
-    argv = [sys.executable, __file__, "--torch_job", str(npz), "--settings", json.dumps(settings)]
+def run_torch(npz: pathlib.Path, settings: dict, seed: int, python: str = sys.executable) -> dict:
+    """`torch_job` in a child process of the interpreter `python` (one with torch and numpy),
+    timed from outside."""
+    argv = [python, __file__, "--torch_job", str(npz), "--settings", json.dumps(settings)]
     argv += ["--seed", str(seed)]
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     launched = time.time()

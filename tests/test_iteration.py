@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import pathlib
+import sys
 
 import jax
 import pytest
@@ -81,3 +82,44 @@ def test_a_second_study_compiles_nothing_and_trains_as_one_that_compiles(
     assert repr(second.curves) == repr(alone.curves)
     assert_trees_equal(second.params, alone.params)
 
+
+# ---------------------------------------------------------------------------- the benchmark
+
+sys.path.insert(0, str(ROOT))
+from benchmarks import iteration, time_to_result  # noqa: E402  (no torch, no jax)
+
+LOG = """\
+2026-01-02 03:04:10,000 INFO group 1/2: adam
+2026-01-02 03:04:20,000 INFO phases: setup 2.00 s, compile 3.00 s, train 4.00 s; run 10.00 s; \
+startup 5.00 s, first_step 10.50 s
+2026-01-02 03:04:30,000 INFO phases: setup 0.50 s, compile 1.00 s, train 4.00 s; run 8.00 s; \
+startup 0.00 s, first_step 1.60 s
+"""
+
+
+def test_a_command_s_runs_add_up_to_its_wall_time():
+    launched = time_to_result.phases_lines(LOG)[0]["logged"] - 15.0  # 5 s before its run
+    out = iteration.summarize(launched, launched + 27.0, time_to_result.phases_lines(LOG))
+    assert out["wall_s"] == 27.0
+    assert out["phases_s"] == {"setup": 2.5, "compile": 4.0, "train": 8.0}
+    assert out["compile_and_setup_s"] == 6.5
+    assert out["before_first_step_s"] == 10.5  # The first run's: start-up included.
+    assert out["before_first_run_s"] == pytest.approx(5.0)
+    assert out["after_last_run_s"] == pytest.approx(2.0)  # The second line at launch + 25 s.
+    assert [r["run"] for r in out["runs"]] == [10.0, 8.0]
+
+
+def test_the_ratios_are_the_issue_s_targets():
+    side = lambda wall, compile_setup: {"wall_s": wall, "compile_and_setup_s": compile_setup}
+    median = {
+        "compare": {"cold": side(40.0, 20.0), "second": side(20.0, 3.0)},
+        "train_mnist": {"cold": side(45.0, 4.0), "second": side(40.0, 1.0), "torch": side(50, 0)},
+        "benchmark": {"cold": side(400.0, 100.0)},
+    }
+    out = iteration.ratios(median, recorded_benchmark_s=500.0)
+    assert out["compare_second_over_cold_compile_and_setup"] == 0.15
+    assert out["compare_second_over_cold_wall"] == 0.5
+    assert out["train_mnist_cold_over_torch_wall"] == 0.9
+    assert out["train_mnist_second_over_torch_wall"] == 0.8
+    assert out["benchmark_cold_over_recorded_wall"] == 0.8
+    assert "benchmark_second_over_cold_wall" not in out  # No second run: no ratio.
