@@ -316,7 +316,7 @@ class Engine:
         eval_step = make_eval_step(model, num_classes, axis_name=axis, loss=loss)
         grid_eval = members.vectorize(eval_step, self.grid, batch_axis=None)
         evaluate = lambda carry, batch: tuple(grid_eval(s, batch) for s in carry.states)
-        options = (name, self.grid, self.devices, shard_optimizer, conv_matmul, loss)
+        options = (name, self.grid, self.devices, shard_optimizer, conv_matmul, loss, traced)
         self._train = _share(
             ("train", program_key, options, layer_stats is not None) if program_key else None,
             lambda: self._jitted_train(chunk_fns),
