@@ -8,11 +8,13 @@
 
 "jit" (a device `Mesh`) and "pmap" give the same numbers as one device; both train a chunk of
 K steps per dispatch. docs/internals.md describes chunks, diagnostics, ZeRO-1 and multi-host.
+Engines built with the same `program_key` share their jitted programs (`_share`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import collections
+from collections.abc import Hashable, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -209,7 +211,11 @@ class Engine:
         loss: str = "cross_entropy",
         layer_stats: Sequence[Any] | None = None,
         padded_chunks: bool | None = None,
+        program_key: Hashable | None = None,
     ):
+        """`program_key`: what determines the train programs besides the arguments here that
+        `_share` reads (the model, the optimizers and schedule, their options), so that two
+        engines with equal keys compile equal train programs; None shares none."""
         validate_engine_name(name)
         self.name, self.grid, self.txs = name, tuple(grid), tuple(txs)
         self.devices = tuple(jax.devices() if devices is None else devices)
@@ -273,8 +279,19 @@ class Engine:
         eval_step = make_eval_step(model, num_classes, axis_name=axis, loss=loss)
         grid_eval = members.vectorize(eval_step, self.grid, batch_axis=None)
         evaluate = lambda carry, batch: tuple(grid_eval(s, batch) for s in carry.states)
+        options = (name, self.grid, self.devices, shard_optimizer, conv_matmul, loss, traced)
+        self._train = _share(
+            ("train", program_key, options, layer_stats is not None) if program_key else None,
+            lambda: self._jitted_train(chunk_fns),
+        )
+        # The evaluation reads the model and its options alone, whatever the optimizers.
+        eval_key = ("evaluate", model, num_classes, options)
+        self._evaluate = _share(eval_key, lambda: self._jitted_evaluate(evaluate))
+
+    def _jitted_train(self, chunk_fns: dict) -> dict:
+        """{layer_stats: the jitted (or pmapped) chunk function}."""
         if self.pmap:
-            self._train = {
+            return {
                 logged: jax.pmap(
                     fn,
                     axis_name=PMAP_AXIS,
@@ -285,14 +302,15 @@ class Engine:
                 )
                 for logged, fn in chunk_fns.items()
             }
-            self._evaluate = jax.pmap(
-                evaluate, axis_name=PMAP_AXIS, devices=self.devices, out_axes=None
-            )
-        else:
-            self._train = {
-                logged: jax.jit(fn, donate_argnums=0) for logged, fn in chunk_fns.items()
-            }
-            self._evaluate = jax.jit(evaluate, out_shardings=self.replicated)
+        return {
+            logged: jax.jit(fn, donate_argnums=0)
+            for logged, fn in chunk_fns.items()
+        }
+
+    def _jitted_evaluate(self, evaluate):
+        if self.pmap:
+            return jax.pmap(evaluate, axis_name=PMAP_AXIS, devices=self.devices, out_axes=None)
+        return jax.jit(evaluate, out_shardings=self.replicated)
 
     # ------------------------------------------------------------------------ state
 
@@ -428,6 +446,31 @@ class Engine:
         """Per implementation, the eval sums of every member (`steps.make_eval_step`)."""
         out = self._evaluate(carry, batch)
         return jax.block_until_ready(out) if self.synchronous else out
+
+
+# The jitted programs of the engines built last, by key (`_share`): few, since each holds its
+# compiled executables.
+_SHARED: collections.OrderedDict = collections.OrderedDict()
+_MAX_SHARED = 8
+
+
+def _share(key: Hashable | None, build: Any) -> Any:
+    """`build()`, or what it returned for an equal `key` before in this process (None: always
+    `build()`). jax caches a program's compilations on the jitted function: the same function
+    for equal programs traces and compiles each input shape once per process. A key that
+    cannot be hashed (a model with an unhashable field) shares nothing."""
+    try:
+        hash(key)
+    except TypeError:
+        key = None
+    if key is None:
+        return build()
+    if key not in _SHARED:
+        _SHARED[key] = build()
+        if len(_SHARED) > _MAX_SHARED:
+            _SHARED.popitem(last=False)
+    _SHARED.move_to_end(key)
+    return _SHARED[key]
 
 
 def make_engine(name: str, model, txs, schedule, num_classes, **options) -> Engine:

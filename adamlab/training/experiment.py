@@ -13,6 +13,7 @@ Used by the loop (`adamlab.training.train`), evaluation and `restore`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import pathlib
@@ -373,6 +374,7 @@ def build_experiment(
         conv_matmul=on_cpu and (bool(who.grid) or dispatch > 1),
         loss=config.train.get("loss", "cross_entropy"),
         layer_stats=layer_stats_for(config, who),
+        program_key=program_key(config),
     )
     sweepable = tuple(tx for tx, _ in built)
     return Experiment(
@@ -387,6 +389,19 @@ def build_experiment(
         dispatch,
         _sweep_schedule(config, who, num_steps),
     )
+
+
+def program_key(config: ml_collections.ConfigDict) -> str:
+    """What of `config` its train programs depend on, as text: all of it but the values of
+    `runs.seeds` and `runs.sweep`, which reach the programs as data (the members' initial
+    states, the swept hyperparameters held in their optimizer states; `optimizers.with_values`)
+    and whose counts the engine's grid holds. Two stages that differ in those alone, such as
+    a benchmark's tuning studies, share their programs (`engines.Engine`'s `program_key`)."""
+    fields = config.to_dict()
+    runs = fields.get("runs") or {}
+    runs.pop("seeds", None)
+    runs["sweep"] = sorted(runs.get("sweep") or {})
+    return json.dumps(fields, sort_keys=True, default=repr)
 
 
 def initial_members(

@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from adamlab import data
+from adamlab import data, runtime
 from adamlab.training import (
     curvature,
     distributed,
@@ -71,7 +71,7 @@ _WINDOW = "train_window"  # A checkpoint's extra: the train metrics since the la
 # "teardown": closing the progress bar, the metric writers, the training streams and the
 # checkpointer (waiting for its last asynchronous write). All but the checkpointer's part of
 # "teardown" fall within `wall_time_s`; what no phase counts (logging, divergence checks) is in
-# the wall time only.
+# the wall time only. Before them, outside `wall_time_s`: the process's start-up (`RunsResult`).
 PHASES = ("setup", "data", "compile", "train", "evaluate", "save", "test", "teardown")
 # The phases within `wall_time_s` that are not training steps: the wall time less these is
 # the training time, logging included.
@@ -159,11 +159,13 @@ def _draw_chunk(streams, length: int, first_step: int, nan_step: int | None, gri
     return jax.tree.map(lambda *xs: np.stack(xs), *steps)
 
 
-def format_phases(phases: dict[str, float], run_seconds: float) -> str:
-    """One line of a run's phases and its whole time (`run`'s start to now), e.g.
-    "setup 2.10 s, data 0.40 s, ..., teardown 0.30 s; run 61.20 s"."""
-    parts = ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
-    return f"{parts}; run {run_seconds:.2f} s"
+def format_phases(result: RunsResult, run_seconds: float) -> str:
+    """One line of a run's phases, its whole time (`run`'s start to now) and the time before
+    its first step, e.g. "setup 2.10 s, data 0.40 s, ..., teardown 0.30 s; run 61.20 s;
+    startup 4.10 s, first_step 7.30 s"."""
+    parts = ", ".join(f"{k} {v:.2f} s" for k, v in result.phases.items())
+    before = f"startup {result.startup_s:.2f} s, first_step {result.first_step_s:.2f} s"
+    return f"{parts}; run {run_seconds:.2f} s; {before}"
 
 
 _SHOWN = ("loss", "accuracy", "learning_rate", "grad_norm", "steps_per_sec", "f1")
@@ -214,6 +216,10 @@ class RunsResult:
       params: implementation -> final parameters with leading axes [values, seeds] (host).
       step, interrupted, num_steps, steps_per_sec, wall_time_s; phases: seconds per phase
         (`PHASES`, where they say what each counts).
+      startup_s: the process's seconds before the run (interpreter, imports, flags, config)
+        when the run is the process's first, else 0 (that time came before an earlier run).
+      first_step_s: seconds before the first step: `startup_s` and, from the run's start,
+        setup, data and compiling, until its first train call (nan if it trained no step).
     """
 
     rows: list[dict[str, Any]]
@@ -226,6 +232,12 @@ class RunsResult:
     steps_per_sec: float
     wall_time_s: float
     phases: dict[str, float] = dataclasses.field(default_factory=dict)
+    startup_s: float = math.nan
+    first_step_s: float = math.nan
+
+
+# Runs started in this process: only the first is preceded by the process's start-up.
+_runs_in_process = itertools.count()
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -292,6 +304,7 @@ def run(
     checkpoints together (orbax), and process 0 alone writes config.json, metrics and the bar.
     """
     start_time = time.perf_counter()
+    startup = runtime.process_age() if next(_runs_in_process) == 0 else 0.0
     experiment = experiment or prepare(config)
     if single and (experiment.who.grid or len(experiment.who.implementations) > 1):
         raise ConfigError(
@@ -323,7 +336,7 @@ def run(
             if start >= experiment.num_steps and finished.is_file():
                 logging.info("%s is already trained to step %d", workdir, start)
                 return _result_from_json(json.loads(finished.read_text()))
-            loop = _Loop(config, experiment, workdir, checkpointer, start_time)
+            loop = _Loop(config, experiment, workdir, checkpointer, start_time, startup)
             window = extra.get(_WINDOW) if start else None
             result = loop.train(
                 experiment.engine.put_members(carry), start, stop_after_step, window
@@ -336,7 +349,7 @@ def run(
         result.phases["teardown"] += closing
         if primary and not result.interrupted:
             run_io.write_json(workdir / RESULT_FILE, _result_to_json(result))
-        logging.info("phases: %s", format_phases(result.phases, time.perf_counter() - start_time))
+        logging.info("phases: %s", format_phases(result, time.perf_counter() - start_time))
         return result
 
 
@@ -366,9 +379,10 @@ def _pretrained(config: ml_collections.ConfigDict):
 class _Loop:
     """The steps start+1..num_steps of `run` and everything logged on the way."""
 
-    def __init__(self, config, experiment: Experiment, workdir, checkpointer, start_time):
+    def __init__(self, config, experiment: Experiment, workdir, checkpointer, start_time, startup):
         self.config, self.experiment, self.workdir = config, experiment, workdir
-        self.checkpointer, self.start_time = checkpointer, start_time
+        self.checkpointer, self.start_time, self.startup = checkpointer, start_time, startup
+        self.first_step: float | None = None  # `RunsResult.first_step_s`
         self.who, self.engine = experiment.who, experiment.engine
         self.names = self.who.names()
         self.single = len(self.names) == 1
@@ -601,6 +615,8 @@ class _Loop:
                         engine.compile_train(carry, device_chunk, layer_stats=layers_due)
                         interval_compile += time.perf_counter() - tick
                         compiled.add((rows, layers_due))
+                    if self.first_step is None:
+                        self.first_step = time.perf_counter() - self.start_time + self.startup
                     carry, step_metrics = engine.train(carry, device_chunk, layer_stats=layers_due)
                     interval_steps += length
                     layers = step_metrics.pop("layers", None)
@@ -779,6 +795,8 @@ class _Loop:
             steps_per_sec=steps_per_sec,
             wall_time_s=wall,
             phases=self.phases,
+            startup_s=self.startup,
+            first_step_s=math.nan if self.first_step is None else self.first_step,
         )
 
 
