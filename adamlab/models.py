@@ -1,16 +1,9 @@
-"""Flax (linen) image classifiers, by name: "cnn", "resnet", "mlp" and "logreg".
+"""Flax (linen) image classifiers, by name: "cnn", "resnet", "mlp" and "logreg", built by one
+factory, `create_model(config.model, num_classes)`.
 
-"cnn" is a small CNN for grey digits, "resnet" a CIFAR-style ResNet; "mlp" (dense ReLU layers
-with dropout) and "logreg" (multinomial logistic regression) are Kingma & Ba 2015's models of
-Figures 1-2. All are built by one factory, `create_model(config.model, num_classes)`.
-
-linen rather than nnx: linen keeps parameters and BatchNorm statistics as plain pytrees outside
-the module, which is exactly what a pure, donated `train_step` and a checkpointer want, and it is
-what the Flax examples and big_vision use. Both models compute in `dtype` (float32 or bfloat16)
-and keep parameters in float32; logits are always returned in float32 so the loss is float32.
-
-Both take `__call__(x, *, train)`: `train` switches dropout and BatchNorm between batch statistics
-(train) and running averages (eval). Build them from a config with `create_model`.
+linen keeps parameters and BatchNorm statistics as plain pytrees outside the module, what a
+pure, donated `train_step` and a checkpointer want. Models compute in `dtype`, keep float32
+parameters and return float32 logits; `__call__(x, *, train)`. docs/internals.md.
 """
 
 from __future__ import annotations

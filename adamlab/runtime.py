@@ -7,6 +7,7 @@
   walking the ~370,000 objects that importing jax, flax, orbax and TensorFlow creates.
 - `use_compilation_cache`: jax's persistent compilation cache, so that a command reuses what
   an earlier one compiled.
+- `process_age`: how long the process has run (a run reports the time before its first step).
 
 `cli.main` applies the first two in whatever process runs it; `cli.console`, the `adamlab`
 command, which owns its process, applies all of them. Each has an ``ADAMLAB_*`` switch
@@ -20,6 +21,7 @@ import ctypes.util
 import gc
 import importlib.metadata
 import logging
+import math
 import os
 import re
 import shutil
@@ -257,3 +259,23 @@ def use_compilation_cache() -> Path | None:
 
     warnings.showwarning = showwarning
     return path
+
+
+# ---------------------------------------------------------------------------- process age
+
+
+def process_age() -> float:
+    """Seconds since this process started, to 0.01 s; nan where /proc does not say (not Linux).
+
+    /proc/self/stat's 22nd field is the start time in clock ticks after boot, /proc/uptime
+    the seconds since boot: what came before the first line of Python (the interpreter, the
+    imports) counts too, which no timer started in Python can see.
+    """
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        # Fields 3 on follow the command name's closing parenthesis (a name may hold spaces).
+        ticks = int(stat.rpartition(")")[2].split()[22 - 3])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return math.nan

@@ -1,15 +1,17 @@
-"""Golden trajectories of `torch.optim`: the ground truth of the "pytorch" convention (issue 12).
+"""Golden trajectories of the PyTorch references: `torch.optim`, the ground truth of the
+"pytorch" convention (issue 12), and the authors' or the standard PyTorch implementation of
+the optimizers torch.optim lacks (timm, pytorch-optimizer, adam-mini, schedulefree).
 
+    python benchmarks/golden_torch.py --problems   # JAX (the adamlab env): the gradients
     pip install -e '.[torch]'
-    python benchmarks/golden_torch.py [--out tests/fixtures] [--names NAME ...]
+    python benchmarks/golden_torch.py [--out tests/fixtures] [--only NAME ...]   # torch
 
-writes `torch_problems.npz` (two problems: initial parameters and a fixed sequence of 500
-float32 gradients each) and one `torch_<name>.npz` per optimizer (its trajectory on both).
-With `--names`, only those optimizers' files, on the problems already in `--out` (torch and
-numpy only: no jax needed to add one optimizer).
-`tests/test_optim_torch.py` replays the same gradients through ours with
-``convention="pytorch"`` and compares, so that the default test suite needs no torch; with
-torch installed the same test also runs torch live.
+writes `torch_problems.npz` (three problems: initial parameters and a fixed sequence of 500
+float32 gradients each; `--problems` adds the missing ones, which needs JAX, not torch, and
+leaves those already there as they are) and one `torch_<name>.npz` per optimizer (its
+trajectory on the problems of its `Reference`). `tests/test_optim_torch.py` replays the same
+gradients through ours, in the reference's `convention`, and compares, so that the default
+test suite needs no torch; with torch installed the same test also runs torch live.
 
 The gradient sequences are fixed (they do not depend on the parameters), so only the
 optimizer differs between the two sides:
@@ -24,7 +26,16 @@ optimizer differs between the two sides:
     94 coordinates, 12 drawn from each of its 8 parameter arrays (the 10 of the output
     bias), are recorded at every step.
     The Adam family updates every coordinate on its own, so a coordinate sees the same
-    sequence of updates as in the whole network.
+    sequence of updates as in the whole network;
+  * "cnn_whole": whole tensors, for the optimizers that couple the coordinates of a tensor
+    (LAMB's trust ratio, Muon's orthogonalisation, Cautious's mask mean, MARS's clip of
+    c_t to norm 1, Adam-mini's block means): the digits CNN
+    shrunk to conv 2, conv 2, dense 4, 10 classes (144 values in 8 arrays), trained and
+    recorded as "cnn", every value of every array at every step.
+
+A `Reference` says which problems an optimizer runs: the per-coordinate ones run "pytree" and
+"cnn" (`PER_COORDINATE`), the coupled ones "pytree" (whole leaves already) and "cnn_whole"
+(`WHOLE_TENSOR`).
 
 Stored trajectories: the parameters after steps 1-10 and every 20th step to 500 (where the
 conventions differ most early on: bias corrections, RAdam's threshold); every state leaf that
@@ -36,19 +47,28 @@ has a counterpart in ours after steps 1, 5, 6, 10, 100, 250 and 500:
     max_exp_avg_sq (amsgrad)    nu_max   (the maximum of the raw v_t, convention "pytorch")
     exp_inf (Adamax)            nu
     mu_product (NAdam)          mu_product
-    z (Schedule-Free)           z        (`ScheduleFreeState.z`; exp_avg_sq: its base's nu)
     step                        count    (compared implicitly: both count every update)
 
-Schedule-Free AdamW is the authors' `schedulefree.AdamWScheduleFree` (the `schedulefree`
-package, in train mode throughout: its params are y, the gradient point), with a warmup of 50
-steps and a decay, so that the warmup's convention shows.
+timm's and pytorch-optimizer's optimizers name their state as torch.optim does; a `Reference`
+with another mapping says so (AdEMAMix: exp_avg -> m1, exp_avg_slow -> m2; Adam-mini: m ->
+mu, and v or vmean -> nu, by the kind of block: stored under the first parameter's name;
+Schedule-Free: z -> z, exp_avg_sq -> its base's nu), one with none (Muon, whose state ours
+nests in optax.partition's) stores the parameters only. Schedule-Free AdamW is the authors'
+`schedulefree.AdamWScheduleFree`, in train mode throughout (its params are y).
 
-About 0.6 MB in all. Runs on the CPU in ~1 minute (the CNN's gradients are the long part).
+About 1 MB in all. On the CPU the problems take ~30 s (the CNNs' gradients), the trajectories
+~1 minute.
 """
 
 import argparse
+import contextlib
+import importlib
+import importlib.metadata
+import inspect
 import json
 import pathlib
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -63,33 +83,10 @@ PYTREE_SHAPES = {
     "scale": (),
 }  # in jax.tree order (sorted keys): the order of the flattened vectors below
 CNN_COORDS_PER_ARRAY = 12
-
-# name -> (torch.optim class name, torch kwargs, ours' hyperparameters besides learning_rate).
-# Decoupled decay 1e-2 (torch.optim.AdamW's default) is set explicitly on both sides.
-OPTIMIZERS = {
-    "adam": ("Adam", {}, {}),
-    "adamw": ("AdamW", {"weight_decay": 1e-2}, {"weight_decay": 1e-2}),
-    "amsgrad": ("Adam", {"amsgrad": True}, {}),
-    "nadam": ("NAdam", {}, {}),
-    "nadamw": (
-        "NAdam",
-        {"weight_decay": 1e-2, "decoupled_weight_decay": True},
-        {"weight_decay": 1e-2},
-    ),
-    "radam": ("RAdam", {}, {}),
-    "radamw": (
-        "RAdam",
-        {"weight_decay": 1e-2, "decoupled_weight_decay": True},
-        {"weight_decay": 1e-2},
-    ),
-    "adamax": ("Adamax", {}, {}),
-    "schedule_free_adamw": (
-        "schedulefree.AdamWScheduleFree",
-        {"weight_decay": 1e-2, "warmup_steps": 50},
-        {"weight_decay": 1e-2, "warmup_steps": 50},
-    ),
-}
-LEARNING_RATE = {"pytree": 1e-2, "cnn": 3e-3}
+CNN_WHOLE = {"features": (2, 2), "dense_features": 4}  # the digits CNN, shrunk: 144 values
+PER_COORDINATE = ("pytree", "cnn")
+WHOLE_TENSOR = ("pytree", "cnn_whole")
+LEARNING_RATE = {"pytree": 1e-2, "cnn": 3e-3, "cnn_whole": 3e-3}
 # torch state name -> ours (field of the rescaling transform's state).
 STATE_NAMES = {
     "exp_avg": "mu",
@@ -97,7 +94,159 @@ STATE_NAMES = {
     "max_exp_avg_sq": "nu_max",
     "exp_inf": "nu",
     "mu_product": "mu_product",
-    "z": "z",
+}
+
+
+class Reference(NamedTuple):
+    """An optimizer's PyTorch reference and how ours replays it.
+
+    Attributes:
+      optimizer: a `torch.optim` class name ("Adam") or a dotted path ("timm.optim.Lion").
+      kwargs: its keyword arguments besides ``lr`` (``foreach=False``, the single-tensor loop,
+        is added where it takes one).
+      ours: our constructor's hyperparameters besides ``learning_rate``.
+      convention: ours' convention that follows the reference.
+      problems: the problems it runs: `PER_COORDINATE`, or `WHOLE_TENSOR` for an optimizer
+        that couples the coordinates of a tensor.
+      state: reference state name -> ours' field; None: `STATE_NAMES`; {}: params only.
+      learning_rate: problem -> learning rate; None: `LEARNING_RATE`.
+      matrices: only the leaves of rank >= 2 (Muon; `matrix_problem`), in `torch_layout`.
+      torch_layout: each leaf of rank >= 2 as the reference's 2-D (fan_out, fan_in) parameter,
+        the transpose of the (fan_in, fan_out) matrix of our `transform.conv_dimension_numbers`
+        (a torch model's layout: Adam-mini's one v per row is ours' per output unit); the
+        snapshots are in ours' layout again.
+      float32: the reference's bfloat16 casts run in float32 (`_float32_casts`):
+        torch.optim.Muon's Newton-Schulz, which ours computes in float32.
+      make: ``make(factory, params, lr, kwargs)`` builds the reference where it is not
+        ``factory(params, lr=lr, **kwargs)`` (Adam-mini's named parameters); None: that call.
+    """
+
+    optimizer: str
+    kwargs: dict
+    ours: dict
+    convention: str = "pytorch"
+    problems: tuple[str, ...] = PER_COORDINATE
+    state: dict | None = None
+    learning_rate: dict | None = None
+    matrices: bool = False
+    float32: bool = False
+    torch_layout: bool = False
+    make: Callable | None = None
+
+
+def _schedule_free_in_train_mode(factory, params, lr, kwargs):
+    """The authors' ``AdamWScheduleFree`` in train mode throughout: its params are y, the
+    gradient point, as ours' are (x is formed for evaluation only)."""
+    opt = factory(params, lr=lr, **kwargs)
+    opt.train()
+    return opt
+
+
+def _adam_mini_with_our_blocks(factory, params, lr, kwargs):
+    """The authors' ``Adam_mini`` on `params` (torch layout), named so that it computes ours'
+    partition: it partitions by name, one v per row of an ``mlp`` weight (ours' per output
+    unit) and Adam for a ``bias`` (ours' for ndim <= 1). Its name rule exempts biases from
+    the decay: every group decays by ``kwargs["weight_decay"]``, as ours does without a mask.
+    """
+    names = [f"mlp.{i}.weight" if p.ndim >= 2 else f"{i}.bias" for i, p in enumerate(params)]
+    opt = factory(list(zip(names, params, strict=True)), lr=lr, verbose=False, **kwargs)
+    for group in opt.param_groups:
+        group["weight_decay"] = kwargs["weight_decay"]
+    return opt
+
+
+# Decoupled decay 1e-2 (torch.optim.AdamW's default) is set explicitly on both sides.
+_DECAY = {"weight_decay": 1e-2}
+# Cautious: timm rescales the mask by 1/max(mean, 1e-3), ours (Liang et al.) by
+# 1/(mean + caution_eps). With at most 1000 values per tensor a nonzero mean is >= 1e-3, and
+# in float32 mean + 1e-12 == mean: the two agree.
+_CAUTION = {"caution_eps": 1e-12}
+_SIGN_LR = {"pytree": 1e-3, "cnn": 3e-4, "cnn_whole": 3e-4}  # Lion's: 3-10x below Adam's
+OPTIMIZERS = {
+    "adam": Reference("Adam", {}, {}),
+    "adamw": Reference("AdamW", _DECAY, _DECAY),
+    "amsgrad": Reference("Adam", {"amsgrad": True}, {}),
+    "nadam": Reference("NAdam", {}, {}),
+    "nadamw": Reference("NAdam", {**_DECAY, "decoupled_weight_decay": True}, _DECAY),
+    "radam": Reference("RAdam", {}, {}),
+    "radamw": Reference("RAdam", {**_DECAY, "decoupled_weight_decay": True}, _DECAY),
+    "adamax": Reference("Adamax", {}, {}),
+    # The newer optimizers (torch.optim has Muon only): the authors' code where a library
+    # ships it (timm's Adopt is Taniguchi et al.'s), else the standard PyTorch one. Where
+    # their conventions differ from ours, the settings where they agree (docs/conventions.md).
+    "lion": Reference("timm.optim.Lion", _DECAY, _DECAY, "optax", learning_rate=_SIGN_LR),
+    "cautious_lion": Reference(
+        "timm.optim.Lion",
+        {**_DECAY, "caution": True},
+        {**_DECAY, **_CAUTION},
+        "optax",
+        WHOLE_TENSOR,
+        learning_rate=_SIGN_LR,
+    ),
+    "cautious_adamw": Reference(
+        "timm.optim.AdamWLegacy",
+        {**_DECAY, "caution": True},
+        {**_DECAY, **_CAUTION},
+        "pytorch",
+        WHOLE_TENSOR,
+    ),
+    "lamb": Reference(
+        "timm.optim.Lamb",
+        {**_DECAY, "max_grad_norm": None, "always_adapt": True},
+        _DECAY,
+        "paper",
+        WHOLE_TENSOR,
+    ),
+    "muon": Reference(
+        "Muon",
+        {**_DECAY, "momentum": 0.95, "nesterov": True, "eps": 1e-7},
+        {**_DECAY, "beta": 0.95, "nesterov": True, "eps": 1e-7},
+        "paper",
+        WHOLE_TENSOR,
+        state={},
+        learning_rate={"pytree": 2e-2, "cnn_whole": 2e-2},
+        matrices=True,
+        float32=True,
+    ),
+    # timm's default clip is (t - 1)^0.333; the paper's Section 5 and optax's, t^(1/4).
+    "adopt": Reference("timm.optim.Adopt", {"clip_exp": 0.25}, {}, "paper"),
+    "ademamix": Reference(
+        "pytorch_optimizer.AdEMAMix",
+        {**_DECAY, "weight_decouple": True, "t_alpha_beta3": NUM_STEPS},
+        {**_DECAY, "alpha_warmup": NUM_STEPS, "b3_warmup": NUM_STEPS},
+        "paper",
+        state={"exp_avg": "m1", "exp_avg_sq": "nu", "exp_avg_slow": "m2"},
+    ),
+    # MARS: the authors' code (AGI-Arena/MARS) is not on PyPI; pytorch-optimizer's port with
+    # optimize_1d gives every leaf MARS, as ours does, and its fixed 1e-15 under the square
+    # root is ours' eps_root.
+    "mars_adamw": Reference(
+        "pytorch_optimizer.MARS",
+        {**_DECAY, "mars_type": "adamw", "optimize_1d": True},
+        {**_DECAY, "eps_root": 1e-15},
+        "pytorch",
+        WHOLE_TENSOR,
+        torch_layout=True,
+    ),
+    "adam_mini": Reference(
+        "adam_mini.Adam_mini",
+        _DECAY,
+        _DECAY,
+        "pytorch",
+        WHOLE_TENSOR,
+        state={"m": "mu", "v": "nu", "vmean": "nu"},
+        torch_layout=True,
+        make=_adam_mini_with_our_blocks,
+    ),
+    # The authors' package, with a warmup and a decay so that the warmup's convention shows;
+    # its z is ours' ScheduleFreeState.z, its exp_avg_sq the base's nu (no first moment).
+    "schedule_free_adamw": Reference(
+        "schedulefree.AdamWScheduleFree",
+        {**_DECAY, "warmup_steps": 50},
+        {**_DECAY, "warmup_steps": 50},
+        state={"exp_avg_sq": "nu", "z": "z"},
+        make=_schedule_free_in_train_mode,
+    ),
 }
 
 
@@ -123,8 +272,11 @@ def pytree_problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return init.astype(np.float32), grads.astype(np.float32)
 
 
-def cnn_problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(initial params [94], gradients [500, 94], coordinate names) of the digits CNN."""
+def cnn_problem(
+    seed: int = 0, whole: bool = False
+) -> tuple[np.ndarray, np.ndarray, list[str], list]:
+    """(initial params [94], gradients [500, 94], coordinate names, leaf shapes) of the digits
+    CNN; `whole`: of the shrunk CNN_WHOLE, every coordinate ([144], [500, 144])."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -135,12 +287,14 @@ def cnn_problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
     images, labels = load_digits(return_X_y=True)
     images = jnp.asarray(images.reshape(-1, 8, 8, 1) / 16.0, jnp.float32)
     labels = jnp.asarray(labels, jnp.int32)
-    model = CNN(num_classes=10)
+    model = CNN(num_classes=10, **(CNN_WHOLE if whole else {}))
     params = model.init(jax.random.key(seed), images[:1], train=False)["params"]
     leaves, _ = jax.tree_util.tree_flatten_with_path(params)
     rng = np.random.default_rng(seed)
     picks = [
-        rng.choice(leaf.size, min(leaf.size, CNN_COORDS_PER_ARRAY), replace=False)
+        np.arange(leaf.size)
+        if whole
+        else rng.choice(leaf.size, min(leaf.size, CNN_COORDS_PER_ARRAY), replace=False)
         for _, leaf in leaves
     ]
     names = [
@@ -171,110 +325,279 @@ def cnn_problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
     for i in range(NUM_STEPS):
         params, opt_state, grads = step(params, opt_state, i)
         recorded.append(np.asarray(grads))
-    return init.astype(np.float32), np.stack(recorded).astype(np.float32), names
+    shapes = [leaf.shape for _, leaf in leaves]
+    return init.astype(np.float32), np.stack(recorded).astype(np.float32), names, shapes
 
 
-def optimizer_class(class_name: str):
-    """A torch.optim class by name, or "package.Class" from another package (schedulefree)."""
-    import importlib
+def load_problems(path) -> dict:
+    """problem -> (initial params [N], gradients [T, N], leaf shapes or None: one flat leaf),
+    and "param_steps", "state_steps": what `torch_problems.npz` holds."""
+    data = np.load(path)
+    problems = {"param_steps": data["param_steps"], "state_steps": data["state_steps"]}
+    for problem in ("pytree", "cnn", "cnn_whole"):
+        if f"{problem}_init" in data:
+            shapes = json.loads(str(data[f"{problem}_shapes"])) if problem != "cnn" else None
+            if isinstance(shapes, dict):
+                shapes = list(shapes.values())
+            shapes = None if shapes is None else [tuple(s) for s in shapes]
+            problems[problem] = (data[f"{problem}_init"], data[f"{problem}_grads"], shapes)
+    return problems
 
+
+def write_problems(path) -> None:
+    """Adds the problems `path` lacks (computing them needs JAX, not torch); keeps the others
+    byte for byte, so that the fixtures written against them stay valid."""
+    arrays = dict(np.load(path)) if path.exists() else {}
+    arrays |= {"param_steps": PARAM_STEPS, "state_steps": STATE_STEPS}
+    if "pytree_init" not in arrays:
+        arrays["pytree_init"], arrays["pytree_grads"] = pytree_problem()
+        shapes = {k: list(v) for k, v in PYTREE_SHAPES.items()}
+        arrays["pytree_shapes"] = np.array(json.dumps(shapes))
+    if "cnn_init" not in arrays:
+        arrays["cnn_init"], arrays["cnn_grads"], names, _ = cnn_problem()
+        arrays["cnn_coordinates"] = np.array(names)
+    if "cnn_whole_init" not in arrays:
+        arrays["cnn_whole_init"], arrays["cnn_whole_grads"], _, shapes = cnn_problem(whole=True)
+        arrays["cnn_whole_shapes"] = np.array(json.dumps([list(s) for s in shapes]))
+    np.savez_compressed(path, **arrays)
+
+
+def matrix_problem(init: np.ndarray, grads: np.ndarray, shapes):
+    """(init, grads, shapes) restricted to the leaves of rank >= 2 (`Reference.matrices`)."""
+    offsets = np.cumsum([0, *(int(np.prod(s)) for s in shapes)])
+    keep = [(a, b, s) for a, b, s in zip(offsets[:-1], offsets[1:], shapes, strict=True)]
+    keep = [(a, b, s) for a, b, s in keep if len(s) >= 2]
+    index = np.concatenate([np.arange(a, b) for a, b, _ in keep])
+    return init[index], grads[:, index], [s for _, _, s in keep]
+
+
+def _reference(ref: Reference):
+    """The reference's optimizer class: `torch.optim.<name>` or the dotted path's."""
+    module, _, name = ref.optimizer.rpartition(".")
+    return getattr(importlib.import_module(module or "torch.optim"), name)
+
+
+@contextlib.contextmanager
+def _float32_casts():
+    """Within it, ``Tensor.bfloat16()`` returns float32: torch.optim.Muon runs its
+    Newton-Schulz iteration in bfloat16 (`torch.optim._muon._zeropower_via_newtonschulz`,
+    ``grad.bfloat16()``), 2^-8 relative rounding per step that hides every other difference.
+    The rest of its code runs as shipped."""
     import torch
 
-    module, _, name = class_name.rpartition(".")
-    return getattr(importlib.import_module(module) if module else torch.optim, name)
+    bfloat16 = torch.Tensor.bfloat16
+    torch.Tensor.bfloat16 = lambda self, *args, **kwargs: self.float()
+    try:
+        yield
+    finally:
+        torch.Tensor.bfloat16 = bfloat16
 
 
 def torch_trajectory(name: str, init: np.ndarray, grads: np.ndarray, lr: float, shapes=None):
-    """Runs torch.optim's `name` on the fixed gradients; returns the stored snapshots.
+    """Runs the reference of `name` on the fixed gradients; returns the stored snapshots.
 
     `shapes`: the leaves to split the flat vector into (one torch parameter each); None keeps
     one parameter. foreach=False: the single-tensor loop, torch's reference implementation.
+    A `Reference.torch_layout` leaf of rank >= 2 is the torch (fan_out, fan_in) matrix, its
+    snapshots ours' layout again. A state leaf is stored under the name the first
+    parameter's state gives it; each parameter contributes its own name for the same leaf
+    of ours (Adam-mini: v or vmean).
     """
     import torch
 
-    class_name, kwargs, _ = OPTIMIZERS[name]
+    ref = OPTIMIZERS[name]
+    transpose = ref.matrices or ref.torch_layout
     shapes = [init.shape] if shapes is None else list(shapes)
     sizes = [int(np.prod(s)) for s in shapes]
     offsets = np.cumsum([0, *sizes])
-    params = [
-        torch.nn.Parameter(torch.from_numpy(init[a:b].reshape(s).copy()))
-        for a, b, s in zip(offsets[:-1], offsets[1:], shapes, strict=True)
-    ]
-    opt = optimizer_class(class_name)(params, lr=lr, foreach=False, **kwargs)
-    if hasattr(opt, "train"):  # Schedule-Free: train mode, the params are y
-        opt.train()
+    spans = list(zip(offsets[:-1], offsets[1:], shapes, strict=True))
 
-    def flat(values):
-        return np.concatenate([np.asarray(v, np.float32).reshape(-1) for v in values])
+    def to_torch(x, s):
+        x = x.reshape(s)
+        return torch.from_numpy((x.reshape(-1, s[-1]).T if transpose and x.ndim >= 2 else x).copy())
 
+    def flat(tensors):  # .T: (out, in) -> ours' (in, out); a 1-D or (out, 1) leaf keeps its order
+        return np.concatenate(
+            [
+                np.asarray(t.detach().numpy(), np.float32).T.reshape(-1)
+                if transpose
+                else np.asarray(t.detach().numpy(), np.float32).reshape(-1)
+                for t in tensors
+            ]
+        )
+
+    params = [torch.nn.Parameter(to_torch(init[a:b], s)) for a, b, s in spans]
+    factory = _reference(ref)
+    kwargs = dict(ref.kwargs)
+    if "foreach" in inspect.signature(factory).parameters:
+        kwargs["foreach"] = False
+    opt = ref.make(factory, params, lr, kwargs) if ref.make else factory(params, lr=lr, **kwargs)
+    state_names = STATE_NAMES if ref.state is None else ref.state
     out = {"params": [], "state": {}}
     for t in range(1, NUM_STEPS + 1):
-        for p, a, b, s in zip(params, offsets[:-1], offsets[1:], shapes, strict=True):
-            p.grad = torch.from_numpy(grads[t - 1, a:b].reshape(s).copy())
-        opt.step()
+        for p, (a, b, s) in zip(params, spans, strict=True):
+            p.grad = to_torch(grads[t - 1, a:b], s)
+        with _float32_casts() if ref.float32 else contextlib.nullcontext():
+            opt.step()
         if t in PARAM_STEPS:
-            out["params"].append(flat(p.detach().numpy() for p in params))
+            out["params"].append(flat(params))
         if t in STATE_STEPS:
-            for key in STATE_NAMES:
-                if key in opt.state[params[0]]:
-                    if key == "mu_product":  # one scalar per parameter, all equal
-                        value = np.float32(opt.state[params[0]][key].item())
-                    else:
-                        value = flat(opt.state[p][key].detach().numpy() for p in params)
-                    out["state"].setdefault(key, []).append(value)
+            for key, ours in state_names.items():
+                if key not in opt.state[params[0]]:
+                    continue
+                if key == "mu_product":  # one scalar per parameter, all equal
+                    value = np.float32(opt.state[params[0]][key].item())
+                else:
+                    names = [k for k, o in state_names.items() if o == ours]
+                    value = flat(_state_leaf(opt.state[p], names) for p in params)
+                out["state"].setdefault(key, []).append(value)
     return {
         "params": np.stack(out["params"]),
         **{f"state/{k}": np.stack(v) for k, v in out["state"].items()},
     }
 
 
+def _state_leaf(state: dict, names: list[str]):
+    """The first of `names` that a parameter's torch `state` holds."""
+    return next(state[key] for key in names if key in state)
+
+
+def problem_of(name: str, problem: str, problems: dict):
+    """(init, grads, shapes) of `problem` as `name`'s reference takes it."""
+    init, grads, shapes = problems[problem]
+    return (
+        matrix_problem(init, grads, shapes) if OPTIMIZERS[name].matrices else (init, grads, shapes)
+    )
+
+
+def write_fixture(out: pathlib.Path, name: str, problems: dict) -> None:
+    """Writes torch_<name>.npz: its reference's trajectories on its problems, and the meta
+    the test replays them with."""
+    import torch
+
+    ref = OPTIMIZERS[name]
+    learning_rate = {p: (ref.learning_rate or LEARNING_RATE)[p] for p in ref.problems}
+    arrays = {}
+    for problem in ref.problems:
+        init, grads, shapes = problem_of(name, problem, problems)
+        trajectory = torch_trajectory(name, init, grads, learning_rate[problem], shapes)
+        arrays |= {f"{problem}/{key}": value for key, value in trajectory.items()}
+    meta = {
+        "torch": torch.__version__,
+        "reference": ref.optimizer,
+        "reference_version": _version(ref.optimizer),
+        "torch_kwargs": ref.kwargs,
+        "ours": ref.ours,
+        "convention": ref.convention,
+        "problems": list(ref.problems),
+        "state": STATE_NAMES if ref.state is None else ref.state,
+        "matrices": ref.matrices,
+        "torch_layout": ref.torch_layout,
+        "float32": ref.float32,
+        "learning_rate": learning_rate,
+    }
+    np.savez_compressed(out / f"torch_{name}.npz", meta=np.array(json.dumps(meta)), **arrays)
+    print(f"wrote {out / f'torch_{name}.npz'}")
+
+
+def _version(optimizer: str) -> str:
+    """The version of the package that ships `optimizer` (torch for a torch.optim name)."""
+    return importlib.metadata.version(optimizer.partition(".")[0] if "." in optimizer else "torch")
+
+
+# SOAP (Vyas et al. 2024) couples a tensor's coordinates (its rotations): whole tensors, not
+# coordinates. torch.optim has none and the authors' soap.py is not on PyPI: this is
+# pytorch_optimizer's SOAP, the authors' rule line for line (m in the params' basis, as
+# soap.py before its Dec 2024 "momentum change", which stores it rotated: the same rule), at
+# the authors' defaults but weight_decay 0 (docs/conventions.md). Every matrix's sides differ
+# by at most one: the first statistic G G^T (rank min(m, n)) then has no repeated eigenvalue,
+# where a repeated one leaves eigh's basis arbitrary and the trajectories apart.
+SOAP_SHAPES = {
+    "bias": (8,),
+    "conv": (3, 3, 2, 4),
+    "scale": (),
+    "tall": (9, 8),
+    "tiny": (6, 7),
+    "wide": (8, 9),
+}  # in jax.tree order
+SOAP_KWARGS = {"betas": (0.95, 0.95), "eps": 1e-8, "weight_decay": 0.0}
+SOAP_KWARGS |= {"precondition_frequency": 10, "max_precondition_dim": 10000}
+SOAP_LR = 1e-2
+SOAP_STATE_NAMES = {"exp_avg": "mu", "exp_avg_sq": "nu"}
+
+
+def soap_problem(seed: int = 7) -> tuple[dict, dict]:
+    """(init, gradients [500, ...]) by leaf, float32: standard normal gradients, those of
+    "tiny" times 1e-6 (sqrt(v) ~ 1e-6: where eps = 1e-8 sits in the bias correction shows)."""
+    rng = np.random.default_rng(seed)
+    init = {k: np.asarray(rng.standard_normal(s) * 0.5, np.float32) for k, s in SOAP_SHAPES.items()}
+    grads = {k: rng.standard_normal((NUM_STEPS, *s)) for k, s in SOAP_SHAPES.items()}
+    grads["tiny"] *= 1e-6
+    return init, {k: g.astype(np.float32) for k, g in grads.items()}
+
+
+def soap_trajectory(init: dict, grads: dict) -> dict:
+    """pytorch_optimizer's SOAP on the whole tensors: params, exp_avg and exp_avg_sq by leaf
+    after the steps of PARAM_STEPS (step 1 only initialises: params unchanged)."""
+    import torch
+    from pytorch_optimizer import SOAP
+
+    params = {k: torch.nn.Parameter(torch.from_numpy(x.copy())) for k, x in init.items()}
+    opt = SOAP(params.values(), lr=SOAP_LR, **SOAP_KWARGS)
+    out = {}
+    for t in range(1, NUM_STEPS + 1):
+        for k, p in params.items():
+            p.grad = torch.from_numpy(np.array(grads[k][t - 1]))
+        opt.step()
+        if t in PARAM_STEPS:
+            for k, p in params.items():
+                out.setdefault(f"params/{k}", []).append(p.detach().numpy().copy())
+                for key in SOAP_STATE_NAMES:
+                    value = opt.state[p].get(key, torch.zeros_like(p)).detach().numpy().copy()
+                    out.setdefault(f"state/{key}/{k}", []).append(value)
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def write_soap(out: pathlib.Path) -> None:
+    """tests/fixtures/torch_soap.npz: the problem's init and pytorch_optimizer's trajectory."""
+    from importlib.metadata import version
+
+    import torch
+
+    init, grads = soap_problem()
+    # The gradients are soap_problem()'s, regenerated by the tests (their 0.5 MB would
+    # double the fixtures); each leaf's sum checks that NumPy's stream has not changed.
+    arrays = {f"init/{k}": x for k, x in init.items()}
+    arrays |= {f"grads_sum/{k}": np.sum(g, dtype=np.float64) for k, g in grads.items()}
+    meta = {
+        "torch": torch.__version__,
+        "pytorch_optimizer": version("pytorch_optimizer"),
+        "torch_optimizer": "pytorch_optimizer.SOAP",
+        "torch_kwargs": SOAP_KWARGS,
+        "learning_rate": SOAP_LR,
+    }
+    arrays |= soap_trajectory(init, grads)
+    np.savez_compressed(out / "torch_soap.npz", meta=np.array(json.dumps(meta)), **arrays)
+    print(f"wrote {out / 'torch_soap.npz'}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parents[1] / "tests/fixtures"))
-    parser.add_argument("--names", nargs="+", choices=sorted(OPTIMIZERS), help="only these")
+    parser.add_argument("--problems", action="store_true", help="add the missing problems (JAX)")
+    parser.add_argument("--only", nargs="*", default=None, help="these optimizers' fixtures")
     args = parser.parse_args(argv)
-    import torch
-
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.names:
-        saved = np.load(out / "torch_problems.npz")
-        pytree_init, pytree_grads = saved["pytree_init"], saved["pytree_grads"]
-        cnn_init, cnn_grads = saved["cnn_init"], saved["cnn_grads"]
-    else:
-        pytree_init, pytree_grads = pytree_problem()
-        cnn_init, cnn_grads, cnn_names = cnn_problem()
-        np.savez_compressed(
-            out / "torch_problems.npz",
-            pytree_init=pytree_init,
-            pytree_grads=pytree_grads,
-            cnn_init=cnn_init,
-            cnn_grads=cnn_grads,
-            cnn_coordinates=np.array(cnn_names),
-            pytree_shapes=np.array(json.dumps({k: list(v) for k, v in PYTREE_SHAPES.items()})),
-            param_steps=PARAM_STEPS,
-            state_steps=STATE_STEPS,
-        )
-    problems = {
-        "pytree": (pytree_init, pytree_grads, PYTREE_SHAPES.values()),
-        "cnn": (cnn_init, cnn_grads, None),
-    }
-    for name in args.names or OPTIMIZERS:
-        class_name, kwargs, ours = OPTIMIZERS[name]
-        arrays = {}
-        for problem, (init, grads, shapes) in problems.items():
-            lr = LEARNING_RATE[problem]
-            for key, value in torch_trajectory(name, init, grads, lr, shapes).items():
-                arrays[f"{problem}/{key}"] = value
-        meta = {
-            "torch": torch.__version__,
-            "torch_optimizer": class_name,
-            "torch_kwargs": kwargs,
-            "ours": ours,
-            "learning_rate": LEARNING_RATE,
-        }
-        np.savez_compressed(out / f"torch_{name}.npz", meta=np.array(json.dumps(meta)), **arrays)
-        print(f"wrote {out / f'torch_{name}.npz'}")
+    if args.problems:
+        write_problems(out / "torch_problems.npz")
+        return
+    problems = load_problems(out / "torch_problems.npz")
+    for name in OPTIMIZERS if args.only is None else args.only:
+        if name != "soap":
+            write_fixture(out, name, problems)
+    if args.only is None or "soap" in args.only:
+        write_soap(out)
 
 
 if __name__ == "__main__":

@@ -69,16 +69,34 @@ _PHASES_LINE = re.compile(r"^(\S+ \S+) INFO phases: (.*)$", re.MULTILINE)
 # ---------------------------------------------------------------------------- adamlab's side
 
 
+def phases_lines(stderr: str) -> list[dict]:
+    """Every run's "phases: setup 1.00 s, ..., teardown 0.30 s; run 9.00 s; startup 3.00 s,
+    first_step 5.00 s" log line (`train.format_phases`), in order: {"logged": epoch seconds of
+    the line, "phases": {phase: seconds}, "run": the run's own time, and "startup",
+    "first_step" where the line has them}."""
+    lines = []
+    for stamp, text in _PHASES_LINE.findall(stderr):
+        logged = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        phases, run, *before = text.split("; ")
+        seconds = lambda part: {k: float(v) for k, v in re.findall(r"(\w+) (-?[\d.]+|nan) s", part)}
+        lines.append(
+            {
+                "logged": logged,
+                "phases": seconds(phases),
+                **seconds(run),
+                **seconds(" ".join(before)),
+            }
+        )
+    return lines
+
+
 def parse_phases_line(stderr: str) -> tuple[float, dict[str, float], float]:
-    """(epoch seconds of the line, {phase: seconds}, the run's own time) of the run's
-    "phases: setup 1.00 s, ..., teardown 0.30 s; run 9.00 s" log line (`train.format_phases`)."""
-    match = _PHASES_LINE.search(stderr)
-    if match is None:
+    """(epoch seconds of the line, {phase: seconds}, the run's own time) of the first
+    "phases:" log line (`phases_lines`)."""
+    lines = phases_lines(stderr)
+    if not lines:
         raise ValueError("no 'phases:' line in the command's log")
-    stamp, text = match.groups()
-    logged = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-    parts = dict((k, float(v)) for k, v in re.findall(r"(\w+) ([-\d.]+) s", text))
-    return logged, parts, parts.pop("run")
+    return lines[0]["logged"], lines[0]["phases"], lines[0]["run"]
 
 
 def breakdown(launched: float, ended: float, logged: float, phases: dict, run_total: float):
@@ -238,9 +256,10 @@ def torch_job(npz: str, settings: dict, seed: int) -> dict:
     return {"num_steps": step, "test_accuracy": correct / len(test_y)}
 
 
-def run_torch(npz: pathlib.Path, settings: dict, seed: int) -> dict:
-    """`torch_job` in a child process, timed from outside."""
-    argv = [sys.executable, __file__, "--torch_job", str(npz), "--settings", json.dumps(settings)]
+def run_torch(npz: pathlib.Path, settings: dict, seed: int, python: str = sys.executable) -> dict:
+    """`torch_job` in a child process of the interpreter `python` (one with torch and numpy),
+    timed from outside."""
+    argv = [python, __file__, "--torch_job", str(npz), "--settings", json.dumps(settings)]
     argv += ["--seed", str(seed)]
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     launched = time.time()

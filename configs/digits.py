@@ -92,6 +92,12 @@ def get_config() -> ml_collections.ConfigDict:
     # L2 penalty (l2 / 2) * ||params||^2 in the loss, for any optimizer (Adam + L2, as opposed
     # to AdamW's decoupled weight_decay); None or 0: none.
     opt.l2 = config_dict.placeholder(float)
+    # Parameter groups (PyTorch's param groups; docs/training.md): dicts {"params": regex of
+    # parameter paths such as "Dense_1/kernel" (re.search), <field of this section>: value},
+    # each overriding these fields for the parameters it matches; the others use this section.
+    # A regex matching nothing, or two matching one parameter, is an error. From the command
+    # line: --config.optimizer.groups='({"params": "bias", "weight_decay": 0.0},)'.
+    opt.groups = ()
     # Every other optimizer's hyperparameters (adamlab.optim.registry.config_fields: AdEMAMix's
     # b3, alpha and their warmups in steps, ADOPT's use_clipping, Muon's ns_steps, ...), None:
     # that optimizer's default (its docstring says what each does).

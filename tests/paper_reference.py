@@ -14,8 +14,10 @@ Two additions to the papers, each marked ``# ours:``:
     theta_{t-1}) added to Nadam and RAdam (``lam > 0``), for NadamW and RAdamW, which have no
     paper of their own.
 
-Cautious (Liang et al. 2024) couples the coordinates of a tensor (the mask's mean): its
-functions take a list of tensors and run the algorithm on each, whole.
+Cautious (Liang et al. 2024), MARS (Yuan et al. 2024: the clip's norm) and Adam-mini (Zhang
+et al. 2024: the block means) couple the coordinates of a tensor: their functions take a list
+of tensors and run the algorithm on each, whole. So does SOAP (Vyas et al. 2024, its
+rotations), on a dict of tensors, in float64 (the eigenbases' truth).
 
 No jax here: nothing shared with the implementation under test.
 """
@@ -411,3 +413,150 @@ def schedule_free_adamw(
         x = (1 - c) * x + c * z  # 11: x_{t+1} = (1 - c_{t+1}) x_t + c_{t+1} z_{t+1}
         _record(history, (1 - beta1) * z + beta1 * x, z=z, v=v, x=x)
     return _stack(history)
+
+
+def mars_adamw(
+    thetas0, grads, eta, beta1=0.95, beta2=0.99, gamma=0.025, eps=1e-8, lam=0.0, clip=True
+):  # fmt: skip
+    """Yuan et al. 2024, Algorithm 2 (MARS-AdamW) with the approximate correction of their
+    Section 3 (the previous step's gradient for grad f(x_{t-1}, xi_t)) and a constant eta_t;
+    Clip(c, 1) per tensor (`clip` False: none). One entry per tensor, as `cautious_adamw`.
+    State per tensor: m, v."""
+    runs = []
+    for theta0, tensor_grads in zip(thetas0, grads, strict=True):
+        theta, history = theta0.copy(), _history()
+        m = np.zeros_like(theta)  # m_0 <- 0
+        v = np.zeros_like(theta)  # v_0 <- 0
+        g_prev = tensor_grads[0]  # x_1 <- x_0: at t = 1 the two gradients are one
+        for t in range(1, len(tensor_grads) + 1):
+            g = tensor_grads[t - 1]  # grad f(x_t, xi_t)
+            # c_t = grad f(x_t) + gamma_t (beta1 / (1 - beta1)) (grad f(x_t) - grad f(x_{t-1}))
+            c = g + gamma * (beta1 / (1 - beta1)) * (g - g_prev)
+            norm = np.linalg.norm(c)  # c~_t = c_t / ||c_t||_2 if ||c_t||_2 > 1, else c_t
+            c_tilde = c / norm if clip and norm > 1 else c
+            m = beta1 * m + (1 - beta1) * c_tilde  # m_t = beta1 m_{t-1} + (1 - beta1) c~_t
+            v = beta2 * v + (1 - beta2) * c_tilde * c_tilde  # v_t = beta2 v + (1 - beta2) c~_t^2
+            m_hat = m / (1 - beta1**t)  # m^_t = m_t / (1 - beta1^t)
+            v_hat = v / (1 - beta2**t)  # v^_t = v_t / (1 - beta2^t)
+            # x_{t+1} = x_t - eta_t (m^_t / (sqrt(v^_t) + eps) + lambda x_t)
+            theta = theta - eta * (m_hat / (np.sqrt(v_hat) + eps) + lam * theta)
+            g_prev = g
+            _record(history, theta, m=m, v=v)
+        runs.append(_stack(history))
+    return runs
+
+
+def _mean_per_output_unit(x):
+    """mean(x) over each block: a tensor's output unit (its last axis) for ndim >= 2, each
+    coordinate otherwise (Zhang et al., Algorithm 2's one block per output neuron)."""
+    if x.ndim <= 1:
+        return x
+    return np.mean(x, axis=tuple(range(x.ndim - 1)), keepdims=True)
+
+
+def adam_mini(thetas0, grads, eta, beta1=0.9, beta2=0.999, eps=1e-8, lam=0.0):
+    """Zhang et al. 2024, Algorithm 1 (Adam-mini, general form) with a constant eta_t and the
+    blocks of `_mean_per_output_unit`. One entry per tensor. State per tensor: m, v (one per
+    block)."""
+    runs = []
+    for theta0, tensor_grads in zip(thetas0, grads, strict=True):
+        theta, history = theta0.copy(), _history()
+        m = np.zeros_like(theta)
+        v = np.zeros_like(_mean_per_output_unit(theta))
+        for t in range(1, len(tensor_grads) + 1):
+            g = tensor_grads[t - 1]  # 4: g = param.grad
+            theta = theta - eta * lam * theta  # 5: param = param - eta_t x lambda x param
+            m = (1 - beta1) * g + beta1 * m  # 6: m = (1 - beta1) x g + beta1 x m
+            m_hat = m / (1 - beta1**t)  # 7: m^ = m / (1 - beta1^t)
+            v = (1 - beta2) * _mean_per_output_unit(g * g) + beta2 * v  # 8: mean(g ⊙ g)
+            v_hat = v / (1 - beta2**t)  # 9: v^ = v / (1 - beta2^t)
+            theta = theta - eta * m_hat / (np.sqrt(v_hat) + eps)  # 10: param - eta_t m^/(...)
+            _record(history, theta, m=m, v=v)
+        runs.append(_stack(history))
+    return runs
+
+
+def _mode_product(x, q, axis):
+    """x with its `axis` multiplied by q^T (x_(i) <- q^T x_(i)): Q_L^T G for axis 0 of a
+    matrix, G Q_R for axis 1."""
+    return np.moveaxis(np.tensordot(q.T, np.moveaxis(x, axis, 0), axes=1), 0, axis)
+
+
+def _to_eigenbasis(x, qs):  # G' <- Q_L^T G Q_R (one factor per rotated axis)
+    for axis, q in enumerate(qs):
+        x = x if q is None else _mode_product(x, q, axis)
+    return x
+
+
+def _from_eigenbasis(x, qs):  # N <- Q_L N' Q_R^T
+    for axis, q in enumerate(qs):
+        x = x if q is None else _mode_product(x, q.T, axis)
+    return x
+
+
+def _outer(g, axis):  # G G^T for axis 0, G^T G for axis 1 (every other axis contracted)
+    others = [a for a in range(g.ndim) if a != axis]
+    return np.tensordot(g, g, axes=(others, others))
+
+
+def _eigenvectors(p, q):
+    """Algorithm 4 (Eigenvectors(P, Q)): S <- P Q; Q <- QR(S), with the columns first put in
+    the order of the estimates diag(Q^T P Q), largest first (the authors' code); the order is
+    returned so that V follows it."""
+    s = p @ q  # S <- P Q
+    order = np.argsort(-np.einsum("ij,ij->j", q, s), kind="stable")
+    q, _ = np.linalg.qr(s[:, order])  # Q <- QR(S)
+    return q, order
+
+
+def soap(thetas0, grads, eta, beta1=0.95, beta2=0.95, eps=1e-8, shampoo_beta=None, f=10,
+         eps_after_correction=False):  # fmt: skip
+    """Vyas et al. 2024, Algorithm 3 ("a single step of SOAP for an m x n layer"), for each
+    tensor of `thetas0` (a dict) on its own, in float64; a tensor of more axes has one
+    preconditioner per axis, 1-D and 0-D tensors none (Adam). State: m (M), v (V), and the
+    preconditioners L (per axis, as a list).
+
+    Where the box is silent, the authors' soap.py (github.com/nikhilvyas/SOAP):
+      * ours: the first gradient only initialises L (and R) and their eigenvectors, by eigh,
+        largest eigenvalue first; no step ("first step is skipped so that we never use the
+        current gradients in the projection");
+      * ours: Adam's bias correction and eps: step eta sqrt(1 - beta2^t) / (1 - beta1^t)
+        M' / (sqrt(V) + eps), t counting the steps taken; with `eps_after_correction` optax's
+        (M' / (1 - beta1^t)) / (sqrt(V / (1 - beta2^t)) + eps) instead;
+      * ours: V's coordinates permuted with Q's columns when they are sorted (Algorithm 4).
+    """
+    beta_s = beta2 if shampoo_beta is None else shampoo_beta
+    history = {"params": {}, "m": {}, "v": {}}
+    for key, theta0 in thetas0.items():
+        theta = theta0.astype(np.float64)
+        M, V = np.zeros_like(theta), np.zeros_like(theta)
+        rotated = [theta.ndim >= 2] * theta.ndim
+        runs = {"params": [], "m": [], "v": []}
+        gs = grads[key].astype(np.float64)
+        g = gs[0]  # ours: the first gradient initialises L, R and Q_L, Q_R
+        L = [(1 - beta_s) * _outer(g, i) if r else None for i, r in enumerate(rotated)]
+        Q = [None if x is None else np.linalg.eigh(x)[1][:, ::-1] for x in L]
+        runs["params"].append(theta.copy()), runs["m"].append(M), runs["v"].append(V)
+        for t in range(1, len(gs)):
+            G = gs[t]  # G <- the gradient of the batch
+            G_ = _to_eigenbasis(G, Q)  # G' <- Q_L^T G Q_R
+            M = beta1 * M + (1 - beta1) * G  # M <- beta1 M + (1 - beta1) G
+            M_ = _to_eigenbasis(M, Q)  # M' <- Q_L^T M Q_R
+            V = beta2 * V + (1 - beta2) * G_ * G_  # V <- beta2 V + (1 - beta2) (G' . G')
+            if eps_after_correction:  # ours: optax's Adam
+                N_ = (M_ / (1 - beta1**t)) / (np.sqrt(V / (1 - beta2**t)) + eps)
+            else:  # N' <- M' / sqrt(V), ours: eps and the authors' bias correction
+                N_ = math.sqrt(1 - beta2**t) / (1 - beta1**t) * M_ / (np.sqrt(V) + eps)
+            N = _from_eigenbasis(N_, Q)  # N <- Q_L N' Q_R^T
+            theta = theta - eta * N  # W <- W - eta N
+            for i, x in enumerate(L):  # L <- beta2 L + (1 - beta2) G G^T; R alike
+                L[i] = None if x is None else beta_s * x + (1 - beta_s) * _outer(G, i)
+            if t % f == 0:  # if t % f == 0: Q_L <- Eigenvectors(L, Q_L); Q_R alike
+                for i, x in enumerate(L):
+                    if x is not None:
+                        Q[i], order = _eigenvectors(x, Q[i])
+                        V = np.take(V, order, axis=i)  # ours: V follows Q's columns
+            runs["params"].append(theta.copy()), runs["m"].append(M), runs["v"].append(V)
+        for name, values in runs.items():
+            history[name][key] = np.stack(values)
+    return history

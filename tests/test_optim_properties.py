@@ -15,6 +15,7 @@ from adamlab import optim
 from adamlab.optim import registry, validation
 
 LR = 1e-2
+# Ours with an optax twin (`optim.reference`); SOAP has none (tests/test_optim_soap.py).
 GRAD = jnp.array([0.5, -2.0, 3e-3, -7.0])
 PARAMS = jnp.array([1.0, -1.0, 0.5, 2.0])
 
@@ -369,6 +370,111 @@ def test_schedule_free_average_is_the_mean_of_the_z_iterates():
         np.testing.assert_array_equal(optim.schedule_free_eval_params(state, params), twin_x)
 
 
+def _run(tx, params, grads):
+    """Params and the rescaling's state after each of the fixed `grads`, jitted (a scan)."""
+
+    def step(carry, g):
+        params, state = carry
+        updates, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, state), (params, state[0])
+
+    return jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), grads)[1])(params)
+
+
+_TREE_GRADS = {  # 100 fixed gradients of a kernel (in, out), a bias and a scalar
+    "kernel": jax.random.normal(jax.random.key(3), (100, 4, 3)),
+    "bias": jax.random.normal(jax.random.key(4), (100, 3)),
+    "scale": jax.random.normal(jax.random.key(5), (100,)),
+}
+_TREE = {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3), "scale": jnp.array(0.5)}
+
+
+@pytest.mark.parametrize("convention", ["optax", "paper"])
+def test_mars_without_correction_and_clipping_is_adamw(convention):
+    """gamma = 0 makes c_t = g_t exactly and use_clipping=False leaves it: MARS-AdamW is then
+    AdamW operation for operation, bitwise over 100 steps (params and moments). "optax" is
+    adamw's optax convention; "paper" is Adam's paper convention with MARS's decay (the
+    learning rate times lambda theta, Yuan et al. Alg. 2), which is adamw's optax place of it.
+    ("pytorch" divides by (sqrt(v) + eps) / sqrt(1 - b2^t), pytorch_optimizer's place of eps,
+    not torch.optim.AdamW's: no exact identity there.)"""
+    hparams = {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-2}
+    mars = optim.mars_adamw(LR, **hparams, gamma=0.0, use_clipping=False, convention=convention)
+    if convention == "optax":
+        adamw = optim.adamw(LR, **hparams)
+    else:  # Adam's "paper" rule with the decay where optax's adamw puts it
+        rescale = optim.scale_by_adam(0.9, 0.999, 1e-8, convention="paper")
+        adamw = optax.chain(
+            rescale, optim.add_decayed_weights(1e-2), optim.scale_by_learning_rate(LR)
+        )
+    (p_mars, s_mars), (p_adamw, s_adamw) = (_run(tx, _TREE, _TREE_GRADS) for tx in (mars, adamw))
+    for a, b in zip(jax.tree.leaves(p_mars), jax.tree.leaves(p_adamw), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for field in ("mu", "nu"):
+        for a, b in zip(
+            *(jax.tree.leaves(getattr(s, field)) for s in (s_mars, s_adamw)), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
+    # With the correction on, it is not: the trajectories part within a few steps.
+    corrected = _run(optim.mars_adamw(LR, **hparams, convention=convention), _TREE, _TREE_GRADS)
+    assert not np.allclose(corrected[0]["kernel"], p_adamw["kernel"], rtol=1e-3)
+
+
+def test_mars_first_steps_by_hand():
+    """The authors' code (optax, pytorch) starts from g_0 = 0: c_1 = (1 + gamma b1/(1-b1)) g_1,
+    clipped to norm 1, so m_1 = (1 - b1) g_1 / ||g_1|| for a gradient of norm > 1. The paper
+    (x_1 = x_0) has no correction at t = 1: c_1 = g_1, the same direction, clipped the same.
+    Step 2 tells them apart: c_2 = g_2 + gamma b1/(1-b1) (g_2 - g_1) in all three."""
+    b1, gamma = 0.9, 0.5
+    g1, g2 = GRAD, jnp.array([1.0, 0.5, -0.25, 0.0])  # ||g1|| > 1, ||g2|| > 1
+    scale = gamma * b1 / (1 - b1)
+
+    def unit(c):
+        c = np.asarray(c, np.float64)
+        return c / max(np.linalg.norm(c), 1.0)
+
+    for convention in ("optax", "pytorch", "paper"):
+        tx = optim.scale_by_mars(b1=b1, gamma=gamma, convention=convention)
+        _, state = tx.update(g1, tx.init(PARAMS))
+        np.testing.assert_allclose(state.mu, (1 - b1) * unit(g1), rtol=1e-6)
+        np.testing.assert_array_equal(state.last_grad, g1)
+        _, state = tx.update(g2, state)
+        c2 = unit(g2 + scale * (g2 - g1))
+        first = unit(g1)  # both first steps' c~_1: g_1 / ||g_1|| here
+        np.testing.assert_allclose(state.mu, b1 * (1 - b1) * first + (1 - b1) * c2, rtol=1e-5)
+    # A gradient of norm < 1: the authors' first c_1 = (1 + scale) g_1 is larger, the paper's not.
+    small = jnp.array([0.1, -0.05, 0.0, 0.02])
+    for convention, factor in (("optax", 1 + scale), ("paper", 1.0)):
+        tx = optim.scale_by_mars(b1=b1, gamma=gamma, convention=convention)
+        _, state = tx.update(small, tx.init(PARAMS))
+        np.testing.assert_allclose(state.mu, (1 - b1) * unit(factor * small), rtol=1e-6)
+
+
+def test_adam_mini_first_step_by_hand_and_its_state():
+    """One v per output unit: after one step v_hat = mean over the unit's inputs of g^2, so
+    with eps -> 0 a kernel's column moves by -lr g / rms(g of that column) (not -lr sign(g));
+    a bias or scalar (its own blocks) by Adam's -lr sign(g). The state holds m in full and v
+    as (1, out) per kernel: 3 + 3 + 1 values of v for 12 + 3 + 1 params."""
+    tx = optim.adam_mini(LR, eps=0.0)
+    grads = jax.tree.map(lambda g: g[0], _TREE_GRADS)
+    updates, state = tx.update(grads, tx.init(_TREE), _TREE)
+    rms = np.sqrt(np.mean(np.square(np.asarray(grads["kernel"], np.float64)), axis=0))
+    np.testing.assert_allclose(updates["kernel"], -LR * grads["kernel"] / rms, rtol=FIRST_STEP_RTOL)
+    for leaf in ("bias", "scale"):
+        np.testing.assert_allclose(updates[leaf], -LR * jnp.sign(grads[leaf]), rtol=FIRST_STEP_RTOL)
+    nu = state[0].nu
+    assert (nu["kernel"].shape, nu["bias"].shape, nu["scale"].shape) == ((1, 3), (3,), ())
+    assert jax.tree.map(jnp.shape, state[0].mu) == jax.tree.map(jnp.shape, _TREE)
+    # 1-D params are all blocks of one: Adam-mini is Adam, bitwise over 100 steps.
+    vector, vector_grads = {"b": jnp.zeros(3)}, {"b": _TREE_GRADS["bias"]}
+    (p_mini, s_mini), (p_adam, s_adam) = (
+        _run(tx, vector, vector_grads)
+        for tx in (optim.adam_mini(LR), optim.adamw(LR, weight_decay=0.0))
+    )
+    np.testing.assert_array_equal(p_mini["b"], p_adam["b"])
+    np.testing.assert_array_equal(s_mini.nu["b"], s_adam.nu["b"])
+
+
 def test_adam_with_b1_zero_is_bias_corrected_rmsprop():
     """b1 = 0 removes momentum: Adam becomes RMSProp with a bias-corrected v (numpy model)."""
     b2, eps, steps = 0.99, 1e-8, 100
@@ -435,6 +541,9 @@ ROSENBROCK_LR = {
     "adopt": 3e-1,  # as AMSGrad: it divides by a v_{t-1} that remembers the early gradients
     "ademamix": 1e-2,
     "schedule_free_adamw": 3e-2,
+    "mars_adamw": 1e-2,
+    "adam_mini": 1e-2,
+    "soap": 1e-2,  # 1-D parameters: Adam (b1 = b2 = 0.95) after the first call
 }
 # AdEMAMix's slow EMA (b3 = 0.9999, a half-life of 6931 steps) still holds the gradients of
 # the descent when these short runs end, and holds the iterate off the optimum: b3 = 0.999,
@@ -514,13 +623,14 @@ def test_inject_hyperparams_matches_fixed_hyperparams_and_vmaps_over_them(name):
         "ademamix": (optax.contrib.ademamix, {}),
         "schedule_free_adamw": (optax.contrib.schedule_free_adamw, {}),
     }
-    twin_factory, twin_kwargs, *static = (
-        twins[name] if name in twins else (getattr(optax, name), {})
-    )
-    twin = optax.inject_hyperparams(twin_factory, static_args=static[0] if static else ())
-    ref = twin(learning_rate=LR, **{momentum: 0.8}, **twin_kwargs)
-    ref_updates, _ = ref.update(GRAD, ref.init(PARAMS), PARAMS)
-    np.testing.assert_allclose(updates, ref_updates, rtol=1e-6)
+    if registry.entry(name).twin is not None:  # MARS, Adam-mini, SOAP have none
+        twin_factory, twin_kwargs, *static = (
+            twins[name] if name in twins else (getattr(optax, name), {})
+        )
+        twin = optax.inject_hyperparams(twin_factory, static_args=static[0] if static else ())
+        ref = twin(learning_rate=LR, **{momentum: 0.8}, **twin_kwargs)
+        ref_updates, _ = ref.update(GRAD, ref.init(PARAMS), PARAMS)
+        np.testing.assert_allclose(updates, ref_updates, rtol=1e-6)
     # Injected hyperparameters are float32 arrays, so 1 - b2 is rounded in float32, where the
     # fixed version uses the Python float: the two agree to FIRST_STEP_RTOL, not to 1e-6.
     fixed = factory(LR, **{momentum: 0.8})
@@ -624,8 +734,14 @@ def test_pytrees_with_none_and_empty_subtrees(name):
     tx = optim.create(name, learning_rate=LR)
     updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
     assert jax.tree.structure(updates) == jax.tree.structure(grads)
-    ref = optim.reference(name, learning_rate=LR)
-    ref_updates, _ = ref.update(grads, ref.init(params), params)
+    if registry.entry(name).twin is None:  # MARS, Adam-mini, SOAP: ours on the tree without them
+        ref, pruned = tx, {"w": params["w"], "nested": params["nested"]}
+        ref_updates, _ = ref.update(
+            {"w": grads["w"], "nested": grads["nested"]}, ref.init(pruned), pruned
+        )
+    else:
+        ref = optim.reference(name, learning_rate=LR)
+        ref_updates, _ = ref.update(grads, ref.init(params), params)
     # Schedule-Free's update is y_{t+1} - y_t, a difference of points: its rounding is at the
     # params' scale (1 here: one ulp 6e-8), which jit and eager may place differently.
     atol = 1.2e-7 if name == "schedule_free_adamw" else 0
@@ -663,12 +779,46 @@ def test_mu_dtype_stores_first_moment_in_bfloat16():
     assert updates["w"].dtype == jnp.float32
 
 
-# Every optimizer of ours with a second moment (Lion keeps only m_t).
+# Every optimizer of ours with a second moment takes nu_dtype; Lion and C-Lion keep only
+# m_t (and Muon's matrices only a momentum: its nu_dtype is its AdamW part's).
 WITH_NU = [n for n in optim.names() if "nu_dtype" in optim.hyperparameters(n)]
+FIRST_MOMENTS = ("mu", "m1", "m2")  # AdEMAMix's fast and slow EMAs are its first moments
+NO_FIRST_MOMENT = ("schedule_free_adamw",)  # its momentum is the interpolation (z: state_dtype)
+
+
+def test_every_optimizer_with_a_second_moment_takes_nu_dtype():
+    without = set(optim.names()) - set(WITH_NU)
+    assert without == {"lion", "cautious_lion"}
+    for name in without:  # no second moment: nothing for nu_dtype to store
+        state = optim.create(name, learning_rate=LR).init(jnp.ones(3))
+        assert not [f for f in _moments(state)._fields if f.startswith("nu")], name
+
+
+def test_ademamix_nu_dtype_defaults_to_mu_dtype_as_optax_stores_it():
+    """optax's AdEMAMix stores nu in mu_dtype: nu_dtype None keeps that rule (the optax twin's
+    state), a given nu_dtype overrides it."""
+    params = jnp.ones(3)
+    twin = optim.reference("ademamix", learning_rate=LR, mu_dtype=jnp.bfloat16)
+    assert twin.init(params)[0].nu.dtype == jnp.bfloat16
+    for nu_dtype, expected in ((None, jnp.bfloat16), (jnp.float32, jnp.float32)):
+        tx = optim.ademamix(LR, mu_dtype=jnp.bfloat16, nu_dtype=nu_dtype)
+        state = tx.update(params, tx.init(params), params)[1][0]
+        assert state.nu.dtype == expected, nu_dtype
+        assert state.m1.dtype == state.m2.dtype == jnp.bfloat16
 
 
 def _state_bytes(state):
     return sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+
+
+def _moments(state):
+    """The NamedTuple that holds an optimizer's moments: the first of its state's with a mu or
+    nu (the chain's rescaling; Muon's AdamW part, in optax.partition's state)."""
+
+    def is_moments(x):
+        return hasattr(x, "_fields") and bool({"mu", "nu"} & set(x._fields))
+
+    return next(x for x in jax.tree.leaves(state, is_leaf=is_moments) if is_moments(x))
 
 
 @pytest.mark.parametrize("name", WITH_NU)
@@ -679,18 +829,26 @@ def test_bfloat16_moments_halve_their_bytes(name):
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.25), params)
     full = optim.create(name, learning_rate=LR)
     half = optim.create(name, learning_rate=LR, nu_dtype=jnp.bfloat16)
-    (full_state, half_state) = (tx.update(grads, tx.init(params), params)[1] for tx in (full, half))
-    nu_fields = [f for f in full_state[0]._fields if f.startswith("nu")]
+    (full_state, half_state) = (
+        _moments(tx.update(grads, tx.init(params), params)[1]) for tx in (full, half)
+    )
+    nu_fields = [f for f in full_state._fields if f.startswith("nu")]
+    mu_fields = [f for f in full_state._fields if f in FIRST_MOMENTS]
+    assert nu_fields and (mu_fields or name in NO_FIRST_MOMENT)
     for field in nu_fields:
-        ours, reference = getattr(half_state[0], field), getattr(full_state[0], field)
+        ours, reference = getattr(half_state, field), getattr(full_state, field)
         assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(ours)), field
         assert _state_bytes(ours) * 2 == _state_bytes(reference), field
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(half_state[0].mu))
-    both = optim.create(name, learning_rate=LR, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
-    both_state = both.init(params)[0]
-    moments = [getattr(both_state, f) for f in ("mu", *nu_fields)]
+    for field in mu_fields:
+        assert all(
+            leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(getattr(half_state, field))
+        )
+    mu_dtype = {} if name in NO_FIRST_MOMENT else {"mu_dtype": jnp.bfloat16}
+    both = optim.create(name, learning_rate=LR, nu_dtype=jnp.bfloat16, **mu_dtype)
+    both_state = _moments(both.init(params))
+    moments = [getattr(both_state, f) for f in (*mu_fields, *nu_fields)]
     assert _state_bytes(moments) * 2 == _state_bytes(
-        [getattr(full_state[0], f) for f in ("mu", *nu_fields)]
+        [getattr(full_state, f) for f in (*mu_fields, *nu_fields)]
     )
 
 
@@ -720,7 +878,7 @@ def test_bfloat16_second_moment_stays_close_to_float32_over_100_steps(name):
 
         p0 = jnp.zeros(64)
         (p, state), updates = jax.jit(lambda: jax.lax.scan(step, (p0, tx.init(p0)), grads))()
-        return p, state[0].nu, updates
+        return p, _moments(state).nu, updates
 
     p32, nu32, u32 = run(optim.create(name, learning_rate=lr))
     p16, nu16, u16 = run(optim.create(name, learning_rate=lr, nu_dtype=jnp.bfloat16))
@@ -804,6 +962,27 @@ BAD_HPARAMS = [
     ("schedule_free_adamw", {"warmup_steps": 0}, r"warmup_steps must be an int >= 1 \(a number"),
     ("schedule_free_adamw", {"weight_lr_power": -1.0}, r"weight_lr_power must be in \[0, inf\)"),
     ("schedule_free_adamw", {"state_dtype": jnp.int8}, r"state_dtype must be None or a floating"),
+    ("mars_adamw", {"gamma": -0.1}, r"mars_adamw: gamma must be in \[0, inf\), got -0.1"),
+    ("mars_adamw", {"gamma": float("inf")}, r"mars_adamw: gamma must be in \[0, inf\)"),
+    ("mars_adamw", {"use_clipping": 1}, r"mars_adamw: use_clipping must be True or False, got 1"),
+    ("mars_adamw", {"b1": 1.0}, r"mars_adamw: b1 must be in \[0, 1\), got 1.0"),
+    ("mars_adamw", {"nu_dtype": jnp.int8}, r"mars_adamw: nu_dtype must be None or a floating"),
+    ("adam_mini", {"b2": 1.0}, r"adam_mini: b2 must be in \[0, 1\), got 1.0"),
+    ("adam_mini", {"weight_decay": -1e-2}, r"adam_mini: weight_decay must be in \[0, inf\)"),
+    ("adam_mini", {"mu_dtype": "int32"}, r"adam_mini: mu_dtype must be None or a floating"),
+    (
+        "soap",
+        {"precondition_frequency": 0},
+        r"soap: precondition_frequency must be a positive int \(steps between two refreshes "
+        r"of the eigenbases; the paper's 10\), got 0",
+    ),
+    ("soap", {"precondition_frequency": -10}, r"soap: precondition_frequency .*, got -10"),
+    ("soap", {"precondition_frequency": 2.5}, r"soap: precondition_frequency .*, got 2.5"),
+    ("soap", {"max_precond_dim": 0}, r"soap: max_precond_dim must be a positive int \(the long"),
+    ("soap", {"shampoo_beta": 1.0}, r"soap: shampoo_beta must be in \[0, 1\), got 1.0"),
+    ("soap", {"convention": "pytorch"}, r"soap: convention='pytorch' does not exist: torch.optim"),
+    ("adopt", {"nu_dtype": "int8"}, r"adopt: nu_dtype must be None or a floating dtype"),
+    ("ademamix", {"nu_dtype": jnp.int32}, r"ademamix: nu_dtype must be None or a floating"),
 ]
 
 
@@ -878,7 +1057,13 @@ def test_registry_builds_optax_twins():
         "adopt",
         "ademamix",
         "schedule_free_adamw",
+        "mars_adamw",
+        "adam_mini",
+        "soap",
     )
+    for name in ("mars_adamw", "adam_mini", "soap"):  # optax has none: no twin, said so
+        with pytest.raises(ValueError, match=rf"{name} has no optax twin \(optax has none\)"):
+            optim.reference(name, learning_rate=LR)
     assert "weight_decay" in optim.hyperparameters("adamw")
     assert "threshold" in optim.hyperparameters("radam")
     # reference() really is optax and create() really is ours: their states are different

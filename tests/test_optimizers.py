@@ -198,7 +198,7 @@ def test_frozen_leaves_get_zero_updates_and_no_optimizer_state():
     # Adam's moments exist for the head only: no [5, 7] array in the state.
     shapes = {np.shape(x) for x in jax.tree.leaves(state)}
     assert (3,) in shapes and (5, 7) not in shapes
-    labels = optimizers.frozen_labels(["head"])(params)
+    labels = optimizers.param_labels(frozen=["head"])(params)
     assert labels == {"body": {"w": "trained"}, "head": {"w": "frozen"}}
 
 
@@ -264,6 +264,11 @@ def test_only_sweepable_hyperparameters_of_the_optimizer_can_be_swept():
             r"sgd got unknown hyperparameter\(s\) b1; it accepts: learning_rate, momentum",
         ),
         ({"implementation": "optax", "convention": "pytorch"}, 10, "exists for ours only"),
+        (  # optax has SOAP only as an open pull request: no twin
+            {"name": "soap", "implementation": "optax"},
+            10,
+            r"optimizer.implementation='optax' does not exist for 'soap': optax does not",
+        ),
     ],
 )
 def test_bad_config_is_a_clear_error(overrides, total_steps, match):

@@ -7,9 +7,11 @@ process untouched is checked here.
 
 import gc
 import json
+import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -546,3 +548,24 @@ def test_main_leaves_a_library_users_jax_alone(cache_env, tmp_path):
     after = (jax.config.jax_compilation_cache_dir, os.environ.get("JAX_COMPILATION_CACHE_DIR"))
     assert after == before
     assert not (tmp_path / "cache").exists()
+
+
+# ---------------------------------------------------------------------------- process age
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux's /proc")
+def test_the_process_age_counts_from_the_process_start_not_from_the_first_line():
+    code = "import time; time.sleep(0.3); from adamlab import runtime; print(runtime.process_age())"
+    launched = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    outside = time.monotonic() - launched
+    # /proc counts in ticks of 0.01 s: the sleep, and at most the child's whole life.
+    assert 0.3 <= float(done.stdout) <= outside + 0.02, (done.stdout, outside)
+
+
+def test_where_proc_does_not_say_the_process_age_is_nan(monkeypatch):
+    def missing(self):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(runtime.Path, "read_text", missing)
+    assert math.isnan(runtime.process_age())

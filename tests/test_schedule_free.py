@@ -18,7 +18,7 @@ import pytest
 from test_train import final_state, tiny_config
 
 from adamlab import data, models, optim
-from adamlab.training import engines, evaluate, members, restore, steps, train
+from adamlab.training import engines, evaluate, members, optimizers, restore, steps, train
 
 from helpers import assert_trees_equal, digits_batches
 
@@ -184,3 +184,67 @@ def test_pmap_with_sharded_optimizer_state_is_refused_before_training(tmp_path):
     config = _schedule_free_config(engine="pmap", shard_optimizer=True)
     with pytest.raises(ValueError, match=r"train.shard_optimizer.*engine='jit'"):
         train.train_and_evaluate(config, tmp_path)
+
+
+def test_schedule_free_in_parameter_groups_is_evaluated_at_x_on_its_own_leaves():
+    """Schedule-Free inside optax.partition (`optimizer.groups`): the config's evaluation point
+    is Schedule-Free's, whichever level names it, and x = (y - (1 - b1) z) / b1 is formed on
+    each Schedule-Free group's leaves with its own b1 (z there, optax's MaskedNode elsewhere);
+    an AdamW group's leaves are evaluated at their params."""
+    params = {"kernel": np.full((3, 2), 0.5, np.float32), "bias": np.zeros(2, np.float32)}
+    groups = ({"params": "bias", "name": "adamw", "b1": 0.9},)
+    config = {
+        "name": "schedule_free_adamw",
+        "learning_rate": 0.1,
+        "b1": 0.5,
+        "groups": groups,
+    }
+    twice = dict(config, groups=({"params": "bias", "b1": 0.8},))  # two SF states
+    aside = dict(config, name="adamw", b1=0.9, groups=({"params": "bias", **config},))
+    for cfg, b1 in ((config, {"kernel": 0.5}), (twice, {"kernel": 0.5, "bias": 0.8})):
+        assert optimizers.eval_params(cfg) is optim.schedule_free_eval_params
+        tx, _ = optimizers.make_optimizer(cfg, 10)
+        y, state = params, tx.init(params)
+        for g in (1.0, -2.0, 0.5):
+            grads = jax.tree.map(lambda p, g=g: np.full(p.shape, g, np.float32), params)
+            updates, state = tx.update(grads, state, y)
+            y = optax.apply_updates(y, updates)
+        x = optimizers.eval_params(cfg)(state, y)
+        states = [s for s in jax.tree.leaves(state, is_leaf=_is_sf) if _is_sf(s)]
+        zs = {round(float(s.b1), 6): s.z for s in states}  # by each state's b1
+        assert len(states) == len(set(b1.values()))
+        for leaf in params:
+            if leaf in b1:
+                z = zs[b1[leaf]][leaf]
+                expected = (y[leaf] - (1 - b1[leaf]) * z) / b1[leaf]
+                np.testing.assert_allclose(x[leaf], expected, rtol=1e-6)
+                assert not np.allclose(x[leaf], y[leaf])  # x and y apart after 3 steps
+            else:
+                np.testing.assert_array_equal(x[leaf], y[leaf])
+    assert optimizers.eval_params(aside) is optim.schedule_free_eval_params  # a group's SF
+    assert optimizers.eval_params(dict(config, name="adamw", groups=())) is None
+
+
+def _is_sf(s):
+    return isinstance(s, optim.ScheduleFreeState)
+
+
+def test_engines_share_an_evaluation_program_only_at_the_same_evaluation_point():
+    """`_share` keys the evaluation by the model, its options and the evaluation point: an
+    Adam engine and a Schedule-Free one of one command (same model, options) compile their
+    own, two Adam engines one."""
+    model = models.create_model(RESNET, 10)
+    schedule = optax.constant_schedule(1e-2)
+    devices = jax.devices()[:1]
+
+    def engine(tx, point, key):
+        return engines.Engine(
+            "jit", model, [tx], schedule, 10, devices=devices, eval_params=point, program_key=key
+        )
+
+    adam = engine(optim.adam(1e-2), None, "adam")
+    again = engine(optim.adam(1e-2), None, "adam, another seed")
+    sf = engine(optim.schedule_free_adamw(1e-2), optim.schedule_free_eval_params, "sf")
+    assert adam._evaluate is again._evaluate
+    assert sf._evaluate is not adam._evaluate
+    assert sf._batch_stats is not adam._batch_stats

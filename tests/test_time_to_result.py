@@ -6,6 +6,7 @@ One tiny digits run (module fixture) serves the run's tests; no torch, no MNIST.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -85,6 +86,38 @@ def test_one_phases_line_is_logged_and_the_benchmark_reads_it(finished):
     assert phases == pytest.approx(finished["result"].phases, abs=0.006)  # 2 decimals.
     assert run_seconds >= finished["result"].wall_time_s - 0.006
     assert logged % 60 == pytest.approx(5.678)
+    (parsed,) = time_to_result.phases_lines(stamped)
+    before = {k: getattr(finished["result"], f"{k}_s") for k in ("startup", "first_step")}
+    assert {k: parsed[k] for k in before} == pytest.approx(before, abs=0.006)
+
+
+def test_the_time_before_the_first_step_is_start_up_setup_data_and_compiling(finished):
+    result = finished["result"]
+    # The process's start-up if the run was its first (else 0), then setup, data and the
+    # first train program's compile.
+    assert result.startup_s >= 0.0
+    before = result.startup_s + sum(result.phases[k] for k in ("setup", "data", "compile"))
+    # At least those phases (8 steps compile one program, before the first call); at most
+    # them and what no phase counts before the first call (drawing and placing a chunk).
+    assert before <= result.first_step_s <= before + 0.25 * result.wall_time_s, result
+    saved = json.loads((finished["workdir"] / train.RESULT_FILE).read_text())
+    assert saved["first_step_s"] == result.first_step_s
+
+
+def test_only_a_process_s_first_run_counts_its_start_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "_runs_in_process", itertools.count())
+    monkeypatch.setattr(train.runtime, "process_age", lambda: 12.5)
+    startups = []
+
+    def stop(*args):
+        startups.append(args[-1])  # `_Loop`'s last argument: the run's start-up seconds.
+        raise _Stop
+
+    monkeypatch.setattr(train, "_Loop", stop)
+    for i in range(2):
+        with pytest.raises(_Stop):
+            train.run(_tiny_config(), tmp_path / str(i))
+    assert startups == [12.5, 0.0]
 
 
 class _Stop(Exception):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from adamlab import config_dict
+from adamlab.experiments import groups
 from adamlab.training import engines, experiment, optimizers, run_io, train
 
 from helpers import assert_trees_equal
@@ -392,8 +393,14 @@ def test_stop_on_signal_records_sigterm_and_restores_the_previous_handler():
         signal.signal(signal.SIGTERM, previous)
 
 
-def test_one_run_validates_its_config_once_and_builds_each_optimizer_once(tmp_path, monkeypatch):
-    calls = {"validated": 0, "make_optimizer": 0}
+@pytest.mark.parametrize("swept", [False, True], ids=["one_run", "sweep"])
+def test_one_run_validates_its_config_once_and_builds_each_optimizer_once(
+    tmp_path, monkeypatch, swept
+):
+    """Once per run, also for a sweep of 2 peaks x 2 seeds: its values are checked by their
+    rules, not by an optimizer each, and one schedule serves every member's logged rate."""
+    calls = {"validated": 0, "make_optimizer": 0, "make_schedule": 0}
+    make_schedule = optimizers.make_schedule
 
     def counted(name, function):
         def wrapper(*args, **kwargs):
@@ -403,8 +410,19 @@ def test_one_run_validates_its_config_once_and_builds_each_optimizer_once(tmp_pa
         return wrapper
 
     monkeypatch.setattr(experiment, "_validated", counted("validated", experiment._validated))
-    monkeypatch.setattr(
-        optimizers, "make_optimizer", counted("make_optimizer", optimizers.make_optimizer)
-    )
-    train.train_and_evaluate(tiny_config(num_steps=4, checkpoint_every_steps=4), tmp_path)
-    assert calls == {"validated": 1, "make_optimizer": 1}
+    for name in ("make_optimizer", "make_schedule"):
+        monkeypatch.setattr(optimizers, name, counted(name, getattr(optimizers, name)))
+    config = tiny_config(num_steps=4, checkpoint_every_steps=4)
+    peaks = (1e-2, 3e-2)
+    if swept:
+        config = groups.with_members(config, seeds=(0, 1), sweep={"learning_rate": peaks})
+    (train.run if swept else train.train_and_evaluate)(config, tmp_path)
+    assert calls == {"validated": 1, "make_optimizer": 1, "make_schedule": int(swept)}
+    if swept:  # Each member logs its own peak's schedule (mean over optimizer counts 0..3).
+        for peak in peaks:
+            expected = float(np.mean(make_schedule(config.optimizer, 4, peak=peak)(np.arange(4))))
+            for seed in (0, 1):
+                member = tmp_path / "members" / f"ours/learning_rate={peak:.4g}_seed{seed}"
+                (record,) = [r for r in run_io.read_metrics(member) if r["split"] == "train"]
+                # float32 schedules on both sides; the means may differ in the last bit.
+                assert record["learning_rate"] == pytest.approx(expected, rel=1e-6)

@@ -1,22 +1,8 @@
 """Training and evaluation batch streams over tf.data, handed over as numpy on the host.
 
-Training (`train_batches`) is an infinite stream of epochs. Epoch `e` is this process's slice of
-the train split, shuffled with a seed derived from (seed, process, e), augmented per example
-with stateless seeds, and cut into `drop_remainder` batches (so batches never straddle epochs).
-Hence step `k` lies in epoch `k // steps` at batch `k % steps`, and a stream started at
-`start_step=k` skips only the first `k % steps` batches of that epoch, before augmentation and
-normalisation: it yields exactly what an uninterrupted stream yields from its `k`-th batch on.
-Without augmentation the split is decoded once into memory and the shuffle runs over indices,
-each batch one gather (the same batches, at a fraction of the per-example cost of tf.data).
-
-Evaluation (`eval_batches`) is one pass. The last batches are padded with zero images and
-`mask=False`, and every process yields the same number of batches (collectives stay in step),
-so summing over `mask` counts each example of the split exactly once.
-
-Batches are `{"image": float32, "label": int32[, "mask": bool]}` with a leading axis of
-`global_batch_size // process_count` ("flat", for the jit engine) or
-`[num_local_devices, per_device_batch]` ("pmap"). Data stay numpy on the host: the engines do
-the device_put.
+`train_batches`: an infinite, resumable stream of epochs (step k's batch is the same whether the
+stream started at 0 or at k); `eval_batches`: one pass, padded with `mask=False` rows.
+docs/internals.md gives the seeds, the layouts and why a resume is exact.
 """
 
 import dataclasses

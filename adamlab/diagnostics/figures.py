@@ -2,16 +2,8 @@
 
     paths = write_figures("runs/eos_gd")   # `adamlab diagnostics --workdir runs/eos_gd`
 
-Written into the run directory (for a run of several members, into each member's directory):
-
-  layer_ratio_heatmap.png   log10 update/param ratio per parameter leaf (rows) over steps
-  effective_step.png        Adam family: per leaf the 5/50/95% quantiles of lr/(sqrt(v_hat)+eps)
-                            and the fraction of coordinates where eps > sqrt(v_hat)
-  sharpness.png             the Hessian's top eigenvalue (and, for the Adam family, the
-                            preconditioned one) against the optimizer's stability threshold
-
-`stability_summary` is the number behind the last figure: the measured plateau (the median of
-the sharpness over the second half of the run) against the predicted threshold.
+The per-leaf update/param heatmap, Adam's effective steps and the sharpness against its
+stability threshold (`stability_summary`); docs/internals.md lists the files.
 """
 
 from __future__ import annotations

@@ -1,36 +1,12 @@
 r"""Curvature of a loss: Hessian-vector products, Lanczos, and the preconditioned sharpness.
 
-Everything works on a loss of a pytree of parameters through its flat vector
-(`jax.flatten_util.ravel_pytree`), so a model of any structure is one vector of n numbers.
-
     hvp = make_hvp(loss, params)                 # v [n] -> H v, forward-over-reverse
     top = jax.jit(lambda k: lanczos(hvp, n, k, num_steps=20))(key)   # largest first
     sharpness = float(top.eigenvalues[0])
 
-* `make_hvp`: H v = d/dt grad(loss)(p + t v) at t = 0, i.e. `jax.jvp` of `jax.grad`
-  (forward-over-reverse, Pearlmutter 1994): one gradient's cost, H never formed.
-* `lanczos`: `num_steps` Lanczos iterations with full reorthogonalisation (every new vector is
-  orthogonalised against all earlier ones, twice, so the float32 basis stays orthogonal and no
-  ghost copies of the top eigenvalue appear). The eigenvalues of the tridiagonal matrix T (Ritz
-  values) converge to the extreme eigenvalues of H first.
-* `spectral_density`: stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017; Ghorbani, Krishnan
-  & Xiao 2019): for each random unit probe, the Ritz values theta_j of T are the nodes and the
-  squared first components tau_j^2 of T's eigenvectors the weights of a quadrature of the
-  spectral measure; the density estimate is their Gaussian-smoothed mixture, averaged over
-  probes.
-* `preconditioned_hvp`: the operator P^-1/2 H P^-1/2 for a diagonal preconditioner P. It is
-  similar to P^-1 H (P^-1 H = P^-1/2 (P^-1/2 H P^-1/2) P^1/2), so it has the same eigenvalues,
-  and it is symmetric, so Lanczos applies. For Adam, P = diag(sqrt(v_hat) + eps) with
-  v_hat = nu / (1 - b2^t) the bias-corrected second moment at the optimizer's count t: the
-  "preconditioned sharpness" of Cohen et al. 2022 (Adaptive Gradient Methods at the Edge of
-  Stability, Section 3), whose stability threshold for Adam with momentum b1 and step eta is
-  (2 + 2 b1) / ((1 - b1) eta).
-
-References:
-  Cohen, Kaur, Li, Kolter & Talwalkar, Gradient Descent on Neural Networks Typically Occurs at
-  the Edge of Stability, ICLR 2021.
-  Cohen, Ghorbani, Krishnan, Agarwal, Medapati, Badura, Suo, Cardoze, Nado, Dahl & Gilmer,
-  Adaptive Gradient Methods at the Edge of Stability, 2022 (arXiv:2207.14484).
+Everything works on a loss's flat parameter vector (`jax.flatten_util.ravel_pytree`).
+docs/internals.md gives the methods (Pearlmutter 1994; stochastic Lanczos quadrature; Cohen
+et al. 2022's preconditioned sharpness) and the references.
 """
 
 from __future__ import annotations

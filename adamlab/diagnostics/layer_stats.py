@@ -1,33 +1,10 @@
 r"""Per-layer statistics of one train step, from its gradients, updates and optimizer state.
 
-`make_layer_stats(spec)` returns a pure function, called inside the jitted train step on the
-steps that log it (`adamlab.training.steps`, `diagnostics=`), so nothing is recomputed and no
-second forward pass is made:
-
     stats = make_layer_stats(AdamSpec.from_hparams("adam", {"b2": 0.999}))
     values = stats(grads, updates, params, opt_state, learning_rate)  # {name: scalar}
 
-Names are "<leaf path>/<statistic>", the path "/"-joined ("Dense_0/kernel"). Every optimizer:
-
-  param_norm, grad_norm, update_norm   L2 norms of the leaf's parameters (after the update),
-                                        gradient and update
-  update_param_ratio                    update_norm / param_norm
-
-The Adam family (an optimizer state with fields count, mu, nu, found anywhere in the state
-tree, so through `optax.chain`, `inject_hyperparams`, `masked` and `multi_transform`), with
-t = count after the update, v_hat = nu / (1 - b2^t) (Adamax: nu itself, the infinity norm;
-AMSGrad: the running maximum the step divides by) and lr the learning rate of this step:
-
-  step_q05, step_q50, step_q95          quantiles over the leaf's coordinates of the effective
-                                        step lr / (sqrt(v_hat) + eps)
-  eps_fraction                          fraction of coordinates where eps > sqrt(v_hat)
-  amsgrad_max_active (AMSGrad)          fraction where the running maximum exceeds the current
-                                        second moment (the maximum, not v_t, sets the step)
-
-and two scalars for RAdam: `radam/rho` (rho_t = rho_inf - 2 t b2^t / (1 - b2^t)) and
-`radam/rectified` (1 when the rectified Adam step is taken, 0 for plain momentum). A swept b2,
-eps or learning rate is read from the `inject_hyperparams` state. Baselines (sgd, rmsprop,
-adagrad) get the norms only.
+Called inside the jitted train step on the steps that log it (nothing recomputed); names are
+"<leaf path>/<statistic>". docs/internals.md lists the statistics.
 """
 
 from __future__ import annotations

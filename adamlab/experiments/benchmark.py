@@ -1,51 +1,11 @@
 r"""`adamlab benchmark`: tuned optimizers on workloads with validation targets, compared fairly.
 
-    adamlab benchmark --workloads digits_cnn,mnist_logreg \
-        --optimizers adam,adamw,nadam,radam,amsgrad,adabelief,sgd --trials 16 --seeds 5 \
-        --studies 3 --ruleset external_tuning --workdir runs/bench
+    adamlab benchmark --workloads digits_cnn,mnist_logreg --optimizers adam,adamw,sgd \
+        --trials 16 --seeds 5 --studies 3 --ruleset external_tuning --workdir runs/bench
 
-A workload is a shipped config `configs/bench_<workload>.py`: an experiment config plus a
-`benchmark` section (the validation target, the search space of every optimizer, the seeds;
-`configs/bench_digits_cnn.py` documents each field). For every workload and optimizer, in
-stages that are each one run of the one loop (`adamlab.training.train.run`):
-
-1. **tune**, one stage per study k < `--studies` (`<workdir>/<workload>/<optimizer>/tune/` for
-   study 0, `tune_study<k>/` for the others): under the external-tuning ruleset `--trials`
-   points of a scrambled Halton sequence over the optimizer's search space, seeded with the
-   workload's Halton seed + k (`tuning.halton_trials`); under the self-tuning ruleset one
-   trial, the optimizer's declared default setting (`tuning.default_setting`), with 3x the
-   workload's step budget (AlgoPerf's self-tuning track). All trials of a study train in ONE
-   compiled program as one `runs.sweep` (trial i = the i-th value of every swept field), with
-   the workload's tuning seed + k.
-2. **select**, on the validation split only. Per study, AlgoPerf's rule
-   (`algoperf.select_trial`): the study's time is that of its trial reaching the target
-   first (inf: none did); these times make the AlgoPerf score (`algoperf.score`: the median
-   over studies, ratios to the fastest optimizer, the profile's normalised area). For the
-   final stage, over the trials of all studies: the trial reaching the target in the fewest
-   steps (none reaches it: the best final validation accuracy; `tuning.select_trial`).
-3. **final** (`.../final/`): the selected setting rerun with `--seeds` new seeds
-   (`benchmark.final_seed_start` + i, never used in tuning), all in one program. Its test
-   metrics are the only test numbers the report shows, once, with 95% t-intervals.
-
-Then a learning rate x decay strength grid for Adam + L2 against AdamW (Loshchilov & Hutter
-2019, Fig. 2) on the first workload, one program per method (`<workdir>/heatmap/<method>/`).
-
-**Time-to-target.** A run reaches the target at the first validation evaluation at or past it
-(resolution: `train.eval_every_steps`); never reached or diverged: infinity. Its seconds are
-its steps times its share of its program's training time: one compiled program trains the S
-members of a stage (trials of a study, seeds of a final stage) in lockstep, so each member is
-charged 1/S of the program's seconds per step (`1 / (steps_per_sec * S)`; compilation and
-evaluations are left out; the same S for every optimizer). This is the cost of a step of that
-optimizer on that workload, measured while the machine ran it; on a shared machine it carries
-the load of the moment, which is why the report also gives the step counts, which no load
-changes.
-
-A stage that finished returns its saved result without training, and an interrupted stage
-resumes from its checkpoint, so an interrupted benchmark resumes by running the same command;
-more workloads or optimizers extend it, and a request whose report would lose some of what the
-workdir holds (fewer names, other trials, seeds, studies, ruleset or heatmap) is refused. Wrong
-workload or optimizer names, an unknown ruleset, a budget below 1, an invalid config or missing
-data are errors before anything is written.
+Per workload (`configs/bench_<workload>.py`) and optimizer, stages that are each one run of the
+one loop: tune (a study's trials in one program), select on validation, final (new seeds);
+then Adam + L2 against AdamW. docs/benchmark.md gives the protocol, the measures and the files.
 """
 
 from __future__ import annotations

@@ -3,15 +3,7 @@
     scores = algoperf_scores(plan, study_rows)        # "steps"/"seconds" -> algoperf.Scores
     summary = write_report(plan, workdir, final_rows, tables, scores, finals, heatmap, wall)
 
-`plan` is a `benchmark.Plan` (read only: its workloads' configs, targets, spaces and seeds);
-`final_rows` are the rows of results.csv, `tables` those of trials.csv, studies.csv (one row
-per study: the time of the trial AlgoPerf's rule selects) and stages.csv (runs, steps, wall and
-compile seconds per stage), `finals` the final stages' results (their curves), `heatmap` the
-Adam + L2 / AdamW grid runs (or None). summary.md states the protocol in full (the ruleset
-included), then per workload a table of the optimizers (selected setting, time-to-target
-medians, speedup against Adam, validation and test metrics with 95% t-intervals), the AlgoPerf
-score of the studies (`algoperf.score`), the final runs' performance profiles and the stages'
-costs. Written by `report.write_report`.
+Written by `report.write_report`; docs/benchmark.md describes the files and summary.md.
 """
 
 from __future__ import annotations

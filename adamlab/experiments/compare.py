@@ -3,16 +3,8 @@
     adamlab compare          # configs/compare_digits.py: adam and adamw, 3 seeds
     adamlab compare --config configs/digits.py --seeds 5 --optimizers adam,nadam,radam
 
-Each optimizer is a group (`groups.run_per_optimizer`, in `workdir/<optimizer>/`): ours and
-the optax twin of every seed `config.seed + i` train in lockstep in one program (same
-initialisation, same batches), so each run is the `adamlab train` run of its seed to float32
-rounding. The report (`report.write_report`): `results.csv`, a row per run (`COLUMNS`);
-`summary.md`, per optimizer and implementation the mean and 95% t-interval over seeds, and the
-parity: the largest relative parameter difference between ours and the twin over all steps
-and seeds (`members.relative_difference`; 0 means bitwise equal parameters); `curves.png`,
-train loss and validation accuracy against step (the twin dashed); `<optimizer>/`, its runs
-(`members/<implementation>/seed<s>/metrics.jsonl`). A workdir holds one compare: the same
-optimizers resume it, more extend it, fewer or others are refused.
+Ours and the twin of every seed train in lockstep in one program per optimizer; the report
+gives means, t-intervals and the parity. docs/internals.md describes the files.
 """
 
 from __future__ import annotations

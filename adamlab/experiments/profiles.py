@@ -4,16 +4,7 @@
     rho = performance_profile({"adam": {"digits_cnn": 3.1}, ...}, taus)     # opt -> [len(taus)]
     speedups(times, baseline="adam")                                        # opt -> workload -> x
 
-A run reaches the target at the first evaluation whose validation metric is at least the
-target, so time-to-target has the resolution of `train.eval_every_steps`; a run that never
-reaches it (or diverges) takes infinitely long.
-
-Performance profiles (Dolan & More 2002, as AlgoPerf scores submissions): for workload w let
-t_{o,w} be optimizer o's time-to-target and r_{o,w} = t_{o,w} / min_o' t_{o',w}. The profile
-rho_o(tau) is the fraction of workloads with r_{o,w} <= tau: rho_o(1) is the share of workloads
-on which o is the fastest, and a workload that o never solves counts against it at every tau.
-AlgoPerf's score is the profile's normalised area over [1, r_max] (`profile_area`), computed as
-AlgoPerf's code computes it: a trapezoid over the discrete grid `ALGOPERF_TAUS`.
+docs/internals.md defines the profiles (Dolan & More 2002) and AlgoPerf's area.
 """
 
 from __future__ import annotations

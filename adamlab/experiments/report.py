@@ -3,16 +3,9 @@
     summary, table = summary_table(rows, by=("optimizer",), metrics={"test_accuracy": "test"})
     write_report(workdir, rows, title="...", sections=[intro, table], figures={"a.png": draw})
 
-A command supplies only what differs (its columns, summary sections and figures) from rows and
-curves of `train.RunsResult`, which a finished group reads back from what its runs persisted:
-a report is the same whether its groups ran now, earlier, or were interrupted and resumed.
-`check_request` keeps a report from being replaced by one lacking what its workdir holds.
-
-Intervals are Student-t intervals over seeds, `mean +- t_{0.975, n-1} * s / sqrt(n)` with `s`
-the sample standard deviation (ddof=1): seeds are few, where the normal quantile 1.96 would be
-far too narrow (t_{0.975, 1} = 12.7, t_{0.975, 2} = 4.30); one seed has no interval. Figures
-show the mean and the range over seeds: with 2-3 seeds a t band is mostly quantile and leaves
-the axis (accuracy > 1, loss < 0); the tables carry the intervals.
+A command supplies only what differs (columns, sections, figures) from the rows its runs
+persisted, so a report is the same whether its groups ran now or were resumed. docs/internals.md
+says why intervals are Student-t over seeds and figures show the range.
 """
 
 from __future__ import annotations

@@ -3,29 +3,9 @@ r"""The research studies as configs: batch size, schedules, weight decay, Kingma
     adamlab study batch_size --workdir reports/batch_size [--seeds 5] [--config.<field>=...]
     summary = run_study("batch_size", config_dict.load_config("study_batch_size"), "reports/bs")
 
-A study config is a full experiment config (`configs/digits.py` plus overrides) with a `study`
-section holding the study's own variables. A study turns it into groups: training configs
-(`group_config`) that `adamlab.training.train.run` trains one compiled program each, in
-`<workdir>/<group>/`; the settings that can share a program (they differ only in swept
-optimizer values and seeds) share it. A finished group returns its saved result and an
-interrupted one resumes, so rerunning an interrupted study continues where it stopped. The
-members' rows are then mapped back to the study's settings, and `report.write_report` writes the
-report: results.csv, results.json (with per-epoch losses), summary.md and the figures.
-
-- batch_size: one group per batch size, sweeping the distinct learning rates the scaling rules
-  give it (`scaled_learning_rate`); every batch size trains the same number of epochs.
-- schedules: one group per schedule, sweeping the peak learning rates.
-- weight_decay: Adam + L2 in the loss ("adam_l2": `optimizer.l2` swept) against AdamW
-  ("adamw": `optimizer.weight_decay` swept) at the same strengths lambda; strength 0 is plain
-  Adam, trained once and shown under both methods.
-- kingma_ba: Kingma & Ba 2015, Figures 1-2. Per model and optimizer, a group tunes the learning
-  rate on its grid with the first seed (by the final `study.select_by`, lower is better), then a
-  group trains the chosen rate with every seed.
-- transfer: pretrain on `study.pretrain_data`, then fine-tune on `data` through the `init`
-  section (adamlab/training/transfer.py): "full" (pretrained backbone, new head), "frozen" (the
-  backbone frozen, only the new head trains) and "scratch" (no init).
-
-Per-epoch training losses are the runs' train curves (`train.log_every_steps` = one epoch).
+A study config is an experiment config with a `study` section; a study turns it into groups,
+each one run of the one loop, then maps the members' rows back to its settings for
+`report.write_report`. docs/internals.md describes each study.
 """
 
 from __future__ import annotations

@@ -1,19 +1,11 @@
 """`adamlab sweep`: a hyperparameter grid x seeds trained in one compiled program per optimizer.
 
     adamlab sweep --sweep optimizer.learning_rate=1e-4:1e-1:8 --seeds 2
-    adamlab sweep --sweep optimizer.b2=0.9,0.99,0.999 --optimizers adam,nadam \
-        --implementations ours,optax
+    adamlab sweep --sweep optimizer.b2=0.9,0.99,0.999 --optimizers adam,nadam
 
-A sweep spec is `path=start:stop:num` (num values log-spaced from start to stop, both > 0) or
-`path=v1,v2,...` (the values as given). Only numeric optimizer hyperparameters
-(`adamlab.training.optimizers.SWEEPABLE`) can vary inside one program: they are state leaves
-under `optax.inject_hyperparams`, where other fields change the program.
-
-Each optimizer is a group (`groups.run_per_optimizer`, in `workdir/<optimizer>/`) training
-every (value, seed), with `--implementations ours,optax` ours and the twin in lockstep. The
-report (`report.write_report`): `results.csv` (a row per run), `summary.md` (mean ± 95%
-t-interval over seeds per value) and `sweep.png` (final train loss and validation accuracy
-against the value). A workdir holds one sweep: the same optimizers resume it, more extend it.
+A spec is `path=start:stop:num` (log-spaced) or `path=v1,v2,...`; only
+`optimizers.SWEEPABLE` fields vary inside one program. docs/experiments.md and
+docs/internals.md describe the groups and the report.
 """
 
 from __future__ import annotations

@@ -5,25 +5,8 @@
     trials = halton_trials(space, num_trials=16, seed=0)  # {"learning_rate": (16 values), ...}
     best = select_trial(steps_to_target, validation_accuracy, validation_loss)
 
-A search space fixes some optimizer fields (the name, `implementation`, SGD's `nesterov`) and
-draws the others from ranges, each on a scale. Each optimizer declares its own in its entry of
-`adamlab.optim.alias.TABLE`; a workload's config takes them (`search_spaces`) and may override
-a range. The scales:
-
-* "log": log-uniform in [low, high] (learning rate, eps, weight decay);
-* "log1m": 1 - value log-uniform in [1 - high, 1 - low] (b1, b2, momentum: 0.9 and 0.99 are as
-  far apart as 0.99 and 0.999);
-* "linear": uniform in [low, high] (warmup fraction).
-
-Trials are points of a scrambled Halton sequence (`scipy.stats.qmc.Halton`, seeded): a
-quasi-random design that covers the box more evenly than random search with the same budget,
-as in AlgoPerf's baselines. Every drawn field is a sweepable optimizer field
-(`adamlab.training.optimizers.SWEEPABLE`), so all trials of one optimizer train as one `runs.sweep`
-in one compiled program: trial i is the i-th value of every swept field.
-
-Without a search (AlgoPerf's self-tuning ruleset) an optimizer runs its declared default
-setting, `default_setting(space)`: the defaults of its constructor's signature and the
-learning rate its paper recommends.
+docs/internals.md describes the scales ("log", "log1m", "linear"), the Halton design and the
+self-tuning default setting.
 """
 
 from __future__ import annotations

@@ -546,6 +546,7 @@ def lamb(
     mask: Any = None,
     mu_dtype: Any = None,
     *,
+    nu_dtype: Any = None,
     convention: str = "optax",
 ) -> optax.GradientTransformation:
     r"""LAMB (You et al. 2020): AdamW's direction, rescaled per layer to its weights' norm.
@@ -562,8 +563,9 @@ def lamb(
 
     Args:
       learning_rate: a positive float or an optax schedule of the step.
-      b1, b2, eps, eps_root, mu_dtype: see :func:`transform.scale_by_adam` (eps 1e-6, the
-        paper's and optax's).
+      b1, b2, eps, eps_root, mu_dtype, nu_dtype: see :func:`transform.scale_by_adam` (eps
+        1e-6, the paper's and optax's; ``nu_dtype``: the second moment's storage dtype, which
+        optax's ``mu_dtype`` leaves in the params' dtype).
       weight_decay: :math:`\lambda`, added to the Adam direction inside the trust ratio.
       mask: which params decay (see :func:`transform.add_decayed_weights`).
       convention: "optax" (``optax.lamb``) or "paper" (You et al., Algorithm 2 with
@@ -583,7 +585,9 @@ def lamb(
       ICLR 2020, Algorithm 2.
     """
     return optax.chain(
-        transform.scale_by_adam.unchecked(b1, b2, eps, eps_root, mu_dtype, convention=convention),
+        transform.scale_by_adam.unchecked(
+            b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, convention=convention
+        ),
         transform.add_decayed_weights.unchecked(weight_decay, mask),
         transform.scale_by_trust_ratio.unchecked(),
         transform.scale_by_learning_rate.unchecked(learning_rate),
@@ -601,6 +605,7 @@ def muon(
     weight_decay_mask: Any = None,
     mu_dtype: Any = None,
     *,
+    nu_dtype: Any = None,
     nesterov: bool = True,
     adam_b1: float = 0.9,
     adam_b2: float = 0.999,
@@ -639,6 +644,8 @@ def muon(
       weight_decay: decoupled decay of the matrices, multiplied by the learning rate.
       weight_decay_mask: which matrices decay (as ``mask`` of :func:`adamw`).
       adam_b1, adam_b2, adam_eps_root, adam_weight_decay: the AdamW of the other leaves.
+      nu_dtype: the storage dtype of that AdamW's second moment (the matrices have none), as
+        in :func:`transform.scale_by_adam`; ``mu_dtype`` stores both parts' momenta.
       adam_learning_rate: its learning rate; None: ``learning_rate``.
       muon_weight_dimension_numbers: optax's: a tree (or a callable of the params returning
         one) of ``MuonDimensionNumbers``, None for a leaf that takes AdamW; None: the 2-D
@@ -676,7 +683,7 @@ def muon(
     others = _adam(  # optax's AdamW is Nesterov's with Muon's; Jordan's is plain Adam
         adam_lr, adam_b1, adam_b2, eps, adam_eps_root, mu_dtype,
         nesterov=nesterov and convention == "optax", convention="optax", fused=False,
-        weight_decay=adam_weight_decay,
+        nu_dtype=nu_dtype, weight_decay=adam_weight_decay,
     )  # fmt: skip
     return optax.partition(
         {
@@ -695,6 +702,7 @@ def adopt(
     eps: float = 1e-6,
     mu_dtype: Any = None,
     *,
+    nu_dtype: Any = None,
     nesterov: bool = False,
     use_clipping: bool = True,
     clip_value_fn: Any = None,
@@ -714,9 +722,10 @@ def adopt(
 
     Args:
       learning_rate: a positive float or an optax schedule of the step.
-      b1, b2, eps, mu_dtype, nesterov, use_clipping, clip_value_fn: see
+      b1, b2, eps, mu_dtype, nu_dtype, nesterov, use_clipping, clip_value_fn: see
         :func:`transform.scale_by_adopt` (optax's names and defaults; clip_value_fn None
-        stands for optax's default, :math:`t^{1/4}`).
+        stands for optax's default, :math:`t^{1/4}`; ``nu_dtype``, which optax lacks, stores
+        v_t).
       convention: "optax" (``optax.contrib.adopt``) or "paper" (Algorithm 1 with the clipping
         of Section 5): the same rule; torch.optim has no ADOPT.
 
@@ -734,8 +743,8 @@ def adopt(
       Rate, NeurIPS 2024, Algorithm 1.
     """
     rescale = transform.scale_by_adopt.unchecked(
-        b1, b2, eps, mu_dtype, nesterov=nesterov, use_clipping=use_clipping,
-        clip_value_fn=clip_value_fn, convention=convention,
+        b1, b2, eps, mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov,
+        use_clipping=use_clipping, clip_value_fn=clip_value_fn, convention=convention,
     )  # fmt: skip
     return _chain(rescale, learning_rate)
 
@@ -753,6 +762,7 @@ def ademamix(
     weight_decay: Any = 0.0,
     mask: Any = None,
     *,
+    nu_dtype: Any = None,
     alpha_warmup: int | None = None,
     b3_warmup: int | None = None,
     convention: str = "optax",
@@ -772,8 +782,9 @@ def ademamix(
 
     Args:
       learning_rate: a positive float or an optax schedule of the step.
-      b1, b2, b3, alpha, eps, eps_root, mu_dtype, alpha_warmup, b3_warmup: see
-        :func:`transform.scale_by_ademamix` (b3 >= b1).
+      b1, b2, b3, alpha, eps, eps_root, mu_dtype, nu_dtype, alpha_warmup, b3_warmup: see
+        :func:`transform.scale_by_ademamix` (b3 >= b1; ``nu_dtype`` None stores nu in
+        ``mu_dtype``, as optax does).
       weight_decay: :math:`\lambda`, multiplied by the learning rate in both conventions
         (Algorithm 1 multiplies it by :math:`\eta_t`, as optax does).
       mask: which params decay (see :func:`transform.add_decayed_weights`).
@@ -793,7 +804,7 @@ def ademamix(
       2025, Algorithm 1.
     """
     rescale = transform.scale_by_ademamix.unchecked(
-        b1, b2, b3, alpha, eps, eps_root, mu_dtype,
+        b1, b2, b3, alpha, eps, eps_root, mu_dtype, nu_dtype=nu_dtype,
         alpha_warmup=alpha_warmup, b3_warmup=b3_warmup, convention=convention,
     )  # fmt: skip
     return _chain(rescale, learning_rate, weight_decay, mask)  # optax's order in both
@@ -810,6 +821,7 @@ def schedule_free_adamw(
     weight_lr_power: float = 2.0,
     state_dtype: Any = None,
     *,
+    nu_dtype: Any = None,
     convention: str = "optax",
 ) -> optax.GradientTransformation:
     r"""Schedule-Free AdamW (Defazio et al. 2024): AdamW without momentum and without a
@@ -843,6 +855,7 @@ def schedule_free_adamw(
       weight_lr_power: the power of the learning rate in the averaging weights (2: the
         paper's :math:`\gamma_t^2`).
       state_dtype: dtype in which to store z (None: the params').
+      nu_dtype: dtype in which to store v (None: the params'; optax's has no such option).
       convention: "optax" (``optax.contrib.schedule_free_adamw``), "pytorch"
         (``schedulefree.AdamWScheduleFree``, the authors' code) or "paper" (Algorithm 1).
 
@@ -869,11 +882,177 @@ def schedule_free_adamw(
     step_lr = gamma
     if callable(gamma) and convention != "optax":
         step_lr = lambda count: gamma(numerics.safe_increment(count))
-    rescale = transform.scale_by_second_moment.unchecked(b2, eps, convention=convention)
+    rescale = transform.scale_by_second_moment.unchecked(b2, eps, nu_dtype, convention=convention)
     base = _chain(rescale, step_lr, weight_decay)  # the decay at y, x gamma_t, in all three
     return transform.schedule_free.unchecked(
         base, gamma, b1, weight_lr_power, state_dtype, convention=convention
     )
+
+
+def _chain_lr_scaled_decay(rescale, learning_rate, weight_decay, mask, convention):
+    """`_chain` for the papers that multiply the decay by the learning rate (MARS, Adam-mini:
+    optax's place of it in "optax" and "paper"), and PyTorch's ``p.mul_(1 - lr wd)``."""
+    decay_convention = "pytorch" if convention == "pytorch" else "optax"
+    return _chain(rescale, learning_rate, weight_decay, mask, decay_convention)
+
+
+@_public
+def mars_adamw(
+    learning_rate: Any,
+    b1: float = 0.95,
+    b2: float = 0.99,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    weight_decay: Any = 0.0,
+    mask: Any = None,
+    *,
+    gamma: float = 0.025,
+    use_clipping: bool = True,
+    nu_dtype: Any = None,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""MARS-AdamW (Yuan et al. 2024): AdamW on the variance-reduced gradient
+    :math:`c_t = g_t + \gamma \beta_1/(1-\beta_1)(g_t - g_{t-1})`, clipped to norm 1 per
+    tensor: :math:`\theta_t = \theta_{t-1} - \eta_t (\hat m_t / (\sqrt{\hat v_t} + \epsilon)
+    + \lambda \theta_{t-1})`; see :func:`transform.scale_by_mars`. Every leaf gets MARS (the
+    authors' code gives 1-D params a plain AdamW of their own rate unless ``optimize_1d``;
+    here that is an `optax.partition` away).
+
+    Args:
+      learning_rate: a positive float or an optax schedule of the step.
+      b1, b2, gamma, eps, eps_root, mu_dtype, nu_dtype, use_clipping: see
+        :func:`transform.scale_by_mars` (the paper's b1 = 0.95, b2 = 0.99, gamma = 0.025).
+      weight_decay: :math:`\lambda` >= 0, multiplied by the learning rate (the authors' code
+        and pytorch_optimizer's; their default 0).
+      mask: which params decay (see :func:`transform.add_decayed_weights`).
+      convention: "optax" (the authors' code in optax's arithmetic; optax has no MARS),
+        "pytorch" (pytorch_optimizer's ``MARS(mars_type="adamw", optimize_1d=True)``) or
+        "paper" (Algorithms 1 and 2).
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> tx = mars_adamw(1e-3, gamma=0.0, eps=0.0)
+      >>> params = jnp.array([1.0, -2.0])
+      >>> updates, _ = tx.update(jnp.array([0.5, -0.5]), tx.init(params), params)
+      >>> optax.apply_updates(params, updates)  # as Adam's: -lr sign(g)
+      Array([ 0.999, -1.999], dtype=float32)
+
+    References:
+      Yuan, Liu, Wu, Zhou, Gu, MARS: Unleashing the Power of Variance Reduction for Training
+      Large Models, arXiv:2411.10438, 2024, Algorithm 2.
+    """
+    rescale = transform.scale_by_mars.unchecked(
+        b1, b2, gamma, eps, eps_root, mu_dtype,
+        nu_dtype=nu_dtype, use_clipping=use_clipping, convention=convention,
+    )  # fmt: skip
+    return _chain_lr_scaled_decay(rescale, learning_rate, weight_decay, mask, convention)
+
+
+@_public
+def adam_mini(
+    learning_rate: Any,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    weight_decay: Any = 0.0,
+    mask: Any = None,
+    *,
+    nu_dtype: Any = None,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""Adam-mini (Zhang et al. 2024): AdamW with one second moment per block (a kernel's
+    output unit), :math:`\theta_t = \theta_{t-1} - \eta_t (\hat m_t / (\sqrt{\hat v_{t,b}}
+    + \epsilon) + \lambda \theta_{t-1})`; see :func:`transform.scale_by_adam_mini`.
+
+    Args:
+      learning_rate: a positive float or an optax schedule of the step.
+      b1, b2, eps, eps_root, mu_dtype, nu_dtype: see :func:`transform.scale_by_adam_mini`.
+      weight_decay: :math:`\lambda` >= 0, multiplied by the learning rate (Algorithm 1, line
+        5: ``param - eta_t lambda param``); the authors' code exempts params named norm, ln
+        or bias: pass ``mask`` for that.
+      mask: which params decay (see :func:`transform.add_decayed_weights`).
+      convention: "optax" (optax has no Adam-mini), "pytorch" (the authors' ``adam_mini``
+        package) or "paper" (Algorithm 1).
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> tx = adam_mini(1e-3, eps=0.0)
+      >>> params = jnp.array([1.0, -2.0])  # 1-D: one block per coordinate, Adam's first step
+      >>> updates, _ = tx.update(jnp.array([0.5, -0.5]), tx.init(params), params)
+      >>> optax.apply_updates(params, updates)
+      Array([ 0.999, -1.999], dtype=float32)
+
+    References:
+      Zhang, Chen, Li, Ye, Ding, Shi, Li, Sun & Luo, Adam-mini: Use Fewer Learning Rates To
+      Gain More, arXiv:2406.16793, 2024, Algorithm 1.
+    """
+    rescale = transform.scale_by_adam_mini.unchecked(
+        b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, convention=convention
+    )
+    return _chain_lr_scaled_decay(rescale, learning_rate, weight_decay, mask, convention)
+
+
+@_public
+def soap(
+    learning_rate: Any,
+    b1: float = 0.95,
+    b2: float = 0.95,
+    eps: float = 1e-8,
+    weight_decay: Any = 0.01,
+    mask: Any = None,
+    shampoo_beta: float | None = None,
+    precondition_frequency: int = 10,
+    max_precond_dim: int = 10000,
+    mu_dtype: Any = None,
+    *,
+    nu_dtype: Any = None,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""SOAP (Vyas et al. 2024): Adam in the eigenbasis of Shampoo's preconditioner, with
+    decoupled weight decay.
+
+    .. math::
+        W_t = W_{t-1} - \eta_t\,(Q_L \frac{\hat M'_t}{\sqrt{\hat V_t} + \epsilon} Q_R^\top
+        + \lambda W_{t-1})
+
+    with Adam's moments of the rotated gradient :math:`Q_L^\top G_t Q_R`, and :math:`Q_L,
+    Q_R` the eigenvectors of :math:`L = \mathrm{EMA}(G G^\top)`, :math:`R =
+    \mathrm{EMA}(G^\top G)`, refreshed every ``precondition_frequency`` steps; see
+    :func:`transform.scale_by_soap` (tensors of more axes, 1-D leaves as Adam, the first call
+    that only initialises the bases). The defaults are the authors' (lr 3e-3 in the table).
+
+    Args:
+      learning_rate: a positive float or an optax schedule of the step.
+      b1, b2, eps, shampoo_beta, precondition_frequency, max_precond_dim, mu_dtype, nu_dtype:
+        see :func:`transform.scale_by_soap`; the two integers are fixed at the paper's 10 and
+        10000 in searches.
+      weight_decay: :math:`\lambda`, multiplied by the learning rate in both conventions, in
+        optax's order (the authors decay the stepped weights, a difference of
+        :math:`\eta^2\lambda u_t`, and not at the first call; docs/conventions.md).
+      mask: which params decay (see :func:`transform.add_decayed_weights`).
+      convention: "optax" (optax's Adam bias correction; optax has SOAP only as an open pull
+        request) or "paper" (the authors' soap.py); torch.optim has no SOAP.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> tx = soap(3e-3, weight_decay=0.0)
+      >>> params = jnp.ones((2, 3))
+      >>> updates, state = tx.update(params, tx.init(params), params)  # initialises: no step
+      >>> float(jnp.abs(updates).max())
+      0.0
+
+    References:
+      Vyas et al., SOAP: Improving and Stabilizing Shampoo using Adam, ICLR 2025,
+      Algorithm 3; github.com/nikhilvyas/SOAP.
+    """
+    rescale = transform.scale_by_soap.unchecked(
+        b1, b2, eps, shampoo_beta, precondition_frequency, max_precond_dim, mu_dtype,
+        nu_dtype=nu_dtype, convention=convention,
+    )  # fmt: skip
+    return _chain(rescale, learning_rate, weight_decay, mask)  # optax's order in both
 
 
 def inject_hyperparams(
@@ -1018,7 +1197,9 @@ class Entry:
     """One optimizer of `TABLE`.
 
     Attributes:
-      twin: optax's implementation, with our signature's hyperparameters (a baseline's only).
+      twin: optax's implementation, with our signature's hyperparameters (a baseline's only);
+        None where optax has none (MARS, Adam-mini; SOAP is an open pull request):
+        `registry.reference` refuses it.
       ours: our public constructor; None for the optax baselines.
       sweepable: the hyperparameters one compiled program may vary between runs (they become
         `inject_hyperparams` state); the config factory adds `l2` and `warmup_fraction`.
@@ -1036,7 +1217,7 @@ class Entry:
         params. The loop, `adamlab evaluate` and the exports call it (for ours and the twin).
     """
 
-    twin: Callable[..., optax.GradientTransformation]
+    twin: Callable[..., optax.GradientTransformation] | None
     ours: Callable[..., optax.GradientTransformation] | None = None
     sweepable: tuple[str, ...] = ()
     search_spaces: Mapping[str, Mapping[str, Mapping]] = dataclasses.field(default_factory=dict)
@@ -1085,6 +1266,9 @@ _ADOPT_RANGES = _ADAM_RANGES | {  # Taniguchi et al.: any b2 works, the default 
     "b2": (0.99, 0.9999, "log1m"),
     "eps": (1e-8, 1e-4, "log"),  # a floor of sqrt(v), not an addend: larger than Adam's
 }
+# SOAP: the authors' lr 3e-3 and b1 = b2 = 0.95 lie inside AdamW's space; the integers are
+# fixed at the paper's (f = 10, max_precond_dim = 10000), not searched.
+_SOAP_FIXED = {"precondition_frequency": 10, "max_precond_dim": 10000}
 # Pagliardini et al.'s ranges (Section 4, App. C): b3 in [0.999, 0.9999], alpha in [2, 10].
 # The warmups' lengths (integers) are not searched: the paper sets T_alpha = T_beta3 = T,
 # the run's length, which the table does not know; left unset, there is no warmup.
@@ -1097,6 +1281,14 @@ _ADEMAMIX_RANGES = _ADAMW_RANGES | {
 _SCHEDULE_FREE_RANGES = _ADAMW_RANGES | {
     "learning_rate": (3e-4, 3e-1, "log"),
     "b1": (0.8, 0.99, "log1m"),
+}
+# MARS: Yuan et al.'s GPT-2 runs use b1 = 0.95, b2 = 0.99, gamma = 0.025 and lr 3e-3 to 6e-3;
+# gamma is searched around theirs (0 is AdamW). Adam-mini takes AdamW's hyperparameters
+# (Zhang et al. tune only AdamW's); its partition is fixed (the output units, no integer).
+_MARS_RANGES = _ADAMW_RANGES | {
+    "b1": (0.9, 0.99, "log1m"),
+    "b2": (0.95, 0.999, "log1m"),
+    "gamma": (1e-3, 0.1, "log"),
 }
 
 TABLE: dict[str, Entry] = {
@@ -1237,6 +1429,29 @@ TABLE: dict[str, Entry] = {
         {"schedule_free_adamw": _space(_SCHEDULE_FREE_RANGES, weight_lr_power=2.0)},
         defaults={"learning_rate": 2.5e-3},  # Defazio et al.'s code (and optax's) default
         eval_params=transform.schedule_free_eval_params,
+    ),
+    # optax has neither (MARS is an open PR): no twin; proven against PyTorch and the papers.
+    "mars_adamw": Entry(
+        None,
+        mars_adamw,
+        (*_ADAMW, "gamma"),
+        {"mars_adamw": _space(_MARS_RANGES)},
+        defaults={"learning_rate": 3e-3},  # Yuan et al.'s GPT-2 small
+    ),
+    "adam_mini": Entry(
+        None,
+        adam_mini,
+        _ADAMW,
+        {"adam_mini": _space(_ADAMW_RANGES)},
+        defaults={"learning_rate": 1e-3},
+    ),
+    "soap": Entry(  # optax has SOAP only as an open pull request: no twin
+        None,
+        soap,
+        ("learning_rate", "b1", "b2", "eps", "weight_decay"),
+        {"soap": _space(_ADAMW_RANGES, **_SOAP_FIXED)},
+        missing={"pytorch": "torch.optim has no SOAP"},
+        defaults={"learning_rate": 3e-3},  # Vyas et al.'s
     ),
     # The comparison baselines: optax's (implementation "optax"), not ours.
     "sgd": Entry(

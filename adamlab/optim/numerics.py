@@ -563,3 +563,68 @@ def schedule_free_y(
         return torch_lerp(yi, zi, c) + (1 - b1 * (1 - c)) * si
 
     return jax.tree.map(step, y, z, steps)
+
+
+# --- MARS and Adam-mini ----------------------------------------------------------------------
+
+
+def mars_correction(grads: Tree, previous: Tree, b1: Any, gamma: Any) -> Tree:
+    """c_t = g_t + gamma b1 / (1 - b1) (g_t - g_{t-1}): MARS's variance-reduced gradient
+    (Yuan et al. 2024, Algorithm 1, the approximate form: g_{t-1} evaluated at x_{t-1} on
+    its own sample), in the order of the authors' code and of pytorch_optimizer's port,
+    ``(grad - last_grad).mul(gamma * (beta1 / (1 - beta1))).add(grad)``. With gamma = 0 it is
+    g_t exactly."""
+    scale = gamma * (b1 / (1 - b1))
+    return jax.tree.map(lambda g, p: (g - p) * scale + g, grads, previous)
+
+
+def clip_to_unit_norm(tree: Tree) -> Tree:
+    """Clip(c, 1) = c / ||c||_2 where ||c||_2 > 1, else c, per tensor (leaf): MARS's clipping
+    (Yuan et al. 2024, Algorithm 1; ``torch.norm(c_t)`` of each parameter in the authors'
+    code). Written as c / max(||c||, 1), pytorch_optimizer's batched form: the same numbers
+    (a division by 1 is exact) with no 0 / 0 for a zero tensor."""
+    return jax.tree.map(lambda c: c / jnp.maximum(jnp.linalg.norm(c), 1.0).astype(c.dtype), tree)
+
+
+def mars_previous_gradient(grads: Tree, last_grads: Tree, count: jax.Array) -> Tree:
+    """g_{t-1} for the paper's correction: g_t itself at the first step. Algorithm 1 sets
+    x_1 = x_0, so its correction vanishes at t = 1 (c_1 = g_1); the authors' code and
+    pytorch_optimizer start ``last_grad`` at zero instead, c_1 = (1 + gamma b1/(1-b1)) g_1
+    before the clipping."""
+    return jax.tree.map(lambda g, last: jnp.where(count == 0, g, last), grads, last_grads)
+
+
+def block_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of Adam-mini's second moment for a leaf of `shape`: one value per output
+    unit (the last axis: a dense kernel's column, a conv kernel's output channel, HWIO) for
+    ndim >= 2, kept as (1, ..., 1, out) so that it broadcasts; one per coordinate (Adam) for
+    biases, scales and scalars (ndim <= 1)."""
+    if len(shape) <= 1:
+        return shape
+    return (1,) * (len(shape) - 1) + shape[-1:]
+
+
+def block_mean_square(g: jax.Array) -> jax.Array:
+    """mean(g ⊙ g) over each block of `block_shape` (|g|^2 for complex g): Adam-mini's
+    ``torch.mean(grad * grad, dim=1, keepdim=True)`` of a (out, in) weight; g^2 itself for a
+    leaf of ndim <= 1. A low-precision gradient is averaged in float32 (a bfloat16 sum over a
+    block rounds)."""
+    squares = abs_sq(g)
+    if g.ndim <= 1:
+        return squares
+    dtype = jnp.promote_types(squares.dtype, jnp.float32)
+    return jnp.mean(squares, axis=tuple(range(g.ndim - 1)), keepdims=True, dtype=dtype)
+
+
+def block_second_moment(grads: Tree, nu: Tree, b2: Any, convention: str = "optax") -> Tree:
+    """v_t = b2 v_{t-1} + (1 - b2) mean(g_t ⊙ g_t) per block: Adam-mini's one second moment
+    per block (Zhang et al. 2024, Algorithm 1, line 8); a leaf of ndim <= 1 is its own
+    blocks, Adam's v_t (in PyTorch's rounding for "pytorch", `moments_for`)."""
+    _, second_moment = moments_for(convention)
+
+    def leaf(g, v):
+        if g.ndim <= 1:
+            return second_moment(g, v, b2)
+        return (1 - b2) * block_mean_square(g) + b2 * v
+
+    return jax.tree.map(leaf, grads, nu)

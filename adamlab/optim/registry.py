@@ -3,7 +3,8 @@
 Experiments, configs and the CLI name optimizers as strings; `create` builds ours and
 `reference` its optax twin with the same hyperparameters, so that every comparison of ours
 against optax is a one-word switch. The twins exist for the optax convention only; the optax
-baselines (SGD, AdaGrad, RMSProp) have a twin and nothing of ours.
+baselines (SGD, AdaGrad, RMSProp) have a twin and nothing of ours; MARS and Adam-mini, which
+optax lacks, have ours and no twin.
 """
 
 import inspect
@@ -93,5 +94,9 @@ def reference(name: str, **hparams: Any) -> optax.GradientTransformation:
             f"reference({name!r}) is optax's implementation: it has convention='optax' only, "
             f"got {convention!r}"
         )
+    twin = entry(name).twin
+    if twin is None:
+        with_twin = ", ".join(n for n in names("optax") if alias.TABLE[n].twin)
+        raise ValueError(f"{name} has no optax twin (optax has none); twins exist for {with_twin}")
     hparams = {k: v for k, v in hparams.items() if v is not None or k == "learning_rate"}
-    return _build(entry(name).twin, name, hparams)
+    return _build(twin, name, hparams)

@@ -41,14 +41,17 @@ __all__ = [  # what `adamlab.optim` exports
     "ScaleByAdemamixState",
     "ScaleByAmsgradState",
     "ScaleByLionState",
+    "ScaleByMarsState",
     "ScaleByMuonState",
     "ScaleByNadamState",
     "ScaleByRmsState",
     "ScaleByScheduleState",
+    "ScaleBySoapState",
     "ScheduleFreeState",
     "add_decayed_weights",
     "conv_dimension_numbers",
     "scale_by_adam",
+    "scale_by_adam_mini",
     "scale_by_adamax",
     "scale_by_ademamix",
     "scale_by_adopt",
@@ -57,9 +60,11 @@ __all__ = [  # what `adamlab.optim` exports
     "scale_by_cautious",
     "scale_by_learning_rate",
     "scale_by_lion",
+    "scale_by_mars",
     "scale_by_muon",
     "scale_by_radam",
     "scale_by_second_moment",
+    "scale_by_soap",
     "scale_by_trust_ratio",
     "schedule_free",
     "schedule_free_eval_params",
@@ -881,6 +886,7 @@ def scale_by_adopt(
     eps: float = 1e-6,
     mu_dtype: Any = None,
     *,
+    nu_dtype: Any = None,
     nesterov: bool = False,
     use_clipping: bool = True,
     clip_value_fn: Any = None,
@@ -914,6 +920,8 @@ def scale_by_adopt(
       b2: decay of the second moment, in [0, 1).
       eps: floor of :math:`\sqrt{v_{t-1}}` in the normalisation, >= 0.
       mu_dtype: dtype in which to *store* m_t (as in :func:`scale_by_adam`).
+      nu_dtype: dtype in which to *store* v_t (as in :func:`scale_by_adam`; optax's ADOPT
+        has ``mu_dtype`` only and keeps v_t in the params' dtype, optax #1552).
       nesterov: Nesterov momentum (optax's; the paper has none).
       use_clipping: clip the normalised gradient to :math:`[-c_t, c_t]` (the paper's
         Section 5 and optax's default); False is the paper's unclipped Algorithm 1.
@@ -945,9 +953,9 @@ def scale_by_adopt(
             "scale_by_adopt: nesterov=True exists only for convention='optax' (Taniguchi et al. "
             f"have no Nesterov variant), got {convention!r}"
         )
-    mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+    mu_dtype, nu_dtype = _storage_dtype(mu_dtype), _storage_dtype(nu_dtype)
     clip_value = clip_value_fn or (lambda count: count**0.25)  # optax's default
-    init_fn = _init_moments(mu_dtype)
+    init_fn = _init_moments(mu_dtype, nu_dtype)
 
     def update_fn(updates, state, params=None):
         del params
@@ -966,7 +974,7 @@ def scale_by_adopt(
             mu = numerics.adopt_first_moment(normalised, state.mu, b1, state.count)
         count = numerics.safe_increment(state.count)
         step = numerics.first_moment(normalised, mu, b1_) if nesterov else mu
-        return step, _moments(count, mu, nu, state, mu_dtype)
+        return step, _moments(count, mu, nu, state, mu_dtype, nu_dtype)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -1017,6 +1025,239 @@ def scale_by_cautious(
     return optax.GradientTransformation(inner.init, update_fn)
 
 
+class ScaleBySoapState(NamedTuple):
+    """SOAP's state: Adam's moments (m_t in the params' basis, v_t in the eigenbasis) and, per
+    leaf, one Shampoo statistic and its eigenbasis per axis (L, R and Q_L, Q_R of a matrix),
+    each a tuple over the leaf's axes with None for an axis left in its own basis."""
+
+    count: jax.Array  # calls so far: the first only initialises the preconditioner
+    mu: Tree
+    nu: Tree
+    preconditioners: Tree  # tuple per leaf: (d, d) float32 statistic per rotated axis
+    bases: Tree  # tuple per leaf: (d, d) float32 orthogonal Q per rotated axis
+
+
+def _zero_statistics(x: jax.Array, max_precond_dim: int) -> tuple:
+    """A zero (n, n) float32 statistic per axis SOAP rotates, None per other axis: it rotates
+    every axis of a tensor of two or more of size at most `max_precond_dim` (the authors'
+    default; no `merge_dims`, no `precondition_1d`); a 1-D or 0-D leaf, and a longer axis,
+    keep their basis and take Adam."""
+    rotated = x.ndim >= 2
+    return tuple(
+        jnp.zeros((n, n), jnp.float32) if rotated and n <= max_precond_dim else None
+        for n in x.shape
+    )
+
+
+def _leafwise(fn: Any, treedef: Any, *trees: Tree) -> list:
+    """fn of each leaf of trees of structure `treedef` (a state's tuple per leaf passed
+    whole), in leaf order."""
+    return [fn(*args) for args in zip(*map(treedef.flatten_up_to, trees), strict=True)]
+
+
+_HIGHEST = jax.lax.Precision.HIGHEST  # float32 products (not TF32/bf16 passes on GPUs)
+
+
+def _rotate(x: jax.Array, bases: tuple, back: bool = False) -> jax.Array:
+    """x with each rotated axis i contracted with Q_i: into the eigenbasis (Q_L^T X Q_R for a
+    matrix) or, with `back`, out of it (Q_L X Q_R^T)."""
+    for axis, q in enumerate(bases):
+        if q is not None:
+            turned = jnp.tensordot(x, q, axes=([axis], [1 if back else 0]), precision=_HIGHEST)
+            x = jnp.moveaxis(turned, -1, axis)
+    return x
+
+
+def _axis_covariance(g: jax.Array, axis: int) -> jax.Array:
+    """G_(i) G_(i)^T, the gradient contracted with itself over every axis but `axis`: G G^T
+    (L's term) for axis 0 of a matrix, G^T G (R's) for axis 1."""
+    others = [a for a in range(g.ndim) if a != axis]
+    g = g.astype(jnp.float32)
+    return jnp.tensordot(g, g, axes=(others, others), precision=_HIGHEST)
+
+
+def _covariances(g: jax.Array, statistics: tuple) -> tuple:
+    """`_axis_covariance` of each axis that has a statistic (None for the others)."""
+    return tuple(None if s is None else _axis_covariance(g, i) for i, s in enumerate(statistics))
+
+
+def _eigenbasis_or_none(statistic: jax.Array | None) -> jax.Array | None:
+    """The eigenvectors of a symmetric statistic by decreasing eigenvalue: the authors'
+    first basis, ``torch.flip(torch.linalg.eigh(m)[1], [1])`` (None stays None)."""
+    return None if statistic is None else jnp.flip(jnp.linalg.eigh(statistic)[1], axis=1)
+
+
+def _power_iteration(statistic: jax.Array, q: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(QR(P Q) with Q's columns ordered by decreasing estimated eigenvalue, that order):
+    Vyas et al.'s Algorithm 4 (one power-iteration step and a QR decomposition, S = PQ,
+    Q = QR(S)), the estimates diag(Q^T P Q) sorted as in the authors' code."""
+    product = jnp.matmul(statistic, q, precision=_HIGHEST)
+    order = jnp.argsort(-jnp.sum(q * product, axis=0))
+    return jnp.linalg.qr(product[:, order])[0], order
+
+
+def _refresh_leaf(statistics: tuple, bases: tuple, nu: jax.Array) -> tuple[tuple, jax.Array]:
+    """Every rotated axis's basis refreshed by `_power_iteration`, and v_t's coordinates along
+    that axis permuted to follow its columns (the authors' ``exp_avg_sq.index_select``)."""
+    refreshed = []
+    for axis, (statistic, q) in enumerate(zip(statistics, bases, strict=True)):
+        if statistic is not None:
+            q, order = _power_iteration(statistic, q)
+            nu = jnp.take(nu, order, axis=axis)
+        refreshed.append(q)
+    return tuple(refreshed), nu
+
+
+@checked
+def scale_by_soap(
+    b1: float = 0.95,
+    b2: float = 0.95,
+    eps: float = 1e-8,
+    shampoo_beta: float | None = None,
+    precondition_frequency: int = 10,
+    max_precond_dim: int = 10000,
+    mu_dtype: Any = None,
+    *,
+    nu_dtype: Any = None,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""Rescales gradients by SOAP: Adam in the eigenbasis of Shampoo's preconditioner.
+
+    For a matrix leaf (Vyas et al., Algorithm 3; :math:`f` = ``precondition_frequency``):
+
+    .. math::
+        G'_t = Q_L^\top G_t Q_R, \quad
+        M_t = \beta_1 M_{t-1} + (1-\beta_1) G_t, \quad M'_t = Q_L^\top M_t Q_R \\
+        V_t = \beta_2 V_{t-1} + (1-\beta_2)\, G'_t \odot G'_t, \quad
+        N'_t = \hat M'_t / (\sqrt{\hat V_t} + \epsilon), \quad
+        u_t = Q_L N'_t Q_R^\top \\
+        L_t = \beta_s L_{t-1} + (1-\beta_s) G_t G_t^\top, \quad
+        R_t = \beta_s R_{t-1} + (1-\beta_s) G_t^\top G_t \\
+        \text{if } t \bmod f = 0: \quad Q_L \leftarrow \mathrm{QR}(L_t Q_L), \quad
+        Q_R \leftarrow \mathrm{QR}(R_t Q_R)
+
+    (Algorithm 4: one power-iteration step, the columns first ordered by decreasing
+    :math:`\operatorname{diag}(Q^\top L Q)` and :math:`V`'s coordinates permuted with them,
+    as in the authors' code). A tensor of more axes has one statistic and one basis per axis
+    (:math:`G_{(i)} G_{(i)}^\top`, all other axes contracted; a flax conv kernel's H, W, I and
+    O each, as the authors' ``merge_dims=False``). 1-D and 0-D leaves, and axes longer than
+    ``max_precond_dim``, keep their basis: there SOAP is Adam.
+
+    The first call reads :math:`G_0` only: :math:`L_0 = (1-\beta_s) G_0 G_0^\top` (R alike),
+    :math:`Q` its eigenvectors by ``eigh`` (by decreasing eigenvalue), a zero update and
+    :math:`M, V` untouched ("first step is skipped so that we never use the current
+    gradients in the projection", the authors' soap.py); Adam's step :math:`t` is the call
+    with ``count`` t, bias-corrected with that t. The basis is refreshed after the step,
+    with :math:`L_t` that already holds :math:`G_t`. The refresh (``jax.lax.switch``) keeps
+    the transform pure: under ``vmap`` every branch is computed and one selected.
+
+    Conventions (optax has SOAP only as an open pull request; torch.optim has none):
+    "optax" bias-corrects as optax's Adam, :math:`\hat M'_t / (\sqrt{\hat V_t} +
+    \epsilon)`; "paper" as the authors' code (and pytorch_optimizer's SOAP): :math:`\epsilon`
+    added to :math:`\sqrt{V_t}` before the correction, the step
+    :math:`\sqrt{1-\beta_2^t}/(1-\beta_1^t)\, M'_t / (\sqrt{V_t}+\epsilon)`
+    (`numerics.pytorch_radam_step`), :math:`1-\beta^t` to float64 accuracy.
+
+    Args:
+      b1: decay of Adam's first moment, in [0, 1) (the authors' 0.95).
+      b2: decay of Adam's second moment, in [0, 1) (the authors' 0.95).
+      eps: added to the denominator outside the square root, >= 0.
+      shampoo_beta: :math:`\beta_s`, the decay of L and R, in [0, 1); None: ``b2``.
+      precondition_frequency: f, the steps between two refreshes of the bases, an int >= 1
+        (the paper's 10).
+      max_precond_dim: the longest axis rotated, an int >= 1 (the paper's 10000).
+      mu_dtype, nu_dtype: dtypes in which to *store* m_t and v_t (as in
+        :func:`scale_by_adam`); L, R and the bases are float32 (``eigh`` and ``qr`` need it).
+      convention: "optax" or "paper".
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`ScaleBySoapState`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_soap()
+      >>> g = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+      >>> u, state = tx.update(g, tx.init(g))  # count 0: L, R and their bases, no step
+      >>> u
+      Array([[0., 0.],
+             [0., 0.]], dtype=float32)
+      >>> jnp.round(tx.update(g, state)[0], 4)  # diagonal L, R: Adam's first step, sign(g)
+      Array([[1., 0.],
+             [0., 1.]], dtype=float32)
+
+    References:
+      Vyas, Morwani, Zhao, Shapira, Brandfonbrener, Janson & Kakade, SOAP: Improving and
+      Stabilizing Shampoo using Adam, ICLR 2025 (arXiv:2409.11321), Algorithms 3 and 4;
+      the authors' code, github.com/nikhilvyas/SOAP (soap.py).
+    """
+    _refuse_pytorch("scale_by_soap", "SOAP", convention)
+    mu_dtype, nu_dtype = _storage_dtype(mu_dtype), _storage_dtype(nu_dtype)
+    shampoo_beta = b2 if shampoo_beta is None else shampoo_beta
+
+    def init_fn(params):
+        treedef = jax.tree.structure(params)
+        stats = [_zero_statistics(x, max_precond_dim) for x in jax.tree.leaves(params)]
+        bases = [tuple(s if s is None else jnp.eye(len(s)) for s in ss) for ss in stats]
+        moments = _init_moments(mu_dtype, nu_dtype)(params)
+        stats, bases = treedef.unflatten(stats), treedef.unflatten(bases)
+        return ScaleBySoapState(moments.count, moments.mu, moments.nu, stats, bases)
+
+    def adam_in_eigenbasis(updates, state, t, treedef):
+        """Adam's moments (m unrotated, v rotated) and its direction, rotated back."""
+        rotated = treedef.unflatten(_leafwise(_rotate, treedef, updates, state.bases))
+        mu = numerics.first_moment(updates, state.mu, b1)
+        nu = numerics.second_moment(rotated, state.nu, b2)
+        mu_rotated = treedef.unflatten(_leafwise(_rotate, treedef, mu, state.bases))
+        if convention == "optax":
+            nu_hat = numerics.bias_correction(nu, b2, t)
+            steps = numerics.adaptive_step(
+                numerics.bias_correction(mu_rotated, b1, t), nu_hat, eps, 0.0
+            )
+        else:
+            mu_hat = numerics.bias_correction(mu_rotated, b1, t, convention)
+            steps = numerics.pytorch_radam_step(mu_hat, nu, b2, t, eps, 0.0)
+        back = functools.partial(_rotate, back=True)
+        directions = treedef.unflatten(_leafwise(back, treedef, steps, state.bases))
+        directions = numerics.cast_like(directions, updates)  # the bases are float32
+        return directions, _store(mu, state.mu, mu_dtype), _store(nu, state.nu, nu_dtype)
+
+    def preconditioner(updates, state, nu, first, t, treedef):
+        """L, R with G_t; their bases by eigh at the first call, refreshed every f-th step
+        (v permuted with them), else kept: (statistics, bases, nu)."""
+        covariances = treedef.unflatten(
+            _leafwise(_covariances, treedef, updates, state.preconditioners)
+        )
+        stats = numerics.first_moment(covariances, state.preconditioners, shampoo_beta)
+        stat_leaves, nu_leaves = treedef.flatten_up_to(stats), treedef.flatten_up_to(nu)
+        bases = treedef.flatten_up_to(state.bases)
+
+        def initial():
+            return [tuple(map(_eigenbasis_or_none, ss)) for ss in stat_leaves], nu_leaves
+
+        def refreshed():
+            pairs = _leafwise(_refresh_leaf, treedef, stats, state.bases, nu)
+            return [q for q, _ in pairs], [v for _, v in pairs]
+
+        branch = jnp.where(first, 0, jnp.where(t % precondition_frequency == 0, 1, 2))
+        bases, nu_leaves = jax.lax.switch(branch, [initial, refreshed, lambda: (bases, nu_leaves)])
+        return stats, treedef.unflatten(bases), treedef.unflatten(nu_leaves)
+
+    def update_fn(updates, state, params=None):
+        del params
+        treedef = jax.tree.structure(updates)
+        first = state.count == 0  # only initialises the bases: no step, m and v untouched
+        t = jnp.maximum(state.count, 1)  # Adam's step: the call's count
+        directions, mu, nu = adam_in_eigenbasis(updates, state, t, treedef)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(first, o, n), new, old)
+        directions = keep(directions, numerics.zeros_like(updates))
+        mu, nu = keep(mu, state.mu), keep(nu, state.nu)
+        stats, bases, nu = preconditioner(updates, state, nu, first, t, treedef)
+        count = numerics.safe_increment(state.count)
+        return directions, ScaleBySoapState(count, mu, nu, stats, bases)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 class ScaleByAdemamixState(NamedTuple):
     """AdEMAMix's state, laid out as optax's: the counts of the moments and of the slow EMA's
     schedules (equal; optax keeps both), the fast EMA m1, the slow EMA m2, the second moment."""
@@ -1038,6 +1279,7 @@ def scale_by_ademamix(
     eps_root: float = 0.0,
     mu_dtype: Any = None,
     *,
+    nu_dtype: Any = None,
     alpha_warmup: int | None = None,
     b3_warmup: int | None = None,
     convention: str = "optax",
@@ -1067,8 +1309,9 @@ def scale_by_ademamix(
     Conventions: "optax" evaluates the schedules at the count before the step, t - 1 (as
     optax evaluates every schedule), "paper" at t, with :math:`1-\beta^t` and
     :math:`1-\beta_3(t)` to float32's relative precision (`numerics.one_minus_power`,
-    `numerics.ademamix_b3`). Both store m1, m2 and :math:`\nu` in ``mu_dtype`` at every
-    step; optax's init does, its update then keeps the promoted dtype (docs/conventions.md).
+    `numerics.ademamix_b3`). Both store m1 and m2 in ``mu_dtype`` and :math:`\nu` in
+    ``nu_dtype`` (by default ``mu_dtype``, as optax's init does) at every step; optax's
+    update then keeps the promoted dtype (docs/conventions.md).
 
     Args:
       b1: decay of the fast EMA, in [0, 1).
@@ -1076,7 +1319,10 @@ def scale_by_ademamix(
       b3: decay of the slow EMA, in [b1, 1), or a schedule.
       alpha: weight of the slow EMA, >= 0, or a schedule.
       eps, eps_root: as in :func:`scale_by_adam`.
-      mu_dtype: dtype in which to *store* m1, m2 and nu (optax's); None keeps the params'.
+      mu_dtype: dtype in which to *store* m1 and m2 (optax's); None keeps the params'.
+      nu_dtype: dtype in which to *store* nu; None: ``mu_dtype``, where optax's ``mu_dtype``
+        puts it (so ``mu_dtype`` alone stays optax's rule). A float32 v_t beside bfloat16
+        momenta keeps the denominator's 24 bits (as in :func:`scale_by_adam`).
       alpha_warmup: :math:`T_\alpha`, steps of alpha's linear warmup from 0; None: none.
       b3_warmup: :math:`T_{\beta_3}`, steps of b3's half-life warmup from b1; None: none.
       convention: "optax" or "paper".
@@ -1096,7 +1342,8 @@ def scale_by_ademamix(
       2025, Algorithm 1.
     """
     _refuse_pytorch("scale_by_ademamix", "AdEMAMix", convention)
-    mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+    mu_dtype = _storage_dtype(mu_dtype)
+    nu_dtype = mu_dtype if nu_dtype is None else _storage_dtype(nu_dtype)
     b3_t = numerics.ademamix_b3(b3, b1, b3_warmup)
     one_minus_b3_t = numerics.ademamix_b3(b3, b1, b3_warmup, complement=True)
     alpha_t = numerics.ademamix_alpha(alpha, alpha_warmup)
@@ -1108,7 +1355,7 @@ def scale_by_ademamix(
             count_m2=_zero_count(),
             m1=numerics.zeros_like(params, dtype=mu_dtype),
             m2=numerics.zeros_like(params, dtype=mu_dtype),
-            nu=numerics.zeros_like(params, dtype=mu_dtype),
+            nu=numerics.zeros_like(params, dtype=nu_dtype),
         )
 
     def update_fn(updates, state, params=None):
@@ -1136,7 +1383,7 @@ def scale_by_ademamix(
             nu_hat,
         )
         m1, m2 = _store(m1, state.m1, mu_dtype), _store(m2, state.m2, mu_dtype)
-        nu = _store(nu, state.nu, mu_dtype)
+        nu = _store(nu, state.nu, nu_dtype)
         return updates, ScaleByAdemamixState(count, count_m2, m1, m2, nu)
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -1305,19 +1552,208 @@ def schedule_free_eval_params(opt_state: Any, params: Tree) -> Tree:
     """The point to evaluate a Schedule-Free run at: its average x = (y - (1 - b1) z) / b1
     (`numerics.schedule_free_x`), from the params y and the state (ours or optax's, anywhere
     inside `opt_state`). optax's `schedule_free_eval_params` for a state that may be wrapped.
+
+    Inside `optax.partition` (parameter groups, frozen leaves) each Schedule-Free state holds z
+    for its own leaves only (optax's `MaskedNode` elsewhere): each gives x on its leaves, with
+    its own b1; every other leaf is evaluated at its params.
     """
     found = _schedule_free_states(opt_state)
-    if len(found) != 1:
+    if not found:
         raise ValueError(
-            f"schedule_free_eval_params: the optimizer state holds {len(found)} Schedule-Free "
-            "states; it needs exactly one (the state of a schedule_free optimizer)"
+            "schedule_free_eval_params: the optimizer state holds no Schedule-Free state; it "
+            "needs the state of a schedule_free optimizer"
         )
-    b1 = found[0].b1
-    return jax.tree.map(  # a frozen leaf (optax.multi_transform's MaskedNode) has no z
-        lambda y, z: y if isinstance(z, optax.MaskedNode) else numerics.schedule_free_x(y, z, b1),
-        params,
-        found[0].z,
-    )
+    for state in found:  # Their z's cover disjoint leaves (one per partition's group).
+        params = jax.tree.map(
+            lambda y, z, b1=state.b1: (
+                y if isinstance(z, optax.MaskedNode) else numerics.schedule_free_x(y, z, b1)
+            ),
+            params,
+            state.z,
+        )
+    return params
+
+
+class ScaleByMarsState(NamedTuple):
+    """MARS-AdamW's state: Adam's, and the previous gradient g_{t-1} of the correction."""
+
+    count: jax.Array
+    mu: Tree
+    nu: Tree
+    last_grad: Tree
+
+
+@checked
+def scale_by_mars(
+    b1: float = 0.95,
+    b2: float = 0.99,
+    gamma: float = 0.025,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    *,
+    nu_dtype: Any = None,
+    use_clipping: bool = True,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""Rescales gradients by MARS-AdamW: Adam on a variance-reduced, clipped gradient.
+
+    .. math::
+        c_t = g_t + \gamma \frac{\beta_1}{1-\beta_1} (g_t - g_{t-1}), \quad
+        \tilde c_t = \mathrm{Clip}(c_t, 1) = \begin{cases} c_t / \|c_t\|_2 & \|c_t\|_2 > 1 \\
+        c_t & \text{otherwise} \end{cases} \\
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) \tilde c_t, \quad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) \tilde c_t^2 \\
+        u_t = \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon), \quad
+        \hat m_t = m_t / (1-\beta_1^t), \; \hat v_t = v_t / (1-\beta_2^t)
+
+    (Yuan et al., Algorithm 2 with the approximate correction of Section 3: :math:`g_{t-1}`
+    is the previous step's gradient, at :math:`x_{t-1}` on its own sample, so one gradient
+    per step.) The correction adds a STORM-like estimate of the gradient's drift; the norm
+    (per tensor, as the authors' code) is clipped to 1. With ``gamma=0`` and
+    ``use_clipping=False`` it is Adam's rule exactly (:func:`scale_by_adam`).
+
+    Conventions: "optax" is the authors' code in optax's arithmetic (optax has MARS only as an
+    open PR): :math:`g_0 = 0`, so :math:`c_1 = (1 + \gamma\beta_1/(1-\beta_1)) g_1` before the
+    clipping. "paper" follows Algorithm 1's :math:`x_1 = x_0`: no correction at t = 1
+    (`numerics.mars_previous_gradient`), :math:`1-\beta^t` to float64 accuracy. "pytorch"
+    is pytorch_optimizer's ``MARS`` (the authors' is not on PyPI): :math:`g_0 = 0`, PyTorch's
+    rounding of the moments and its denominator :math:`(\sqrt{v_t + \epsilon_{root}} +
+    \epsilon)/\sqrt{1-\beta_2^t}` (`numerics.pytorch_radam_step`; it hard-codes
+    :math:`\epsilon_{root}` = 1e-15). docs/conventions.md has the evidence.
+
+    Args:
+      b1: decay of the first moment and weight of the correction, in [0, 1).
+      b2: decay of the second moment, in [0, 1).
+      gamma: :math:`\gamma` >= 0, the strength of the correction (the paper's 0.025).
+      eps, eps_root, mu_dtype, nu_dtype: as in :func:`scale_by_adam`.
+      use_clipping: clip :math:`c_t` to norm 1 per tensor (the paper's); False leaves it.
+      convention: "optax", "pytorch" or "paper".
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`ScaleByMarsState`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_mars(b1=0.5, b2=0.5, gamma=0.0, eps=0.0)
+      >>> tx.update(jnp.array([0.25, -0.5]), tx.init(jnp.zeros(2)))[0]  # ||g|| < 1: sign(g)
+      Array([ 1., -1.], dtype=float32)
+
+    References:
+      Yuan, Liu, Wu, Zhou, Gu, MARS: Unleashing the Power of Variance Reduction for Training
+      Large Models, arXiv:2411.10438, 2024, Algorithms 1 and 2.
+    """
+    mu_dtype, nu_dtype = _storage_dtype(mu_dtype), _storage_dtype(nu_dtype)
+    first_moment, second_moment = numerics.moments_for(convention)
+
+    def init_fn(params):
+        moments = _init_moments(mu_dtype, nu_dtype)(params)
+        return ScaleByMarsState(*moments, last_grad=numerics.zeros_like(params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        previous = state.last_grad
+        if convention == "paper":
+            previous = numerics.mars_previous_gradient(updates, previous, state.count)
+        corrected = numerics.mars_correction(updates, previous, b1, gamma)
+        if use_clipping:
+            corrected = numerics.clip_to_unit_norm(corrected)
+        mu = first_moment(corrected, state.mu, b1)
+        nu = second_moment(corrected, state.nu, b2)
+        count = numerics.safe_increment(state.count)
+        mu_hat = numerics.bias_correction(mu, b1, count, convention)
+        if convention == "pytorch":
+            step = numerics.pytorch_radam_step(mu_hat, nu, b2, count, eps, eps_root)
+        else:
+            step = numerics.adaptive_step(
+                mu_hat, numerics.bias_correction(nu, b2, count, convention), eps, eps_root
+            )
+        moments = _moments(count, mu, nu, state, mu_dtype, nu_dtype)
+        last_grad = numerics.cast_like(updates, state.last_grad)
+        return step, ScaleByMarsState(*moments, last_grad=last_grad)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+@checked
+def scale_by_adam_mini(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    *,
+    nu_dtype: Any = None,
+    convention: str = "optax",
+) -> optax.GradientTransformation:
+    r"""Rescales gradients by Adam-mini: Adam with one second moment per block of parameters.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
+        v_{t,b} = \beta_2 v_{t-1,b} + (1-\beta_2)\,\operatorname{mean}_{i \in b}(g_{t,i}^2) \\
+        u_{t,i} = \hat m_{t,i} / (\sqrt{\hat v_{t,b(i)} + \epsilon_{root}} + \epsilon), \quad
+        \hat m_t = m_t / (1-\beta_1^t), \; \hat v_t = v_t / (1-\beta_2^t)
+
+    (Zhang et al., Algorithm 1.) The blocks (`numerics.block_shape`): one per output unit of a
+    leaf with ndim >= 2 (a dense kernel's column, a conv kernel's output channel: the "one
+    learning rate per output neuron" of the paper's partition of MLP, value and output layers,
+    Algorithm 2, and of the authors' code for layers named linear/mlp), one per coordinate for
+    biases, scales and scalars (the authors' code runs Adam on biases). The state's
+    :math:`v` is ``(1, ..., 1, out)`` per kernel, so it needs about half of Adam's memory.
+    With every block a single coordinate (1-D params) it is :func:`scale_by_adam`.
+
+    Conventions: "optax" in optax's arithmetic (optax has no Adam-mini); "pytorch" is the
+    authors' ``adam_mini`` package (PyTorch's rounding of the moments, :math:`1-\beta^t` to
+    float64 accuracy); "paper" is Algorithm 1 with :math:`1-\beta^t` to float64 accuracy.
+    docs/conventions.md has the partition's evidence.
+
+    Args:
+      b1, b2, eps, eps_root: as in :func:`scale_by_adam`.
+      mu_dtype: dtype in which to *store* m_t (as in :func:`scale_by_adam`).
+      nu_dtype: dtype in which to *store* the per-block v_t; each block's mean is formed in
+        float32 at least.
+      convention: "optax", "pytorch" or "paper".
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`ScaleByAdamState` (its ``nu``
+      shaped by `numerics.block_shape`).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_adam_mini(b1=0.5, b2=0.5, eps=0.0)
+      >>> g = jnp.array([[3.0], [-4.0]])  # one output unit: one v = mean(g^2) = 12.5
+      >>> tx.update(g, tx.init(g))[0]  # g / sqrt(12.5)
+      Array([[ 0.84852815],
+             [-1.1313709 ]], dtype=float32)
+
+    References:
+      Zhang, Chen, Li, Ye, Ding, Shi, Li, Sun & Luo, Adam-mini: Use Fewer Learning Rates To
+      Gain More, arXiv:2406.16793, 2024, Algorithms 1 and 2.
+    """
+    mu_dtype, nu_dtype = _storage_dtype(mu_dtype), _storage_dtype(nu_dtype)
+    first_moment, _ = numerics.moments_for(convention)
+
+    def init_fn(params):
+        mu = numerics.zeros_like(params, dtype=mu_dtype)
+        nu = jax.tree.map(
+            lambda p: jnp.zeros(
+                numerics.block_shape(p.shape), p.dtype if nu_dtype is None else nu_dtype
+            ),
+            params,
+        )
+        return ScaleByAdamState(count=_zero_count(), mu=mu, nu=nu)
+
+    def update_fn(updates, state, params=None):
+        del params
+        mu = first_moment(updates, state.mu, b1)
+        nu = numerics.block_second_moment(updates, state.nu, b2, convention)
+        count = numerics.safe_increment(state.count)
+        mu_hat = numerics.bias_correction(mu, b1, count, convention)
+        nu_hat = numerics.bias_correction(nu, b2, count, convention)
+        step = numerics.adaptive_step(mu_hat, nu_hat, eps, eps_root)
+        return numerics.cast_like(step, updates), _moments(count, mu, nu, state, mu_dtype, nu_dtype)
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _decay_leaf(g: jax.Array, p: jax.Array, decayed: Any, rate: Any) -> jax.Array:

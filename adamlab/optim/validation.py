@@ -86,26 +86,32 @@ def _steps(value: Any) -> str | None:
     return None if is_int(value, 1) else "an int >= 1 (a number of steps)"
 
 
+def _count(what: str) -> Rule:
+    """A positive int, or, as `inject_hyperparams` holds it, a positive int array (a tracer
+    under jit): Muon's Newton-Schulz steps (0 steps would not orthogonalise), SOAP's
+    refresh period and largest rotated axis."""
+
+    def rule(value):
+        array = _concrete(value)
+        integral = is_int(value, 1) or (
+            isinstance(value, np.ndarray | jax.Array)
+            and jnp.issubdtype(value.dtype, jnp.integer)
+            and array is not None
+            and np.all(array >= 1)
+        )
+        if integral or isinstance(value, jax.core.Tracer):
+            return None
+        return f"a positive int ({what})"
+
+    return rule
+
+
 def _callable(value: Any) -> str | None:
     return None if callable(value) else "a callable of the step count"
 
 
 def _convention(value: Any) -> str | None:
     return None if value in CONVENTIONS else f"one of {', '.join(map(repr, CONVENTIONS))}"
-
-
-def _newton_schulz_steps(value: Any) -> str | None:
-    """Muon's Newton-Schulz step count: a positive int (0 steps would not orthogonalise); as
-    `inject_hyperparams` holds it, an int32 array."""
-    integral = is_int(value, 1) or (
-        isinstance(value, np.ndarray | jax.Array)
-        and jnp.issubdtype(value.dtype, jnp.integer)
-        and _concrete(value) is not None
-        and np.all(_concrete(value) >= 1)
-    )
-    if integral or isinstance(value, jax.core.Tracer):
-        return None
-    return "a positive int (Newton-Schulz steps; the paper's 5)"
 
 
 def _newton_schulz_coefficients(value: Any) -> str | None:
@@ -128,7 +134,7 @@ RULES: dict[str, Rule] = {
     "adam_eps_root": _NON_NEGATIVE,
     "adam_weight_decay": _NON_NEGATIVE,
     "adam_learning_rate": _optional(_learning_rate),
-    "ns_steps": _newton_schulz_steps,
+    "ns_steps": _count("Newton-Schulz steps; the paper's 5"),
     "ns_coeffs": _newton_schulz_coefficients,
     "consistent_rms": _optional(interval(0.0, open_low=True)),
     "eps": _NON_NEGATIVE,
@@ -152,11 +158,17 @@ RULES: dict[str, Rule] = {
     "alpha": _NON_NEGATIVE,  # AdEMAMix's weight of the slow EMA (or a schedule)
     "alpha_warmup": _optional(_steps),
     "b3_warmup": _optional(_steps),
-    "use_clipping": _boolean,
+    "use_clipping": _boolean,  # ADOPT's and MARS's own clipping step, on or off
+    "gamma": _NON_NEGATIVE,  # MARS's weight of the gradient correction
     "clip_value_fn": _optional(_callable),
     "warmup_steps": _optional(_steps),  # Schedule-Free's linear warmup
     "weight_lr_power": _NON_NEGATIVE,  # Schedule-Free's averaging weights gamma^p
     "state_dtype": _dtype,  # Schedule-Free's z
+    "shampoo_beta": _optional(_DECAY),  # SOAP's decay of L and R; None: b2
+    "precondition_frequency": _count(
+        "steps between two refreshes of the eigenbases; the paper's 10"
+    ),
+    "max_precond_dim": _count("the longest axis rotated; the paper's 10000"),
 }
 
 

@@ -1,21 +1,11 @@
 """Checkpoints of train-state pytrees: Orbax behind one small API, and what makes a step trusted.
 
 Every orbax call in adamlab is here, so an orbax API change touches one file. A step directory
-holds orbax's items ``state`` (`ocp.args.StandardSave`), ``extra`` and ``metrics`` (JSON), then
-``adamlab_manifest.json`` (size and sha256 of every file), written after orbax's commit.
-
-* A step is used if its files match its manifest and its floats are finite (else one line,
-  `CheckpointCorruptError`). A step without a manifest (a kill between orbax's commit and the
-  manifest) is unverified: a resume prefers an older verified step, with a warning.
-* `restore_newest_intact` (a resume) walks back to the newest trusted step; a writer moves the
-  skipped ones aside to ``damaged-<step>-<time>``. Retention (the last ``max_to_keep`` plus the
-  best) runs here once a newer step is sealed; metrics are read here, tolerantly.
-* Readers (``read_only=True``) change nothing and list the directory afresh: a step the trainer
-  deletes while it is read is looked up again or named (`CheckpointVanishedError`).
-* A failed save (disk full, ``ulimit -f``) leaves no temporary directory: `CheckpointWriteError`.
-* Mismatched trees are listed leaf by leaf before reading (orbax alone would silently cast);
-  arrays restore onto the target's shardings, whatever device count saved them.
-* Multi-host: call every method on every process; process 0 alone writes manifests, renames.
+holds orbax's items ``state``, ``extra`` and ``metrics``, then ``adamlab_manifest.json`` (size
+and sha256 of every file), written after orbax's commit. A step is used if its files match its
+manifest and its floats are finite; a resume walks back to the newest such step; mismatched
+trees are listed leaf by leaf; every failure is one line. docs/reliability.md says what survives
+what. Multi-host: call every method on every process; process 0 alone writes manifests, renames.
 """
 
 from __future__ import annotations
@@ -54,7 +44,6 @@ __all__ = [
 _STATE, _EXTRA, _METRICS = "state", "extra", "metrics"
 MANIFEST_FILE = "adamlab_manifest.json"
 _MANIFEST_FORMAT = 1
-_DAMAGED_PREFIX = "damaged-"  # Not a step name: a set-aside step is never listed.
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"  # An unfinished save: <step>.orbax-checkpoint-tmp*
 _MAX_DIFF_LINES = 20
 _RETRIES = 3  # Lookups of "latest"/"best" when the writer deletes the step being read.
@@ -81,14 +70,13 @@ class CheckpointMismatchError(ValueError):
 
 
 class CheckpointCorruptError(ValueError):
-    """A saved step is damaged: one line naming the step, the file, the reason and, where
-    known, the intact steps."""
+    """A damaged step: one line naming the step, the file, the reason and the intact steps."""
 
     def __init__(self, step: int, file: str, reason: str, *, directory="", intact_steps=None):
         self.step, self.file, self.directory = step, file, directory
         self.reason, self.intact_steps = _one_line(reason), intact_steps
-        where = os.path.join(directory, str(step), file)
-        message = f"checkpoint step {step} is damaged: {where}: {self.reason}"
+        message = f"checkpoint step {step} is damaged: {os.path.join(directory, str(step), file)}"
+        message += f": {self.reason}"
         if intact_steps is not None:
             message += f"; intact steps: {list(intact_steps) or 'none'}"
         super().__init__(message)
@@ -152,12 +140,11 @@ class Checkpointer:
         self._barriers = 0
 
     def _open_manager(self) -> ocp.CheckpointManager:
-        handlers = {
-            _STATE: ocp.handlers.StandardCheckpointHandler(),
-            _EXTRA: ocp.handlers.JsonCheckpointHandler(),
-            _METRICS: ocp.handlers.JsonCheckpointHandler(filename=_METRICS),  # orbax's layout
-        }
-        registry = ocp.handlers.create_default_handler_registry(**handlers)
+        registry = ocp.handlers.create_default_handler_registry(
+            **{_STATE: ocp.handlers.StandardCheckpointHandler()},
+            **{_EXTRA: ocp.handlers.JsonCheckpointHandler()},
+            **{_METRICS: ocp.handlers.JsonCheckpointHandler(filename=_METRICS)},  # orbax's layout
+        )
         return ocp.CheckpointManager(
             self.directory, options=self._options, handler_registry=registry
         )
@@ -180,8 +167,7 @@ class Checkpointer:
         too) that `restore` returns. Raises CheckpointWriteError if the write fails."""
         if self.read_only:
             raise PermissionError(f"Checkpointer({self.directory!r}) is read-only: cannot save")
-        step, extra = _check_step(step), _check_extra(extra)
-        metrics = _check_metrics(metrics, self._best_metric)
+        step, metrics, extra = _check_save(step, metrics, extra, self._best_metric)
         if step in self.all_steps():
             return False
         items = {_STATE: ocp.args.StandardSave(state), _EXTRA: ocp.args.JsonSave(extra)}
@@ -259,12 +245,9 @@ class Checkpointer:
         """Directories named by an int: committed steps (orbax commits by renaming into one)."""
         with contextlib.suppress(FileNotFoundError):
             entries = [e for e in os.scandir(self.directory) if e.name.isdigit()]
-            for entry in (e for e in entries if not e.is_dir()):
-                self._warn_once(
-                    entry.path,
-                    "%s is not a checkpoint (a file where a step directory should be): skipped",
-                    entry.path,
-                )
+            for e in (e for e in entries if not e.is_dir()):
+                why = "%s is not a checkpoint (a file where a step directory should be): skipped"
+                self._warn_once(e.path, why, e.path)
             return sorted(int(e.name) for e in entries if e.is_dir())
         return []
 
@@ -293,15 +276,10 @@ class Checkpointer:
                 metrics = {}
             except (OSError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError
                 metrics = e
-            if not isinstance(metrics, dict) or not all(
-                isinstance(v, int | float) and not isinstance(v, bool) for v in metrics.values()
-            ):
-                self._warn_once(
-                    path,
-                    "checkpoint step %d: unreadable metrics file %s (%s); the step takes no part "
-                    "in the best-checkpoint ranking",
-                    *(step, path, _one_line(metrics)),
-                )
+            if not isinstance(metrics, dict) or not all(map(_is_number, metrics.values())):
+                why = "checkpoint step %d: unreadable metrics file %s (%s); the step takes no part "
+                why += "in the best-checkpoint ranking"
+                self._warn_once(path, why, step, path, _one_line(metrics))
                 metrics = {}
             self._metrics[step] = metrics
         return dict(self._metrics[step])
@@ -431,11 +409,8 @@ class Checkpointer:
             with self._reading(step, MANIFEST_FILE, True):
                 verified = self.verify(step)
         if not verified:
-            self._warn_once(
-                f"unverified {step}",
-                "checkpoint step %d in %s has no %s: it is read unverified",
-                *(step, self.directory, MANIFEST_FILE),
-            )
+            why = "checkpoint step %d in %s has no %s: it is read unverified"
+            self._warn_once(f"unverified {step}", why, step, self.directory, MANIFEST_FILE)
         abstract = jax.tree.map(_abstract_leaf, target)
         state_dir = epath.Path(self.directory) / str(step) / _STATE
         with self._reading(step, f"{_STATE}/_METADATA", verified):
@@ -443,7 +418,16 @@ class Checkpointer:
             item = ocp.handlers.StandardCheckpointHandler().metadata(state_dir)
         differences = _diff_trees(_specs(getattr(item, "tree", item)), _specs(abstract))
         if differences:
-            raise CheckpointMismatchError(self._mismatch_message(step, differences), differences)
+            shown = list(differences[:_MAX_DIFF_LINES])
+            if len(differences) > _MAX_DIFF_LINES:
+                shown.append(f"... and {len(differences) - _MAX_DIFF_LINES} more")
+            raise CheckpointMismatchError(
+                f"Checkpoint step {step} in {self.directory} does not match the restore target "
+                f"({len(differences)} differing leaves). The likely cause is a model or "
+                "optimizer config that differs from the run that wrote it (layer sizes, "
+                "optimizer, param dtype).\n  " + "\n  ".join(shown),
+                differences,
+            )
         extra = self._read_extra(step, verified)  # First: an unreadable one is named exactly.
         args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract)})
         with self._reading(step, _STATE, verified):
@@ -470,7 +454,7 @@ class Checkpointer:
         except CheckpointMismatchError:
             raise
         except Exception as e:
-            if self._vanished(step, e):
+            if _vanished(os.path.join(self.directory, str(step)), e):
                 raise CheckpointVanishedError(
                     f"checkpoint step {step} in {self.directory} vanished while it was read "
                     f"(the training run deletes old steps); steps now: {self.all_steps() or 'none'}"
@@ -480,27 +464,18 @@ class Checkpointer:
             reason = f"unreadable ({type(e).__name__}: {str(e).strip() or 'no detail'})"
             raise CheckpointCorruptError(step, file, reason, directory=self.directory) from None
 
-    def _vanished(self, step: int, error: BaseException) -> bool:
-        """Whether `step` is gone, waiting up to 1 s for a deletion that `error` suggests."""
-        step_dir = os.path.join(self.directory, str(step))
-        text = f"{type(error).__name__} {error}".lower()
-        missing = any(w in text for w in ("not found", "no such file", "not_found", "missing"))
-        deadline = time.monotonic() + (1.0 if missing else 0.0)
-        while os.path.isdir(step_dir) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return not os.path.isdir(step_dir)
-
     def _with_intact_steps(self, error: CheckpointCorruptError) -> CheckpointCorruptError:
         return error.with_intact_steps(tuple(s for s in self.intact_steps() if s != error.step))
 
     def _set_aside(self, steps: list[int]) -> None:
-        """Renames `steps` to ``damaged-<step>-<time>`` (writers only; nothing is deleted)."""
+        """Renames `steps` to ``damaged-<step>-<time>`` (writers only; nothing is deleted); not
+        a step name, so never listed."""
         if self.read_only:
             return
         if jax.process_index() == 0:
             stamp = time.strftime("%Y%m%dT%H%M%S")
             for step in steps:
-                aside = os.path.join(self.directory, f"{_DAMAGED_PREFIX}{step}-{stamp}")
+                aside = os.path.join(self.directory, f"damaged-{step}-{stamp}")
                 os.rename(os.path.join(self.directory, str(step)), aside)
                 _log.warning("moved checkpoint step %d aside to %s", step, aside)
         self._barriers += 1  # Every process sets aside the same steps: the same barrier name.
@@ -509,17 +484,6 @@ class Checkpointer:
         self._manager = self._open_manager()
         for step in steps:
             self._metrics.pop(step, None)
-
-    def _mismatch_message(self, step: int, differences: tuple[str, ...]) -> str:
-        shown = list(differences[:_MAX_DIFF_LINES])
-        if len(differences) > _MAX_DIFF_LINES:
-            shown.append(f"... and {len(differences) - _MAX_DIFF_LINES} more")
-        return (
-            f"Checkpoint step {step} in {self.directory} does not match the restore target "
-            f"({len(differences)} differing leaves). The likely cause is a model or optimizer "
-            "config that differs from the run that wrote it (layer sizes, optimizer, param "
-            "dtype).\n  " + "\n  ".join(shown)
-        )
 
     def _warn_once(self, key: str, message: str, *args) -> None:
         if key not in self._warned:
@@ -612,6 +576,16 @@ def _file_problem(path: str, expected: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _vanished(step_dir: str, error: BaseException) -> bool:
+    """Whether `step_dir` is gone, waiting up to 1 s for a deletion that `error` suggests."""
+    text = f"{type(error).__name__} {error}".lower()
+    missing = any(w in text for w in ("not found", "no such file", "not_found", "missing"))
+    deadline = time.monotonic() + (1.0 if missing else 0.0)
+    while os.path.isdir(step_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not os.path.isdir(step_dir)
+
+
 def _remove_unfinished(directory: str, step: int) -> None:
     """Removes ``<step>.orbax-checkpoint-tmp*`` until it stays away (tensorstore's writes in
     flight when the save failed may recreate it for a moment)."""
@@ -676,18 +650,20 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int | np.integer) and not isinstance(x, bool)
 
 
-def _check_step(step: Any) -> int:
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _check_save(step: Any, metrics: Any, extra: Any, best_metric: str | None):
+    """`save`'s (step, metrics, extra) checked before anything is written: an int step >= 0,
+    {str: float} metrics holding `best_metric` unless empty (else most likely misspelt), and
+    `extra` a JSON-serialisable dict (now rather than in a writer thread)."""
     try:
         step = operator.index(step)
     except TypeError:
         raise TypeError(f"step must be an int, got {type(step).__name__}: {step!r}") from None
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
-    return step
-
-
-def _check_metrics(metrics: Mapping[str, Any] | None, best_metric: str | None) -> dict:
-    """{str: float}; a non-empty dict must hold `best_metric` (else most likely misspelt)."""
     if not isinstance(metrics, Mapping | None):
         raise TypeError(f"metrics must be a dict of name -> scalar, got {type(metrics).__name__}")
     out = {}
@@ -700,11 +676,6 @@ def _check_metrics(metrics: Mapping[str, Any] | None, best_metric: str | None) -
             f"metrics lack best_metric {best_metric!r} (got {sorted(out)}); pass it, or save "
             "with metrics=None (or {}) to leave this step out of the best ranking."
         )
-    return out
-
-
-def _check_extra(extra: Mapping[str, Any] | None) -> dict:
-    """`extra` as a dict, checked to be JSON-serialisable now rather than in a writer thread."""
     if not isinstance(extra, Mapping | None):
         raise TypeError(f"extra must be a dict, got {type(extra).__name__}")
     try:
@@ -714,28 +685,19 @@ def _check_extra(extra: Mapping[str, Any] | None) -> dict:
             "extra must be JSON-serialisable (dicts, lists, str, int, float, bool, None; convert "
             f"numpy/jax scalars with int()/float()): {e}"
         ) from None
-    return dict(extra or {})
+    return step, out, dict(extra or {})
 
 
 def _nonfinite_leaves(tree: Any) -> list[str]:
-    """Paths of the floating leaves of `tree` that hold a NaN or an infinity."""
-    flat = [(_path_str(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
-    arrays = [(p, x) for p, x in flat if isinstance(x, jax.Array) and _inexact(x.dtype)]
-    bad = [
-        p
-        for p, x in flat
-        if isinstance(x, np.ndarray | np.inexact | float)
-        and _inexact(np.asarray(x).dtype)
-        and not np.isfinite(x).all()
+    """Paths of the floating leaves of `tree` that hold a NaN or an infinity, checked by one
+    small program for every leaf (sharded jax arrays included)."""
+    flat = [
+        (_path_str(p), x)
+        for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+        if jnp.issubdtype(getattr(x, "dtype", None) or np.result_type(x), jnp.inexact)
     ]
-    if arrays:  # One small program for every jax array (sharded ones included).
-        finite = jax.jit(lambda xs: [jnp.isfinite(x).all() for x in xs])([x for _, x in arrays])
-        bad += [p for (p, _), ok in zip(arrays, jax.device_get(finite), strict=True) if not ok]
-    return sorted(bad)
-
-
-def _inexact(dtype) -> bool:
-    return jnp.issubdtype(dtype, jnp.inexact)
+    finite = jax.jit(lambda xs: [jnp.isfinite(x).all() for x in xs])([x for _, x in flat])
+    return sorted(p for (p, _), ok in zip(flat, jax.device_get(finite), strict=True) if not ok)
 
 
 # -- trees --------------------------------------------------------------------------------------
@@ -756,11 +718,8 @@ def _abstract_leaf(x: Any) -> Any:
 def _path_str(path: tuple) -> str:
     """'params/dense/kernel': orbax stores NamedTuples as dicts and tuples as lists, so the path
     (dict keys, attribute names, indices alike), not the node type, identifies a leaf."""
-    parts = []
-    for key in path:
-        attr = next((a for a in ("key", "name", "idx") if hasattr(key, a)), None)
-        parts.append(str(getattr(key, attr) if attr else key))
-    return "/".join(parts)
+    keys = (next((getattr(k, a) for a in ("key", "name", "idx") if hasattr(k, a)), k) for k in path)
+    return "/".join(map(str, keys))
 
 
 def _specs(tree: Any) -> dict[str, tuple[tuple[int, ...], np.dtype | None]]:
@@ -782,18 +741,11 @@ def _specs(tree: Any) -> dict[str, tuple[tuple[int, ...], np.dtype | None]]:
 
 def _diff_trees(saved: dict, target: dict) -> tuple[str, ...]:
     """One line per leaf that is missing, unexpected, or of another shape or dtype."""
-
-    def fmt(spec):
-        return f"{spec[1] or 'scalar'}{list(spec[0])}"
-
-    lines = [
-        f"missing from checkpoint (in target only): {p} {fmt(target[p])}"
-        for p in sorted(target.keys() - saved.keys())
-    ]
-    lines += [
-        f"unexpected in checkpoint (not in target): {p} {fmt(saved[p])}"
-        for p in sorted(saved.keys() - target.keys())
-    ]
+    fmt = lambda spec: f"{spec[1] or 'scalar'}{list(spec[0])}"
+    lines = [f"missing from checkpoint (in target only): {p} {fmt(target[p])}"
+             for p in sorted(target.keys() - saved.keys())]  # fmt: skip
+    lines += [f"unexpected in checkpoint (not in target): {p} {fmt(saved[p])}"
+              for p in sorted(saved.keys() - target.keys())]  # fmt: skip
     for path in sorted(saved.keys() & target.keys()):
         (s_shape, s_dtype), (t_shape, t_dtype) = saved[path], target[path]
         if s_shape != t_shape:

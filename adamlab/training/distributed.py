@@ -1,27 +1,8 @@
 """Multi-host setup: JAX's multi-controller runtime (`jax.distributed`), from config or environment.
 
-One Python process per host (or per GPU) runs the same program. `jax.distributed.initialize`
-connects them through a coordinator (process 0's `host:port`); afterwards `jax.devices()` lists
-every process's devices, `jax.local_devices()` this process's, and one jitted step runs over all
-of them, with XLA's collectives between processes (NCCL on GPU, ICI/DCN on TPU, gloo over TCP on
-CPU). In adamlab each process then reads its own slice of every global batch
-(`adamlab.data.train_batches` uses `jax.process_index()`), metrics/TensorBoard/config.json are
-written by process 0 only (`is_primary`), and checkpoints are saved by orbax from all processes.
-
-Where the parameters come from, first match wins, each field on its own:
-
-1. the `distributed` section of the config (`coordinator_address`, `num_processes`,
-   `process_id`; on the command line `--config.distributed.process_id=1`);
-2. the environment: `JAX_COORDINATOR_ADDRESS` (read by JAX itself), `JAX_NUM_PROCESSES`,
-   `JAX_PROCESS_ID` (read here);
-3. JAX's cluster auto-detection (SLURM, Open MPI, Kubernetes, Cloud TPU pods), which fills in
-   whatever is still missing.
-
-    # Two CPU processes on one machine (what tests/test_distributed.py does):
-    JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 JAX_COORDINATOR_ADDRESS=127.0.0.1:12345 \\
-        adamlab train --config configs/digits.py --config.distributed.enabled=True ... &
-    JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=1 JAX_COORDINATOR_ADDRESS=127.0.0.1:12345 \\
-        adamlab train --config configs/digits.py --config.distributed.enabled=True ...
+One process per host runs the same program; each reads its slice of every batch and process 0
+alone writes. The coordinator's parameters come from the config's `distributed` section, else
+the environment, else JAX's cluster auto-detection; docs/internals.md and docs/scaling.md.
 """
 
 from __future__ import annotations

@@ -1,26 +1,5 @@
 """Data-parallel engines: how the members' step is compiled and where state and batches live.
 
-Two engines, chosen by `config.train.engine`, that give the same numbers as one device (to
-float32 rounding per step, tests/test_engines.py):
-
-- "jit": `jax.jit` over a 1-D device `Mesh` with axis "data". The members are replicated
-  (`NamedSharding(mesh, P())`), batches split along their batch axis; XLA inserts the gradient
-  all-reduce and computes BatchNorm statistics over the global batch.
-- "pmap": `jax.pmap` with the members replicated along a leading device axis and batches laid
-  out [devices, ..., per_device_batch, ...]; the step averages gradients, metrics and BatchNorm
-  statistics with `lax.pmean` over the axis "batch".
-
-Both train a chunk of K steps per dispatch: a chunk of one row calls the members' step once;
-a longer one runs it in a loop over its stacked batches (no per-step dispatch or host work).
-On CPU and TPU (`padded_chunks`) K is an argument of the compiled loop, not part of it: the
-loop pads every chunk to one capacity (`put_chunk(chunk, length=K)`), so a run whose log, eval
-and checkpoint points leave gaps of many lengths compiles one program. On a GPU a loop of
-traced length waits for the device at every step (XLA's WhileThunk copies its condition to
-the host), so there each chunk is exactly K rows, a `lax.scan` of known length, and each
-distinct K compiles once. The members are donated; metrics come back as device arrays [rows,
-*grid, implementations] (the first K rows are the steps'), reduced across devices, and the
-loop fetches them when it logs.
-
     engine = make_engine(config.train.engine, model, txs, schedule, num_classes, grid=())
     members = engine.put_members(initial_members(...))
     members, metrics = engine.train(members, engine.put_chunk(chunk))   # chunk [K, (S,) B, ...]
@@ -28,31 +7,17 @@ loop fetches them when it logs.
     members = engine.recompute_batch_stats(members, [engine.put_batch(b) for b in batches])
     host = engine.get_members(members)  # numpy copy: checkpoint, report
 
-Per-layer diagnostics (`layer_stats=`, one `adamlab.diagnostics.layer_stats` function per
-implementation) compile a second program, `train(..., layer_stats=True)`: the chunk's first K-1
-steps are the plain step and its last step also returns metrics["layers"]. The loop calls it
-only for chunks that end at a diagnostics point, so the plain program, and every number it
-computes, is the same with diagnostics on or off. `loss` is the train and eval loss
-(`steps.LOSSES`). `eval_params` is the optimizer's evaluation point (`Entry.eval_params`,
-Schedule-Free's average x; None: the params): `evaluate` and `recompute_batch_stats` (the
-BatchNorm statistics at that point, for the evaluation only) take the model there.
-
-Options: `shard_optimizer=True` is ZeRO-1 (`adamlab.training.zero`), for a single run (grid
-()): jit shards the moments with `NamedSharding`; pmap reduce-scatters the gradients, updates
-its slice and all-gathers the parameters. `get_members` returns the full state either way, so
-checkpoints do not depend on it. `conv_matmul` computes the train step's plain convolutions as
-slices and one matmul (`adamlab.training.cpu_conv`; the default on CPU whenever K > 1 or the
-grid is not ()); evaluation keeps XLA's convolutions.
-
-Multi-host (`jax.distributed`): the jit engine's mesh spans every process's devices; each
-process feeds its own slice of every global batch (`jax.make_array_from_process_local_data`),
-places the members it built or restored identically on every process, and `get_members`
-gathers sharded leaves from all processes. The pmap engine is single-process.
+"jit" (a device `Mesh`) and "pmap" give the same numbers as one device; both train a chunk of
+K steps per dispatch. docs/internals.md describes chunks, diagnostics, ZeRO-1 and multi-host.
+Engines built with the same `program_key` share their jitted programs (`_share`).
+`eval_params` is the optimizer's evaluation point (`Entry.eval_params`, Schedule-Free's
+average x; None: the params), where `evaluate` and `recompute_batch_stats` take the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import collections
+from collections.abc import Hashable, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -186,8 +151,9 @@ def _steps(step, carry, batches: dict, length, traced: bool) -> tuple[Any, dict]
     return jax.lax.fori_loop(0, length, body, (carry, metrics))
 
 
-def _run_chunk(step, traced: bool):
-    """`chunk_fn(members, batches, length)`: `length` calls of `step`, metrics [rows, ...].
+def _run_chunk(step, traced: bool, place):
+    """`chunk_fn(members, batches, length)`: `length` calls of `step`, metrics [rows, ...],
+    returned through `place(carry, metrics)` (the engine's layout).
 
     One row calls `step` once (no loop); more run `_steps`.
     """
@@ -195,14 +161,14 @@ def _run_chunk(step, traced: bool):
     def chunk_fn(carry, batches, length):
         if jax.tree.leaves(batches)[0].shape[0] == 1:
             carry, metrics = step(carry, _row(batches, 0))
-            return carry, jax.tree.map(lambda x: x[None], metrics)
-        return _steps(step, carry, batches, length, traced)
+            return place(carry, jax.tree.map(lambda x: x[None], metrics))
+        return place(*_steps(step, carry, batches, length, traced))
 
     return chunk_fn
 
 
-def _run_chunk_logging_last(step, logged_step, traced: bool):
-    """Like `_run_chunk(step, traced)`, but the chunk's last step (row `length - 1`) is
+def _run_chunk_logging_last(step, logged_step, traced: bool, place):
+    """Like `_run_chunk(step, traced, place)`, but the chunk's last step (row `length - 1`) is
     `logged_step`, whose per-layer statistics come back as metrics["layers"] (one value each,
     no leading axis)."""
 
@@ -215,11 +181,11 @@ def _run_chunk_logging_last(step, logged_step, traced: bool):
         carry, last = logged_step(carry, _row(batches, last_row))
         layers = last.pop("layers")
         if rows == 1:
-            return carry, dict(jax.tree.map(lambda x: x[None], last), layers=layers)
+            return place(carry, dict(jax.tree.map(lambda x: x[None], last), layers=layers))
         if traced:
-            return carry, dict(_set_row(metrics, last, last_row), layers=layers)
+            return place(carry, dict(_set_row(metrics, last, last_row), layers=layers))
         stacked = lambda head, x: jnp.concatenate([head, x[None]])
-        return carry, dict(jax.tree.map(stacked, metrics, last), layers=layers)
+        return place(carry, dict(jax.tree.map(stacked, metrics, last), layers=layers))
 
     return chunk_fn
 
@@ -249,7 +215,12 @@ class Engine:
         layer_stats: Sequence[Any] | None = None,
         padded_chunks: bool | None = None,
         eval_params: Any = None,
+        program_key: Hashable | None = None,
     ):
+        """`program_key`: what determines the train programs besides the arguments here that
+        `_share` reads (the model, the optimizers and schedule, their options), so that two
+        engines with equal keys compile equal train programs; None shares none.
+        `eval_params`: the optimizer's evaluation point (`steps.evaluation_params`)."""
         validate_engine_name(name)
         self.eval_params = eval_params
         self.name, self.grid, self.txs = name, tuple(grid), tuple(txs)
@@ -302,9 +273,11 @@ class Engine:
 
         step = member_step([None] * len(self.txs))
         traced = self.padded_chunks
-        chunk_fns = {False: _run_chunk(step, traced)}
+        place = (lambda *out: out) if self.pmap else self._constrain
+        chunk_fns = {False: _run_chunk(step, traced, place)}
         if layer_stats is not None:
-            chunk_fns[True] = _run_chunk_logging_last(step, member_step(layer_stats), traced)
+            logged = member_step(layer_stats)
+            chunk_fns[True] = _run_chunk_logging_last(step, logged, traced, place)
         # Evaluation keeps XLA's convolutions: it runs in no loop, and vmapped over members
         # they are not expanded either; on the 2-core CPU the MNIST CNN's eval batch of 1000
         # takes 0.30-0.57x of its time with `conv_matmul` (1 to 16 members,
@@ -314,14 +287,33 @@ class Engine:
         )
         grid_eval = members.vectorize(eval_step, self.grid, batch_axis=None)
         evaluate = lambda carry, batch: tuple(grid_eval(s, batch) for s in carry.states)
+        options = (name, self.grid, self.devices, shard_optimizer, conv_matmul, loss, traced)
+        self._train = _share(
+            ("train", program_key, options, layer_stats is not None) if program_key else None,
+            lambda: self._jitted_train(chunk_fns),
+        )
+        # The evaluation reads the model, its options and the evaluation point alone, whatever
+        # the optimizers: Schedule-Free's (x from its state) compiles its own.
+        eval_key = ("evaluate", model, num_classes, eval_params, options)
+        self._evaluate = _share(eval_key, lambda: self._jitted_evaluate(evaluate))
         stats_step = members.vectorize(
             make_batch_stats_step(model, eval_params, axis_name=axis), self.grid, batch_axis=None
         )
-        stats = lambda carry, batch: carry.replace(
-            states=tuple(stats_step(s, batch) for s in carry.states)
-        )
+
+        def stats(carry, batch):
+            carry = carry.replace(states=tuple(stats_step(s, batch) for s in carry.states))
+            return carry if self.pmap else self._constrain(carry, {})[0]
+
+        # Its output keeps the members' layout, which ZeRO-1 takes from the optimizers: keyed as
+        # the train programs (only where there is an evaluation point: else never called).
+        shared = program_key and eval_params
+        stats_key = ("batch_stats", program_key, eval_params, options) if shared else None
+        self._batch_stats = _share(stats_key, lambda: self._jitted_batch_stats(stats))
+
+    def _jitted_train(self, chunk_fns: dict) -> dict:
+        """{layer_stats: the jitted (or pmapped) chunk function}."""
         if self.pmap:
-            self._train = {
+            return {
                 logged: jax.pmap(
                     fn,
                     axis_name=PMAP_AXIS,
@@ -332,17 +324,17 @@ class Engine:
                 )
                 for logged, fn in chunk_fns.items()
             }
-            self._evaluate = jax.pmap(
-                evaluate, axis_name=PMAP_AXIS, devices=self.devices, out_axes=None
-            )
-            self._batch_stats = jax.pmap(stats, axis_name=PMAP_AXIS, devices=self.devices)
-        else:
-            self._train = {
-                logged: jax.jit(self._constrained(fn), donate_argnums=0)
-                for logged, fn in chunk_fns.items()
-            }
-            self._evaluate = jax.jit(evaluate, out_shardings=self.replicated)
-            self._batch_stats = jax.jit(self._constrained_members(stats))
+        return {logged: jax.jit(fn, donate_argnums=0) for logged, fn in chunk_fns.items()}
+
+    def _jitted_evaluate(self, evaluate):
+        if self.pmap:
+            return jax.pmap(evaluate, axis_name=PMAP_AXIS, devices=self.devices, out_axes=None)
+        return jax.jit(evaluate, out_shardings=self.replicated)
+
+    def _jitted_batch_stats(self, stats):
+        if self.pmap:
+            return jax.pmap(stats, axis_name=PMAP_AXIS, devices=self.devices)
+        return jax.jit(stats)
 
     # ------------------------------------------------------------------------ state
 
@@ -357,24 +349,10 @@ class Engine:
         )
         return shardings.replace(states=states)
 
-    def _constrained_members(self, fn):
-        """`fn(carry, batch) -> carry` whose result keeps the members' layout."""
-
-        def constrained(carry, batch):
-            carry = fn(carry, batch)
-            return jax.lax.with_sharding_constraint(carry, self.member_shardings(carry))
-
-        return constrained
-
-    def _constrained(self, chunk_fn):
-        def constrained(carry, batches, length):
-            carry, metrics = chunk_fn(carry, batches, length)
-            constrain = jax.lax.with_sharding_constraint
-            return constrain(carry, self.member_shardings(carry)), constrain(
-                metrics, self.replicated
-            )
-
-        return constrained
+    def _constrain(self, carry, metrics):
+        """jit: a chunk's outputs in the members' layout, its metrics replicated."""
+        constrain = jax.lax.with_sharding_constraint
+        return constrain(carry, self.member_shardings(carry)), constrain(metrics, self.replicated)
 
     def put_members(self, carry: members.Members) -> members.Members:
         """Host members -> device members in this engine's layout."""
@@ -501,6 +479,31 @@ class Engine:
         for batch in batches:
             carry = self._batch_stats(carry, batch)
         return jax.block_until_ready(carry) if self.synchronous else carry
+
+
+# The jitted programs of the engines built last, by key (`_share`): few, since each holds its
+# compiled executables.
+_SHARED: collections.OrderedDict = collections.OrderedDict()
+_MAX_SHARED = 8
+
+
+def _share(key: Hashable | None, build: Any) -> Any:
+    """`build()`, or what it returned for an equal `key` before in this process (None: always
+    `build()`). jax caches a program's compilations on the jitted function: the same function
+    for equal programs traces and compiles each input shape once per process. A key that
+    cannot be hashed (a model with an unhashable field) shares nothing."""
+    try:
+        hash(key)
+    except TypeError:
+        key = None
+    if key is None:
+        return build()
+    if key not in _SHARED:
+        _SHARED[key] = build()
+        if len(_SHARED) > _MAX_SHARED:
+            _SHARED.popitem(last=False)
+    _SHARED.move_to_end(key)
+    return _SHARED[key]
 
 
 def make_engine(name: str, model, txs, schedule, num_classes, **options) -> Engine:

@@ -13,6 +13,7 @@ Used by the loop (`adamlab.training.train`), evaluation and `restore`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import pathlib
@@ -26,6 +27,7 @@ import optax
 
 from adamlab import data, models
 from adamlab.diagnostics import layer_stats
+from adamlab.optim import validation
 from adamlab.training import distributed, engines, members, optimizers, run_io, steps, transfer
 from adamlab.training.checkpoint import Checkpointer
 from adamlab.training.train_state import create_train_state
@@ -131,8 +133,9 @@ def validate_config(config: ml_collections.ConfigDict) -> int:
 
 
 def _validated(config: ml_collections.ConfigDict):
-    """`validate_config`, returning what checking built: (num_steps, info, members, and per
-    implementation the optimizer with its swept hyperparameters injected and the schedule)."""
+    """`validate_config`, returning what checking built: (num_steps, info, members, per
+    implementation the optimizer with its swept hyperparameters injected and the schedule, and
+    the model)."""
     for section in ("data", "model", "optimizer", "train"):
         if section not in config:
             raise ConfigError(f"config has no {section!r} section; see configs/digits.py")
@@ -191,19 +194,23 @@ def _validated(config: ml_collections.ConfigDict):
             )
             for impl in who.implementations
         )
-        _check_sweep(config, who, num_steps)
+        _check_sweep(config, who)
+        model = models.create_model(config.model, info.num_classes)
+        if frozen or optimizers.groups_of(config.optimizer):
+            _check_partition(model, info, who, built)
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from e
-    name = config.optimizer.name
-    if optimizers.eval_params(name) and train.engine == "pmap" and train.get("shard_optimizer"):
+    point = optimizers.eval_params(config.optimizer)
+    if point and train.engine == "pmap" and train.get("shard_optimizer"):
         _fail(
             "train.shard_optimizer",
             True,
-            f"cannot be combined with engine='pmap' for {name}, evaluated at a point formed "
-            "from its whole state (Schedule-Free's average x), which pmap's ZeRO-1 holds in "
-            "slices: use train.engine='jit' or shard_optimizer=False",
+            "cannot be combined with engine='pmap' for an optimizer evaluated at a point "
+            f"formed from its whole state ({point.__name__}: Schedule-Free's average x), "
+            "which pmap's ZeRO-1 holds in slices: use train.engine='jit' or "
+            "shard_optimizer=False",
         )
     if train.best_metric is not None and not info.num_validation:
         _fail(
@@ -212,7 +219,17 @@ def _validated(config: ml_collections.ConfigDict):
             f"needs a validation split, but data.validation_fraction="
             f"{config.data.get('validation_fraction')} leaves none; set best_metric=None",
         )
-    return num_steps, info, who, built
+    return num_steps, info, who, built, model
+
+
+def _check_partition(model: Any, info: Any, who: MemberGrid, built: Sequence) -> None:
+    """The groups' and `init.frozen`'s regexes against the model's parameter paths: each
+    optimizer initialised on the abstract parameters (`jax.eval_shape`: nothing allocated),
+    which labels them (`optimizers.param_labels`) before any step."""
+    first = {k: v[0] for k, v in who.sweep.items()}
+    for tx, _ in built:
+        tx = optimizers.with_values(tx, first)
+        jax.eval_shape(lambda tx=tx: create_train_state(0, model, tx, info.image_shape))
 
 
 def _check_diagnostics(config: ml_collections.ConfigDict) -> None:
@@ -233,6 +250,19 @@ def _check_diagnostics(config: ml_collections.ConfigDict) -> None:
         _fail("diagnostics.lanczos_steps", diag.lanczos_steps, "must be >= diagnostics.top_k")
     if not isinstance(diag.get("preconditioned", True), bool):
         _fail("diagnostics.preconditioned", diag.get("preconditioned"), "must be True or False")
+    groups = config.optimizer.get("groups")  # Checked with the optimizer.
+    if groups and diag.get("layer_stats_every_steps"):
+        _fail(
+            "diagnostics.layer_stats_every_steps",
+            diag.layer_stats_every_steps,
+            "reads one optimizer's state for every parameter: None with optimizer.groups",
+        )
+    if groups and diag.get("curvature_every_steps") and diag.get("preconditioned", True):
+        _fail(
+            "diagnostics.preconditioned",
+            True,
+            "needs one optimizer's second moment for every parameter: False with optimizer.groups",
+        )
     if diag.get("layer_stats_every_steps") and config.train.get("shard_optimizer", False):
         _fail(
             "diagnostics.layer_stats_every_steps",
@@ -261,17 +291,36 @@ def _optimizer_section(config: ml_collections.ConfigDict, implementation: str) -
     return config.optimizer.to_dict() | {"implementation": implementation}
 
 
-def _check_sweep(config, who: MemberGrid, num_steps: int) -> None:
-    """Every swept value is valid: inside the program values are traced, so the optimizer's
-    own checks at construction see none of them."""
-    for impl in who.implementations:
-        section = _optimizer_section(config, impl)
-        for name, values in who.sweep.items():
-            for value in values:
-                try:
-                    optimizers.make_optimizer(section | {name: float(value)}, num_steps)
-                except ValueError as e:
-                    raise ConfigError(f"runs.sweep optimizer.{name}={value!r}: {e}") from e
+def _check_sweep(config: ml_collections.ConfigDict, who: MemberGrid) -> None:
+    """Every run's swept values obey their rules (`validation.RULES`, and `RELATIONS` beside
+    the config's other values): inside the program they are traced, so the optimizer's checks
+    at construction see none of them. Nothing is built."""
+    fixed = optimizers.optimizer_hparams(config.optimizer)
+    fixed["learning_rate"] = config.optimizer.learning_rate
+    num_values = who.grid[0] if who.sweep else 0
+    for v in range(num_values):
+        values = {name: swept[v] for name, swept in who.sweep.items()}
+        for name, value, allowed in validation.violations(fixed | values):
+            raise ConfigError(f"runs.sweep optimizer.{name}={value!r}: must be {allowed}")
+
+
+def _sweep_schedule(config: ml_collections.ConfigDict, who: MemberGrid, num_steps: int):
+    """The learning-rate schedule of every swept value at once (`schedule(counts)` has a row
+    per value), where a sweep makes it differ from the config's (a swept peak or warmup
+    fraction); None otherwise."""
+    swept = {
+        k: np.asarray(who.sweep[k])[:, None]
+        for k in ("learning_rate", "warmup_fraction")
+        if k in who.sweep
+    }
+    if not swept:
+        return None
+    return optimizers.make_schedule(
+        config.optimizer,
+        num_steps,
+        peak=swept.get("learning_rate"),
+        warmup_fraction=swept.get("warmup_fraction"),
+    )
 
 
 def total_steps(config: ml_collections.ConfigDict, info: Any) -> int:
@@ -299,14 +348,15 @@ class Experiment:
     engine: engines.Engine
     who: MemberGrid
     steps_per_dispatch: int
+    # The schedule of every swept value (`_sweep_schedule`), or None when they share `schedule`.
+    sweep_schedule: optax.Schedule | None = None
 
 
 def build_experiment(
     config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None
 ) -> Experiment:
     """Validates `config` and builds dataset info, model, optimizers, schedule and engine."""
-    num_steps, info, who, built = _validated(config)
-    model = models.create_model(config.model, info.num_classes)
+    num_steps, info, who, built, model = _validated(config)
     first = {k: v[0] for k, v in who.sweep.items()}
     txs = [optimizers.with_values(tx, first) for tx, _ in built]
     schedule = built[0][1]
@@ -334,12 +384,35 @@ def build_experiment(
         conv_matmul=on_cpu and (bool(who.grid) or dispatch > 1),
         loss=config.train.get("loss", "cross_entropy"),
         layer_stats=layer_stats_for(config, who),
-        eval_params=optimizers.eval_params(config.optimizer.name),
+        eval_params=optimizers.eval_params(config.optimizer),
+        program_key=program_key(config),
     )
     sweepable = tuple(tx for tx, _ in built)
     return Experiment(
-        info, num_steps, model, tuple(txs), schedule, sweepable, engine, who, dispatch
+        info,
+        num_steps,
+        model,
+        tuple(txs),
+        schedule,
+        sweepable,
+        engine,
+        who,
+        dispatch,
+        _sweep_schedule(config, who, num_steps),
     )
+
+
+def program_key(config: ml_collections.ConfigDict) -> str:
+    """What of `config` its train programs depend on, as text: all of it but the values of
+    `runs.seeds` and `runs.sweep`, which reach the programs as data (the members' initial
+    states, the swept hyperparameters held in their optimizer states; `optimizers.with_values`)
+    and whose counts the engine's grid holds. Two stages that differ in those alone, such as
+    a benchmark's tuning studies, share their programs (`engines.Engine`'s `program_key`)."""
+    fields = config.to_dict()
+    runs = fields.get("runs") or {}
+    runs.pop("seeds", None)
+    runs["sweep"] = sorted(runs.get("sweep") or {})
+    return json.dumps(fields, sort_keys=True, default=repr)
 
 
 def initial_members(

@@ -1,18 +1,8 @@
 """The members of a run: N >= 1 training runs carried and stepped together in one program.
 
-A run of the loop trains a grid of members: every implementation (ours, the optax twin) x
-every value of the swept hyperparameters x every seed. Their states share one structure, so one
-step trains them all:
-
-* `Members` is the carried pytree: one `TrainState` per implementation, whose leaves lead with
-  the grid axes `[values, seeds]` (no grid axes for a single run, so `adamlab train`'s state and
-  checkpoints are the plain `TrainState`), plus per member whether it is still finite, the step
-  at which it diverged, and the parity of the first two implementations.
-* `make_member_step` updates the implementations of one grid point on the same batch and freezes
-  a member at its first non-finite loss, gradient or update: its state keeps the last finite
-  values and `alive` turns False, so one diverged member never stops or corrupts the others.
-* `vectorize` maps that step over the grid: `vmap(vmap(step, (0, 0)), (0, None))`; each seed
-  has its own batch stream (stacked on the seed axis) shared by all values of a sweep.
+Every implementation x swept value x seed shares one state structure, so one step trains them
+all (`Members`, `make_member_step`, `vectorize`); a diverged member is frozen, never stopping
+the others. docs/internals.md describes the grid and the freezing.
 """
 
 from __future__ import annotations
@@ -78,7 +68,9 @@ def make_member_step(train_steps: Sequence[Callable]) -> Callable:
     """
 
     def step(carry: Members, batch: dict) -> tuple[Members, dict]:
-        outputs = [f(s, batch) for f, s in zip(train_steps, carry.states, strict=True)]
+        outputs = []  # A loop, not a comprehension: one frame fewer above every train step.
+        for train_step, state in zip(train_steps, carry.states, strict=True):
+            outputs.append(train_step(state, batch))
         finite = jnp.stack([m["finite"] for _, m in outputs])
         keep = carry.alive & finite
         states = tuple(

@@ -1,28 +1,8 @@
 """What a run leaves in its workdir: the config that produced it and its metrics.
 
-A workdir holds
-
-* `config.json`: the full config of the run, written before training starts. A run started
-  again in the same workdir is compared with it, so that two different experiments never mix
-  in one directory (only the training length may change, to extend a run).
-* `metrics.jsonl`: one JSON object per line, `{"step": ..., "split": "train"|"validation"|
-  "test", <metric>: <value>, ...}`, easy to read with `pandas.read_json(path, lines=True)` or
-  `read_metrics`.
-* TensorBoard event files (`tensorboardX`, which needs no TensorFlow) with the same scalars
-  under `<split>/<metric>`.
-* `checkpoints/` (see `adamlab.training.checkpoint`) and `eval_<split>_<step>.json` from
-  `adamlab evaluate`.
-* `.lock` while a process trains in it (see `adamlab.training.workdir_lock`).
-
-On resume, metrics logged after the restored step by the interrupted run are dropped (from the
-JSON lines and, via `purge_step`, from TensorBoard), so the files describe exactly one
-trajectory.
-
-Torn writes: JSON files (config.json, reports) are written atomically (a temporary file,
-fsync, rename), so a crash leaves the old file or the new one, never half of one. A crash or a
-full disk while appending to metrics.jsonl can leave a partial last line: readers drop it with
-a warning and a writer removes it before appending; an unreadable line elsewhere is an error
-naming the file and the line.
+`config.json` (a different config is refused), `metrics.jsonl` (one JSON record per line),
+TensorBoard scalars, `checkpoints/`; written atomically or repaired on resume so the files
+describe exactly one trajectory. docs/internals.md describes the files and torn writes.
 """
 
 from __future__ import annotations

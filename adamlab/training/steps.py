@@ -1,27 +1,8 @@
 """Pure train and eval steps: `(state, batch) -> (state, metrics)` and `(state, batch) -> sums`.
 
-The factories return plain (un-jitted) functions; the engines jit/pmap them once with the state
-donated. With `axis_name` set, the functions are meant to run under `jax.pmap` (one shard of the
-batch per device): gradients, metrics and BatchNorm statistics are averaged across the axis so
-the result equals the single-device step on the global batch, and eval sums are summed.
-
-Train metrics (all scalars, left on device; the loop fetches them every log interval):
-  loss, accuracy        mean cross-entropy / fraction correct on the batch (before the update)
-  learning_rate         schedule(step) at the step that produced this update
-  grad_norm, update_norm, param_norm
-                        global L2 norms of the (averaged) gradient, of the optimizer's update and
-                        of the parameters after the update
-  update_param_ratio    update_norm / param_norm, the relative size of the step
-  finite                True iff loss, every gradient and every update entry are finite; the loop
-                        stops at the first False (the step itself never branches on it)
-  layers                only with `diagnostics=`: {name: scalar} of per-layer statistics
-                        (`adamlab.diagnostics.layer_stats`), computed from this step's gradients,
-                        updates and optimizer state; the loop uses this variant of the step only
-                        for the steps that log them
-
-Losses (`loss=`, config `train.loss`): "cross_entropy" (softmax cross-entropy with the integer
-labels) or "mse" (0.5 * ||logits - one_hot(label)||^2 per example, Cohen et al. 2021's squared
-loss); both averaged over the batch.
+Plain (un-jitted) functions that the engines jit/pmap once; with `axis_name` (under pmap)
+gradients, metrics and BatchNorm statistics are averaged so the result equals the one-device
+step. docs/internals.md lists the train metrics and the losses.
 """
 
 from __future__ import annotations

@@ -37,14 +37,13 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from adamlab import data
+from adamlab import data, runtime
 from adamlab.training import (
     curvature,
     distributed,
     engines,
     evaluate,
     members,
-    optimizers,
     restore,
     run_io,
     transfer,
@@ -72,7 +71,7 @@ _WINDOW = "train_window"  # A checkpoint's extra: the train metrics since the la
 # "teardown": closing the progress bar, the metric writers, the training streams and the
 # checkpointer (waiting for its last asynchronous write). All but the checkpointer's part of
 # "teardown" fall within `wall_time_s`; what no phase counts (logging, divergence checks) is in
-# the wall time only.
+# the wall time only. Before them, outside `wall_time_s`: the process's start-up (`RunsResult`).
 PHASES = ("setup", "data", "compile", "train", "evaluate", "save", "test", "teardown")
 # The phases within `wall_time_s` that are not training steps: the wall time less these is
 # the training time, logging included.
@@ -160,11 +159,13 @@ def _draw_chunk(streams, length: int, first_step: int, nan_step: int | None, gri
     return jax.tree.map(lambda *xs: np.stack(xs), *steps)
 
 
-def format_phases(phases: dict[str, float], run_seconds: float) -> str:
-    """One line of a run's phases and its whole time (`run`'s start to now), e.g.
-    "setup 2.10 s, data 0.40 s, ..., teardown 0.30 s; run 61.20 s"."""
-    parts = ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
-    return f"{parts}; run {run_seconds:.2f} s"
+def format_phases(result: RunsResult, run_seconds: float) -> str:
+    """One line of a run's phases, its whole time (`run`'s start to now) and the time before
+    its first step, e.g. "setup 2.10 s, data 0.40 s, ..., teardown 0.30 s; run 61.20 s;
+    startup 4.10 s, first_step 7.30 s"."""
+    parts = ", ".join(f"{k} {v:.2f} s" for k, v in result.phases.items())
+    before = f"startup {result.startup_s:.2f} s, first_step {result.first_step_s:.2f} s"
+    return f"{parts}; run {run_seconds:.2f} s; {before}"
 
 
 _SHOWN = ("loss", "accuracy", "learning_rate", "grad_norm", "steps_per_sec", "f1")
@@ -216,6 +217,10 @@ class RunsResult:
         the evaluation point (Schedule-Free's average x; `evaluated_at`).
       step, interrupted, num_steps, steps_per_sec, wall_time_s; phases: seconds per phase
         (`PHASES`, where they say what each counts).
+      startup_s: the process's seconds before the run (interpreter, imports, flags, config)
+        when the run is the process's first, else 0 (that time came before an earlier run).
+      first_step_s: seconds before the first step: `startup_s` and, from the run's start,
+        setup, data and compiling, until its first train call (nan if it trained no step).
     """
 
     rows: list[dict[str, Any]]
@@ -231,6 +236,12 @@ class RunsResult:
     # Where the members were evaluated and exported: "params", or the optimizer's evaluation
     # point (`Entry.eval_params`'s name, e.g. "schedule_free_eval_params": Schedule-Free's x).
     evaluated_at: str = "params"
+    startup_s: float = math.nan
+    first_step_s: float = math.nan
+
+
+# Runs started in this process: only the first is preceded by the process's start-up.
+_runs_in_process = itertools.count()
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -297,6 +308,7 @@ def run(
     checkpoints together (orbax), and process 0 alone writes config.json, metrics and the bar.
     """
     start_time = time.perf_counter()
+    startup = runtime.process_age() if next(_runs_in_process) == 0 else 0.0
     experiment = experiment or prepare(config)
     if single and (experiment.who.grid or len(experiment.who.implementations) > 1):
         raise ConfigError(
@@ -328,7 +340,7 @@ def run(
             if start >= experiment.num_steps and finished.is_file():
                 logging.info("%s is already trained to step %d", workdir, start)
                 return _result_from_json(json.loads(finished.read_text()))
-            loop = _Loop(config, experiment, workdir, checkpointer, start_time)
+            loop = _Loop(config, experiment, workdir, checkpointer, start_time, startup)
             window = extra.get(_WINDOW) if start else None
             result = loop.train(
                 experiment.engine.put_members(carry), start, stop_after_step, window
@@ -341,7 +353,7 @@ def run(
         result.phases["teardown"] += closing
         if primary and not result.interrupted:
             run_io.write_json(workdir / RESULT_FILE, _result_to_json(result))
-        logging.info("phases: %s", format_phases(result.phases, time.perf_counter() - start_time))
+        logging.info("phases: %s", format_phases(result, time.perf_counter() - start_time))
         return result
 
 
@@ -371,9 +383,10 @@ def _pretrained(config: ml_collections.ConfigDict):
 class _Loop:
     """The steps start+1..num_steps of `run` and everything logged on the way."""
 
-    def __init__(self, config, experiment: Experiment, workdir, checkpointer, start_time):
+    def __init__(self, config, experiment: Experiment, workdir, checkpointer, start_time, startup):
         self.config, self.experiment, self.workdir = config, experiment, workdir
-        self.checkpointer, self.start_time = checkpointer, start_time
+        self.checkpointer, self.start_time, self.startup = checkpointer, start_time, startup
+        self.first_step: float | None = None  # `RunsResult.first_step_s`
         self.who, self.engine = experiment.who, experiment.engine
         self.names = self.who.names()
         self.single = len(self.names) == 1
@@ -382,7 +395,6 @@ class _Loop:
         self.run_steps, self.run_seconds = 0, 0.0  # The whole run, for RunsResult.
         self.eval_cache: dict[str, list] = {}
         self.reported: set[int] = set()  # Members whose divergence was logged.
-        self.member_schedules = self._member_schedules()
         point = self.engine.eval_params
         self.evaluated_at = "params" if point is None else point.__name__
         if point is not None:
@@ -464,34 +476,16 @@ class _Loop:
             out.append({k: float(np.asarray(v)[(*index, m)]) for k, v in arrays.items()})
         return out
 
-    def _member_schedules(self) -> list | None:
-        """Each member's learning-rate schedule, where a sweep makes it differ from the
-        config's (a swept peak or warmup fraction); None otherwise. Built once per run."""
-        swept = [k for k in ("learning_rate", "warmup_fraction") if k in self.who.sweep]
-        if not swept:
-            return None
-        schedules = []
-        for _, index, _ in self.names:
-            values = {k: self.who.sweep[k][index[0]] for k in swept}
-            schedules.append(
-                optimizers.make_schedule(
-                    self.config.optimizer,
-                    self.experiment.num_steps,
-                    peak=values.get("learning_rate"),
-                    warmup_fraction=values.get("warmup_fraction"),
-                )
-            )
-        return schedules
-
     def _logged_learning_rates(self, fetched, first_steps) -> list[float] | None:
-        """Each member's mean learning rate over the fetched steps, from its own schedule;
-        None where the members follow the config's (see `_member_schedules`)."""
-        if self.member_schedules is None:
+        """Each member's mean learning rate over the fetched steps, from its swept value's
+        schedule; None where the members follow the config's (`Experiment.sweep_schedule`)."""
+        if self.experiment.sweep_schedule is None:
             return None
         # The optimizer's step count at each update: what its schedule was evaluated at.
         pairs = zip(fetched, first_steps, strict=True)
         counts = np.concatenate([np.arange(len(c["loss"])) + first - 1 for c, first in pairs])
-        return [float(np.mean(schedule(counts))) for schedule in self.member_schedules]
+        means = [np.mean(row) for row in np.asarray(self.experiment.sweep_schedule(counts[None]))]
+        return [float(means[index[0]]) for _, index, _ in self.names]
 
     def _train_summary(self, fetched, first_steps) -> list[dict[str, float]]:
         """Means over the fetched steps of every LOGGED metric, per member."""
@@ -640,6 +634,8 @@ class _Loop:
                         engine.compile_train(carry, device_chunk, layer_stats=layers_due)
                         interval_compile += time.perf_counter() - tick
                         compiled.add((rows, layers_due))
+                    if self.first_step is None:
+                        self.first_step = time.perf_counter() - self.start_time + self.startup
                     carry, step_metrics = engine.train(carry, device_chunk, layer_stats=layers_due)
                     interval_steps += length
                     layers = step_metrics.pop("layers", None)
@@ -819,6 +815,8 @@ class _Loop:
             wall_time_s=wall,
             phases=self.phases,
             evaluated_at=self.evaluated_at,
+            startup_s=self.startup,
+            first_step_s=math.nan if self.first_step is None else self.first_step,
         )
 
 
@@ -912,13 +910,6 @@ def _close(streams: Sequence[Iterator]) -> None:
 
 def _prefixed(prefix: str, values: dict) -> dict:
     return {f"{prefix}_{k}": v for k, v in values.items() if k != "confusion"}
-
-
-def _stack_curve(values: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """[T] of {"loss": [V, S]} -> {"loss": [V, S, T]}."""
-    if not values:
-        return {}
-    return {k: np.stack([x[k] for x in values], axis=-1) for k in values[0]}
 
 
 def _result_to_json(result: RunsResult) -> dict[str, Any]:

@@ -11,7 +11,8 @@ Paths are "/"-joined parameter keys (`Conv_0/kernel`, `Dense_1/bias`), matched w
 `re.search`. A parameter is loaded when its path exists in the pretrained run with the same
 shape and matches no `dont_load` pattern; every other parameter keeps its fresh initialisation
 from the run's seed (a new head for new classes, say). Frozen parameters get zero updates
-through `optax.multi_transform(..., optax.set_to_zero())`.
+through `optax.set_to_zero()`: "frozen" is one label of the optimizer's partition of the
+parameters (`optimizers.param_labels`, beside `optimizer.groups`).
 
 Optimizer state policy: the optimizer state always starts fresh (zero moments, count 0) for
 every parameter, loaded ones included; the pretrained run's optimizer state is never loaded.
@@ -27,6 +28,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from adamlab.training.optimizers import param_labels, path_of
 
 _logged: set[tuple] = set()  # What was logged already: each seed's merge logs once per setup.
 
@@ -63,11 +66,6 @@ def validate_init(init: Any) -> None:
         raise ValueError("init.dont_load needs init.workdir (the run to load parameters from)")
 
 
-def path_of(path: tuple) -> str:
-    """A tree path as "/"-joined keys: ("Dense_1", "kernel") -> "Dense_1/kernel"."""
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
 def _flat(tree: Any) -> dict[str, Any]:
     return {path_of(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
@@ -79,7 +77,6 @@ def merge_params(fresh: Any, pretrained: Any, init: Any) -> Any:
     leaves once.
     """
     dont_load = [re.compile(p) for p in init.get("dont_load") or ()]
-    frozen = [re.compile(p) for p in frozen_patterns(init)]
     saved = _flat(pretrained)
     loaded, skipped = [], []
 
@@ -100,7 +97,8 @@ def merge_params(fresh: Any, pretrained: Any, init: Any) -> Any:
             f"pretrained leaf of the same shape outside init.dont_load); the pretrained run must "
             f"be a single run of a compatible model. Pretrained leaves: {sorted(saved)}"
         )
-    frozen_keys = [k for k in _flat(fresh) if any(p.search(k) for p in frozen)]
+    labels = _flat(param_labels(frozen=frozen_patterns(init))(fresh))
+    frozen_keys = [k for k, label in labels.items() if label == "frozen"]
     report = (str(init.workdir), tuple(loaded), tuple(skipped), tuple(frozen_keys))
     if report not in _logged:
         _logged.add(report)

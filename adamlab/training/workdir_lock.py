@@ -4,14 +4,7 @@ trainers never interleave their metrics and checkpoints (`run_io.WorkdirLock` is
     with WorkdirLock(workdir, primary=distributed.is_primary()):
         ...  # write config.json, metrics.jsonl, checkpoints
 
-* **flock** on ``<workdir>/.lock``: the OS releases it when the process ends in any way, so it
-  is never stale. While held, the file names the holder (pid, host, start) for the error.
-* **Fallback** where flock is unsupported (some network filesystems): ``<workdir>/.lock.owner``,
-  created exclusively and removed on release; after a crash it is stale if it names a pid of
-  this host that no longer runs (a holder on another host cannot be checked: the message says
-  which file to delete).
-* **Multi-host**: only process 0 (``primary=True``) takes it. Readers (evaluate, reports) take
-  none: they only read.
+flock on ``<workdir>/.lock``, else an exclusive ``.lock.owner`` file; docs/internals.md.
 """
 
 from __future__ import annotations

@@ -1,34 +1,12 @@
 """ZeRO-1: the optimizer state sharded over the data-parallel devices, parameters replicated.
 
-Adam keeps two moments per parameter, so its state is twice the model. Data parallelism
-replicates it on every device although each device could update only its own 1/N of the
-parameters (Rajbhandari et al. 2020, ZeRO stage 1). Two ways, one per engine:
-
-* pmap (explicit collectives, `sharded_update`): each leaf of the gradient is flattened, padded
-  to a multiple of N and reduce-scattered (`lax.psum_scatter(..., tiled=True) / N`), so device
-  i holds the mean gradient of its slice i only; the optimizer updates that slice (its state
-  holds the moments of the slice only); `lax.all_gather(..., tiled=True)` rebuilds the full
-  parameters. Same bytes on the wire as the all-reduce it replaces (reduce-scatter + all-gather
-  is how all-reduce is done), 1/N of the optimizer state and of the update's work.
-* jit (`opt_state_shardings`): the moments are placed with `NamedSharding(mesh, P(..., "data",
-  ...))` on their largest axis divisible by N, parameters stay replicated, and XLA's SPMD
-  partitioner derives the same reduce-scatter / local update / all-gather from the shardings.
-
-The sharding is per leaf, so the optimizer sees a pytree with the structure of the parameters:
-a weight-decay mask given as a pytree of bools (or a callable on the tree's *structure*) applies
-unchanged. Only elementwise transformations can be sharded this way (every optimizer in
-`adamlab.optim` is); a transformation that needs a global quantity (`clip_by_global_norm`) would
-see one shard. Padding entries have zero gradient, parameter and moments, so Adam's update of
-them is 0/(0 + eps) = 0 and decoupled weight decay adds 0: they never leak into the parameters.
-
     shards = shard_leaves(params, num_shards)             # host: leaves [N, ceil(size / N)]
     opt_state = to_sharded_opt_state(tx, full_opt_state, num_shards)
     full = from_sharded_opt_state(tx, opt_state, params)  # back, e.g. for a checkpoint
 
-References:
-  Rajbhandari et al., ZeRO: Memory Optimizations Toward Training Trillion Parameter Models,
-  SC 2020. Xu et al., Automatic Cross-Replica Sharding of Weight Update in Data-Parallel
-  Training, 2020 (the XLA/TPU formulation used by the jit path).
+Each device keeps and updates 1/N of the moments (Rajbhandari et al. 2020, ZeRO stage 1): pmap
+with explicit collectives (`sharded_update`), jit with shardings (`opt_state_shardings`).
+docs/internals.md gives both paths, why padding is harmless and the references.
 """
 
 from __future__ import annotations
