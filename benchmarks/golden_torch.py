@@ -6,7 +6,7 @@ the optimizers torch.optim lacks (timm, pytorch-optimizer, adam-mini, schedulefr
     pip install -e '.[torch]'
     python benchmarks/golden_torch.py [--out tests/fixtures] [--only NAME ...]   # torch
 
-writes `torch_problems.npz` (three problems: initial parameters and a fixed sequence of 500
+writes `torch_problems.npz` (four problems: initial parameters and a fixed sequence of 500
 float32 gradients each; `--problems` adds the missing ones, which needs JAX, not torch, and
 leaves those already there as they are) and one `torch_<name>.npz` per optimizer (its
 trajectory on the problems of its `Reference`). `tests/test_optim_torch.py` replays the same
@@ -31,11 +31,19 @@ optimizer differs between the two sides:
     (LAMB's trust ratio, Muon's orthogonalisation, Cautious's mask mean, MARS's clip of
     c_t to norm 1, Adam-mini's block means): the digits CNN
     shrunk to conv 2, conv 2, dense 4, 10 classes (144 values in 8 arrays), trained and
-    recorded as "cnn", every value of every array at every step.
+    recorded as "cnn", every value of every array at every step;
+  * "near_square": whole tensors for SOAP, which rotates a tensor by the eigenbases of its
+    statistics: a wide (8 x 9) and a tall (9 x 8) matrix, a conv kernel (3x3x2x4, four
+    rotated axes), a 6 x 7 matrix of tiny gradients (1e-6: where eps sits in the bias
+    correction shows), a bias and a scalar (Adam), standard normal gradients from seed 7.
+    Every matrix's sides differ by at most one: the first statistic G G^T (rank min(m, n))
+    then has no repeated eigenvalue, where a repeated one leaves eigh's basis arbitrary and
+    the trajectories apart. Its gradients are regenerated from NumPy's stream, not stored
+    (`REGENERATED`; each leaf's stored sum checks the stream).
 
 A `Reference` says which problems an optimizer runs: the per-coordinate ones run "pytree" and
 "cnn" (`PER_COORDINATE`), the coupled ones "pytree" (whole leaves already) and "cnn_whole"
-(`WHOLE_TENSOR`).
+(`WHOLE_TENSOR`), SOAP "near_square" (`NEAR_SQUARE`).
 
 Stored trajectories: the parameters after steps 1-10 and every 20th step to 500 (where the
 conventions differ most early on: bias corrections, RAdam's threshold); every state leaf that
@@ -84,9 +92,18 @@ PYTREE_SHAPES = {
 }  # in jax.tree order (sorted keys): the order of the flattened vectors below
 CNN_COORDS_PER_ARRAY = 12
 CNN_WHOLE = {"features": (2, 2), "dense_features": 4}  # the digits CNN, shrunk: 144 values
+NEAR_SQUARE_SHAPES = {
+    "bias": (8,),
+    "conv": (3, 3, 2, 4),
+    "scale": (),
+    "tall": (9, 8),
+    "tiny": (6, 7),
+    "wide": (8, 9),
+}  # in jax.tree order: every matrix's sides differ by at most one
 PER_COORDINATE = ("pytree", "cnn")
 WHOLE_TENSOR = ("pytree", "cnn_whole")
-LEARNING_RATE = {"pytree": 1e-2, "cnn": 3e-3, "cnn_whole": 3e-3}
+NEAR_SQUARE = ("near_square",)  # SOAP's: eigenbases that are unique (`near_square_problem`)
+LEARNING_RATE = {"pytree": 1e-2, "cnn": 3e-3, "cnn_whole": 3e-3, "near_square": 1e-2}
 # torch state name -> ours (field of the rescaling transform's state).
 STATE_NAMES = {
     "exp_avg": "mu",
@@ -106,8 +123,9 @@ class Reference(NamedTuple):
         is added where it takes one).
       ours: our constructor's hyperparameters besides ``learning_rate``.
       convention: ours' convention that follows the reference.
-      problems: the problems it runs: `PER_COORDINATE`, or `WHOLE_TENSOR` for an optimizer
-        that couples the coordinates of a tensor.
+      problems: the problems it runs: `PER_COORDINATE`, `WHOLE_TENSOR` for an optimizer
+        that couples the coordinates of a tensor, `NEAR_SQUARE` for one that rotates them
+        (SOAP's eigenbases).
       state: reference state name -> ours' field; None: `STATE_NAMES`; {}: params only.
       learning_rate: problem -> learning rate; None: `LEARNING_RATE`.
       matrices: only the leaves of rank >= 2 (Muon; `matrix_problem`), in `torch_layout`.
@@ -247,6 +265,20 @@ OPTIMIZERS = {
         state={"exp_avg_sq": "nu", "z": "z"},
         make=_schedule_free_in_train_mode,
     ),
+    # SOAP: torch.optim has none and the authors' soap.py is not on PyPI: pytorch_optimizer's,
+    # the authors' rule line for line (m in the params' basis, as soap.py before its Dec 2024
+    # "momentum change", which stores it rotated: the same rule), at the authors' defaults
+    # but weight_decay 0 (docs/conventions.md), on whole tensors whose eigenbases are unique.
+    "soap": Reference(
+        "pytorch_optimizer.SOAP",
+        {"betas": (0.95, 0.95), "eps": 1e-8, "weight_decay": 0.0}
+        | {"precondition_frequency": 10, "max_precondition_dim": 10000},
+        {"b1": 0.95, "b2": 0.95, "eps": 1e-8, "weight_decay": 0.0}
+        | {"precondition_frequency": 10, "max_precond_dim": 10000},
+        "paper",
+        NEAR_SQUARE,
+        state={"exp_avg": "mu", "exp_avg_sq": "nu"},
+    ),
 }
 
 
@@ -329,19 +361,61 @@ def cnn_problem(
     return init.astype(np.float32), np.stack(recorded).astype(np.float32), names, shapes
 
 
+def near_square_problem(seed: int = 7) -> tuple[np.ndarray, np.ndarray, list]:
+    """(initial params [267], gradients [500, 267], leaf shapes), float32, flattened in
+    NEAR_SQUARE_SHAPES order: standard normal gradients, those of "tiny" times 1e-6 (sqrt(v)
+    ~ 1e-6: where eps = 1e-8 sits in the bias correction shows). NumPy only: `load_problems`
+    regenerates the gradients (`REGENERATED`)."""
+    rng = np.random.default_rng(seed)
+    shapes = list(NEAR_SQUARE_SHAPES.values())
+    init = [rng.standard_normal(s) * 0.5 for s in shapes]
+    grads = {k: rng.standard_normal((NUM_STEPS, *s)) for k, s in NEAR_SQUARE_SHAPES.items()}
+    grads["tiny"] *= 1e-6
+    flat = np.concatenate([g.astype(np.float32).reshape(NUM_STEPS, -1) for g in grads.values()], 1)
+    init = np.concatenate([np.asarray(x, np.float32).reshape(-1) for x in init])
+    return init, flat, shapes
+
+
+# Problems whose gradients torch_problems.npz does not hold (near_square's 0.5 MB would pass
+# test_fixtures_are_small's budget): regenerated from NumPy's stream, which the stored sum of
+# each leaf's gradients checks.
+REGENERATED = {"near_square": near_square_problem}
+
+
+def _leaf_sums(grads: np.ndarray, shapes) -> np.ndarray:
+    """The float64 sum of each leaf's gradients over the run ([T, N] -> [leaves])."""
+    offsets = np.cumsum([0, *(int(np.prod(s)) for s in shapes)])
+    return np.array(
+        [
+            np.sum(grads[:, a:b], dtype=np.float64)
+            for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+        ]
+    )
+
+
 def load_problems(path) -> dict:
     """problem -> (initial params [N], gradients [T, N], leaf shapes or None: one flat leaf),
     and "param_steps", "state_steps": what `torch_problems.npz` holds."""
     data = np.load(path)
     problems = {"param_steps": data["param_steps"], "state_steps": data["state_steps"]}
-    for problem in ("pytree", "cnn", "cnn_whole"):
+    for problem in ("pytree", "cnn", "cnn_whole", "near_square"):
         if f"{problem}_init" in data:
             shapes = json.loads(str(data[f"{problem}_shapes"])) if problem != "cnn" else None
             if isinstance(shapes, dict):
                 shapes = list(shapes.values())
             shapes = None if shapes is None else [tuple(s) for s in shapes]
-            problems[problem] = (data[f"{problem}_init"], data[f"{problem}_grads"], shapes)
+            problems[problem] = (data[f"{problem}_init"], _grads(data, problem, shapes), shapes)
     return problems
+
+
+def _grads(data, problem: str, shapes) -> np.ndarray:
+    """`problem`'s stored gradients, or `REGENERATED`'s, checked against the stored sums."""
+    if problem not in REGENERATED:
+        return data[f"{problem}_grads"]
+    _, grads, _ = REGENERATED[problem]()
+    if not np.array_equal(_leaf_sums(grads, shapes), data[f"{problem}_grads_sum"]):
+        raise ValueError(f"{problem}: NumPy's stream changed; regenerate the fixtures")
+    return grads
 
 
 def write_problems(path) -> None:
@@ -359,6 +433,10 @@ def write_problems(path) -> None:
     if "cnn_whole_init" not in arrays:
         arrays["cnn_whole_init"], arrays["cnn_whole_grads"], _, shapes = cnn_problem(whole=True)
         arrays["cnn_whole_shapes"] = np.array(json.dumps([list(s) for s in shapes]))
+    if "near_square_init" not in arrays:
+        arrays["near_square_init"], grads, shapes = near_square_problem()
+        arrays["near_square_grads_sum"] = _leaf_sums(grads, shapes)
+        arrays["near_square_shapes"] = np.array(json.dumps([list(s) for s in shapes]))
     np.savez_compressed(path, **arrays)
 
 
@@ -505,82 +583,6 @@ def _version(optimizer: str) -> str:
     return importlib.metadata.version(optimizer.partition(".")[0] if "." in optimizer else "torch")
 
 
-# SOAP (Vyas et al. 2024) couples a tensor's coordinates (its rotations): whole tensors, not
-# coordinates. torch.optim has none and the authors' soap.py is not on PyPI: this is
-# pytorch_optimizer's SOAP, the authors' rule line for line (m in the params' basis, as
-# soap.py before its Dec 2024 "momentum change", which stores it rotated: the same rule), at
-# the authors' defaults but weight_decay 0 (docs/conventions.md). Every matrix's sides differ
-# by at most one: the first statistic G G^T (rank min(m, n)) then has no repeated eigenvalue,
-# where a repeated one leaves eigh's basis arbitrary and the trajectories apart.
-SOAP_SHAPES = {
-    "bias": (8,),
-    "conv": (3, 3, 2, 4),
-    "scale": (),
-    "tall": (9, 8),
-    "tiny": (6, 7),
-    "wide": (8, 9),
-}  # in jax.tree order
-SOAP_KWARGS = {"betas": (0.95, 0.95), "eps": 1e-8, "weight_decay": 0.0}
-SOAP_KWARGS |= {"precondition_frequency": 10, "max_precondition_dim": 10000}
-SOAP_LR = 1e-2
-SOAP_STATE_NAMES = {"exp_avg": "mu", "exp_avg_sq": "nu"}
-
-
-def soap_problem(seed: int = 7) -> tuple[dict, dict]:
-    """(init, gradients [500, ...]) by leaf, float32: standard normal gradients, those of
-    "tiny" times 1e-6 (sqrt(v) ~ 1e-6: where eps = 1e-8 sits in the bias correction shows)."""
-    rng = np.random.default_rng(seed)
-    init = {k: np.asarray(rng.standard_normal(s) * 0.5, np.float32) for k, s in SOAP_SHAPES.items()}
-    grads = {k: rng.standard_normal((NUM_STEPS, *s)) for k, s in SOAP_SHAPES.items()}
-    grads["tiny"] *= 1e-6
-    return init, {k: g.astype(np.float32) for k, g in grads.items()}
-
-
-def soap_trajectory(init: dict, grads: dict) -> dict:
-    """pytorch_optimizer's SOAP on the whole tensors: params, exp_avg and exp_avg_sq by leaf
-    after the steps of PARAM_STEPS (step 1 only initialises: params unchanged)."""
-    import torch
-    from pytorch_optimizer import SOAP
-
-    params = {k: torch.nn.Parameter(torch.from_numpy(x.copy())) for k, x in init.items()}
-    opt = SOAP(params.values(), lr=SOAP_LR, **SOAP_KWARGS)
-    out = {}
-    for t in range(1, NUM_STEPS + 1):
-        for k, p in params.items():
-            p.grad = torch.from_numpy(np.array(grads[k][t - 1]))
-        opt.step()
-        if t in PARAM_STEPS:
-            for k, p in params.items():
-                out.setdefault(f"params/{k}", []).append(p.detach().numpy().copy())
-                for key in SOAP_STATE_NAMES:
-                    value = opt.state[p].get(key, torch.zeros_like(p)).detach().numpy().copy()
-                    out.setdefault(f"state/{key}/{k}", []).append(value)
-    return {k: np.stack(v) for k, v in out.items()}
-
-
-def write_soap(out: pathlib.Path) -> None:
-    """tests/fixtures/torch_soap.npz: the problem's init and pytorch_optimizer's trajectory."""
-    from importlib.metadata import version
-
-    import torch
-
-    init, grads = soap_problem()
-    # The gradients are soap_problem()'s, regenerated by the tests (their 0.5 MB would
-    # double the fixtures); each leaf's sum checks that NumPy's stream has not changed.
-    arrays = {f"init/{k}": x for k, x in init.items()}
-    arrays |= {f"grads_sum/{k}": np.sum(g, dtype=np.float64) for k, g in grads.items()}
-    meta = {
-        "torch": torch.__version__,
-        "pytorch_optimizer": version("pytorch_optimizer"),
-        "torch_optimizer": "pytorch_optimizer.SOAP",
-        "torch_kwargs": SOAP_KWARGS,
-        "learning_rate": SOAP_LR,
-    }
-    arrays |= soap_trajectory(init, grads)
-    np.savez_compressed(out / "torch_soap.npz", meta=np.array(json.dumps(meta)), **arrays)
-    print(f"wrote {out / 'torch_soap.npz'}")
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parents[1] / "tests/fixtures"))
@@ -594,10 +596,7 @@ def main(argv=None) -> None:
         return
     problems = load_problems(out / "torch_problems.npz")
     for name in OPTIMIZERS if args.only is None else args.only:
-        if name != "soap":
-            write_fixture(out, name, problems)
-    if args.only is None or "soap" in args.only:
-        write_soap(out)
+        write_fixture(out, name, problems)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,19 @@
-"""SOAP (Vyas et al. 2024) proven on whole tensors: against the authors' rule in PyTorch
-(pytorch_optimizer's SOAP, through tests/fixtures/torch_soap.npz), against a float64 NumPy
-transcription of the paper's Algorithms 3 and 4 (tests/paper_reference.py), and against Adam
-where it is Adam (1-D parameters). optax has SOAP only as an open pull request: there is no
-twin to compare with (its `TABLE` entry has none, `optim.reference("soap")` refuses).
+"""SOAP (Vyas et al. 2024) proven on whole tensors: against a float64 NumPy transcription of
+the paper's Algorithms 3 and 4 (tests/paper_reference.py) and against Adam where it is Adam
+(1-D parameters); against the authors' rule in PyTorch (pytorch_optimizer's SOAP, the
+fixture tests/fixtures/torch_soap.npz) in tests/test_optim_torch.py, with every other
+reference. optax has SOAP only as an open pull request: there is no twin to compare with
+(its `TABLE` entry has none, `optim.reference("soap")` refuses).
 
-The problem (benchmarks/golden_torch.py, `soap_problem`): a wide and a tall matrix, a conv
+The problem (benchmarks/golden_torch.py, "near_square"): a wide and a tall matrix, a conv
 kernel (four rotated axes), a matrix of tiny gradients (1e-6: where eps sits in the bias
 correction shows), a bias and a scalar (Adam); 500 fixed float32 gradients. SOAP rotates, so
 a coordinate's trajectory depends on its whole tensor: the fixtures hold whole tensors.
 
 Tolerance: 5e-6 relative to each coordinate's largest magnitude over the run
 (`scaled_error`), for the parameters, m and v. Measured over the 500 steps (ours in float32
-on XLA:CPU): against pytorch_optimizer's float32 run, params 2.1e-6, m 6.2e-7, v 2.6e-6;
-against the float64 transcription, params 1.5e-6, m 4.0e-7, v 1.9e-6 (torch's own float32
-run is 2.3e-6 from it). The "optax" convention (eps after the bias correction) is 1.5e-2
+on XLA:CPU) against the float64 transcription, params 1.5e-6, m 4.0e-7, v 1.9e-6 (torch's
+own float32 run is 2.3e-6 from it). The "optax" convention (eps after the bias correction) is 1.5e-2
 away on the tiny matrix: the tolerance discriminates the conventions.
 
 What drifts is the eigenbases: eigh and QR are evaluated by different routines (torch,
@@ -32,23 +32,27 @@ import numpy as np
 import paper_reference as paper
 import pytest
 from test_optim_paper import _whole_tensor_run
-from test_optim_torch import FIXTURES, golden, scaled_error
+from test_optim_torch import FIXTURES, _split, golden, scaled_error
 
 from adamlab import optim
 
 RTOL = 5e-6  # see the module docstring
-TORCH_STATE = {"params": "params", "m": "state/exp_avg", "v": "state/exp_avg_sq"}
+COMPARED = ("params", "m", "v")
+LEAVES = tuple(golden.NEAR_SQUARE_SHAPES)
+REFERENCE = golden.OPTIMIZERS["soap"]  # the fixture's hyperparameters
+
+
+def _by_leaf(flat, shapes):
+    """A flat vector (or a [T, N] history) as {leaf: array} in NEAR_SQUARE_SHAPES order."""
+    return dict(zip(LEAVES, _split(flat, shapes), strict=True))
 
 
 @pytest.fixture(scope="module")
 def problem():
-    data = np.load(FIXTURES / "torch_soap.npz")
-    init = {k: data[f"init/{k}"] for k in golden.SOAP_SHAPES}
-    _, grads = golden.soap_problem()  # regenerated: the fixture holds each leaf's sum
-    for k, g in grads.items():
-        stored = data[f"grads_sum/{k}"]
-        assert np.sum(g, dtype=np.float64) == stored, f"NumPy's stream changed ({k}): regenerate"
-    return init, grads, data
+    """(init, gradients [500, ...]) by leaf: the "near_square" problem of torch_problems.npz
+    (its gradients regenerated from NumPy's stream and checked by their sums)."""
+    init, grads, shapes = golden.load_problems(FIXTURES / "torch_problems.npz")["near_square"]
+    return _by_leaf(init, shapes), _by_leaf(grads, shapes)
 
 
 def _run(tx, init, grads):
@@ -58,60 +62,55 @@ def _run(tx, init, grads):
     return jax.tree.map(np.asarray, history)
 
 
+LR = golden.LEARNING_RATE["near_square"]
+
+
 def _soap(convention):
     """Ours with the fixture's hyperparameters (the authors' defaults, no weight decay)."""
-    kwargs = golden.SOAP_KWARGS
-    return optim.soap(
-        golden.SOAP_LR, *kwargs["betas"], kwargs["eps"], weight_decay=kwargs["weight_decay"],
-        precondition_frequency=kwargs["precondition_frequency"],
-        max_precond_dim=kwargs["max_precondition_dim"], convention=convention,
-    )  # fmt: skip
+    return optim.soap(LR, **REFERENCE.ours, convention=convention)
 
 
 @pytest.fixture(scope="module")
 def ours_paper(problem):
-    init, grads, _ = problem
+    init, grads = problem
     return _run(_soap("paper"), init, grads)
 
 
 def _errors(ours, reference, steps=slice(None)):
     return {
         f"{what}[{leaf}]": scaled_error(ours[what][leaf][steps], reference[what][leaf])
-        for what in TORCH_STATE
-        for leaf in golden.SOAP_SHAPES
+        for what in COMPARED
+        for leaf in LEAVES
     }
 
 
-def test_paper_convention_matches_pytorch_optimizers_soap(problem, ours_paper):
-    _, _, data = problem
-    torch = {
-        what: {leaf: data[f"{key}/{leaf}"] for leaf in golden.SOAP_SHAPES}
-        for what, key in TORCH_STATE.items()
-    }
-    errors = _errors(ours_paper, torch, golden.PARAM_STEPS - 1)
-    bad = {k: f"{e:.2g}" for k, e in errors.items() if not e <= RTOL}
-    assert not bad, f"soap differs from pytorch_optimizer's SOAP by {bad}"
-    # The first call only initialises: the parameters have not moved; then they do.
-    np.testing.assert_array_equal(data["params/wide"][0], problem[0]["wide"])
-    assert np.abs(data["params/wide"][-1] - problem[0]["wide"]).max() > 0.1
+def test_pytorch_optimizers_first_call_only_initialises(problem):
+    """In the fixture, as in ours: the first call takes no step (the parameters have not
+    moved after it); then they do. test_optim_torch compares the whole trajectory."""
+    init, _ = problem
+    data = np.load(FIXTURES / "torch_soap.npz")
+    shapes = list(golden.NEAR_SQUARE_SHAPES.values())
+    torch_params = _by_leaf(data["near_square/params"], shapes)
+    np.testing.assert_array_equal(torch_params["wide"][0], init["wide"])
+    assert np.abs(torch_params["wide"][-1] - init["wide"]).max() > 0.1
 
 
 def test_paper_convention_matches_the_papers_algorithm_in_float64(problem, ours_paper):
-    init, grads, _ = problem
-    reference = paper.soap(init, grads, golden.SOAP_LR)
+    init, grads = problem
+    reference = paper.soap(init, grads, LR)
     errors = _errors(ours_paper, reference)
     bad = {k: f"{e:.2g}" for k, e in errors.items() if not e <= RTOL}
     assert not bad, f"soap differs from Algorithm 3 by {bad}"
     # optax's bias correction (eps after it) is another rule: 1e-2 away on the tiny matrix.
-    optax_rule = paper.soap(init, grads, golden.SOAP_LR, eps_after_correction=True)
+    optax_rule = paper.soap(init, grads, LR, eps_after_correction=True)
     assert scaled_error(ours_paper["params"]["tiny"], optax_rule["params"]["tiny"]) > 1e-3
 
 
 @pytest.mark.slow
 def test_optax_convention_matches_the_algorithm_with_optaxs_bias_correction(problem):
-    init, grads, _ = problem
+    init, grads = problem
     ours = _run(_soap("optax"), init, grads)
-    reference = paper.soap(init, grads, golden.SOAP_LR, eps_after_correction=True)
+    reference = paper.soap(init, grads, LR, eps_after_correction=True)
     errors = _errors(ours, reference)
     bad = {k: f"{e:.2g}" for k, e in errors.items() if not e <= RTOL}
     assert not bad, f"soap (optax) differs from Algorithm 3 with optax's correction by {bad}"
