@@ -260,7 +260,21 @@ def digits_problem():
     return _digits_problem()
 
 
-@pytest.mark.parametrize("name", [n for n in optim.names() if registry.entry(n).twin])
+# `test_per_step_parity_on_random_pytree` proves every optimizer per step; the real model is the
+# same check on a network's gradients: in the default suite for one optimizer of each kind (a
+# per-coordinate rule, a running maximum, a per-layer trust ratio, orthogonalised matrices, an
+# averaged iterate), for all of them under `-m slow` (the default suite's time budget).
+REAL_MODEL_DEFAULT = ("adam", "amsgrad", "lamb", "muon", "schedule_free_adamw")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        n if n in REAL_MODEL_DEFAULT else pytest.param(n, marks=pytest.mark.slow)
+        for n in optim.names()
+        if registry.entry(n).twin
+    ],
+)
 def test_per_step_parity_on_a_real_model(name, digits_problem):
     params, grad_fn, full_loss = digits_problem
     hparams = {"learning_rate": 3e-3}
