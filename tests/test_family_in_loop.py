@@ -88,10 +88,10 @@ def _train(config, grid_axes):
 
 
 def _alone(config):
-    """The config's single run, NUM_STEPS steps of the digits by the plain train step, not
-    compiled (eagerly: a second compiled program would double this test's cost)."""
+    """The config's single run: NUM_STEPS steps of the digits by the plain jitted train step
+    (as tests/test_sweep.py's runs made alone)."""
     built, initial = _build(config)
-    step = make_train_step(built.model, built.txs[0], built.schedule)
+    step = jax.jit(make_train_step(built.model, built.txs[0], built.schedule))
     state = initial.states[0]
     for batch in digits_batches(NUM_STEPS, config.train.batch_size):
         state, _ = step(state, batch)
@@ -114,10 +114,9 @@ def _comparable(name, params):
 def test_a_learning_rate_sweep_trains_vmapped_members_each_the_run_made_alone(name):
     """A 2-value learning-rate sweep is one program of 2 members: each holds its own rate in
     its optimizer state, both are finite and apart, and the larger rate's member is that rate's
-    single run. They differ only in the order of float32 reductions (vmapped, the grid's
-    convolutions as matmuls, `cpu_conv`, and the single run not fused by XLA): tests/
-    test_sweep.py's 1e-5 of each leaf's scale, while the two rates' members differ by far more
-    (asserted)."""
+    single run. They differ only in the order of float32 reductions (vmapped, and the grid's
+    convolutions as matmuls, `cpu_conv`): tests/test_sweep.py's 1e-5 of each leaf's scale,
+    while the two rates' members differ by far more (asserted)."""
     swept, metrics = _train(_config(name, LEARNING_RATES), grid_axes=1)  # [K, seeds, B, ...]
     assert swept.alive.shape == (len(LEARNING_RATES), 1, 1) and swept.alive.all()
     assert np.isfinite(metrics["loss"][:NUM_STEPS]).all()
