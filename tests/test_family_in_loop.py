@@ -100,11 +100,10 @@ def _alone(config):
 
 def _comparable(name, params):
     """The leaves whose values two programs that differ by float32 rounding must share. Not
-    SOAP's matrices: their bases are eigenvectors of statistics of rank <= 2 x 32 (two steps'
+    SOAP's matrices: their bases are eigenvectors of rank-deficient statistics (a batch's
     gradients), so within the null space eigh's basis is whatever rounding makes it, and Adam
-    in that basis is not rotation-invariant: the updates differ by 5-15% (its conv kernel and
-    biases by 2e-7). That is SOAP's early-step ambiguity (the authors' eigh has it too), not
-    the loop's."""
+    in that basis is not rotation-invariant (docs/conventions.md, SOAP's eigenbases). That is
+    SOAP's early-step ambiguity (the authors' eigh has it too), not the loop's."""
     if name != "soap":
         return params
     return jax.tree.map(lambda x: x if x.ndim != 2 else np.float32(0), params)
