@@ -4,10 +4,10 @@ bitwise from its orbax checkpoint.
 
 The update rules are proven in tests/test_optim_*.py; here each optimizer goes through the
 loop's own pieces (`experiment.build_experiment` from configs/digits.py, `engines.Engine`,
-`train.train_and_evaluate`) on the tiny CNN of tests/test_train.py. Compiling a train program
-takes a second or more per optimizer, so the default suite sweeps a handful that stress the
-loop differently (HANDFUL) and the slow tests take all of `optim.names()`; Schedule-Free's
-evaluation point and resume are tested in tests/test_schedule_free.py.
+`train.train_and_evaluate`) on the tiny CNN of tests/test_train.py. Each optimizer compiles
+train programs of its own, so the default suite builds every one but trains a handful that
+stress the loop differently (HANDFUL), and the slow tests train all of `optim.names()`;
+Schedule-Free's evaluation point and resume are tested in tests/test_schedule_free.py.
 """
 
 import jax
