@@ -47,9 +47,10 @@ def _chunk(*batches):
     return jax.tree.map(lambda *xs: np.stack(xs), *batches)
 
 
-def _train(name, devices, model, batches, image_shape):
+def _train(name, devices, model, batches, image_shape, optimizer=None):
+    """`optimizer`: (tx, schedule); default optax's Adam at a constant 1e-3."""
     schedule = optax.constant_schedule(1e-3)
-    tx = optax.adam(schedule)
+    tx, schedule = optimizer or (optax.adam(schedule), schedule)
     engine = engines.Engine(name, model, [tx], schedule, NUM_CLASSES, devices=devices)
     carry = engine.put_members(_one_run(model, tx, image_shape))
     history = []
@@ -59,14 +60,14 @@ def _train(name, devices, model, batches, image_shape):
     return engine, carry, history
 
 
-def _run_all(model, batches, image_shape):
+def _run_all(model, batches, image_shape, optimizer=None):
     """The same training on 1 device (reference), pmap over 4 and jit over 4."""
     devices = jax.devices()
     assert len(devices) == 4, "tests/conftest.py should give 4 simulated CPU devices"
     return {
-        "one": _train("jit", devices[:1], model, batches, image_shape),
-        "pmap": _train("pmap", devices, model, batches, image_shape),
-        "jit": _train("jit", devices, model, batches, image_shape),
+        "one": _train("jit", devices[:1], model, batches, image_shape, optimizer),
+        "pmap": _train("pmap", devices, model, batches, image_shape, optimizer),
+        "jit": _train("jit", devices, model, batches, image_shape, optimizer),
     }
 
 
