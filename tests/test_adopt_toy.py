@@ -2,9 +2,14 @@
 at the same b2, goes to the wrong end; the problems and the projection onto [-1, 1] are
 benchmarks/adopt_toy.py's, which draws the figure (benchmarks/results/adopt_toy.png)."""
 
+import pathlib
+import sys
+
 import numpy as np
 
-from benchmarks import adopt_toy
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # benchmarks/ as others do
+
+from benchmarks import adopt_toy  # noqa: E402  (numpy and adamlab only)
 
 
 def test_reddi_counterexample_adam_fails_adopt_converges():
