@@ -227,7 +227,8 @@ class Checkpointer:
         if jax.process_index() == 0:
             _remove_unfinished(self.directory, step)
         with contextlib.suppress(Exception):  # Writes that failed on the removed directory
-            self._manager.wait_until_finished()  # (its metadata): not the next restore's error.
+            self._manager.close()  # (its metadata) end with it: not the next restore's error.
+        self._manager = self._open_manager()
         self._pending.discard(step)
         where = _file_of(error) or os.path.join(self.directory, str(step))
         return CheckpointWriteError(
