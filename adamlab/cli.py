@@ -320,7 +320,14 @@ def _define_benchmark_flags(fv: flags.FlagValues, argv: list[str]) -> None:
         flag_values=fv,
     )
     flags.DEFINE_bool(
-        "heatmap", True, "Adam + L2 vs AdamW grid on the first workload.", flag_values=fv
+        "heatmap", True, "A learning rate x decay grid on the first workload.", flag_values=fv
+    )
+    flags.DEFINE_list(
+        "heatmap_methods",
+        None,
+        "The grid's methods (adam_l2, adamw, lion); default the workload's "
+        "benchmark.heatmap.methods (adam_l2,adamw).",
+        flag_values=fv,
     )
     flags.DEFINE_string(
         "workdir", None, "Benchmark directory (resumed if it holds one).", flag_values=fv
@@ -337,7 +344,7 @@ def _run_benchmark(fv: flags.FlagValues) -> int:
         seeds=fv["seeds"].value,
         studies=fv["studies"].value,
         ruleset=fv["ruleset"].value,
-        heatmap=fv["heatmap"].value,
+        heatmap=fv["heatmap"].value and (fv["heatmap_methods"].value or True),
     )  # BenchmarkError (names, ruleset, budget, config, data): exit 2 before anything is written.
     workdir = fv["workdir"].value or default_workdir("benchmark")
     result = benchmark.run_benchmark(plan, workdir)

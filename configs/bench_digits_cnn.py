@@ -44,11 +44,22 @@ def benchmark_section() -> ml_collections.ConfigDict:
     bench.final_seed_start = 100  # The selected setting reruns with seeds 100, 101, ...
     # Every optimizer's space, as its entry in adamlab/optim/alias.py's TABLE declares it.
     bench.search_spaces = ml_collections.ConfigDict(tuning.search_spaces())
-    # Loshchilov & Hutter 2019, Fig. 2: Adam + L2 (optimizer.l2) vs AdamW
-    # (optimizer.weight_decay), a learning rate x strength grid in one program per method.
+    # A learning rate x decay strength grid in one program per method (`--heatmap_methods`):
+    # by default Loshchilov & Hutter 2019, Fig. 2: Adam + L2 (optimizer.l2) vs AdamW
+    # (optimizer.weight_decay); "lion" (its weight_decay) on its own axes, the rates a decade
+    # lower and the strengths a decade higher, as Chen et al. 2023 (Sec. 5) advise for Lion.
     bench.heatmap = heatmap = ml_collections.ConfigDict()
+    heatmap.methods = ("adam_l2", "adamw")
     heatmap.learning_rates = (1e-3, 3e-3, 1e-2, 3e-2)
     heatmap.strengths = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+    heatmap.axes = ml_collections.ConfigDict(
+        {
+            "lion": {
+                "learning_rates": (1e-4, 3e-4, 1e-3, 3e-3),
+                "strengths": (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+            }
+        }
+    )
     heatmap.seeds = (0, 1)
     heatmap.metric = "validation_loss"  # Final value, lower is better; finer than accuracy.
     return bench

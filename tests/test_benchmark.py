@@ -286,7 +286,12 @@ def test_a_tiny_benchmark_runs_every_stage_and_writes_the_report(tiny):
     summary = (workdir / "summary.md").read_text()
     assert "## Protocol" in summary and "Halton" in summary and "2 new seeds" in summary
     assert "nesterov=True; learning_rate in [0.001, 1] log" in summary
-    assert "Adam + L2 vs AdamW" in summary
+    assert "Learning rate x decay strength on digits_cnn: adam_l2 vs adamw" in summary
+    for method in ("adam_l2", "adamw"):  # One row per learning rate, the best strength named.
+        for rate in ("1e-02", "1e-01"):
+            assert re.search(
+                rf"\| {method} \| {rate} \| (1e-0[24] \(\d\.\d{{4}}\)|diverged) \|", summary
+            ), (method, rate)
     assert any("2 runs in one program" in line for line in lines)
 
 
@@ -322,6 +327,7 @@ def test_a_benchmark_from_before_studies_resumes_as_one_external_tuning_study(
     saved = json.loads((workdir / benchmark.PLAN_FILE).read_text())
     for key in ("studies", "ruleset", "score"):
         del saved[key]
+    saved["heatmap"] = True  # Before the grid had methods: Adam + L2 and AdamW.
     (workdir / benchmark.PLAN_FILE).write_text(json.dumps(saved))
     monkeypatch.setattr(train._Loop, "train", lambda *a, **k: pytest.fail("trained again"))
     again = benchmark.run_benchmark(tiny[0], workdir, progress=lambda line: None)
@@ -357,6 +363,45 @@ def test_another_request_in_a_finished_workdir_is_refused_and_the_report_kept(
     with pytest.raises(run_io.ConfigMismatchError, match=held):
         benchmark.run_benchmark(plan, workdir, progress=lambda line: None)
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
+
+
+def test_the_heatmap_takes_lion_on_its_own_axes_and_refuses_unknown_methods():
+    """`--heatmap_methods lion,adamw`: Lion's grid is the workload's `heatmap.axes.lion` (rates
+    a decade lower, strengths a decade higher than AdamW's), swept on its weight_decay."""
+    config = config_dict.load_config("bench_digits_cnn")
+    plan = benchmark.plan_benchmark({"digits_cnn": config}, "adamw", heatmap="lion,adamw")
+    assert plan.heatmap == ("lion", "adamw")
+    configs = benchmark.heatmap_configs(plan.workloads["digits_cnn"], plan.heatmap)
+    lion, adamw = configs["lion"], configs["adamw"]
+    assert (lion.optimizer.name, adamw.optimizer.name) == ("lion", "adamw")
+    lion_sweep, adamw_sweep = train.read_members(lion).sweep, train.read_members(adamw).sweep
+    assert sorted(set(lion_sweep["learning_rate"])) == [1e-4, 3e-4, 1e-3, 3e-3]
+    assert sorted(set(lion_sweep["weight_decay"])) == [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    assert sorted(set(adamw_sweep["learning_rate"])) == [1e-3, 3e-3, 1e-2, 3e-2]
+    assert sorted(set(adamw_sweep["weight_decay"])) == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    assert len(lion_sweep["learning_rate"]) == 20  # Every cell once, flattened.
+    default = benchmark.plan_benchmark({"digits_cnn": config}, "adamw")
+    assert default.heatmap == ("adam_l2", "adamw")
+    off = benchmark.plan_benchmark({"digits_cnn": config}, "adamw", heatmap=False)
+    assert off.heatmap == ()
+    with pytest.raises(
+        benchmark.BenchmarkError,
+        match=r"unknown \['adafactor'\]; allowed: "
+        r"adam_l2, adamw, lion",
+    ):
+        benchmark.plan_benchmark({"digits_cnn": config}, "adamw", heatmap="adafactor,adamw")
+
+
+def test_schedule_free_is_benchmarked_without_a_schedule():
+    """Schedule-Free's stages hold its learning rate after the tuned warmup
+    (`warmup_constant`), whatever the workload's schedule (digits: warmup-cosine)."""
+    config = config_dict.load_config("bench_digits_cnn")
+    plan = benchmark.plan_benchmark({"digits_cnn": config}, "schedule_free_adamw,adamw", trials=2)
+    workload = plan.workloads["digits_cnn"]
+    sf = benchmark.tune_config(workload, "schedule_free_adamw")
+    adamw = benchmark.tune_config(workload, "adamw")
+    assert (sf.optimizer.schedule, adamw.optimizer.schedule) == ("warmup_constant", "warmup_cosine")
+    assert sf.optimizer.warmup_steps == 0 and "warmup_fraction" in train.read_members(sf).sweep
 
 
 @pytest.mark.slow

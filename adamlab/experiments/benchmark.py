@@ -50,7 +50,9 @@ DEFAULT_RULESET = "external_tuning"
 HEATMAP_METHODS: dict[str, tuple[str, str]] = {  # method -> (optimizer, swept decay field)
     "adam_l2": ("adam", "l2"),
     "adamw": ("adamw", "weight_decay"),
+    "lion": ("lion", "weight_decay"),
 }
+DEFAULT_HEATMAP = ("adam_l2", "adamw")  # Loshchilov & Hutter 2019, Fig. 2.
 TARGET_METRICS = {"validation_accuracy": True, "validation_loss": False}  # higher is better?
 # Optimizer fields a stage resets before applying a search space (a workload config may set
 # e.g. AdamW's weight_decay; an SGD stage must not inherit it).
@@ -131,10 +133,13 @@ class Workload:
         start = self.config.benchmark.final_seed_start
         return tuple(range(start, start + num_seeds))
 
-    def heatmap_axes(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """(learning rates, decay strengths) of the Adam + L2 vs AdamW grid."""
+    def heatmap_axes(self, method: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(learning rates, decay strengths) of `method`'s grid: `benchmark.heatmap.axes.<method>`
+        where the workload gives one (Lion's rates are ~10x smaller, its decay ~10x larger),
+        else the section's own."""
         grid = self.config.benchmark.heatmap
-        return tuple(map(float, grid.learning_rates)), tuple(map(float, grid.strengths))
+        axes = (grid.get("axes") or {}).get(method) or grid
+        return tuple(map(float, axes["learning_rates"])), tuple(map(float, axes["strengths"]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +150,7 @@ class Plan:
     optimizers: tuple[str, ...]
     trials: int  # Per study.
     seeds: int
-    heatmap: bool
+    heatmap: tuple[str, ...]  # Its methods on the first workload; () without.
     studies: int = DEFAULT_STUDIES
     ruleset: str = DEFAULT_RULESET
 
@@ -162,19 +167,21 @@ def plan_benchmark(
     seeds: int = DEFAULT_SEEDS,
     studies: int = DEFAULT_STUDIES,
     ruleset: str = DEFAULT_RULESET,
-    heatmap: bool = True,
+    heatmap: bool | str | Sequence[str] = True,
 ) -> Plan:
     """Checks the request and builds every tune stage's config; nothing is written.
 
     `trials` (per study) defaults to the ruleset's: `DEFAULT_TRIALS` for external tuning, 1
-    for self-tuning (its only value).
+    for self-tuning (its only value). `heatmap`: the methods of the learning rate x decay grid
+    on the first workload (`HEATMAP_METHODS`), True for its config's `benchmark.heatmap.methods`
+    (default `DEFAULT_HEATMAP`), False for none.
 
     Raises:
-      BenchmarkError: an unknown ruleset, a budget (trials, studies) or seed count below 1,
-        trials other than 1 under self-tuning, tuning seeds that reach the final seeds, an
-        optimizer without a search space in a workload, a bad search space, an invalid stage
-        config, or a workload whose dataset is not prepared (the message names the workload
-        and says how to prepare it).
+      BenchmarkError: an unknown ruleset or heatmap method, a budget (trials, studies) or seed
+        count below 1, trials other than 1 under self-tuning, tuning seeds that reach the final
+        seeds, an optimizer without a search space in a workload, a bad search space, an
+        invalid stage config, or a workload whose dataset is not prepared (the message names
+        the workload and says how to prepare it).
     """
     if ruleset not in RULESETS:
         raise BenchmarkError(f"ruleset={ruleset!r} is unknown; allowed: {', '.join(RULESETS)}")
@@ -193,13 +200,27 @@ def plan_benchmark(
         raise BenchmarkError(f"optimizers={','.join(optimizers)!r}: empty or repeated names")
     if not workloads:
         raise BenchmarkError("no workloads given; shipped: " + ", ".join(workload_names()))
-    first = next(iter(workloads.values()))
-    heatmap = heatmap and first.get("benchmark", {}).get("heatmap") is not None
+    heatmap = _heatmap_methods(heatmap, next(iter(workloads.values())))
     planned = {}
     for i, (name, config) in enumerate(workloads.items()):  # The heatmap: first workload only.
-        request = (optimizers, trials, seeds, studies, ruleset, heatmap and not i)
+        request = (optimizers, trials, seeds, studies, ruleset, () if i else heatmap)
         planned[name] = _plan_workload(name, config, *request)
     return Plan(planned, optimizers, trials, seeds, heatmap, studies, ruleset)
+
+
+def _heatmap_methods(heatmap: bool | str | Sequence[str], first) -> tuple[str, ...]:
+    """The heatmap's methods (see `plan_benchmark`); () where the first workload has no grid."""
+    grid = first.get("benchmark", {}).get("heatmap")
+    if heatmap is False or grid is None:
+        return ()
+    methods = _split(grid.get("methods", DEFAULT_HEATMAP) if heatmap is True else heatmap)
+    unknown = [m for m in methods if m not in HEATMAP_METHODS]
+    if unknown or not methods or len(set(methods)) != len(methods):
+        raise BenchmarkError(
+            f"heatmap methods {','.join(methods)!r}: empty, repeated or unknown {unknown}; "
+            f"allowed: {', '.join(HEATMAP_METHODS)}"
+        )
+    return methods
 
 
 def _plan_workload(
@@ -252,7 +273,7 @@ def _plan_workload(
         for o in optimizers
     }
     if heatmap:
-        checks |= {f"heatmap/{m}": c for m, c in heatmap_configs(workload).items()}
+        checks |= {f"heatmap/{m}": c for m, c in heatmap_configs(workload, heatmap).items()}
     for stage, stage_config in checks.items():
         try:
             train.validate_config(stage_config)
@@ -315,13 +336,16 @@ def final_config(
     return _stage_config(workload, optimizer, workload.final_seeds(num_seeds), sweep)
 
 
-def heatmap_configs(workload: Workload) -> dict[str, ml_collections.ConfigDict]:
-    """method -> the learning rate x strength grid (flattened into one sweep) x seeds."""
+def heatmap_configs(
+    workload: Workload, methods: Sequence[str]
+) -> dict[str, ml_collections.ConfigDict]:
+    """method -> its learning rate x strength grid (flattened into one sweep) x seeds."""
     grid = workload.config.benchmark.heatmap
-    rates, strengths = workload.heatmap_axes()
     base = _strip(workload.config)
     out = {}
-    for method, (name, field) in HEATMAP_METHODS.items():
+    for method in methods:
+        name, field = HEATMAP_METHODS[method]
+        rates, strengths = workload.heatmap_axes(method)
         sweep = {
             "learning_rate": tuple(r for r in rates for _ in strengths),
             field: tuple(s for _ in rates for s in strengths),
@@ -399,7 +423,7 @@ def run_benchmark(
     if plan.heatmap:
         workload = next(iter(plan.workloads.values()))
         heatmap = {}
-        for method, config in heatmap_configs(workload).items():
+        for method, config in heatmap_configs(workload, plan.heatmap).items():
             where = f"[{total}/{total}] {workload.name} heatmap {method}"
             result = _run_stage(config, workdir / "heatmap" / method, where, progress)
             stages.append(_stage_row(workload.name, method, "heatmap", result))
@@ -453,6 +477,8 @@ _EARLIER_DEFAULTS = {"studies": DEFAULT_STUDIES, "ruleset": DEFAULT_RULESET}
 def _request(plan: Mapping[str, Any]) -> dict[str, list]:
     """The flags of the benchmark that `plan` (benchmark.json) records."""
     flags = {k: plan.get(k, _EARLIER_DEFAULTS.get(k)) for k in _REQUEST_FLAGS}
+    if isinstance(flags["heatmap"], bool):  # Written before the heatmap had methods.
+        flags["heatmap"] = list(DEFAULT_HEATMAP) if flags["heatmap"] else []
     return {f"--{k}": list(v) if isinstance(v, list | dict) else [v] for k, v in flags.items()}
 
 
@@ -615,7 +641,7 @@ def _plan_json(plan: Plan) -> dict[str, Any]:
         "seeds": plan.seeds,
         "studies": plan.studies,
         "ruleset": plan.ruleset,
-        "heatmap": plan.heatmap,
+        "heatmap": list(plan.heatmap),
         "workloads": {
             name: {
                 "target": f"{w.metric} {'>=' if w.higher_is_better else '<='} {w.target}",

@@ -127,35 +127,46 @@ def _heatmap(plan, results: Mapping[str, train.RunsResult], figures: dict) -> st
     """The heatmap's section of summary.md; adds heatmap.png to `figures`."""
     workload = next(iter(plan.workloads.values()))
     metric = workload.config.benchmark.heatmap.metric
-    rates, strengths = workload.heatmap_axes()
-    grids = {}
+    grids, axes, lines = {}, {}, []
     for method, result in results.items():
+        rates, strengths = axes[method] = workload.heatmap_axes(method)
         values = np.array([row[metric] for row in result.rows], np.float64)
         seeds = len(result.rows) // (len(rates) * len(strengths))
-        grids[method] = values.reshape(len(rates), len(strengths), seeds).mean(axis=-1)
+        grids[method] = grid = values.reshape(len(rates), len(strengths), seeds).mean(axis=-1)
+        lines += [
+            f"| {method} | {r:.0e} | {_best_strength(row, strengths)} |"
+            for r, row in zip(rates, grid, strict=True)
+        ]
     figures["heatmap.png"] = functools.partial(
         profiles.plot_heatmaps,
         grids=grids,
-        learning_rates=rates,
-        strengths=strengths,
+        grid_axes=axes,
         metric=f"final {metric}, mean of {seeds} seed(s)",
-        title=f"{workload.name}: Adam + L2 vs AdamW",
+        title=f"{workload.name}: {' vs '.join(grids)}",
     )
-    header = "| learning rate | " + " | ".join(f"best {m} strength ({metric})" for m in grids)
-    lines = [header + " |", "|---|" + "---|" * len(grids)]
-    for i, rate in enumerate(rates):
-        cells = []
-        for grid in grids.values():
-            row = grid[i]
-            j = int(np.nanargmin(row)) if np.isfinite(row).any() else None
-            cells.append("diverged" if j is None else f"{strengths[j]:.0e} ({row[j]:.4f})")
-        lines.append(f"| {rate:.0e} | " + " | ".join(cells) + " |")
+    best = [
+        f"{m} lr {axes[m][0][i]:.0e}, strength {axes[m][1][j]:.0e} ({g[i, j]:.4f})"
+        for m, g in grids.items()
+        if np.isfinite(g).any()
+        for i, j in [np.unravel_index(np.nanargmin(g), g.shape)]
+    ]
     return (
-        f"## Adam + L2 vs AdamW on {workload.name} (Loshchilov & Hutter 2019, Fig. 2)\n\n"
+        f"## Learning rate x decay strength on {workload.name}: {' vs '.join(grids)}\n\n"
         f"Final {metric} (mean of {seeds} seed(s)) over learning rate x strength, one program "
-        f"per method ({len(rates) * len(strengths) * seeds} runs each); heatmap.png. If the "
-        "best strength moves with the learning rate, the two are coupled.\n\n" + "\n".join(lines)
+        "per method; heatmap.png. If the best strength moves with the learning rate, the two "
+        "are coupled (Loshchilov & Hutter 2019, Fig. 2: Adam + L2 against AdamW). Best cell: "
+        + "; ".join(best)
+        + ".\n\n| method | learning rate | best strength "
+        f"({metric}) |\n|---|---|---|\n" + "\n".join(lines)
     )
+
+
+def _best_strength(row: np.ndarray, strengths: Sequence[float]) -> str:
+    """`1e-03 (0.0371)`: the row's best strength and its value, or `diverged`."""
+    if not np.isfinite(row).any():
+        return "diverged"
+    j = int(np.nanargmin(row))
+    return f"{strengths[j]:.0e} ({row[j]:.4f})"
 
 
 def _summary(plan, trial_rows, final_rows, stages, scores, rho, seconds, steps, wall) -> str:

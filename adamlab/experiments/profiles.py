@@ -160,15 +160,14 @@ def plot_profiles(
 def plot_heatmaps(
     path: str | os.PathLike,
     grids: Mapping[str, np.ndarray],
-    learning_rates: Sequence[float],
-    strengths: Sequence[float],
+    grid_axes: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     *,
     metric: str,
     title: str = "",
 ) -> pathlib.Path:
     """heatmap.png: per method a learning rate (rows) x decay strength (columns) grid of
-    `metric` (lower is better), the best strength of each learning rate boxed, as in Loshchilov
-    & Hutter 2019, Fig. 2."""
+    `metric` (lower is better) on its own `grid_axes` (method -> (rates, strengths)), the best
+    strength of each learning rate boxed, as in Loshchilov & Hutter 2019, Fig. 2."""
     plt = report._pyplot()
     finite = np.concatenate([g[np.isfinite(g)].ravel() for g in grids.values()])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -185,6 +184,7 @@ def plot_heatmaps(
             if np.isfinite(row).any():
                 j = int(np.nanargmin(row))
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+        learning_rates, strengths = grid_axes[method]
         ax.set_xticks(range(len(strengths)), [f"{s:.0e}" for s in strengths], fontsize=7)
         ax.set_yticks(range(len(learning_rates)), [f"{r:.0e}" for r in learning_rates])
         ax.set_xlabel("decay strength (l2 / weight_decay)")

@@ -1277,7 +1277,9 @@ _ADEMAMIX_RANGES = _ADAMW_RANGES | {
     "alpha": (2.0, 10.0, "log"),
 }
 # Defazio et al. (Section 5, App.): b1 0.9 (0.95, 0.98 on long runs), a learning rate 1-10x
-# AdamW's, a warmup (the loop's schedule: warmup_fraction). weight_lr_power is fixed at their 2.
+# AdamW's, a warmup and then no schedule (warmup_constant, whatever the workload's schedule;
+# the warmup is warmup_fraction). weight_lr_power is fixed at their 2.
+_SCHEDULE_FREE_FIXED = {"weight_lr_power": 2.0, "schedule": "warmup_constant"}
 _SCHEDULE_FREE_RANGES = _ADAMW_RANGES | {
     "learning_rate": (3e-4, 3e-1, "log"),
     "b1": (0.8, 0.99, "log1m"),
@@ -1426,7 +1428,7 @@ TABLE: dict[str, Entry] = {
         optax.contrib.schedule_free_adamw,
         schedule_free_adamw,
         ("learning_rate", "b1", "b2", "eps", "weight_decay", "weight_lr_power"),
-        {"schedule_free_adamw": _space(_SCHEDULE_FREE_RANGES, weight_lr_power=2.0)},
+        {"schedule_free_adamw": _space(_SCHEDULE_FREE_RANGES, **_SCHEDULE_FREE_FIXED)},
         defaults={"learning_rate": 2.5e-3},  # Defazio et al.'s code (and optax's) default
         eval_params=transform.schedule_free_eval_params,
     ),
