@@ -137,8 +137,25 @@ def test_speedups_against_adam():
     assert speed["nadam"]["w1"] == 1.5 and speed["nadam"]["w2"] == INF
     assert speed["adam"]["w1"] == 1.0 and math.isnan(speed["adam"]["w2"])
     assert profiles.speedups({"adam": {"w": 10.0}, "sgd": {"w": INF}})["sgd"]["w"] == 0.0
-    cells = [benchmark_report._speedup_cell(x) for x in (2.0, 0.0, INF, math.nan)]
-    assert cells == ["2.00x", "0 (not reached)", "inf (adam did not reach it)", "-"]
+    cells = [benchmark_report._speedup_cell(x, "adamw") for x in (2.0, 0.0, INF, math.nan)]
+    assert cells == ["2.00x", "0 (not reached)", "inf (adamw did not reach it)", "-"]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([120, 60, 100, 80, 80], (60, 120, 1 - 2 / 32)),  # 5 seeds: min and max, 93.75%.
+        (list(range(20)), (5, 14, 1 - 2 * 21700 / 2**20)),  # x_(6), x_(15): P(B(20) <= 5).
+        ([40, INF, 20], (20, INF, 0.75)),  # A seed that never reached it: the upper end.
+        ([7], (7, 7, 0.0)),
+    ],
+)
+def test_the_median_interval_is_the_order_statistics_with_their_binomial_coverage(
+    values, expected
+):
+    low, high, coverage = profiles.median_interval(values)
+    assert (low, high) == expected[:2]
+    assert coverage == pytest.approx(expected[2], abs=1e-12)
 
 
 def test_a_fractional_warmup_is_optaxs_warmup_cosine_and_can_be_swept():

@@ -54,10 +54,6 @@ class AdamSpec:
         return self.name in optim.names()
 
 
-def leaf_name(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
 def find_state(tree: Any, fields: tuple[str, ...]) -> Any | None:
     """The first NamedTuple in `tree` (breadth first) that has every one of `fields`."""
     stack = [tree]
@@ -81,7 +77,10 @@ def hyperparameter(opt_state: Any, name: str, default: float) -> jax.Array:
 
 
 def _named_leaves(tree: Any) -> dict[str, jax.Array]:
-    return {leaf_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        jax.tree_util.keystr(p, simple=True, separator="/"): x
+        for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def _norms(grads, updates, params) -> dict[str, jax.Array]:

@@ -19,7 +19,6 @@ import numpy as np
 from adamlab.experiments import algoperf, profiles, report, tuning
 from adamlab.training import train
 
-BASELINE = "adam"  # Speedups are against it.
 # The AlgoPerf score's measures: name -> the column of studies.csv.
 MEASURES = {"steps": "steps_to_target", "seconds": "seconds_to_target"}
 SCORE_TAUS = (1.0, 2.0, 3.0, 4.0)  # rho shown in summary.md: points of AlgoPerf's grid.
@@ -190,8 +189,10 @@ def _summary(plan, trial_rows, final_rows, stages, scores, rho, seconds, steps, 
         "* AlgoPerf score: from the studies, by AlgoPerf's rules (below).",
         "* Per workload and optimizer: medians over the final seeds. Performance profiles of "
         "the final runs: fraction of workloads on which an optimizer's median time-to-target "
-        "is within tau of the best optimizer's (tau 1..4). Speedup: Adam's median time / the "
-        "optimizer's.",
+        "is within tau of the best optimizer's (tau 1..4). Steps to target: the median and a "
+        "distribution-free interval of it (order statistics of the seeds, its coverage shown). "
+        f"Speedup: {plan.optimizers[0]}'s (the first optimizer named) median time / the "
+        "optimizer's, in steps and in seconds.",
         "",
     ]
     for name, workload in plan.workloads.items():
@@ -328,7 +329,8 @@ def _load() -> str:
 
 
 def _workload_table(plan, name, trial_rows, final_rows, seconds, steps) -> str:
-    speed = profiles.speedups(seconds, BASELINE)
+    baseline = plan.optimizers[0]
+    speed = {m: profiles.speedups(t, baseline) for m, t in (("steps", steps), ("s", seconds))}
     rows = [r for r in final_rows if r["workload"] == name]
     summary = report.summarize(
         rows,
@@ -337,22 +339,24 @@ def _workload_table(plan, name, trial_rows, final_rows, seconds, steps) -> str:
     )
     header = (
         "| optimizer | selected setting | trials reaching target | seeds reaching target | "
-        "median steps to target | median seconds to target | speedup vs adam | "
-        "validation accuracy | test accuracy | test loss |"
+        "median steps to target [interval, coverage] | median seconds to target | "
+        f"speedup vs {baseline} (steps / seconds) | validation accuracy | test accuracy | "
+        "test loss |"
     )
     lines = [header, "|" + "---|" * 10]
     for s in summary:
         o = s["optimizer"]
         mine = [r for r in rows if r["optimizer"] == o]
         tried = [r for r in trial_rows if r["workload"] == name and r["optimizer"] == o]
+        low, high, coverage = profiles.median_interval([r["steps_to_target"] for r in mine])
         cells = [
             o,
             mine[0]["setting"],
             f"{sum(math.isfinite(r['steps_to_target']) for r in tried)}/{len(tried)}",
             f"{sum(math.isfinite(r['steps_to_target']) for r in mine)}/{len(mine)}",
-            _number(steps[o][name], "{:.0f}"),
+            f"{_number(steps[o][name], '{:.0f}')} [{low:g}, {high:g}, {coverage:.0%}]",
             _number(seconds[o][name], "{:.3g}"),
-            _speedup_cell(speed[o][name]),
+            " / ".join(_speedup_cell(speed[m][o][name], baseline) for m in speed),
             *[
                 report.format_interval(s[f"{m}_mean"], s[f"{m}_half"])
                 for m in ("validation_accuracy", "test_accuracy", "test_loss")
@@ -362,12 +366,12 @@ def _workload_table(plan, name, trial_rows, final_rows, seconds, steps) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _speedup_cell(value: float) -> str:
+def _speedup_cell(value: float, baseline: str) -> str:
     """The baseline's time to target over the optimizer's (`profiles.speedups`): 0 and inf
     only when one of the two never reached the target, which the cell says."""
     if value == 0:
         return "0 (not reached)"
-    return f"inf ({BASELINE} did not reach it)" if math.isinf(value) else _number(value, "{:.2f}x")
+    return f"inf ({baseline} did not reach it)" if math.isinf(value) else _number(value, "{:.2f}x")
 
 
 def _number(value: float, fmt: str) -> str:

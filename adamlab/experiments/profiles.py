@@ -2,6 +2,7 @@
 
     steps = steps_to_target(eval_steps, validation_accuracy, target=0.97)   # inf: never reached
     rho = performance_profile({"adam": {"digits_cnn": 3.1}, ...}, taus)     # opt -> [len(taus)]
+    median_interval(values)                                                 # (lo, hi, coverage)
     speedups(times, baseline="adam")                                        # opt -> workload -> x
 
 docs/internals.md defines the profiles (Dolan & More 2002) and AlgoPerf's area.
@@ -124,6 +125,22 @@ def speedups(
             else:
                 out[optimizer][workload] = base / time if time > 0 else math.inf
     return out
+
+
+def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(low, high, coverage): the distribution-free interval of the median of `values`, order
+    statistics x_(k) and x_(n+1-k) with the largest k whose coverage, 1 - 2 P(Binomial(n, 1/2)
+    < k), is at least `level`, or k = 1 (min and max) when none is (5 seeds: 93.75%). A value
+    of inf (never reached) is an ordinary largest value."""
+    from scipy import stats  # Here: only reports need it.
+
+    ordered = np.sort(np.asarray(values, np.float64))
+    n = len(ordered)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    coverage = lambda k: 1.0 - 2.0 * float(stats.binom.cdf(k - 1, n, 0.5))
+    k = max([k for k in range(1, (n + 1) // 2 + 1) if coverage(k) >= level], default=1)
+    return float(ordered[k - 1]), float(ordered[n - k]), coverage(k)
 
 
 # ---------------------------------------------------------------------------- figures

@@ -719,8 +719,7 @@ def _abstract_leaf(x: Any) -> Any:
 def _path_str(path: tuple) -> str:
     """'params/dense/kernel': orbax stores NamedTuples as dicts and tuples as lists, so the path
     (dict keys, attribute names, indices alike), not the node type, identifies a leaf."""
-    keys = (next((getattr(k, a) for a in ("key", "name", "idx") if hasattr(k, a)), k) for k in path)
-    return "/".join(map(str, keys))
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _specs(tree: Any) -> dict[str, tuple[tuple[int, ...], np.dtype | None]]:

@@ -301,7 +301,7 @@ def _base_optimizer(config: dict[str, Any], schedule: Any, hparams: dict[str, An
 
 def path_of(path: tuple) -> str:
     """A tree path as "/"-joined keys: ("Dense_1", "kernel") -> "Dense_1/kernel"."""
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def groups_of(optimizer_config: Any) -> tuple[dict[str, Any], ...]:
