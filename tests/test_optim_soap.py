@@ -26,6 +26,8 @@ of its eigenspace, and two implementations then part at once (measured: 0.6 of t
 parameters' scale for an 8 x 24 matrix, both sides correct).
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -197,3 +199,40 @@ def test_pytrees_with_tuples_none_and_empty_subtrees_under_jit():
         assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
     assert len(state[0].preconditioners[0][0]) == 2 and state[0].preconditioners[0][1] == (None,)
     assert all(np.isfinite(np.asarray(x, np.float32)).all() for x in jax.tree.leaves(state))
+
+
+def test_vmapped_members_decompose_one_matrix_per_lapack_call():
+    """A sweep vmaps SOAP over its members. jaxlib splits a batched LAPACK call over the CPU
+    thread pool and blocks a pool thread until the parts are done: two such calls at once on a
+    2-thread pool waited for each other forever (a 16-member digits sweep hung in sgeqrf and
+    sorgqr). So every eigh and QR takes one matrix per call, under vmap too, with the values
+    of the batched call."""
+    tx = optim.soap(1e-2, precondition_frequency=1)
+    params = {"a": jnp.ones((12, 8)), "b": jnp.ones((8, 6))}
+    members = 4
+    grads = jax.tree.map(
+        lambda p: jax.random.normal(jax.random.key(p.size), (members, *p.shape)), params
+    )
+    params = jax.tree.map(jnp.ones_like, grads)
+    states = jax.vmap(tx.init)(params)
+
+    def two_steps(g, state, p):  # The first call takes the eigenbases (eigh), the second QR.
+        _, state = tx.update(g, state, p)
+        return tx.update(jax.tree.map(lambda x: 2 * x, g), state, p)
+
+    text = jax.jit(jax.vmap(two_steps)).lower(grads, states, params).as_text()
+    lapack = re.findall(r"custom_call @(lapack_\w+)\(([^)]*)\).*?: \((tensor<[^>]*>)", text)
+    assert {name for name, _, _ in lapack} >= {"lapack_ssyevd_ffi", "lapack_sgeqrf_ffi"}
+    for name, _, operand in lapack:
+        assert re.fullmatch(r"tensor<\d+x\d+xf32>", operand), (name, operand)  # No batch axis.
+    # One matrix per call gives each matrix what the batched call gave it.
+    from adamlab.optim import transform
+
+    batch = jax.random.normal(jax.random.key(0), (16, 24, 24))
+    batch = batch @ jnp.swapaxes(batch, 1, 2)  # Symmetric, as SOAP's statistics.
+    pairs = [
+        (transform._eigenvectors, lambda m: jnp.linalg.eigh(m)[1]),
+        (transform._orthonormal_factor, lambda m: jnp.linalg.qr(m)[0]),
+    ]
+    for ours, batched in pairs:
+        np.testing.assert_array_equal(jax.jit(jax.vmap(ours))(batch), jax.vmap(batched)(batch))

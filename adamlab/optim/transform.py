@@ -1081,10 +1081,19 @@ def _covariances(g: jax.Array, statistics: tuple) -> tuple:
     return tuple(None if s is None else _axis_covariance(g, i) for i, s in enumerate(statistics))
 
 
+# SOAP's decompositions take one matrix per LAPACK call, also under vmap (a sweep's members):
+# jaxlib splits a batched call over the CPU thread pool and blocks a pool thread until its parts
+# are done, so two batched calls that XLA runs at once on a 2-thread pool wait for each other
+# forever (a digits sweep of 16 SOAP members hung so). `sequential_vmap` loops over the batch;
+# each matrix gets the same LAPACK routine as in the batched call, so the values are the same.
+_eigenvectors = jax.custom_batching.sequential_vmap(lambda m: jnp.linalg.eigh(m)[1])
+_orthonormal_factor = jax.custom_batching.sequential_vmap(lambda m: jnp.linalg.qr(m)[0])
+
+
 def _eigenbasis_or_none(statistic: jax.Array | None) -> jax.Array | None:
     """The eigenvectors of a symmetric statistic by decreasing eigenvalue: the authors'
     first basis, ``torch.flip(torch.linalg.eigh(m)[1], [1])`` (None stays None)."""
-    return None if statistic is None else jnp.flip(jnp.linalg.eigh(statistic)[1], axis=1)
+    return None if statistic is None else jnp.flip(_eigenvectors(statistic), axis=1)
 
 
 def _power_iteration(statistic: jax.Array, q: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -1093,7 +1102,7 @@ def _power_iteration(statistic: jax.Array, q: jax.Array) -> tuple[jax.Array, jax
     Q = QR(S)), the estimates diag(Q^T P Q) sorted as in the authors' code."""
     product = jnp.matmul(statistic, q, precision=_HIGHEST)
     order = jnp.argsort(-jnp.sum(q * product, axis=0))
-    return jnp.linalg.qr(product[:, order])[0], order
+    return _orthonormal_factor(product[:, order]), order
 
 
 def _refresh_leaf(statistics: tuple, bases: tuple, nu: jax.Array) -> tuple[tuple, jax.Array]:
