@@ -201,18 +201,20 @@ def test_pytrees_with_tuples_none_and_empty_subtrees_under_jit():
     assert all(np.isfinite(np.asarray(x, np.float32)).all() for x in jax.tree.leaves(state))
 
 
-def test_vmapped_members_decompose_one_matrix_per_lapack_call():
-    """A sweep vmaps SOAP over its members. jaxlib splits a batched LAPACK call over the CPU
-    thread pool and blocks a pool thread until the parts are done: two such calls at once on a
-    2-thread pool waited for each other forever (a 16-member digits sweep hung in sgeqrf and
-    sorgqr). So every eigh and QR takes one matrix per call, under vmap too, with the values
-    of the batched call."""
+def test_vmapped_members_refresh_their_own_bases_one_matrix_per_lapack_call():
+    """A sweep vmaps SOAP over its members, and vmap turns a switch on a batched index into a
+    select that computes every branch: eigh and QR at every step. jaxlib also splits a batched
+    LAPACK call over the CPU thread pool and blocks a pool thread until the parts are done:
+    two such calls at once on a 2-thread pool waited for each other forever (a 16-member
+    digits sweep hung in sgeqrf and sorgqr). So the members loop: each takes its own branch,
+    every eigh and QR gets one matrix, and each member's basis is the one it gets alone."""
     tx = optim.soap(1e-2, precondition_frequency=1)
-    params = {"a": jnp.ones((12, 8)), "b": jnp.ones((8, 6))}
     members = 4
-    grads = jax.tree.map(
-        lambda p: jax.random.normal(jax.random.key(p.size), (members, *p.shape)), params
-    )
+    shapes = {"a": (12, 8), "b": (8, 6)}
+    grads = {
+        k: jax.random.normal(jax.random.key(i), (members, *s))
+        for i, (k, s) in enumerate(shapes.items())
+    }
     params = jax.tree.map(jnp.ones_like, grads)
     states = jax.vmap(tx.init)(params)
 
@@ -225,14 +227,19 @@ def test_vmapped_members_decompose_one_matrix_per_lapack_call():
     assert {name for name, _, _ in lapack} >= {"lapack_ssyevd_ffi", "lapack_sgeqrf_ffi"}
     for name, _, operand in lapack:
         assert re.fullmatch(r"tensor<\d+x\d+xf32>", operand), (name, operand)  # No batch axis.
-    # One matrix per call gives each matrix what the batched call gave it.
+    assert "stablehlo.case" in text  # A branch per member, not a select of all of them.
+
     from adamlab.optim import transform
 
-    batch = jax.random.normal(jax.random.key(0), (16, 24, 24))
-    batch = batch @ jnp.swapaxes(batch, 1, 2)  # Symmetric, as SOAP's statistics.
-    pairs = [
-        (transform._eigenvectors, lambda m: jnp.linalg.eigh(m)[1]),
-        (transform._orthonormal_factor, lambda m: jnp.linalg.qr(m)[0]),
-    ]
-    for ours, batched in pairs:
-        np.testing.assert_array_equal(jax.jit(jax.vmap(ours))(batch), jax.vmap(batched)(batch))
+    branch = jnp.array([0, 1, 2, 1])  # Members at different steps: each takes its own.
+    stats = jax.random.normal(jax.random.key(9), (members, 24, 24))
+    stats = stats @ jnp.swapaxes(stats, 1, 2)  # Symmetric, as SOAP's statistics.
+    bases = jax.vmap(lambda m: jnp.linalg.qr(m)[0])(
+        jax.random.normal(jax.random.key(3), stats.shape)
+    )
+    together = jax.jit(jax.vmap(transform._new_basis))(branch, stats, bases)
+    for i in range(members):
+        alone = jax.jit(transform._new_basis)(branch[i], stats[i], bases[i])
+        for a, b in zip(alone, together, strict=True):
+            np.testing.assert_array_equal(a, b[i])
+    np.testing.assert_array_equal(together[0][2], bases[2])  # Branch 2 keeps the basis.

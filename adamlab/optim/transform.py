@@ -1081,37 +1081,41 @@ def _covariances(g: jax.Array, statistics: tuple) -> tuple:
     return tuple(None if s is None else _axis_covariance(g, i) for i, s in enumerate(statistics))
 
 
-# SOAP's decompositions take one matrix per LAPACK call, also under vmap (a sweep's members):
-# jaxlib splits a batched call over the CPU thread pool and blocks a pool thread until its parts
-# are done, so two batched calls that XLA runs at once on a 2-thread pool wait for each other
-# forever (a digits sweep of 16 SOAP members hung so). `sequential_vmap` loops over the batch;
-# each matrix gets the same LAPACK routine as in the batched call, so the values are the same.
-_eigenvectors = jax.custom_batching.sequential_vmap(lambda m: jnp.linalg.eigh(m)[1])
-_orthonormal_factor = jax.custom_batching.sequential_vmap(lambda m: jnp.linalg.qr(m)[0])
-
-
-def _eigenbasis_or_none(statistic: jax.Array | None) -> jax.Array | None:
-    """The eigenvectors of a symmetric statistic by decreasing eigenvalue: the authors'
-    first basis, ``torch.flip(torch.linalg.eigh(m)[1], [1])`` (None stays None)."""
-    return None if statistic is None else jnp.flip(_eigenvectors(statistic), axis=1)
-
-
 def _power_iteration(statistic: jax.Array, q: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(QR(P Q) with Q's columns ordered by decreasing estimated eigenvalue, that order):
     Vyas et al.'s Algorithm 4 (one power-iteration step and a QR decomposition, S = PQ,
     Q = QR(S)), the estimates diag(Q^T P Q) sorted as in the authors' code."""
     product = jnp.matmul(statistic, q, precision=_HIGHEST)
     order = jnp.argsort(-jnp.sum(q * product, axis=0))
-    return _orthonormal_factor(product[:, order]), order
+    return jnp.linalg.qr(product[:, order])[0], order
 
 
-def _refresh_leaf(statistics: tuple, bases: tuple, nu: jax.Array) -> tuple[tuple, jax.Array]:
-    """Every rotated axis's basis refreshed by `_power_iteration`, and v_t's coordinates along
-    that axis permuted to follow its columns (the authors' ``exp_avg_sq.index_select``)."""
+@jax.custom_batching.sequential_vmap
+def _new_basis(branch: jax.Array, statistic: jax.Array, q: jax.Array) -> tuple:
+    """(basis, column order) of one axis: at branch 0 (the first call) the eigenvectors of the
+    statistic by decreasing eigenvalue, the authors' ``torch.flip(torch.linalg.eigh(m)[1],
+    [1])``; at 1 (every f-th step) `_power_iteration`; at 2 q, kept.
+
+    Under vmap (a sweep's members) this loops over the members (`sequential_vmap`), so that
+    each takes its own branch: a batched switch would compute every branch at every step. And
+    each eigh and QR then gets one matrix: jaxlib splits a batched LAPACK call over the CPU
+    thread pool and blocks a pool thread until the parts are done, so two such calls at once on
+    a 2-thread pool waited for each other forever (a 16-member digits sweep hung so)."""
+    kept = jnp.arange(q.shape[1])
+    eigenbasis = lambda: (jnp.flip(jnp.linalg.eigh(statistic)[1], axis=1), kept)
+    refreshed = lambda: _power_iteration(statistic, q)
+    return jax.lax.switch(branch, [eigenbasis, refreshed, lambda: (q, kept)])
+
+
+def _refresh_leaf(
+    branch: jax.Array, statistics: tuple, bases: tuple, nu: jax.Array
+) -> tuple[tuple, jax.Array]:
+    """Every rotated axis's basis by `_new_basis`, and v_t's coordinates along that axis
+    permuted to follow its columns (the authors' ``exp_avg_sq.index_select``)."""
     refreshed = []
     for axis, (statistic, q) in enumerate(zip(statistics, bases, strict=True)):
         if statistic is not None:
-            q, order = _power_iteration(statistic, q)
+            q, order = _new_basis(branch, statistic, q)
             nu = jnp.take(nu, order, axis=axis)
         refreshed.append(q)
     return tuple(refreshed), nu
@@ -1237,18 +1241,10 @@ def scale_by_soap(
             _leafwise(_covariances, treedef, updates, state.preconditioners)
         )
         stats = numerics.first_moment(covariances, state.preconditioners, shampoo_beta)
-        stat_leaves, nu_leaves = treedef.flatten_up_to(stats), treedef.flatten_up_to(nu)
-        bases = treedef.flatten_up_to(state.bases)
-
-        def initial():
-            return [tuple(map(_eigenbasis_or_none, ss)) for ss in stat_leaves], nu_leaves
-
-        def refreshed():
-            pairs = _leafwise(_refresh_leaf, treedef, stats, state.bases, nu)
-            return [q for q, _ in pairs], [v for _, v in pairs]
-
         branch = jnp.where(first, 0, jnp.where(t % precondition_frequency == 0, 1, 2))
-        bases, nu_leaves = jax.lax.switch(branch, [initial, refreshed, lambda: (bases, nu_leaves)])
+        refresh = functools.partial(_refresh_leaf, branch)
+        pairs = _leafwise(refresh, treedef, stats, state.bases, nu)
+        bases, nu_leaves = [q for q, _ in pairs], [v for _, v in pairs]
         return stats, treedef.unflatten(bases), treedef.unflatten(nu_leaves)
 
     def update_fn(updates, state, params=None):
