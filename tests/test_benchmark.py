@@ -150,9 +150,7 @@ def test_speedups_against_adam():
         ([7], (7, 7, 0.0)),
     ],
 )
-def test_the_median_interval_is_the_order_statistics_with_their_binomial_coverage(
-    values, expected
-):
+def test_the_median_interval_is_the_order_statistics_with_their_binomial_coverage(values, expected):
     low, high, coverage = profiles.median_interval(values)
     assert (low, high) == expected[:2]
     assert coverage == pytest.approx(expected[2], abs=1e-12)
