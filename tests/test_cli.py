@@ -223,7 +223,14 @@ def test_python_dash_m_adamlab_runs_the_cli():
 
 
 @pytest.mark.parametrize(
-    "script", sorted(p.name for p in (ROOT / "experiments").glob("*.py")), ids=str
+    "script",
+    # Each script is a thin wrapper of its command; one by default (each costs a Python start
+    # with jax and TF, ~6 s), every one with `-m slow`.
+    [
+        s if s == "compare.py" else pytest.param(s, marks=pytest.mark.slow)
+        for s in sorted(p.name for p in (ROOT / "experiments").glob("*.py"))
+    ],
+    ids=str,
 )
 def test_experiment_scripts_run_their_command_and_exit_with_its_code(script):
     result = subprocess.run(
