@@ -586,11 +586,12 @@ def console(argv: Sequence[str] | None = None) -> NoReturn:
     in a process of its own, which then exits with its code.
 
     Python's garbage collector is kept off the libraries' objects while they import and at
-    exit, and jax's persistent compilation cache is on (`adamlab.runtime`), which `main`
-    alone, called in someone else's process, does not do.
+    exit, and jax's persistent compilation cache and the decoded-data cache are on
+    (`adamlab.runtime`), which `main` alone, called in someone else's process, does not do.
     """
     runtime.pause_collector()
     runtime.use_compilation_cache()
+    runtime.use_data_cache()
     code = main(argv)
     runtime.freeze_before_exit()
     sys.exit(code)

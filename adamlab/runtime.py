@@ -7,6 +7,8 @@
   walking the ~370,000 objects that importing jax, flax, orbax and TensorFlow creates.
 - `use_compilation_cache`: jax's persistent compilation cache, so that a command reuses what
   an earlier one compiled.
+- `use_data_cache`: decoded TFDS splits kept on disk, so that a command does not decode what
+  an earlier one decoded (`adamlab.data.decoded`).
 - `process_age`: how long the process has run (a run reports the time before its first step).
 
 `cli.main` applies the first two in whatever process runs it; `cli.console`, the `adamlab`
@@ -37,6 +39,9 @@ MEMORY_SWITCH = "ADAMLAB_KEEP_FREED_MEMORY"
 GC_SWITCH = "ADAMLAB_GC_FREEZE"
 CACHE_SWITCH = "ADAMLAB_COMPILATION_CACHE"
 CACHE_DIR_ENV = "ADAMLAB_COMPILATION_CACHE_DIR"
+# adamlab.data.decoded's; not imported from there (TensorFlow would come with the package).
+DATA_CACHE_SWITCH = "ADAMLAB_DATA_CACHE"
+DATA_CACHE_DIR_ENV = "ADAMLAB_DATA_CACHE_DIR"
 
 _log = logging.getLogger(__name__)
 
@@ -191,9 +196,32 @@ _CACHE_ERROR = re.compile(r"Error (reading|writing) persistent compilation cache
 def compilation_cache_dir() -> Path:
     """$ADAMLAB_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME/adamlab/jax, else
     ~/.cache/adamlab/jax."""
-    if os.environ.get(CACHE_DIR_ENV):
-        return Path(os.environ[CACHE_DIR_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adamlab" / "jax"
+    return _cache_dir(CACHE_DIR_ENV, "jax")
+
+
+def data_cache_dir() -> Path:
+    """$ADAMLAB_DATA_CACHE_DIR, else $XDG_CACHE_HOME/adamlab/data, else ~/.cache/adamlab/data."""
+    return _cache_dir(DATA_CACHE_DIR_ENV, "data")
+
+
+def _cache_dir(variable: str, name: str) -> Path:
+    if os.environ.get(variable):
+        return Path(os.environ[variable])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adamlab" / name
+
+
+def _usable_cache(what: str, where, instead: str) -> Path | None:
+    """`where()`, made if need be, or None (with one warning line) where it cannot be used."""
+    try:
+        path = where()
+    except RuntimeError as e:  # Path.home(): no home directory
+        path, why = "~/.cache", str(e)
+    else:
+        why = _unusable(path)
+    if why is not None:
+        _log.warning("%s off: %s: %s; %s", what, path, why, instead)
+        return None
+    return path
 
 
 def _unusable(path: Path) -> str | None:
@@ -228,16 +256,8 @@ def use_compilation_cache() -> Path | None:
     """
     if switches.switched_off(CACHE_SWITCH) or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return None
-    try:
-        path = compilation_cache_dir()
-    except RuntimeError as e:  # Path.home(): no home directory
-        path, why = "~/.cache", str(e)
-    else:
-        why = _unusable(path)
-    if why is not None:
-        _log.warning("compilation cache off: %s: %s; compiling without it", path, why)
-        return None
-    if "jax" in sys.modules:  # Too late: jax has read its settings.
+    path = _usable_cache("compilation cache", compilation_cache_dir, "compiling without it")
+    if path is None or "jax" in sys.modules:  # Too late: jax has read its settings.
         return None
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", str(MIN_COMPILE_SECS))
@@ -258,6 +278,22 @@ def use_compilation_cache() -> Path | None:
             _log.warning("compilation cache off: %s: %s; compiling without it", path, why)
 
     warnings.showwarning = showwarning
+    return path
+
+
+def use_data_cache() -> Path | None:
+    """Keep decoded TFDS splits in `data_cache_dir()` across commands: sets
+    $ADAMLAB_DATA_CACHE_DIR, which `adamlab.data.decoded` reads (this process and its
+    children); that directory, or None where it stays off.
+
+    Off when ``ADAMLAB_DATA_CACHE`` is off. A directory that cannot be made, is read-only,
+    full or writable by others is not used (one warning line); a stored file that cannot be
+    read is decoded again. Either way the run gets the same arrays.
+    """
+    if switches.switched_off(DATA_CACHE_SWITCH):
+        return None
+    path = _usable_cache("data cache", data_cache_dir, "decoding the data in each run")
+    os.environ[DATA_CACHE_DIR_ENV] = "" if path is None else str(path)  # "": off
     return path
 
 

@@ -13,9 +13,10 @@ run's first step, read by `time_to_result.phases_lines`):
 - the digits benchmark (`adamlab benchmark --workloads digits_cnn`, seven optimizers, 16
   trials, 5 seeds: the command docs/benchmark.md records),
 
-each twice: "cold", its compilation cache a fresh empty directory, then "second", the same
-command again on the cache the first filled (`ADAMLAB_COMPILATION_CACHE_DIR`; every other
-process setting is the command's own). Each run writes to a fresh temporary workdir. The jobs
+each twice: "cold", its compilation cache and its decoded-data cache fresh empty directories,
+then "second", the same command again on the caches the first filled
+(`ADAMLAB_COMPILATION_CACHE_DIR`, `ADAMLAB_DATA_CACHE_DIR`; every other process setting is the
+command's own). Each run writes to a fresh temporary workdir. The jobs
 alternate (`--repeats`, the order reversed every other repeat); medians. The JSON (default
 benchmarks/results/iteration_cpu.json) records every run, the machine and the load average
 before and after, and the ratios the issue sets targets for (`ratios`): on a shared machine the
@@ -67,10 +68,12 @@ def commands(quick: bool) -> dict[str, list[str]]:
 
 
 def run_command(args: list[str], cache_dir: pathlib.Path) -> dict:
-    """`python -m adamlab ARGS --workdir <fresh>` with its compilation cache in `cache_dir`:
-    its wall time from outside, each run's phases and what came before and after them."""
+    """`python -m adamlab ARGS --workdir <fresh>` with its compilation cache and its decoded
+    data in `cache_dir`: its wall time from outside, each run's phases and what came before
+    and after them."""
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env |= {runtime.CACHE_SWITCH: "1", runtime.CACHE_DIR_ENV: str(cache_dir)}
+    env |= {runtime.CACHE_SWITCH: "1", runtime.CACHE_DIR_ENV: str(cache_dir / "jax")}
+    env |= {runtime.DATA_CACHE_SWITCH: "1", runtime.DATA_CACHE_DIR_ENV: str(cache_dir / "data")}
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
     with tempfile.TemporaryDirectory() as workdir:
         argv = [sys.executable, "-m", "adamlab", *args, "--workdir", f"{workdir}/run"]

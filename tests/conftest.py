@@ -18,13 +18,19 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The C++ kernels (adamlab.optim.native) build into a directory of this session, not the
-# user's cache: each test process builds them once (about 2 s).
+# user's cache: each test process builds them once (about 2 s). Decoded splits
+# (adamlab.data.decoded) are kept in one too.
 # So does the compilation cache of the `adamlab` commands the tests start (this process compiles
 # without one: a session reuses too few of its programs for writing them to pay). A cache named
 # in ADAMLAB_COMPILATION_CACHE_DIR serves this process too, and later sessions: opt in, since the
 # directory grows with every change.
 _named_cache = "ADAMLAB_COMPILATION_CACHE_DIR" in os.environ
-for name, prefix in (("ADAMLAB_KERNEL_CACHE", "kernels"), ("ADAMLAB_COMPILATION_CACHE_DIR", "jax")):
+_SESSION_DIRS = (
+    ("ADAMLAB_KERNEL_CACHE", "kernels"),
+    ("ADAMLAB_COMPILATION_CACHE_DIR", "jax"),
+    ("ADAMLAB_DATA_CACHE_DIR", "data"),
+)
+for name, prefix in _SESSION_DIRS:
     if name not in os.environ:
         os.environ[name] = tempfile.mkdtemp(prefix=f"adamlab-{prefix}-")
         atexit.register(shutil.rmtree, os.environ[name], ignore_errors=True)

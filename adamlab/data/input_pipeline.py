@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from adamlab.data import preprocess, source
+from adamlab.data import decoded, preprocess, source
 from adamlab.data.config import read_settings
 
 LAYOUTS: tuple[str, ...] = ("flat", "pmap")
@@ -78,8 +78,8 @@ def train_streams(
     process_count: int | None = None,
 ) -> list[Iterator[dict[str, np.ndarray]]]:
     """`train_batches` for each of `seeds`, the streams of the members of one run: each the
-    stream its seed alone yields; without augmentation they share one in-memory copy of the
-    split (decoded once per call, not once per seed). Arguments as `train_batches`'."""
+    stream its seed alone yields; they share one in-memory copy of the split, decoded once
+    (`adamlab.data.decoded`). Arguments as `train_batches`'."""
     settings = read_settings(data_config)
     local_batch, devices, index, count = _topology(
         global_batch_size, layout, num_local_devices, process_index, process_count
@@ -104,10 +104,7 @@ def train_streams(
     start_epoch, skip_steps = divmod(start_step, steps)
     spec = preprocess.AUGMENTATION[settings.name]
     do_augment = spec.default_on if settings.augment is None else settings.augment
-    if do_augment:
-        examples = source.read_examples(builder, split, settings.classes)
-    else:
-        images, labels = _in_memory(builder, split, settings.classes)
+    images, labels = _in_memory(builder, split, settings.classes)
 
     def finish(batch):
         image = preprocess.normalize(batch["image"], settings.name)
@@ -123,7 +120,7 @@ def train_streams(
             batch=local_batch,
         )
         if do_augment:
-            batches = _augmented_batches(examples, order, spec)
+            batches = _augmented_batches(images, labels, order, spec)
         else:
             batches = _gathered_batches(images, labels, order)
         ds = batches.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
@@ -194,11 +191,12 @@ def _gathered_batches(images: tf.Tensor, labels: tf.Tensor, order: _EpochOrder):
     return order.epochs(one_epoch).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _augmented_batches(examples: tf.data.Dataset, order: _EpochOrder, spec):
+def _augmented_batches(images: tf.Tensor, labels: tf.Tensor, order: _EpochOrder, spec):
     """Batches of examples augmented one by one, each with a stateless seed from (epoch seed,
     the example's index in the split): the same image every time that example is served in
     that epoch of that stream, whatever the resume point."""
-    examples = examples.enumerate().cache()
+    examples = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+    examples = examples.enumerate()
 
     def one_epoch(epoch):
         aug_seed = preprocess.fold_in(order.epoch_seed(epoch), 1)
@@ -213,13 +211,10 @@ def _augmented_batches(examples: tf.data.Dataset, order: _EpochOrder, spec):
 
 
 def _in_memory(builder, split, classes) -> tuple[tf.Tensor, tf.Tensor]:
-    """The split's images [n, H, W, C] uint8 and labels [n] int32, decoded into memory (MNIST's
-    train split: 47 MB)."""
-    images, labels = [], []
-    for batch in source.read_examples(builder, split, classes).batch(8192):
-        images.append(batch["image"])
-        labels.append(batch["label"])
-    return tf.concat(images, 0), tf.concat(labels, 0)
+    """The split's images [n, H, W, C] uint8 and labels [n] int32, in memory (MNIST's train
+    split: 47 MB), decoded once (`adamlab.data.decoded`)."""
+    images, labels = decoded.split_arrays(builder, split, classes)
+    return tf.convert_to_tensor(images), tf.convert_to_tensor(labels)
 
 
 def eval_batches(
@@ -248,7 +243,8 @@ def eval_batches(
     num_batches = math.ceil(max(sizes) / local_batch)  # The same on every process.
 
     image_shape = builder.info.features["image"].shape
-    ds = source.read_examples(builder, slices[index], settings.classes)
+    images, labels = _in_memory(builder, slices[index], settings.classes)
+    ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
     ds = ds.map(
         lambda ex: {
             "image": preprocess.normalize(ex["image"], settings.name),
