@@ -21,6 +21,20 @@ def test_t_interval_on_known_numbers():
     assert half == pytest.approx(12.70620474 * (1 / math.sqrt(2)) / math.sqrt(2), rel=1e-9)
 
 
+def test_t_interval_uses_scipy_stats_t_quantile_to_the_bit():
+    # report takes the quantile from scipy.special (importing scipy.stats costs the commands
+    # a fraction of a second): the same numbers as stats.t.ppf.
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    for n in range(2, 41):
+        values = rng.normal(size=n)
+        for confidence in (0.5, 0.9, 0.95, 0.99):
+            quantile = stats.t.ppf(0.5 + confidence / 2, df=n - 1)
+            half = float(quantile * np.std(values, ddof=1) / math.sqrt(n))
+            assert report.t_interval(values, confidence)[1] == half
+
+
 def test_t_interval_edge_cases():
     mean, half = report.t_interval([0.9])
     assert mean == 0.9 and math.isnan(half)
