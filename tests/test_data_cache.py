@@ -198,3 +198,18 @@ def test_the_command_keeps_decoded_data_in_the_users_cache_directory(monkeypatch
     monkeypatch.setenv(runtime.DATA_CACHE_SWITCH, "0")
     monkeypatch.setenv(runtime.DATA_CACHE_DIR_ENV, str(tmp_path / "mine"))
     assert runtime.use_data_cache() is None and decoded.directory() is None
+
+
+@pytest.mark.parametrize(
+    "split",
+    ["train", "train[:90%]", "train[90%:]", "test"]
+    + [source.process_split("train[90%:]", i, 3, False) for i in range(3)]
+    + [source.process_split("train[:90%]", i, 2, True) for i in range(2)],
+    ids=str,
+)
+def test_counts_from_the_metadata_are_those_of_a_pass_over_the_data(builder, split):
+    # count_examples reads prepared data's counts from its metadata (no dataset is built at
+    # each evaluation); they are the number of examples the split yields.
+    counted = sum(1 for _ in source.read_examples(builder, split, None))
+    assert source.count_examples(builder, split, None) == counted
+    assert builder.info.splits[split].num_examples == counted

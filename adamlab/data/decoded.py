@@ -2,8 +2,9 @@
 next command in $ADAMLAB_DATA_CACHE_DIR when it names a directory (the `adamlab` command sets
 it: `adamlab.runtime`; ``ADAMLAB_DATA_CACHE=0`` turns it off).
 
-Decoding MNIST's 54,000 PNG records takes seconds on every run, and the evaluations of a run
-decode their split again each time. Here a split becomes (images uint8 [n, H, W, C], labels
+Decoding a split's records (MNIST's PNG images) is a large part of a run's time before its
+first step, and the evaluations of a run used to decode their split again each time
+(docs/performance.md measures it). Here a split becomes (images uint8 [n, H, W, C], labels
 int32 [n]) once. The arrays are keyed by the TFDS files they came from (path, size and
 modification time of each, and which of their records): re-preparing the data misses the key.
 A stored file is a `.npz` (zip's CRC-32 checks each array as it is read); one that cannot be
@@ -84,10 +85,15 @@ def _read_only(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def mocked(builder) -> bool:
+    """Whether `builder` serves `tfds.testing.mock_data`'s examples, not its prepared files."""
+    return type(builder).as_dataset.__module__.startswith("tensorflow_datasets.testing")
+
+
 def _identity(builder, split, classes) -> str | None:
     """Where the split's examples come from, as JSON, or None when that is not a set of files
     on disk (mocked data, a missing file): then nothing is kept."""
-    if type(builder).as_dataset.__module__.startswith("tensorflow_datasets.testing"):
+    if mocked(builder):
         return None
     try:
         instructions = builder.info.splits[split].file_instructions
