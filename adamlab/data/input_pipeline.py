@@ -212,7 +212,7 @@ def _augmented_batches(images: tf.Tensor, labels: tf.Tensor, order: _EpochOrder,
 
 def _in_memory(builder, split, classes) -> tuple[tf.Tensor, tf.Tensor]:
     """The split's images [n, H, W, C] uint8 and labels [n] int32, in memory (MNIST's train
-    split: 47 MB), decoded once (`adamlab.data.decoded`)."""
+    split: 42 MB), decoded once (`adamlab.data.decoded`)."""
     images, labels = decoded.split_arrays(builder, split, classes)
     return tf.convert_to_tensor(images), tf.convert_to_tensor(labels)
 
