@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from adamlab import switches
+from adamlab.data import source
 
 SWITCH = "ADAMLAB_DATA_CACHE"
 DIRECTORY_ENV = "ADAMLAB_DATA_CACHE_DIR"
@@ -68,8 +69,6 @@ def split_arrays(builder, split, classes: tuple[int, ...] | None) -> tuple[np.nd
 
 
 def _decode(builder, split, classes) -> tuple[np.ndarray, np.ndarray]:
-    from adamlab.data import source  # TensorFlow: imported by whoever reads examples anyway.
-
     images, labels = [], []
     for batch in source.tfds.as_numpy(source.read_examples(builder, split, classes).batch(8192)):
         images.append(batch["image"])
@@ -85,15 +84,10 @@ def _read_only(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def mocked(builder) -> bool:
-    """Whether `builder` serves `tfds.testing.mock_data`'s examples, not its prepared files."""
-    return type(builder).as_dataset.__module__.startswith("tensorflow_datasets.testing")
-
-
 def _identity(builder, split, classes) -> str | None:
     """Where the split's examples come from, as JSON, or None when that is not a set of files
     on disk (mocked data, a missing file): then nothing is kept."""
-    if mocked(builder):
+    if source.mocked(builder):
         return None
     try:
         instructions = builder.info.splits[split].file_instructions

@@ -16,7 +16,6 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 
-from adamlab.data import decoded
 from adamlab.data import digits as _digits  # noqa: F401  (registers the `digits` builder)
 from adamlab.data.config import DataSettings, read_settings
 
@@ -150,7 +149,7 @@ def read_examples(builder, split, classes: tuple[int, ...] | None) -> tf.data.Da
 
 def count_examples(builder, split, classes: tuple[int, ...] | None) -> int:
     """Number of examples `read_examples(builder, split, classes)` yields."""
-    if classes is None and not decoded.mocked(builder):
+    if classes is None and not mocked(builder):
         # The prepared metadata's count, as `cardinality()` below reports it, without building
         # a dataset (tens of milliseconds, at every evaluation).
         count = builder.info.splits[split].num_examples
@@ -166,6 +165,11 @@ def count_examples(builder, split, classes: tuple[int, ...] | None) -> int:
     if classes is None:
         return len(labels)
     return int(np.isin(labels, classes).sum())
+
+
+def mocked(builder) -> bool:
+    """Whether `builder` serves `tfds.testing.mock_data`'s examples, not its prepared files."""
+    return type(builder).as_dataset.__module__.startswith("tensorflow_datasets.testing")
 
 
 def _label_table(classes: tuple[int, ...], num_classes: int) -> np.ndarray:
