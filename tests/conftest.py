@@ -18,12 +18,12 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The C++ kernels (adamlab.optim.native) build into a directory of this session, not the
-# user's cache: each test process builds them once (about 2 s). Decoded splits
-# (adamlab.data.decoded) are kept in one too.
+# user's cache: each test process builds them once (about 2 s).
 # So does the compilation cache of the `adamlab` commands the tests start (this process compiles
 # without one: a session reuses too few of its programs for writing them to pay). A cache named
 # in ADAMLAB_COMPILATION_CACHE_DIR serves this process too, and later sessions: opt in, since the
 # directory grows with every change.
+# Decoded splits (adamlab.data.decoded) are kept in a directory of this session too.
 _named_cache = "ADAMLAB_COMPILATION_CACHE_DIR" in os.environ
 _SESSION_DIRS = (
     ("ADAMLAB_KERNEL_CACHE", "kernels"),

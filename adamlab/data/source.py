@@ -151,7 +151,7 @@ def count_examples(builder, split, classes: tuple[int, ...] | None) -> int:
     """Number of examples `read_examples(builder, split, classes)` yields."""
     if classes is None and not mocked(builder):
         # The prepared metadata's count, as `cardinality()` below reports it, without building
-        # a dataset (tens of milliseconds, at every evaluation).
+        # a dataset for it at every evaluation.
         count = builder.info.splits[split].num_examples
         if isinstance(count, int) and count > 0:
             return count
