@@ -19,11 +19,9 @@ LEGACY_KERAS = "TF_USE_LEGACY_KERAS"
 
 
 def _skips_keras_at_import() -> bool:
-    """Whether TF's import is to skip Keras: TF imports Keras's optimizers at import (for its
-    SavedModel registry), which loads all of Keras 3 and scikit-learn, ~1.8 s of a ~5 s import
-    on a 2-core CPU, none of it used by tf.data. TF skips that import when `LEGACY_KERAS` asks
-    for tf_keras and tf_keras is not installed. Not when the user set the variable (their
-    choice) or has tf_keras (TF would import that instead)."""
+    """Whether TF's import is to skip Keras 3, which tf.data never uses (docs/performance.md):
+    TF skips it when `LEGACY_KERAS` asks for tf_keras and tf_keras is not installed. Not when
+    the user set the variable (their choice) or has tf_keras (TF would import that instead)."""
     return LEGACY_KERAS not in os.environ and importlib.util.find_spec("tf_keras") is None
 
 

@@ -2,15 +2,9 @@
 next command in $ADAMLAB_DATA_CACHE_DIR when it names a directory (the `adamlab` command sets
 it: `adamlab.runtime`; ``ADAMLAB_DATA_CACHE=0`` turns it off).
 
-Decoding a split's records (MNIST's PNG images) is a large part of a run's time before its
-first step, and the evaluations of a run used to decode their split again each time
-(docs/performance.md measures it). Here a split becomes (images uint8 [n, H, W, C], labels
-int32 [n]) once. The arrays are keyed by the TFDS files they came from (path, size and
-modification time of each, and which of their records): re-preparing the data misses the key.
-A stored file is a `.npz` (zip's CRC-32 checks each array as it is read); one that cannot be
-read is decoded again and replaced, and a directory that cannot be written is not used: the
-same arrays either way, and one warning line. Mocked TFDS data (`tfds.testing.mock_data`) is
-never kept: its files are not the examples.
+A split becomes (images uint8 [n, H, W, C], labels int32 [n]) once, stored as a `.npz` keyed by
+the TFDS files it came from; docs/performance.md says why, what invalidates a file and what
+happens to one that cannot be read or written. Mocked TFDS data is never kept.
 """
 
 from __future__ import annotations

@@ -30,39 +30,21 @@ def steps_per_epoch(info: source.DatasetInfo, global_batch_size: int) -> int:
     return info.num_train // global_batch_size
 
 
-def train_batches(
-    data_config,
-    *,
-    global_batch_size: int,
-    seed: int,
-    start_step: int = 0,
-    layout: str = "flat",
-    num_local_devices: int | None = None,
-    process_index: int | None = None,
-    process_count: int | None = None,
-) -> Iterator[dict[str, np.ndarray]]:
+def train_batches(data_config, *, seed: int, **options) -> Iterator[dict[str, np.ndarray]]:
     """Infinite, seeded stream of training batches {"image", "label"}, from `start_step` on.
 
     Args:
       data_config: the data config (see `default_data_config`).
-      global_batch_size: examples per step over all processes; each process yields its
-        `global_batch_size // process_count`. Must be divisible by devices x processes.
       seed: decides the shuffles and augmentations; same seed, same stream.
-      start_step: first step to yield (0-based); resuming at `k` yields batches `k, k+1, ...`
-        of the uninterrupted stream.
-      layout: "flat" ([B, H, W, C]) or "pmap" ([num_local_devices, B // devices, H, W, C]).
-      num_local_devices, process_index, process_count: default to jax's values.
+      **options: keyword arguments of `train_streams`:
+        global_batch_size: examples per step over all processes; each process yields its
+          `global_batch_size // process_count`. Must be divisible by devices x processes.
+        start_step: first step to yield (0-based); resuming at `k` yields batches `k, k+1, ...`
+          of the uninterrupted stream.
+        layout: "flat" ([B, H, W, C]) or "pmap" ([num_local_devices, B // devices, H, W, C]).
+        num_local_devices, process_index, process_count: default to jax's values.
     """
-    (stream,) = train_streams(
-        data_config,
-        global_batch_size=global_batch_size,
-        seeds=(seed,),
-        start_step=start_step,
-        layout=layout,
-        num_local_devices=num_local_devices,
-        process_index=process_index,
-        process_count=process_count,
-    )
+    (stream,) = train_streams(data_config, seeds=(seed,), **options)
     return stream
 
 
@@ -79,7 +61,7 @@ def train_streams(
 ) -> list[Iterator[dict[str, np.ndarray]]]:
     """`train_batches` for each of `seeds`, the streams of the members of one run: each the
     stream its seed alone yields; they share one in-memory copy of the split, decoded once
-    (`adamlab.data.decoded`). Arguments as `train_batches`'."""
+    (`adamlab.data.decoded`). Arguments as documented in `train_batches`."""
     settings = read_settings(data_config)
     local_batch, devices, index, count = _topology(
         global_batch_size, layout, num_local_devices, process_index, process_count
@@ -129,12 +111,9 @@ def train_streams(
 
 
 def _without_tuning_thread(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """`ds` without tf.data's autotuning thread: deleting an iterator (closing a stream)
-    waits for that thread to wake, up to its optimization period, which doubles up to a
-    minute over the iterator's life (a py-spy stack of `adamlab train`'s exit: 37 s in
-    `RootDataset::Iterator::~Iterator`, waiting on the thread's wrapper). Without it,
-    `AUTOTUNE` parallelism is the number of cores and prefetch buffers grow when the consumer
-    waits (tf.data's defaults for untuned pipelines); same elements, same order."""
+    """`ds` without tf.data's autotuning thread, which a closing stream waits for, up to a
+    minute (docs/performance.md). Without it, `AUTOTUNE` parallelism is the number of cores
+    and prefetch buffers grow when the consumer waits; same elements, same order."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.with_options(options)

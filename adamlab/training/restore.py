@@ -2,18 +2,9 @@
 
     run = adamlab.restore("runs/digits", checkpoint="best")
     logits = run.model.apply(run.variables, images, train=False)
-    run.config.optimizer.learning_rate, run.step
-
-The same checkpoint without adamlab, with orbax alone (the state item is a plain pytree of
-arrays: {"states": [{"params", "batch_stats", "opt_state", "step", "rng"}], ...}):
-
-    import orbax.checkpoint as ocp
-    mngr = ocp.CheckpointManager("runs/digits/checkpoints", item_names=("state", "extra"))
-    args = ocp.args.Composite(state=ocp.args.StandardRestore())
-    raw = mngr.restore(mngr.latest_step(), args=args)
-    params = raw.state["states"][0]["params"]
 
 Opened read-only: restoring never changes the run directory, also while it is training.
+docs/training.md shows the same checkpoint read with orbax alone.
 """
 
 from __future__ import annotations

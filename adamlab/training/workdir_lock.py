@@ -1,9 +1,5 @@
 """One writer per workdir: `WorkdirLock`, held by a training run for its whole life, so that two
-trainers never interleave their metrics and checkpoints (`run_io.WorkdirLock` is the same class):
-
-    with WorkdirLock(workdir, primary=distributed.is_primary()):
-        ...  # write config.json, metrics.jsonl, checkpoints
-
+trainers never interleave their metrics and checkpoints (`run_io.WorkdirLock` is the same class).
 flock on ``<workdir>/.lock``, else an exclusive ``.lock.owner`` file; docs/internals.md.
 """
 
