@@ -18,11 +18,12 @@ import logging
 import math
 import operator
 import os
+import pathlib
 import re
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -271,8 +272,7 @@ class Checkpointer:
         if step not in self._metrics:
             path = os.path.join(self.directory, str(step), _METRICS, _METRICS)
             try:
-                with open(path, "rb") as f:
-                    metrics = json.loads(f.read())
+                metrics = json.loads(pathlib.Path(path).read_bytes())
             except FileNotFoundError:
                 metrics = {}
             except (OSError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError
@@ -388,7 +388,7 @@ class Checkpointer:
         """Checks `step`'s files against its manifest: True if they match, False if it has none;
         CheckpointCorruptError if a file is missing or changed or the manifest unreadable."""
         step_dir = os.path.join(self.directory, str(step))
-        manifest = _read_manifest(step, step_dir, self.directory)
+        manifest = _read_manifest(self.directory, step)
         for name, expected in sorted((manifest or {}).items()):
             problem = _file_problem(os.path.join(step_dir, name), expected)
             if problem:
@@ -521,13 +521,9 @@ def _read_only_options() -> ocp.CheckpointManagerOptions:
 
 
 def _digest(path: str) -> tuple[int, str]:
-    """(size, sha256 hex) of a file, read in 1 MiB blocks."""
-    sha, size = hashlib.sha256(), 0
+    """(size, sha256 hex) of a file."""
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            sha.update(block)
-            size += len(block)
-    return size, sha.hexdigest()
+        return os.fstat(f.fileno()).st_size, hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _write_manifest(step_dir: str) -> None:
@@ -543,11 +539,10 @@ def _write_manifest(step_dir: str) -> None:
     atomic_write(os.path.join(step_dir, MANIFEST_FILE), json.dumps(manifest, indent=1) + "\n")
 
 
-def _read_manifest(step: int, step_dir: str, directory: str) -> dict[str, dict] | None:
+def _read_manifest(directory: str, step: int) -> dict[str, dict] | None:
     """The ``files`` of a step's manifest, or None if it has none."""
     try:
-        with open(os.path.join(step_dir, MANIFEST_FILE), "rb") as f:
-            manifest = json.loads(f.read())
+        manifest = json.loads(pathlib.Path(directory, str(step), MANIFEST_FILE).read_bytes())
         files = manifest["files"]
         if manifest.get("format") != _MANIFEST_FORMAT or not all(
             isinstance(v.get("size"), int) and isinstance(v.get("sha256"), str)
@@ -615,27 +610,31 @@ def _quiet_closed_loop() -> None:
     sys.unraisablehook = hook
 
 
-def _file_of(error: BaseException | None) -> str | None:
-    """The file an OSError in `error`'s chain names, or the last path a message quotes."""
+def _chain(error: BaseException | None) -> Iterator[BaseException]:
+    """`error`, then the exceptions it was raised from or while handling, innermost last."""
     while error is not None:
-        if isinstance(error, OSError) and error.filename:
-            return os.fspath(error.filename)
-        if quoted := re.findall(r'"(/[^"]+)"', str(error)):
-            return quoted[-1]
+        yield error
         error = error.__cause__ or error.__context__
+
+
+def _file_of(error: BaseException) -> str | None:
+    """The file an OSError in `error`'s chain names, or the last path a message quotes."""
+    for chained in _chain(error):
+        if isinstance(chained, OSError) and chained.filename:
+            return os.fspath(chained.filename)
+        if quoted := re.findall(r'"(/[^"]+)"', str(chained)):
+            return quoted[-1]
     return None
 
 
 def _cause(error: BaseException) -> str:
     """The OS's words for the errno in `error`'s chain (an OSError's, or the ``os_error_code``
     tensorstore reports), else the first line of its message."""
-    chained = error
-    while chained is not None:
+    for chained in _chain(error):
         found = re.search(r"os_error_code='(\d+)'", str(chained))
         code = getattr(chained, "errno", None) or (int(found.group(1)) if found else None)
         if code:
             return f"{os.strerror(code)} ({errno.errorcode.get(code, code)})"
-        chained = chained.__cause__ or chained.__context__
     lines = str(error).strip().splitlines() or ["no detail"]
     return _one_line(f"{type(error).__name__}: {lines[0]}")
 
