@@ -54,10 +54,8 @@ def stability_summary(run_dir: str | pathlib.Path) -> dict[str, Any] | None:
     """{"quantity", "threshold", "plateau" (median over the second half of the curvature
     evaluations), "ratio", "steps"}, or None without curvature or a known threshold."""
     run_dir = pathlib.Path(run_dir)
-    config = json.loads((_config_dir(run_dir) / CONFIG_FILE).read_text())
-    records = read_records(run_dir)
-    curvature = [r for r in records if r["split"] == "curvature"]
-    found = threshold(config["optimizer"], float(config["optimizer"]["learning_rate"]))
+    _, found = _optimizer(run_dir)
+    curvature = [r for r in read_records(run_dir) if r["split"] == "curvature"]
     if not curvature or found is None:
         return None
     quantity, value = found
@@ -74,9 +72,22 @@ def stability_summary(run_dir: str | pathlib.Path) -> dict[str, Any] | None:
     }
 
 
-def _config_dir(run_dir: pathlib.Path) -> pathlib.Path:
-    """A member's directory (members/<name>) has its run's config.json two levels up."""
-    return run_dir if (run_dir / CONFIG_FILE).is_file() else run_dir.parents[1]
+def _optimizer(run_dir: pathlib.Path) -> tuple[dict[str, Any], tuple[str, float] | None]:
+    """The optimizer config of the run in `run_dir` (a member's directory, members/<name>, has
+    its run's config.json two levels up) and its `threshold`."""
+    config_dir = run_dir if (run_dir / CONFIG_FILE).is_file() else run_dir.parents[1]
+    optimizer = json.loads((config_dir / CONFIG_FILE).read_text())["optimizer"]
+    return optimizer, threshold(optimizer, float(optimizer["learning_rate"]))
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (files only), imported when a figure is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _leaves(layer_records: list[dict], statistic: str) -> list[str]:
@@ -130,7 +141,7 @@ def _effective_step(plt, layers: list[dict], path: pathlib.Path) -> bool:
 
 
 def _sharpness(plt, run_dir: pathlib.Path, curvature: list[dict], path: pathlib.Path) -> None:
-    config = json.loads((_config_dir(run_dir) / CONFIG_FILE).read_text())
+    optimizer, found = _optimizer(run_dir)
     steps = [r["step"] for r in curvature]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for key, label in (("sharpness", "sharpness"), ("preconditioned_sharpness", "P^-1 H")):
@@ -138,14 +149,12 @@ def _sharpness(plt, run_dir: pathlib.Path, curvature: list[dict], path: pathlib.
             ax.plot(
                 steps, [r.get(key, np.nan) for r in curvature], label=f"top eigenvalue of {label}"
             )
-    found = threshold(config["optimizer"], float(config["optimizer"]["learning_rate"]))
     if found is not None:
         quantity, value = found
         ax.axhline(value, color="k", linestyle="--", label=f"threshold of {quantity}: {value:.4g}")
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    name, lr = config["optimizer"]["name"], config["optimizer"]["learning_rate"]
-    ax.set_title(f"{name}, lr={lr:g}")
+    ax.set_title(f"{optimizer['name']}, lr={optimizer['learning_rate']:g}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -154,11 +163,7 @@ def _sharpness(plt, run_dir: pathlib.Path, curvature: list[dict], path: pathlib.
 
 def write_figures(run_dir: str | pathlib.Path) -> list[pathlib.Path]:
     """Writes the figures of `run_dir` (each member's, for a run of several) and returns them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     run_dir = pathlib.Path(run_dir)
     members = sorted(p.parent for p in run_dir.glob("members/**/" + METRICS_FILE))
     written = []
@@ -180,24 +185,18 @@ def write_figures(run_dir: str | pathlib.Path) -> list[pathlib.Path]:
 def write_overlay(run_dirs: list[str | pathlib.Path], path: str | pathlib.Path) -> pathlib.Path:
     """One figure of several runs' tracked sharpness (solid) and thresholds (dashed), e.g. the
     step sizes of an edge-of-stability reproduction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, run_dir in enumerate(run_dirs):
         run_dir = pathlib.Path(run_dir)
-        config = json.loads((_config_dir(run_dir) / CONFIG_FILE).read_text())
-        lr = float(config["optimizer"]["learning_rate"])
-        found = threshold(config["optimizer"], lr)
+        optimizer, found = _optimizer(run_dir)
         curvature = [r for r in read_records(run_dir) if r["split"] == "curvature"]
         if found is None or not curvature:
             continue
         quantity, value = found
         steps = [r["step"] for r in curvature if quantity in r]
         series = [r[quantity] for r in curvature if quantity in r]
-        ax.plot(steps, series, color=f"C{i}", label=f"lr={lr:g}")
+        ax.plot(steps, series, color=f"C{i}", label=f"lr={float(optimizer['learning_rate']):g}")
         ax.axhline(value, color=f"C{i}", linestyle="--", linewidth=1)
         ax.set_ylabel(quantity.replace("_", " ") + " (dashed: threshold)")
     ax.set_yscale("log")

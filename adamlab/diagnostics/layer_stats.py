@@ -99,19 +99,21 @@ def _norms(grads, updates, params) -> dict[str, jax.Array]:
     return out
 
 
+def _bias_corrected(tree: Any, count: jax.Array, b2: jax.Array) -> dict[str, jax.Array]:
+    """Per leaf v / (1 - b2^t)."""
+    correction = 1.0 - b2 ** jnp.asarray(count, jnp.float32)
+    return {k: v / correction for k, v in _named_leaves(tree).items()}
+
+
 def second_moment_hat(spec: AdamSpec, state: Any, b2: jax.Array) -> dict[str, jax.Array]:
     """Per leaf the v_hat that the step divides by (see the module docstring)."""
-    t = jnp.asarray(state.count, jnp.float32)
-    correction = 1.0 - b2**t
-    nu = _named_leaves(state.nu)
     if spec.name == "adamax":
-        return nu
+        return _named_leaves(state.nu)
+    if spec.name == "amsgrad" and spec.convention == "pytorch":
+        return _bias_corrected(state.nu_max, state.count, b2)
     if spec.name == "amsgrad":
-        nu_max = _named_leaves(state.nu_max)
-        if spec.convention == "pytorch":
-            return {k: v / correction for k, v in nu_max.items()}
-        return nu_max  # optax: max of v_hat already; paper: no bias correction.
-    return {k: v / correction for k, v in nu.items()}
+        return _named_leaves(state.nu_max)  # optax: max of v_hat already; paper: no correction.
+    return _bias_corrected(state.nu, state.count, b2)
 
 
 def _adam_stats(spec: AdamSpec, opt_state: Any, learning_rate: jax.Array) -> dict[str, jax.Array]:
@@ -130,10 +132,10 @@ def _adam_stats(spec: AdamSpec, opt_state: Any, learning_rate: jax.Array) -> dic
         out |= {f"{name}/step_q05": q05, f"{name}/step_q50": q50, f"{name}/step_q95": q95}
         out[f"{name}/eps_fraction"] = jnp.mean(eps > root)
     if spec.name == "amsgrad":
-        nu, t = _named_leaves(state.nu), jnp.asarray(state.count, jnp.float32)
-        current = (
-            {k: v / (1.0 - b2**t) for k, v in nu.items()} if spec.convention == "optax" else nu
-        )
+        if spec.convention == "optax":
+            current = _bias_corrected(state.nu, state.count, b2)
+        else:
+            current = _named_leaves(state.nu)
         for name, v_max in _named_leaves(state.nu_max).items():
             out[f"{name}/amsgrad_max_active"] = jnp.mean(v_max > current[name])
     if spec.name in ("radam", "radamw"):
