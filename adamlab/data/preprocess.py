@@ -1,19 +1,8 @@
 """Per-example and per-batch transforms: normalisation and seeded augmentation.
 
-Normalisation: scale uint8 pixels to [0, 1], then standardise with per-dataset constants,
-`(x / 255 - mean) / std` (per channel for CIFAR-10). The constants are the mean and standard
-deviation over all pixels of each dataset's full TFDS `train` split (before the validation carve):
-  * digits: computed here from our `digits` train split (1437 images, rescaled to 0..255):
-    `x = images / 255; x.mean(), x.std()`; `tests/test_data.py` recomputes and checks them.
-  * mnist (0.1307, 0.3081) and cifar10 (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616):
-    the standard published values over the 60k / 50k train images. (The often quoted CIFAR-10
-    std (0.2023, 0.1994, 0.2010) is a mean of per-image stds, not the pixel std.)
-  * fashion_mnist (0.2860, 0.3530): the standard values over the 60k train images.
-
-Augmentation (training only, `augment=True`; default on for cifar10 only): pad with black (0)
-pixels, take a random crop of the original size, and for natural images flip left-right. Flips
-are off for digit datasets (a flipped digit is not the same digit). All randomness is stateless,
-keyed by (seed, process, epoch, example), so a stream is a pure function of its seed.
+Normalisation is `(x / 255 - mean) / std` with per-dataset constants over each dataset's full
+TFDS `train` split; augmentation (training only) pads, crops and, for natural images, flips,
+with stateless seeds. docs/data.md gives where each constant comes from and the defaults.
 """
 
 import dataclasses

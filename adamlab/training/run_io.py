@@ -258,14 +258,10 @@ class MetricWriter:
 
 
 def _import_tensorboardx():
-    """tensorboardX, imported here (only runs that log need it) and without torch.
-
-    tensorboardX's writer imports torch at module load when torch is installed, only to accept
-    torch tensors, which we never pass: that is seconds of every run's start-up on a machine
-    with torch. While it loads, `import torch` fails (a `None` entry in `sys.modules`); the
-    entry is removed right after, so later imports of torch work. Its NaN warnings are silenced:
-    a diverged run logs NaN on purpose (and says so itself).
-    """
+    """tensorboardX, imported here (only runs that log need it) and without torch, which its
+    writer imports when installed only to accept torch tensors: while it loads, `import torch`
+    fails (a `None` entry in `sys.modules`, removed right after). Its NaN warnings are
+    silenced: a diverged run logs NaN on purpose (and says so itself)."""
     if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
         sys.modules["torch"] = None  # type: ignore[assignment]
         try:
@@ -279,9 +275,8 @@ def _import_tensorboardx():
 
 
 def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict]:
-    """The records of `metrics.jsonl` (all, or those of one split), in order.
-
-    A torn last line is dropped with a warning (see the module docstring).
+    """The records of `metrics.jsonl` (all, or those of one split), in order; a torn last line
+    is dropped with a warning.
 
     Raises:
         RunDirError: a line other than the last is not a JSON record (names file and line).
