@@ -90,6 +90,12 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: pathlib.Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _leaves(layer_records: list[dict], statistic: str) -> list[str]:
     return sorted({k.rpartition("/")[0] for r in layer_records for k in r if k.endswith(statistic)})
 
@@ -112,9 +118,7 @@ def _heatmap(plt, layers: list[dict], path: pathlib.Path) -> None:
     ax.set_xlabel("step")
     ax.set_title("log10 update / parameter norm, per leaf")
     fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _effective_step(plt, layers: list[dict], path: pathlib.Path) -> bool:
@@ -134,9 +138,7 @@ def _effective_step(plt, layers: list[dict], path: pathlib.Path) -> bool:
     top.legend(fontsize=7)
     bottom.set_ylabel("fraction eps > sqrt(v_hat)")
     bottom.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
     return True
 
 
@@ -156,9 +158,7 @@ def _sharpness(plt, run_dir: pathlib.Path, curvature: list[dict], path: pathlib.
     ax.set_xlabel("step")
     ax.set_title(f"{optimizer['name']}, lr={optimizer['learning_rate']:g}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def write_figures(run_dir: str | pathlib.Path) -> list[pathlib.Path]:
@@ -202,11 +202,9 @@ def write_overlay(run_dirs: list[str | pathlib.Path], path: str | pathlib.Path) 
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 
