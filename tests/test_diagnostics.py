@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits
 
 from adamlab import config_dict, optim
 from adamlab.diagnostics import figures, hessian, layer_stats
-from adamlab.training import engines, experiment, train
+from adamlab.training import curvature, engines, experiment, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,9 @@ def test_preconditioned_sharpness_is_the_top_eigenvalue_of_p_inverse_h(logreg):
 
 def test_adam_preconditioner_is_bias_corrected():
     nu = {"a": jnp.full(3, 4e-6)}
-    diagonal = hessian.adam_preconditioner(nu, jnp.asarray(10), b2=0.999, eps=1e-8)
+    adam_state = optax.ScaleByAdamState(count=jnp.asarray(10), mu=nu, nu=nu)
+    spec = layer_stats.AdamSpec(name="adam", b2=0.999, eps=1e-8)
+    diagonal = curvature.preconditioner(spec, adam_state, nu)
     np.testing.assert_allclose(diagonal, np.sqrt(4e-6 / (1 - 0.999**10)) + 1e-8, rtol=1e-5)
 
 

@@ -46,13 +46,6 @@ def preconditioned_hvp(hvp: Operator, diagonal: jax.Array) -> Operator:
     return lambda v: scale * hvp(scale * v)
 
 
-def adam_preconditioner(nu: Any, count: jax.Array, b2: float, eps: float) -> jax.Array:
-    """Flat diag of Adam's P = sqrt(nu / (1 - b2^count)) + eps (Cohen et al. 2022's P)."""
-    flat_nu = ravel_pytree(nu)[0]
-    correction = 1.0 - jnp.asarray(b2, jnp.float32) ** jnp.asarray(count, jnp.float32)
-    return jnp.sqrt(flat_nu / correction) + eps
-
-
 def lanczos_tridiagonal(
     matvec: Operator, start: jax.Array, num_steps: int
 ) -> tuple[jax.Array, jax.Array]:
