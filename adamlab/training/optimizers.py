@@ -2,38 +2,9 @@
 
     tx, schedule = make_optimizer(config.optimizer, total_steps)
 
-Names (`optimizer.name`) are those of the one table, `adamlab.optim.alias.TABLE`:
-
-* ours, the optimizers under study, `adamlab.optim.names()`. With `implementation="ours"` our
-  code runs (`optim.create`, in the numerics of `optimizer.convention`); with
-  `implementation="optax"` its optax twin (`optim.reference`), so a comparison is a one-field
-  switch with identical hyperparameters.
-* the comparison baselines, NOT ours: `sgd` (fields `momentum`, `nesterov`), `adagrad` and
-  `rmsprop`, straight from optax (the well-kept reference for them).
-
-Every other non-None field (b1, b2, eps, weight_decay, momentum, ...) is passed to the
-optimizer under its own name; None means the optimizer's default, and an optimizer that does not
-take a field says so. `optimizer.l2` adds the gradient of (l2 / 2) * ||params||^2 to the
-gradient before any optimizer (L2 in the loss, as opposed to AdamW's decoupled decay).
-
-Schedules (`optimizer.schedule`): "constant", "warmup_cosine" (linear warmup over
-`warmup_steps`, or over `warmup_fraction` of the steps when that is set, then cosine to 0 at the
-last step), "inverse_sqrt" (Kingma & Ba's alpha / sqrt(t)) and "warmup_constant" (the linear
-warmup, then constant: Schedule-Free's, which needs no decay).
-
-Parameter groups (`optimizer.groups`, PyTorch's param groups; docs/training.md): a tuple of
-dicts `{"params": regex, <field>: value, ...}`; a group's parameters (paths such as
-"Dense_1/kernel" that the regex `re.search`es) get the top-level config with the group's fields
-over it (its own weight decay, learning rate, or optimizer `name`), the others the top level.
-One `optax.partition` over one labelling (`param_labels`) holds the groups and the frozen
-leaves (`make_optimizer(..., frozen=...)`, `init.frozen`); a regex that matches no parameter, or
-two groups that match one, is refused when the optimizer is initialised.
-
-Vectorized runs (`make_optimizer(..., swept=names)`): the swept hyperparameters (of the table
-entry's `sweepable`, and `l2`, `warmup_fraction`) become float32 state leaves through
-`optim.inject_hyperparams`, so one compiled update serves runs with different values;
-`with_values(tx, values)` builds the optimizer of one run. A swept field is the top level's:
-it reaches every group that does not set it; a group's own values are fixed in the program.
+Names are those of `adamlab.optim.alias.TABLE`: ours (our code, or with
+`implementation="optax"` its optax twin) and optax's baselines sgd, adagrad and rmsprop.
+configs/digits.py documents each field, docs/training.md the parameter groups and sweeps.
 """
 
 from __future__ import annotations
@@ -217,7 +188,9 @@ def _check_section(config: dict[str, Any], total_steps: int, where: str) -> None
 def make_schedule(
     optimizer_config: Any, total_steps: int, peak: Any = None, warmup_fraction: Any = None
 ) -> optax.Schedule:
-    """The learning-rate schedule of `optimizer.schedule` (see the module docstring).
+    """The learning-rate schedule of `optimizer.schedule`: "constant", "warmup_cosine" (a linear
+    warmup over `warmup_steps`, then cosine to 0 at the last step), "inverse_sqrt" or
+    "warmup_constant" (the linear warmup, then constant: Schedule-Free's, which needs no decay).
 
     "warmup_cosine" is optax's `warmup_cosine_decay_schedule(0, lr, warmup_steps, total_steps,
     0)`, built from the same two pieces and join so that `peak` (default: `learning_rate`) may be
@@ -430,7 +403,7 @@ def make_optimizer(
     Args:
       optimizer_config: ConfigDict (or mapping): name, implementation, convention,
         learning_rate, schedule, warmup_steps, l2, the optimizer's hyperparameters and
-        `groups` (see the module docstring).
+        `groups` (docs/training.md).
       total_steps: length of the run, the end of the cosine decay.
       frozen: regexes of parameter paths that get zero updates (the "frozen" label of
         `param_labels`, `optax.set_to_zero`); their optimizer state is never allocated.
