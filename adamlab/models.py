@@ -64,6 +64,18 @@ class CNN(nn.Module):
         return x.astype(jnp.float32)
 
 
+def _batch_norm(train: bool, dtype: Any, axis_name: str | None, **kwargs) -> nn.BatchNorm:
+    """The ResNet's BatchNorm: batch statistics while training, their running average after."""
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        axis_name=axis_name,
+        **kwargs,
+    )
+
+
 class ResidualBlock(nn.Module):
     """Basic block of He et al. 2016 (two 3x3 convs, post-activation), 1x1 projection shortcut.
 
@@ -78,14 +90,7 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-        norm = lambda **kw: nn.BatchNorm(
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-            axis_name=self.axis_name,
-            **kw,
-        )
+        norm = lambda **kw: _batch_norm(train, self.dtype, self.axis_name, **kw)
         conv = lambda f, k, s: nn.Conv(f, k, (s, s), use_bias=False, dtype=self.dtype)
         y = nn.relu(norm()(conv(self.features, (3, 3), self.strides)(x)))
         y = norm(scale_init=nn.initializers.zeros)(conv(self.features, (3, 3), 1)(y))
@@ -113,14 +118,7 @@ class ResNet(nn.Module):
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         x = x.astype(self.dtype)
         x = nn.Conv(self.num_filters, (3, 3), use_bias=False, dtype=self.dtype)(x)
-        x = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-            axis_name=self.axis_name,
-        )(x)
-        x = nn.relu(x)
+        x = nn.relu(_batch_norm(train, self.dtype, self.axis_name)(x))
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
                 x = ResidualBlock(

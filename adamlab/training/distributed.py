@@ -15,6 +15,8 @@ from typing import Any
 
 import jax
 
+from adamlab.optim import validation
+
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
@@ -86,9 +88,9 @@ def resolve_parameters(
     if params["process_id"] is None:
         params["process_id"] = _env_int(environ, ENV_PROCESS_ID)
     n, i = params["num_processes"], params["process_id"]
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+    if n is not None and not validation.is_int(n, 1):
         raise ValueError(f"distributed.num_processes={n!r} must be an int >= 1")
-    if i is not None and (isinstance(i, bool) or not isinstance(i, int) or i < 0):
+    if i is not None and not validation.is_int(i, 0):
         raise ValueError(f"distributed.process_id={i!r} must be an int >= 0")
     if n is not None and i is not None and i >= n:
         raise ValueError(
@@ -109,9 +111,7 @@ def initialize(config: Any = None, environ: Mapping[str, str] | None = None) -> 
     A disabled or absent config leaves JAX single-process. Calling it again after a successful
     initialization is a no-op, so library code may call it defensively.
     """
-    if config is None or not config.get("enabled", False):
-        return process_info()
-    if jax.distributed.is_initialized():
+    if config is None or not config.get("enabled", False) or jax.distributed.is_initialized():
         return process_info()
     params = resolve_parameters(config, environ)
     logging.info("jax.distributed.initialize(%s)", params)
