@@ -60,11 +60,16 @@ def _fail(field: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"{field}={value!r} is invalid: {allowed}")
 
 
+def _is_int(value: Any, minimum: int) -> bool:
+    """An int (numpy's too, not a bool) >= `minimum`."""
+    return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= minimum
+
+
 def _check_int(section: Any, prefix: str, name: str, minimum: int, optional: bool = False):
     value = section.get(name)
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+    if not _is_int(value, minimum):
         _fail(f"{prefix}.{name}", value, f"must be an int >= {minimum}" + (" or None" * optional))
 
 
@@ -101,7 +106,7 @@ def read_members(config: ml_collections.ConfigDict) -> MemberGrid:
     runs = config.get("runs") or {}
     seeds = runs.get("seeds") or (config.seed,)
     seeds = tuple(seeds)
-    if any(isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 0 for s in seeds):
+    if not all(_is_int(s, 0) for s in seeds):
         _fail("runs.seeds", seeds, "must be a non-empty sequence of ints >= 0")
     if len(set(seeds)) != len(seeds):
         _fail("runs.seeds", seeds, "must be distinct")
@@ -132,10 +137,10 @@ def validate_config(config: ml_collections.ConfigDict) -> int:
     return _validated(config)[0]
 
 
-def _validated(config: ml_collections.ConfigDict):
-    """`validate_config`, returning what checking built: (num_steps, info, members, per
-    implementation the optimizer with its swept hyperparameters injected and the schedule, and
-    the model)."""
+def _validated(config: ml_collections.ConfigDict, num_devices: int = 1):
+    """`validate_config`, the batches split over `num_devices`; returns what checking built:
+    (num_steps, info, members, per implementation the optimizer with its swept
+    hyperparameters injected and the schedule, and the model)."""
     for section in ("data", "model", "optimizer", "train"):
         if section not in config:
             raise ConfigError(f"config has no {section!r} section; see configs/digits.py")
@@ -143,7 +148,7 @@ def _validated(config: ml_collections.ConfigDict):
     if missing:
         raise ConfigError(f"config.train lacks {missing}; see configs/digits.py for every field")
     seed = config.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if not validation.is_int(seed, 0):
         _fail("seed", seed, "must be an int >= 0")
     if config.data.get("name") not in data.DATASETS:
         _fail("data.name", config.data.get("name"), f"allowed: {', '.join(data.DATASETS)}")
@@ -182,15 +187,20 @@ def _validated(config: ml_collections.ConfigDict):
         if config.get("distributed") is not None and config.distributed.get("enabled", False):
             distributed.resolve_parameters(config.distributed)  # As `initialize` will read it.
         engines.validate_engine_name(train.engine)
-        engines.validate_batch_size(train.batch_size, 1)  # Divisibility: build_experiment.
-        engines.validate_batch_size(train.eval_batch_size, 1, what="train.eval_batch_size")
+        engines.validate_batch_size(train.batch_size, num_devices)
+        engines.validate_batch_size(
+            train.eval_batch_size, num_devices, what="train.eval_batch_size"
+        )
         info = data.dataset_info(config.data)
         num_steps = total_steps(config, info)
         transfer.validate_init(config.get("init"))
         frozen = transfer.frozen_patterns(config.get("init"))
         built = tuple(
             optimizers.make_optimizer(
-                _optimizer_section(config, impl), num_steps, frozen=frozen, swept=tuple(who.sweep)
+                config.optimizer.to_dict() | {"implementation": impl},
+                num_steps,
+                frozen=frozen,
+                swept=tuple(who.sweep),
             )
             for impl in who.implementations
         )
@@ -240,12 +250,11 @@ def _check_diagnostics(config: ml_collections.ConfigDict) -> None:
     diag = config.get("diagnostics")
     if diag is None:
         return
-    _check_int(diag, "diagnostics", "layer_stats_every_steps", 1, optional=True)
-    _check_int(diag, "diagnostics", "curvature_every_steps", 1, optional=True)
-    for name, minimum in (("curvature_examples", 1), ("top_k", 1), ("lanczos_steps", 1)):
+    for name in ("layer_stats_every_steps", "curvature_every_steps"):  # None: off
+        _check_int(diag, "diagnostics", name, 1, optional=True)
+    for name in ("curvature_examples", "top_k", "lanczos_steps", "density_probes", "density_steps"):
+        minimum = 0 if name == "density_probes" else 1
         _check_int(diag, "diagnostics", name, minimum, optional=name not in diag)
-    _check_int(diag, "diagnostics", "density_probes", 0, optional="density_probes" not in diag)
-    _check_int(diag, "diagnostics", "density_steps", 1, optional="density_steps" not in diag)
     if diag.get("lanczos_steps", 20) < diag.get("top_k", 1):
         _fail("diagnostics.lanczos_steps", diag.lanczos_steps, "must be >= diagnostics.top_k")
     if not isinstance(diag.get("preconditioned", True), bool):
@@ -285,10 +294,6 @@ def layer_stats_for(config: ml_collections.ConfigDict, who: MemberGrid) -> list 
     if not (config.get("diagnostics") or {}).get("layer_stats_every_steps"):
         return None
     return [layer_stats.make_layer_stats(optimizer_spec(config)) for _ in who.implementations]
-
-
-def _optimizer_section(config: ml_collections.ConfigDict, implementation: str) -> dict:
-    return config.optimizer.to_dict() | {"implementation": implementation}
 
 
 def _check_sweep(config: ml_collections.ConfigDict, who: MemberGrid) -> None:
@@ -355,19 +360,14 @@ class Experiment:
 def build_experiment(
     config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None
 ) -> Experiment:
-    """Validates `config` and builds dataset info, model, optimizers, schedule and engine."""
-    num_steps, info, who, built, model = _validated(config)
+    """Validates `config` and builds dataset info, model, optimizers, schedule and engine.
+
+    The global batches split over `devices` (evaluation may use fewer than training)."""
+    devices = tuple(devices or jax.devices())
+    num_steps, info, who, built, model = _validated(config, len(devices))
     first = {k: v[0] for k, v in who.sweep.items()}
     txs = [optimizers.with_values(tx, first) for tx, _ in built]
     schedule = built[0][1]
-    devices = tuple(devices or jax.devices())
-    try:  # The global batches split over these devices (evaluation may use fewer than training).
-        engines.validate_batch_size(config.train.batch_size, len(devices))
-        engines.validate_batch_size(
-            config.train.eval_batch_size, len(devices), what="train.eval_batch_size"
-        )
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     dispatch = config.train.get("steps_per_dispatch")
     on_cpu = devices[0].platform == "cpu"
     if dispatch is None:  # One step per call for one run on CPU (jax-ml/jax#12868), else chunks.
