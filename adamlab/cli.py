@@ -1,11 +1,4 @@
-r"""The `adamlab` command line: `adamlab <command> [flags]` (also `python -m adamlab`).
-
-    adamlab train --config digits --workdir runs/digits \
-        --config.optimizer.name=adamw --config.optimizer.learning_rate=3e-3
-    adamlab evaluate --workdir runs/digits --checkpoint best --split test
-    adamlab compare --optimizers adam,adamw --seeds 5
-    adamlab sweep --sweep optimizer.learning_rate=1e-4:1e-1:8 --seeds 2
-    adamlab study batch_size --seeds 5
+"""The `adamlab` command line: `adamlab <command> [flags]` (also `python -m adamlab`).
 
 This module owns every flag and command; the library never imports it. Each command is a
 `Command`: a function that defines its absl flags on a fresh `FlagValues` and a function that

@@ -1,12 +1,8 @@
 """Config files and sections: where a config comes from and how builders read it.
 
-* `resolve_config_path("digits")` / `load_config("digits")`: a shipped config by name (the
-  package `adamlab.configs`, which is the repository's `configs/` directory installed as package
-  data) or any config file by path. So `adamlab train --config digits` works from any directory
-  after `pip install adamlab`, and `--config configs/digits.py` keeps working in a clone.
-* `as_dict(section)`: a config section as a plain dict, whether it came as an
-  `ml_collections.ConfigDict` or a mapping; the builders (`create_model`, `make_optimizer`)
-  accept either, so library users can pass a dict and the CLI the parsed config.
+A config is a shipped one by name (`adamlab.configs`, the repository's `configs/` installed as
+package data: `--config digits` works from any directory) or any file by path; `as_dict` reads
+a section given as a ConfigDict or a mapping, as the builders accept either.
 """
 
 from __future__ import annotations

@@ -1,19 +1,10 @@
 """What the `adamlab` command sets on its own process: how it runs, never what it computes.
 
-- `use_eigen_convolutions`: XLA:CPU computes convolutions with Eigen's threads instead of
-  YNNPACK's single-threaded calls (the same sums in another order: float32 rounding).
-- `keep_freed_memory`: glibc keeps freed memory, so XLA:CPU's per-call buffers stop page-faulting.
-- `pause_collector`, `resume_collector`, `freeze_before_exit`: Python's garbage collector stops
-  walking the ~370,000 objects that importing jax, flax, orbax and TensorFlow creates.
-- `use_compilation_cache`: jax's persistent compilation cache, so that a command reuses what
-  an earlier one compiled.
-- `use_data_cache`: decoded TFDS splits kept on disk, so that a command does not decode what
-  an earlier one decoded (`adamlab.data.decoded`).
-- `process_age`: how long the process has run (a run reports the time before its first step).
-
-`cli.main` applies the first two in whatever process runs it; `cli.console`, the `adamlab`
-command, which owns its process, applies all of them. Each has an ``ADAMLAB_*`` switch
-(`adamlab.switches`). Measurements: docs/performance.md.
+Convolutions on Eigen's threads, glibc keeping freed memory, the garbage collector kept off
+the libraries' objects, jax's persistent compilation cache and the decoded-data cache, each
+with an ``ADAMLAB_*`` switch (`adamlab.switches`); and `process_age`. `cli.main` applies the
+first two in whatever process runs it, `cli.console` (the `adamlab` command, which owns its
+process) all of them. docs/performance.md.
 """
 
 from __future__ import annotations
