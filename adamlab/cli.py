@@ -559,7 +559,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog} {name}: {'unknown config field ' * unknown}{_message(e)}", file=sys.stderr)
         return EXIT_USAGE
     runtime.keep_freed_memory()
-    _import_libraries(command)
+    # The command's library module; then a collector `console` paused goes back on, with the
+    # imported objects frozen (a no-op unless it was paused).
+    importlib.import_module(command.module)
+    runtime.resume_collector()
     try:
         return command.run(fv)
     except Exception as e:
@@ -588,13 +591,6 @@ def console(argv: Sequence[str] | None = None) -> NoReturn:
     code = main(argv)
     runtime.freeze_before_exit()
     sys.exit(code)
-
-
-def _import_libraries(command: Command) -> None:
-    """Imports the command's library module, then turns a paused garbage collector back on
-    with the imported objects frozen (a no-op unless `console` paused it)."""
-    importlib.import_module(command.module)
-    runtime.resume_collector()
 
 
 def _is_user_error(error: Exception) -> bool:
