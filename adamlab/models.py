@@ -227,13 +227,12 @@ def validate_model_config(model_config: Any) -> None:
 
 
 def create_model(model_config: Any, num_classes: int) -> nn.Module:
-    """Builds the model named by `model_config.name` ("cnn" or "resnet").
+    """Builds the model named by `model_config.name` (one of `MODELS`).
 
     Args:
       model_config: ConfigDict (or mapping) with `name`, optional `dtype` ("float32" or
-        "bfloat16", the computation dtype; parameters stay float32) and architecture fields of
-        the chosen model (`CNN`: features, dense_features, dropout_rate; `ResNet`: stage_sizes,
-        num_filters). Missing fields take the model's defaults.
+        "bfloat16", the computation dtype; parameters stay float32) and the chosen model's
+        fields (its class's attributes; missing ones take their defaults).
       num_classes: size of the logits.
 
     Returns:

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from adamlab import data, models
+from adamlab import config_dict, data, models
 from adamlab.diagnostics import layer_stats
 from adamlab.optim import validation
 from adamlab.training import distributed, engines, members, optimizers, run_io, steps, transfer
@@ -104,8 +104,7 @@ class MemberGrid:
 def read_members(config: ml_collections.ConfigDict) -> MemberGrid:
     """The `runs` section (optional): seeds, implementations and sweep, checked."""
     runs = config.get("runs") or {}
-    seeds = runs.get("seeds") or (config.seed,)
-    seeds = tuple(seeds)
+    seeds = tuple(runs.get("seeds") or (config.seed,))
     if not all(_is_int(s, 0) for s in seeds):
         _fail("runs.seeds", seeds, "must be a non-empty sequence of ints >= 0")
     if len(set(seeds)) != len(seeds):
@@ -118,9 +117,8 @@ def read_members(config: ml_collections.ConfigDict) -> MemberGrid:
         implementations
     ):
         _fail("runs.implementations", implementations, f"distinct names from {', '.join(known)}")
-    sweep_section = runs.get("sweep") or {}
-    sweep_section = sweep_section.to_dict() if hasattr(sweep_section, "to_dict") else sweep_section
-    sweep = {k: tuple(float(x) for x in v) for k, v in dict(sweep_section).items()}
+    sweep_section = config_dict.as_dict(runs.get("sweep") or {}, "runs.sweep")
+    sweep = {k: tuple(float(x) for x in v) for k, v in sweep_section.items()}
     lengths = {len(v) for v in sweep.values()}
     if len(lengths) > 1 or 0 in lengths:
         _fail("runs.sweep", sweep, "swept values must be non-empty and equally long")
