@@ -102,10 +102,6 @@ def _config(fv: flags.FlagValues):
     return config
 
 
-def _config_stem(fv: flags.FlagValues) -> str:
-    return pathlib.Path(config_flags.get_config_filename(fv["config"])).stem
-
-
 def default_workdir(name: str, now: datetime.datetime | None = None) -> str:
     """`runs/<name>-<YYYYmmdd-HHMMSS>`."""
     now = now or datetime.datetime.now()
@@ -113,7 +109,9 @@ def default_workdir(name: str, now: datetime.datetime | None = None) -> str:
 
 
 def _workdir(fv: flags.FlagValues, prefix: str = "") -> str:
-    return fv["workdir"].value or default_workdir(prefix + _config_stem(fv))
+    """--workdir, else `runs/<prefix><the config file's stem>-<time>`."""
+    stem = pathlib.Path(config_flags.get_config_filename(fv["config"])).stem
+    return fv["workdir"].value or default_workdir(prefix + stem)
 
 
 # ---------------------------------------------------------------------------- commands

@@ -205,7 +205,11 @@ def _validated(config: ml_collections.ConfigDict, num_devices: int = 1):
         _check_sweep(config, who)
         model = models.create_model(config.model, info.num_classes)
         if frozen or optimizers.groups_of(config.optimizer):
-            _check_partition(model, info, who, built)
+            # The groups' and init.frozen's regexes against the parameter paths, before any
+            # step: initialising an optimizer labels them (`optimizers.param_labels`).
+            first = {k: v[0] for k, v in who.sweep.items()}
+            txs = [optimizers.with_values(tx, first) for tx, _ in built]
+            _abstract_states(model, txs, info.image_shape)
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:
@@ -230,14 +234,11 @@ def _validated(config: ml_collections.ConfigDict, num_devices: int = 1):
     return num_steps, info, who, built, model
 
 
-def _check_partition(model: Any, info: Any, who: MemberGrid, built: Sequence) -> None:
-    """The groups' and `init.frozen`'s regexes against the model's parameter paths: each
-    optimizer initialised on the abstract parameters (`jax.eval_shape`: nothing allocated),
-    which labels them (`optimizers.param_labels`) before any step."""
-    first = {k: v[0] for k, v in who.sweep.items()}
-    for tx, _ in built:
-        tx = optimizers.with_values(tx, first)
-        jax.eval_shape(lambda tx=tx: create_train_state(0, model, tx, info.image_shape))
+def _abstract_states(model: Any, txs: Sequence, image_shape: Sequence[int]) -> tuple:
+    """Each optimizer's step-0 train state as shapes and dtypes (`jax.eval_shape`: nothing is
+    allocated or computed)."""
+    init = lambda tx: create_train_state(jax.random.key(0), model, tx, image_shape)
+    return tuple(jax.eval_shape(lambda tx=tx: init(tx)) for tx in txs)
 
 
 def _check_diagnostics(config: ml_collections.ConfigDict) -> None:
@@ -436,17 +437,10 @@ def initial_members(
 
 def abstract_members(experiment: Experiment) -> members.Members:
     """Shapes and dtypes of `initial_members` (no initialisation): the target of a restore."""
-    grid, shape = experiment.who.grid, experiment.info.image_shape
+    grid = experiment.who.grid
     with_grid = lambda x: jax.ShapeDtypeStruct((*grid, *x.shape), x.dtype)
-    states = tuple(
-        jax.tree.map(
-            with_grid,
-            jax.eval_shape(
-                lambda tx=tx: create_train_state(jax.random.key(0), experiment.model, tx, shape)
-            ),
-        )
-        for tx in experiment.txs
-    )
+    states = _abstract_states(experiment.model, experiment.txs, experiment.info.image_shape)
+    states = jax.tree.map(with_grid, states)
     m = len(states)
     return members.Members(
         states=states,
