@@ -72,10 +72,12 @@ def _define_config(fv: flags.FlagValues, argv: list[str], default: str | None) -
     )
 
 
-def _define_seeds(fv: flags.FlagValues, default: int) -> None:
-    flags.DEFINE_integer(
-        "seeds", default, "Number of seeds: config.seed + 0, 1, ...", lower_bound=1, flag_values=fv
-    )
+def _define_seeds(
+    fv: flags.FlagValues,
+    default: int | None,
+    help: str = "Number of seeds: config.seed + 0, 1, ...",
+) -> None:
+    flags.DEFINE_integer("seeds", default, help, lower_bound=1, flag_values=fv)
 
 
 def _config(fv: flags.FlagValues):
@@ -234,13 +236,7 @@ def _define_study_flags(fv: flags.FlagValues, argv: list[str]) -> None:
 
     name = _study_name(argv)
     _define_config(fv, argv, studies.STUDIES.get(name))
-    flags.DEFINE_integer(
-        "seeds",
-        None,
-        "Number of seeds (0..n-1); default: the config's runs.seeds.",
-        lower_bound=1,
-        flag_values=fv,
-    )
+    _define_seeds(fv, None, "Number of seeds (0..n-1); default: the config's runs.seeds.")
     flags.DEFINE_string(
         "study", name, "The study (given as the positional argument).", flag_values=fv
     )
