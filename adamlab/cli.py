@@ -1,11 +1,8 @@
 """The `adamlab` command line: `adamlab <command> [flags]` (also `python -m adamlab`).
 
-This module owns every flag and command; the library never imports it. Each command is a
-`Command`: a function that defines its absl flags on a fresh `FlagValues` and a function that
-runs it from the parsed flags and returns the exit code. `--config` takes a config file's path
-or the name of a shipped config (`digits`, `mnist`, ...; `adamlab.config_dict`), and
-`--config.<field>=<value>` overrides a field, as in the Flax examples (`None` sets a field to
-None).
+This module owns every flag and command (`COMMANDS`); the library never imports it. `--config`
+takes a config file's path or a shipped config's name (`digits`, `mnist`, ...), and
+`--config.<field>=<value>` overrides a field, as in the Flax examples (`None` sets None).
 
 Exit codes: 0 done; 1 the run failed (e.g. a non-finite loss); 2 bad command line, config or
 workdir (nothing was written); `EXIT_INTERRUPTED` (75, sysexits' EX_TEMPFAIL: "try again") a

@@ -4,9 +4,7 @@
     experiment = build_experiment(config)  # model, optimizers, engine, who trains
     carry = initial_members(experiment)  # every member's step-0 state (host)
 
-`MemberGrid` reads the optional `runs` section: the seeds (default: `config.seed`), the
-implementations (default: `optimizer.implementation`) and the swept hyperparameters
-(name -> values, all equally long), whose product is the grid of members one program trains.
+Who trains, the grid of members of one program, is the `runs` section's (`read_members`).
 Used by the loop (`adamlab.training.train`), evaluation and `restore`.
 """
 
@@ -102,7 +100,9 @@ class MemberGrid:
 
 
 def read_members(config: ml_collections.ConfigDict) -> MemberGrid:
-    """The `runs` section (optional): seeds, implementations and sweep, checked."""
+    """The `runs` section (optional), checked: the seeds (default: `config.seed`), the
+    implementations (default: `optimizer.implementation`) and the swept hyperparameters
+    (name -> values, all equally long), whose product is the grid of members."""
     runs = config.get("runs") or {}
     seeds = tuple(runs.get("seeds") or (config.seed,))
     if not all(_is_int(s, 0) for s in seeds):
