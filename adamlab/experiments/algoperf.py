@@ -1,16 +1,7 @@
-r"""AlgoPerf's benchmark score, and AlgoPerf's published logs read and scored with it.
+"""AlgoPerf's benchmark score (`score`), and AlgoPerf's published logs read and scored with it.
 
-    logs = read_track("previous_leaderboards/algoperf_v05/logs/self_tuning", "self_tuning")
-    board = score(logs.study_times(), V05.base_workloads, V05.held_out)
-    board.scores                         # submission -> AlgoPerf score in [0, 1]
-    write_leaderboard("out", board, logs)   # leaderboard.csv, studies.csv, summary.md, profiles.png
-
-`score` is the scoring core: per submission, workload and study a time to target (inf: the
-target was missed) in, the score table out; `adamlab benchmark` hands it its per-study
-times. The rules are those of AlgoPerf's code (mlcommons/algorithmic-efficiency
-`scoring/performance_profile.py` and `score_submissions.py`, since moved to
-mlcommons/submissions_algorithms `scoring/`), which produced the published leaderboards; where
-AlgoPerf's documentation says otherwise, docs/algoperf.md says where and how.
+The rules are those of AlgoPerf's code, which produced the published leaderboards;
+docs/algoperf.md gives them, the usage, and where AlgoPerf's documentation differs.
 """
 
 from __future__ import annotations
@@ -442,29 +433,25 @@ def read_measurements(
       LogError: not text, no header, a needed column missing, or a value that is not a
         number.
     """
-    path = pathlib.Path(path)
+    path, needed = pathlib.Path(path), (time_column, column)
     try:
-        return _read_columns(path, (time_column, column))
+        with path.open(newline="") as f:
+            header, *rows = list(csv.reader(f)) or [[]]
     except UnicodeDecodeError:
         raise LogError(f"{path}: not a text file; expected AlgoPerf's {MEASUREMENTS}") from None
-
-
-def _read_columns(path: pathlib.Path, needed: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    with path.open(newline="") as f:
-        rows = csv.reader(f)
-        header = next(rows, None)
-        missing = [c for c in needed if c not in (header or [])]
-        if missing:
-            raise LogError(
-                f"{path}: no column {', '.join(missing)}; expected AlgoPerf's "
-                f"{MEASUREMENTS} with the columns {', '.join(needed)}"
-            )
-        index = [header.index(c) for c in needed]
-        values: list[list[float]] = [[], []]
-        for line, row in enumerate(rows, start=2):
-            for out, i, name in zip(values, index, needed, strict=True):
-                out.append(_number(row[i] if i < len(row) else "", path, line, name))
-    return np.array(values[0], np.float64), np.array(values[1], np.float64)
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise LogError(
+            f"{path}: no column {', '.join(missing)}; expected AlgoPerf's "
+            f"{MEASUREMENTS} with the columns {', '.join(needed)}"
+        )
+    index = {c: header.index(c) for c in needed}
+    cells = [
+        [_number(row[i] if i < len(row) else "", path, line, c) for c, i in index.items()]
+        for line, row in enumerate(rows, start=2)
+    ]
+    times, values = np.array(cells, np.float64).reshape(-1, 2).T
+    return times, values
 
 
 def _number(text: str, path: pathlib.Path, line: int, column: str) -> float:
@@ -582,29 +569,25 @@ def write_leaderboard(
 def plot_leaderboard(path: str | os.PathLike, board: Scores, *, title: str) -> pathlib.Path:
     """profiles.png: every submission's rho(tau) on the grid, best first, the legend (with
     the scores) beside the axes; colours and dash patterns keep a dozen lines apart."""
-    plt = report._pyplot()
-    fig, ax = plt.subplots(figsize=(9, 4.2))
     styles = ("-", "--", "-.", ":")
-    for i, sub in enumerate(board.ranked()):
-        ax.step(
-            board.taus,
-            board.rho[sub],
-            styles[i // 10 % len(styles)],
-            where="post",
-            color=f"C{i % 10}",
-            lw=1.5,
-            label=f"{sub} ({board.scores[sub]:.4f})",
-        )
-    ax.set_xlim(board.taus[0], board.taus[-1])
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel("tau (time to target / the fastest submission's)")
-    ax.set_ylabel(f"fraction of the {len(board.workloads)} workloads")
-    ax.set_title(f"{title}: performance profiles (legend: score)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with report.figure(path, (9, 4.2), dpi=100) as (ax,):
+        for i, sub in enumerate(board.ranked()):
+            ax.step(
+                board.taus,
+                board.rho[sub],
+                styles[i // 10 % len(styles)],
+                where="post",
+                color=f"C{i % 10}",
+                lw=1.5,
+                label=f"{sub} ({board.scores[sub]:.4f})",
+            )
+        ax.set_xlim(board.taus[0], board.taus[-1])
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("tau (time to target / the fastest submission's)")
+        ax.set_ylabel(f"fraction of the {len(board.workloads)} workloads")
+        ax.set_title(f"{title}: performance profiles (legend: score)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return pathlib.Path(path)
 
 
@@ -612,17 +595,12 @@ def summary_sections(board: Scores, logs: TrackLogs, *, source: str = "") -> lis
     """summary.md's sections: the logs, the score's rules, the leaderboard with per-workload
     ratios, and the warnings."""
     version = logs.version
-    table = [
-        "| rank | submission | score | " + " | ".join(board.workloads) + " |",
-        "|---|---|---|" + "---|" * len(board.workloads),
+    ranks = [
+        [str(rank), sub, f"{board.scores[sub]:.4f}"]
+        + [_ratio_cell(board.ratios[sub][w]) for w in board.workloads]
+        for rank, sub in enumerate(board.ranked(), start=1)
     ]
-    for row in leaderboard_rows(board):
-        ratios = [_ratio_cell(float(row[f"{w}_ratio"])) for w in board.workloads]
-        table.append(
-            f"| {row['rank']} | {row['submission']} | {float(row['score']):.4f} | "
-            + " | ".join(ratios)
-            + " |"
-        )
+    table = report.table(["rank", "submission", "score", *board.workloads], ranks)
     warnings = [f"- {w}" for w in logs.warnings] or ["None: every workload, study and trial."]
     return [
         f"Logs: `{source}`." if source else "",
@@ -632,7 +610,7 @@ def summary_sections(board: Scores, logs: TrackLogs, *, source: str = "") -> lis
         f"trial reaching the target at the earliest evaluation, per workload the median over "
         f"{version.studies} studies (a miss: inf), no credit beyond {board.taus[-1]:g}x the "
         "fastest or when the held-out variant misses (docs/algoperf.md).",
-        "\n".join(table),
+        table,
         "Cells: time to target over the fastest submission's (-: no credit).",
         "## Warnings",
         "\n".join(warnings),

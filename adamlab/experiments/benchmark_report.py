@@ -1,10 +1,5 @@
-"""The benchmark's report: trials.csv, studies.csv, results.csv, stages.csv, summary.md, figures.
-
-    scores = algoperf_scores(plan, study_rows)        # "steps"/"seconds" -> algoperf.Scores
-    summary = write_report(plan, workdir, final_rows, tables, scores, finals, heatmap, wall)
-
-Written by `report.write_report`; docs/benchmark.md describes the files and summary.md.
-"""
+"""The benchmark's report: its tables, summary.md and figures, written by `report.write_report`;
+docs/internals.md and docs/benchmark.md describe them."""
 
 from __future__ import annotations
 
@@ -126,14 +121,14 @@ def _heatmap(plan, results: Mapping[str, train.RunsResult], figures: dict) -> st
     """The heatmap's section of summary.md; adds heatmap.png to `figures`."""
     workload = next(iter(plan.workloads.values()))
     metric = workload.config.benchmark.heatmap.metric
-    grids, axes, lines = {}, {}, []
+    grids, axes, cells = {}, {}, []
     for method, result in results.items():
         rates, strengths = axes[method] = workload.heatmap_axes(method)
         values = np.array([row[metric] for row in result.rows], np.float64)
         seeds = len(result.rows) // (len(rates) * len(strengths))
         grids[method] = grid = values.reshape(len(rates), len(strengths), seeds).mean(axis=-1)
-        lines += [
-            f"| {method} | {r:.0e} | {_best_strength(row, strengths)} |"
+        cells += [
+            [method, f"{r:.0e}", _best_strength(row, strengths)]
             for r, row in zip(rates, grid, strict=True)
         ]
     figures["heatmap.png"] = functools.partial(
@@ -155,8 +150,8 @@ def _heatmap(plan, results: Mapping[str, train.RunsResult], figures: dict) -> st
         "per method; heatmap.png. If the best strength moves with the learning rate, the two "
         "are coupled (Loshchilov & Hutter 2019, Fig. 2: Adam + L2 against AdamW). Best cell: "
         + "; ".join(best)
-        + ".\n\n| method | learning rate | best strength "
-        f"({metric}) |\n|---|---|---|\n" + "\n".join(lines)
+        + ".\n\n"
+        + report.table(["method", "learning rate", f"best strength ({metric})"], cells)
     )
 
 
@@ -299,19 +294,16 @@ def _score_section(plan, scores: Mapping[str, algoperf.Scores]) -> str:
         "median over studies (its ratio to the fastest; -: no credit).",
     ]
     for measure, board in scores.items():
-        taus = " | ".join(f"rho({board.taus[i]:g})" for i in shown)
-        lines += [
-            "",
-            f"{measure} to target:",
-            "",
-            f"| optimizer | score | {taus} | " + " | ".join(workloads) + " |",
-            "|---|---|" + "---|" * (len(shown) + len(workloads)),
-        ]
+        taus = [f"rho({board.taus[i]:g})" for i in shown]
         fmt = "{:g}" if measure == "steps" else "{:.3g}"
-        for o in board.ranked():
-            rho = " | ".join(f"{board.rho[o][i]:.2f}" for i in shown)
-            cells = [_score_cell(board, o, w, fmt) for w in workloads]
-            lines.append(f"| {o} | {board.scores[o]:.4f} | {rho} | " + " | ".join(cells) + " |")
+        rows = [
+            [o, f"{board.scores[o]:.4f}"]
+            + [f"{board.rho[o][i]:.2f}" for i in shown]
+            + [_score_cell(board, o, w, fmt) for w in workloads]
+            for o in board.ranked()
+        ]
+        table = report.table(["optimizer", "score", *taus, *workloads], rows)
+        lines += ["", f"{measure} to target:", "", table]
     return "\n".join(lines)
 
 
@@ -338,32 +330,32 @@ def _workload_table(plan, name, trial_rows, final_rows, seconds, steps) -> str:
         metrics=("validation_accuracy", "test_accuracy", "test_loss"),
     )
     header = (
-        "| optimizer | selected setting | trials reaching target | seeds reaching target | "
-        "median steps to target [interval, coverage] | median seconds to target | "
-        f"speedup vs {baseline} (steps / seconds) | validation accuracy | test accuracy | "
-        "test loss |"
-    )
-    lines = [header, "|" + "---|" * 10]
+        "optimizer|selected setting|trials reaching target|seeds reaching target|"
+        "median steps to target [interval, coverage]|median seconds to target|"
+        f"speedup vs {baseline} (steps / seconds)|validation accuracy|test accuracy|test loss"
+    ).split("|")
+    body = []
     for s in summary:
         o = s["optimizer"]
         mine = [r for r in rows if r["optimizer"] == o]
         tried = [r for r in trial_rows if r["workload"] == name and r["optimizer"] == o]
         low, high, coverage = profiles.median_interval([r["steps_to_target"] for r in mine])
-        cells = [
-            o,
-            mine[0]["setting"],
-            f"{sum(math.isfinite(r['steps_to_target']) for r in tried)}/{len(tried)}",
-            f"{sum(math.isfinite(r['steps_to_target']) for r in mine)}/{len(mine)}",
-            f"{_number(steps[o][name], '{:.0f}')} [{low:g}, {high:g}, {coverage:.0%}]",
-            _number(seconds[o][name], "{:.3g}"),
-            " / ".join(_speedup_cell(speed[m][o][name], baseline) for m in speed),
-            *[
-                report.format_interval(s[f"{m}_mean"], s[f"{m}_half"])
-                for m in ("validation_accuracy", "test_accuracy", "test_loss")
-            ],
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        body.append(
+            [
+                o,
+                mine[0]["setting"],
+                f"{sum(math.isfinite(r['steps_to_target']) for r in tried)}/{len(tried)}",
+                f"{sum(math.isfinite(r['steps_to_target']) for r in mine)}/{len(mine)}",
+                f"{_number(steps[o][name], '{:.0f}')} [{low:g}, {high:g}, {coverage:.0%}]",
+                _number(seconds[o][name], "{:.3g}"),
+                " / ".join(_speedup_cell(speed[m][o][name], baseline) for m in speed),
+                *[
+                    report.format_interval(s[f"{m}_mean"], s[f"{m}_half"])
+                    for m in ("validation_accuracy", "test_accuracy", "test_loss")
+                ],
+            ]
+        )
+    return report.table(header, body) + "\n"
 
 
 def _speedup_cell(value: float, baseline: str) -> str:
@@ -383,23 +375,20 @@ def _number(value: float, fmt: str) -> str:
 def _profile_table(rho: Mapping[str, Mapping[str, np.ndarray]]) -> str:
     shown = (1.0, 1.5, 2.0, 3.0, 4.0)
     index = [int(np.argmin(np.abs(profiles.TAUS - t))) for t in shown]
-    header = "| measure | optimizer | " + " | ".join(f"tau={t:g}" for t in shown) + " |"
-    lines = [header, "|---|---|" + "---|" * len(shown)]
-    for measure, per in rho.items():
-        for optimizer, values in per.items():
-            cells = " | ".join(f"{values[i]:.2f}" for i in index)
-            lines.append(f"| {measure} | {optimizer} | {cells} |")
-    return "\n".join(lines)
+    header = ["measure", "optimizer", *(f"tau={t:g}" for t in shown)]
+    rows = [
+        [measure, optimizer, *(f"{values[i]:.2f}" for i in index)]
+        for measure, per in rho.items()
+        for optimizer, values in per.items()
+    ]
+    return report.table(header, rows)
 
 
 def _stage_table(stages: Sequence[Mapping[str, Any]]) -> str:
-    header = (
-        "| workload | optimizer | stage | runs | steps | wall s | compile s | program steps/s |"
-    )
-    lines = [header, "|" + "---|" * 8]
-    for s in stages:
-        lines.append(
-            f"| {s['workload']} | {s['optimizer']} | {s['stage']} | {s['runs']} | {s['steps']} "
-            f"| {s['wall_time_s']:.1f} | {s['compile_s']:.1f} | {s['steps_per_sec']:.1f} |"
-        )
-    return "\n".join(lines) + "\n"
+    header = "workload optimizer stage runs steps".split()
+    rows = [
+        [str(s[k]) for k in header]
+        + [f"{s[k]:.1f}" for k in ("wall_time_s", "compile_s", "steps_per_sec")]
+        for s in stages
+    ]
+    return report.table([*header, "wall s", "compile s", "program steps/s"], rows) + "\n"

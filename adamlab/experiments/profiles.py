@@ -1,12 +1,5 @@
-"""Time-to-target, AlgoPerf-style performance profiles, speedups and the benchmark's figures.
-
-    steps = steps_to_target(eval_steps, validation_accuracy, target=0.97)   # inf: never reached
-    rho = performance_profile({"adam": {"digits_cnn": 3.1}, ...}, taus)     # opt -> [len(taus)]
-    median_interval(values)                                                 # (lo, hi, coverage)
-    speedups(times, baseline="adam")                                        # opt -> workload -> x
-
-docs/internals.md defines the profiles (Dolan & More 2002) and AlgoPerf's area.
-"""
+"""Time-to-target, AlgoPerf-style performance profiles, speedups and the benchmark's figures;
+docs/internals.md defines the profiles (Dolan & More 2002) and AlgoPerf's area."""
 
 from __future__ import annotations
 
@@ -154,23 +147,18 @@ def plot_profiles(
     title: str = "",
 ) -> pathlib.Path:
     """profiles.png: one panel per measure (title -> optimizer -> rho over `taus`)."""
-    plt = report._pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-    for ax, (panel, rhos) in zip(axes[0], panels.items(), strict=True):
-        for i, (optimizer, rho) in enumerate(rhos.items()):
-            offset = 0.004 * (i - len(rhos) / 2)  # Lines on top of each other stay visible.
-            ax.step(taus, np.asarray(rho) + offset, where="post", label=optimizer, lw=1.3)
-        ax.set_xlabel("tau (time-to-target / best optimizer's)")
-        ax.set_ylabel("fraction of workloads")
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_xlim(taus[0], taus[-1])
-        ax.set_title(panel)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    with report.figure(path, (5 * len(panels), 3.6), len(panels), title=title) as axes:
+        for ax, (panel, rhos) in zip(axes, panels.items(), strict=True):
+            for i, (optimizer, rho) in enumerate(rhos.items()):
+                offset = 0.004 * (i - len(rhos) / 2)  # Lines on top of each other stay visible.
+                ax.step(taus, np.asarray(rho) + offset, where="post", label=optimizer, lw=1.3)
+            ax.set_xlabel("tau (time-to-target / best optimizer's)")
+            ax.set_ylabel("fraction of workloads")
+            ax.set_ylim(-0.05, 1.05)
+            ax.set_xlim(taus[0], taus[-1])
+            ax.set_title(panel)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
     return pathlib.Path(path)
 
 
@@ -185,30 +173,34 @@ def plot_heatmaps(
     """heatmap.png: per method a learning rate (rows) x decay strength (columns) grid of
     `metric` (lower is better) on its own `grid_axes` (method -> (rates, strengths)), the best
     strength of each learning rate boxed, as in Loshchilov & Hutter 2019, Fig. 2."""
-    plt = report._pyplot()
     finite = np.concatenate([g[np.isfinite(g)].ravel() for g in grids.values()])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    fig, axes = plt.subplots(
-        1, len(grids), figsize=(4.6 * len(grids) + 1, 4), squeeze=False, layout="constrained"
-    )
-    for ax, (method, grid) in zip(axes[0], grids.items(), strict=True):
-        image = ax.imshow(grid, origin="lower", cmap="viridis_r", vmin=vmin, vmax=vmax)
-        for i, row in enumerate(grid):
-            for j, value in enumerate(row):
-                dark = value > (vmin + vmax) / 2  # viridis_r: high values are dark.
-                color = "w" if dark else "k"
-                ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=6, color=color)
-            if np.isfinite(row).any():
-                j = int(np.nanargmin(row))
-                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
-        learning_rates, strengths = grid_axes[method]
-        ax.set_xticks(range(len(strengths)), [f"{s:.0e}" for s in strengths], fontsize=7)
-        ax.set_yticks(range(len(learning_rates)), [f"{r:.0e}" for r in learning_rates])
-        ax.set_xlabel("decay strength (l2 / weight_decay)")
-        ax.set_ylabel("learning rate")
-        ax.set_title(method)
-    fig.colorbar(image, ax=axes[0].tolist(), label="lower is better")
-    fig.suptitle(f"{title}: {metric} (red box: best strength per learning rate)", fontsize=9)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    size = (4.6 * len(grids) + 1, 4)
+    title = f"{title}: {metric} (red box: best strength per learning rate)"
+    with report.figure(path, size, len(grids), title=title, layout="constrained") as axes:
+        for ax, (method, grid) in zip(axes, grids.items(), strict=True):
+            image = _heatmap(ax, grid, vmin, vmax)
+            learning_rates, strengths = grid_axes[method]
+            ax.set_xticks(range(len(strengths)), [f"{s:.0e}" for s in strengths], fontsize=7)
+            ax.set_yticks(range(len(learning_rates)), [f"{r:.0e}" for r in learning_rates])
+            ax.set_xlabel("decay strength (l2 / weight_decay)")
+            ax.set_ylabel("learning rate")
+            ax.set_title(method)
+        ax.figure.colorbar(image, ax=axes.tolist(), label="lower is better")
     return pathlib.Path(path)
+
+
+def _heatmap(ax, grid: np.ndarray, vmin: float, vmax: float):
+    """`grid` drawn with its values written in and each row's least value boxed."""
+    from matplotlib.patches import Rectangle
+
+    image = ax.imshow(grid, origin="lower", cmap="viridis_r", vmin=vmin, vmax=vmax)
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            dark = value > (vmin + vmax) / 2  # viridis_r: high values are dark.
+            color = "w" if dark else "k"
+            ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=6, color=color)
+        if np.isfinite(row).any():
+            j = int(np.nanargmin(row))
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+    return image

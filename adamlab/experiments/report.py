@@ -1,15 +1,9 @@
-"""The one report writer of compare, sweep, the studies and the benchmark.
-
-    summary, table = summary_table(rows, by=("optimizer",), metrics={"test_accuracy": "test"})
-    write_report(workdir, rows, title="...", sections=[intro, table], figures={"a.png": draw})
-
-A command supplies only what differs (columns, sections, figures) from the rows its runs
-persisted, so a report is the same whether its groups ran now or were resumed. docs/internals.md
-says why intervals are Student-t over seeds and figures show the range.
-"""
+"""The one report writer (results.csv, summary.md, figures) of compare, sweep, the studies, the
+benchmark and the AlgoPerf leaderboard; docs/internals.md describes it."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -17,7 +11,7 @@ import math
 import os
 import pathlib
 import platform
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -114,17 +108,24 @@ def markdown_table(
     """
     maxima = maxima or {}
     header = [*keys, "n", *metrics.values(), *maxima.values()]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in summary:
-        cells = [_cell(row[k]) for k in keys] + [str(row["n"])]
-        cells += [format_interval(row[f"{m}_mean"], row[f"{m}_half"], digits) for m in metrics]
-        cells += [f"{row[f'{c}_max']:.1e}" for c in maxima]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    cells = [
+        [_cell(row[k]) for k in keys]
+        + [str(row["n"])]
+        + [format_interval(row[f"{m}_mean"], row[f"{m}_half"], digits) for m in metrics]
+        + [f"{row[f'{c}_max']:.1e}" for c in maxima]
+        for row in summary
+    ]
+    return table(header, cells) + "\n"
 
 
 def _cell(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A markdown table of `header` and one line per row of cells (no final newline)."""
+    line = lambda cells: "| " + " | ".join(cells) + " |"
+    return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)])
 
 
 def summary_table(
@@ -250,13 +251,31 @@ def check_request(
 # ---------------------------------------------------------------------------- figures
 
 
-def _pyplot():
+@contextlib.contextmanager
+def figure(
+    path: str | os.PathLike,
+    figsize: tuple[float, float],
+    panels: int = 1,
+    *,
+    title: str | None = None,
+    dpi: int = 90,
+    layout: str | None = None,
+) -> Iterator[np.ndarray]:
+    """A row of `panels` axes to draw on, saved as the PNG `path` when the block ends: with
+    the suptitle `title`, laid out tight unless another `layout` is given."""
     import matplotlib
 
     matplotlib.use("Agg")  # Files only: works without a display, in tests and on servers.
     import matplotlib.pyplot as plt
 
-    return plt
+    fig, axes = plt.subplots(1, panels, figsize=figsize, squeeze=False, layout=layout)
+    yield axes[0]
+    if title is not None:
+        fig.suptitle(title, fontsize=9)
+    if layout is None:
+        fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
 
 
 def _lines(ax, lines: Mapping[str, tuple[np.ndarray, np.ndarray]], marker: str = "") -> None:
@@ -304,24 +323,20 @@ def plot_panels(
       log_y: None puts the panels whose title says "loss" on a log y axis.
       marker: "o" for a metric against a hyperparameter (`sweep_panels`).
     """
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-    for ax, (panel, lines) in zip(axes[0], panels.items(), strict=True):
-        _lines(ax, lines, marker=marker)
-        ax.set_xlabel(xlabel)
-        if ylabel:
-            ax.set_ylabel(ylabel)
-        ax.set_title(panel)
-        ax.grid(alpha=0.3)
-        if log_x:
-            ax.set_xscale("log")
-        if log_y or (log_y is None and "loss" in panel):
-            ax.set_yscale("log")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title + " (mean over seeds; band: range over seeds)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    title += " (mean over seeds; band: range over seeds)"
+    with figure(path, (5 * len(panels), 3.6), len(panels), title=title) as axes:
+        for ax, (panel, lines) in zip(axes, panels.items(), strict=True):
+            _lines(ax, lines, marker=marker)
+            ax.set_xlabel(xlabel)
+            if ylabel:
+                ax.set_ylabel(ylabel)
+            ax.set_title(panel)
+            ax.grid(alpha=0.3)
+            if log_x:
+                ax.set_xscale("log")
+            if log_y or (log_y is None and "loss" in panel):
+                ax.set_yscale("log")
+        axes[0].legend(fontsize=7)
     return pathlib.Path(path)
 
 
