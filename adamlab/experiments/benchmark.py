@@ -1,11 +1,7 @@
-r"""`adamlab benchmark`: tuned optimizers on workloads with validation targets, compared fairly.
+"""`adamlab benchmark`: tuned optimizers on workloads with validation targets, compared fairly.
 
-    adamlab benchmark --workloads digits_cnn,mnist_logreg --optimizers adam,adamw,sgd \
-        --trials 16 --seeds 5 --studies 3 --ruleset external_tuning --workdir runs/bench
-
-Per workload (`configs/bench_<workload>.py`) and optimizer, stages that are each one run of the
-one loop: tune (a study's trials in one program), select on validation, final (new seeds);
-then Adam + L2 against AdamW. docs/benchmark.md gives the protocol, the measures and the files.
+Per workload and optimizer, stages that are each one run of the one loop: tune, select on
+validation, final (new seeds); then Adam + L2 against AdamW. docs/benchmark.md: the protocol.
 """
 
 from __future__ import annotations
@@ -23,7 +19,15 @@ import ml_collections
 import numpy as np
 
 from adamlab import config_dict, data
-from adamlab.experiments import algoperf, benchmark_report, groups, profiles, report, tuning
+from adamlab.experiments import (
+    algoperf,
+    benchmark_report,
+    compare,
+    groups,
+    profiles,
+    report,
+    tuning,
+)
 from adamlab.training import run_io, train
 from adamlab.training.experiment import ConfigError
 
@@ -77,14 +81,9 @@ def workload_names() -> tuple[str, ...]:
 
 def load_workloads(names: str | Sequence[str]) -> dict[str, ml_collections.ConfigDict]:
     """`"digits_cnn,mnist_logreg"` -> name -> config; BenchmarkError for an unknown name."""
-    names = _split(names)
-    known = workload_names()
-    unknown = [n for n in names if n not in known]
-    if not names or unknown or len(set(names)) != len(names):
-        raise BenchmarkError(
-            f"workloads={','.join(names)!r}: unknown {unknown} or empty/repeated; "
-            f"shipped workloads: {', '.join(known)}"
-        )
+    names = compare.parse_names(
+        names, workload_names(), field="workloads", hint="shipped workloads", error=BenchmarkError
+    )
     return {n: config_dict.load_config(WORKLOAD_PREFIX + n) for n in names}
 
 
@@ -213,14 +212,10 @@ def _heatmap_methods(heatmap: bool | str | Sequence[str], first) -> tuple[str, .
     grid = first.get("benchmark", {}).get("heatmap")
     if heatmap is False or grid is None:
         return ()
-    methods = _split(grid.get("methods", DEFAULT_HEATMAP) if heatmap is True else heatmap)
-    unknown = [m for m in methods if m not in HEATMAP_METHODS]
-    if unknown or not methods or len(set(methods)) != len(methods):
-        raise BenchmarkError(
-            f"heatmap methods {','.join(methods)!r}: empty, repeated or unknown {unknown}; "
-            f"allowed: {', '.join(HEATMAP_METHODS)}"
-        )
-    return methods
+    methods = grid.get("methods", DEFAULT_HEATMAP) if heatmap is True else heatmap
+    return compare.parse_names(
+        methods, tuple(HEATMAP_METHODS), field="heatmap", hint="allowed", error=BenchmarkError
+    )
 
 
 def _plan_workload(
@@ -549,25 +544,23 @@ def _trial_rows(workload: Workload, optimizer: str, study: int, result: train.Ru
     reach = _reach(workload, result)[:, 0]  # [V] (one seed)
     trials = workload.trials[optimizer][study]
     per_step = _seconds_per_step(result)
-    rows = []
-    for i, member in enumerate(result.rows):
-        rows.append(
-            {
-                "workload": workload.name,
-                "optimizer": optimizer,
-                "study": study,
-                "trial": i,
-                **tuning.trial_values(trials, i),
-                "seed": member["seed"],
-                "steps_to_target": float(reach[i]),
-                "seconds_to_target": float(reach[i]) * per_step,
-                "seconds_per_step": per_step,
-                "validation_accuracy": member["validation_accuracy"],
-                "validation_loss": member["validation_loss"],
-                "finite": member["finite"],
-            }
-        )
-    return rows
+    return [
+        {
+            "workload": workload.name,
+            "optimizer": optimizer,
+            "study": study,
+            "trial": i,
+            **tuning.trial_values(trials, i),
+            "seed": member["seed"],
+            "steps_to_target": float(reach[i]),
+            "seconds_to_target": float(reach[i]) * per_step,
+            "seconds_per_step": per_step,
+            "validation_accuracy": member["validation_accuracy"],
+            "validation_loss": member["validation_loss"],
+            "finite": member["finite"],
+        }
+        for i, member in enumerate(result.rows)
+    ]
 
 
 def _study_row(workload: Workload, optimizer: str, study: int, result: train.RunsResult):
@@ -603,31 +596,28 @@ def _select_final(rows: Sequence[Mapping[str, Any]]) -> int:
 def _final_rows(workload, optimizer, chosen, result: train.RunsResult) -> list[dict]:
     """results.csv rows: one per seed of the final stage."""
     reach = _reach(workload, result)[0]  # [S]
-    members = len(result.rows)
     per_step = _seconds_per_step(result)
-    rows = []
-    for s, member in enumerate(result.rows):
-        rows.append(
-            {
-                "workload": workload.name,
-                "optimizer": optimizer,
-                "seed": member["seed"],
-                "setting": _setting(chosen),
-                "steps": result.num_steps,
-                "steps_to_target": float(reach[s]),
-                "epochs_to_target": float(reach[s]) / workload.steps_per_epoch,
-                "seconds_to_target": float(reach[s]) * per_step,
-                "seconds_per_step": per_step,
-                "final_train_loss": member["final_train_loss"],
-                "validation_accuracy": member["validation_accuracy"],
-                "validation_loss": member["validation_loss"],
-                "test_accuracy": member["test_accuracy"],
-                "test_loss": member["test_loss"],
-                "finite": member["finite"],
-                "runs_in_program": members,
-            }
-        )
-    return rows
+    return [
+        {
+            "workload": workload.name,
+            "optimizer": optimizer,
+            "seed": member["seed"],
+            "setting": _setting(chosen),
+            "steps": result.num_steps,
+            "steps_to_target": float(reach[s]),
+            "epochs_to_target": float(reach[s]) / workload.steps_per_epoch,
+            "seconds_to_target": float(reach[s]) * per_step,
+            "seconds_per_step": per_step,
+            "final_train_loss": member["final_train_loss"],
+            "validation_accuracy": member["validation_accuracy"],
+            "validation_loss": member["validation_loss"],
+            "test_accuracy": member["test_accuracy"],
+            "test_loss": member["test_loss"],
+            "finite": member["finite"],
+            "runs_in_program": len(result.rows),
+        }
+        for s, member in enumerate(result.rows)
+    ]
 
 
 def _setting(values: Mapping[str, float]) -> str:

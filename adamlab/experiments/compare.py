@@ -1,11 +1,5 @@
-"""`adamlab compare`: each optimizer, ours against its optax twin, over several seeds.
-
-    adamlab compare          # configs/compare_digits.py: adam and adamw, 3 seeds
-    adamlab compare --config configs/digits.py --seeds 5 --optimizers adam,nadam,radam
-
-Ours and the twin of every seed train in lockstep in one program per optimizer; the report
-gives means, t-intervals and the parity. docs/internals.md describes the files.
-"""
+"""`adamlab compare`: each optimizer, ours against its optax twin (in lockstep, one program per
+optimizer), over several seeds; docs/internals.md describes the report."""
 
 from __future__ import annotations
 
@@ -32,16 +26,25 @@ SUMMARY_METRICS = {
 PARITY = {"parity": "parity (max rel. param diff)"}
 
 
-def parse_names(text: str | Sequence[str]) -> tuple[str, ...]:
-    """`"adam,adamw"` -> ("adam", "adamw"); raises ValueError listing the valid names."""
+def parse_names(
+    text: str | Sequence[str],
+    known: Sequence[str] | None = None,
+    *,
+    field: str = "optimizers",
+    hint: str = "give distinct names separated by commas from",
+    error: type[Exception] = ValueError,
+) -> tuple[str, ...]:
+    """`"adam,adamw"` -> ("adam", "adamw"): distinct names, each one of `known` (default: the
+    optimizers'); else `error` naming `field`, the value, then `hint`: `known`."""
     from adamlab.training import optimizers
 
+    known = optimizers.names() if known is None else known
     names = tuple(n.strip() for n in text.split(",")) if isinstance(text, str) else tuple(text)
-    unknown = [n for n in names if n not in optimizers.names()]
+    unknown = [n for n in names if n not in known]
     if not names or unknown or len(set(names)) != len(names):
-        raise ValueError(
-            f"optimizers={','.join(names)!r}: unknown {unknown} or empty/repeated; give distinct "
-            f"names separated by commas from: {', '.join(optimizers.names())}"
+        raise error(
+            f"{field}={','.join(names)!r}: empty, repeated or unknown {unknown}; {hint}: "
+            + ", ".join(known)
         )
     return names
 
@@ -71,27 +74,20 @@ def run_compare(
 
     optimizers = parse_names(optimizers)
     seeds = groups.seeds_from(config, num_seeds)
-    results, wall, interrupted = groups.run_per_optimizer(
+    out = groups.run_per_optimizer(
         config, workdir, optimizers, seeds=seeds, implementations=("ours", "optax")
     )
-    rows = [{k: row[k] for k in COLUMNS} for result in results.values() for row in result.rows]
-    summary = ""
-    if not interrupted:
-        summary = report.write_report(
+    out["rows"] = rows = [{k: row[k] for k in COLUMNS} for row in out["rows"]]
+    if not out["interrupted"]:
+        plot = functools.partial(_plot, out["results"], title=config.data.name)
+        out["summary"] = report.write_report(
             workdir,
             rows,
             title=f"Ours vs optax on {config.data.name}",
-            sections=_sections(config, rows, seeds, wall),
-            figures={"curves.png": functools.partial(_plot, results, title=config.data.name)},
+            sections=_sections(config, rows, seeds, out["wall_time_s"]),
+            figures={"curves.png": plot},
         )
-    return {
-        "workdir": pathlib.Path(workdir),
-        "rows": rows,
-        "summary": summary,
-        "wall_time_s": wall,
-        "interrupted": interrupted,
-        "results": results,
-    }
+    return out
 
 
 def _sections(config: Any, rows: list[dict], seeds: Sequence[int], wall: float) -> list[str]:

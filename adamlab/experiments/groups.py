@@ -97,7 +97,7 @@ def run_per_optimizer(
     workdir: str | pathlib.Path,
     optimizers: tuple[str, ...],
     **members: Any,
-) -> tuple[dict[str, train.RunsResult], float, bool]:
+) -> dict[str, Any]:
     """One group per optimizer (`workdir/<optimizer>/`), each with the members `with_members`
     sets from `members` (seeds, implementations, sweep): what compare and sweep run.
 
@@ -105,7 +105,9 @@ def run_per_optimizer(
     written (`report.check_request`): its report would lose them.
 
     Returns:
-      (optimizer -> RunsResult, wall seconds, whether a group was interrupted).
+      {"workdir", "rows" (every group's member rows), "summary" ("": the caller writes it),
+       "wall_time_s", "interrupted" (whether a group was), "results" (optimizer ->
+       RunsResult)}.
     """
     held = sorted(p.parent.name for p in pathlib.Path(workdir).glob(f"*/{run_io.CONFIG_FILE}"))
     report.check_request(workdir, {"--optimizers": held}, {"--optimizers": optimizers})
@@ -116,4 +118,11 @@ def run_per_optimizer(
     results = run_groups(groups, workdir, with_members(config, **members))
     wall = time.perf_counter() - start
     interrupted = any(r.interrupted for r in results.values()) or len(results) < len(groups)
-    return results, wall, interrupted
+    return {
+        "workdir": pathlib.Path(workdir),
+        "rows": [row for result in results.values() for row in result.rows],
+        "summary": "",
+        "wall_time_s": wall,
+        "interrupted": interrupted,
+        "results": results,
+    }

@@ -1,19 +1,11 @@
-"""`adamlab sweep`: a hyperparameter grid x seeds trained in one compiled program per optimizer.
-
-    adamlab sweep --sweep optimizer.learning_rate=1e-4:1e-1:8 --seeds 2
-    adamlab sweep --sweep optimizer.b2=0.9,0.99,0.999 --optimizers adam,nadam
-
-A spec is `path=start:stop:num` (log-spaced) or `path=v1,v2,...`; only
-`optimizers.SWEEPABLE` fields vary inside one program. docs/experiments.md and
-docs/internals.md describe the groups and the report.
-"""
+"""`adamlab sweep`: a hyperparameter grid x seeds trained in one compiled program per optimizer;
+docs/internals.md describes the spec, the groups and the report."""
 
 from __future__ import annotations
 
 import functools
 import math
 import os
-import pathlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,7 +90,7 @@ def run_sweep(
     name, values = parse_sweep(sweep, config)
     optimizers = compare.parse_names(optimizers or config.optimizer.name)
     seeds = groups.seeds_from(config, num_seeds)
-    results, wall, interrupted = groups.run_per_optimizer(
+    out = groups.run_per_optimizer(
         config,
         workdir,
         optimizers,
@@ -106,9 +98,9 @@ def run_sweep(
         implementations=tuple(implementations),
         sweep={name: values},
     )
-    rows = [row for result in results.values() for row in result.rows]
-    summary = ""
-    if not interrupted:
+    out |= {"name": name, "values": values}
+    if not out["interrupted"]:
+        rows, results = out["rows"], out["results"]
         panels = report.sweep_panels(
             rows,
             x=name,
@@ -123,23 +115,14 @@ def run_sweep(
             marker="o",
             title=config.data.name,
         )
-        summary = report.write_report(
+        out["summary"] = report.write_report(
             workdir,
             rows,
             title=f"Sweep of optimizer.{name} on {config.data.name}",
-            sections=_sections(name, rows, seeds, wall, results),
+            sections=_sections(name, rows, seeds, out["wall_time_s"], results),
             figures={"sweep.png": plot},
         )
-    return {
-        "workdir": pathlib.Path(workdir),
-        "name": name,
-        "values": values,
-        "rows": rows,
-        "summary": summary,
-        "wall_time_s": wall,
-        "interrupted": interrupted,
-        "results": results,
-    }
+    return out
 
 
 def _sections(name, rows, seeds, wall, results) -> list[str]:
