@@ -1,11 +1,7 @@
-r"""The research studies as configs: batch size, schedules, weight decay, Kingma & Ba, transfer.
+"""The research studies as configs: batch size, schedules, weight decay, Kingma & Ba, transfer.
 
-    adamlab study batch_size --workdir reports/batch_size [--seeds 5] [--config.<field>=...]
-    summary = run_study("batch_size", config_dict.load_config("study_batch_size"), "reports/bs")
-
-A study config is an experiment config with a `study` section; a study turns it into groups,
-each one run of the one loop, then maps the members' rows back to its settings for
-`report.write_report`. docs/internals.md describes each study.
+A study turns its config's `study` section into groups, each one run of the one loop, and
+maps the members' rows back to its settings for the report; docs/internals.md: each study.
 """
 
 from __future__ import annotations

@@ -1,12 +1,5 @@
-"""The benchmark's tuning protocol: search spaces, quasi-random trials, selection on validation.
-
-    spaces = search_spaces()  # every optimizer's, from its entry in the one name table
-    space = SearchSpace.from_config("adam", config.benchmark.search_spaces.adam)
-    trials = halton_trials(space, num_trials=16, seed=0)  # {"learning_rate": (16 values), ...}
-    best = select_trial(steps_to_target, validation_accuracy, validation_loss)
-
-docs/internals.md describes the scales ("log", "log1m", "linear"), the Halton design and the
-self-tuning default setting.
+"""The benchmark's tuning protocol: search spaces, quasi-random trials, selection on validation;
+docs/internals.md describes the scales, the Halton design and the self-tuning default setting.
 """
 
 from __future__ import annotations
