@@ -303,23 +303,29 @@ def _strip(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return out
 
 
-def _stage_config(workload: Workload, optimizer: str, seeds, sweep) -> ml_collections.ConfigDict:
-    space = workload.spaces[optimizer]
-    fields = dict.fromkeys(_RESET_FIELDS) | space.fixed
+def _stage_config(workload: Workload, optimizer: Mapping[str, Any], seeds, sweep, **fields):
+    """The workload's training config with the members `seeds` x `sweep`, every optimizer
+    field of `_RESET_FIELDS` reset, then `optimizer` and the dotted `fields` set."""
+    optimizer = dict.fromkeys(_RESET_FIELDS) | dict(optimizer)
+    fields |= {f"optimizer.{k}": v for k, v in optimizer.items()}
+    return groups.with_members(_strip(workload.config), seeds=tuple(seeds), sweep=sweep, **fields)
+
+
+def _search_config(workload: Workload, optimizer: str, seeds, sweep) -> ml_collections.ConfigDict:
+    """A tune or final stage: `optimizer`'s space's fixed fields, on the ruleset's budget."""
+    fixed = dict(workload.spaces[optimizer].fixed)
     if "warmup_fraction" in sweep:  # A tuned warmup replaces the config's warmup_steps.
-        fields["warmup_steps"] = 0
-    fields = {f"optimizer.{k}": v for k, v in fields.items()}
-    if workload.budget != workload.num_steps:  # Self-tuning: a multiple of the budget.
-        fields["train.num_steps"] = workload.budget
-    base = _strip(workload.config)
-    return groups.with_members(base, seeds=tuple(seeds), sweep=sweep, **fields)
+        fixed["warmup_steps"] = 0
+    # Self-tuning: a multiple of the workload's budget.
+    budget = {"train.num_steps": workload.budget} if workload.budget != workload.num_steps else {}
+    return _stage_config(workload, fixed, seeds, sweep, **budget)
 
 
 def tune_config(workload: Workload, optimizer: str, study: int = 0) -> ml_collections.ConfigDict:
     """Every trial of `optimizer` in `study` on `workload` as one sweep, with the study's
     tuning seed."""
     seeds = (workload.tuning_seed(study),)
-    return _stage_config(workload, optimizer, seeds, workload.trials[optimizer][study])
+    return _search_config(workload, optimizer, seeds, workload.trials[optimizer][study])
 
 
 def final_config(
@@ -328,15 +334,14 @@ def final_config(
     """The selected setting with `num_seeds` new seeds, in one program (a one-value sweep, so
     that the hyperparameters enter exactly as in the tune stage)."""
     sweep = {k: (float(v),) for k, v in values.items()}
-    return _stage_config(workload, optimizer, workload.final_seeds(num_seeds), sweep)
+    return _search_config(workload, optimizer, workload.final_seeds(num_seeds), sweep)
 
 
 def heatmap_configs(
     workload: Workload, methods: Sequence[str]
 ) -> dict[str, ml_collections.ConfigDict]:
     """method -> its learning rate x strength grid (flattened into one sweep) x seeds."""
-    grid = workload.config.benchmark.heatmap
-    base = _strip(workload.config)
+    seeds = workload.config.benchmark.heatmap.seeds
     out = {}
     for method in methods:
         name, field = HEATMAP_METHODS[method]
@@ -345,13 +350,8 @@ def heatmap_configs(
             "learning_rate": tuple(r for r in rates for _ in strengths),
             field: tuple(s for _ in rates for s in strengths),
         }
-        fields = dict.fromkeys(_RESET_FIELDS) | {"name": name, "implementation": "ours"}
-        out[method] = groups.with_members(
-            base,
-            seeds=tuple(grid.seeds),
-            sweep=sweep,
-            **{f"optimizer.{k}": v for k, v in fields.items()},
-        )
+        fixed = {"name": name, "implementation": "ours"}
+        out[method] = _stage_config(workload, fixed, seeds, sweep)
     return out
 
 

@@ -9,6 +9,7 @@ unfinished groups and returns the finished ones' saved results at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import pathlib
 import time
@@ -39,11 +40,8 @@ def with_members(
     if sweep is not None:
         out.runs.sweep = ml_collections.ConfigDict({k: tuple(v) for k, v in sweep.items()})
     for path, value in fields.items():
-        section, _, name = path.rpartition(".")
-        target = out
-        for part in section.split(".") if section else ():
-            target = target[part]
-        target[name] = value
+        *sections, name = path.split(".")
+        functools.reduce(getattr, sections, out)[name] = value
     return out
 
 

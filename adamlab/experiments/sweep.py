@@ -18,11 +18,7 @@ GRAMMAR = (
     "path=start:stop:num (num log-spaced values, start and stop > 0, num an int >= 1) or "
     "path=v1,v2,... (explicit values), e.g. optimizer.learning_rate=1e-4:1e-1:8"
 )
-SUMMARY_METRICS = {
-    "final_train_loss": "final train loss",
-    "validation_accuracy": "validation accuracy",
-    "test_accuracy": "test accuracy",
-}
+SUMMARY_METRICS = {k: v for k, v in compare.SUMMARY_METRICS.items() if k != "test_f1"}
 
 
 class SweepSpecError(ValueError):
