@@ -479,7 +479,7 @@ def _request(plan: Mapping[str, Any]) -> dict[str, list]:
 
 def _run_stage(config, path: pathlib.Path, where: str, progress) -> train.RunsResult:
     kind = path.name if path.parent.name != "heatmap" else "grid"
-    members = len(train.read_members(config).seeds) * _num_values(config)
+    members = len(train.read_members(config).names())  # Values x seeds: one implementation.
     if (path / train.RESULT_FILE).is_file():
         progress(f"{where}: {kind} finished earlier; its saved result is used")
     else:
@@ -488,11 +488,6 @@ def _run_stage(config, path: pathlib.Path, where: str, progress) -> train.RunsRe
     if not result.interrupted:
         progress(f"{where}: {kind} done ({result.wall_time_s:.1f} s, {result.num_steps} steps)")
     return result
-
-
-def _num_values(config) -> int:
-    sweep = train.read_members(config).sweep
-    return len(next(iter(sweep.values()))) if sweep else 1
 
 
 def _interrupted(workdir: pathlib.Path, start: float) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import logging
 import math
@@ -321,7 +322,7 @@ def plot_panels(
       panels: panel title -> {line label: (xs [points], values [seeds, points])}, drawn by
         `_lines`.
       log_y: None puts the panels whose title says "loss" on a log y axis.
-      marker: "o" for a metric against a hyperparameter (`sweep_panels`).
+      marker: "o" for a metric against a hyperparameter (`sweep_figure`).
     """
     title += " (mean over seeds; band: range over seeds)"
     with figure(path, (5 * len(panels), 3.6), len(panels), title=title) as axes:
@@ -340,16 +341,19 @@ def plot_panels(
     return pathlib.Path(path)
 
 
-def sweep_panels(
+def sweep_figure(
     rows: Sequence[Mapping[str, Any]],
     *,
     x: str,
     line: Callable[[Mapping[str, Any]], str],
     metrics: Mapping[str, str],
-) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """`plot_panels` panels of final metrics against the setting `x`: a panel per metric of
-    `metrics` (column -> title), a line per distinct `line(row)`, values [seeds, xs] (NaN
-    where a seed lacks a run)."""
+    xlabel: str,
+    title: str,
+    log_x: bool = True,
+) -> Callable[[pathlib.Path], pathlib.Path]:
+    """A `write_report` figure of final metrics against the setting `x` (`plot_panels`): a
+    panel per metric of `metrics` (column -> title), a line per distinct `line(row)`, values
+    [seeds, xs] (NaN where a seed lacks a run)."""
     panels: dict[str, dict] = {}
     for metric, panel in metrics.items():
         lines: dict[str, tuple] = {}
@@ -362,4 +366,6 @@ def sweep_panels(
                 grid[seeds.index(r["seed"]), xs.index(float(r[x]))] = r[metric]
             lines[label] = (np.asarray(xs), grid)
         panels[panel] = lines
-    return panels
+    return functools.partial(
+        plot_panels, panels=panels, xlabel=xlabel, title=title, log_x=log_x, marker="o"
+    )

@@ -200,11 +200,13 @@ def _epoch_figure(panels: Mapping[str, Mapping[str, np.ndarray]], *, title: str)
 
 def _sweep_figure(rows, *, x: str, line: str, xlabel: str, title: str, metrics=_FIGURE_METRICS):
     """Final `metrics` against the setting `x` (log axis), a line per value of `line`."""
-    panels = report.sweep_panels(
-        rows, x=x, line=lambda r: str(r[line]), metrics={m: m for m in metrics}
-    )
-    return functools.partial(
-        report.plot_panels, panels=panels, xlabel=xlabel, log_x=True, marker="o", title=title
+    return report.sweep_figure(
+        rows,
+        x=x,
+        line=lambda r: str(r[line]),
+        metrics={m: m for m in metrics},
+        xlabel=xlabel,
+        title=title,
     )
 
 

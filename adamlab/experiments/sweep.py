@@ -3,7 +3,6 @@ docs/internals.md describes the spec, the groups and the report."""
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from collections.abc import Sequence
@@ -97,19 +96,14 @@ def run_sweep(
     out |= {"name": name, "values": values}
     if not out["interrupted"]:
         rows, results = out["rows"], out["results"]
-        panels = report.sweep_panels(
+        plot = report.sweep_figure(
             rows,
             x=name,
             line=lambda r: f"{r['optimizer']} ({r['implementation']})",
             metrics={k: SUMMARY_METRICS[k] for k in ("final_train_loss", "validation_accuracy")},
-        )
-        plot = functools.partial(
-            report.plot_panels,
-            panels=panels,
             xlabel=f"optimizer.{name}",
-            log_x=min(values) > 0,
-            marker="o",
             title=config.data.name,
+            log_x=min(values) > 0,
         )
         out["summary"] = report.write_report(
             workdir,
