@@ -174,20 +174,18 @@ def _report(workdir, rows, *, by, metrics, title, notes, figures) -> list[dict[s
     return summary
 
 
-def _epoch_curves(rows: Sequence[Mapping[str, Any]], line: str) -> dict[str, np.ndarray]:
-    """Value of `line` -> [seeds, epochs] training losses."""
-    curves: dict[str, list] = {}
-    for row in rows:
-        curves.setdefault(str(row[line]), []).append(row["epoch_loss"])
-    return {label: np.asarray(c, np.float64) for label, c in curves.items()}
-
-
-def _epoch_figure(panels: Mapping[str, Mapping[str, np.ndarray]], *, title: str):
-    """Training loss against epochs; `panels`: title -> {line label: values [seeds, epochs]}."""
-    curves = {
-        panel: {label: (np.arange(1, v.shape[1] + 1), v) for label, v in lines.items()}
-        for panel, lines in panels.items()
-    }
+def _epoch_figure(panels: Mapping[str, Sequence[Mapping[str, Any]]], *, line: str, title: str):
+    """Training loss against epochs: a panel per title -> rows, a line per value of `line`
+    (its rows' "epoch_loss": [seeds, epochs])."""
+    curves: dict[str, dict] = {}
+    for panel, rows in panels.items():
+        losses: dict[str, list] = {}
+        for row in rows:
+            losses.setdefault(str(row[line]), []).append(row["epoch_loss"])
+        curves[panel] = {
+            label: (np.arange(1, len(v[0]) + 1), np.asarray(v, np.float64))
+            for label, v in losses.items()
+        }
     return functools.partial(
         report.plot_panels,
         panels=curves,
@@ -280,10 +278,7 @@ def schedules(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[
         for schedule in study.schedules
         for m in trained[schedule]
     ]
-    panels = {
-        f"lr={lr:g}": _epoch_curves([r for r in rows if r["learning_rate"] == lr], "schedule")
-        for lr in rates
-    }
+    panels = {f"lr={lr:g}": [r for r in rows if r["learning_rate"] == lr] for lr in rates}
     figure = _sweep_figure(
         rows,
         x="learning_rate",
@@ -304,7 +299,9 @@ def schedules(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[
         ),
         figures={
             "schedules.png": figure,
-            "training_loss.png": _epoch_figure(panels, title="training loss per schedule"),
+            "training_loss.png": _epoch_figure(
+                panels, line="schedule", title="training loss per schedule"
+            ),
         },
     )
 
@@ -404,9 +401,7 @@ def kingma_ba(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[
                 for r in trained[f"{prefix}{m}_{o}"]
             ]
     final = [r for r in rows if r["phase"] == "final"]
-    panels = {
-        m: _epoch_curves([r for r in final if r["model"] == m], "optimizer") for m in study.models
-    }
+    panels = {m: [r for r in final if r["model"] == m] for m in study.models}
     return _report(
         workdir,
         rows,
@@ -421,7 +416,9 @@ def kingma_ba(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[
         ),
         figures={
             "training_loss.png": _epoch_figure(
-                panels, title="Kingma & Ba 2015 Figures 1-2 on " + config.data.name
+                panels,
+                line="optimizer",
+                title="Kingma & Ba 2015 Figures 1-2 on " + config.data.name,
             )
         },
     )
@@ -493,7 +490,7 @@ def transfer(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[d
         ),
         figures={
             "training_loss.png": _epoch_figure(
-                {"target task": _epoch_curves(finetuned, "mode")}, title="transfer learning"
+                {"target task": finetuned}, line="mode", title="transfer learning"
             )
         },
     )
