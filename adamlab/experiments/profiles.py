@@ -105,19 +105,19 @@ def speedups(
     inf when only the optimizer reaches the target, 0 when only the baseline does, NaN when
     neither does (or the baseline was not run).
     """
-    out: dict[str, dict[str, float]] = {}
-    for optimizer, per in times.items():
-        out[optimizer] = {}
-        for workload, time in per.items():
-            base = float(times.get(baseline, {}).get(workload, math.nan))
-            time = float(time)
-            if math.isnan(base) or (math.isinf(base) and math.isinf(time)):
-                out[optimizer][workload] = math.nan
-            elif math.isinf(time):
-                out[optimizer][workload] = 0.0
-            else:
-                out[optimizer][workload] = base / time if time > 0 else math.inf
-    return out
+    base = times.get(baseline, {})
+    return {
+        o: {w: _speedup(float(base.get(w, math.nan)), float(t)) for w, t in per.items()}
+        for o, per in times.items()
+    }
+
+
+def _speedup(base: float, time: float) -> float:
+    if math.isnan(base) or (math.isinf(base) and math.isinf(time)):
+        return math.nan
+    if math.isinf(time):
+        return 0.0
+    return base / time if time > 0 else math.inf
 
 
 def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
