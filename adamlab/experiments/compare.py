@@ -96,8 +96,9 @@ def _sections(config: Any, rows: list[dict], seeds: Sequence[int], wall: float) 
 
     by = ("optimizer", "implementation")
     _, table = report.summary_table(rows, by=by, metrics=SUMMARY_METRICS, maxima=PARITY)
-    diverged = [f"{r['optimizer']}/{r['implementation']}/seed{r['seed']}" for r in rows]
-    diverged = [run for run, row in zip(diverged, rows, strict=True) if not row["finite"]]
+    diverged = [
+        f"{r['optimizer']}/{r['implementation']}/seed{r['seed']}" for r in rows if not r["finite"]
+    ]
     return [
         f"Seeds {', '.join(map(str, seeds))}; {rows[0]['steps']} steps of batch "
         f"{config.train.batch_size}; model {config.model.name}; learning rate "
