@@ -46,14 +46,14 @@ def t_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple
     return mean, float(quantile * np.std(x, ddof=1) / math.sqrt(x.size))
 
 
-def format_interval(mean: float, half: float, digits: int = 4) -> str:
+def format_interval(mean: float, half: float) -> str:
     """`0.9861 ± 0.0042`; `0.9861 (n=1, no interval)` for one value (`half` NaN); `nan (a run
     diverged)` when the mean is NaN (`t_interval` keeps a diverged run's NaN)."""
     if math.isnan(mean):
         return "nan (a run diverged)"
     if math.isnan(half):
-        return f"{mean:.{digits}f} (n=1, no interval)"
-    return f"{mean:.{digits}f} ± {half:.{digits}f}"
+        return f"{mean:.4f} (n=1, no interval)"
+    return f"{mean:.4f} ± {half:.4f}"
 
 
 def summarize(
@@ -97,7 +97,6 @@ def markdown_table(
     keys: Sequence[str],
     metrics: Mapping[str, str],
     maxima: Mapping[str, str] | None = None,
-    digits: int = 4,
 ) -> str:
     """A markdown table: the `keys` columns, `n`, then "mean ± half" per metric.
 
@@ -112,7 +111,7 @@ def markdown_table(
     cells = [
         [_cell(row[k]) for k in keys]
         + [str(row["n"])]
-        + [format_interval(row[f"{m}_mean"], row[f"{m}_half"], digits) for m in metrics]
+        + [format_interval(row[f"{m}_mean"], row[f"{m}_half"]) for m in metrics]
         + [f"{row[f'{c}_max']:.1e}" for c in maxima]
         for row in summary
     ]
