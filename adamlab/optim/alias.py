@@ -22,6 +22,7 @@ vectorized sweep may vary, its benchmark search space and its conventions; the o
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -99,23 +100,24 @@ def _chain(
 
 def _adam(
     learning_rate: Any,
-    b1: Any,
-    b2: Any,
-    eps: Any,
-    eps_root: Any,
-    mu_dtype: Any,
-    *,
-    nesterov: bool,
-    convention: str,
-    fused: bool,
-    nu_dtype: Any = None,
-    weight_decay: Any = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    weight_decay: Any = 1e-4,
     mask: Any = None,
-    momentum_decay: Any = None,
+    *,
+    nu_dtype: Any = None,
+    nesterov: bool = False,
+    convention: str = "optax",
+    fused: bool = False,
+    momentum_decay: float | None = None,
     caution_eps: Any = None,
 ) -> optax.GradientTransformation:
     """Adam, AdamW, Nadam, NadamW and C-AdamW: `transform.scale_by_adam`, chained (masked by
-    `transform.scale_by_cautious` when `caution_eps` is given).
+    `transform.scale_by_cautious` when `caution_eps` is given; no decay for `weight_decay`
+    None).
 
     The chain carries the one-pass CPU step (`one_pass.update_and_apply`) where the kernel
     computes exactly its rule: fused, optax convention, moments in the params' dtype, no mask,
@@ -139,20 +141,26 @@ def _adam(
     return tx
 
 
-@_public
-def adam(
-    learning_rate: Any,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    eps_root: float = 0.0,
-    mu_dtype: Any = None,
-    *,
-    nu_dtype: Any = None,
-    nesterov: bool = False,
-    convention: str = "optax",
-    fused: bool = False,
-) -> optax.GradientTransformation:
+def _variant(name: str, body: Callable, doc: str, **fixed: Any) -> Callable:
+    """The public constructor `name`: `body` with the arguments `fixed`, which its signature
+    drops (so that `create` refuses them: nadam takes no nesterov, adam no weight_decay)."""
+    signature = inspect.signature(body)
+    kept = [p for n, p in signature.parameters.items() if n not in fixed]
+
+    def constructor(*args, **kwargs):
+        return body(*args, **kwargs, **fixed)
+
+    constructor.__name__ = constructor.__qualname__ = name
+    constructor.__doc__ = doc
+    constructor.__signature__ = signature.replace(parameters=kept)
+    return _public(constructor)
+
+
+_NO_DECAY = {"weight_decay": None, "mask": None}
+
+adam = _variant(
+    "adam",
+    _adam,
     r"""Adam (Kingma & Ba 2015): :math:`\theta_t = \theta_{t-1} - \alpha_t \hat m_t /
     (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)`; see :func:`transform.scale_by_adam`.
 
@@ -173,29 +181,15 @@ def adam(
       >>> updates, state = tx.update(jnp.array([0.5, -0.5]), tx.init(params), params)
       >>> optax.apply_updates(params, updates)  # eps -> 0: each weight moves by -lr * sign(g)
       Array([ 0.999, -1.999], dtype=float32)
-    """
-    return _adam(
-        learning_rate, b1, b2, eps, eps_root, mu_dtype,
-        nesterov=nesterov, convention=convention, fused=fused, nu_dtype=nu_dtype,
-    )  # fmt: skip
+    """,
+    **_NO_DECAY,
+    momentum_decay=None,
+    caution_eps=None,
+)
 
-
-@_public
-def adamw(
-    learning_rate: Any,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    eps_root: float = 0.0,
-    mu_dtype: Any = None,
-    weight_decay: Any = 1e-4,
-    mask: Any = None,
-    *,
-    nu_dtype: Any = None,
-    nesterov: bool = False,
-    convention: str = "optax",
-    fused: bool = False,
-) -> optax.GradientTransformation:
+adamw = _variant(
+    "adamw",
+    _adam,
     r"""AdamW (Loshchilov & Hutter 2019): Adam plus decoupled weight decay,
     :math:`\theta_t = \theta_{t-1} - \alpha_t (\text{adam step} + \lambda \theta_{t-1})`.
 
@@ -206,27 +200,14 @@ def adamw(
       mask: which params decay (see :func:`transform.add_decayed_weights`).
       convention: "optax", "pytorch" (``torch.optim.AdamW``) or "paper".
       Others: as in :func:`adam`.
-    """
-    return _adam(
-        learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, convention=convention,
-        fused=fused, nu_dtype=nu_dtype, weight_decay=weight_decay, mask=mask,
-    )  # fmt: skip
+    """,
+    momentum_decay=None,
+    caution_eps=None,
+)
 
-
-@_public
-def nadam(
-    learning_rate: Any,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    eps_root: float = 0.0,
-    mu_dtype: Any = None,
-    *,
-    nu_dtype: Any = None,
-    convention: str = "optax",
-    fused: bool = False,
-    momentum_decay: float | None = None,
-) -> optax.GradientTransformation:
+nadam = _variant(
+    "nadam",
+    _adam,
     """Nadam (Dozat 2016): Adam with Nesterov momentum; ``adam(..., nesterov=True)``.
 
     Args:
@@ -234,40 +215,24 @@ def nadam(
         momentum schedule mu_t with ``momentum_decay``) or "paper" (Dozat, Algorithm 2).
       momentum_decay: the schedule's psi (None: 0.004); "pytorch" and "paper" only.
       Others: as in :func:`adam`.
-    """
-    return _adam(
-        learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=True, convention=convention,
-        fused=fused, nu_dtype=nu_dtype, momentum_decay=momentum_decay,
-    )  # fmt: skip
+    """,
+    **_NO_DECAY,
+    nesterov=True,
+    caution_eps=None,
+)
 
-
-@_public
-def nadamw(
-    learning_rate: Any,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    eps_root: float = 0.0,
-    mu_dtype: Any = None,
-    weight_decay: Any = 1e-4,
-    mask: Any = None,
-    *,
-    nu_dtype: Any = None,
-    convention: str = "optax",
-    fused: bool = False,
-    momentum_decay: float | None = None,
-) -> optax.GradientTransformation:
+nadamw = _variant(
+    "nadamw",
+    _adam,
     """NadamW: Nadam's look-ahead momentum with AdamW's decoupled weight decay.
 
     "pytorch" is ``torch.optim.NAdam(decoupled_weight_decay=True)``; "paper" is Dozat's
     Algorithm 2 with Loshchilov & Hutter's decay. Arguments as in :func:`nadam` and
     :func:`adamw`.
-    """
-    return _adam(
-        learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=True, convention=convention,
-        fused=fused, nu_dtype=nu_dtype, weight_decay=weight_decay, mask=mask,
-        momentum_decay=momentum_decay,
-    )  # fmt: skip
+    """,
+    nesterov=True,
+    caution_eps=None,
+)
 
 
 @_public
@@ -341,44 +306,6 @@ def amsgrad(
 
 
 def _radam(
-    learning_rate, b1, b2, eps, eps_root, threshold, weight_decay, mask, nesterov, convention,
-    mu_dtype, nu_dtype,
-):  # fmt: skip
-    """RAdam and RAdamW: `transform.scale_by_radam`, chained."""
-    rescale = transform.scale_by_radam.unchecked(
-        b1, b2, eps, eps_root, threshold, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
-        nesterov=nesterov, convention=convention,
-    )  # fmt: skip
-    return _chain(rescale, learning_rate, weight_decay, mask, convention)
-
-
-@_public
-def radam(
-    learning_rate: Any,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    eps_root: float = 0.0,
-    threshold: float | None = None,
-    *,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
-    nesterov: bool = False,
-    convention: str = "optax",
-    fused: bool = False,
-) -> optax.GradientTransformation:
-    """RAdam (Liu et al. 2020): momentum SGD until the variance of the adaptive step is
-    tractable, then rectified Adam; see :func:`transform.scale_by_radam` (threshold None:
-    the convention's, 5 for optax and PyTorch, 4 for the paper). No fused variant: `fused`
-    must be False."""
-    return _radam(
-        learning_rate, b1, b2, eps, eps_root, threshold, None, None, nesterov, convention,
-        mu_dtype, nu_dtype,
-    )  # fmt: skip
-
-
-@_public
-def radamw(
     learning_rate: Any,
     b1: float = 0.9,
     b2: float = 0.999,
@@ -394,16 +321,36 @@ def radamw(
     convention: str = "optax",
     fused: bool = False,
 ) -> optax.GradientTransformation:
+    """RAdam and RAdamW: `transform.scale_by_radam`, chained (no decay for `weight_decay`
+    None). `fused` exists for the common signature only: `_check_offered` refuses True."""
+    del fused
+    rescale = transform.scale_by_radam.unchecked(
+        b1, b2, eps, eps_root, threshold, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+        nesterov=nesterov, convention=convention,
+    )  # fmt: skip
+    return _chain(rescale, learning_rate, weight_decay, mask, convention)
+
+
+radam = _variant(
+    "radam",
+    _radam,
+    """RAdam (Liu et al. 2020): momentum SGD until the variance of the adaptive step is
+    tractable, then rectified Adam; see :func:`transform.scale_by_radam` (threshold None:
+    the convention's, 5 for optax and PyTorch, 4 for the paper). No fused variant: `fused`
+    must be False.""",
+    **_NO_DECAY,
+)
+
+radamw = _variant(
+    "radamw",
+    _radam,
     """RAdamW: RAdam with AdamW's decoupled weight decay.
 
     "pytorch" is ``torch.optim.RAdam(decoupled_weight_decay=True)``; "optax" is optax's
     ``scale_by_radam`` chained like ``optax.adamw``; "paper" is Liu et al.'s Algorithm 2 with
     Loshchilov & Hutter's decay. Arguments as in :func:`radam` and :func:`adamw`.
-    """
-    return _radam(
-        learning_rate, b1, b2, eps, eps_root, threshold, weight_decay, mask, nesterov, convention,
-        mu_dtype, nu_dtype,
-    )  # fmt: skip
+    """,
+)
 
 
 @_public
