@@ -1,14 +1,8 @@
 """Numerical building blocks shared by the optimizers: moments, bias correction, counters.
 
-Each helper is one line of the update rules in the papers, written so that the order of
-floating-point operations is stated in one place. Every transform in `transform.py` is a
-composition of these, which is what makes them agree with each other (and with optax, whose
-operation order we follow) to the last bit in float32.
-
-The same variant is written differently by optax, by PyTorch and by its paper. "optax" is the
-default and uses the helpers of the first part of this module; those after "Conventions" are
-where "pytorch" or "paper" differ, one function per difference, each citing where it comes
-from. docs/conventions.md tabulates them.
+Each helper is one line of a paper's update rule, its floating-point operations in the order
+optax uses (so the transforms match it to the bit). The helpers after "Conventions" are where
+"pytorch" or "paper" differ, one function per difference (docs/conventions.md tabulates them).
 """
 
 import math
@@ -26,11 +20,8 @@ CONVENTIONS: tuple[str, ...] = ("optax", "pytorch", "paper")
 
 
 def safe_increment(count: jax.Array) -> jax.Array:
-    """Returns `count + 1`, saturating at the dtype's maximum instead of wrapping around.
-
-    An int32 step counter overflows after 2**31 steps; wrapping to a negative count would make
-    `1 - b**count` blow up. Saturation keeps the bias correction at its limit (1.0) forever.
-    """
+    """`count + 1`, saturating at the dtype's maximum: a wrapped (negative) count would blow
+    up `1 - b**count`."""
     count = jnp.asarray(count)
     if jnp.issubdtype(count.dtype, jnp.integer):
         max_value = jnp.iinfo(count.dtype).max
@@ -82,20 +73,14 @@ def second_moment(grads: Tree, nu: Tree, b2: Any) -> Tree:
 
 
 def infinity_moment(grads: Tree, nu: Tree, b2: Any, eps: Any) -> Tree:
-    """u_t = max(b2 * u_{t-1}, |g_t| + eps): Adamax's exponentially weighted infinity norm.
-
-    Kingma & Ba 2015, Section 7.1. `eps` inside the max keeps u_t > 0 so that the update
-    m_t / u_t is finite even for parameters whose gradient has always been zero.
-    """
+    """u_t = max(b2 * u_{t-1}, |g_t| + eps): Adamax's infinity norm (Kingma & Ba 2015, Section
+    7.1); eps keeps u_t > 0 where the gradient has always been zero."""
     return jax.tree.map(lambda g, u: jnp.maximum(jnp.abs(g) + eps, b2 * u), grads, nu)
 
 
 def reciprocal_correction(decay: Any, count: jax.Array, convention: str = "optax") -> jax.Array:
-    """1 / (1 - decay^t): the scalar that bias-corrects by one multiplication per element.
-
-    optax forms 1 - decay^t in float32 from decay rounded to float32; PyTorch and the papers
-    to float64 accuracy (`one_minus_power`).
-    """
+    """1 / (1 - decay^t): the scalar that bias-corrects by one multiplication per element
+    (1 - decay^t as `bias_correction` forms it)."""
     return 1 / (1 - decay**count if convention == "optax" else one_minus_power(decay, count))
 
 
@@ -104,14 +89,10 @@ def bias_correction(
 ) -> Tree:
     """moment / (1 - decay^t): undoes the zero initialisation of an exponential moving average.
 
-    `1 - decay**count` is computed in the precision of `decay` (float32 for Python floats; to
-    float64 accuracy outside the optax convention, `one_minus_power`) and only then cast to
-    each moment's dtype: computing decay**t in bfloat16 rounds it to 1.0 after a few steps and
-    the correction divides by zero.
-
-    ``fused=True`` multiplies by the reciprocal instead (`reciprocal_correction`), one scalar
-    division per step in place of one per element: m r and m / (1/r) differ by at most one
-    rounding, so a fused optimizer stays within a few float32 ulps per step of the unfused one.
+    1 - decay^t is formed in `decay`'s precision (float32 in optax's way; to float64 accuracy
+    otherwise, `one_minus_power`) and only then cast to the moment's dtype (in bfloat16
+    decay^t rounds to 1). ``fused=True`` multiplies by the reciprocal instead
+    (`reciprocal_correction`): one scalar division per step, at most one rounding apart.
     """
     if fused:
         factor = reciprocal_correction(decay, count, convention)
@@ -129,13 +110,11 @@ def nesterov_coefficients(b1: Any, count: jax.Array) -> tuple[jax.Array, jax.Arr
 def nesterov_first_moment(
     mu: Tree, grads: Tree, b1: Any, count: jax.Array, fused: bool = False
 ) -> Tree:
-    """Nadam's look-ahead first moment (Dozat 2016, Algorithm 2):
+    """Nadam's look-ahead first moment (Dozat 2016, Algorithm 2), the next step's momentum:
 
         m_hat = b1 * m_t / (1 - b1^(t+1)) + (1 - b1) * g_t / (1 - b1^t)
 
-    i.e. the bias-corrected momentum of the *next* step applied now. Dozat also multiplies
-    v_hat by b2; like optax and PyTorch we omit that factor. ``fused=True`` folds the two
-    divisions into the scalars of `nesterov_coefficients`.
+    ``fused=True`` folds the two divisions into the scalars of `nesterov_coefficients`.
     """
     if fused:
         coef_mu, coef_grad = nesterov_coefficients(b1, count)
@@ -150,14 +129,9 @@ def nesterov_first_moment(
 
 
 def caution(directions: Tree, grads: Tree, eps: Any) -> Tree:
-    """u phi / (mean(phi) + eps), phi = 1[u g > 0]: Liang et al. 2024's cautious update.
-
-    The direction u is kept where it agrees in sign with the gradient g and zeroed elsewhere;
-    the mask is rescaled so that its mean over each tensor (leaf) is 1 (1/(1 + eps) when every
-    sign agrees), which keeps the step's average size. The paper's Algorithm 1, line by line:
-    ``m = (u * g > 0).to(g.dtype); p.add_(u * m / (m.mean() + eps), alpha=-lr)``. The mean is
-    taken in float32 (a bfloat16 sum over a large tensor would round), the mask then cast to
-    u's dtype. Real parameters only (u g > 0 has no meaning for complex ones).
+    """u phi / (mean(phi) + eps), phi = 1[u g > 0], per tensor: Liang et al. 2024's cautious
+    update (Algorithm 1, ``u * m / (m.mean() + eps)``). The mean is taken in float32 (a
+    bfloat16 sum would round), then cast to u's dtype. Real parameters only.
     """
 
     def leaf(u, g):
@@ -171,14 +145,9 @@ def caution(directions: Tree, grads: Tree, eps: Any) -> Tree:
 
 
 def widen(x: jax.Array) -> jax.Array:
-    """float16 -> float32; other dtypes unchanged.
-
-    float16's smallest subnormal is 6e-8, so the default eps = 1e-8 (and AdaBelief's 1e-16)
-    rounds to 0 there, and a coordinate whose gradients are all exactly zero divides 0 by
-    sqrt(0) + 0: NaN (optax #1754). Denominators of float16 moments are therefore formed in
-    float32. bfloat16 has float32's exponent range and holds eps: it is left alone, as is
-    float32, so that their programs stay exactly optax's.
-    """
+    """float16 -> float32; other dtypes unchanged. In float16 eps = 1e-8 rounds to 0 and an
+    all-zero gradient gives 0 / 0 (optax #1754), so float16 denominators are formed in float32;
+    bfloat16 holds eps and, like float32, keeps optax's program."""
     return x.astype(jnp.float32) if x.dtype == jnp.float16 else x
 
 
@@ -190,12 +159,8 @@ def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
 
 
 def adaptive_step(mu_hat: Tree, nu_hat: Tree, eps: Any, eps_root: Any) -> Tree:
-    """m_hat / (sqrt(v_hat + eps_root) + eps).
-
-    `eps` outside the root is the paper's; `eps_root` inside it keeps the derivative of the
-    update finite when v_hat = 0, which matters when differentiating through the optimizer.
-    In float16 the denominator is formed in float32 (see `widen`).
-    """
+    """m_hat / (sqrt(v_hat + eps_root) + eps): `eps` is the paper's; `eps_root` keeps the
+    derivative finite at v_hat = 0 (for differentiating through the optimizer)."""
     return jax.tree.map(
         lambda m, v: safe_divide(m, jnp.sqrt(widen(v) + eps_root) + eps), mu_hat, nu_hat
     )
@@ -212,32 +177,22 @@ def _log(decay: Any) -> Any:
 
 
 def power(decay: Any, exponent: jax.Array) -> jax.Array:
-    """decay ** exponent as float64 Python would give it, to float32 precision.
-
-    jnp's `decay ** count` first rounds decay to float32 (0.999 -> 0.99900001, 1.3e-8 too
-    large) and that error grows with the exponent; exp(t log(decay)), with log(decay) taken in
-    float64 while tracing, is accurate to a few 1e-7 relative.
-    """
+    """decay ** exponent as float64 Python gives it, to float32 precision: exp(t log(decay))
+    with log(decay) taken in float64 while tracing (jnp's power first rounds decay to
+    float32, an error that grows with the exponent)."""
     return jnp.exp(exponent * _log(decay))
 
 
 def one_minus_power(decay: Any, exponent: jax.Array) -> jax.Array:
-    """1 - decay ** exponent, accurate to ~1e-7 relative even when it is small.
-
-    PyTorch (and a NumPy transcription of the papers) compute the bias corrections 1 - b^t in
-    float64 from the Python float b. optax computes them in float32 from b rounded to float32,
-    which makes 1 - b2^t 1.3e-5 (relative) too small for b2 = 0.999 at every t, the difference
-    between optax's Adam and PyTorch's. -expm1(t log b) is as accurate as float64 rounded to
-    float32, within a few 1e-7.
-    """
+    """1 - decay ** exponent as -expm1(t log(decay)): PyTorch's and the papers' float64
+    bias correction, to float32 precision (optax forms it in float32 from fl32(decay))."""
     return -jnp.expm1(exponent * _log(decay))
 
 
 def radam_sma_length(b2: Any, t: jax.Array) -> jax.Array:
-    """rho_t = rho_inf - 2 t b2^t / (1 - b2^t), accurate to float32 precision.
+    """rho_t = rho_inf - 2 t b2^t / (1 - b2^t), accurate to float32 precision (formed directly,
+    as optax does, it is the difference of two numbers near rho_inf).
 
-    Formed directly (as optax does) the difference of two numbers near rho_inf = 1999 loses
-    ~1e-4 in float32, a 5e-5 error of the rectification r_t at t = 6 where rho_t - 4 ~ 2.
     With x = -log(b2) and y = t x: rho_t = (2/x)(1 - B(y)) + (rho_inf - 2/x), where
     B(y) = y / (e^y - 1) and rho_inf - 2/x = coth(x/2) - 2/x is a float64 constant. For y < 1,
     1 - B(y) = y/2 - sum_k B_2k y^2k / (2k)! (Bernoulli numbers; 7 terms: < 1e-9), free of
@@ -260,14 +215,8 @@ _BERNOULLI_SERIES += (-691 / 1307674368000, 1 / 74724249600)
 
 
 def lerp_first_moment(grads: Tree, mu: Tree, b1: Any) -> Tree:
-    """m_t = m_{t-1} + (1 - b1)(g_t - m_{t-1}): PyTorch's `exp_avg.lerp_(grad, 1 - beta1)`.
-
-    The same average as `first_moment`, rounded differently: torch's lerp (ATen's `lerp`)
-    forms `self + w (end - self)` (one fused multiply-add) for a weight w < 0.5 and
-    `end - (end - self)(1 - w)` otherwise. With optax's `(1 - b1) g + b1 m` a float32 m_t
-    drifts from torch's over the steps; written as torch does, it matches torch's to the bit
-    on XLA:CPU.
-    """
+    """m_t = m_{t-1} + (1 - b1)(g_t - m_{t-1}): PyTorch's `exp_avg.lerp_(grad, 1 - beta1)`,
+    `first_moment` rounded as torch rounds it (`torch_lerp`)."""
     return jax.tree.map(lambda g, m: torch_lerp(m, g, 1 - b1), grads, mu)
 
 
@@ -283,10 +232,8 @@ def torch_lerp(start: jax.Array, end: jax.Array, weight: Any) -> jax.Array:
 
 def pytorch_second_moment(grads: Tree, nu: Tree, b2: Any) -> Tree:
     """v_t = b2 v_{t-1} + (1 - b2) g_t^2 in PyTorch's order of rounding,
-    `exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)`: ((1 - b2) g) g + v b2,
-    which ATen's CPU kernel evaluates as one fused multiply-add (XLA:CPU fuses the same
-    operand when it is written first). Complex gradients use |g|^2, as everywhere here
-    (torch views them as pairs of reals).
+    `exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)`: ((1 - b2) g) g + v b2
+    (one fused multiply-add in ATen, as in XLA:CPU with this operand first); |g|^2 if complex.
     """
 
     def update(g, v):
@@ -306,12 +253,9 @@ def moments_for(convention: str):
 
 
 def nadam_momentum(b1: Any, momentum_decay: Any, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(mu_t, 1 - mu_t) with mu_t = b1 (1 - 0.5 * 0.96^(t psi)): Nadam's momentum schedule.
-
-    Dozat 2016 (Section 3, after Sutskever et al. 2013's schedule) with psi = 1/250 = 0.004,
-    PyTorch's `momentum_decay`. optax has no schedule (mu_t = b1 for all t).
-    1 - mu_t = (1 - b1) + b1 * 0.5 * 0.96^(t psi) is summed from positive terms: forming it as
-    1 - mu_t in float32 loses up to 5e-7 of it when mu_t is near b1 = 0.9.
+    """(mu_t, 1 - mu_t) with mu_t = b1 (1 - 0.5 * 0.96^(t psi)): Nadam's momentum schedule
+    (Dozat 2016, Section 3; psi is PyTorch's `momentum_decay`). 1 - mu_t is summed from
+    positive terms, (1 - b1) + b1 * 0.5 * 0.96^(t psi), free of cancellation.
     """
     half_decayed = 0.5 * power(0.96**momentum_decay, t)
     return b1 * (1.0 - half_decayed), (1.0 - b1) + b1 * half_decayed
@@ -325,7 +269,6 @@ def nadam_first_moment(
         m_bar = (1 - mu_t) g_t / (1 - prod_{i<=t} mu_i) + mu_{t+1} m_t / (1 - prod_{i<=t+1} mu_i)
 
     and prod_{i<=t} mu_i (float32, as torch's ``mu_product``) from `product`, prod_{i<t}.
-    optax's `nesterov_first_moment` is this with mu_i = b1 for every i.
     """
     mu_t, one_minus_mu_t = nadam_momentum(b1, momentum_decay, count)
     mu_next, _ = nadam_momentum(b1, momentum_decay, safe_increment(count))
@@ -340,27 +283,21 @@ def nadam_first_moment(
 
 def dozat_second_moment(nu_hat: Tree, b2: Any) -> Tree:
     """n_hat = nu * n_t / (1 - nu^t): Dozat 2016, Algorithm 2 scales the bias-corrected second
-    moment by nu = b2 once more. PyTorch and optax drop the factor (a 0.05% larger step for
-    b2 = 0.999).
-    """
+    moment by nu = b2 once more (PyTorch and optax do not)."""
     return jax.tree.map(lambda v: b2 * v, nu_hat)
 
 
 def raw_max_second_moment(nu_max: Tree, nu: Tree) -> Tree:
     """max(v_max, v_t) of the *raw* second moment: PyTorch's AMSGrad and Reddi et al.'s
-    Algorithm 2. optax keeps the maximum of the bias-corrected v_hat instead (optax #1389);
-    since 1 - b2^t grows with t, the two maxima differ whenever v_t shrinks early on.
-    """
+    Algorithm 2 (optax's is of the bias-corrected v_hat, optax #1389)."""
     return jax.tree.map(jnp.maximum, nu_max, nu)
 
 
 def pytorch_radam_step(
     mu_hat: Tree, nu: Tree, b2: Any, count: jax.Array, eps: Any, eps_root: Any
 ) -> Tree:
-    """m_hat * sqrt(1 - b2^t) / (sqrt(v_t) + eps): PyTorch's RAdam adaptive term, where eps is
-    added to the root of the *uncorrected* v_t (torch/optim/radam.py); optax and Adam add it to
-    sqrt(v_hat), i.e. eps is sqrt(1 - b2^t) times larger here. The two agree when
-    eps << sqrt(v_t). (`eps_root`, 0 by default, is ours: PyTorch has none.)
+    """m_hat * sqrt(1 - b2^t) / (sqrt(v_t + eps_root) + eps): PyTorch's RAdam adaptive term,
+    eps added to the root of the *uncorrected* v_t (torch/optim/radam.py); `eps_root` is ours.
     """
     sqrt_correction = jnp.sqrt(one_minus_power(b2, count))
 
@@ -372,14 +309,9 @@ def pytorch_radam_step(
 
 
 def infinity_step(mu_hat: Tree, nu: Tree, eps: Any, *, eps_outside: bool) -> Tree:
-    """Adamax's m_hat / u_t.
-
-    optax and PyTorch put eps inside the max that defines u_t (`infinity_moment`), so u_t >= eps
-    and the step is m_hat / u_t. Kingma & Ba's Algorithm 2 has no eps at all (u_t = 0 for a
-    coordinate whose gradients were all zero, and 0 / 0); the "paper" convention adds eps to
-    the denominator, m_hat / (u_t + eps), and is the paper's rule for eps = 0.
-    In float16, where eps underflows, the denominator is formed in float32 and floored at eps.
-    """
+    """Adamax's m_hat / u_t, eps inside u_t (`infinity_moment`: optax, PyTorch), or with
+    `eps_outside` m_hat / (u_t + eps) (the paper's u_t has none). A float16 u_t is widened to
+    float32 and floored at eps."""
 
     def step(m, u):
         if eps_outside:
@@ -397,10 +329,8 @@ def infinity_moment_paper(grads: Tree, nu: Tree, b2: Any) -> Tree:
 
 
 def belief_paper_correction(nu: Tree, eps_root: Any) -> Tree:
-    """s_t + eps before the bias correction: Zhuang et al. 2020, Algorithm 2 adds eps to s_t
-    (s_t = b2 s_{t-1} + (1 - b2)(g_t - m_t)^2 + eps, kept in the state) *and* again when
-    bias-correcting (s_hat = (s_t + eps) / (1 - b2^t)); optax adds it once (optax #440).
-    """
+    """s_t + eps: Zhuang et al. 2020, Algorithm 2 adds eps to s_t in the state *and* again
+    before the bias correction, s_hat = (s_t + eps) / (1 - b2^t) (optax once, optax #440)."""
     return jax.tree.map(lambda s: s + eps_root, nu)
 
 
@@ -421,9 +351,7 @@ def adopt_normalised(grads: Tree, nu: Tree, eps: Any, clip: Any = None) -> Tree:
 
 def adopt_second_moment(grads: Tree, nu: Tree, b2: Any, count: jax.Array) -> Tree:
     """v_0 = g_0^2 at count 0, then v_t = b2 v_{t-1} + (1 - b2) g_t^2 (Taniguchi et al. 2024,
-    Algorithm 1), with 1 - b2 from the Python float. optax writes it as one moment update with
-    b2 -> jnp.where(count > 0, b2, 0), a float32 array: 1 - fl32(0.9999) is 1.7e-4 too large.
-    """
+    Algorithm 1), 1 - b2 from the Python float (optax's from a float32 array)."""
     return jax.tree.map(
         lambda g, v, new: jnp.where(count > 0, new, abs_sq(g)), grads, nu,
         second_moment(grads, nu, b2),
@@ -449,12 +377,10 @@ def ademamix_alpha(alpha: Any, warmup: int | None) -> Any:
 def ademamix_b3(b3: Any, b_start: Any, warmup: int | None, complement: bool = False) -> Any:
     """beta3(t) = min(exp(ln b_start ln b3 / ((1 - t/T) ln b3 + (t/T) ln b_start)), b3):
     AdEMAMix's warmup of the slow EMA's decay (Pagliardini et al. 2024, Section 3, f_beta3,
-    with beta_start = beta1): the half-life ln(0.5)/ln(beta) grows linearly in t from
-    beta_start's to beta3's; `b3` itself for no warmup.
+    beta_start = beta1: the half-life grows linearly in t); `b3` itself for no warmup.
 
-    ``complement=True`` gives 1 - beta3(t) instead, as -expm1 of the exponent: accurate to
-    float32's relative precision where 1 - fl32(beta3(t)) is not (beta3(t) = 0.9999 is held
-    to 6e-8, 6e-4 of 1 - beta3(t)). The "paper" convention weighs g_t by it.
+    ``complement=True`` gives 1 - beta3(t), as -expm1 of the exponent (to float32's relative
+    precision, unlike 1 - fl32(beta3(t))): the "paper" convention weighs g_t by it.
     """
     if warmup is None:
         if not complement:
@@ -487,12 +413,10 @@ def schedule_free_learning_rate(
     """gamma_t, Schedule-Free's learning rate at step t = 1, 2, ... (a schedule of t, or the
     constant): the linear warmup min(1, t/T_warmup) and, for "paper", Adam's bias correction.
 
-    optax (`optax.contrib.schedule_free_adamw`) warms a constant up by its
-    `warmup_constant_schedule(0, lr, T)`, (0 - lr)(1 - t/T) + lr; PyTorch's
-    `AdamWScheduleFree` multiplies, lr (t/T); Defazio et al.'s Algorithm 1 (line 8) also puts
-    the bias correction of v_t here, gamma_t = gamma sqrt(1 - b2^t) min(1, t/T_warmup), and
-    none in the denominator (`schedule_free_denominator`). A schedule given as the learning
-    rate is multiplied by the warmup in every convention (optax's would refuse it).
+    optax warms a constant up by `warmup_constant_schedule(0, lr, T)`, (0 - lr)(1 - t/T) + lr,
+    PyTorch multiplies, lr (t/T); Defazio et al.'s Algorithm 1 (line 8) puts the bias
+    correction here, gamma_t = gamma sqrt(1 - b2^t) min(1, t/T_warmup), and none in the
+    denominator (`schedule_free_denominator`). A schedule is multiplied by the warmup.
     """
     lr = learning_rate
     if warmup_steps is not None:
@@ -528,8 +452,8 @@ def reciprocal_step(grads: Tree, nu_hat: Tree, eps: Any) -> Tree:
 
 def schedule_free_average_weight(weight: jax.Array, total: jax.Array) -> jax.Array:
     """c_{t+1} = w_t / sum_{i<=t} w_i, w_t = gamma_max^p (Defazio et al. 2024, Algorithm 1,
-    line 10, with the maximum learning rate so far and p = `weight_lr_power`, their code's);
-    0 where the sum is 0 (a zero learning rate), NaN propagated, as optax writes it."""
+    line 10, with their code's largest learning rate so far); 0 where the sum is 0, NaN
+    propagated, as optax writes it."""
     return jnp.where(
         jnp.logical_or(jnp.isnan(weight), jnp.isnan(total)),
         jnp.full(weight.shape, jnp.nan),
@@ -538,9 +462,8 @@ def schedule_free_average_weight(weight: jax.Array, total: jax.Array) -> jax.Arr
 
 
 def schedule_free_x(y: Tree, z: Tree, b1: Any) -> Tree:
-    """x = (y - (1 - b1) z) / b1: the averaged iterate recovered from the gradient point
-    y = (1 - b1) z + b1 x (Defazio et al. 2024, Algorithm 1, line 5), as optax recovers it;
-    the point to evaluate and ship. b1 > 0."""
+    """x = (y - (1 - b1) z) / b1: the averaged iterate, from the gradient point
+    y = (1 - b1) z + b1 x (Defazio et al. 2024, Algorithm 1, line 5). b1 > 0."""
     return jax.tree.map(lambda yi, zi: (yi - (1.0 - b1) * zi) / b1, y, z)
 
 
@@ -550,10 +473,9 @@ def schedule_free_y(
     """y_{t+1} = (1 - b1) z_{t+1} + b1 x_{t+1}, x_{t+1} = (1 - c) x_t + c z_{t+1}, where
     z_{t+1} = z_t + s_t (`steps`, s_t = -gamma_t u_t).
 
-    optax and the paper form x_t (`schedule_free_x`), average it with z_{t+1} and interpolate.
-    PyTorch's `AdamWScheduleFree.step` never forms x: it moves y in place,
-    `y.lerp_(z, c); y.add_(u, alpha=lr (b1 (1 - c) - 1))`, the same point (expand x_t from
-    y_t and z_t) rounded another way (`torch_lerp`).
+    optax and the paper form x_t (`schedule_free_x`); PyTorch's `AdamWScheduleFree` moves y
+    in place, `y.lerp_(z, c); y.add_(u, alpha=lr (b1 (1 - c) - 1))`: the same point, rounded
+    another way (`torch_lerp`).
     """
     if convention != "pytorch":
         x = jax.tree.map(lambda xi, zi: (1.0 - c) * xi + c * zi, schedule_free_x(y, z, b1), z_next)
@@ -570,45 +492,35 @@ def schedule_free_y(
 
 def mars_correction(grads: Tree, previous: Tree, b1: Any, gamma: Any) -> Tree:
     """c_t = g_t + gamma b1 / (1 - b1) (g_t - g_{t-1}): MARS's variance-reduced gradient
-    (Yuan et al. 2024, Algorithm 1, the approximate form: g_{t-1} evaluated at x_{t-1} on
-    its own sample), in the order of the authors' code and of pytorch_optimizer's port,
-    ``(grad - last_grad).mul(gamma * (beta1 / (1 - beta1))).add(grad)``. With gamma = 0 it is
-    g_t exactly."""
+    (Yuan et al. 2024, Algorithm 1, approximate form), in the authors' order,
+    ``(grad - last_grad).mul(gamma * (beta1 / (1 - beta1))).add(grad)``."""
     scale = gamma * (b1 / (1 - b1))
     return jax.tree.map(lambda g, p: (g - p) * scale + g, grads, previous)
 
 
 def clip_to_unit_norm(tree: Tree) -> Tree:
-    """Clip(c, 1) = c / ||c||_2 where ||c||_2 > 1, else c, per tensor (leaf): MARS's clipping
-    (Yuan et al. 2024, Algorithm 1; ``torch.norm(c_t)`` of each parameter in the authors'
-    code). Written as c / max(||c||, 1), pytorch_optimizer's batched form: the same numbers
-    (a division by 1 is exact) with no 0 / 0 for a zero tensor."""
+    """Clip(c, 1) = c / ||c||_2 where ||c||_2 > 1, else c, per tensor: MARS's clipping (Yuan et
+    al. 2024, Algorithm 1), as c / max(||c||, 1) (no 0 / 0 for a zero tensor)."""
     return jax.tree.map(lambda c: c / jnp.maximum(jnp.linalg.norm(c), 1.0).astype(c.dtype), tree)
 
 
 def mars_previous_gradient(grads: Tree, last_grads: Tree, count: jax.Array) -> Tree:
-    """g_{t-1} for the paper's correction: g_t itself at the first step. Algorithm 1 sets
-    x_1 = x_0, so its correction vanishes at t = 1 (c_1 = g_1); the authors' code and
-    pytorch_optimizer start ``last_grad`` at zero instead, c_1 = (1 + gamma b1/(1-b1)) g_1
-    before the clipping."""
+    """g_{t-1} for the paper's correction: g_t itself at the first step (Algorithm 1 sets
+    x_1 = x_0, so c_1 = g_1; the authors' code starts ``last_grad`` at zero)."""
     return jax.tree.map(lambda g, last: jnp.where(count == 0, g, last), grads, last_grads)
 
 
 def block_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The shape of Adam-mini's second moment for a leaf of `shape`: one value per output
-    unit (the last axis: a dense kernel's column, a conv kernel's output channel, HWIO) for
-    ndim >= 2, kept as (1, ..., 1, out) so that it broadcasts; one per coordinate (Adam) for
-    biases, scales and scalars (ndim <= 1)."""
+    """The shape of Adam-mini's second moment for a leaf of `shape`: (1, ..., 1, out), one per
+    output unit (the last axis), for ndim >= 2; one per coordinate for ndim <= 1."""
     if len(shape) <= 1:
         return shape
     return (1,) * (len(shape) - 1) + shape[-1:]
 
 
 def block_mean_square(g: jax.Array) -> jax.Array:
-    """mean(g ⊙ g) over each block of `block_shape` (|g|^2 for complex g): Adam-mini's
-    ``torch.mean(grad * grad, dim=1, keepdim=True)`` of a (out, in) weight; g^2 itself for a
-    leaf of ndim <= 1. A low-precision gradient is averaged in float32 (a bfloat16 sum over a
-    block rounds)."""
+    """mean(|g|^2) over each block of `block_shape` (g^2 itself for ndim <= 1), in float32 at
+    least (a bfloat16 sum would round)."""
     squares = abs_sq(g)
     if g.ndim <= 1:
         return squares
@@ -617,9 +529,8 @@ def block_mean_square(g: jax.Array) -> jax.Array:
 
 
 def block_second_moment(grads: Tree, nu: Tree, b2: Any, convention: str = "optax") -> Tree:
-    """v_t = b2 v_{t-1} + (1 - b2) mean(g_t ⊙ g_t) per block: Adam-mini's one second moment
-    per block (Zhang et al. 2024, Algorithm 1, line 8); a leaf of ndim <= 1 is its own
-    blocks, Adam's v_t (in PyTorch's rounding for "pytorch", `moments_for`)."""
+    """v_t = b2 v_{t-1} + (1 - b2) mean(g_t ⊙ g_t) per block (Zhang et al. 2024, Algorithm 1,
+    line 8); for ndim <= 1 Adam's v_t (in `convention`'s rounding, `moments_for`)."""
     _, second_moment = moments_for(convention)
 
     def leaf(g, v):
