@@ -407,11 +407,9 @@ def scale_by_radam(
     References:
       Liu et al., On the Variance of the Adaptive Learning Rate and Beyond, ICLR 2020.
     """
-    if nesterov and convention != "optax":
-        raise ValueError(
-            f"scale_by_radam: nesterov=True exists only for convention='optax' "
-            f"(neither torch.optim.RAdam nor Liu et al. have it), got {convention!r}"
-        )
+    validation.check_optax_only(
+        "scale_by_radam", nesterov, convention, "torch.optim.RAdam and Liu et al."
+    )
     if threshold is None:
         threshold = 4.0 if convention == "paper" else 5.0
     rho_inf = 2.0 / (1.0 - b2) - 1.0
@@ -519,15 +517,22 @@ def scale_by_adamax(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _refuse_pytorch(owner: str, optimizer: str, convention: str) -> None:
-    if convention == "pytorch":
-        raise ValueError(
-            f"{owner}: convention='pytorch' does not exist: torch.optim has no {optimizer}; "
-            "use 'optax' or 'paper'"
-        )
+def _checked_without_pytorch(optimizer: str) -> Any:
+    """`checked`, refusing convention="pytorch" too: torch.optim has no `optimizer` (the
+    constructors refuse it by their `alias.TABLE` entry, and call the transform unchecked)."""
+
+    def check(owner, arguments):
+        validation.check(owner, arguments)
+        if arguments["convention"] == "pytorch":
+            raise ValueError(
+                f"{owner}: convention='pytorch' does not exist: torch.optim has no {optimizer}; "
+                "use 'optax' or 'paper'"
+            )
+
+    return lambda function: checked(function, functools.partial(check, function.__name__))
 
 
-@checked
+@_checked_without_pytorch("AdaBelief")
 def scale_by_belief(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -565,12 +570,7 @@ def scale_by_belief(
       Zhuang et al., AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed
       Gradients, NeurIPS 2020.
     """
-    _refuse_pytorch("scale_by_belief", "AdaBelief", convention)
-    if nesterov and convention != "optax":
-        raise ValueError(
-            "scale_by_belief: nesterov=True exists only for convention='optax' (Zhuang et al. "
-            f"have no Nesterov variant), got {convention!r}"
-        )
+    validation.check_optax_only("scale_by_belief", nesterov, convention, "Zhuang et al.")
     correct = functools.partial(numerics.bias_correction, convention=convention, fused=fused)
     mu_dtype, nu_dtype = _storage_dtype(mu_dtype), _storage_dtype(nu_dtype)
     init_fn = _init_moments(mu_dtype, nu_dtype)
@@ -879,7 +879,7 @@ def scale_by_muon(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-@checked
+@_checked_without_pytorch("ADOPT")
 def scale_by_adopt(
     b1: float = 0.9,
     b2: float = 0.9999,
@@ -947,12 +947,7 @@ def scale_by_adopt(
       Taniguchi et al., ADOPT: Modified Adam Can Converge with Any beta2 with the Optimal
       Rate, NeurIPS 2024, Algorithm 1 (and Section 5 for the clipping).
     """
-    _refuse_pytorch("scale_by_adopt", "ADOPT", convention)
-    if nesterov and convention != "optax":
-        raise ValueError(
-            "scale_by_adopt: nesterov=True exists only for convention='optax' (Taniguchi et al. "
-            f"have no Nesterov variant), got {convention!r}"
-        )
+    validation.check_optax_only("scale_by_adopt", nesterov, convention, "Taniguchi et al.")
     mu_dtype, nu_dtype = _storage_dtype(mu_dtype), _storage_dtype(nu_dtype)
     clip_value = clip_value_fn or (lambda count: count**0.25)  # optax's default
     init_fn = _init_moments(mu_dtype, nu_dtype)
@@ -1121,7 +1116,7 @@ def _refresh_leaf(
     return tuple(refreshed), nu
 
 
-@checked
+@_checked_without_pytorch("SOAP")
 def scale_by_soap(
     b1: float = 0.95,
     b2: float = 0.95,
@@ -1203,7 +1198,6 @@ def scale_by_soap(
       Stabilizing Shampoo using Adam, ICLR 2025 (arXiv:2409.11321), Algorithms 3 and 4;
       the authors' code, github.com/nikhilvyas/SOAP (soap.py).
     """
-    _refuse_pytorch("scale_by_soap", "SOAP", convention)
     mu_dtype, nu_dtype = _storage_dtype(mu_dtype), _storage_dtype(nu_dtype)
     shampoo_beta = b2 if shampoo_beta is None else shampoo_beta
 
@@ -1274,7 +1268,7 @@ class ScaleByAdemamixState(NamedTuple):
     nu: Tree
 
 
-@checked
+@_checked_without_pytorch("AdEMAMix")
 def scale_by_ademamix(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -1346,7 +1340,6 @@ def scale_by_ademamix(
       Pagliardini, Ablin & Grangier, The AdEMAMix Optimizer: Better, Faster, Older, ICLR
       2025, Algorithm 1.
     """
-    _refuse_pytorch("scale_by_ademamix", "AdEMAMix", convention)
     mu_dtype = _storage_dtype(mu_dtype)
     nu_dtype = mu_dtype if nu_dtype is None else _storage_dtype(nu_dtype)
     b3_t = numerics.ademamix_b3(b3, b1, b3_warmup)

@@ -239,6 +239,15 @@ def is_int(value: Any, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
+def check_optax_only(owner: str, nesterov: bool, convention: str, authors: str) -> None:
+    """Nesterov momentum, where only optax has it: `authors` have no such variant."""
+    if nesterov and convention != "optax":
+        raise ValueError(
+            f"{owner}: nesterov=True exists only for convention='optax' ({authors} have no "
+            f"Nesterov variant), got {convention!r}"
+        )
+
+
 def check_unset(owner: str, name: str, value: Any, convention: str, why: str) -> None:
     """An option of the optax convention must stay None (= the convention's own) otherwise."""
     if value is not None:
