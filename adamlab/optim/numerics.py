@@ -78,10 +78,15 @@ def infinity_moment(grads: Tree, nu: Tree, b2: Any, eps: Any) -> Tree:
     return jax.tree.map(lambda g, u: jnp.maximum(jnp.abs(g) + eps, b2 * u), grads, nu)
 
 
+def decay_correction(decay: Any, count: jax.Array, convention: str = "optax") -> jax.Array:
+    """1 - decay^t: in float32 from fl32(decay) for "optax", else to float64 accuracy
+    (`one_minus_power`)."""
+    return 1 - decay**count if convention == "optax" else one_minus_power(decay, count)
+
+
 def reciprocal_correction(decay: Any, count: jax.Array, convention: str = "optax") -> jax.Array:
-    """1 / (1 - decay^t): the scalar that bias-corrects by one multiplication per element
-    (1 - decay^t as `bias_correction` forms it)."""
-    return 1 / (1 - decay**count if convention == "optax" else one_minus_power(decay, count))
+    """1 / (1 - decay^t): the scalar that bias-corrects by one multiplication per element."""
+    return 1 / decay_correction(decay, count, convention)
 
 
 def bias_correction(
@@ -89,15 +94,15 @@ def bias_correction(
 ) -> Tree:
     """moment / (1 - decay^t): undoes the zero initialisation of an exponential moving average.
 
-    1 - decay^t is formed in `decay`'s precision (float32 in optax's way; to float64 accuracy
-    otherwise, `one_minus_power`) and only then cast to the moment's dtype (in bfloat16
-    decay^t rounds to 1). ``fused=True`` multiplies by the reciprocal instead
-    (`reciprocal_correction`): one scalar division per step, at most one rounding apart.
+    1 - decay^t (`decay_correction`) is formed in `decay`'s precision and only then cast to
+    the moment's dtype (in bfloat16 decay^t rounds to 1). ``fused=True`` multiplies by the
+    reciprocal instead (`reciprocal_correction`): one scalar division per step, at most one
+    rounding apart.
     """
     if fused:
         factor = reciprocal_correction(decay, count, convention)
         return jax.tree.map(lambda m: m * factor.astype(m.dtype), moment)
-    correction = 1 - decay**count if convention == "optax" else one_minus_power(decay, count)
+    correction = decay_correction(decay, count, convention)
     return jax.tree.map(lambda m: m / correction.astype(m.dtype), moment)
 
 

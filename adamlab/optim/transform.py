@@ -1,25 +1,12 @@
-r"""The Adam family's gradient transformations and its successors', written from the papers.
+"""The Adam family's gradient transformations and its successors', written from the papers.
 
-Each factory returns an `optax.GradientTransformation(init, update)`: state goes in and comes
-out as a NamedTuple of arrays, nothing is mutated, so every transform is safe under `jax.jit`,
-`jax.vmap`, `jax.pmap` and optax's wrappers (`inject_hyperparams`, `MultiSteps`, `masked`,
-`apply_if_finite`). The transforms only *rescale* gradients; the constructors in `alias.py`
-chain them with `scale_by_learning_rate` (and a decoupled weight decay for the W variants).
-One wraps such a chain instead: `schedule_free` steps a sequence z with it and returns the move
-of the params between two points (Schedule-Free's y), whose evaluation point x
-`schedule_free_eval_params` forms.
-
-Notation: g_t gradient, m_t first moment, v_t second moment, t = 1, 2, ... the step count
-after the update, hats denote bias-corrected moments.
-
-Every rescaling transform takes ``convention="optax" | "pytorch" | "paper"``: whose rule to
-follow where optax, `torch.optim` and the paper disagree (docs/conventions.md); "optax", the
-default, is optax's rule operation for operation, and each difference is one function of
-`numerics.py`. Those that bias-correct take ``fused``: divide each moment by
-:math:`1-\beta^t` (optax's way), or multiply it by the scalar :math:`1/(1-\beta^t)`, one
-division per step instead of one per element, within a few float32 ulps of the former
-(`numerics.bias_correction`). The public transforms check their arguments
-(`validation.checked`); the constructors call them ``.unchecked``, having checked already.
+Each factory returns a pure `optax.GradientTransformation` (NamedTuple state, safe under jit,
+vmap and optax's wrappers) that *rescales* gradients; `alias.py` chains them with
+`scale_by_learning_rate` and the weight decays. `schedule_free` wraps such a chain instead.
+Notation: g_t gradient, m_t, v_t the moments, t = 1, 2, ... the count after the update, hats
+bias-corrected. ``convention`` and ``fused`` as in `alias.py`; each difference between the
+conventions is one function of `numerics.py`. A transform checks its arguments when a user
+calls it (`validation.checked`); the constructors, having checked, call it ``.unchecked``.
 """
 
 import functools
@@ -185,38 +172,23 @@ def scale_by_adam(
     With ``nesterov=True`` (Nadam, Dozat 2016) the first moment looks one step ahead:
     :math:`\hat m_t = \beta_1 m_t/(1-\beta_1^{t+1}) + (1-\beta_1) g_t/(1-\beta_1^t)`.
 
-    Conventions. Adam's rule is the same in all three; "pytorch" and "paper" evaluate
-    :math:`1-\beta^t` as float64 does (`numerics.one_minus_power`), optax in float32. For
-    Nadam, "pytorch" and "paper" use the momentum schedule
-    :math:`\mu_t = \beta_1(1 - \tfrac12 0.96^{t\psi})` in place of a constant
+    Conventions: "pytorch" and "paper" form :math:`1-\beta^t` to float64 accuracy. Their
+    Nadam has the momentum schedule :math:`\mu_t = \beta_1(1 - \tfrac12 0.96^{t\psi})` for
     :math:`\beta_1` (`numerics.nadam_momentum`, state :class:`ScaleByNadamState`), and
-    "paper" also scales :math:`\hat v_t` by :math:`\beta_2` (`numerics.dozat_second_moment`).
+    "paper" scales :math:`\hat v_t` by :math:`\beta_2` (`numerics.dozat_second_moment`).
 
     Args:
       b1: decay of the first-moment average, in [0, 1).
       b2: decay of the second-moment average, in [0, 1).
       eps: added to the denominator outside the square root (the paper's epsilon), >= 0.
       eps_root: added inside the square root; > 0 keeps meta-gradients finite, >= 0.
-      mu_dtype: dtype in which to *store* the first moment (e.g. ``jnp.bfloat16`` to halve its
-        memory); the update is computed in the promoted dtype. None keeps the params' dtype.
-      nu_dtype: dtype in which to *store* the second moment, as `mu_dtype` (optax has
-        `mu_dtype` only and keeps v_t in the params' dtype, optax #1552). A bfloat16 v_t keeps
-        8 significant bits: the step's denominator sqrt(v_t) to ~0.2% relative.
+      mu_dtype: dtype in which to *store* the first moment (e.g. ``jnp.bfloat16``); the update
+        is computed in the promoted dtype. None keeps the params' dtype.
+      nu_dtype: the same for the second moment (optax has `mu_dtype` only, optax #1552).
       nesterov: use Nesterov momentum (Nadam).
       convention: "optax", "pytorch" or "paper".
-      momentum_decay: Nadam's :math:`\psi` (PyTorch's ``momentum_decay``) for the "pytorch"
-        and "paper" conventions; None means 0.004. optax's Nadam has no schedule.
+      momentum_decay: Nadam's :math:`\psi` for "pytorch" and "paper"; None means 0.004.
       fused: bias-correct by scalar multiplications (`numerics.bias_correction`).
-
-    Returns:
-      An ``optax.GradientTransformation`` with state :class:`ScaleByAdamState`
-      (:class:`ScaleByNadamState` for Nadam outside the optax convention).
-
-    Example:
-      >>> import jax.numpy as jnp, optax
-      >>> tx = optax.chain(scale_by_adam(), optax.scale(-1e-3))
-      >>> params = {"w": jnp.ones(3)}
-      >>> updates, state = tx.update({"w": jnp.ones(3)}, tx.init(params))
 
     References:
       Kingma & Ba, Adam: A Method for Stochastic Optimization, ICLR 2015, Algorithm 1.
@@ -296,8 +268,7 @@ def scale_by_amsgrad(
         \hat v^{max}_t = \max(\hat v^{max}_{t-1}, \hat v_t), \quad
         u_t = \hat m_t / (\sqrt{\hat v^{max}_t + \epsilon_{root}} + \epsilon)
 
-    The maximum makes the effective per-coordinate step size non-increasing, which repairs
-    Adam's convergence proof (Reddi et al. 2018). The conventions differ in what the maximum
+    The per-coordinate step size never increases. The conventions differ in what the maximum
     is taken of (optax #1389):
 
     - "optax": of the bias-corrected :math:`\hat v_t` (state ``nu_max`` holds
@@ -310,14 +281,12 @@ def scale_by_amsgrad(
       :math:`m_t / (\sqrt{\max v} + \epsilon)` (the paper has no epsilon: eps = 0 is it).
 
     Args:
-      b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
-      nu_dtype: dtype in which to store v_t and its running maximum (as in
-        :func:`scale_by_adam`).
+      b1, b2, eps, eps_root, mu_dtype, nu_dtype, fused: as in :func:`scale_by_adam` (nu_dtype
+        stores v_t and its running maximum).
       bias_correction_mu: bias-correct the first moment (optax convention; None = True).
       bias_correction_nu: bias-correct the second moment before taking the maximum (optax
         convention; None = True).
       convention: "optax", "pytorch" or "paper".
-      fused: as in :func:`scale_by_adam`.
 
     References:
       Reddi, Kale & Kumar, On the Convergence of Adam and Beyond, ICLR 2018, Algorithm 2.
@@ -397,11 +366,10 @@ def scale_by_radam(
     :math:`\rho_t > 4`, with eps where Adam has it (the paper has none).
 
     Args:
-      b1, b2, eps, eps_root, nesterov: as in :func:`scale_by_adam` (nesterov: optax only).
+      b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov: as in :func:`scale_by_adam`
+        (nesterov: optax only).
       threshold: the value of rho_t from which the rectified Adam step is used; None means
         the convention's (5, 5, 4). Must be >= 4, below which r_t is not real.
-      mu_dtype, nu_dtype: storage dtypes of m_t and v_t, as in :func:`scale_by_adam`
-        (optax's RAdam has neither).
       convention: "optax", "pytorch" or "paper".
 
     References:
@@ -552,19 +520,15 @@ def scale_by_belief(
         s_t = \beta_2 s_{t-1} + (1-\beta_2)(g_t - m_t)^2 + \epsilon_{root}, \quad
         u_t = \hat m_t / (\sqrt{\hat s_t} + \epsilon)
 
-    A gradient close to its prediction ("belief") gives a small s_t and a large step.
     "paper" (Zhuang et al., Algorithm 2) adds the epsilon to s_t a second time before the
-    bias correction, :math:`\hat s_t = (s_t + \epsilon)/(1-\beta_2^t)` (optax #440). PyTorch
-    has no AdaBelief: convention="pytorch" is refused.
+    bias correction, :math:`\hat s_t = (s_t + \epsilon)/(1-\beta_2^t)` (optax #440).
 
     Args:
-      b1, b2, nesterov: as in :func:`scale_by_adam` (nesterov: optax only).
+      b1, b2, mu_dtype, nu_dtype, nesterov, fused: as in :func:`scale_by_adam` (nesterov:
+        optax only; nu_dtype stores s_t).
       eps: added outside the square root (paper: 1e-16).
       eps_root: added to s_t at every step (the paper's epsilon inside Algorithm 2).
-      mu_dtype, nu_dtype: storage dtypes of m_t and s_t, as in :func:`scale_by_adam` (optax's
-        AdaBelief has neither).
       convention: "optax" or "paper".
-      fused: as in :func:`scale_by_adam`.
 
     References:
       Zhuang et al., AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed
@@ -607,19 +571,13 @@ def scale_by_lion(
         u_t = \operatorname{sign}(c_t), \quad
         m_t = \beta_2 m_{t-1} + (1-\beta_2) g_t
 
-    Every coordinate moves by exactly the learning rate (or 0): the update's size is the
-    learning rate's alone. The signed direction weighs the current gradient by
-    :math:`1-\beta_1`, more than the momentum's own average does (:math:`1-\beta_2`, with
-    :math:`\beta_2 > \beta_1`). The same rule in the optax and paper conventions (Chen et al.,
-    Algorithm 2).
+    Every coordinate moves by exactly the learning rate (or 0). The same rule in the optax and
+    paper conventions (Chen et al., Algorithm 2).
 
     Args:
       b1: weight of the momentum in the interpolation that is signed, in [0, 1).
       b2: decay of the momentum m_t, in [0, 1).
       mu_dtype: dtype in which to *store* m_t (as in :func:`scale_by_adam`).
-
-    Returns:
-      An ``optax.GradientTransformation`` with state :class:`ScaleByLionState`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -668,14 +626,8 @@ def scale_by_trust_ratio() -> optax.GradientTransformation:
     .. math::
         u^{(i)} \leftarrow \frac{\phi(\|x^{(i)}\|)}{\|u^{(i)}\|}\, u^{(i)}, \quad \phi(z) = z
 
-    per leaf :math:`i` (a layer), with whole-tensor Euclidean norms. The ratio is 1 where
-    either norm is 0 (a zero-initialised bias, a zero update), as in optax's
-    ``scale_by_trust_ratio``; the paper leaves that case undefined. Chained after Adam's
-    direction plus the decoupled decay and before ``-learning_rate``, every layer moves by
-    exactly :math:`\eta_t \|x^{(i)}\|`.
-
-    Returns:
-      An ``optax.GradientTransformation`` with an empty state; ``update`` needs the params.
+    per leaf :math:`i` (a layer), with whole-tensor Euclidean norms; 1 where either norm is 0,
+    as in optax (the paper leaves it undefined). ``update`` needs the params.
 
     Example:
       >>> import jax.numpy as jnp
@@ -805,21 +757,11 @@ def scale_by_muon(
         X_{k+1} = a X_k + b (X_k X_k^\top) X_k + c (X_k X_k^\top)^2 X_k, \\
         u_t = \sqrt{\max(1, \text{fan\_out}/\text{fan\_in})}\; X_{N}
 
-    with :math:`(a, b, c) = (3.4445, -4.7750, 2.0315)` and :math:`N = 5`. The quintic maps
-    every singular value of :math:`X_0` (all in (0, 1] after the Frobenius normalisation)
-    into a band around 1, not exactly 1: :math:`X_N \approx U S' V^\top` with
-    :math:`S'_{ii} \in [0.7, 1.2]` roughly, where :math:`\hat M_t = U S V^\top`.
-
-    Conventions. "optax" bias-corrects the momentum as above (``optax.contrib.muon``);
-    "paper" is Jordan's reference, which does not: :math:`\hat M_t = \beta m_t + (1-\beta)
-    G_t` (Nesterov) or :math:`m_t`. Without Nesterov the two differ only through eps (the
-    normalisation removes a scalar factor); with it, in the first steps, until
-    :math:`\beta^t \to 0`. docs/conventions.md.
-
-    Which leaves are matrices, and how: ``weight_dimension_numbers`` (optax's
-    ``MuonDimensionNumbers``: reduction axes become the rows, output axes the columns, the
-    other axes a batch orthogonalised matrix by matrix). None: every leaf is a 2-D matrix. An
-    HWIO conv kernel is the (H*W*I) x O matrix (:func:`conv_dimension_numbers`).
+    with :math:`(a, b, c) = (3.4445, -4.7750, 2.0315)` and :math:`N = 5`: the quintic maps
+    every singular value of :math:`X_0` into a band around 1, :math:`X_N \approx U S' V^\top`
+    for :math:`\hat M_t = U S V^\top`. "optax" bias-corrects the momentum as above
+    (``optax.contrib.muon``); "paper" is Jordan's reference, which does not:
+    :math:`\hat M_t = \beta m_t + (1-\beta) G_t` (Nesterov) or :math:`m_t`.
 
     Args:
       ns_coeffs: (a, b, c) of the quintic Newton-Schulz step.
@@ -828,14 +770,13 @@ def scale_by_muon(
       eps: added to the Frobenius norm before the division, >= 0.
       mu_dtype: dtype in which to *store* the momentum (as in :func:`scale_by_adam`).
       nesterov: orthogonalise the look-ahead momentum (Jordan's default).
-      weight_dimension_numbers: a tree of ``MuonDimensionNumbers`` (or a callable of the
-        updates returning one); None: all leaves are 2-D.
+      weight_dimension_numbers: a tree of optax's ``MuonDimensionNumbers`` (reduction axes
+        become the rows, output axes the columns, the others a batch), or a callable of the
+        updates returning one; None: all leaves are 2-D (:func:`conv_dimension_numbers` for
+        HWIO kernels).
       consistent_rms: None for Jordan's width scale; a float r for
         :math:`\sqrt{\max(\text{fan\_in}, \text{fan\_out})}\, r` (Liu et al. 2025).
       convention: "optax" or "paper" (Jordan's reference: no bias correction).
-
-    Returns:
-      An ``optax.GradientTransformation`` with state :class:`ScaleByMuonState`.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -902,26 +843,18 @@ def scale_by_adopt(
         u_t = m_t, \quad
         v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2
 
-    with :math:`c_t = t^{1/4}` (``clip_value_fn``) and ``clip(x, c)`` the clamp to [-c, c].
-    Dividing by :math:`v_{t-1}`, which does not contain :math:`g_t`, decorrelates the step
-    from the current gradient; normalising *before* the momentum makes the update bounded:
-    together they give the optimal rate for any :math:`\beta_2` (Taniguchi et al., Theorem
-    4.1), where Adam needs :math:`\beta_2` tuned to the problem.
-
-    The first call (count 0) only initialises :math:`v_0 = g_0^2` and returns a zero update,
-    as optax does; step t of the paper is the call with count t. ``nesterov=True`` (optax
-    only) returns :math:`\beta_1 m_t + (1-\beta_1)\,\mathrm{clip}(\cdot)` instead of
-    :math:`m_t`. "optax" and "paper" are one rule; optax selects the first step by setting
-    the decays to 0 and 1 as float32 arrays, which rounds :math:`1-\beta_2` (1.7e-4 of it
-    for 0.9999), "paper" selects the moments (`numerics.adopt_second_moment`).
+    with :math:`c_t = t^{1/4}` (``clip_value_fn``) and ``clip(x, c)`` the clamp to [-c, c]:
+    the optimal rate for any :math:`\beta_2` (Taniguchi et al., Theorem 4.1). The first call
+    (count 0) only initialises :math:`v_0 = g_0^2` and returns a zero update, as optax does.
+    ``nesterov=True`` (optax only) returns :math:`\beta_1 m_t + (1-\beta_1)\,\mathrm{clip}
+    (\cdot)`. "optax" selects the first step by setting the decays to 0 and 1 as float32
+    arrays, "paper" selects the moments (`numerics.adopt_second_moment`).
 
     Args:
       b1: decay of the momentum, in [0, 1).
       b2: decay of the second moment, in [0, 1).
       eps: floor of :math:`\sqrt{v_{t-1}}` in the normalisation, >= 0.
-      mu_dtype: dtype in which to *store* m_t (as in :func:`scale_by_adam`).
-      nu_dtype: dtype in which to *store* v_t (as in :func:`scale_by_adam`; optax's ADOPT
-        has ``mu_dtype`` only and keeps v_t in the params' dtype, optax #1552).
+      mu_dtype, nu_dtype: as in :func:`scale_by_adam`.
       nesterov: Nesterov momentum (optax's; the paper has none).
       use_clipping: clip the normalised gradient to :math:`[-c_t, c_t]` (the paper's
         Section 5 and optax's default); False is the paper's unclipped Algorithm 1.
@@ -929,9 +862,6 @@ def scale_by_adopt(
         :math:`t^{1/4}` (a None default keeps `optax.inject_hyperparams` from taking the
         function for a schedule: pass one in its ``static_args``).
       convention: "optax" or "paper".
-
-    Returns:
-      An ``optax.GradientTransformation`` with state :class:`ScaleByAdamState`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -985,16 +915,9 @@ def scale_by_cautious(
         \tilde u_t = u_t \odot \phi_t / (\operatorname{mean}(\phi_t) + \epsilon_c)
 
     with the mean over each tensor (`numerics.caution`): a coordinate moves only where the
-    step is a descent direction for the current gradient, and the tensor's surviving
-    coordinates are scaled up by dim / nnz so that the average step keeps its size. Where every
-    sign agrees the direction is unchanged (times :math:`1/(1+\epsilon_c)`, which is 1 in
-    float32 for the default 1e-8).
-
-    The mask acts on the rescaled direction, before the learning rate and outside the
-    decoupled weight decay (`alias._chain` adds the decay after it), as in the authors' C-AdamW
-    and C-Lion (kyleliang919/C-Optim): the decay pulls every weight, agreeing or not. The
-    state is `inner`'s, unchanged (the mask needs none), so a cautious optimizer's state is
-    its base's.
+    step descends for the current gradient, the survivors scaled up to keep the average
+    step. The mask acts before the learning rate and outside the decoupled weight decay, as
+    in the authors' C-AdamW and C-Lion; the state is `inner`'s.
 
     Args:
       inner: the transform whose direction is masked (e.g. :func:`scale_by_adam`,
@@ -1147,24 +1070,17 @@ def scale_by_soap(
     (Algorithm 4: one power-iteration step, the columns first ordered by decreasing
     :math:`\operatorname{diag}(Q^\top L Q)` and :math:`V`'s coordinates permuted with them,
     as in the authors' code). A tensor of more axes has one statistic and one basis per axis
-    (:math:`G_{(i)} G_{(i)}^\top`, all other axes contracted; a flax conv kernel's H, W, I and
-    O each, as the authors' ``merge_dims=False``). 1-D and 0-D leaves, and axes longer than
-    ``max_precond_dim``, keep their basis: there SOAP is Adam.
+    (:math:`G_{(i)} G_{(i)}^\top`, all other axes contracted: ``merge_dims=False``). 1-D and
+    0-D leaves, and axes longer than ``max_precond_dim``, keep their basis: there SOAP is Adam.
 
     The first call reads :math:`G_0` only: :math:`L_0 = (1-\beta_s) G_0 G_0^\top` (R alike),
     :math:`Q` its eigenvectors by ``eigh`` (by decreasing eigenvalue), a zero update and
-    :math:`M, V` untouched ("first step is skipped so that we never use the current
-    gradients in the projection", the authors' soap.py); Adam's step :math:`t` is the call
-    with ``count`` t, bias-corrected with that t. The basis is refreshed after the step,
-    with :math:`L_t` that already holds :math:`G_t`. The refresh (``jax.lax.switch``) keeps
-    the transform pure: under ``vmap`` every branch is computed and one selected.
+    :math:`M, V` untouched, as the authors' soap.py; Adam's step :math:`t` is the call with
+    ``count`` t. The basis is refreshed after the step, with :math:`L_t` holding :math:`G_t`.
 
-    Conventions (optax has SOAP only as an open pull request; torch.optim has none):
-    "optax" bias-corrects as optax's Adam, :math:`\hat M'_t / (\sqrt{\hat V_t} +
-    \epsilon)`; "paper" as the authors' code (and pytorch_optimizer's SOAP): :math:`\epsilon`
-    added to :math:`\sqrt{V_t}` before the correction, the step
-    :math:`\sqrt{1-\beta_2^t}/(1-\beta_1^t)\, M'_t / (\sqrt{V_t}+\epsilon)`
-    (`numerics.pytorch_radam_step`), :math:`1-\beta^t` to float64 accuracy.
+    Conventions: "optax" bias-corrects as optax's Adam, :math:`\hat M'_t / (\sqrt{\hat V_t} +
+    \epsilon)`; "paper" as the authors' code: the step :math:`\sqrt{1-\beta_2^t}/(1-\beta_1^t)
+    \, M'_t / (\sqrt{V_t}+\epsilon)` (`numerics.pytorch_radam_step`).
 
     Args:
       b1: decay of Adam's first moment, in [0, 1) (the authors' 0.95).
@@ -1177,9 +1093,6 @@ def scale_by_soap(
       mu_dtype, nu_dtype: dtypes in which to *store* m_t and v_t (as in
         :func:`scale_by_adam`); L, R and the bases are float32 (``eigh`` and ``qr`` need it).
       convention: "optax" or "paper".
-
-    Returns:
-      An ``optax.GradientTransformation`` with state :class:`ScaleBySoapState`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -1303,14 +1216,9 @@ def scale_by_ademamix(
         \beta_3(t) = \min\left(\exp\left(\frac{\ln\beta_1 \ln\beta_3}{(1-t/T_{\beta_3})
         \ln\beta_3 + (t/T_{\beta_3})\ln\beta_1}\right), \beta_3\right)
 
-    (:math:`\beta_3(t)`'s half-life grows linearly from :math:`\beta_1`'s to
-    :math:`\beta_3`'s). ``b3`` and ``alpha`` may also be optax schedules of the count.
-    Conventions: "optax" evaluates the schedules at the count before the step, t - 1 (as
-    optax evaluates every schedule), "paper" at t, with :math:`1-\beta^t` and
-    :math:`1-\beta_3(t)` to float32's relative precision (`numerics.one_minus_power`,
-    `numerics.ademamix_b3`). Both store m1 and m2 in ``mu_dtype`` and :math:`\nu` in
-    ``nu_dtype`` (by default ``mu_dtype``, as optax's init does) at every step; optax's
-    update then keeps the promoted dtype (docs/conventions.md).
+    ``b3`` and ``alpha`` may also be optax schedules of the count. "optax" evaluates the
+    schedules at t - 1 (as optax evaluates every schedule), "paper" at t, with
+    :math:`1-\beta^t` and :math:`1-\beta_3(t)` to float32's relative precision.
 
     Args:
       b1: decay of the fast EMA, in [0, 1).
@@ -1319,15 +1227,10 @@ def scale_by_ademamix(
       alpha: weight of the slow EMA, >= 0, or a schedule.
       eps, eps_root: as in :func:`scale_by_adam`.
       mu_dtype: dtype in which to *store* m1 and m2 (optax's); None keeps the params'.
-      nu_dtype: dtype in which to *store* nu; None: ``mu_dtype``, where optax's ``mu_dtype``
-        puts it (so ``mu_dtype`` alone stays optax's rule). A float32 v_t beside bfloat16
-        momenta keeps the denominator's 24 bits (as in :func:`scale_by_adam`).
+      nu_dtype: dtype in which to *store* nu; None: ``mu_dtype``, where optax's init puts it.
       alpha_warmup: :math:`T_\alpha`, steps of alpha's linear warmup from 0; None: none.
       b3_warmup: :math:`T_{\beta_3}`, steps of b3's half-life warmup from b1; None: none.
       convention: "optax" or "paper".
-
-    Returns:
-      An ``optax.GradientTransformation`` with state :class:`ScaleByAdemamixState`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -1406,10 +1309,9 @@ def scale_by_second_moment(
         v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \quad
         u_t = g_t / (\sqrt{v_t / (1-\beta_2^t)} + \epsilon)
 
-    optax (`scale_by_rms(eps_in_sqrt=False, bias_correction=True)`) multiplies g by the
-    reciprocal of the denominator, PyTorch's `AdamWScheduleFree` divides; the paper's
-    Algorithm 1 divides by :math:`\sqrt{v_t} + \epsilon` and moves the bias correction into
-    :math:`\gamma_t` (`numerics.schedule_free_denominator`).
+    optax multiplies g by the reciprocal of the denominator, PyTorch divides; the paper's
+    Algorithm 1 moves the bias correction into :math:`\gamma_t`
+    (`numerics.schedule_free_denominator`).
 
     Args:
       b2: decay of the second moment, in [0, 1).
@@ -1484,13 +1386,9 @@ def schedule_free(
     with :math:`s_t` the base's update at :math:`y_t` (for AdamW, :math:`-\gamma_t (u_t +
     \lambda y_t)`), :math:`\gamma_{\max,t}` the largest learning rate up to t and p
     ``weight_lr_power``. The update returned is :math:`y_{t+1} - y_t`
-    (`numerics.schedule_free_y`). Evaluate, checkpoint for inference and ship x, not the
-    params: :func:`schedule_free_eval_params`. The state holds z and the base's state; x is
-    recovered from y and z, so the memory is the base's plus one copy of the params.
-
-    Conventions: "optax" evaluates a schedule at t for the weights but at t - 1 for the base's
-    step (the base's own count), "pytorch" and "paper" at t for both; "pytorch" moves y as
-    `AdamWScheduleFree` does and keeps the scalars in float32 (optax in the params' dtype).
+    (`numerics.schedule_free_y`); evaluate x (:func:`schedule_free_eval_params`), which is
+    recovered from y and z. "pytorch" moves y as `AdamWScheduleFree` does and keeps the
+    scalars in float32 (optax in the params' dtype).
 
     Args:
       base: the transform whose updates :math:`s_t` step z (with its learning rate), without
@@ -1606,19 +1504,14 @@ def scale_by_mars(
         \hat m_t = m_t / (1-\beta_1^t), \; \hat v_t = v_t / (1-\beta_2^t)
 
     (Yuan et al., Algorithm 2 with the approximate correction of Section 3: :math:`g_{t-1}`
-    is the previous step's gradient, at :math:`x_{t-1}` on its own sample, so one gradient
-    per step.) The correction adds a STORM-like estimate of the gradient's drift; the norm
-    (per tensor, as the authors' code) is clipped to 1. With ``gamma=0`` and
-    ``use_clipping=False`` it is Adam's rule exactly (:func:`scale_by_adam`).
+    is the previous step's gradient, one gradient per step; the norm clipped per tensor.)
+    With ``gamma=0`` and ``use_clipping=False`` it is Adam's rule exactly.
 
-    Conventions: "optax" is the authors' code in optax's arithmetic (optax has MARS only as an
-    open PR): :math:`g_0 = 0`, so :math:`c_1 = (1 + \gamma\beta_1/(1-\beta_1)) g_1` before the
-    clipping. "paper" follows Algorithm 1's :math:`x_1 = x_0`: no correction at t = 1
-    (`numerics.mars_previous_gradient`), :math:`1-\beta^t` to float64 accuracy. "pytorch"
-    is pytorch_optimizer's ``MARS`` (the authors' is not on PyPI): :math:`g_0 = 0`, PyTorch's
+    Conventions: "optax" is the authors' code in optax's arithmetic: :math:`g_0 = 0`. "paper"
+    follows Algorithm 1's :math:`x_1 = x_0`: no correction at t = 1
+    (`numerics.mars_previous_gradient`). "pytorch" is pytorch_optimizer's ``MARS``: PyTorch's
     rounding of the moments and its denominator :math:`(\sqrt{v_t + \epsilon_{root}} +
-    \epsilon)/\sqrt{1-\beta_2^t}` (`numerics.pytorch_radam_step`; it hard-codes
-    :math:`\epsilon_{root}` = 1e-15). docs/conventions.md has the evidence.
+    \epsilon)/\sqrt{1-\beta_2^t}` (`numerics.pytorch_radam_step`).
 
     Args:
       b1: decay of the first moment and weight of the correction, in [0, 1).
@@ -1627,9 +1520,6 @@ def scale_by_mars(
       eps, eps_root, mu_dtype, nu_dtype: as in :func:`scale_by_adam`.
       use_clipping: clip :math:`c_t` to norm 1 per tensor (the paper's); False leaves it.
       convention: "optax", "pytorch" or "paper".
-
-    Returns:
-      An ``optax.GradientTransformation`` with state :class:`ScaleByMarsState`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -1693,28 +1583,14 @@ def scale_by_adam_mini(
         \hat m_t = m_t / (1-\beta_1^t), \; \hat v_t = v_t / (1-\beta_2^t)
 
     (Zhang et al., Algorithm 1.) The blocks (`numerics.block_shape`): one per output unit of a
-    leaf with ndim >= 2 (a dense kernel's column, a conv kernel's output channel: the "one
-    learning rate per output neuron" of the paper's partition of MLP, value and output layers,
-    Algorithm 2, and of the authors' code for layers named linear/mlp), one per coordinate for
-    biases, scales and scalars (the authors' code runs Adam on biases). The state's
-    :math:`v` is ``(1, ..., 1, out)`` per kernel, so it needs about half of Adam's memory.
-    With every block a single coordinate (1-D params) it is :func:`scale_by_adam`.
-
-    Conventions: "optax" in optax's arithmetic (optax has no Adam-mini); "pytorch" is the
-    authors' ``adam_mini`` package (PyTorch's rounding of the moments, :math:`1-\beta^t` to
-    float64 accuracy); "paper" is Algorithm 1 with :math:`1-\beta^t` to float64 accuracy.
-    docs/conventions.md has the partition's evidence.
+    leaf with ndim >= 2 (the paper's "one learning rate per output neuron", Algorithm 2), one
+    per coordinate for biases, scales and scalars, where it is :func:`scale_by_adam`.
+    "pytorch" is the authors' ``adam_mini`` package (PyTorch's rounding of the moments).
 
     Args:
-      b1, b2, eps, eps_root: as in :func:`scale_by_adam`.
-      mu_dtype: dtype in which to *store* m_t (as in :func:`scale_by_adam`).
-      nu_dtype: dtype in which to *store* the per-block v_t; each block's mean is formed in
-        float32 at least.
+      b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
+      nu_dtype: dtype in which to *store* the per-block v_t.
       convention: "optax", "pytorch" or "paper".
-
-    Returns:
-      An ``optax.GradientTransformation`` with state :class:`ScaleByAdamState` (its ``nu``
-      shaped by `numerics.block_shape`).
 
     Example:
       >>> import jax.numpy as jnp
@@ -1776,10 +1652,8 @@ def add_decayed_weights(weight_decay: Any = 0.0, mask: Any = None) -> optax.Grad
     r"""Adds ``weight_decay * params`` to the updates: decoupled weight decay.
 
     Placed after the adaptive rescaling (AdamW), the decay is not divided by
-    :math:`\sqrt{\hat v_t}`, so every weight decays at the same relative rate; Loshchilov &
-    Hutter show this is what L2 regularisation was meant to do. As in optax and PyTorch the
-    decay is later multiplied by the learning rate (for the paper's rule, which is not, see
-    :func:`subtract_decayed_weights`).
+    :math:`\sqrt{\hat v_t}`. As in optax and PyTorch it is later multiplied by the learning
+    rate (the paper's rule: :func:`subtract_decayed_weights`).
 
     Args:
       weight_decay: a non-negative float, or a schedule of the step.
@@ -1830,10 +1704,8 @@ def pytorch_decoupled_weight_decay(
 
     PyTorch's AdamW (and NAdam, RAdam with ``decoupled_weight_decay=True``) first multiply the
     params by :math:`c_t = 1 - \alpha_t \lambda`, then take the step: the rule of
-    :func:`add_decayed_weights`, except that :math:`c_t` is rounded to float32. The params
-    then shrink by :math:`1 - \mathrm{fl}(c_t)` per step, which differs from
-    :math:`\alpha_t\lambda` by up to 6e-8: the same relative error at every step.
-    Chained after :func:`scale_by_learning_rate`, this adds :math:`-(1 - c_t)\theta`.
+    :func:`add_decayed_weights`, except that :math:`c_t` is rounded to float32. Chained after
+    :func:`scale_by_learning_rate`, this adds :math:`-(1 - c_t)\theta`.
 
     Args:
       learning_rate: the learning rate (float or schedule) of the chain.
