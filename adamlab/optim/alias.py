@@ -253,17 +253,8 @@ def cautious_adamw(
     fused: bool = False,
 ) -> optax.GradientTransformation:
     r"""C-AdamW (Liang et al. 2024): AdamW that steps only where Adam's direction agrees in
-    sign with the gradient.
-
-    .. math::
-        u_t = \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon), \quad
-        \phi_t = \mathbb{1}[u_t \odot g_t > 0], \quad
-        \theta_t = \theta_{t-1} - \alpha_t (u_t \odot \phi_t / (\operatorname{mean}
-        \phi_t + \epsilon_c) + \lambda \theta_{t-1})
-
-    The mask (per tensor, :func:`transform.scale_by_cautious`) is applied to Adam's direction,
-    before the learning rate; the decoupled weight decay stays outside it, where each
-    convention puts AdamW's (:func:`adamw`). With every sign agreeing it is :func:`adamw`.
+    sign with the gradient (:func:`transform.scale_by_cautious` of Adam's direction; the
+    decoupled decay outside the mask, where each convention puts AdamW's).
 
     Args:
       caution_eps: :math:`\epsilon_c` > 0 of the rescaling.
@@ -408,15 +399,9 @@ def lion(
     *,
     convention: str = "optax",
 ) -> optax.GradientTransformation:
-    r"""Lion (Chen et al. 2023): the sign of an interpolated momentum, with decoupled decay.
-
-    .. math::
-        \theta_t = \theta_{t-1} - \alpha_t\,(\operatorname{sign}(\beta_1 m_{t-1} +
-        (1-\beta_1) g_t) + \lambda\theta_{t-1}), \quad
-        m_t = \beta_2 m_{t-1} + (1-\beta_2) g_t
-
-    See :func:`transform.scale_by_lion`. A suitable learning rate is typically 3-10x smaller
-    than AdamW's and the weight decay 3-10x larger (the paper's Section 5).
+    r"""Lion (Chen et al. 2023): the sign of an interpolated momentum
+    (:func:`transform.scale_by_lion`), with decoupled decay,
+    :math:`\theta_t = \theta_{t-1} - \alpha_t (u_t + \lambda\theta_{t-1})`.
 
     Args:
       learning_rate: a positive float or an optax schedule of the step.
@@ -462,18 +447,9 @@ def cautious_lion(
     caution_eps: float = 1e-8,
     convention: str = "optax",
 ) -> optax.GradientTransformation:
-    r"""C-Lion (Liang et al. 2024): Lion that steps only where its sign direction agrees with
-    the gradient's sign.
-
-    .. math::
-        u_t = \operatorname{sign}(\beta_1 m_{t-1} + (1-\beta_1) g_t), \quad
-        \phi_t = \mathbb{1}[u_t \odot g_t > 0], \quad
-        \theta_t = \theta_{t-1} - \alpha_t (u_t \odot \phi_t / (\operatorname{mean}
-        \phi_t + \epsilon_c) + \lambda \theta_{t-1})
-
-    The mask (per tensor, :func:`transform.scale_by_cautious`) acts on Lion's sign direction,
-    before the learning rate and outside the decoupled decay. Arguments as in :func:`lion`;
-    ``caution_eps`` as in :func:`cautious_adamw`.
+    """C-Lion (Liang et al. 2024): Lion that steps only where its sign direction agrees with
+    the gradient's sign (:func:`transform.scale_by_cautious`, outside the decoupled decay).
+    Arguments as in :func:`lion`; ``caution_eps`` as in :func:`cautious_adamw`.
 
     References:
       Liang, Chen, Liu & Liu, Cautious Optimizers: Improving Training with One Line of Code,
@@ -503,16 +479,13 @@ def lamb(
         x^{(i)}_{t+1} = x^{(i)}_t - \eta_t \frac{\|x^{(i)}_t\|}{\|r^{(i)}_t + \lambda
         x^{(i)}_t\|} (r^{(i)}_t + \lambda x^{(i)}_t)
 
-    per layer (leaf) :math:`i`: every layer moves by :math:`\eta_t\|x^{(i)}_t\|`. The trust
-    ratio is 1 where either norm is 0 (:func:`transform.scale_by_trust_ratio`); eps is
-    outside the square root, before the decay (optax's ``lamb``: ``scale_by_adam``,
-    ``add_decayed_weights``, ``scale_by_trust_ratio``, ``scale_by_learning_rate``).
+    per layer (leaf) :math:`i` (:func:`transform.scale_by_trust_ratio`), composed as
+    optax's ``lamb``.
 
     Args:
       learning_rate: a positive float or an optax schedule of the step.
       b1, b2, eps, eps_root, mu_dtype, nu_dtype: see :func:`transform.scale_by_adam` (eps
-        1e-6, the paper's and optax's; ``nu_dtype``: the second moment's storage dtype, which
-        optax's ``mu_dtype`` leaves in the params' dtype).
+        1e-6, the paper's and optax's).
       weight_decay: :math:`\lambda`, added to the Adam direction inside the trust ratio.
       mask: which params decay (see :func:`transform.add_decayed_weights`).
       convention: "optax" (``optax.lamb``) or "paper" (You et al., Algorithm 2 with
@@ -565,24 +538,10 @@ def muon(
 ) -> optax.GradientTransformation:
     r"""Muon (Jordan et al. 2024): orthogonalised momentum for the matrices, AdamW elsewhere.
 
-    For each matrix :math:`W` (see :func:`transform.scale_by_muon`):
-
-    .. math::
-        W_t = W_{t-1} - \eta_t\,(\sqrt{\max(1, \text{fan\_out}/\text{fan\_in})}\,
-        \mathrm{NS}_5(\hat M_t) + \lambda W_{t-1})
-
-    where :math:`\mathrm{NS}_5` is five quintic Newton-Schulz steps with
-    :math:`(a, b, c) = (3.4445, -4.7750, 2.0315)`, :math:`\approx UV^\top` of
-    :math:`\hat M_t = USV^\top`. Every other leaf (biases, scales; by default conv kernels)
-    takes AdamW with ``adam_b1``, ``adam_b2``, ``eps``, ``adam_weight_decay`` and, like
-    optax's, Nesterov momentum when ``nesterov`` (NAdamW).
-
-    Matrices. By default the 2-D leaves, as (fan_in, fan_out) = (rows, columns). A conv kernel
-    (flax's HWIO) is a matrix only through ``muon_weight_dimension_numbers``: with
-    :func:`transform.conv_dimension_numbers` it is the (H*W*I) x O matrix (optax's
-    ``MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)``: reduction axes
-    flattened into the rows, output axes into the columns), the transpose of Jordan's
-    ``g.view(len(g), -1)`` of an OIHW kernel, with the same singular values.
+    For each matrix :math:`W`, :math:`W_t = W_{t-1} - \eta_t (u_t + \lambda W_{t-1})` with
+    :func:`transform.scale_by_muon`'s :math:`u_t`. Every other leaf (biases, scales; by
+    default conv kernels) takes AdamW with ``adam_b1``, ``adam_b2``, ``eps``,
+    ``adam_weight_decay`` and, like optax's, Nesterov momentum when ``nesterov`` (NAdamW).
 
     Args:
       learning_rate: a positive float or an optax schedule of the step.
@@ -596,7 +555,8 @@ def muon(
       adam_learning_rate: its learning rate; None: ``learning_rate``.
       muon_weight_dimension_numbers: optax's: a tree (or a callable of the params returning
         one) of ``MuonDimensionNumbers``, None for a leaf that takes AdamW; None: the 2-D
-        leaves.
+        leaves, as (fan_in, fan_out). :func:`transform.conv_dimension_numbers` makes an HWIO
+        conv kernel the (H*W*I) x O matrix.
       convention: "optax" (``optax.contrib.muon``: bias-corrected momentum, NAdamW for the
         other leaves when ``nesterov``) or "paper" (Jordan's reference ``MuonWithAuxAdam``:
         momentum not bias-corrected, plain AdamW for the other leaves); docs/conventions.md.
@@ -656,23 +616,14 @@ def adopt(
     convention: str = "optax",
 ) -> optax.GradientTransformation:
     r"""ADOPT (Taniguchi et al. 2024): Adam that normalises by the previous second moment
-    before the momentum, and converges for any :math:`\beta_2`.
-
-    .. math::
-        m_t = \beta_1 m_{t-1} + (1-\beta_1)\,\mathrm{clip}\!\left(
-            \frac{g_t}{\max(\sqrt{v_{t-1}}, \epsilon)}, t^{1/4}\right), \quad
-        \theta_t = \theta_{t-1} - \alpha_t m_t, \quad
-        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2
-
-    from :math:`v_0 = g_0^2`, :math:`m_0 = 0`: the first update is zero (it only reads
-    :math:`g_0`). See :func:`transform.scale_by_adopt`.
+    before the momentum, and converges for any :math:`\beta_2`:
+    :math:`\theta_t = \theta_{t-1} - \alpha_t m_t` with :func:`transform.scale_by_adopt`'s
+    :math:`m_t`; the first update is zero (it only reads :math:`g_0`).
 
     Args:
       learning_rate: a positive float or an optax schedule of the step.
       b1, b2, eps, mu_dtype, nu_dtype, nesterov, use_clipping, clip_value_fn: see
-        :func:`transform.scale_by_adopt` (optax's names and defaults; clip_value_fn None
-        stands for optax's default, :math:`t^{1/4}`; ``nu_dtype``, which optax lacks, stores
-        v_t).
+        :func:`transform.scale_by_adopt` (optax's names and defaults).
       convention: "optax" (``optax.contrib.adopt``) or "paper" (Algorithm 1 with the clipping
         of Section 5): the same rule; torch.optim has no ADOPT.
 
@@ -715,23 +666,14 @@ def ademamix(
     convention: str = "optax",
 ) -> optax.GradientTransformation:
     r"""AdEMAMix (Pagliardini et al. 2024): AdamW with a second, slow EMA of the gradients
-    added to the fast one.
-
-    .. math::
-        \theta_t = \theta_{t-1} - \eta_t\left(\frac{\hat m^{(1)}_t + \alpha(t) m^{(2)}_t}
-        {\sqrt{\hat\nu_t} + \epsilon} + \lambda\theta_{t-1}\right), \quad
-        m^{(2)}_t = \beta_3(t) m^{(2)}_{t-1} + (1-\beta_3(t)) g_t
-
-    with Adam's :math:`\hat m^{(1)}_t, \hat\nu_t`; see :func:`transform.scale_by_ademamix`
-    (and there the warmups :math:`\alpha(t)`, :math:`\beta_3(t)`). The paper warms both up
-    over the whole run (``alpha_warmup = b3_warmup`` = the number of steps); without a
-    warmup a large ``b3`` can destabilise the first steps.
+    added to the fast one: :math:`\theta_t = \theta_{t-1} - \eta_t (u_t + \lambda
+    \theta_{t-1})` with :func:`transform.scale_by_ademamix`'s :math:`u_t` (and there the
+    warmups, which the paper sets to the run's length).
 
     Args:
       learning_rate: a positive float or an optax schedule of the step.
       b1, b2, b3, alpha, eps, eps_root, mu_dtype, nu_dtype, alpha_warmup, b3_warmup: see
-        :func:`transform.scale_by_ademamix` (b3 >= b1; ``nu_dtype`` None stores nu in
-        ``mu_dtype``, as optax does).
+        :func:`transform.scale_by_ademamix` (b3 >= b1).
       weight_decay: :math:`\lambda`, multiplied by the learning rate in both conventions
         (Algorithm 1 multiplies it by :math:`\eta_t`, as optax does).
       mask: which params decay (see :func:`transform.add_decayed_weights`).
@@ -863,8 +805,7 @@ def mars_adamw(
     :math:`c_t = g_t + \gamma \beta_1/(1-\beta_1)(g_t - g_{t-1})`, clipped to norm 1 per
     tensor: :math:`\theta_t = \theta_{t-1} - \eta_t (\hat m_t / (\sqrt{\hat v_t} + \epsilon)
     + \lambda \theta_{t-1})`; see :func:`transform.scale_by_mars`. Every leaf gets MARS (the
-    authors' code gives 1-D params a plain AdamW of their own rate unless ``optimize_1d``;
-    here that is an `optax.partition` away).
+    authors' ``optimize_1d``).
 
     Args:
       learning_rate: a positive float or an optax schedule of the step.
@@ -959,17 +900,8 @@ def soap(
     convention: str = "optax",
 ) -> optax.GradientTransformation:
     r"""SOAP (Vyas et al. 2024): Adam in the eigenbasis of Shampoo's preconditioner, with
-    decoupled weight decay.
-
-    .. math::
-        W_t = W_{t-1} - \eta_t\,(Q_L \frac{\hat M'_t}{\sqrt{\hat V_t} + \epsilon} Q_R^\top
-        + \lambda W_{t-1})
-
-    with Adam's moments of the rotated gradient :math:`Q_L^\top G_t Q_R`, and :math:`Q_L,
-    Q_R` the eigenvectors of :math:`L = \mathrm{EMA}(G G^\top)`, :math:`R =
-    \mathrm{EMA}(G^\top G)`, refreshed every ``precondition_frequency`` steps; see
-    :func:`transform.scale_by_soap` (tensors of more axes, 1-D leaves as Adam, the first call
-    that only initialises the bases). The defaults are the authors' (lr 3e-3 in the table).
+    decoupled weight decay: :math:`W_t = W_{t-1} - \eta_t (u_t + \lambda W_{t-1})` with
+    :func:`transform.scale_by_soap`'s :math:`u_t`. The defaults are the authors'.
 
     Args:
       learning_rate: a positive float or an optax schedule of the step.
