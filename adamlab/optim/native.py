@@ -1,23 +1,12 @@
 """adamlab's C++ CPU kernels: compiled on first use, cached, registered as `jax.ffi` targets.
 
-A kernel is a source file in `adamlab/optim/kernels/` (shipped with the package). The first
-`load(name)` in a process compiles it with the machine's C++ compiler against the XLA FFI
-headers that jaxlib ships (`jax.ffi.include_dir()`; about 2 s), or reuses the shared library
-a previous process left in the cache, then registers its handler for the CPU platform. The
-library's file name carries a hash of everything that makes it (source, flags, compiler,
-jaxlib version, CPU architecture), so a change to any of them builds a new one; a build is
-written to a temporary file and renamed into place, so processes building at once (pytest
-workers) never load a half-written one.
-
-A library is loaded for what it holds, not for its name: its sha256, recorded at build time in
-``<library>.sha256`` (written atomically, before the library is renamed into place), must match
-its bytes, or it is built again. A cache directory that other users can write to (group- or
-world-writable) is refused with a warning: anyone could place a library there.
-
-Nothing requires a kernel: where there is no compiler, the build fails or
-``ADAMLAB_NATIVE_KERNELS=0`` (or false, no, off) is set, `load` returns None and
-`unavailable_reason` says why, and the caller runs its XLA program instead
-(`one_pass.update_and_apply`).
+A kernel is a source file in `adamlab/optim/kernels/`. `load(name)` compiles it against the
+XLA FFI headers jaxlib ships, or reuses the cached library, whose file name hashes everything
+that makes it (source, flags, compiler, jaxlib, CPU). A build is renamed into place, its
+sha256 recorded beside it first, and a library is loaded only if its bytes match that record
+and its cache directory is not group- or world-writable (anyone could place one there).
+Without a kernel `load` returns None (`unavailable_reason` says why) and the caller runs its
+XLA program.
 
 Settings (environment):
   ADAMLAB_NATIVE_KERNELS=0   never build or load a kernel.

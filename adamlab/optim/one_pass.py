@@ -1,26 +1,12 @@
 """The optimizer step in one pass over memory: update and apply, in place, on all CPU threads.
 
-An optax step is two calls, ``updates, state = tx.update(grads, state, params)`` and
-``optax.apply_updates(params, updates)``, which XLA:CPU compiles into several passes over the
-parameters and moments (it splits a loop fusion over its threads only when the fusion has one
-output). `update_and_apply` is that pair as one call. For a transformation that carries a
-one-pass step (``adam``, ``adamw``, ``nadam`` and ``nadamw`` with ``fused=True`` in the optax
-convention: `attach`), on the CPU, with float32 params, it runs the C++ kernel
-`kernels/adam_one_pass.cc` through `jax.ffi`: one pass that reads p, g, m, v and writes p, m, v,
-in place (the params and moments are aliased to the results, so a jitted step that donates
-them allocates nothing), split over XLA's intra-op threads. Anything else, and wherever the
-kernel cannot be built (`native.load`), it is the two calls.
-
-The kernel computes the fused transformation's own float32 operations in the same order (the
-kernel's header lists them), and the state it returns is the chain's state, leaf for leaf:
-the results match ``tx.update`` + ``optax.apply_updates`` to float32 rounding
-(tests/test_optim_one_pass.py), and a checkpoint of either restores into the other. `tx`
-itself is untouched: a pure `optax.GradientTransformation` that works wherever the unfused one
-does; only `update_and_apply` takes the shortcut. Under `jax.vmap` the kernel updates each
-member's slice with that member's coefficients. The kernel has no derivative: to
-differentiate through an optimizer step (meta-learning, what ``eps_root`` is for), call
-``tx.update`` and ``optax.apply_updates``. Its speed against XLA and torch.optim:
-benchmarks/vs_pytorch.py and its results.
+`update_and_apply(tx, grads, state, params)` is ``tx.update`` then ``optax.apply_updates``.
+For a chain that carries a one-pass step (fused ``adam``/``adamw``/``nadam``/``nadamw`` in
+the optax convention: `attach`) with float32 params on the CPU, it runs the C++ kernel
+`kernels/adam_one_pass.cc` through `jax.ffi`: one pass reading p, g, m, v and writing p, m, v
+in place (aliased), the chain's own float32 operations in its order, and the chain's state
+leaf for leaf. Elsewhere, or where the kernel cannot be built (`native.load`), it is the two
+calls. `tx` itself is untouched; the kernel has no derivative. docs/performance.md has more.
 """
 
 from __future__ import annotations
