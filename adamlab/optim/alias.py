@@ -1,23 +1,16 @@
 """The optimizers, with optax-compatible signatures, and the one table that names them.
 
-Each constructor is a composition, as in optax: a rescaling transform of `transform.py`, for
-the decoupled variants a weight decay, then ``-learning_rate`` (`_chain`, where the conventions
-place the decay). Variants that share their math share one body: Adam, AdamW, Nadam, NadamW
-and C-AdamW are `_adam` with ``weight_decay``, ``nesterov`` and ``caution_eps`` set, RAdam and
-RAdamW are `_radam`, Lion and C-Lion `_lion`.
+Each constructor chains a rescaling transform of `transform.py`, for the decoupled variants a
+weight decay, and ``-learning_rate`` (`_chain`). Variants that share their math share one
+body: Adam, AdamW, Nadam, NadamW and C-AdamW are `_adam` (`_variant` fixes its arguments),
+RAdam and RAdamW `_radam`, Lion and C-Lion `_lion`. ``convention="optax" | "pytorch" |
+"paper"`` picks whose update rule to follow where they disagree (docs/conventions.md);
+``fused`` bias-corrects by scalar multiplications (`numerics.bias_correction`).
 
-Every constructor takes ``convention="optax" | "pytorch" | "paper"``: whose update rule to
-follow where optax, `torch.optim` and the papers disagree (docs/conventions.md); "optax", the
-default, is optax's rule operation for operation. Those that bias-correct take ``fused``: the
-same rule and state with the corrections as scalar multiplications (`numerics.bias_correction`).
-
-Hyperparameters are checked once, here, where the user hands them in (`_public`): each by its
-rule (`validation.RULES`), then the convention and `fused` by what the optimizer's `TABLE`
-entry offers. The transforms beneath are called unchecked.
-
-`TABLE` is the one place where a name becomes an optimizer: ours, its optax twin, what a
-vectorized sweep may vary, its benchmark search space and its conventions; the optax baselines
-(SGD, AdaGrad, RMSProp) have a twin only. `registry` looks names up in it.
+Hyperparameters are checked once, here (`_public`): each by its rule (`validation.RULES`),
+the convention and `fused` by the optimizer's `TABLE` entry; the transforms beneath are called
+unchecked. `TABLE` is where a name becomes an optimizer: ours, its optax twin, what a sweep
+may vary, its search space and conventions (the optax baselines have a twin only).
 """
 
 import dataclasses

@@ -112,12 +112,8 @@ def _zero_count() -> jax.Array:
 
 
 def _store(new: Tree, old: Tree, dtype: Any = None) -> Tree:
-    """Moments are computed in the promoted dtype and stored in `dtype`, else in their own.
-
-    Injected hyperparameters are float32 arrays (`adamlab.optim.inject_hyperparams`); with
-    bfloat16 params they promote the moments to float32, which must not change the state's
-    dtypes from one step to the next.
-    """
+    """`new`, computed in the promoted dtype, stored in `dtype`, else in `old`'s: float32
+    injected hyperparameters must not change a bfloat16 state's dtypes from step to step."""
     return numerics.cast(new, dtype) if dtype is not None else numerics.cast_like(new, old)
 
 
@@ -234,11 +230,8 @@ def scale_by_adam(
 def _amsgrad_bias_corrections(
     bias_correction_mu: Any, bias_correction_nu: Any, convention: str
 ) -> tuple[bool, bool]:
-    """AMSGrad's optax-convention switches: (mu, nu), None meaning True.
-
-    The other conventions fix where AMSGrad bias-corrects, so there both must be left unset
-    (then (True, True) is returned and not used).
-    """
+    """AMSGrad's optax-convention switches: (mu, nu), None meaning True. The other
+    conventions fix where AMSGrad bias-corrects: there both must be unset (and are unused)."""
     name = "scale_by_amsgrad"
     if convention != "optax":
         why = "it fixes where AMSGrad bias-corrects"
@@ -299,12 +292,8 @@ def scale_by_amsgrad(
     correct = functools.partial(numerics.bias_correction, convention=convention, fused=fused)
 
     def init_fn(params):
-        return ScaleByAmsgradState(
-            count=_zero_count(),
-            mu=numerics.zeros_like(params, dtype=mu_dtype),
-            nu=numerics.zeros_like(params, dtype=nu_dtype),
-            nu_max=numerics.zeros_like(params, dtype=nu_dtype),
-        )
+        moments = _init_moments(mu_dtype, nu_dtype)(params)
+        return ScaleByAmsgradState(*moments, nu_max=numerics.zeros_like(params, dtype=nu_dtype))
 
     def update_fn(updates, state, params=None):
         del params
@@ -602,18 +591,10 @@ def scale_by_lion(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _safe_norm(x: jax.Array) -> jax.Array:
-    """||x||_2 of the whole tensor, with a finite derivative at x = 0 (optax's `safe_norm` with
-    min_norm 0): the norm is taken of ones where it would be 0, and 0 returned there."""
-    norm = jnp.linalg.norm(x, keepdims=True)
-    x = jnp.where(norm <= 0.0, jnp.ones_like(x), x)
-    norm = jnp.squeeze(norm)
-    return jnp.where(norm <= 0.0, 0.0, jnp.linalg.norm(x))
-
-
 def _trust_ratio_leaf(u: jax.Array, p: jax.Array) -> jax.Array:
     """u * ||p|| / ||u|| for one layer (leaf); ratio 1 where either norm is 0 (optax's rule)."""
-    param_norm, update_norm = _safe_norm(p), _safe_norm(u)
+    # Whole-tensor norms with a finite derivative at 0 (optax's, min_norm 0).
+    param_norm, update_norm = optax.safe_norm(p, 0.0), optax.safe_norm(u, 0.0)
     ratio = 1.0 * param_norm / (update_norm + 0.0)  # optax's trust_coefficient 1, eps 0
     zero_norm = jnp.logical_or(param_norm == 0.0, update_norm == 0.0)
     return u * jnp.where(zero_norm, jnp.array(1.0, dtype=p.dtype), ratio)
@@ -790,7 +771,7 @@ def scale_by_muon(
       Jordan et al., Muon: An optimizer for hidden layers in neural networks, 2024,
       https://kellerjordan.github.io/posts/muon/.
     """
-    mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+    mu_dtype = _storage_dtype(mu_dtype)
 
     def init_fn(params):
         mu = numerics.zeros_like(params, mu_dtype)
