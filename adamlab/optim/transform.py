@@ -1417,14 +1417,6 @@ def schedule_free(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _schedule_free_states(opt_state: Any) -> list:
-    """Every Schedule-Free state (ours or optax's) inside an optimizer state: a chain, an
-    `inject_hyperparams` state, a member's."""
-    kinds = (ScheduleFreeState, optax.contrib.ScheduleFreeState)
-    found = jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, kinds))
-    return [s for s in found if isinstance(s, kinds)]
-
-
 def schedule_free_eval_params(opt_state: Any, params: Tree) -> Tree:
     """The point to evaluate a Schedule-Free run at: its average x = (y - (1 - b1) z) / b1
     (`numerics.schedule_free_x`), from the params y and the state (ours or optax's, anywhere
@@ -1434,7 +1426,9 @@ def schedule_free_eval_params(opt_state: Any, params: Tree) -> Tree:
     for its own leaves only (optax's `MaskedNode` elsewhere): each gives x on its leaves, with
     its own b1; every other leaf is evaluated at its params.
     """
-    found = _schedule_free_states(opt_state)
+    kinds = (ScheduleFreeState, optax.contrib.ScheduleFreeState)  # in a chain, a sweep, ...
+    found = jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, kinds))
+    found = [s for s in found if isinstance(s, kinds)]
     if not found:
         raise ValueError(
             "schedule_free_eval_params: the optimizer state holds no Schedule-Free state; it "
