@@ -127,7 +127,7 @@ class _Stop(Exception):
 def test_train_and_evaluate_validates_the_config_once(tmp_path, monkeypatch):
     calls = []
     validated = experiment._validated
-    monkeypatch.setattr(experiment, "_validated", lambda c: calls.append(1) or validated(c))
+    monkeypatch.setattr(experiment, "_validated", lambda *args: calls.append(1) or validated(*args))
 
     def stop(workdir):
         raise _Stop
