@@ -4,21 +4,15 @@
     final = train_and_evaluate(config, "runs/digits")    # one run: {"test_accuracy": ...}
     result = run(config, "runs/grid")                    # N >= 1 members: RunsResult
 
-A run trains a grid of members in one compiled program (`adamlab.training.members`): every
-implementation of `runs.implementations` x every swept value of `runs.sweep` x every seed of
-`runs.seeds`. It validates and builds the config once (`prepare`), takes the workdir (one
-writer; a different config is refused), resumes from the newest intact checkpoint, trains in
-chunks ending at the log, eval and checkpoint points, and ends with validation and test.
-
-Interrupted equals uninterrupted: the parameters after a resume are bitwise an uninterrupted
-run's, and so is everything reported, because every result (rows, finals, curves,
-result.json) is read back from the persisted metrics records. A stop (SIGTERM, SIGINT,
-`stop_after_step`) between two points saves a checkpoint but writes no record; the train
-metrics since the last log point travel in that checkpoint.
+A run trains a grid of members in one compiled program (`adamlab.training.members`), in chunks
+ending at the log, eval and checkpoint points. It resumes from the newest intact checkpoint
+and reads every result back from the persisted metrics records, so an interrupted run reports
+what an uninterrupted one does (docs/training.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -62,19 +56,9 @@ from adamlab.training.experiment import (
 _WATCHED = ("loss", "grad_norm", "update_norm")  # Blamed for a divergence, in this order.
 RESULT_FILE = "result.json"
 _WINDOW = "train_window"  # A checkpoint's extra: the train metrics since the last log point.
-# RunsResult.phases: seconds of a run, disjoint. "setup": config, model, optimizers, workdir,
-# step-0 states, writers; "data": building the training pipelines and drawing their first batch
-# (tf.data fills its shuffle buffer); "compile": compiling the train programs (one per chunk
-# length on a GPU, else one; another with per-layer statistics), ahead of their first call;
-# "train": the train calls and the batches they consumed; "evaluate": periodic validation and
-# diagnostics; "save": checkpoint saves during the run; "test": the final evaluation;
-# "teardown": closing the progress bar, the metric writers, the training streams and the
-# checkpointer (waiting for its last asynchronous write). All but the checkpointer's part of
-# "teardown" fall within `wall_time_s`; what no phase counts (logging, divergence checks) is in
-# the wall time only. Before them, outside `wall_time_s`: the process's start-up (`RunsResult`).
+# RunsResult.phases: seconds of a run, disjoint (docs/training.md#phases-of-a-run).
 PHASES = ("setup", "data", "compile", "train", "evaluate", "save", "test", "teardown")
-# The phases within `wall_time_s` that are not training steps: the wall time less these is
-# the training time, logging included.
+# The phases within `wall_time_s` that are not training steps.
 OVERHEAD_PHASES = ("setup", "data", "compile", "evaluate", "save", "test")
 CURVATURE_FILE = "curvature.jsonl"  # Spectral densities (diagnostics.density_probes > 0).
 
@@ -566,94 +550,63 @@ class _Loop:
     def train(self, carry, start: int, stop_after_step: int | None, window=None) -> RunsResult:
         """Steps start+1..num_steps; `window`: the train metrics since the last log point,
         as the checkpoint at `start` holds them (`_window_to_json`)."""
-        config, experiment, engine = self.config, self.experiment, self.engine
-        train_cfg, num_steps = config.train, experiment.num_steps
-        primary = distributed.is_primary()
-        tick = time.perf_counter()
-        sources = data.train_streams(  # One per seed, sharing one in-memory copy of the data.
-            config.data,
-            global_batch_size=train_cfg.batch_size,
-            seeds=self.who.seeds,
-            start_step=start,
-        )
-        streams = [_primed(s) for s in sources]
-        self.phases["data"] = time.perf_counter() - tick
+        engine, train_cfg, num_steps = self.engine, self.config.train, self.experiment.num_steps
+        with self._timed("data"):
+            sources = data.train_streams(  # One per seed, sharing one in-memory copy of the data.
+                self.config.data,
+                global_batch_size=train_cfg.batch_size,
+                seeds=self.who.seeds,
+                start_step=start,
+            )
+            streams = [_primed(s) for s in sources]
         profile = tuple(train_cfg.get("profile_steps") or ())
-        every = [
-            train_cfg.log_every_steps,
-            train_cfg.eval_every_steps,
-            train_cfg.checkpoint_every_steps,
-        ]
-        every += [p - 1 for p in profile[:1] if p > 1] + list(profile[1:])
-        every += [e for e in (self.layers_every, self.curvature_every) if e]
-        lengths = chunk_lengths(start, num_steps, every, experiment.steps_per_dispatch)
-        # An uninterrupted run logs its first chunk too (early progress), wherever it resumes.
-        first_log = chunk_lengths(0, num_steps, every, experiment.steps_per_dispatch)[0]
+        lengths, first_log = self._chunk_lengths(start, profile)
         # Where the engine pads chunks, every chunk has the longest one's rows: one train program
         # (two with layer statistics) whatever the gaps between log, eval and checkpoint points.
         capacity = max(lengths, default=1) if engine.padded_chunks else None
         compiled: set[tuple[int, bool]] = set()  # (rows, layer_stats) of the programs so far
-        fetched_pending, firsts_pending = _window_from_json(window)
-        pending = []
-        step, interrupted, stopped_early = start, False, False
-        bar = tqdm.tqdm(
+        self.fetched, self.firsts = _window_from_json(window)
+        self.pending: list[tuple[dict, int, int]] = []  # (device metrics, steps, first step)
+        step, interrupted = start, False
+        self.bar = tqdm.tqdm(
             total=num_steps,
             initial=start,
             unit="step",
             dynamic_ncols=True,
             mininterval=1.0,
             desc=None if self.single else f"{len(self.names)} members",
-            disable=None if train_cfg.progress_bar and primary else True,
+            disable=None if train_cfg.progress_bar and distributed.is_primary() else True,
         )
         self.writers = self._open_writers(start)
         self.phases["setup"] = time.perf_counter() - self.start_time - self.phases["data"]
-        # Throughput leaves out compiles and evaluations: the timed stretch starts after each
-        # log/eval point, and the compiles within it are subtracted from it.
-        interval_start, interval_compile, interval_steps = time.perf_counter(), 0.0, 0
+        self._restart_interval()
         try:
             with _StopOnSignal() as stop:
                 for length in lengths:
                     if profile and step + 1 == profile[0]:
                         jax.profiler.start_trace(str(self.workdir / "profile"))
+                    nan_step = train_cfg.get("inject_nan_at_step")
+                    chunk = _draw_chunk(streams, length, step + 1, nan_step, self.who.grid)
                     rows = capacity or length
-                    chunk = _draw_chunk(
-                        streams,
-                        length,
-                        step + 1,
-                        train_cfg.get("inject_nan_at_step"),
-                        self.who.grid,
+                    device_chunk = engine.put_chunk(engines.pad_rows(chunk, rows), length)
+                    layers_due = (
+                        bool(self.layers_every) and (step + length) % self.layers_every == 0
                     )
-                    chunk = engines.pad_rows(chunk, rows)
-                    end = step + length
-                    layers_due = bool(self.layers_every) and end % self.layers_every == 0
-                    device_chunk = engine.put_chunk(chunk, length)
                     if (rows, layers_due) not in compiled:
                         # Compiled ahead of its first call: compiling is not throughput, the
                         # steps of that call are.
-                        tick = time.perf_counter()
-                        engine.compile_train(carry, device_chunk, layer_stats=layers_due)
-                        interval_compile += time.perf_counter() - tick
+                        with self._timed("compile", untimed=True):
+                            engine.compile_train(carry, device_chunk, layer_stats=layers_due)
                         compiled.add((rows, layers_due))
                     if self.first_step is None:
                         self.first_step = time.perf_counter() - self.start_time + self.startup
-                    carry, step_metrics = engine.train(carry, device_chunk, layer_stats=layers_due)
-                    interval_steps += length
-                    layers = step_metrics.pop("layers", None)
-                    pending.append((step_metrics, length))
-                    firsts_pending.append(step + 1)
+                    carry, metrics = engine.train(carry, device_chunk, layer_stats=layers_due)
+                    layers = metrics.pop("layers", None)
+                    self.pending.append((metrics, length, step + 1))
+                    self.interval_steps += length
                     step += length
-                    bar.update(length)
-                    if layers is not None or (self.curvature and step % self.curvature_every == 0):
-                        # Diagnostics are not training time: the interval starts after them.
-                        jax.block_until_ready(step_metrics)
-                        tick = time.perf_counter()
-                        if layers is not None:
-                            self._write_layers(step, layers)
-                        if self.curvature and step % self.curvature_every == 0:
-                            self._write_curvature(carry, step)
-                        spent = time.perf_counter() - tick
-                        self.phases["evaluate"] += spent
-                        interval_start += spent
+                    self.bar.update(length)
+                    self._diagnose(carry, step, metrics, layers)
                     if profile and step == profile[1]:
                         jax.block_until_ready(carry)
                         jax.profiler.stop_trace()
@@ -662,81 +615,128 @@ class _Loop:
                             *profile,
                             self.workdir / "profile",
                         )
-
                     stopping = stop.requested is not None or (
                         stop_after_step is not None and step >= stop_after_step
                     )
-                    # The points of an uninterrupted run, whatever the run's history: a stop
-                    # between them saves a checkpoint but writes no record, and the train
-                    # metrics since the last log point travel in that checkpoint.
-                    natural_save = step % train_cfg.checkpoint_every_steps == 0 or step == num_steps
-                    evaluate = natural_save or step % train_cfg.eval_every_steps == 0
-                    log = natural_save or step % train_cfg.log_every_steps == 0 or step == first_log
-                    save = natural_save or stopping
+                    log, evaluate, save = self._points(step, stopping, first_log)
                     if not (log or evaluate or save):
                         continue
-                    fetched = [
-                        jax.tree.map(lambda x, n=n: x[:n], metrics)
-                        for metrics, n in jax.device_get(pending)
-                    ]
-                    fetched_pending += fetched
-                    pending = []
-                    elapsed = time.perf_counter() - interval_start - interval_compile
-                    self.phases["compile"] += interval_compile
-                    self.phases["train"] += elapsed
-                    self.timed_seconds += elapsed
-                    self.timed_steps += interval_steps
-                    self.run_seconds += elapsed
-                    self.run_steps += interval_steps
-                    all_diverged = self._check_divergence(carry, fetched_pending, firsts_pending)
-                    if log:
-                        summary = self._train_summary(fetched_pending, firsts_pending)
-                        self._write(step, "train", summary)
-                        loss = np.nanmean([s["loss"] for s in summary])
-                        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                        fetched_pending, firsts_pending = [], []
-                    tick = time.perf_counter()
-                    validation = self._validate(carry, step) if evaluate else None
-                    self.phases["evaluate"] += time.perf_counter() - tick
-                    if save:
-                        tick = time.perf_counter()
-                        self.checkpointer.save(
-                            step,
-                            engine.get_members(carry),
-                            metrics=validation,
-                            extra={
-                                "data_start_step": step,
-                                _WINDOW: _window_to_json(fetched_pending, firsts_pending),
-                            },
-                            force=True,
-                        )
-                        self.phases["save"] += time.perf_counter() - tick
-                    interval_start, interval_compile, interval_steps = time.perf_counter(), 0.0, 0
+                    all_diverged = self._at_point(carry, step, log, evaluate, save)
                     if all_diverged and step < num_steps and (log or evaluate):
                         logging.warning("every member diverged by step %d; stopping", step)
-                        stopped_early = True
-                    if stopping or stopped_early:
-                        interrupted = stopping and not stopped_early
-                        if interrupted:
-                            logging.warning(
-                                "stopped at step %d/%d (%s); checkpoint saved, run again to resume",
-                                step,
-                                num_steps,
-                                stop.requested or "stop_after_step",
-                            )
+                        break
+                    if stopping:
+                        interrupted = True
+                        logging.warning(
+                            "stopped at step %d/%d (%s); checkpoint saved, run again to resume",
+                            step,
+                            num_steps,
+                            stop.requested or "stop_after_step",
+                        )
                         break
                 if not interrupted:
-                    tick = time.perf_counter()
-                    self._write(step, "test", self._evaluate(carry, "test"))
-                    self.phases["test"] += time.perf_counter() - tick
+                    with self._timed("test"):
+                        self._write(step, "test", self._evaluate(carry, "test"))
         finally:
-            tick = time.perf_counter()
-            bar.close()
-            for writer in self.writers.values():
-                writer.close()
-            _close(sources)
-            self.phases["teardown"] += time.perf_counter() - tick
+            with self._timed("teardown"):
+                self.bar.close()
+                for writer in self.writers.values():
+                    writer.close()
+                _close(sources)
         return self._result(engine.get_members(carry), step, interrupted)
+
+    def _chunk_lengths(self, start: int, profile: tuple[int, ...]) -> tuple[list[int], int]:
+        """The lengths of the chunks after `start` (`chunk_lengths`), and the end of an
+        uninterrupted run's first chunk, which logs too (early progress, wherever it resumes)."""
+        train_cfg = self.config.train
+        every = [
+            train_cfg.log_every_steps,
+            train_cfg.eval_every_steps,
+            train_cfg.checkpoint_every_steps,
+        ]
+        every += [p - 1 for p in profile[:1] if p > 1] + list(profile[1:])
+        every += [e for e in (self.layers_every, self.curvature_every) if e]
+        num_steps, dispatch = self.experiment.num_steps, self.experiment.steps_per_dispatch
+        first_log = chunk_lengths(0, num_steps, every, dispatch)[0]
+        return chunk_lengths(start, num_steps, every, dispatch), first_log
+
+    def _points(self, step: int, stopping: bool, first_log: int) -> tuple[bool, bool, bool]:
+        """(log, evaluate, save) at `step`: the points of an uninterrupted run, whatever the
+        run's history. A stop between them saves a checkpoint but writes no record, and the
+        train metrics since the last log point travel in that checkpoint."""
+        train_cfg = self.config.train
+        natural_save = (
+            step % train_cfg.checkpoint_every_steps == 0 or step == self.experiment.num_steps
+        )
+        evaluate = natural_save or step % train_cfg.eval_every_steps == 0
+        log = natural_save or step % train_cfg.log_every_steps == 0 or step == first_log
+        return log, evaluate, natural_save or stopping
+
+    # Throughput leaves out compiles, diagnostics and evaluations: the timed interval restarts
+    # after each log/eval/save point, and the compiles and diagnostics within it are left out.
+    def _restart_interval(self) -> None:
+        self.interval_start, self.untimed, self.interval_steps = time.perf_counter(), 0.0, 0
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str, untimed: bool = False):
+        """Adds the block's seconds to `phase`; `untimed`: and leaves them out of the interval."""
+        tick = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - tick
+        self.phases[phase] += seconds
+        if untimed:
+            self.untimed += seconds
+
+    def _diagnose(self, carry, step: int, metrics: dict, layers: tuple[dict, ...] | None) -> None:
+        """The per-layer statistics (`layers`, of the chunk's last step) and curvature due at
+        `step`: evaluation time, not training time."""
+        curvature_due = self.curvature is not None and step % self.curvature_every == 0
+        if layers is None and not curvature_due:
+            return
+        jax.block_until_ready(metrics)
+        with self._timed("evaluate", untimed=True):
+            if layers is not None:
+                self._write_layers(step, layers)
+            if curvature_due:
+                self._write_curvature(carry, step)
+
+    def _at_point(self, carry, step: int, log: bool, evaluate: bool, save: bool) -> bool:
+        """At a log, eval or checkpoint point: fetches the train metrics of the chunks since the
+        last one, checks for divergence, writes what is due; returns whether every member has
+        diverged."""
+        for metrics, length, first in jax.device_get(self.pending):
+            self.fetched.append(jax.tree.map(lambda x, n=length: x[:n], metrics))
+            self.firsts.append(first)
+        self.pending = []
+        elapsed = time.perf_counter() - self.interval_start - self.untimed
+        self.phases["train"] += elapsed
+        self.timed_seconds += elapsed
+        self.timed_steps += self.interval_steps
+        self.run_seconds += elapsed
+        self.run_steps += self.interval_steps
+        all_diverged = self._check_divergence(carry, self.fetched, self.firsts)
+        if log:
+            summary = self._train_summary(self.fetched, self.firsts)
+            self._write(step, "train", summary)
+            loss = np.nanmean([s["loss"] for s in summary])
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            self.fetched, self.firsts = [], []
+        with self._timed("evaluate"):
+            validation = self._validate(carry, step) if evaluate else None
+        if save:
+            with self._timed("save"):
+                self.checkpointer.save(
+                    step,
+                    self.engine.get_members(carry),
+                    metrics=validation,
+                    extra={
+                        "data_start_step": step,
+                        _WINDOW: _window_to_json(self.fetched, self.firsts),
+                    },
+                    force=True,
+                )
+        self._restart_interval()
+        return all_diverged
 
     def _result(self, host, step: int, interrupted: bool) -> RunsResult:
         """The run's result, its metrics read back from what was persisted (each member's
