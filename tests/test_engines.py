@@ -487,7 +487,7 @@ def test_conv_matmul_rewrites_the_train_step_and_leaves_evaluation_to_xla():
     carry = engine.put_members(_one_run(model, tx, (8, 8, 1)))
     batch = digits_batches(2, GLOBAL_BATCH)
     chunk = engine.put_chunk(_chunk(*batch))
-    train_text = engine._train[False].lower(carry, *engines._program_args(chunk)).as_text()
+    train_text = engine._train[False].lower(carry, *chunk).as_text()
     eval_text = engine._evaluate.lower(carry, engine.put_batch(batch[0])).as_text()
     assert "convolution" not in train_text
     assert "convolution" in eval_text

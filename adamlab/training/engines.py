@@ -1,17 +1,9 @@
 """Data-parallel engines: how the members' step is compiled and where state and batches live.
 
-    engine = make_engine(config.train.engine, model, txs, schedule, num_classes, grid=())
-    members = engine.put_members(initial_members(...))
-    members, metrics = engine.train(members, engine.put_chunk(chunk))   # chunk [K, (S,) B, ...]
-    sums = engine.evaluate(members, engine.put_batch(batch))          # per implementation
-    members = engine.recompute_batch_stats(members, [engine.put_batch(b) for b in batches])
-    host = engine.get_members(members)  # numpy copy: checkpoint, report
-
 "jit" (a device `Mesh`) and "pmap" give the same numbers as one device; both train a chunk of
-K steps per dispatch. docs/internals.md describes chunks, diagnostics, ZeRO-1 and multi-host.
-Engines built with the same `program_key` share their jitted programs (`_share`).
-`eval_params` is the optimizer's evaluation point (`Entry.eval_params`, Schedule-Free's
-average x; None: the params), where `evaluate` and `recompute_batch_stats` take the model.
+K steps per dispatch. Engines built with the same `program_key` share their jitted programs
+(`_share`). docs/internals.md shows their use and describes chunks, diagnostics, the
+evaluation point, ZeRO-1 and multi-host.
 """
 
 from __future__ import annotations
@@ -56,16 +48,8 @@ def validate_batch_size(batch_size: int, num_devices: int, *, what: str = "train
 
 
 def _cpu_collectives_need_sync(devices: Sequence[jax.Device]) -> bool:
-    """Whether each call must finish before the next is dispatched.
-
-    XLA's CPU runtime runs the per-device programs of several CPU devices (simulated with
-    `--xla_force_host_platform_device_count`) on one thread pool. With calls dispatched
-    asynchronously ahead of each other and fewer cores than devices, the devices of one call can
-    wait forever in the all-reduce rendezvous for a device whose thread is taken by the next one
-    (observed with jax 0.10.2 on 2 cores and 4 devices, for jit and pmap alike: XLA aborts after
-    40 s). Waiting for each call avoids it and costs little on CPU, which has no accelerator to
-    overlap with. GPU/TPU engines, and a single CPU device, stay asynchronous.
-    """
+    """Whether each call must finish before the next is dispatched: several CPU devices share
+    one thread pool, where asynchronous calls can deadlock (docs/internals.md)."""
     return len(devices) > 1 and devices[0].platform == "cpu"
 
 
@@ -95,10 +79,12 @@ def _place(tree: Any, shardings: Any) -> Any:
 
 class DeviceChunk(NamedTuple):
     """Training batches placed for one call: `batches` [capacity, (S,) B, ...], of which the
-    first `length` rows are trained (the rest is padding, never read)."""
+    first `length` rows are trained (the rest is padding, never read). The train program's
+    arguments after the members, `*chunk`: the same types in every call, so that its compiled
+    program is reused."""
 
     batches: dict[str, jax.Array]
-    length: int
+    length: np.int32
 
 
 def pad_rows(chunk: dict[str, np.ndarray], capacity: int) -> dict[str, np.ndarray]:
@@ -106,12 +92,6 @@ def pad_rows(chunk: dict[str, np.ndarray], capacity: int) -> dict[str, np.ndarra
     `put_chunk(pad_rows(chunk, capacity), K)`; the chunk itself (no copy) when K = capacity."""
     pad = lambda x: np.concatenate([x, np.zeros((capacity - len(x), *x.shape[1:]), x.dtype)])
     return {k: v if len(v) == capacity else pad(np.asarray(v)) for k, v in chunk.items()}
-
-
-def _program_args(chunk: DeviceChunk) -> tuple[dict, np.int32]:
-    """The train program's arguments after the members, as `train` passes them and
-    `compile_train` compiles for them (the same types, so the compiled program is reused)."""
-    return chunk.batches, np.int32(chunk.length)
 
 
 def _row(batches: dict, i) -> dict:
@@ -151,41 +131,32 @@ def _steps(step, carry, batches: dict, length, traced: bool) -> tuple[Any, dict]
     return jax.lax.fori_loop(0, length, body, (carry, metrics))
 
 
-def _run_chunk(step, traced: bool, place):
+def _chunk_fn(step, traced: bool, place, logged_step=None):
     """`chunk_fn(members, batches, length)`: `length` calls of `step`, metrics [rows, ...],
-    returned through `place(carry, metrics)` (the engine's layout).
+    returned through `place(carry, metrics)` (the engine's layout). One row calls a step once
+    (no loop); more run `_steps`.
 
-    One row calls `step` once (no loop); more run `_steps`.
+    `logged_step`: the chunk's last step (row `length - 1`) is that step instead, whose
+    per-layer statistics come back as metrics["layers"] (one value each, no leading axis).
     """
 
     def chunk_fn(carry, batches, length):
-        if jax.tree.leaves(batches)[0].shape[0] == 1:
-            carry, metrics = step(carry, _row(batches, 0))
-            return place(carry, jax.tree.map(lambda x: x[None], metrics))
-        return place(*_steps(step, carry, batches, length, traced))
-
-    return chunk_fn
-
-
-def _run_chunk_logging_last(step, logged_step, traced: bool, place):
-    """Like `_run_chunk(step, traced, place)`, but the chunk's last step (row `length - 1`) is
-    `logged_step`, whose per-layer statistics come back as metrics["layers"] (one value each,
-    no leading axis)."""
-
-    def chunk_fn(carry, batches, length):
         rows = jax.tree.leaves(batches)[0].shape[0]
-        last_row = length - 1 if traced else rows - 1
+        if logged_step is None and rows > 1:
+            return place(*_steps(step, carry, batches, length, traced))
+        last_row = 0 if rows == 1 else length - 1 if traced else rows - 1
         if rows > 1:
             head = batches if traced else jax.tree.map(lambda x: x[:-1], batches)
             carry, metrics = _steps(step, carry, head, last_row, traced)
-        carry, last = logged_step(carry, _row(batches, last_row))
-        layers = last.pop("layers")
+        carry, last = (logged_step or step)(carry, _row(batches, last_row))
+        layers = last.pop("layers", None)
         if rows == 1:
-            return place(carry, dict(jax.tree.map(lambda x: x[None], last), layers=layers))
-        if traced:
-            return place(carry, dict(_set_row(metrics, last, last_row), layers=layers))
-        stacked = lambda head, x: jnp.concatenate([head, x[None]])
-        return place(carry, dict(jax.tree.map(stacked, metrics, last), layers=layers))
+            metrics = jax.tree.map(lambda x: x[None], last)
+        elif traced:
+            metrics = _set_row(metrics, last, last_row)
+        else:
+            metrics = jax.tree.map(lambda head, x: jnp.concatenate([head, x[None]]), metrics, last)
+        return place(carry, metrics if layers is None else dict(metrics, layers=layers))
 
     return chunk_fn
 
@@ -274,28 +245,32 @@ class Engine:
         step = member_step([None] * len(self.txs))
         traced = self.padded_chunks
         place = (lambda *out: out) if self.pmap else self._constrain
-        chunk_fns = {False: _run_chunk(step, traced, place)}
+        chunk_fns = {False: _chunk_fn(step, traced, place)}
         if layer_stats is not None:
-            logged = member_step(layer_stats)
-            chunk_fns[True] = _run_chunk_logging_last(step, logged, traced, place)
-        # Evaluation keeps XLA's convolutions: it runs in no loop, and vmapped over members
-        # they are not expanded either; on the 2-core CPU the MNIST CNN's eval batch of 1000
-        # takes 0.30-0.57x of its time with `conv_matmul` (1 to 16 members,
-        # benchmarks/eval_convolutions.py).
+            chunk_fns[True] = _chunk_fn(step, traced, place, member_step(layer_stats))
+        # Evaluation keeps XLA's convolutions, faster in no loop (`adamlab.training.cpu_conv`).
         eval_step = make_eval_step(
             model, num_classes, axis_name=axis, loss=loss, eval_params=eval_params
         )
         grid_eval = members.vectorize(eval_step, self.grid, batch_axis=None)
         evaluate = lambda carry, batch: tuple(grid_eval(s, batch) for s in carry.states)
         options = (name, self.grid, self.devices, shard_optimizer, conv_matmul, loss, traced)
+        train_key = ("train", program_key, options, layer_stats is not None)
+        pmap_train = dict(in_axes=(0, 0, None), donate_argnums=0, out_axes=(0, None))
         self._train = _share(
-            ("train", program_key, options, layer_stats is not None) if program_key else None,
-            lambda: self._jitted_train(chunk_fns),
+            train_key if program_key else None,
+            lambda: {
+                logged: self._compiled(fn, pmap_train, donate_argnums=0)
+                for logged, fn in chunk_fns.items()
+            },
         )
         # The evaluation reads the model, its options and the evaluation point alone, whatever
         # the optimizers: Schedule-Free's (x from its state) compiles its own.
         eval_key = ("evaluate", model, num_classes, eval_params, options)
-        self._evaluate = _share(eval_key, lambda: self._jitted_evaluate(evaluate))
+        self._evaluate = _share(
+            eval_key,
+            lambda: self._compiled(evaluate, dict(out_axes=None), out_shardings=self.replicated),
+        )
         stats_step = members.vectorize(
             make_batch_stats_step(model, eval_params, axis_name=axis), self.grid, batch_axis=None
         )
@@ -308,33 +283,13 @@ class Engine:
         # the train programs (only where there is an evaluation point: else never called).
         shared = program_key and eval_params
         stats_key = ("batch_stats", program_key, eval_params, options) if shared else None
-        self._batch_stats = _share(stats_key, lambda: self._jitted_batch_stats(stats))
+        self._batch_stats = _share(stats_key, lambda: self._compiled(stats, {}))
 
-    def _jitted_train(self, chunk_fns: dict) -> dict:
-        """{layer_stats: the jitted (or pmapped) chunk function}."""
+    def _compiled(self, fn, pmap_options: dict, **jit_options):
+        """`fn` pmapped over the devices (with `pmap_options`), or jitted (`jit_options`)."""
         if self.pmap:
-            return {
-                logged: jax.pmap(
-                    fn,
-                    axis_name=PMAP_AXIS,
-                    devices=self.devices,
-                    in_axes=(0, 0, None),
-                    donate_argnums=0,
-                    out_axes=(0, None),
-                )
-                for logged, fn in chunk_fns.items()
-            }
-        return {logged: jax.jit(fn, donate_argnums=0) for logged, fn in chunk_fns.items()}
-
-    def _jitted_evaluate(self, evaluate):
-        if self.pmap:
-            return jax.pmap(evaluate, axis_name=PMAP_AXIS, devices=self.devices, out_axes=None)
-        return jax.jit(evaluate, out_shardings=self.replicated)
-
-    def _jitted_batch_stats(self, stats):
-        if self.pmap:
-            return jax.pmap(stats, axis_name=PMAP_AXIS, devices=self.devices)
-        return jax.jit(stats)
+            return jax.pmap(fn, axis_name=PMAP_AXIS, devices=self.devices, **pmap_options)
+        return jax.jit(fn, **jit_options)
 
     # ------------------------------------------------------------------------ state
 
@@ -433,7 +388,7 @@ class Engine:
                 f"all its rows: give it exactly length={length} rows, not {rows} "
                 "(engine.padded_chunks is False)"
             )
-        return DeviceChunk(self._put(chunk, 2 if self.grid else 1), length)
+        return DeviceChunk(self._put(chunk, 2 if self.grid else 1), np.int32(length))
 
     def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """An evaluation batch [B, ...], shared by every member."""
@@ -450,26 +405,18 @@ class Engine:
         `layer_stats=True` (an engine built with `layer_stats`): the last step's per-layer
         statistics too, metrics["layers"]: per implementation {name: [*grid]}.
         """
-        out = self._train_program(layer_stats)(carry, *_program_args(chunk))
-        return jax.block_until_ready(out) if self.synchronous else out
+        return self._finished(self._train[layer_stats](carry, *chunk))
 
     def compile_train(self, carry: Any, chunk: DeviceChunk, *, layer_stats: bool = False) -> None:
         """Compiles the train program for `chunk`'s shapes (its capacity, not its length)
         without running it; the next `train` call with such a chunk reuses it (jax's
         compilation cache). The loop calls it before the first call, so that compiling is timed
         apart from the steps."""
-        self._train_program(layer_stats).lower(carry, *_program_args(chunk)).compile()
-
-    def _train_program(self, layer_stats: bool):
-        """The jitted (or pmapped) chunk function, with or without per-layer statistics."""
-        if layer_stats and True not in self._train:
-            raise ValueError("this engine was built without layer_stats")
-        return self._train[layer_stats]
+        self._train[layer_stats].lower(carry, *chunk).compile()
 
     def evaluate(self, carry: Any, batch: dict) -> tuple[dict[str, jax.Array], ...]:
         """Per implementation, the eval sums of every member (`steps.make_eval_step`)."""
-        out = self._evaluate(carry, batch)
-        return jax.block_until_ready(out) if self.synchronous else out
+        return self._finished(self._evaluate(carry, batch))
 
     def recompute_batch_stats(self, carry: Any, batches: Sequence[dict]) -> Any:
         """A copy of the members whose BatchNorm statistics ran over `batches` (device
@@ -478,7 +425,11 @@ class Engine:
         neither donated nor changed)."""
         for batch in batches:
             carry = self._batch_stats(carry, batch)
-        return jax.block_until_ready(carry) if self.synchronous else carry
+        return self._finished(carry)
+
+    def _finished(self, out: Any) -> Any:
+        """`out`, waited for where calls must not overlap (`synchronous`)."""
+        return jax.block_until_ready(out) if self.synchronous else out
 
 
 # The jitted programs of the engines built last, by key (`_share`): few, since each holds its
