@@ -86,10 +86,6 @@ def make_train_step(
             f"(got axis_name={axis_name!r}, num_shards={num_shards!r}); under jit, shard the "
             "optimizer state with shardings instead (adamlab.zero.opt_state_shardings)"
         )
-    if diagnostics is not None and shard_optimizer:
-        raise ValueError("per-layer diagnostics need the full optimizer state: not with ZeRO-1")
-    if loss not in LOSSES:
-        raise ValueError(f"train.loss={loss!r} is not a loss; allowed: {', '.join(LOSSES)}")
     model = _with_axis_name(model, axis_name)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:

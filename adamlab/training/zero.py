@@ -1,9 +1,5 @@
 """ZeRO-1: the optimizer state sharded over the data-parallel devices, parameters replicated.
 
-    shards = shard_leaves(params, num_shards)             # host: leaves [N, ceil(size / N)]
-    opt_state = to_sharded_opt_state(tx, full_opt_state, num_shards)
-    full = from_sharded_opt_state(tx, opt_state, params)  # back, e.g. for a checkpoint
-
 Each device keeps and updates 1/N of the moments (Rajbhandari et al. 2020, ZeRO stage 1): pmap
 with explicit collectives (`sharded_update`), jit with shardings (`opt_state_shardings`).
 docs/internals.md gives both paths, why padding is harmless and the references.
@@ -26,8 +22,6 @@ Tree = Any
 
 def shard_size(size: int, num_shards: int) -> int:
     """Elements per shard of a leaf with `size` elements: ceil(size / num_shards)."""
-    if num_shards < 1:
-        raise ValueError(f"num_shards={num_shards!r} must be >= 1")
     return max(1, math.ceil(size / num_shards))
 
 
