@@ -1,24 +1,13 @@
 """Curvature of every member's loss during training, on a fixed batch (`diagnostics` section).
 
 Every `diagnostics.curvature_every_steps` steps the loop hands the members (host copies) to
-`CurvatureProbe.evaluate`, which returns per member:
+`CurvatureProbe.evaluate`: per member the top Hessian eigenvalues ("sharpness",
+"eigenvalue_<i>"), the Adam family's "preconditioned_sharpness" (top eigenvalue of P^-1 H) and,
+with `density_probes > 0`, the spectral density. docs/diagnostics.md defines them.
 
-  sharpness                   the top eigenvalue of the Hessian of the training loss on the
-                              fixed batch (Lanczos, `adamlab.diagnostics.hessian`)
-  eigenvalue_<i>              the top `top_k` eigenvalues, i = 1..top_k (1 = sharpness)
-  preconditioned_sharpness    Adam family, `preconditioned=True`: the top eigenvalue of P^-1 H,
-                              P = diag(sqrt(v_hat) + eps) with v_hat the bias-corrected second
-                              moment at the optimizer's count (Cohen et al. 2022)
-
-and, with `density_probes > 0`, the stochastic-Lanczos-quadrature nodes and weights of the
-spectral density (the loop writes them to `curvature.jsonl`).
-
-The fixed batch is the first `curvature_examples` examples of the training split in their
-stored order (the whole split if it has fewer), so every evaluation of a run, and of a resumed
-run, sees the same examples; for full-batch training it is the training set. The loss is the
-run's `train.loss` with the model in evaluation mode (dropout off, BatchNorm's running
-statistics): for the models of the reproductions (no dropout, no BatchNorm) exactly the loss
-the optimizer descends.
+The fixed batch is the first `curvature_examples` training examples in stored order, so every
+evaluation of a run, resumed or not, sees the same examples. The loss is the run's
+`train.loss` with the model in evaluation mode (dropout off, BatchNorm's running statistics).
 """
 
 from __future__ import annotations

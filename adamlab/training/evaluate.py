@@ -3,10 +3,7 @@
 `evaluate_members` is what the training loop calls on validation/test; `evaluate_checkpoint` is
 `adamlab evaluate`. Both evaluate each member at its optimizer's evaluation point (the engine's
 `eval_params`: Schedule-Free's average x, not the params y it trains), with BatchNorm's
-statistics recomputed there over a few training batches (`batch_stats_batches`). `adamlab
-evaluate`: it rebuilds the run from its `config.json`, restores a checkpoint (latest,
-best or a step) read-only, evaluates a split and writes `workdir/eval_<split>_<step>.json`, the
-one file it adds to a run directory (nothing under checkpoints/ is created, deleted or renamed).
+statistics recomputed there over a few training batches (`batch_stats_batches`).
 """
 
 from __future__ import annotations

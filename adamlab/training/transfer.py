@@ -1,23 +1,9 @@
 """Transfer learning as config (as big_vision does it): start from another run's parameters.
 
-The optional `init` section of a config:
-
-    init.workdir = "runs/pretrain"       # a finished (or checkpointed) single run; None: off
-    init.checkpoint = "best"             # "latest", "best" or a step
-    init.dont_load = ("Dense_1/.*",)     # regexes of parameter paths NOT loaded (re-initialised)
-    init.frozen = ("Conv_.*",)           # regexes of parameter paths that never change
-
-Paths are "/"-joined parameter keys (`Conv_0/kernel`, `Dense_1/bias`), matched with
-`re.search`. A parameter is loaded when its path exists in the pretrained run with the same
-shape and matches no `dont_load` pattern; every other parameter keeps its fresh initialisation
-from the run's seed (a new head for new classes, say). Frozen parameters get zero updates
-through `optax.set_to_zero()`: "frozen" is one label of the optimizer's partition of the
-parameters (`optimizers.param_labels`, beside `optimizer.groups`).
-
-Optimizer state policy: the optimizer state always starts fresh (zero moments, count 0) for
-every parameter, loaded ones included; the pretrained run's optimizer state is never loaded.
-A fine-tune is a new optimization problem (new data, often a new learning rate), and Adam's
-moments of the old loss would bias its first steps. BatchNorm statistics are not transferred.
+The optional `init` section names a run (`init.workdir`, `init.checkpoint`); every parameter
+whose path exists there with the same shape and matches no `init.dont_load` regex is loaded,
+those matching `init.frozen` get zero updates, and the optimizer state starts fresh.
+docs/training.md#transfer-learning gives the rules and why.
 """
 
 from __future__ import annotations
