@@ -455,27 +455,26 @@ class _Loop:
 
     def _per_member(self, arrays: dict[str, np.ndarray]) -> list[dict[str, float]]:
         """{key: [*grid, implementations]} -> one dict of floats per member (row order)."""
-        out = []
-        for m, index, _ in self.names:
-            out.append({k: float(np.asarray(v)[(*index, m)]) for k, v in arrays.items()})
-        return out
+        return [
+            {k: float(np.asarray(v)[(*index, m)]) for k, v in arrays.items()}
+            for m, index, _ in self.names
+        ]
 
-    def _logged_learning_rates(self, fetched, first_steps) -> list[float] | None:
-        """Each member's mean learning rate over the fetched steps, from its swept value's
+    def _logged_learning_rates(self) -> list[float] | None:
+        """Each member's mean learning rate over the window's steps, from its swept value's
         schedule; None where the members follow the config's (`Experiment.sweep_schedule`)."""
         if self.experiment.sweep_schedule is None:
             return None
         # The optimizer's step count at each update: what its schedule was evaluated at.
-        pairs = zip(fetched, first_steps, strict=True)
-        counts = np.concatenate([np.arange(len(c["loss"])) + first - 1 for c, first in pairs])
+        counts = np.concatenate([np.arange(len(c["loss"])) + first - 1 for first, c in self.window])
         means = [np.mean(row) for row in np.asarray(self.experiment.sweep_schedule(counts[None]))]
         return [float(means[index[0]]) for _, index, _ in self.names]
 
-    def _train_summary(self, fetched, first_steps) -> list[dict[str, float]]:
-        """Means over the fetched steps of every LOGGED metric, per member."""
-        stacked = {k: np.concatenate([f[k] for f in fetched]) for k in members.LOGGED}
+    def _train_summary(self) -> list[dict[str, float]]:
+        """Means over the window's steps of every LOGGED metric, per member."""
+        stacked = {k: np.concatenate([c[k] for _, c in self.window]) for k in members.LOGGED}
         means = self._per_member({k: v.mean(axis=0) for k, v in stacked.items()})
-        rates = self._logged_learning_rates(fetched, first_steps)
+        rates = self._logged_learning_rates()
         for i, values in enumerate(means):
             if rates is not None:
                 values["learning_rate"] = rates[i]
@@ -484,7 +483,7 @@ class _Loop:
         self.timed_steps, self.timed_seconds = 0, 0.0
         return means
 
-    def _check_divergence(self, carry, fetched, first_steps: list[int]) -> bool:
+    def _check_divergence(self, carry) -> bool:
         """Logs newly diverged members; raises NonFiniteError for a single run; returns whether
         every member has diverged."""
         host = jax.device_get((carry.alive, carry.diverged_at))
@@ -496,7 +495,7 @@ class _Loop:
             if alive[(*index, m)] or i in self.reported:
                 continue
             self.reported.add(i)
-            values = self._values_at(fetched, first_steps, at, m, index)
+            values = self._values_at(at, m, index)
             if self.single:
                 quantity = next((k for k in _WATCHED if not math.isfinite(values[k])), "update")
                 raise NonFiniteError(at, quantity, values, self.checkpointer.latest_step())
@@ -508,9 +507,9 @@ class _Loop:
             )
         return not alive.any()
 
-    @staticmethod
-    def _values_at(fetched, first_steps, step, m, index) -> dict[str, float]:
-        for chunk, first in zip(fetched, first_steps, strict=True):
+    def _values_at(self, step: int, m: int, index: tuple) -> dict[str, float]:
+        """Member (m, index)'s train metrics at `step`, from the window (NaN if outside it)."""
+        for first, chunk in self.window:
             k = step - first
             if 0 <= k < len(chunk["loss"]):
                 return {key: float(v[(k, *index, m)]) for key, v in chunk.items()}
@@ -565,8 +564,10 @@ class _Loop:
         # (two with layer statistics) whatever the gaps between log, eval and checkpoint points.
         capacity = max(lengths, default=1) if engine.padded_chunks else None
         compiled: set[tuple[int, bool]] = set()  # (rows, layer_stats) of the programs so far
-        self.fetched, self.firsts = _window_from_json(window)
-        self.pending: list[tuple[dict, int, int]] = []  # (device metrics, steps, first step)
+        # The train metrics since the last log point, (first step, host metrics) per chunk; the
+        # chunks since the last point are still on the device: (first step, steps, metrics).
+        self.window = _window_from_json(window)
+        self.pending: list[tuple[int, int, dict]] = []
         step, interrupted = start, False
         self.bar = tqdm.tqdm(
             total=num_steps,
@@ -602,7 +603,7 @@ class _Loop:
                         self.first_step = time.perf_counter() - self.start_time + self.startup
                     carry, metrics = engine.train(carry, device_chunk, layer_stats=layers_due)
                     layers = metrics.pop("layers", None)
-                    self.pending.append((metrics, length, step + 1))
+                    self.pending.append((step + 1, length, metrics))
                     self.interval_steps += length
                     step += length
                     self.bar.update(length)
@@ -704,9 +705,8 @@ class _Loop:
         """At a log, eval or checkpoint point: fetches the train metrics of the chunks since the
         last one, checks for divergence, writes what is due; returns whether every member has
         diverged."""
-        for metrics, length, first in jax.device_get(self.pending):
-            self.fetched.append(jax.tree.map(lambda x, n=length: x[:n], metrics))
-            self.firsts.append(first)
+        for first, length, metrics in jax.device_get(self.pending):
+            self.window.append((first, jax.tree.map(lambda x, n=length: x[:n], metrics)))
         self.pending = []
         elapsed = time.perf_counter() - self.interval_start - self.untimed
         self.phases["train"] += elapsed
@@ -714,13 +714,13 @@ class _Loop:
         self.timed_steps += self.interval_steps
         self.run_seconds += elapsed
         self.run_steps += self.interval_steps
-        all_diverged = self._check_divergence(carry, self.fetched, self.firsts)
+        all_diverged = self._check_divergence(carry)
         if log:
-            summary = self._train_summary(self.fetched, self.firsts)
+            summary = self._train_summary()
             self._write(step, "train", summary)
             loss = np.nanmean([s["loss"] for s in summary])
             self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            self.fetched, self.firsts = [], []
+            self.window = []
         with self._timed("evaluate"):
             validation = self._validate(carry, step) if evaluate else None
         if save:
@@ -731,7 +731,7 @@ class _Loop:
                     metrics=validation,
                     extra={
                         "data_start_step": step,
-                        _WINDOW: _window_to_json(self.fetched, self.firsts),
+                        _WINDOW: _window_to_json(self.window),
                     },
                     force=True,
                 )
@@ -863,25 +863,25 @@ def curves_from_records(members_records, split: str, grid: tuple[int, ...]):
     return (np.zeros(0, int) if steps is None else steps), out
 
 
-def _window_to_json(fetched: Sequence[dict], first_steps: Sequence[int]) -> dict[str, Any]:
+def _window_to_json(window: Sequence[tuple[int, dict]]) -> dict[str, Any]:
     """The per-step train metrics not yet logged, as a checkpoint's JSON extra (exact: float32
     values are exact as JSON's doubles)."""
     chunks = [
         {k: [str(v.dtype), list(v.shape), v.ravel().tolist()] for k, v in chunk.items()}
-        for chunk in (jax.tree.map(np.asarray, c) for c in fetched)
+        for chunk in (jax.tree.map(np.asarray, c) for _, c in window)
     ]
-    return {"first_steps": [int(f) for f in first_steps], "chunks": chunks}
+    return {"first_steps": [int(first) for first, _ in window], "chunks": chunks}
 
 
-def _window_from_json(window: dict[str, Any] | None) -> tuple[list[dict], list[int]]:
-    """The inverse of `_window_to_json` ([], [] for None: a window that starts empty)."""
+def _window_from_json(window: dict[str, Any] | None) -> list[tuple[int, dict]]:
+    """The inverse of `_window_to_json` ([] for None: a window that starts empty)."""
     if not window:
-        return [], []
+        return []
     chunks = [
         {k: np.asarray(values, dtype).reshape(shape) for k, (dtype, shape, values) in c.items()}
         for c in window["chunks"]
     ]
-    return chunks, [int(f) for f in window["first_steps"]]
+    return [(int(first), c) for first, c in zip(window["first_steps"], chunks, strict=True)]
 
 
 def _host_norm(tree: Any) -> float:
