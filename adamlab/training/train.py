@@ -156,16 +156,16 @@ _SHOWN = ("loss", "accuracy", "learning_rate", "grad_norm", "steps_per_sec", "f1
 _SHOWN += ("sharpness", "preconditioned_sharpness")  # The split "curvature".
 
 
-def _log(step: int | None, split: str, values: dict) -> None:
-    text = " ".join(f"{k}={values[k]:.4g}" for k in _SHOWN if k in values)
-    logging.info("step %s %s: %s", "final" if step is None else step, split, text)
-
-
-def _log_members(step: int | None, split: str, per_member: Sequence[dict]) -> None:
-    """One line for a group of members (a sweep, seeds, a tune stage): each shown metric's
-    median and range over the members whose value is finite (a diverged member is frozen at
-    NaN and counted apart), so that a log file, where no progress bar is drawn, shows the
-    group advancing."""
+def _log(step: int | None, split: str, per_member: Sequence[dict]) -> None:
+    """One line of the shown metrics: a single run's values, or for a group of members (a
+    sweep, seeds, a tune stage) each metric's median and range over the members whose value is
+    finite (a diverged member is frozen at NaN and counted apart), so that a log file, where no
+    progress bar is drawn, shows the group advancing."""
+    at = "final" if step is None else step
+    if len(per_member) == 1:
+        text = " ".join(f"{k}={per_member[0][k]:.4g}" for k in _SHOWN if k in per_member[0])
+        logging.info("step %s %s: %s", at, split, text)
+        return
     parts, diverged = [], 0
     for k in _SHOWN:
         values = np.asarray([m[k] for m in per_member if k in m], np.float64)
@@ -176,7 +176,7 @@ def _log_members(step: int | None, split: str, per_member: Sequence[dict]) -> No
             parts.append(f"{k}={np.median(finite):.4g} [{finite.min():.4g}, {finite.max():.4g}]")
     logging.info(
         "step %s %s, median [min, max] over %d members%s: %s",
-        "final" if step is None else step,
+        at,
         split,
         len(per_member),
         f" ({diverged} not finite)" if diverged else "",
@@ -424,10 +424,8 @@ class _Loop:
                 self.writers[i].write(
                     self.experiment.num_steps if step is None else step, split, values
                 )
-        if show and self.single:
-            _log(step, split, per_member[0])
-        elif show and distributed.is_primary():
-            _log_members(step, split, per_member)
+        if show and (self.single or distributed.is_primary()):
+            _log(step, split, per_member)
 
     # -------------------------------------------------------------------- diagnostics
 
@@ -751,42 +749,43 @@ class _Loop:
         steps_per_sec = (
             self.run_steps / self.run_seconds if self.run_steps else recorded_rate(records[0])
         )
-        grid = self.who.grid or (1, 1)
+        impls, grid = self.who.implementations, self.who.grid or (1, 1)
         rows = []
-        for i, (m, index, _) in enumerate(self.names):
+        for (m, index, _), final in zip(self.names, finals, strict=True):
             v, s = index or (0, 0)
-            final = finals[i]
-            row: dict[str, Any] = {
-                "optimizer": self.config.optimizer.name,
-                "implementation": self.who.implementations[m],
-            }
-            row.update({k: vals[v] for k, vals in self.who.sweep.items()})
-            row.update(seed=self.who.seeds[s], steps=step)
-            row["final_train_loss"] = final.get("train_loss", math.nan)
-            row["final_train_accuracy"] = final.get("train_accuracy", math.nan)
-            for split in ("validation", "test"):
-                for k in ("loss", "accuracy", "f1"):
-                    row[f"{split}_{k}"] = float(final.get(f"{split}_{k}", math.nan))
-            alive = np.asarray(host.alive)[(*index, m)]
-            row["finite"] = bool(alive)
-            row["diverged_at"] = int(np.asarray(host.diverged_at)[(*index, m)])
-            row["parity"] = (
-                float(np.asarray(host.parity)[index])
-                if len(self.who.implementations) == 2
-                else math.nan
-            )
             state = jax.tree.map(lambda x, index=index: np.asarray(x)[index], host.states[m])
-            row["param_norm"] = _host_norm(state.params)
-            row.update(
-                steps_per_sec=steps_per_sec, wall_time_s=wall, runs_in_program=len(self.names)
+            scores = {
+                f"{split}_{k}": float(final.get(f"{split}_{k}", math.nan))
+                for split in ("validation", "test")
+                for k in ("loss", "accuracy", "f1")
+            }
+            rows.append(
+                {
+                    "optimizer": self.config.optimizer.name,
+                    "implementation": impls[m],
+                    **{k: vals[v] for k, vals in self.who.sweep.items()},
+                    "seed": self.who.seeds[s],
+                    "steps": step,
+                    "final_train_loss": final.get("train_loss", math.nan),
+                    "final_train_accuracy": final.get("train_accuracy", math.nan),
+                    **scores,
+                    "finite": bool(np.asarray(host.alive)[(*index, m)]),
+                    "diverged_at": int(np.asarray(host.diverged_at)[(*index, m)]),
+                    "parity": float(np.asarray(host.parity)[index])
+                    if len(impls) == 2
+                    else math.nan,
+                    "param_norm": _host_norm(state.params),
+                    "steps_per_sec": steps_per_sec,
+                    "wall_time_s": wall,
+                    "runs_in_program": len(self.names),
+                }
             )
-            rows.append(row)
         params = {
             impl: jax.tree.map(
                 lambda x: np.reshape(x, (*grid, *np.shape(x)[len(self.who.grid) :])),
                 members.evaluation_point(host.states[m], self.engine.eval_params, self.who.grid),
             )
-            for m, impl in enumerate(self.who.implementations)
+            for m, impl in enumerate(impls)
         }
         curves = {
             impl: {
@@ -801,7 +800,7 @@ class _Loop:
                 )
                 for split in ("train", "validation")
             }
-            for m, impl in enumerate(self.who.implementations)
+            for m, impl in enumerate(impls)
         }
         return RunsResult(
             rows=rows,
