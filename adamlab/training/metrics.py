@@ -42,7 +42,6 @@ def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 
 def per_class_precision_recall_f1(confusion: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-class precision, recall and F1 from confusion[true, predicted] (0/0 -> 0)."""
-    confusion = _check_confusion(confusion)
     tp = np.diag(confusion).astype(np.float64)
     predicted = confusion.sum(axis=0)  # TP + FP
     actual = confusion.sum(axis=1)  # TP + FN
@@ -54,7 +53,6 @@ def per_class_precision_recall_f1(confusion: Any) -> tuple[np.ndarray, np.ndarra
 
 def macro_precision_recall_f1(confusion: Any) -> tuple[float, float, float]:
     """Macro precision, recall and F1 over the classes that occur (see the module docstring)."""
-    confusion = _check_confusion(confusion)
     occurs = (confusion.sum(axis=0) + confusion.sum(axis=1)) > 0
     if not occurs.any():
         return 0.0, 0.0, 0.0

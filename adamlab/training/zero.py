@@ -50,10 +50,6 @@ def unshard_leaves(shards: Tree, like: Tree) -> Tree:
     )
 
 
-def _stack(x: Any, num_shards: int) -> np.ndarray:
-    return np.broadcast_to(np.asarray(x), (num_shards, *np.shape(x)))
-
-
 def to_sharded_opt_state(tx: optax.GradientTransformation, opt_state: Tree, num_shards: int):
     """The pmap layout of a (full, host) optimizer state: every leaf gets a leading device axis.
 
@@ -65,7 +61,7 @@ def to_sharded_opt_state(tx: optax.GradientTransformation, opt_state: Tree, num_
         tx,
         lambda x: shard_leaves(x, num_shards),
         opt_state,
-        transform_non_params=lambda x: _stack(x, num_shards),
+        transform_non_params=lambda x: np.broadcast_to(np.asarray(x), (num_shards, *np.shape(x))),
     )
 
 
