@@ -47,12 +47,6 @@ def validate_batch_size(batch_size: int, num_devices: int, *, what: str = "train
         )
 
 
-def _cpu_collectives_need_sync(devices: Sequence[jax.Device]) -> bool:
-    """Whether each call must finish before the next is dispatched: several CPU devices share
-    one thread pool, where asynchronous calls can deadlock (docs/internals.md)."""
-    return len(devices) > 1 and devices[0].platform == "cpu"
-
-
 def _host_array(x: Any) -> np.ndarray:
     """A numpy copy of a (possibly multi-host, sharded) array: the global value. A copy, so it
     stays valid after the engine donates the device buffers."""
@@ -105,49 +99,44 @@ def _set_row(metrics: dict, values: dict, i) -> dict:
     return jax.tree.map(put, metrics, values)
 
 
-def _steps(step, carry, batches: dict, length, traced: bool) -> tuple[Any, dict]:
-    """`step` over rows 0..length-1 of `batches`: (carry, metrics [rows, ...]).
-
-    `traced`: a `fori_loop` whose trip count is the traced `length`, so one program serves
-    every length up to the rows (padding rows never run, their metrics stay zero); a run whose
-    log, eval and checkpoint points leave gaps of many lengths compiles once. Otherwise a
-    `lax.scan` over all rows (`length` is then the rows), whose trip count XLA knows: on a GPU
-    a loop of traced length copies its condition to the host and waits for the device at every
-    step (XLA's WhileThunk), which a known trip count does not. Each iteration is the same step
-    either way (a scan is the same while loop with a constant count).
-    """
-    if not traced:
-        return jax.lax.scan(step, carry, batches)
-    capacity = jax.tree.leaves(batches)[0].shape[0]
-    step = jax.jit(step)  # traced once: for the metrics' shapes here and for the loop's body
-    _, shapes = jax.eval_shape(step, carry, _row(batches, 0))
-    metrics = jax.tree.map(lambda s: jnp.zeros((capacity, *s.shape), s.dtype), shapes)
-
-    def body(i, state):
-        carry, metrics = state
-        carry, values = step(carry, _row(batches, i))
-        return carry, _set_row(metrics, values, i)
-
-    return jax.lax.fori_loop(0, length, body, (carry, metrics))
-
-
 def _chunk_fn(step, traced: bool, place, logged_step=None):
-    """`chunk_fn(members, batches, length)`: `length` calls of `step`, metrics [rows, ...],
-    returned through `place(carry, metrics)` (the engine's layout). One row calls a step once
-    (no loop); more run `_steps`.
+    """`chunk_fn(members, batches, length)`: `length` calls of `step` over the rows of
+    `batches`, metrics [rows, ...], returned through `place(carry, metrics)` (the engine's
+    layout). One row calls the step once (no loop).
+
+    More rows run in a loop. `traced`: a `fori_loop` whose trip count is the traced `length`,
+    so one program serves every length up to the rows (padding rows never run, their metrics
+    stay zero); a run whose log, eval and checkpoint points leave gaps of many lengths compiles
+    once. Otherwise a `lax.scan` over all rows (`length` is then the rows), whose trip count
+    XLA knows: on a GPU a loop of traced length copies its condition to the host and waits for
+    the device at every step (XLA's WhileThunk), which a known trip count does not. Each
+    iteration is the same step either way (a scan is the same while loop with a constant count).
 
     `logged_step`: the chunk's last step (row `length - 1`) is that step instead, whose
     per-layer statistics come back as metrics["layers"] (one value each, no leading axis).
     """
+    logged = logged_step is not None
 
     def chunk_fn(carry, batches, length):
         rows = jax.tree.leaves(batches)[0].shape[0]
-        if logged_step is None and rows > 1:
-            return place(*_steps(step, carry, batches, length, traced))
         last_row = 0 if rows == 1 else length - 1 if traced else rows - 1
-        if rows > 1:
-            head = batches if traced else jax.tree.map(lambda x: x[:-1], batches)
-            carry, metrics = _steps(step, carry, head, last_row, traced)
+        if rows > 1 and traced:
+            plain = jax.jit(step)  # traced once: for the metrics' shapes and for the loop's body
+            _, shapes = jax.eval_shape(plain, carry, _row(batches, 0))
+            metrics = jax.tree.map(lambda s: jnp.zeros((rows, *s.shape), s.dtype), shapes)
+
+            def body(i, state):
+                carry, metrics = state
+                carry, values = plain(carry, _row(batches, i))
+                return carry, _set_row(metrics, values, i)
+
+            count = last_row if logged else length
+            carry, metrics = jax.lax.fori_loop(0, count, body, (carry, metrics))
+        elif rows > 1:
+            head = jax.tree.map(lambda x: x[:-1], batches) if logged else batches
+            carry, metrics = jax.lax.scan(step, carry, head)
+        if rows > 1 and not logged:
+            return place(carry, metrics)
         carry, last = (logged_step or step)(carry, _row(batches, last_row))
         layers = last.pop("layers", None)
         if rows == 1:
@@ -162,7 +151,7 @@ def _chunk_fn(step, traced: bool, place, logged_step=None):
 
 
 # Platforms whose devices run a loop of traced length without a host round trip per iteration
-# (`_steps`): their chunks are padded to one capacity and share one program.
+# (`_chunk_fn`): their chunks are padded to one capacity and share one program.
 PADDED_CHUNK_PLATFORMS = ("cpu", "tpu")
 
 
@@ -199,8 +188,9 @@ class Engine:
         if not self.devices:
             raise ValueError("devices must name at least one device")
         self.num_devices = len(self.devices)
-        if synchronous is None:
-            synchronous = _cpu_collectives_need_sync(self.devices)
+        if synchronous is None:  # Each call waited for: several CPU devices share one thread
+            # pool, where asynchronous calls can deadlock (docs/internals.md).
+            synchronous = len(self.devices) > 1 and self.devices[0].platform == "cpu"
         self.synchronous = synchronous
         if padded_chunks is None:
             padded_chunks = self.devices[0].platform in PADDED_CHUNK_PLATFORMS
