@@ -67,9 +67,7 @@ class CurvatureProbe:
 
         def probe(state, batch, key):
             def loss(params):
-                variables = {"params": params}
-                if state.batch_stats:
-                    variables["batch_stats"] = state.batch_stats
+                variables = steps.model_variables(params, state.batch_stats)
                 logits = model.apply(variables, batch["image"], train=False)
                 return steps.example_losses(logits, batch["label"], loss_name).mean()
 

@@ -31,7 +31,8 @@ def _with_axis_name(model: nn.Module, axis_name: str | None) -> nn.Module:
     return model
 
 
-def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+def model_variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+    """The variables `model.apply` takes: the params, and BatchNorm's statistics if any."""
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
@@ -99,7 +100,7 @@ def make_train_step(
         def loss_fn(params):
             images = batch["image"]
             logits, new_variables = model.apply(
-                _variables(params, state.batch_stats),
+                model_variables(params, state.batch_stats),
                 images,
                 train=True,
                 rngs={"dropout": key},
@@ -179,7 +180,7 @@ def make_batch_stats_step(
 
     def batch_stats_step(state: TrainState, batch: Batch) -> TrainState:
         _, new_variables = model.apply(
-            _variables(evaluation_params(state, eval_params), state.batch_stats),
+            model_variables(evaluation_params(state, eval_params), state.batch_stats),
             batch["image"],
             train=True,
             rngs={"dropout": jax.random.key(0)},  # unused: only BatchNorm models get here
@@ -211,7 +212,9 @@ def make_eval_step(
 
     def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
         params = evaluation_params(state, eval_params)
-        logits = model.apply(_variables(params, state.batch_stats), batch["image"], train=False)
+        logits = model.apply(
+            model_variables(params, state.batch_stats), batch["image"], train=False
+        )
         mask = batch.get("mask")
         if mask is None:
             mask = jnp.ones(logits.shape[:1], bool)
