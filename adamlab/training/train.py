@@ -376,7 +376,7 @@ class _Loop:
         self.single = len(self.names) == 1
         self.phases = dict.fromkeys(PHASES, 0.0)
         self.timed_steps, self.timed_seconds = 0, 0.0  # Since the last log point.
-        self.run_steps, self.run_seconds = 0, 0.0  # The whole run, for RunsResult.
+        self.run_steps = 0  # The whole run's, timed over phases["train"], for RunsResult.
         self.eval_cache: dict[str, list] = {}
         self.reported: set[int] = set()  # Members whose divergence was logged.
         point = self.engine.eval_params
@@ -710,7 +710,6 @@ class _Loop:
         self.phases["train"] += elapsed
         self.timed_seconds += elapsed
         self.timed_steps += self.interval_steps
-        self.run_seconds += elapsed
         self.run_steps += self.interval_steps
         all_diverged = self._check_divergence(carry)
         if log:
@@ -747,7 +746,7 @@ class _Loop:
         # A process that timed no step (resumed at the final step) reports what its attempts
         # measured, from the records.
         steps_per_sec = (
-            self.run_steps / self.run_seconds if self.run_steps else recorded_rate(records[0])
+            self.run_steps / self.phases["train"] if self.run_steps else recorded_rate(records[0])
         )
         impls, grid = self.who.implementations, self.who.grid or (1, 1)
         rows = []
