@@ -106,11 +106,9 @@ def _chunk_fn(step, traced: bool, place, logged_step=None):
 
     More rows run in a loop. `traced`: a `fori_loop` whose trip count is the traced `length`,
     so one program serves every length up to the rows (padding rows never run, their metrics
-    stay zero); a run whose log, eval and checkpoint points leave gaps of many lengths compiles
-    once. Otherwise a `lax.scan` over all rows (`length` is then the rows), whose trip count
-    XLA knows: on a GPU a loop of traced length copies its condition to the host and waits for
-    the device at every step (XLA's WhileThunk), which a known trip count does not. Each
-    iteration is the same step either way (a scan is the same while loop with a constant count).
+    stay zero). Otherwise a `lax.scan` over all rows (`length` is then the rows), whose trip
+    count XLA knows (a GPU waits at every step of a loop of traced length: docs/internals.md).
+    Each iteration is the same step either way.
 
     `logged_step`: the chunk's last step (row `length - 1`) is that step instead, whose
     per-layer statistics come back as metrics["layers"] (one value each, no leading axis).
