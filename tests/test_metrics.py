@@ -96,3 +96,13 @@ def test_accumulate_eval_sums_adds_batches_exactly():
 def test_bad_input_is_a_clear_error(confusion, count, match):
     with pytest.raises(ValueError, match=match):
         metrics.classification_metrics(confusion, loss_sum=1.0, count=count)
+
+
+@pytest.mark.parametrize(
+    "function", [metrics.per_class_precision_recall_f1, metrics.macro_precision_recall_f1]
+)
+def test_public_metric_functions_refuse_a_bad_confusion_matrix(function):
+    with pytest.raises(ValueError, match=r"square \[classes, classes\]"):
+        function(np.ones((2, 3), int))
+    with pytest.raises(ValueError, match="non-negative integer counts"):
+        function(np.array([[1, -1], [0, 2]]))

@@ -42,6 +42,15 @@ def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 
 def per_class_precision_recall_f1(confusion: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-class precision, recall and F1 from confusion[true, predicted] (0/0 -> 0)."""
+    return _per_class(_check_confusion(confusion))
+
+
+def macro_precision_recall_f1(confusion: Any) -> tuple[float, float, float]:
+    """Macro precision, recall and F1 over the classes that occur (see the module docstring)."""
+    return _macro(_check_confusion(confusion))
+
+
+def _per_class(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     tp = np.diag(confusion).astype(np.float64)
     predicted = confusion.sum(axis=0)  # TP + FP
     actual = confusion.sum(axis=1)  # TP + FN
@@ -51,12 +60,11 @@ def per_class_precision_recall_f1(confusion: Any) -> tuple[np.ndarray, np.ndarra
     return precision, recall, f1
 
 
-def macro_precision_recall_f1(confusion: Any) -> tuple[float, float, float]:
-    """Macro precision, recall and F1 over the classes that occur (see the module docstring)."""
+def _macro(confusion: np.ndarray) -> tuple[float, float, float]:
     occurs = (confusion.sum(axis=0) + confusion.sum(axis=1)) > 0
     if not occurs.any():
         return 0.0, 0.0, 0.0
-    precision, recall, f1 = per_class_precision_recall_f1(confusion)
+    precision, recall, f1 = _per_class(confusion)
     return tuple(float(np.mean(x[occurs])) for x in (precision, recall, f1))
 
 
@@ -78,7 +86,7 @@ def classification_metrics(confusion: Any, loss_sum: float, count: int) -> dict[
         raise ValueError(f"count={count}: cannot compute metrics of an empty evaluation")
     if count != confusion.sum():
         raise ValueError(f"count={count} differs from the confusion matrix total {confusion.sum()}")
-    precision, recall, f1 = macro_precision_recall_f1(confusion)
+    precision, recall, f1 = _macro(confusion)  # Checked above.
     return {
         "loss": float(loss_sum) / count,
         "accuracy": float(np.trace(confusion)) / count,
