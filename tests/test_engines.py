@@ -491,3 +491,15 @@ def test_conv_matmul_rewrites_the_train_step_and_leaves_evaluation_to_xla():
     eval_text = engine._evaluate.lower(carry, engine.put_batch(batch[0])).as_text()
     assert "convolution" not in train_text
     assert "convolution" in eval_text
+
+
+def test_layer_stats_from_an_engine_built_without_them_is_refused():
+    model = models.create_model(CNN, NUM_CLASSES)
+    tx = optax.adam(1e-3)
+    engine = engines.Engine("jit", model, [tx], optax.constant_schedule(1e-3), NUM_CLASSES,
+                            devices=jax.devices()[:1])  # fmt: skip
+    carry = engine.put_members(_one_run(model, tx, (8, 8, 1)))
+    chunk = engine.put_chunk(_chunk(*digits_batches(1, GLOBAL_BATCH)))
+    for call in (engine.train, engine.compile_train):
+        with pytest.raises(ValueError, match="built without layer_stats"):
+            call(carry, chunk, layer_stats=True)

@@ -393,14 +393,20 @@ class Engine:
         `layer_stats=True` (an engine built with `layer_stats`): the last step's per-layer
         statistics too, metrics["layers"]: per implementation {name: [*grid]}.
         """
-        return self._finished(self._train[layer_stats](carry, *chunk))
+        return self._finished(self._train_program(layer_stats)(carry, *chunk))
 
     def compile_train(self, carry: Any, chunk: DeviceChunk, *, layer_stats: bool = False) -> None:
         """Compiles the train program for `chunk`'s shapes (its capacity, not its length)
         without running it; the next `train` call with such a chunk reuses it (jax's
         compilation cache). The loop calls it before the first call, so that compiling is timed
         apart from the steps."""
-        self._train[layer_stats].lower(carry, *chunk).compile()
+        self._train_program(layer_stats).lower(carry, *chunk).compile()
+
+    def _train_program(self, layer_stats: bool):
+        """The jitted (or pmapped) chunk function, with or without per-layer statistics."""
+        if layer_stats and True not in self._train:
+            raise ValueError("this engine was built without layer_stats")
+        return self._train[layer_stats]
 
     def evaluate(self, carry: Any, batch: dict) -> tuple[dict[str, jax.Array], ...]:
         """Per implementation, the eval sums of every member (`steps.make_eval_step`)."""
