@@ -3,20 +3,25 @@
     paths = write_figures("runs/eos_gd")   # `adamlab diagnostics --workdir runs/eos_gd`
 
 The per-leaf update/param heatmap, Adam's effective steps and the sharpness against its
-stability threshold (`stability_summary`); docs/internals.md lists the files.
+stability threshold (`stability_summary`); docs/internals.md lists the files. `figure` saves
+every PNG of adamlab, these and the experiments' reports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import pathlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
+_DPI = 120  # The diagnostics figures' resolution.
 
 
 def read_records(run_dir: pathlib.Path) -> list[dict[str, Any]]:
@@ -80,19 +85,35 @@ def _optimizer(run_dir: pathlib.Path) -> tuple[dict[str, Any], tuple[str, float]
     return optimizer, threshold(optimizer, float(optimizer["learning_rate"]))
 
 
-def _pyplot():
-    """matplotlib's pyplot on the Agg backend (files only), imported when a figure is drawn."""
+@contextlib.contextmanager
+def figure(
+    path: str | os.PathLike,
+    figsize: tuple[float, float],
+    panels: int = 1,
+    *,
+    rows: int = 1,
+    sharex: bool = False,
+    title: str | None = None,
+    dpi: int = 90,
+    layout: str | None = None,
+) -> Iterator[np.ndarray]:
+    """A grid of `rows` x `panels` axes to draw on (in reading order), saved as the PNG `path`
+    when the block ends: with the suptitle `title`, laid out tight unless another `layout` is
+    given."""
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # Files only: works without a display, in tests and on servers.
     import matplotlib.pyplot as plt
 
-    return plt
-
-
-def _save(plt, fig, path: pathlib.Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig, axes = plt.subplots(
+        rows, panels, figsize=figsize, squeeze=False, sharex=sharex, layout=layout
+    )
+    yield axes.ravel()
+    if title is not None:
+        fig.suptitle(title, fontsize=9)
+    if layout is None:
+        fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
 
@@ -100,70 +121,67 @@ def _leaves(layer_records: list[dict], statistic: str) -> list[str]:
     return sorted({k.rpartition("/")[0] for r in layer_records for k in r if k.endswith(statistic)})
 
 
-def _heatmap(plt, layers: list[dict], path: pathlib.Path) -> None:
+def _heatmap(layers: list[dict], path: pathlib.Path) -> None:
     leaves = _leaves(layers, "/update_param_ratio")
     steps = [r["step"] for r in layers]
     values = np.array(
         [[r.get(f"{leaf}/update_param_ratio", np.nan) for r in layers] for leaf in leaves]
     )
     half = (steps[-1] - steps[0]) / max(len(steps) - 1, 1) / 2  # Columns centred on their step.
-    fig, ax = plt.subplots(figsize=(max(6, len(steps) * 0.08 + 3), 0.4 * len(leaves) + 2))
-    image = ax.imshow(
-        np.log10(np.maximum(values, 1e-30)),
-        aspect="auto",
-        interpolation="nearest",
-        extent=(steps[0] - half, steps[-1] + half, len(leaves) - 0.5, -0.5),
-    )
-    ax.set_yticks(range(len(leaves)), leaves)
-    ax.set_xlabel("step")
-    ax.set_title("log10 update / parameter norm, per leaf")
-    fig.colorbar(image, ax=ax)
-    _save(plt, fig, path)
+    size = (max(6, len(steps) * 0.08 + 3), 0.4 * len(leaves) + 2)
+    with figure(path, size, dpi=_DPI) as (ax,):
+        image = ax.imshow(
+            np.log10(np.maximum(values, 1e-30)),
+            aspect="auto",
+            interpolation="nearest",
+            extent=(steps[0] - half, steps[-1] + half, len(leaves) - 0.5, -0.5),
+        )
+        ax.set_yticks(range(len(leaves)), leaves)
+        ax.set_xlabel("step")
+        ax.set_title("log10 update / parameter norm, per leaf")
+        ax.figure.colorbar(image, ax=ax)
 
 
-def _effective_step(plt, layers: list[dict], path: pathlib.Path) -> bool:
+def _effective_step(layers: list[dict], path: pathlib.Path) -> bool:
     leaves = _leaves(layers, "/step_q50")
     if not leaves:
         return False
     steps = [r["step"] for r in layers]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
-    for i, leaf in enumerate(leaves):
-        color = f"C{i % 10}"
-        get = lambda key, leaf=leaf: [r.get(f"{leaf}/{key}", np.nan) for r in layers]
-        top.plot(steps, get("step_q50"), color=color, label=leaf)
-        top.fill_between(steps, get("step_q05"), get("step_q95"), color=color, alpha=0.15)
-        bottom.plot(steps, get("eps_fraction"), color=color)
-    top.set_yscale("log")
-    top.set_ylabel("lr / (sqrt(v_hat) + eps)\nmedian, 5-95% band")
-    top.legend(fontsize=7)
-    bottom.set_ylabel("fraction eps > sqrt(v_hat)")
-    bottom.set_xlabel("step")
-    _save(plt, fig, path)
+    with figure(path, (8, 7), rows=2, sharex=True, dpi=_DPI) as (top, bottom):
+        for i, leaf in enumerate(leaves):
+            color = f"C{i % 10}"
+            get = lambda key, leaf=leaf: [r.get(f"{leaf}/{key}", np.nan) for r in layers]
+            top.plot(steps, get("step_q50"), color=color, label=leaf)
+            top.fill_between(steps, get("step_q05"), get("step_q95"), color=color, alpha=0.15)
+            bottom.plot(steps, get("eps_fraction"), color=color)
+        top.set_yscale("log")
+        top.set_ylabel("lr / (sqrt(v_hat) + eps)\nmedian, 5-95% band")
+        top.legend(fontsize=7)
+        bottom.set_ylabel("fraction eps > sqrt(v_hat)")
+        bottom.set_xlabel("step")
     return True
 
 
-def _sharpness(plt, run_dir: pathlib.Path, curvature: list[dict], path: pathlib.Path) -> None:
+def _sharpness(run_dir: pathlib.Path, curvature: list[dict], path: pathlib.Path) -> None:
     optimizer, found = _optimizer(run_dir)
     steps = [r["step"] for r in curvature]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for key, label in (("sharpness", "sharpness"), ("preconditioned_sharpness", "P^-1 H")):
-        if any(key in r for r in curvature):
-            ax.plot(
-                steps, [r.get(key, np.nan) for r in curvature], label=f"top eigenvalue of {label}"
-            )
-    if found is not None:
-        quantity, value = found
-        ax.axhline(value, color="k", linestyle="--", label=f"threshold of {quantity}: {value:.4g}")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_title(f"{optimizer['name']}, lr={optimizer['learning_rate']:g}")
-    ax.legend(fontsize=8)
-    _save(plt, fig, path)
+    with figure(path, (8, 4.5), dpi=_DPI) as (ax,):
+        for key, label in (("sharpness", "sharpness"), ("preconditioned_sharpness", "P^-1 H")):
+            if any(key in r for r in curvature):
+                values = [r.get(key, np.nan) for r in curvature]
+                ax.plot(steps, values, label=f"top eigenvalue of {label}")
+        if found is not None:
+            quantity, value = found
+            label = f"threshold of {quantity}: {value:.4g}"
+            ax.axhline(value, color="k", linestyle="--", label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(f"{optimizer['name']}, lr={optimizer['learning_rate']:g}")
+        ax.legend(fontsize=8)
 
 
 def write_figures(run_dir: str | pathlib.Path) -> list[pathlib.Path]:
     """Writes the figures of `run_dir` (each member's, for a run of several) and returns them."""
-    plt = _pyplot()
     run_dir = pathlib.Path(run_dir)
     members = sorted(p.parent for p in run_dir.glob("members/**/" + METRICS_FILE))
     written = []
@@ -172,12 +190,12 @@ def write_figures(run_dir: str | pathlib.Path) -> list[pathlib.Path]:
         layers = [r for r in records if r["split"] == "layers"]
         curvature = [r for r in records if r["split"] == "curvature"]
         if layers:
-            _heatmap(plt, layers, member / "layer_ratio_heatmap.png")
+            _heatmap(layers, member / "layer_ratio_heatmap.png")
             written.append(member / "layer_ratio_heatmap.png")
-            if _effective_step(plt, layers, member / "effective_step.png"):
+            if _effective_step(layers, member / "effective_step.png"):
                 written.append(member / "effective_step.png")
         if curvature:
-            _sharpness(plt, member, curvature, member / "sharpness.png")
+            _sharpness(member, curvature, member / "sharpness.png")
             written.append(member / "sharpness.png")
     return written
 
@@ -185,26 +203,25 @@ def write_figures(run_dir: str | pathlib.Path) -> list[pathlib.Path]:
 def write_overlay(run_dirs: list[str | pathlib.Path], path: str | pathlib.Path) -> pathlib.Path:
     """One figure of several runs' tracked sharpness (solid) and thresholds (dashed), e.g. the
     step sizes of an edge-of-stability reproduction."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for i, run_dir in enumerate(run_dirs):
-        run_dir = pathlib.Path(run_dir)
-        optimizer, found = _optimizer(run_dir)
-        curvature = [r for r in read_records(run_dir) if r["split"] == "curvature"]
-        if found is None or not curvature:
-            continue
-        quantity, value = found
-        steps = [r["step"] for r in curvature if quantity in r]
-        series = [r[quantity] for r in curvature if quantity in r]
-        ax.plot(steps, series, color=f"C{i}", label=f"lr={float(optimizer['learning_rate']):g}")
-        ax.axhline(value, color=f"C{i}", linestyle="--", linewidth=1)
-        ax.set_ylabel(quantity.replace("_", " ") + " (dashed: threshold)")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.legend(fontsize=8)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _save(plt, fig, path)
+    with figure(path, (8, 4.5), dpi=_DPI) as (ax,):
+        for i, run_dir in enumerate(run_dirs):
+            run_dir = pathlib.Path(run_dir)
+            optimizer, found = _optimizer(run_dir)
+            curvature = [r for r in read_records(run_dir) if r["split"] == "curvature"]
+            if found is None or not curvature:
+                continue
+            quantity, value = found
+            steps = [r["step"] for r in curvature if quantity in r]
+            series = [r[quantity] for r in curvature if quantity in r]
+            label = f"lr={float(optimizer['learning_rate']):g}"
+            ax.plot(steps, series, color=f"C{i}", label=label)
+            ax.axhline(value, color=f"C{i}", linestyle="--", linewidth=1)
+            ax.set_ylabel(quantity.replace("_", " ") + " (dashed: threshold)")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
     return path
 
 

@@ -3,7 +3,6 @@ benchmark and the AlgoPerf leaderboard; docs/internals.md describes it."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import functools
 import json
@@ -12,12 +11,13 @@ import math
 import os
 import pathlib
 import platform
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from scipy import special  # Its t quantile: scipy.stats's, without importing all of stats.
 
+from adamlab.diagnostics.figures import figure  # The one figure saver: `report.figure`.
 from adamlab.training import run_io
 
 CONFIDENCE = 0.95
@@ -249,33 +249,6 @@ def check_request(
 
 
 # ---------------------------------------------------------------------------- figures
-
-
-@contextlib.contextmanager
-def figure(
-    path: str | os.PathLike,
-    figsize: tuple[float, float],
-    panels: int = 1,
-    *,
-    title: str | None = None,
-    dpi: int = 90,
-    layout: str | None = None,
-) -> Iterator[np.ndarray]:
-    """A row of `panels` axes to draw on, saved as the PNG `path` when the block ends: with
-    the suptitle `title`, laid out tight unless another `layout` is given."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # Files only: works without a display, in tests and on servers.
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, panels, figsize=figsize, squeeze=False, layout=layout)
-    yield axes[0]
-    if title is not None:
-        fig.suptitle(title, fontsize=9)
-    if layout is None:
-        fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
 
 
 def _lines(ax, lines: Mapping[str, tuple[np.ndarray, np.ndarray]], marker: str = "") -> None:
