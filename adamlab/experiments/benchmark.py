@@ -87,10 +87,6 @@ def load_workloads(names: str | Sequence[str]) -> dict[str, ml_collections.Confi
     return {n: config_dict.load_config(WORKLOAD_PREFIX + n) for n in names}
 
 
-def _split(names: str | Sequence[str]) -> tuple[str, ...]:
-    return tuple(n.strip() for n in names.split(",")) if isinstance(names, str) else tuple(names)
-
-
 @dataclasses.dataclass(frozen=True)
 class Workload:
     """A workload of the plan: its config, target, spaces and the tune stages' trials.
@@ -194,7 +190,7 @@ def plan_benchmark(
             f"trials={trials}: the self_tuning ruleset runs one trial per study, each "
             "optimizer's default setting; leave --trials out (or use --studies)"
         )
-    optimizers = _split(optimizers)
+    optimizers = compare.split_names(optimizers)  # Unknown ones: no search space, below.
     if not optimizers or len(set(optimizers)) != len(optimizers):
         raise BenchmarkError(f"optimizers={','.join(optimizers)!r}: empty or repeated names")
     if not workloads:

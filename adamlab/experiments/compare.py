@@ -26,6 +26,11 @@ SUMMARY_METRICS = {
 PARITY = {"parity": "parity (max rel. param diff)"}
 
 
+def split_names(text: str | Sequence[str]) -> tuple[str, ...]:
+    """`"adam, adamw"` -> ("adam", "adamw"); a sequence of names as a tuple."""
+    return tuple(n.strip() for n in text.split(",")) if isinstance(text, str) else tuple(text)
+
+
 def parse_names(
     text: str | Sequence[str],
     known: Sequence[str] | None = None,
@@ -39,7 +44,7 @@ def parse_names(
     from adamlab.training import optimizers
 
     known = optimizers.names() if known is None else known
-    names = tuple(n.strip() for n in text.split(",")) if isinstance(text, str) else tuple(text)
+    names = split_names(text)
     unknown = [n for n in names if n not in known]
     if not names or unknown or len(set(names)) != len(names):
         raise error(
