@@ -186,6 +186,12 @@ def scale_by_adam(
       momentum_decay: Nadam's :math:`\psi` for "pytorch" and "paper"; None means 0.004.
       fused: bias-correct by scalar multiplications (`numerics.bias_correction`).
 
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> tx = optax.chain(scale_by_adam(), optax.scale(-1e-3))
+      >>> params = {"w": jnp.ones(3)}
+      >>> updates, state = tx.update({"w": jnp.ones(3)}, tx.init(params))
+
     References:
       Kingma & Ba, Adam: A Method for Stochastic Optimization, ICLR 2015, Algorithm 1.
       Dozat, Incorporating Nesterov Momentum into Adam, ICLR workshop 2016, Algorithm 2.
