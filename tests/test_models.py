@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adamlab import models
+from adamlab import config_dict, models
+from adamlab.training import train_state
 from adamlab.training.train_state import param_count
 
 
@@ -246,3 +247,55 @@ def test_bad_model_config_is_a_clear_error(config, match):
 def test_num_classes_must_be_at_least_two():
     with pytest.raises(ValueError, match="num_classes=1 must be an int >= 2"):
         models.create_model({"name": "cnn"}, num_classes=1)
+
+
+# Every shipped config's model, with its dataset's image shape (a few share one).
+_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1)}
+_SHAPES["cifar10"] = (32, 32, 3)
+
+
+def _shipped_models():
+    """(config-dtype, model fields, image shape) of each distinct model the configs ship."""
+    seen = {}
+    for name in config_dict.shipped_configs():
+        config = config_dict.load_config(name)
+        for dtype in ("float32", "bfloat16"):
+            fields = config.model.to_dict() | {"dtype": dtype}
+            key = (repr(sorted(fields.items())), config.data.name)
+            seen.setdefault(key, (f"{name}-{dtype}", fields, _SHAPES[config.data.name]))
+    return list(seen.values())
+
+
+_SHIPPED = _shipped_models()
+
+
+def _assert_init_as_default_compile(fields, image_shape, seeds):
+    """`create_train_state`'s init, compiled on CPU at LLVM level 1 for its compile time,
+    gives the bits of the same init compiled with XLA's default options."""
+    model = models.create_model(fields, 10)
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    default = jax.jit(train_state._init, static_argnums=0)
+    for seed in seeds:
+        key = jax.random.key(seed)
+        ours = jax.tree.leaves(train_state._init_variables(model, key, dummy))
+        theirs = jax.tree.leaves(default(model, key, dummy))
+        assert len(ours) == len(theirs) > 0
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the level-1 compile is CPU's")
+def test_init_compiled_fast_on_cpu_gives_the_default_compiles_bits():
+    """The offline default's model (digits CNN), two seeds."""
+    fields = config_dict.load_config("digits").model.to_dict()
+    _assert_init_as_default_compile(fields, _SHAPES["digits"], seeds=(0, 1))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the level-1 compile is CPU's")
+@pytest.mark.parametrize("name, fields, image_shape", _SHIPPED, ids=[m[0] for m in _SHIPPED])
+def test_init_of_every_shipped_model_compiled_fast_gives_the_default_bits(
+    name, fields, image_shape
+):
+    _assert_init_as_default_compile(fields, image_shape, seeds=(0, 1, 2, 3))

@@ -10,7 +10,6 @@ needs to be updated and a resumed run draws the same dropout masks.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,11 +32,24 @@ class TrainState:
     rng: jax.Array
 
 
+def _init(model: nn.Module, key: jax.Array, dummy: jax.Array) -> dict[str, Any]:
+    return model.init(key, dummy, train=False)
+
+
 # jit: one compiled init instead of every initializer op by op; the model is a static (hashable)
 # argument, so building the same model's state again reuses the compiled init.
-@functools.partial(jax.jit, static_argnums=0)
+_init_jitted = jax.jit(_init, static_argnums=0)
+# On CPU, LLVM's optimisation level 1: the initializers' random-bit and inverse-erf code is most
+# of a cold run's init compile, and compiles 3-4x faster so, to the same bits (elementwise code;
+# tests/test_train_state.py holds every shipped model to it; docs/performance.md).
+_init_jitted_cpu = jax.jit(
+    _init, static_argnums=0, compiler_options={"xla_backend_optimization_level": 1}
+)
+
+
 def _init_variables(model: nn.Module, key: jax.Array, dummy: jax.Array) -> dict[str, Any]:
-    return model.init(key, dummy, train=False)
+    on_cpu = jax.default_backend() == "cpu"
+    return (_init_jitted_cpu if on_cpu else _init_jitted)(model, key, dummy)
 
 
 def as_key(rng: jax.Array | int) -> jax.Array:
