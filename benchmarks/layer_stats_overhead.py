@@ -58,7 +58,7 @@ def build(config, every: int, total_steps: int, conv_matmul: bool):
     tx, schedule = optimizers.make_optimizer(config.optimizer, total_steps)
     model = models.create_model(config.model, 10)
     stats = experiment.layer_stats_for(config, experiment.read_members(config))
-    engine = engines.make_engine(
+    engine = engines.Engine(
         "jit",
         model,
         (tx,),

@@ -92,7 +92,7 @@ def _memory(args) -> dict:
                     config.optimizer.mu_dtype = mu_dtype
                     tx, schedule = optimizers.make_optimizer(config.optimizer, 100_000)
                     model = models.create_model(config.model, 10)
-                    engine = engines.make_engine(
+                    engine = engines.Engine(
                         engine_name, model, (tx,), schedule, 10, shard_optimizer=shard
                     )
                     carry = members.initial_members(  # One run (grid ()), seed 0: host arrays.

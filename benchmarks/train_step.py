@@ -87,9 +87,9 @@ def build_step(
     config.optimizer.implementation = implementation
     tx, schedule = optimizers.make_optimizer(config.optimizer, total_steps)
     model = models.create_model(config.model, num_classes)
-    engine = engines.make_engine("jit", model, (tx,), schedule, num_classes,
-                                 devices=jax.devices()[:1], conv_matmul=conv_matmul,
-                                 padded_chunks=padded_chunks)  # fmt: skip
+    engine = engines.Engine("jit", model, (tx,), schedule, num_classes,
+                            devices=jax.devices()[:1], conv_matmul=conv_matmul,
+                            padded_chunks=padded_chunks)  # fmt: skip
     carry = members.initial_members(
         model, (tx,), image_shape, (config.seed,), {}, (lambda values: tx,)
     )

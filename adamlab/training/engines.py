@@ -449,8 +449,3 @@ def _share(key: Hashable | None, build: Any) -> Any:
             _SHARED.popitem(last=False)
     _SHARED.move_to_end(key)
     return _SHARED[key]
-
-
-def make_engine(name: str, model, txs, schedule, num_classes, **options) -> Engine:
-    """`Engine(name, model, txs, schedule, num_classes, **options)`; see `Engine`."""
-    return Engine(name, model, txs, schedule, num_classes, **options)

@@ -371,7 +371,7 @@ def build_experiment(
     on_cpu = devices[0].platform == "cpu"
     if dispatch is None:  # One step per call for one run on CPU (jax-ml/jax#12868), else chunks.
         dispatch = 1 if (on_cpu and not who.grid) else _MAX_DISPATCH
-    engine = engines.make_engine(
+    engine = engines.Engine(
         config.train.engine,
         model,
         txs,
