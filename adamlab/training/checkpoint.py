@@ -32,6 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from adamlab.training.optimizers import path_of
 from adamlab.training.run_io import atomic_write
 
 __all__ = [
@@ -692,7 +693,7 @@ def _nonfinite_leaves(tree: Any) -> list[str]:
     """Paths of the floating leaves of `tree` that hold a NaN or an infinity, checked by one
     small program for every leaf (sharded jax arrays included)."""
     flat = [
-        (_path_str(p), x)
+        (path_of(p), x)
         for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
         if jnp.issubdtype(getattr(x, "dtype", None) or np.result_type(x), jnp.inexact)
     ]
@@ -715,26 +716,22 @@ def _abstract_leaf(x: Any) -> Any:
     return x
 
 
-def _path_str(path: tuple) -> str:
-    """'params/dense/kernel': orbax stores NamedTuples as dicts and tuples as lists, so the path
-    (dict keys, attribute names, indices alike), not the node type, identifies a leaf."""
-    return jax.tree_util.keystr(path, simple=True, separator="/")
-
-
 def _specs(tree: Any) -> dict[str, tuple[tuple[int, ...], np.dtype | None]]:
     """{leaf path: (shape, dtype)} as orbax stores the leaves of a target or of its metadata: a
     typed PRNG key as its key data; dtype None (any) for a Python scalar, which restores into
-    whatever scalar dtype the target asks for."""
+    whatever scalar dtype the target asks for. A leaf is named by its path (`path_of`): orbax
+    stores NamedTuples as dicts and tuples as lists, so the path (dict keys, attribute names,
+    indices alike), not the node type, identifies a leaf."""
     specs = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         if isinstance(leaf, bool | int | float | complex | ocp.metadata.ScalarMetadata):
-            specs[_path_str(path)] = (), None
+            specs[path_of(path)] = (), None
             continue
         shape, dtype = tuple(getattr(leaf, "shape", ())), getattr(leaf, "dtype", None)
         if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
             data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(shape, dtype))
             shape, dtype = data.shape, data.dtype
-        specs[_path_str(path)] = tuple(shape), None if dtype is None else np.dtype(dtype)
+        specs[path_of(path)] = tuple(shape), None if dtype is None else np.dtype(dtype)
     return specs
 
 
