@@ -36,9 +36,8 @@ def validate_engine_name(name: str) -> None:
 
 def validate_batch_size(batch_size: int, num_devices: int, *, what: str = "train.batch_size"):
     """Raises ValueError unless the global batch splits evenly over the devices."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
-        raise ValueError(f"{what}={batch_size!r} must be a positive int")
-    if batch_size < 1:
+    is_int = isinstance(batch_size, int | np.integer) and not isinstance(batch_size, bool)
+    if not is_int or batch_size < 1:
         raise ValueError(f"{what}={batch_size!r} must be a positive int")
     if batch_size % num_devices:
         raise ValueError(
