@@ -315,6 +315,8 @@ INVALID = [
     ("optimizer.schedule", "linear", "constant, warmup_cosine, inverse_sqrt"),
     ("optimizer.warmup_steps", 100, "optimizer.warmup_steps=100"),
     ("train.engine", "tpu", "jit, pmap"),
+    ("train.engine", "pjit", "train.engine='pjit' is not an engine; allowed: jit, pmap"),
+    ("train.loss", "hinge", "train.loss='hinge' is invalid: allowed: cross_entropy, mse"),
     ("train.batch_size", 30, "divisible by the 4 devices"),
     ("train.eval_batch_size", 0, "train.eval_batch_size=0"),
     ("train.eval_batch_size", None, "train.eval_batch_size=None"),
