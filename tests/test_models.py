@@ -299,3 +299,19 @@ def test_init_of_every_shipped_model_compiled_fast_gives_the_default_bits(
     name, fields, image_shape
 ):
     _assert_init_as_default_compile(fields, image_shape, seeds=(0, 1, 2, 3))
+
+
+def test_init_under_a_trace_is_part_of_the_enclosing_program():
+    """Compiler options are a top-level program's: under `eval_shape` (the restore target)
+    and inside a jit, `create_train_state` traces into the caller's program, same shapes."""
+    import optax
+
+    model = models.create_model(config_dict.load_config("digits").model, 10)
+    state = lambda seed: train_state.create_train_state(seed, model, optax.adam(1e-3), (8, 8, 1))
+    concrete = state(jax.random.key(0))
+    abstract = jax.eval_shape(state, jax.random.key(0))
+    jitted = jax.jit(state)(jax.random.key(0))
+    shape = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+    assert shape(abstract) == shape(concrete)
+    for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(concrete), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

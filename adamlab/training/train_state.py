@@ -48,8 +48,10 @@ _init_jitted_cpu = jax.jit(
 
 
 def _init_variables(model: nn.Module, key: jax.Array, dummy: jax.Array) -> dict[str, Any]:
-    on_cpu = jax.default_backend() == "cpu"
-    return (_init_jitted_cpu if on_cpu else _init_jitted)(model, key, dummy)
+    # Compiler options are a top-level program's: under a trace (eval_shape, an enclosing
+    # jit) the init is part of that program.
+    top_level_on_cpu = jax.default_backend() == "cpu" and not isinstance(key, jax.core.Tracer)
+    return (_init_jitted_cpu if top_level_on_cpu else _init_jitted)(model, key, dummy)
 
 
 def as_key(rng: jax.Array | int) -> jax.Array:
