@@ -56,8 +56,9 @@ CHECKPOINT_DIR = "checkpoints"
 # Config fields that may differ when a run is started again in its workdir: they change how
 # long it trains or how it reports progress, never the trajectory up to the restored step.
 RESUMABLE_CHANGES = ("train.num_steps", "train.num_epochs", "train.progress_bar")
-# How the processes find each other (`adamlab.distributed`) differs per process and may change
-# between a run and its resumption (e.g. resumed on more hosts): never part of the comparison.
+# How the processes find each other (`config.distributed`, read by
+# `adamlab.training.distributed`) differs per process and may change between a run and its
+# resumption (e.g. resumed on more hosts): never part of the comparison.
 PROCESS_FIELDS = "distributed"
 _MISSING = "<missing>"  # A field one of two compared configs lacks.
 
