@@ -8,7 +8,7 @@ distinct model the shipped configs build (float32 and bfloat16 computation), and
 both programs give the same bits for four seeds. The persistent compilation cache is off:
 every compile is a cold one. Medians over the repeats; the ratio level 1 / default.
 
-    python benchmarks/init_compile.py                     # 3 repeats, ~3 minutes on 2 CPU cores
+    python benchmarks/init_compile.py                     # 3 repeats, ~2 minutes on 2 CPU cores
     python benchmarks/init_compile.py --repeats 1 --models digits --out /tmp/i.json  # smoke
 
 Writes JSON (default benchmarks/results/init_compile_cpu.json) with the machine and load.
