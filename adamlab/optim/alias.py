@@ -101,12 +101,12 @@ def _adam(
     weight_decay: Any = 1e-4,
     mask: Any = None,
     *,
+    caution_eps: Any = None,
     nu_dtype: Any = None,
     nesterov: bool = False,
     convention: str = "optax",
     fused: bool = False,
     momentum_decay: float | None = None,
-    caution_eps: Any = None,
 ) -> optax.GradientTransformation:
     """Adam, AdamW, Nadam, NadamW and C-AdamW: `transform.scale_by_adam`, chained (masked by
     `transform.scale_by_cautious` when `caution_eps` is given; no decay for `weight_decay`
@@ -134,18 +134,33 @@ def _adam(
     return tx
 
 
-def _variant(name: str, body: Callable, doc: str, **fixed: Any) -> Callable:
+def _variant(
+    name: str,
+    body: Callable,
+    doc: str,
+    *,
+    defaults: dict[str, tuple[Any, Any]] | None = None,
+    **fixed: Any,
+) -> Callable:
     """The public constructor `name`: `body` with the arguments `fixed`, which its signature
-    drops (so that `create` refuses them: nadam takes no nesterov, adam no weight_decay)."""
-    signature = inspect.signature(body)
-    kept = [p for n, p in signature.parameters.items() if n not in fixed]
+    drops (so that `create` refuses them: nadam takes no nesterov, adam no weight_decay), and
+    `defaults` (name -> (default, annotation)) in place of body's (C-AdamW's caution_eps)."""
+    defaults = defaults or {}
+    kept = [
+        p.replace(default=defaults[n][0], annotation=defaults[n][1]) if n in defaults else p
+        for n, p in inspect.signature(body).parameters.items()
+        if n not in fixed
+    ]
+    signature = inspect.signature(body).replace(parameters=kept)
 
     def constructor(*args, **kwargs):
-        return body(*args, **kwargs, **fixed)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()  # Ours where they differ from body's.
+        return body(*bound.args, **bound.kwargs, **fixed)
 
     constructor.__name__ = constructor.__qualname__ = name
     constructor.__doc__ = doc
-    constructor.__signature__ = signature.replace(parameters=kept)
+    constructor.__signature__ = signature
     return _public(constructor)
 
 
@@ -228,23 +243,9 @@ nadamw = _variant(
 )
 
 
-@_public
-def cautious_adamw(
-    learning_rate: Any,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    eps_root: float = 0.0,
-    mu_dtype: Any = None,
-    weight_decay: Any = 1e-4,
-    mask: Any = None,
-    *,
-    caution_eps: float = 1e-8,
-    nu_dtype: Any = None,
-    nesterov: bool = False,
-    convention: str = "optax",
-    fused: bool = False,
-) -> optax.GradientTransformation:
+cautious_adamw = _variant(
+    "cautious_adamw",
+    _adam,
     r"""C-AdamW (Liang et al. 2024): AdamW that steps only where Adam's direction agrees in
     sign with the gradient (:func:`transform.scale_by_cautious` of Adam's direction; the
     decoupled decay outside the mask, where each convention puts AdamW's).
@@ -256,12 +257,10 @@ def cautious_adamw(
     References:
       Liang, Chen, Liu & Liu, Cautious Optimizers: Improving Training with One Line of Code,
       arXiv:2411.16085, 2024, Algorithm 1.
-    """
-    return _adam(
-        learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, convention=convention,
-        fused=fused, nu_dtype=nu_dtype, weight_decay=weight_decay, mask=mask,
-        caution_eps=caution_eps,
-    )  # fmt: skip
+    """,
+    defaults={"caution_eps": (1e-8, float)},
+    momentum_decay=None,
+)
 
 
 @_public
