@@ -108,13 +108,15 @@ def figure(
     fig, axes = plt.subplots(
         rows, panels, figsize=figsize, squeeze=False, sharex=sharex, layout=layout
     )
-    yield axes.ravel()
-    if title is not None:
-        fig.suptitle(title, fontsize=9)
-    if layout is None:
-        fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        yield axes.ravel()
+        if title is not None:
+            fig.suptitle(title, fontsize=9)
+        if layout is None:
+            fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+    finally:  # Also when drawing failed: pyplot keeps every open figure otherwise.
+        plt.close(fig)
 
 
 def _leaves(layer_records: list[dict], statistic: str) -> list[str]:
