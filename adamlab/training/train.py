@@ -23,7 +23,7 @@ import pathlib
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -156,15 +156,14 @@ _SHOWN = ("loss", "accuracy", "learning_rate", "grad_norm", "steps_per_sec", "f1
 _SHOWN += ("sharpness", "preconditioned_sharpness")  # The split "curvature".
 
 
-def _log(step: int | None, split: str, per_member: Sequence[dict]) -> None:
+def _log(step: int, split: str, per_member: Sequence[dict]) -> None:
     """One line of the shown metrics: a single run's values, or for a group of members (a
     sweep, seeds, a tune stage) each metric's median and range over the members whose value is
     finite (a diverged member is frozen at NaN and counted apart), so that a log file, where no
     progress bar is drawn, shows the group advancing."""
-    at = "final" if step is None else step
     if len(per_member) == 1:
         text = " ".join(f"{k}={per_member[0][k]:.4g}" for k in _SHOWN if k in per_member[0])
-        logging.info("step %s %s: %s", at, split, text)
+        logging.info("step %s %s: %s", step, split, text)
         return
     parts, diverged = [], 0
     for k in _SHOWN:
@@ -176,7 +175,7 @@ def _log(step: int | None, split: str, per_member: Sequence[dict]) -> None:
             parts.append(f"{k}={np.median(finite):.4g} [{finite.min():.4g}, {finite.max():.4g}]")
     logging.info(
         "step %s %s, median [min, max] over %d members%s: %s",
-        at,
+        step,
         split,
         len(per_member),
         f" ({diverged} not finite)" if diverged else "",
@@ -325,9 +324,8 @@ def run(
                 logging.info("%s is already trained to step %d", workdir, start)
                 return _result_from_json(json.loads(finished.read_text()))
             loop = _Loop(config, experiment, workdir, checkpointer, start_time, startup)
-            window = extra.get(_WINDOW) if start else None
             result = loop.train(
-                experiment.engine.put_members(carry), start, stop_after_step, window
+                experiment.engine.put_members(carry), start, stop_after_step, extra.get(_WINDOW)
             )
         finally:
             tick = time.perf_counter()
@@ -376,7 +374,6 @@ class _Loop:
         self.single = len(self.names) == 1
         self.phases = dict.fromkeys(PHASES, 0.0)
         self.timed_steps, self.timed_seconds = 0, 0.0  # Since the last log point.
-        self.run_steps = 0  # The whole run's, timed over phases["train"], for RunsResult.
         self.eval_cache: dict[str, list] = {}
         self.reported: set[int] = set()  # Members whose divergence was logged.
         point = self.engine.eval_params
@@ -416,14 +413,10 @@ class _Loop:
             run_io.drop_records_after(path / CURVATURE_FILE, start)  # As metrics.jsonl's.
         return writers
 
-    def _write(
-        self, step: int | None, split: str, per_member: list[dict], show: bool = True
-    ) -> None:
+    def _write(self, step: int, split: str, per_member: list[dict], show: bool = True) -> None:
         for i, values in enumerate(per_member):
             if i in self.writers:
-                self.writers[i].write(
-                    self.experiment.num_steps if step is None else step, split, values
-                )
+                self.writers[i].write(step, split, values)
         if show and (self.single or distributed.is_primary()):
             _log(step, split, per_member)
 
@@ -555,7 +548,9 @@ class _Loop:
                 seeds=self.who.seeds,
                 start_step=start,
             )
-            streams = [_primed(s) for s in sources]
+            # Each stream's first batch drawn now: tf.data fills its shuffle buffer on the first
+            # draw, which is start-up (the phase "data"), not training.
+            streams = [itertools.chain([next(s)], s) for s in sources]
         profile = tuple(train_cfg.get("profile_steps") or ())
         lengths, first_log = self._chunk_lengths(start, profile)
         # Where the engine pads chunks, every chunk has the longest one's rows: one train program
@@ -602,7 +597,6 @@ class _Loop:
                     carry, metrics = engine.train(carry, device_chunk, layer_stats=layers_due)
                     layers = metrics.pop("layers", None)
                     self.pending.append((step + 1, length, metrics))
-                    self.interval_steps += length
                     step += length
                     self.bar.update(length)
                     self._diagnose(carry, step, metrics, layers)
@@ -641,8 +635,11 @@ class _Loop:
                 self.bar.close()
                 for writer in self.writers.values():
                     writer.close()
-                _close(sources)
-        return self._result(engine.get_members(carry), step, interrupted)
+                # The streams are generators over tf.data: stopped now, not at a later garbage
+                # collection (quick: they run without tf.data's autotuning thread).
+                for source in sources:
+                    source.close()
+        return self._result(engine.get_members(carry), start, step, interrupted)
 
     def _chunk_lengths(self, start: int, profile: tuple[int, ...]) -> tuple[list[int], int]:
         """The lengths of the chunks after `start` (`chunk_lengths`), and the end of an
@@ -674,7 +671,7 @@ class _Loop:
     # Throughput leaves out compiles, diagnostics and evaluations: the timed interval restarts
     # after each log/eval/save point, and the compiles and diagnostics within it are left out.
     def _restart_interval(self) -> None:
-        self.interval_start, self.untimed, self.interval_steps = time.perf_counter(), 0.0, 0
+        self.interval_start, self.untimed = time.perf_counter(), 0.0
 
     @contextlib.contextmanager
     def _timed(self, phase: str, untimed: bool = False):
@@ -703,14 +700,13 @@ class _Loop:
         """At a log, eval or checkpoint point: fetches the train metrics of the chunks since the
         last one, checks for divergence, writes what is due; returns whether every member has
         diverged."""
+        self.timed_steps += sum(length for _, length, _ in self.pending)
         for first, length, metrics in jax.device_get(self.pending):
             self.window.append((first, jax.tree.map(lambda x, n=length: x[:n], metrics)))
         self.pending = []
         elapsed = time.perf_counter() - self.interval_start - self.untimed
         self.phases["train"] += elapsed
         self.timed_seconds += elapsed
-        self.timed_steps += self.interval_steps
-        self.run_steps += self.interval_steps
         all_diverged = self._check_divergence(carry)
         if log:
             summary = self._train_summary()
@@ -735,7 +731,7 @@ class _Loop:
         self._restart_interval()
         return all_diverged
 
-    def _result(self, host, step: int, interrupted: bool) -> RunsResult:
+    def _result(self, host, start: int, step: int, interrupted: bool) -> RunsResult:
         """The run's result, its metrics read back from what was persisted (each member's
         metrics.jsonl), never from what this process held: a resumed run reports what an
         uninterrupted one does."""
@@ -743,11 +739,10 @@ class _Loop:
         records = [run_io.read_metrics(self._member_dir(name)) for _, _, name in self.names]
         finals = [finals_from_records(r) for r in records]
         wall = time.perf_counter() - self.start_time
-        # A process that timed no step (resumed at the final step) reports what its attempts
-        # measured, from the records.
-        steps_per_sec = (
-            self.run_steps / self.phases["train"] if self.run_steps else recorded_rate(records[0])
-        )
+        # Every chunk ends before a point, which times it. A process that timed no step (resumed
+        # at the final step) reports what its attempts measured, from the records.
+        trained = step - start
+        steps_per_sec = trained / self.phases["train"] if trained else recorded_rate(records[0])
         impls, grid = self.who.implementations, self.who.grid or (1, 1)
         rows = []
         for (m, index, _), final in zip(self.names, finals, strict=True):
@@ -820,12 +815,13 @@ class _Loop:
 
 def finals_from_records(records: Sequence[dict]) -> dict[str, Any]:
     """{"train_<metric>", "validation_<metric>", "test_<metric>"}: each split's last record."""
-    finals: dict[str, Any] = {}
-    for record in records:
-        if record["split"] in ("train", "validation", "test"):
-            values = {k: v for k, v in record.items() if k not in ("step", "split")}
-            finals.update(_prefixed(record["split"], values))
-    return finals
+    return {
+        f"{record['split']}_{k}": v
+        for record in records
+        if record["split"] in ("train", "validation", "test")
+        for k, v in record.items()
+        if k not in ("step", "split", "confusion")
+    }
 
 
 def recorded_rate(records: Sequence[dict]) -> float:
@@ -887,27 +883,6 @@ def _host_norm(tree: Any) -> float:
     here would compile a few small programs per leaf shape for one number."""
     leaves = jax.tree.leaves(tree)
     return math.sqrt(sum(float(np.sum(np.square(np.asarray(x, np.float64)))) for x in leaves))
-
-
-def _primed(stream: Iterator[dict]) -> Iterator[dict]:
-    """`stream` with its first batch drawn now: tf.data fills its shuffle buffer on the first
-    draw, which is start-up (the phase "data"), not training."""
-    first = next(stream)
-    return itertools.chain([first], stream)
-
-
-def _close(streams: Sequence[Iterator]) -> None:
-    """Stops the batch streams (generators over tf.data iterators) now rather than at a later
-    garbage collection. Quick: the streams run without tf.data's autotuning thread, which an
-    iterator's deletion used to wait for (`adamlab.data.input_pipeline`)."""
-    for stream in streams:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
-
-
-def _prefixed(prefix: str, values: dict) -> dict:
-    return {f"{prefix}_{k}": v for k, v in values.items() if k != "confusion"}
 
 
 def _result_to_json(result: RunsResult) -> dict[str, Any]:
