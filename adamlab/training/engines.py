@@ -165,7 +165,6 @@ class Engine:
         *,
         grid: tuple[int, ...] = (),
         devices: Sequence[jax.Device] | None = None,
-        synchronous: bool | None = None,
         shard_optimizer: bool = False,
         conv_matmul: bool = False,
         loss: str = "cross_entropy",
@@ -185,10 +184,9 @@ class Engine:
         if not self.devices:
             raise ValueError("devices must name at least one device")
         self.num_devices = len(self.devices)
-        if synchronous is None:  # Each call waited for: several CPU devices share one thread
-            # pool, where asynchronous calls can deadlock (docs/internals.md).
-            synchronous = len(self.devices) > 1 and self.devices[0].platform == "cpu"
-        self.synchronous = synchronous
+        # Each call waited for: several CPU devices share one thread pool, where asynchronous
+        # calls can deadlock (docs/internals.md).
+        self.synchronous = len(self.devices) > 1 and self.devices[0].platform == "cpu"
         if padded_chunks is None:
             padded_chunks = self.devices[0].platform in PADDED_CHUNK_PLATFORMS
         self.padded_chunks = padded_chunks

@@ -314,10 +314,6 @@ def run(
             else:
                 target = abstract_members(experiment)
                 start, carry, extra = checkpointer.restore_newest_intact(target)
-                if extra["data_start_step"] != start:  # Saved together; guard the invariant.
-                    raise RuntimeError(
-                        f"checkpoint {start} has data position {extra['data_start_step']}"
-                    )
                 logging.info("resuming %s from step %d of %d", workdir, start, experiment.num_steps)
             finished = workdir / RESULT_FILE
             if start >= experiment.num_steps and finished.is_file():
@@ -562,6 +558,7 @@ class _Loop:
         self.window = _window_from_json(window)
         self.pending: list[tuple[int, int, dict]] = []
         step, interrupted = start, False
+        nan_step = train_cfg.get("inject_nan_at_step")  # Testing: a batch of NaNs at this step.
         self.bar = tqdm.tqdm(
             total=num_steps,
             initial=start,
@@ -579,7 +576,6 @@ class _Loop:
                 for length in lengths:
                     if profile and step + 1 == profile[0]:
                         jax.profiler.start_trace(str(self.workdir / "profile"))
-                    nan_step = train_cfg.get("inject_nan_at_step")
                     chunk = _draw_chunk(streams, length, step + 1, nan_step, self.who.grid)
                     rows = capacity or length
                     device_chunk = engine.put_chunk(engines.pad_rows(chunk, rows), length)
@@ -862,7 +858,7 @@ def _window_to_json(window: Sequence[tuple[int, dict]]) -> dict[str, Any]:
     values are exact as JSON's doubles)."""
     chunks = [
         {k: [str(v.dtype), list(v.shape), v.ravel().tolist()] for k, v in chunk.items()}
-        for chunk in (jax.tree.map(np.asarray, c) for _, c in window)
+        for _, chunk in window
     ]
     return {"first_steps": [int(first) for first, _ in window], "chunks": chunks}
 
