@@ -1,17 +1,8 @@
 """Classification metrics from accumulated eval sums (pure numpy, host side).
 
-The eval step returns sums (loss_sum, correct, count, confusion) per batch, already summed over
-devices; `accumulate_eval_sums` adds batches up exactly (int64 counts, float64 loss), and
-`classification_metrics` turns the totals into the reported numbers.
-
-Macro averages and 0/0 (the conventions of `sklearn.metrics.precision_recall_fscore_support`
-with `average="macro", zero_division=0`, and tested against it):
-- precision_c = TP_c / (TP_c + FP_c), recall_c = TP_c / (TP_c + FN_c),
-  f1_c = 2 TP_c / (2 TP_c + FP_c + FN_c) (the harmonic mean of the two when both are defined);
-  a 0/0 (a class never predicted, or with no true examples) counts as 0.
-- The macro average is the unweighted mean over the classes that occur, i.e. that have a true
-  example or a prediction. A class absent from both the labels and the predictions is left out
-  (it has no evidence either way); a class that occurs only on one side counts with its zeros.
+The eval step returns per-batch sums (loss_sum, correct, count, confusion); these functions turn
+their totals into loss, accuracy and macro precision/recall/F1, by sklearn's conventions
+(docs/training.md, Evaluation; tested against sklearn).
 """
 
 from __future__ import annotations
@@ -46,7 +37,7 @@ def per_class_precision_recall_f1(confusion: Any) -> tuple[np.ndarray, np.ndarra
 
 
 def macro_precision_recall_f1(confusion: Any) -> tuple[float, float, float]:
-    """Macro precision, recall and F1 over the classes that occur (see the module docstring)."""
+    """Macro precision, recall and F1 over the classes that occur (docs/training.md)."""
     return _macro(_check_confusion(confusion))
 
 
