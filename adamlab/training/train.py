@@ -364,7 +364,7 @@ class _Loop:
     def __init__(self, config, experiment: Experiment, workdir, checkpointer, start_time, startup):
         self.config, self.experiment, self.workdir = config, experiment, workdir
         self.checkpointer, self.start_time, self.startup = checkpointer, start_time, startup
-        self.first_step: float | None = None  # `RunsResult.first_step_s`
+        self.first_step = math.nan  # `RunsResult.first_step_s`
         self.who, self.engine = experiment.who, experiment.engine
         self.names = self.who.names()
         self.single = len(self.names) == 1
@@ -440,13 +440,6 @@ class _Loop:
 
     # -------------------------------------------------------------------- metrics
 
-    def _per_member(self, arrays: dict[str, np.ndarray]) -> list[dict[str, float]]:
-        """{key: [*grid, implementations]} -> one dict of floats per member (row order)."""
-        return [
-            {k: float(np.asarray(v)[(*index, m)]) for k, v in arrays.items()}
-            for m, index, _ in self.names
-        ]
-
     def _logged_learning_rates(self) -> list[float] | None:
         """Each member's mean learning rate over the window's steps, from its swept value's
         schedule; None where the members follow the config's (`Experiment.sweep_schedule`)."""
@@ -458,9 +451,10 @@ class _Loop:
         return [float(means[index[0]]) for _, index, _ in self.names]
 
     def _train_summary(self) -> list[dict[str, float]]:
-        """Means over the window's steps of every LOGGED metric, per member."""
+        """Means over the window's steps of every LOGGED metric, per member (row order)."""
         stacked = {k: np.concatenate([c[k] for _, c in self.window]) for k in members.LOGGED}
-        means = self._per_member({k: v.mean(axis=0) for k, v in stacked.items()})
+        grid_means = {k: v.mean(axis=0) for k, v in stacked.items()}  # [*grid, implementations]
+        means = [{k: float(v[(*i, m)]) for k, v in grid_means.items()} for m, i, _ in self.names]
         rates = self._logged_learning_rates()
         for i, values in enumerate(means):
             if rates is not None:
@@ -473,8 +467,7 @@ class _Loop:
     def _check_divergence(self, carry) -> bool:
         """Logs newly diverged members; raises NonFiniteError for a single run; returns whether
         every member has diverged."""
-        host = jax.device_get((carry.alive, carry.diverged_at))
-        alive, diverged_at = (np.asarray(x) for x in host)
+        alive, diverged_at = jax.device_get((carry.alive, carry.diverged_at))
         if self.engine.pmap:
             alive, diverged_at = alive[0], diverged_at[0]
         for i, (m, index, name) in enumerate(self.names):
@@ -588,7 +581,7 @@ class _Loop:
                         with self._timed("compile", untimed=True):
                             engine.compile_train(carry, device_chunk, layer_stats=layers_due)
                         compiled.add((rows, layers_due))
-                    if self.first_step is None:
+                    if math.isnan(self.first_step):
                         self.first_step = time.perf_counter() - self.start_time + self.startup
                     carry, metrics = engine.train(carry, device_chunk, layer_stats=layers_due)
                     layers = metrics.pop("layers", None)
@@ -743,7 +736,7 @@ class _Loop:
         rows = []
         for (m, index, _), final in zip(self.names, finals, strict=True):
             v, s = index or (0, 0)
-            state = jax.tree.map(lambda x, index=index: np.asarray(x)[index], host.states[m])
+            own = jax.tree.map(lambda x, i=index: np.asarray(x)[i], host.states[m].params)
             scores = {
                 f"{split}_{k}": float(final.get(f"{split}_{k}", math.nan))
                 for split in ("validation", "test")
@@ -764,7 +757,7 @@ class _Loop:
                     "parity": float(np.asarray(host.parity)[index])
                     if len(impls) == 2
                     else math.nan,
-                    "param_norm": _host_norm(state.params),
+                    "param_norm": _host_norm(own),
                     "steps_per_sec": steps_per_sec,
                     "wall_time_s": wall,
                     "runs_in_program": len(self.names),
@@ -805,7 +798,7 @@ class _Loop:
             phases=self.phases,
             evaluated_at=self.evaluated_at,
             startup_s=self.startup,
-            first_step_s=math.nan if self.first_step is None else self.first_step,
+            first_step_s=self.first_step,
         )
 
 
