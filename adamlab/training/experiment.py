@@ -82,10 +82,9 @@ class MemberGrid:
     @property
     def grid(self) -> tuple[int, ...]:
         """() for a single run, else (values, seeds)."""
-        num_values = len(next(iter(self.sweep.values()))) if self.sweep else 1
-        if num_values == 1 and len(self.seeds) == 1 and not self.sweep:
+        if not self.sweep and len(self.seeds) == 1:
             return ()
-        return (num_values, len(self.seeds))
+        return (len(next(iter(self.sweep.values()))) if self.sweep else 1, len(self.seeds))
 
     def names(self) -> list[tuple[int, tuple[int, ...], str]]:
         """(implementation index, grid index, member name) of every member, in row order."""
@@ -113,9 +112,8 @@ def read_members(config: ml_collections.ConfigDict) -> MemberGrid:
         runs.get("implementations") or (config.optimizer.get("implementation", "ours"),)
     )
     known = optimizers.IMPLEMENTATIONS
-    if any(i not in known for i in implementations) or len(set(implementations)) != len(
-        implementations
-    ):
+    distinct = len(set(implementations)) == len(implementations)
+    if not distinct or any(i not in known for i in implementations):
         _fail("runs.implementations", implementations, f"distinct names from {', '.join(known)}")
     sweep_section = config_dict.as_dict(runs.get("sweep") or {}, "runs.sweep")
     sweep = {k: tuple(float(x) for x in v) for k, v in sweep_section.items()}

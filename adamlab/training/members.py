@@ -120,7 +120,7 @@ def initial_members(
     implementation's optimizer state is initialised for each run's values (`make_tx[i](v)`).
     """
     num_values = len(next(iter(values.values()))) if values else 1
-    single = num_values == 1 and len(seeds) == 1 and not values
+    single = not values and len(seeds) == 1
     per_impl = []
     for tx, build in zip(txs, make_tx, strict=True):
         states = []

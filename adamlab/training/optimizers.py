@@ -211,17 +211,16 @@ def _schedule(config: dict, total_steps: int, peak: Any, warmup_fraction: Any) -
     if warmup_fraction is None:
         warmup_fraction = config.get("warmup_fraction")
     schedule = config.get("schedule", "constant")
+    warmup = config.get("warmup_steps", 0) or 0
     if schedule == "constant":
         return optax.constant_schedule(peak)
     if schedule == "inverse_sqrt":
         return lambda count: peak / jnp.sqrt(count + 1.0)
     if schedule == "warmup_constant":
-        warmup = config.get("warmup_steps", 0) or 0
         steps = warmup if warmup_fraction is None else warmup_fraction * total_steps
         return _warmup_constant(peak, steps)
     if warmup_fraction is not None:
         return _fractional_warmup_cosine(peak, warmup_fraction, total_steps)
-    warmup = config.get("warmup_steps", 0) or 0
     return optax.join_schedules(
         [
             optax.linear_schedule(init_value=0.0, end_value=peak, transition_steps=warmup),
