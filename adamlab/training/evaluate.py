@@ -160,9 +160,8 @@ def format_metrics(result: dict[str, Any]) -> str:
     for name in ("loss", "accuracy", "precision", "recall", "f1", "count"):
         if name in result:
             value = result[name]
-            lines.append(
-                f"  {name:<10} {value:.4f}" if isinstance(value, float) else f"  {name:<10} {value}"
-            )
+            shown = f"{value:.4f}" if isinstance(value, float) else value
+            lines.append(f"  {name:<10} {shown}")
     confusion = result.get("confusion")
     if confusion:
         width = max(len(str(v)) for row in confusion for v in row) + 1

@@ -325,8 +325,7 @@ def run(
             )
         finally:
             tick = time.perf_counter()
-            checkpointer.wait_until_finished()
-            checkpointer.close()
+            checkpointer.close()  # After waiting for its last save.
             closing = time.perf_counter() - tick
         result.phases["teardown"] += closing
         if primary and not result.interrupted:
