@@ -842,7 +842,7 @@ def curves_from_records(members_records, split: str, grid: tuple[int, ...]):
             raise run_io.RunDirError(f"members logged {split} at different steps: {at} vs {steps}")
         for k in out:
             out[k][index or (0, 0)] = [r.get(k, math.nan) for r in mine]
-    return (np.zeros(0, int) if steps is None else steps), out
+    return steps, out
 
 
 def _window_to_json(window: Sequence[tuple[int, dict]]) -> dict[str, Any]:
