@@ -43,7 +43,6 @@ __all__ = [
     "CheckpointWriteError",
 ]
 
-_STATE, _EXTRA, _METRICS = "state", "extra", "metrics"
 MANIFEST_FILE = "adamlab_manifest.json"
 _MANIFEST_FORMAT = 1
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"  # An unfinished save: <step>.orbax-checkpoint-tmp*
@@ -143,9 +142,9 @@ class Checkpointer:
 
     def _open_manager(self) -> ocp.CheckpointManager:
         registry = ocp.handlers.create_default_handler_registry(
-            **{_STATE: ocp.handlers.StandardCheckpointHandler()},
-            **{_EXTRA: ocp.handlers.JsonCheckpointHandler()},
-            **{_METRICS: ocp.handlers.JsonCheckpointHandler(filename=_METRICS)},  # orbax's layout
+            state=ocp.handlers.StandardCheckpointHandler(),
+            extra=ocp.handlers.JsonCheckpointHandler(),
+            metrics=ocp.handlers.JsonCheckpointHandler(filename="metrics"),  # orbax's layout
         )
         return ocp.CheckpointManager(
             self.directory, options=self._options, handler_registry=registry
@@ -172,11 +171,14 @@ class Checkpointer:
         step, metrics, extra = _check_save(step, metrics, extra, self._best_metric)
         if step in self.all_steps():
             return False
-        items = {_STATE: ocp.args.StandardSave(state), _EXTRA: ocp.args.JsonSave(extra)}
-        items[_METRICS] = ocp.args.JsonSave(metrics)
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            extra=ocp.args.JsonSave(extra),
+            metrics=ocp.args.JsonSave(metrics),
+        )
         earlier = set(self._pending)  # Committed once orbax starts a new save.
         try:
-            saved = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+            saved = self._manager.save(step, args=args, force=force)
         except Exception as e:
             raise self._write_failed(step, e) from e
         if saved:
@@ -271,7 +273,7 @@ class Checkpointer:
         """The metrics saved with `step` (int, "latest" or "best"); {} if none or unreadable."""
         step = self.resolve_step(step)
         if step not in self._metrics:
-            path = os.path.join(self.directory, str(step), _METRICS, _METRICS)
+            path = os.path.join(self.directory, str(step), "metrics", "metrics")
             try:
                 metrics = json.loads(pathlib.Path(path).read_bytes())
             except FileNotFoundError:
@@ -326,7 +328,9 @@ class Checkpointer:
         for attempt in range(_RETRIES):
             resolved = self.resolve_step(step)
             try:
-                return resolved, *self._restore_checked(resolved, target)
+                with self._reading(resolved, MANIFEST_FILE, True):
+                    verified = self.verify(resolved)
+                return resolved, *self._restore_checked(resolved, target, verified)
             except CheckpointVanishedError:
                 if not isinstance(step, str) or attempt == _RETRIES - 1:
                     raise
@@ -405,17 +409,14 @@ class Checkpointer:
                 intact.append(step)
         return tuple(intact)
 
-    def _restore_checked(self, step: int, target: Any, verified: bool | None = None):
-        """One step: verify (unless done), compare trees, read, refuse non-finite values."""
-        if verified is None:
-            with self._reading(step, MANIFEST_FILE, True):
-                verified = self.verify(step)
+    def _restore_checked(self, step: int, target: Any, verified: bool):
+        """One step, `verified` or not: compare trees, read, refuse non-finite values."""
         if not verified:
             why = "checkpoint step %d in %s has no %s: it is read unverified"
             self._warn_once(f"unverified {step}", why, step, self.directory, MANIFEST_FILE)
         abstract = jax.tree.map(_abstract_leaf, target)
-        state_dir = epath.Path(self.directory) / str(step) / _STATE
-        with self._reading(step, f"{_STATE}/_METADATA", verified):
+        state_dir = epath.Path(self.directory) / str(step) / "state"
+        with self._reading(step, "state/_METADATA", verified):
             # The handler's metadata: the manager's would also parse the metrics.
             item = ocp.handlers.StandardCheckpointHandler().metadata(state_dir)
         differences = _diff_trees(_specs(getattr(item, "tree", item)), _specs(abstract))
@@ -431,20 +432,20 @@ class Checkpointer:
                 differences,
             )
         extra = self._read_extra(step, verified)  # First: an unreadable one is named exactly.
-        args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract)})
-        with self._reading(step, _STATE, verified):
-            state = self._manager.restore(step, args=args)[_STATE]
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        with self._reading(step, "state", verified):
+            state = self._manager.restore(step, args=args).state
         bad = _nonfinite_leaves(state)
         if bad:
             listed = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more leaves" if bad[3:] else "")
             reason = f"non-finite values in {listed}"
-            raise CheckpointCorruptError(step, _STATE, reason, directory=self.directory)
+            raise CheckpointCorruptError(step, "state", reason, directory=self.directory)
         return state, extra
 
     def _read_extra(self, step: int, verified: bool) -> dict:
-        with self._reading(step, f"{_EXTRA}/metadata", verified):
-            args = ocp.args.Composite(**{_EXTRA: ocp.args.JsonRestore()})
-            return dict(self._manager.restore(step, args=args)[_EXTRA] or {})
+        with self._reading(step, "extra/metadata", verified):
+            args = ocp.args.Composite(extra=ocp.args.JsonRestore())
+            return dict(self._manager.restore(step, args=args).extra or {})
 
     @contextlib.contextmanager
     def _reading(self, step: int, file: str, verified: bool):
@@ -453,8 +454,6 @@ class Checkpointer:
         reading a verified step (its files are as saved) propagate unchanged."""
         try:
             yield
-        except CheckpointMismatchError:
-            raise
         except Exception as e:
             if _vanished(os.path.join(self.directory, str(step)), e):
                 raise CheckpointVanishedError(
