@@ -1,11 +1,9 @@
 """Checkpoints of train-state pytrees: Orbax behind one small API, and what makes a step trusted.
 
-Every orbax call in adamlab is here, so an orbax API change touches one file. A step directory
-holds orbax's items ``state``, ``extra`` and ``metrics``, then ``adamlab_manifest.json`` (size
-and sha256 of every file), written after orbax's commit. A step is used if its files match its
-manifest and its floats are finite; a resume walks back to the newest such step; mismatched
-trees are listed leaf by leaf; every failure is one line. docs/reliability.md says what survives
-what. Multi-host: call every method on every process; process 0 alone writes manifests, renames.
+Every orbax call in adamlab is here. A step directory holds orbax's items ``state``, ``extra``
+and ``metrics``, then ``adamlab_manifest.json`` (size and sha256 of every file) written after
+orbax's commit; docs/reliability.md says what survives what. Multi-host: call every method on
+every process; process 0 alone writes manifests and renames.
 """
 
 from __future__ import annotations
@@ -45,7 +43,6 @@ __all__ = [
 
 MANIFEST_FILE = "adamlab_manifest.json"
 _MANIFEST_FORMAT = 1
-_TMP_SUFFIX = ".orbax-checkpoint-tmp"  # An unfinished save: <step>.orbax-checkpoint-tmp*
 _MAX_DIFF_LINES = 20
 _RETRIES = 3  # Lookups of "latest"/"best" when the writer deletes the step being read.
 _log = logging.getLogger(__name__)
@@ -257,8 +254,7 @@ class Checkpointer:
         return []
 
     def latest_step(self) -> int | None:
-        steps = self.all_steps()
-        return steps[-1] if steps else None
+        return max(self.all_steps(), default=None)
 
     def best_step(self) -> int | None:
         """The step with the best finite `best_metric` (the latest among equals), or None."""
@@ -292,12 +288,12 @@ class Checkpointer:
         """Turns "latest", "best" or an int into a step on disk, or raises FileNotFoundError."""
         available = self.all_steps()
         where = f"in {self.directory} (available steps: {available or 'none'})"
-        if isinstance(step, str) and step == "best" and self._best_metric is None:
-            raise ValueError(
-                f"step='best' is undefined: the checkpoints in {self.directory} are not "
-                "ranked by a metric (best_metric=None); use 'latest' or a step"
-            )
         if isinstance(step, str) and step in ("latest", "best"):
+            if step == "best" and self._best_metric is None:
+                raise ValueError(
+                    f"step='best' is undefined: the checkpoints in {self.directory} are not "
+                    "ranked by a metric (best_metric=None); use 'latest' or a step"
+                )
             resolved = self.latest_step() if step == "latest" else self.best_step()
             if resolved is None:
                 metric = "" if step == "latest" else f" with metric {self._best_metric!r}"
@@ -585,10 +581,11 @@ def _vanished(step_dir: str, error: BaseException) -> bool:
 def _remove_unfinished(directory: str, step: int) -> None:
     """Removes ``<step>.orbax-checkpoint-tmp*`` until it stays away (tensorstore's writes in
     flight when the save failed may recreate it for a moment)."""
+    prefix = f"{step}{ocp.utils.TMP_DIR_SUFFIX}"
     quiet, deadline = 0, time.monotonic() + 5
     while quiet < 3 and time.monotonic() < deadline:
         with contextlib.suppress(OSError):
-            names = [n for n in os.listdir(directory) if n.startswith(f"{step}{_TMP_SUFFIX}")]
+            names = [n for n in os.listdir(directory) if n.startswith(prefix)]
             for name in names:
                 shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
             quiet = 0 if names else quiet + 1
@@ -693,7 +690,7 @@ def _nonfinite_leaves(tree: Any) -> list[str]:
     small program for every leaf (sharded jax arrays included)."""
     flat = [
         (path_of(p), x)
-        for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+        for p, x in jax.tree_util.tree_leaves_with_path(tree)
         if jnp.issubdtype(getattr(x, "dtype", None) or np.result_type(x), jnp.inexact)
     ]
     finite = jax.jit(lambda xs: [jnp.isfinite(x).all() for x in xs])([x for _, x in flat])
@@ -722,7 +719,7 @@ def _specs(tree: Any) -> dict[str, tuple[tuple[int, ...], np.dtype | None]]:
     stores NamedTuples as dicts and tuples as lists, so the path (dict keys, attribute names,
     indices alike), not the node type, identifies a leaf."""
     specs = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         if isinstance(leaf, bool | int | float | complex | ocp.metadata.ScalarMetadata):
             specs[path_of(path)] = (), None
             continue
