@@ -128,9 +128,7 @@ class Checkpointer:
         self.directory = os.path.abspath(os.fspath(directory))
         self._keep, self._best_metric, self._best_mode = max_to_keep, best_metric, best_mode
         self.read_only, self._async = bool(read_only), bool(async_save)
-        self._options = (
-            _read_only_options() if read_only else _writer_options(save_interval_steps, async_save)
-        )
+        self._options = _manager_options(self.read_only, save_interval_steps, self._async)
         self._manager = self._open_manager()
         self._metrics: dict[int, dict[str, float]] = {}  # Read or saved by this object.
         self._pending: set[int] = set()  # Async saves not yet committed and sealed.
@@ -488,9 +486,16 @@ class Checkpointer:
             _log.warning(message, *args)
 
 
-def _writer_options(save_interval_steps: int, async_save: bool) -> ocp.CheckpointManagerOptions:
-    """A writer saves at intervals or on preemption, keeps every step (retention is ours) and
-    removes the unfinished saves a crash left when it opens the directory."""
+def _manager_options(read_only: bool, save_interval_steps: int, async_save: bool):
+    """A reader creates and removes nothing (an unfinished save may be a live trainer's), with
+    the values read_only forces, set here to spare orbax's warnings. A writer saves at intervals
+    or on preemption, keeps every step (retention is ours) and removes the unfinished saves a
+    crash left when it opens the directory."""
+    if read_only:
+        return ocp.CheckpointManagerOptions(
+            read_only=True, create=False, cleanup_tmp_directories=False, save_interval_steps=0,
+            max_to_keep=None, lightweight_initialize=True,
+        )  # fmt: skip
     policies = [
         ocp.checkpoint_managers.FixedIntervalPolicy(save_interval_steps),
         ocp.checkpoint_managers.PreemptionCheckpointingPolicy(),
@@ -502,15 +507,6 @@ def _writer_options(save_interval_steps: int, async_save: bool) -> ocp.Checkpoin
         enable_async_checkpointing=async_save,
         lightweight_initialize=True,  # orbax need not read the metrics: we do.
     )
-
-
-def _read_only_options() -> ocp.CheckpointManagerOptions:
-    """A reader creates and removes nothing (an unfinished save may be a live trainer's); the
-    values are those read_only forces, set here to spare its warnings."""
-    return ocp.CheckpointManagerOptions(
-        read_only=True, create=False, cleanup_tmp_directories=False, save_interval_steps=0,
-        max_to_keep=None, lightweight_initialize=True,
-    )  # fmt: skip
 
 
 # -- files --------------------------------------------------------------------------------------
