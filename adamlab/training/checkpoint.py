@@ -454,7 +454,7 @@ class Checkpointer:
                     f"checkpoint step {step} in {self.directory} vanished while it was read "
                     f"(the training run deletes old steps); steps now: {self.all_steps() or 'none'}"
                 ) from None
-            if verified or isinstance(e, CheckpointCorruptError):
+            if verified:
                 raise
             reason = f"unreadable ({type(e).__name__}: {str(e).strip() or 'no detail'})"
             raise CheckpointCorruptError(step, file, reason, directory=self.directory) from None
