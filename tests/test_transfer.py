@@ -145,9 +145,9 @@ def test_mnist_to_fashion_mnist_config_on_mock_data(tmp_path, monkeypatch):
     # orbax removes unfinished saves in a background thread started with each checkpointer;
     # mock_data patches the file system (epath) globally while it builds a dataset, so that
     # thread can look for the checkpoints under the mock's fake root and fail. Off here.
-    writer_options = checkpoint._writer_options
-    monkeypatch.setattr(checkpoint, "_writer_options", lambda *args: dataclasses.replace(
-        writer_options(*args), cleanup_tmp_directories=False))  # fmt: skip
+    manager_options = checkpoint._manager_options
+    monkeypatch.setattr(checkpoint, "_manager_options", lambda *args: dataclasses.replace(
+        manager_options(*args), cleanup_tmp_directories=False))  # fmt: skip
     config = _tiny("transfer_mnist_fashion")
     assert (config.data.name, config.study.pretrain_data.name) == ("fashion_mnist", "mnist")
     config.runs.seeds = (0, 1)

@@ -1,11 +1,9 @@
 """Checkpoints of train-state pytrees: Orbax behind one small API, and what makes a step trusted.
 
-Every orbax call in adamlab is here, so an orbax API change touches one file. A step directory
-holds orbax's items ``state``, ``extra`` and ``metrics``, then ``adamlab_manifest.json`` (size
-and sha256 of every file), written after orbax's commit. A step is used if its files match its
-manifest and its floats are finite; a resume walks back to the newest such step; mismatched
-trees are listed leaf by leaf; every failure is one line. docs/reliability.md says what survives
-what. Multi-host: call every method on every process; process 0 alone writes manifests, renames.
+Every orbax call in adamlab is here. A step directory holds orbax's items ``state``, ``extra``
+and ``metrics``, then ``adamlab_manifest.json`` (size and sha256 of every file) written after
+orbax's commit; docs/reliability.md says what survives what. Multi-host: call every method on
+every process; process 0 alone writes manifests and renames.
 """
 
 from __future__ import annotations
@@ -43,10 +41,8 @@ __all__ = [
     "CheckpointWriteError",
 ]
 
-_STATE, _EXTRA, _METRICS = "state", "extra", "metrics"
 MANIFEST_FILE = "adamlab_manifest.json"
 _MANIFEST_FORMAT = 1
-_TMP_SUFFIX = ".orbax-checkpoint-tmp"  # An unfinished save: <step>.orbax-checkpoint-tmp*
 _MAX_DIFF_LINES = 20
 _RETRIES = 3  # Lookups of "latest"/"best" when the writer deletes the step being read.
 _log = logging.getLogger(__name__)
@@ -132,9 +128,7 @@ class Checkpointer:
         self.directory = os.path.abspath(os.fspath(directory))
         self._keep, self._best_metric, self._best_mode = max_to_keep, best_metric, best_mode
         self.read_only, self._async = bool(read_only), bool(async_save)
-        self._options = (
-            _read_only_options() if read_only else _writer_options(save_interval_steps, async_save)
-        )
+        self._options = _manager_options(self.read_only, save_interval_steps, self._async)
         self._manager = self._open_manager()
         self._metrics: dict[int, dict[str, float]] = {}  # Read or saved by this object.
         self._pending: set[int] = set()  # Async saves not yet committed and sealed.
@@ -143,9 +137,9 @@ class Checkpointer:
 
     def _open_manager(self) -> ocp.CheckpointManager:
         registry = ocp.handlers.create_default_handler_registry(
-            **{_STATE: ocp.handlers.StandardCheckpointHandler()},
-            **{_EXTRA: ocp.handlers.JsonCheckpointHandler()},
-            **{_METRICS: ocp.handlers.JsonCheckpointHandler(filename=_METRICS)},  # orbax's layout
+            state=ocp.handlers.StandardCheckpointHandler(),
+            extra=ocp.handlers.JsonCheckpointHandler(),
+            metrics=ocp.handlers.JsonCheckpointHandler(filename="metrics"),  # orbax's layout
         )
         return ocp.CheckpointManager(
             self.directory, options=self._options, handler_registry=registry
@@ -172,11 +166,14 @@ class Checkpointer:
         step, metrics, extra = _check_save(step, metrics, extra, self._best_metric)
         if step in self.all_steps():
             return False
-        items = {_STATE: ocp.args.StandardSave(state), _EXTRA: ocp.args.JsonSave(extra)}
-        items[_METRICS] = ocp.args.JsonSave(metrics)
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            extra=ocp.args.JsonSave(extra),
+            metrics=ocp.args.JsonSave(metrics),
+        )
         earlier = set(self._pending)  # Committed once orbax starts a new save.
         try:
-            saved = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+            saved = self._manager.save(step, args=args, force=force)
         except Exception as e:
             raise self._write_failed(step, e) from e
         if saved:
@@ -255,8 +252,7 @@ class Checkpointer:
         return []
 
     def latest_step(self) -> int | None:
-        steps = self.all_steps()
-        return steps[-1] if steps else None
+        return max(self.all_steps(), default=None)
 
     def best_step(self) -> int | None:
         """The step with the best finite `best_metric` (the latest among equals), or None."""
@@ -271,7 +267,7 @@ class Checkpointer:
         """The metrics saved with `step` (int, "latest" or "best"); {} if none or unreadable."""
         step = self.resolve_step(step)
         if step not in self._metrics:
-            path = os.path.join(self.directory, str(step), _METRICS, _METRICS)
+            path = os.path.join(self.directory, str(step), "metrics", "metrics")
             try:
                 metrics = json.loads(pathlib.Path(path).read_bytes())
             except FileNotFoundError:
@@ -290,12 +286,12 @@ class Checkpointer:
         """Turns "latest", "best" or an int into a step on disk, or raises FileNotFoundError."""
         available = self.all_steps()
         where = f"in {self.directory} (available steps: {available or 'none'})"
-        if isinstance(step, str) and step == "best" and self._best_metric is None:
-            raise ValueError(
-                f"step='best' is undefined: the checkpoints in {self.directory} are not "
-                "ranked by a metric (best_metric=None); use 'latest' or a step"
-            )
         if isinstance(step, str) and step in ("latest", "best"):
+            if step == "best" and self._best_metric is None:
+                raise ValueError(
+                    f"step='best' is undefined: the checkpoints in {self.directory} are not "
+                    "ranked by a metric (best_metric=None); use 'latest' or a step"
+                )
             resolved = self.latest_step() if step == "latest" else self.best_step()
             if resolved is None:
                 metric = "" if step == "latest" else f" with metric {self._best_metric!r}"
@@ -326,7 +322,9 @@ class Checkpointer:
         for attempt in range(_RETRIES):
             resolved = self.resolve_step(step)
             try:
-                return resolved, *self._restore_checked(resolved, target)
+                with self._reading(resolved, MANIFEST_FILE, True):
+                    verified = self.verify(resolved)
+                return resolved, *self._restore_checked(resolved, target, verified)
             except CheckpointVanishedError:
                 if not isinstance(step, str) or attempt == _RETRIES - 1:
                     raise
@@ -405,17 +403,14 @@ class Checkpointer:
                 intact.append(step)
         return tuple(intact)
 
-    def _restore_checked(self, step: int, target: Any, verified: bool | None = None):
-        """One step: verify (unless done), compare trees, read, refuse non-finite values."""
-        if verified is None:
-            with self._reading(step, MANIFEST_FILE, True):
-                verified = self.verify(step)
+    def _restore_checked(self, step: int, target: Any, verified: bool):
+        """One step, `verified` or not: compare trees, read, refuse non-finite values."""
         if not verified:
             why = "checkpoint step %d in %s has no %s: it is read unverified"
             self._warn_once(f"unverified {step}", why, step, self.directory, MANIFEST_FILE)
         abstract = jax.tree.map(_abstract_leaf, target)
-        state_dir = epath.Path(self.directory) / str(step) / _STATE
-        with self._reading(step, f"{_STATE}/_METADATA", verified):
+        state_dir = epath.Path(self.directory) / str(step) / "state"
+        with self._reading(step, "state/_METADATA", verified):
             # The handler's metadata: the manager's would also parse the metrics.
             item = ocp.handlers.StandardCheckpointHandler().metadata(state_dir)
         differences = _diff_trees(_specs(getattr(item, "tree", item)), _specs(abstract))
@@ -431,20 +426,20 @@ class Checkpointer:
                 differences,
             )
         extra = self._read_extra(step, verified)  # First: an unreadable one is named exactly.
-        args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract)})
-        with self._reading(step, _STATE, verified):
-            state = self._manager.restore(step, args=args)[_STATE]
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        with self._reading(step, "state", verified):
+            state = self._manager.restore(step, args=args).state
         bad = _nonfinite_leaves(state)
         if bad:
             listed = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more leaves" if bad[3:] else "")
             reason = f"non-finite values in {listed}"
-            raise CheckpointCorruptError(step, _STATE, reason, directory=self.directory)
+            raise CheckpointCorruptError(step, "state", reason, directory=self.directory)
         return state, extra
 
     def _read_extra(self, step: int, verified: bool) -> dict:
-        with self._reading(step, f"{_EXTRA}/metadata", verified):
-            args = ocp.args.Composite(**{_EXTRA: ocp.args.JsonRestore()})
-            return dict(self._manager.restore(step, args=args)[_EXTRA] or {})
+        with self._reading(step, "extra/metadata", verified):
+            args = ocp.args.Composite(extra=ocp.args.JsonRestore())
+            return dict(self._manager.restore(step, args=args).extra or {})
 
     @contextlib.contextmanager
     def _reading(self, step: int, file: str, verified: bool):
@@ -453,15 +448,13 @@ class Checkpointer:
         reading a verified step (its files are as saved) propagate unchanged."""
         try:
             yield
-        except CheckpointMismatchError:
-            raise
         except Exception as e:
             if _vanished(os.path.join(self.directory, str(step)), e):
                 raise CheckpointVanishedError(
                     f"checkpoint step {step} in {self.directory} vanished while it was read "
                     f"(the training run deletes old steps); steps now: {self.all_steps() or 'none'}"
                 ) from None
-            if verified or isinstance(e, CheckpointCorruptError):
+            if verified:
                 raise
             reason = f"unreadable ({type(e).__name__}: {str(e).strip() or 'no detail'})"
             raise CheckpointCorruptError(step, file, reason, directory=self.directory) from None
@@ -493,9 +486,16 @@ class Checkpointer:
             _log.warning(message, *args)
 
 
-def _writer_options(save_interval_steps: int, async_save: bool) -> ocp.CheckpointManagerOptions:
-    """A writer saves at intervals or on preemption, keeps every step (retention is ours) and
-    removes the unfinished saves a crash left when it opens the directory."""
+def _manager_options(read_only: bool, save_interval_steps: int, async_save: bool):
+    """A reader creates and removes nothing (an unfinished save may be a live trainer's), with
+    the values read_only forces, set here to spare orbax's warnings. A writer saves at intervals
+    or on preemption, keeps every step (retention is ours) and removes the unfinished saves a
+    crash left when it opens the directory."""
+    if read_only:
+        return ocp.CheckpointManagerOptions(
+            read_only=True, create=False, cleanup_tmp_directories=False, save_interval_steps=0,
+            max_to_keep=None, lightweight_initialize=True,
+        )  # fmt: skip
     policies = [
         ocp.checkpoint_managers.FixedIntervalPolicy(save_interval_steps),
         ocp.checkpoint_managers.PreemptionCheckpointingPolicy(),
@@ -507,15 +507,6 @@ def _writer_options(save_interval_steps: int, async_save: bool) -> ocp.Checkpoin
         enable_async_checkpointing=async_save,
         lightweight_initialize=True,  # orbax need not read the metrics: we do.
     )
-
-
-def _read_only_options() -> ocp.CheckpointManagerOptions:
-    """A reader creates and removes nothing (an unfinished save may be a live trainer's); the
-    values are those read_only forces, set here to spare its warnings."""
-    return ocp.CheckpointManagerOptions(
-        read_only=True, create=False, cleanup_tmp_directories=False, save_interval_steps=0,
-        max_to_keep=None, lightweight_initialize=True,
-    )  # fmt: skip
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -586,10 +577,11 @@ def _vanished(step_dir: str, error: BaseException) -> bool:
 def _remove_unfinished(directory: str, step: int) -> None:
     """Removes ``<step>.orbax-checkpoint-tmp*`` until it stays away (tensorstore's writes in
     flight when the save failed may recreate it for a moment)."""
+    prefix = f"{step}{ocp.utils.TMP_DIR_SUFFIX}"
     quiet, deadline = 0, time.monotonic() + 5
     while quiet < 3 and time.monotonic() < deadline:
         with contextlib.suppress(OSError):
-            names = [n for n in os.listdir(directory) if n.startswith(f"{step}{_TMP_SUFFIX}")]
+            names = [n for n in os.listdir(directory) if n.startswith(prefix)]
             for name in names:
                 shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
             quiet = 0 if names else quiet + 1
@@ -694,7 +686,7 @@ def _nonfinite_leaves(tree: Any) -> list[str]:
     small program for every leaf (sharded jax arrays included)."""
     flat = [
         (path_of(p), x)
-        for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+        for p, x in jax.tree_util.tree_leaves_with_path(tree)
         if jnp.issubdtype(getattr(x, "dtype", None) or np.result_type(x), jnp.inexact)
     ]
     finite = jax.jit(lambda xs: [jnp.isfinite(x).all() for x in xs])([x for _, x in flat])
@@ -723,7 +715,7 @@ def _specs(tree: Any) -> dict[str, tuple[tuple[int, ...], np.dtype | None]]:
     stores NamedTuples as dicts and tuples as lists, so the path (dict keys, attribute names,
     indices alike), not the node type, identifies a leaf."""
     specs = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         if isinstance(leaf, bool | int | float | complex | ocp.metadata.ScalarMetadata):
             specs[path_of(path)] = (), None
             continue

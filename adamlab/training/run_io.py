@@ -297,13 +297,9 @@ def write_json(path: str | os.PathLike, data: Mapping) -> None:
 
 
 def atomic_write(path: str | os.PathLike, text: str) -> None:
-    """Replaces `path` by `text` so that a crash leaves the old file or the new one, whole.
-
-    The text goes to a temporary file beside it (unique per process, created with the user's
-    umask like every other file of a run), is fsynced, then renamed over `path`; the directory
-    is fsynced so that the rename itself survives a power cut. A failure (disk full) removes
-    the temporary file and raises an OSError naming `path`.
-    """
+    """Replaces `path` by `text` (written to a file beside it, fsynced, renamed over it) so that
+    a crash leaves the old file or the new one, whole. A failure (disk full) removes the
+    temporary file and raises an OSError naming `path`."""
     path = pathlib.Path(path)
     with naming(path):
         fd, tmp = _create_beside(path)
@@ -340,12 +336,9 @@ def _fsync_directory(directory: pathlib.Path) -> None:
 
 
 def _jsonl_records(path: pathlib.Path) -> list[tuple[str, dict]]:
-    """(line with its newline, parsed object) for every line of a JSON-lines file.
-
-    The last line may be torn by a crash or a full disk (cut short, or NUL bytes that a
-    filesystem left after a crash): it is dropped with a warning. An unreadable line
-    elsewhere means the file was damaged otherwise: RunDirError naming the file and line.
-    """
+    """(line with its newline, parsed object) for every line of a JSON-lines file. A torn last
+    line (cut short, or NUL bytes a filesystem left after a crash) is dropped with a warning;
+    an unreadable line elsewhere is a RunDirError naming the file and the line."""
     if not path.is_file():
         return []
     lines = path.read_bytes().splitlines(keepends=True)

@@ -8,6 +8,7 @@ docs/training.md#transfer-learning gives the rules and why.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from typing import Any
@@ -16,8 +17,6 @@ import jax
 import numpy as np
 
 from adamlab.training.optimizers import param_labels, path_of
-
-_logged: set[tuple] = set()  # What was logged already: each seed's merge logs once per setup.
 
 
 def enabled(init: Any) -> bool:
@@ -50,6 +49,12 @@ def validate_init(init: Any) -> None:
         raise ValueError(f"init.checkpoint={checkpoint!r} must be 'latest', 'best' or a step")
     if init.get("dont_load") and not enabled(init):
         raise ValueError("init.dont_load needs init.workdir (the run to load parameters from)")
+
+
+@functools.cache
+def _log_once(message: str) -> None:
+    """Logs `message` the first time only: each seed's merge reports the same leaves."""
+    logging.info(message)
 
 
 def _flat(tree: Any) -> dict[str, Any]:
@@ -85,14 +90,7 @@ def merge_params(fresh: Any, pretrained: Any, init: Any) -> Any:
         )
     labels = _flat(param_labels(frozen=frozen_patterns(init))(fresh))
     frozen_keys = [k for k, label in labels.items() if label == "frozen"]
-    report = (str(init.workdir), tuple(loaded), tuple(skipped), tuple(frozen_keys))
-    if report not in _logged:
-        _logged.add(report)
-        logging.info(
-            "init from %s: loaded %s; re-initialised %s; frozen %s",
-            init.workdir,
-            loaded,
-            skipped,
-            frozen_keys,
-        )
+    _log_once(
+        f"init from {init.workdir}: loaded {loaded}; re-initialised {skipped}; frozen {frozen_keys}"
+    )
     return merged

@@ -160,11 +160,8 @@ def _read_holder(path: pathlib.Path) -> dict:
 
 
 def _await_holder(path: pathlib.Path, timeout: float = 2.0) -> dict:
-    """The holder of a held flock, waiting up to `timeout` s for it to write its record.
-
-    The winner of a race names itself just after taking the flock, so a loser that reads at
-    once may find the file still empty; it waits rather than blame "another process".
-    """
+    """The holder of a held flock, waiting up to `timeout` s for it to write its record: the
+    winner of a race names itself just after taking the flock, so the file may still be empty."""
     deadline = time.monotonic() + timeout
     while not (holder := _read_holder(path)) and time.monotonic() < deadline:
         time.sleep(0.01)
