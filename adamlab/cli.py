@@ -205,7 +205,7 @@ def _run_sweep(fv: flags.FlagValues) -> int:
     from adamlab.experiments import compare, sweep
 
     config = _config(fv)
-    sweep.parse_sweep(fv["sweep"].value, config)  # The spec first, as run_sweep checks it.
+    sweep.parse_sweep(fv["sweep"].value, config)  # Before --optimizers, as run_sweep checks them.
     optimizers = fv["optimizers"].value or config.optimizer.name
     result = sweep.run_sweep(
         config,
