@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import importlib
 import json
 import logging
@@ -116,10 +117,6 @@ def _workdir(fv: flags.FlagValues, prefix: str = "") -> str:
 # ---------------------------------------------------------------------------- commands
 
 
-def _define_train_flags(fv: flags.FlagValues, argv: list[str]) -> None:
-    _define_config(fv, argv, "digits")
-
-
 def _run_train(fv: flags.FlagValues) -> int:
     from adamlab.training import train  # Here: `adamlab --help` need not import jax and TF.
 
@@ -178,10 +175,7 @@ def _define_compare_flags(fv: flags.FlagValues, argv: list[str]) -> None:
 def _run_compare(fv: flags.FlagValues) -> int:
     from adamlab.experiments import compare
 
-    try:
-        optimizers = compare.parse_names(fv["optimizers"].value)
-    except ValueError as e:
-        raise flags.Error(str(e)) from None
+    optimizers = compare.parse_names(fv["optimizers"].value, error=flags.Error)
     workdir = _workdir(fv, "compare-")
     result = compare.run_compare(
         _config(fv), workdir, optimizers=optimizers, num_seeds=fv["seeds"].value
@@ -192,7 +186,7 @@ def _run_compare(fv: flags.FlagValues) -> int:
 def _define_sweep_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     from adamlab.experiments import sweep
 
-    _define_config(fv, argv, "digits")
+    _define_config(fv, argv, default="digits")
     flags.DEFINE_string("sweep", None, f"What to sweep: {sweep.GRAMMAR}.", flag_values=fv)
     _define_seeds(fv, sweep.DEFAULT_SEEDS)
     flags.DEFINE_string(
@@ -211,18 +205,14 @@ def _run_sweep(fv: flags.FlagValues) -> int:
     from adamlab.experiments import compare, sweep
 
     config = _config(fv)
-    try:
-        sweep.parse_sweep(fv["sweep"].value, config)
-        optimizers = compare.parse_names(fv["optimizers"].value or config.optimizer.name)
-    except ValueError as e:
-        raise flags.Error(str(e)) from None
-    implementations = tuple(i.strip() for i in fv["implementations"].value.split(","))
+    sweep.parse_sweep(fv["sweep"].value, config)  # Before --optimizers, as run_sweep checks them.
+    optimizers = fv["optimizers"].value or config.optimizer.name
     result = sweep.run_sweep(
         config,
         _workdir(fv, "sweep-"),
         sweep=fv["sweep"].value,
-        optimizers=optimizers,
-        implementations=implementations,
+        optimizers=compare.parse_names(optimizers, error=flags.Error),
+        implementations=compare.split_names(fv["implementations"].value),
         num_seeds=fv["seeds"].value,
     )
     return _report_done(result, "results.csv, summary.md, sweep.png, <optimizer>/members/")
@@ -421,7 +411,10 @@ def _run_diagnostics(fv: flags.FlagValues) -> int:
 
 COMMANDS: dict[str, Command] = {
     "train": Command(
-        "Train (or resume) a run.", _define_train_flags, _run_train, "adamlab.training.train"
+        "Train (or resume) a run.",
+        functools.partial(_define_config, default="digits"),
+        _run_train,
+        "adamlab.training.train",
     ),
     "evaluate": Command(
         "Evaluate a run's checkpoint on a split.",
@@ -557,15 +550,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return command.run(fv)
     except Exception as e:
-        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
-            # A full disk, `ulimit -f`, a directory where a file belongs: one line naming the
-            # file; the run failed, its files are intact.
-            print(f"{prog} {name}: error: {_message(e)}", file=sys.stderr)
-            return EXIT_FAILED
-        if not _is_user_error(e):
+        # A full disk, `ulimit -f`, a directory where a file belongs: the run failed (its files
+        # are intact), said in one line naming the file, as a user error is.
+        failed = isinstance(e, OSError) and not isinstance(e, FileNotFoundError)
+        if not (failed or _is_user_error(e)):
             raise  # A bug: keep the traceback.
         print(f"{prog} {name}: error: {_message(e)}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_FAILED if failed else EXIT_USAGE
 
 
 def console(argv: Sequence[str] | None = None) -> NoReturn:

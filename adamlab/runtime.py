@@ -115,10 +115,9 @@ def _glibc() -> ctypes.CDLL | None:
 def keep_freed_memory() -> bool:
     """Serve every block from glibc's heap and keep what is freed there; True if it now does.
 
-    XLA:CPU mallocs and frees every call's buffers; under glibc's defaults large blocks are
-    fresh `mmap` pages, zero-filled on every call. The process keeps its peak heap instead, as
-    a training process does anyway. Safe to call at any time and more than once; a no-op
-    (False) where the C library is not glibc or ``ADAMLAB_KEEP_FREED_MEMORY`` is off.
+    XLA:CPU mallocs and frees every call's buffers, under glibc's defaults fresh zero-filled
+    `mmap` pages on every call. Safe to call at any time; False where the C library is not
+    glibc or ``ADAMLAB_KEEP_FREED_MEMORY`` is off.
     """
     if switches.switched_off(MEMORY_SWITCH):
         return False
@@ -237,13 +236,10 @@ def _unusable(path: Path) -> str | None:
 
 def use_compilation_cache() -> Path | None:
     """Turn on jax's persistent compilation cache in `compilation_cache_dir()`, before jax is
-    imported (it reads its settings then); that directory, or None where it stays off.
-
-    Off when ``ADAMLAB_COMPILATION_CACHE`` is off or JAX_COMPILATION_CACHE_DIR is set (the
-    user's own setting, left as it is). A directory that cannot be made, is read-only, full or
-    writable by anyone else is not used; the first entry jax then fails to read (corrupt) or
-    write turns the cache off for the rest of the process. Either way, one warning line, and
-    the run compiles as if there were no cache.
+    imported (it reads its settings then); that directory, or None where it stays off
+    (``ADAMLAB_COMPILATION_CACHE`` off, the user's own JAX_COMPILATION_CACHE_DIR, or an
+    unusable directory). The first entry jax fails to read or write turns it off for the rest
+    of the process (docs/performance.md).
     """
     if switches.switched_off(CACHE_SWITCH) or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return None
@@ -275,11 +271,8 @@ def use_compilation_cache() -> Path | None:
 def use_data_cache() -> Path | None:
     """Keep decoded TFDS splits in `data_cache_dir()` across commands: sets
     $ADAMLAB_DATA_CACHE_DIR, which `adamlab.data.decoded` reads (this process and its
-    children); that directory, or None where it stays off.
-
-    Off when ``ADAMLAB_DATA_CACHE`` is off. A directory that cannot be made, is read-only,
-    full or writable by others is not used (one warning line); a stored file that cannot be
-    read is decoded again. Either way the run gets the same arrays.
+    children); that directory, or None where it stays off (``ADAMLAB_DATA_CACHE`` off or an
+    unusable directory).
     """
     if switches.switched_off(DATA_CACHE_SWITCH):
         return None
