@@ -257,16 +257,14 @@ def _seeds(plan, workload) -> str:
 
 def _settings(plan, workload) -> list[str]:
     """The search spaces (external tuning) or the default settings (self-tuning)."""
-    if plan.ruleset == "self_tuning":
-        settings = {o: tuning.trial_values(t[0], 0) for o, t in workload.trials.items()}
-        fixed = {o: s.fixed for o, s in workload.spaces.items()}
+    if plan.ruleset == "self_tuning":  # The one trial of each study: the default setting.
         return [
             "Default settings:",
             "",
             *[
-                f"* {o}: {', '.join(f'{k}={v}' for k, v in fixed[o].items())}; "
-                + " ".join(f"{k}={v:g}" for k, v in settings[o].items())
-                for o in workload.trials
+                f"* {o}: {', '.join(f'{k}={v}' for k, v in workload.spaces[o].fixed.items())}; "
+                + " ".join(f"{k}={v:g}" for k, v in tuning.trial_values(trials[0], 0).items())
+                for o, trials in workload.trials.items()
             ],
         ]
     return [
