@@ -420,14 +420,9 @@ def _nan_last(value: float) -> float:
 
 
 def transfer(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[dict]:
-    """Pretrains once (mode "pretrain", on the source task), then each of `study.modes`.
-
-    Transfer is config (`init`): "full" loads every pretrained parameter but the head
-    (`init.dont_load`), "frozen" also freezes every one but the head (`init.frozen`: zero
-    updates, no optimizer state), "scratch" loads nothing. The optimizer state always starts
-    fresh (adamlab/training/transfer.py states the policy); the run logs which leaves were
-    loaded, re-initialised and frozen.
-    """
+    """Pretrains once (mode "pretrain", on the source task), then each of `study.modes`, which
+    differ only in their `init` section (docs/internals.md); the optimizer state always starts
+    fresh (adamlab/training/transfer.py states the policy)."""
     study = config.study
     for mode in study.modes:
         if mode not in TRANSFER_MODES:
