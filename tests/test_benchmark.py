@@ -76,7 +76,7 @@ def test_halton_trials_lie_in_the_declared_ranges_and_are_reproducible():
 )
 def test_a_malformed_search_space_is_a_clear_error(ranges, match):
     with pytest.raises(ValueError, match=match):
-        tuning.SearchSpace("x", {"name": "adam"}, ranges).check()
+        tuning.SearchSpace("x", {"name": "adam"}, ranges)
 
 
 def test_selection_uses_steps_to_target_then_validation_metrics():

@@ -78,10 +78,9 @@ def test_a_nan_in_a_group_is_its_maximum_wherever_it_stands(parities):
     assert math.isnan(summary["parity_max"])
 
 
-def test_markdown_table():
-    summary = report.summarize(ROWS, by=("optimizer",), metrics=("acc",), maxima=("parity",))
-    table = report.markdown_table(
-        summary, keys=("optimizer",), metrics={"acc": "accuracy"}, maxima={"parity": "parity"}
+def test_summary_table():
+    _, table = report.summary_table(
+        ROWS, by=("optimizer",), metrics={"acc": "accuracy"}, maxima={"parity": "parity"}
     )
     lines = table.strip().splitlines()
     assert lines[0] == "| optimizer | n | accuracy | parity |"

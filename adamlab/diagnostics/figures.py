@@ -1,11 +1,6 @@
-"""The figures of a run with diagnostics, drawn from its `metrics.jsonl` and `config.json`.
-
-    paths = write_figures("runs/eos_gd")   # `adamlab diagnostics --workdir runs/eos_gd`
-
-The per-leaf update/param heatmap, Adam's effective steps and the sharpness against its
-stability threshold (`stability_summary`); docs/internals.md lists the files. `figure` saves
-every PNG of adamlab, these and the experiments' reports.
-"""
+"""The figures of a run with diagnostics, drawn from its `metrics.jsonl` and `config.json`
+(docs/internals.md lists them), and `figure`, which saves every PNG of adamlab: these and the
+experiments' reports."""
 
 from __future__ import annotations
 

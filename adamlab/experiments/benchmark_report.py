@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -76,7 +76,8 @@ def write_report(plan, workdir, final_rows, tables, scores, finals, heatmap, wal
     trial_rows, stages = tables["trials.csv"], tables["stages.csv"]
     sections = [_summary(plan, trial_rows, final_rows, stages, scores, rho, seconds, steps, wall)]
     if heatmap:
-        sections.append(_heatmap(plan, heatmap, figures))
+        section, figures["heatmap.png"] = _heatmap(plan, heatmap)
+        sections.append(section)
     return report.write_report(
         workdir,
         final_rows,
@@ -117,8 +118,8 @@ def _plot_training_curves(plan, finals: Mapping[tuple[str, str], train.RunsResul
     report.plot_panels(path, panels, xlabel="epoch", title="final runs", log_y=True)
 
 
-def _heatmap(plan, results: Mapping[str, train.RunsResult], figures: dict) -> str:
-    """The heatmap's section of summary.md; adds heatmap.png to `figures`."""
+def _heatmap(plan, results: Mapping[str, train.RunsResult]) -> tuple[str, Callable]:
+    """The heatmap's section of summary.md and heatmap.png's drawing."""
     workload = next(iter(plan.workloads.values()))
     metric = workload.config.benchmark.heatmap.metric
     grids, axes, cells = {}, {}, []
@@ -131,7 +132,7 @@ def _heatmap(plan, results: Mapping[str, train.RunsResult], figures: dict) -> st
             [method, f"{r:.0e}", _best_strength(row, strengths)]
             for r, row in zip(rates, grid, strict=True)
         ]
-    figures["heatmap.png"] = functools.partial(
+    figure = functools.partial(
         profiles.plot_heatmaps,
         grids=grids,
         grid_axes=axes,
@@ -144,7 +145,7 @@ def _heatmap(plan, results: Mapping[str, train.RunsResult], figures: dict) -> st
         if np.isfinite(g).any()
         for i, j in [np.unravel_index(np.nanargmin(g), g.shape)]
     ]
-    return (
+    section = (
         f"## Learning rate x decay strength on {workload.name}: {' vs '.join(grids)}\n\n"
         f"Final {metric} (mean of {seeds} seed(s)) over learning rate x strength, one program "
         "per method; heatmap.png. If the best strength moves with the learning rate, the two "
@@ -153,6 +154,7 @@ def _heatmap(plan, results: Mapping[str, train.RunsResult], figures: dict) -> st
         + ".\n\n"
         + report.table(["method", "learning rate", f"best strength ({metric})"], cells)
     )
+    return section, figure
 
 
 def _best_strength(row: np.ndarray, strengths: Sequence[float]) -> str:
@@ -255,16 +257,14 @@ def _seeds(plan, workload) -> str:
 
 def _settings(plan, workload) -> list[str]:
     """The search spaces (external tuning) or the default settings (self-tuning)."""
-    if plan.ruleset == "self_tuning":
-        settings = {o: tuning.trial_values(t[0], 0) for o, t in workload.trials.items()}
-        fixed = {o: s.fixed for o, s in workload.spaces.items()}
+    if plan.ruleset == "self_tuning":  # The one trial of each study: the default setting.
         return [
             "Default settings:",
             "",
             *[
-                f"* {o}: {', '.join(f'{k}={v}' for k, v in fixed[o].items())}; "
-                + " ".join(f"{k}={v:g}" for k, v in settings[o].items())
-                for o in workload.trials
+                f"* {o}: {', '.join(f'{k}={v}' for k, v in workload.spaces[o].fixed.items())}; "
+                + " ".join(f"{k}={v:g}" for k, v in tuning.trial_values(trials[0], 0).items())
+                for o, trials in workload.trials.items()
             ],
         ]
     return [

@@ -91,37 +91,6 @@ def summarize(
     return out
 
 
-def markdown_table(
-    summary: Sequence[Mapping[str, Any]],
-    *,
-    keys: Sequence[str],
-    metrics: Mapping[str, str],
-    maxima: Mapping[str, str] | None = None,
-) -> str:
-    """A markdown table: the `keys` columns, `n`, then "mean ± half" per metric.
-
-    Args:
-      summary: rows of `summarize`.
-      keys: group columns shown as they are.
-      metrics: metric name -> column title.
-      maxima: column name -> title, shown as `<column>_max` in scientific notation.
-    """
-    maxima = maxima or {}
-    header = [*keys, "n", *metrics.values(), *maxima.values()]
-    cells = [
-        [_cell(row[k]) for k in keys]
-        + [str(row["n"])]
-        + [format_interval(row[f"{m}_mean"], row[f"{m}_half"]) for m in metrics]
-        + [f"{row[f'{c}_max']:.1e}" for c in maxima]
-        for row in summary
-    ]
-    return table(header, cells) + "\n"
-
-
-def _cell(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """A markdown table of `header` and one line per row of cells (no final newline)."""
     line = lambda cells: "| " + " | ".join(cells) + " |"
@@ -136,12 +105,26 @@ def summary_table(
     maxima: Mapping[str, str] | None = None,
     count: str | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
-    """`summarize` of `rows` and its `markdown_table`: (summary rows, markdown); the `count`
-    column is shown after the `by` columns."""
+    """`summarize` of `rows` and its markdown table: (summary rows, markdown).
+
+    The table shows the `by` columns, the `count` column, `n`, then "mean ± half" per metric.
+
+    Args:
+      metrics: metric name -> column title.
+      maxima: column name -> title, shown as `<column>_max` in scientific notation.
+    """
     maxima = maxima or {}
     summary = summarize(rows, by=by, metrics=tuple(metrics), maxima=tuple(maxima), count=count)
     keys = (*by, count) if count else tuple(by)
-    return summary, markdown_table(summary, keys=keys, metrics=metrics, maxima=maxima)
+    header = [*keys, "n", *metrics.values(), *maxima.values()]
+    cells = [
+        [f"{row[k]:.3g}" if isinstance(row[k], float) else str(row[k]) for k in keys]
+        + [str(row["n"])]
+        + [format_interval(row[f"{m}_mean"], row[f"{m}_half"]) for m in metrics]
+        + [f"{row[f'{c}_max']:.1e}" for c in maxima]
+        for row in summary
+    ]
+    return summary, table(header, cells) + "\n"
 
 
 def machine() -> str:

@@ -40,7 +40,8 @@ SHOWN = {  # The summary tables' columns (metric -> title).
     "test_accuracy": "test accuracy",
     "test_loss": "test loss",
 }
-_FIGURE_METRICS = ("final_train_loss", "test_accuracy")  # What the sweep figures show.
+# What the sweep figures show: a panel per metric, titled by its name.
+_FIGURE_METRICS = {m: m for m in ("final_train_loss", "test_accuracy")}
 # What a report row keeps of a member row (`train.RunsResult.rows` plus diverged, epoch_loss).
 _COLUMNS = tuple(
     "seed steps final_train_loss validation_loss validation_accuracy test_loss test_accuracy "
@@ -196,18 +197,6 @@ def _epoch_figure(panels: Mapping[str, Sequence[Mapping[str, Any]]], *, line: st
     )
 
 
-def _sweep_figure(rows, *, x: str, line: str, xlabel: str, title: str, metrics=_FIGURE_METRICS):
-    """Final `metrics` against the setting `x` (log axis), a line per value of `line`."""
-    return report.sweep_figure(
-        rows,
-        x=x,
-        line=lambda r: str(r[line]),
-        metrics={m: m for m in metrics},
-        xlabel=xlabel,
-        title=title,
-    )
-
-
 def _setup(config) -> str:
     return (
         f"{config.train.num_epochs:g} epochs, batch {config.train.batch_size}, schedule "
@@ -240,10 +229,11 @@ def batch_size(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list
         for m in trained[f"batch{b}"]
         if m["learning_rate"] == rate(b, rule)
     ]
-    figure = _sweep_figure(
+    figure = report.sweep_figure(
         rows,
         x="batch_size",
-        line="rule",
+        line=lambda r: r["rule"],
+        metrics=_FIGURE_METRICS,
         xlabel="batch size",
         title="Adam: batch size with learning-rate scaling rules",
     )
@@ -279,10 +269,11 @@ def schedules(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[
         for m in trained[schedule]
     ]
     panels = {f"lr={lr:g}": [r for r in rows if r["learning_rate"] == lr] for lr in rates}
-    figure = _sweep_figure(
+    figure = report.sweep_figure(
         rows,
         x="learning_rate",
-        line="schedule",
+        line=lambda r: r["schedule"],
+        metrics=_FIGURE_METRICS,
         xlabel="peak learning rate",
         title="Adam: constant vs warmup + cosine",
     )
@@ -335,11 +326,11 @@ def weight_decay(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> li
         for s in strengths:
             members = trained["adam"] if s == 0 else [m for m in trained[method] if m[field] == s]
             rows += [_pick({"method": method, "strength": s}, m) for m in members]
-    figure = _sweep_figure(
+    figure = report.sweep_figure(
         [r for r in rows if r["strength"] > 0],
         x="strength",
-        line="method",
-        metrics=("test_accuracy", "param_norm"),
+        line=lambda r: r["method"],
+        metrics={m: m for m in ("test_accuracy", "param_norm")},
         xlabel="lambda",
         title="Adam + L2 vs AdamW",
     )
@@ -429,14 +420,9 @@ def _nan_last(value: float) -> float:
 
 
 def transfer(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[dict]:
-    """Pretrains once (mode "pretrain", on the source task), then each of `study.modes`.
-
-    Transfer is config (`init`): "full" loads every pretrained parameter but the head
-    (`init.dont_load`), "frozen" also freezes every one but the head (`init.frozen`: zero
-    updates, no optimizer state), "scratch" loads nothing. The optimizer state always starts
-    fresh (adamlab/training/transfer.py states the policy); the run logs which leaves were
-    loaded, re-initialised and frozen.
-    """
+    """Pretrains once (mode "pretrain", on the source task), then each of `study.modes`, which
+    differ only in their `init` section (docs/internals.md); the optimizer state always starts
+    fresh (adamlab/training/transfer.py states the policy)."""
     study = config.study
     for mode in study.modes:
         if mode not in TRANSFER_MODES:

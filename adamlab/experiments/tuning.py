@@ -20,7 +20,8 @@ SCALES: tuple[str, ...] = ("log", "log1m", "linear")
 
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
-    """One optimizer's search space: fixed optimizer fields and field -> (low, high, scale)."""
+    """One optimizer's search space: fixed optimizer fields and field -> (low, high, scale),
+    checked when built."""
 
     label: str
     fixed: dict[str, Any]
@@ -32,11 +33,9 @@ class SearchSpace:
         section = section.to_dict() if hasattr(section, "to_dict") else dict(section)
         fixed = dict(section.get("fixed") or {})
         ranges = {k: tuple(v) for k, v in (section.get("ranges") or {}).items()}
-        space = cls(label, fixed, ranges)
-        space.check()
-        return space
+        return cls(label, fixed, ranges)
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         """Raises ValueError naming the label and field of a malformed range."""
         from adamlab.training import optimizers
 
