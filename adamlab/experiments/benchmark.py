@@ -172,8 +172,11 @@ def plan_benchmark(
     (default `DEFAULT_HEATMAP`), False for none.
 
     Raises:
-      BenchmarkError: a request that cannot run (docs/benchmark.md lists the checks); the
-        message names the field or the workload and stage, and what is allowed.
+      BenchmarkError: an unknown ruleset or heatmap method, a budget (trials, studies) or seed
+        count below 1, trials other than 1 under self-tuning, tuning seeds that reach the final
+        seeds, an optimizer without a search space in a workload, a bad search space, an
+        invalid stage config, or a workload whose dataset is not prepared (the message names
+        the workload and says how to prepare it).
     """
     if ruleset not in RULESETS:
         raise BenchmarkError(f"ruleset={ruleset!r} is unknown; allowed: {', '.join(RULESETS)}")
