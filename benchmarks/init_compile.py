@@ -44,8 +44,9 @@ IMAGE_SHAPES = {
 OPTIONS = {"default": None, "level_1": {"xla_backend_optimization_level": 1}}
 
 
-def shipped_models(only: str | None) -> list[tuple[str, dict, tuple[int, ...]]]:
-    """(first config naming it + dtype, model fields, image shape) per distinct model."""
+def shipped_models(only: str | None = None) -> list[tuple[str, dict, tuple[int, ...]]]:
+    """(first config naming it + dtype, model fields, image shape) per distinct model, of the
+    dataset `only` or of all (tests/test_models.py checks the same list's bits)."""
     seen = {}
     for name in config_dict.shipped_configs():
         config = config_dict.load_config(name)

@@ -3,6 +3,9 @@
 All four models of `create_model` (cnn, resnet, mlp, logreg) are counted by hand.
 """
 
+import pathlib
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,6 +15,9 @@ import pytest
 from adamlab import config_dict, models
 from adamlab.training import train_state
 from adamlab.training.train_state import param_count
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # benchmarks/ as others do
+from benchmarks import init_compile  # noqa: E402  (its model list: the one the test checks)
 
 
 def _shapes(model, image_shape):
@@ -249,24 +255,9 @@ def test_num_classes_must_be_at_least_two():
         models.create_model({"name": "cnn"}, num_classes=1)
 
 
-# Every shipped config's model, with its dataset's image shape (a few share one).
-_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1)}
-_SHAPES["cifar10"] = (32, 32, 3)
-
-
-def _shipped_models():
-    """(config-dtype, model fields, image shape) of each distinct model the configs ship."""
-    seen = {}
-    for name in config_dict.shipped_configs():
-        config = config_dict.load_config(name)
-        for dtype in ("float32", "bfloat16"):
-            fields = config.model.to_dict() | {"dtype": dtype}
-            key = (repr(sorted(fields.items())), config.data.name)
-            seen.setdefault(key, (f"{name}-{dtype}", fields, _SHAPES[config.data.name]))
-    return list(seen.values())
-
-
-_SHIPPED = _shipped_models()
+# (config/dtype, model fields, image shape) of each distinct model the shipped configs build:
+# the init benchmark's list, so that the test and the measurement cover the same models.
+_SHIPPED = init_compile.shipped_models()
 
 
 def _assert_init_as_default_compile(fields, image_shape, seeds):
@@ -289,7 +280,7 @@ def _assert_init_as_default_compile(fields, image_shape, seeds):
 def test_init_compiled_fast_on_cpu_gives_the_default_compiles_bits():
     """The offline default's model (digits CNN), two seeds."""
     fields = config_dict.load_config("digits").model.to_dict()
-    _assert_init_as_default_compile(fields, _SHAPES["digits"], seeds=(0, 1))
+    _assert_init_as_default_compile(fields, init_compile.IMAGE_SHAPES["digits"], seeds=(0, 1))
 
 
 @pytest.mark.slow
