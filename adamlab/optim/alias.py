@@ -146,12 +146,13 @@ def _variant(
     drops (so that `create` refuses them: nadam takes no nesterov, adam no weight_decay), and
     `defaults` (name -> (default, annotation)) in place of body's (C-AdamW's caution_eps)."""
     defaults = defaults or {}
+    signature = inspect.signature(body)
     kept = [
         p.replace(default=defaults[n][0], annotation=defaults[n][1]) if n in defaults else p
-        for n, p in inspect.signature(body).parameters.items()
+        for n, p in signature.parameters.items()
         if n not in fixed
     ]
-    signature = inspect.signature(body).replace(parameters=kept)
+    signature = signature.replace(parameters=kept)
 
     def constructor(*args, **kwargs):
         bound = signature.bind(*args, **kwargs)

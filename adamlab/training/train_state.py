@@ -40,8 +40,8 @@ def _init(model: nn.Module, key: jax.Array, dummy: jax.Array) -> dict[str, Any]:
 # argument, so building the same model's state again reuses the compiled init.
 _init_jitted = jax.jit(_init, static_argnums=0)
 # On CPU, LLVM's optimisation level 1: the initializers' random-bit and inverse-erf code is most
-# of a cold run's init compile, and compiles 3-4x faster so, to the same bits (elementwise code;
-# tests/test_models.py holds every shipped model to it; docs/performance.md).
+# of a cold run's init compile, which is faster so, to the same bits (elementwise code;
+# tests/test_models.py holds every shipped model to it; docs/performance.md measures it).
 _init_jitted_cpu = jax.jit(
     _init, static_argnums=0, compiler_options={"xla_backend_optimization_level": 1}
 )
