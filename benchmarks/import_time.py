@@ -9,7 +9,7 @@ with the installed ml_dtypes and with the one in `--other` (a directory put firs
 medians over the repeats and the ratio other / installed.
 
     pip install --no-deps --target /tmp/ml_dtypes_070 ml_dtypes==0.7.0
-    python benchmarks/import_time.py --other /tmp/ml_dtypes_070       # ~2 minutes, 2 CPU cores
+    python benchmarks/import_time.py --other /tmp/ml_dtypes_070       # ~3 minutes, 2 CPU cores
 
 Writes JSON (default benchmarks/results/import_time_cpu.json) with the versions, the machine
 and the load average.
@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -60,7 +59,7 @@ def probe(other: str | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--other", required=True, help="a directory holding another ml_dtypes")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/import_time_cpu.json"))
     args = parser.parse_args()
     load_before = os.getloadavg()
@@ -78,6 +77,9 @@ def main() -> None:
         raise SystemExit(
             f"--other holds the installed ml_dtypes {versions['other']}: nothing to compare"
         )
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.train_step import machine  # After the children: this process imports jax.
+
     for setting in settings:  # The whole import, per interpreter.
         seconds[setting]["total"] = [sum(t) for t in zip(*seconds[setting].values(), strict=True)]
     median = {k: {m: statistics.median(v) for m, v in s.items()} for k, s in seconds.items()}
@@ -92,11 +94,7 @@ def main() -> None:
         },
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
     }
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
