@@ -24,6 +24,10 @@ absolute times move with the load, so take the numbers on a quiet one.
 
     python benchmarks/iteration.py --torch_python /path/to/torch/python   # MNIST prepared (TFDS)
     python benchmarks/iteration.py --quick --out /tmp/iteration.json      # smoke: tiny runs
+
+`--jax_times` adds, per command, the seconds jax itself logged tracing, lowering and compiling
+(or loading from the cache) its programs (`JAX_LOG_COMPILES=1`; its logging costs a little
+time of its own): what of a second run's compile phase is spent before the cache lookup.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -67,11 +72,14 @@ def commands(quick: bool) -> dict[str, list[str]]:
     return jobs
 
 
-def run_command(args: list[str], cache_dir: pathlib.Path) -> dict:
+def run_command(args: list[str], cache_dir: pathlib.Path, jax_times: bool = False) -> dict:
     """`python -m adamlab ARGS --workdir <fresh>` with its compilation cache and its decoded
     data in `cache_dir`: its wall time from outside, each run's phases and what came before
-    and after them."""
+    and after them; with `jax_times`, also the seconds jax logged tracing, lowering and
+    compiling (or loading from the cache) its programs (`jax_seconds`)."""
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    if jax_times:
+        env["JAX_LOG_COMPILES"] = "1"
     env |= {runtime.CACHE_SWITCH: "1", runtime.CACHE_DIR_ENV: str(cache_dir / "jax")}
     env |= {runtime.DATA_CACHE_SWITCH: "1", runtime.DATA_CACHE_DIR_ENV: str(cache_dir / "data")}
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
@@ -85,7 +93,28 @@ def run_command(args: list[str], cache_dir: pathlib.Path) -> dict:
     runs = time_to_result.phases_lines(done.stderr)
     if not runs:
         raise RuntimeError(f"{' '.join(argv)} logged no 'phases:' line")
-    return summarize(launched, ended, runs)
+    summary = summarize(launched, ended, runs)
+    return summary | ({"jax_s": jax_seconds(done.stderr)} if jax_times else {})
+
+
+# jax's own log lines with JAX_LOG_COMPILES=1 (jax._src.dispatch.log_elapsed_time), by stage.
+JAX_STAGES = {
+    "trace": "Finished tracing",
+    "lower": "Finished jaxpr to MLIR module conversion",
+    "compile": "Finished XLA compilation",  # A compilation, or a load from the cache.
+}
+
+
+def jax_seconds(log: str) -> dict[str, float]:
+    """Seconds per stage (`JAX_STAGES`) summed over every program that `log`, a command's
+    stderr with JAX_LOG_COMPILES=1, says jax traced, lowered and compiled. A message printed
+    twice (by the command's log handler and by Python's default one) counts once: its seconds,
+    to the nanosecond, tell it from another program's."""
+    messages = set(re.findall(r"(Finished .*) in ([0-9.e+-]+) sec$", log, re.M))
+    return {
+        stage: sum(float(t) for m, t in messages if m.startswith(prefix))
+        for stage, prefix in JAX_STAGES.items()
+    }
 
 
 def summarize(launched: float, ended: float, runs: list[dict]) -> dict:
@@ -157,6 +186,11 @@ def main() -> None:
     parser.add_argument("--jobs", default="compare,train_mnist,study,benchmark")
     parser.add_argument("--quick", action="store_true", help="tiny runs (smoke)")
     parser.add_argument(
+        "--jax_times",
+        action="store_true",
+        help="also jax's seconds tracing, lowering and compiling (JAX_LOG_COMPILES=1)",
+    )
+    parser.add_argument(
         "--torch_python", default=None, help="an interpreter with torch (none: no PyTorch job)"
     )
     parser.add_argument(
@@ -182,7 +216,7 @@ def main() -> None:
             for job in list(jobs)[:: 1 if r % 2 == 0 else -1]:
                 cache = tmp / f"cache_{job}_{r}"  # Fresh and empty: cold.
                 for side in CACHES:
-                    runs[job][side].append(run_command(jobs[job], cache))
+                    runs[job][side].append(run_command(jobs[job], cache, args.jax_times))
                     print(f"{job} {side}: {runs[job][side][-1]['wall_s']:.1f} s", flush=True)
                 if torch and job == "train_mnist":
                     run = time_to_result.run_torch(

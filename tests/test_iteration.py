@@ -109,6 +109,21 @@ def test_a_command_s_runs_add_up_to_its_wall_time():
     assert [r["run"] for r in out["runs"]] == [10.0, 8.0]
 
 
+JAX_LOG = """\
+WARNING:2026-01-02 03:04:05,000:jax._src.dispatch:204: Finished tracing chunk_fn for jit in 1.25 sec
+2026-01-02 03:04:05,000 WARNING Finished tracing chunk_fn for jit in 1.25 sec
+2026-01-02 03:04:05,300 WARNING Finished jaxpr to MLIR module conversion jit(chunk_fn) in 0.3 sec
+2026-01-02 03:04:05,500 WARNING Finished XLA compilation of jit(chunk_fn) in 0.25 sec
+2026-01-02 03:04:06,000 WARNING Finished tracing _init for jit in 0.125 sec
+2026-01-02 03:04:06,000 INFO step 20 train: Finished tracing in 9 sec, a metric, not jax's
+"""
+
+
+def test_jax_seconds_sum_each_stage_and_count_a_message_printed_twice_once():
+    assert iteration.jax_seconds(JAX_LOG) == {"trace": 1.375, "lower": 0.3, "compile": 0.25}
+    assert iteration.jax_seconds("") == {"trace": 0.0, "lower": 0.0, "compile": 0.0}
+
+
 def test_the_ratios_are_the_issue_s_targets():
     side = lambda wall, compile_setup: {"wall_s": wall, "compile_and_setup_s": compile_setup}
     median = {
