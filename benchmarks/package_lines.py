@@ -78,8 +78,8 @@ FEATURES: dict[str, tuple[str, str]] = {
 }
 MODERN_FEATURE = ("the Adam family since 2020", "29")
 SPLIT_MODULES = ("optim/transform.py", "optim/alias.py", "optim/numerics.py")
-# Name parts of the modern family's definitions in SPLIT_MODULES (their transforms, states,
-# constructors, optax twins and numerics helpers).
+# Name parts of the modern family's definitions and `TABLE` entries in SPLIT_MODULES (their
+# transforms, states, constructors, optax twins and numerics helpers).
 MODERN = (
     "lion", "lamb", "trust_ratio", "muon", "orthogonalise", "dimension_numbers", "_is_dims",
     "_axes", "width_scale", "caution", "adopt", "ademamix", "slow_moment", "schedule_free",
@@ -87,10 +87,6 @@ MODERN = (
     "soap", "Soap", "statistics", "_leafwise", "_rotate", "covariance", "power_iteration",
     "_new_basis", "_refresh_leaf", "Lion", "Muon", "Ademamix", "scale_by_second_moment",
     "ScaleByRms", "lr_scaled_decay", "cautious",
-)  # fmt: skip
-MODERN_TABLE_ENTRIES = (
-    "lion", "lamb", "muon", "cautious_adamw", "cautious_lion", "adopt", "ademamix",
-    "schedule_free_adamw", "mars_adamw", "adam_mini", "soap",
 )  # fmt: skip
 
 
@@ -144,7 +140,7 @@ def modern_lines(source: str) -> set[int]:
             keys = node.value.keys
             ends = [k.lineno - 1 for k in keys[1:]] + [node.value.end_lineno - 1]
             for key, value, end in zip(keys, node.value.values, ends, strict=True):
-                if isinstance(key, ast.Constant) and key.value in MODERN_TABLE_ENTRIES:
+                if isinstance(key, ast.Constant) and _is_modern(key.value):
                     found.update(range(key.lineno, max(end, value.end_lineno) + 1))
         previous_end = node.end_lineno
     return found
