@@ -512,14 +512,20 @@ _TIMING_TEXT = re.compile(r"(?:\d[\d.e+-]*|nan|inf) (?:s|steps/s)\b|load average
 
 def summary_without_timing(text: str) -> list[str]:
     """summary.md's lines, timing aside: table columns whose header names a time (seconds,
-    wall, compile, steps/s, speedup) and rows about seconds are dropped, and durations, rates
-    and load averages in the prose masked. Everything else (settings, steps to target, metrics
-    with their intervals) must be equal."""
-    out, header = [], None
+    wall, compile, steps/s, speedup), rows about seconds and whole tables under a title naming
+    a time (the benchmark's "seconds to target:" AlgoPerf score, whose cells, scores and row
+    order all come from timings) are dropped, and durations, rates and load averages in the
+    prose masked. Everything else (settings, steps to target, metrics with their intervals)
+    must be equal."""
+    out, header, timed_table = [], None, False
     for line in text.splitlines():
         if not line.startswith("|"):
             header = None
+            if line.strip():
+                timed_table = line.rstrip().endswith(":") and bool(_TIMING_COLUMN.search(line))
             out.append(_TIMING_TEXT.sub("<timing>", line))
+            continue
+        if timed_table:
             continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if header is None:
