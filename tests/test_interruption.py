@@ -378,7 +378,8 @@ _COMMANDS = {
 class _KillPoint:
     """Kill when `path` (relative to the workdir; a glob if it has a `*`) exists, `delay` s
     later; or, with no path, at the fraction `after` of the uninterrupted run's training time
-    (from its first metrics record to its end: start-up is no part of it)."""
+    (from its first metrics record to its end: start-up is no part of it) after this run's
+    first metrics record."""
 
     signal: int = signal.SIGKILL
     path: str | None = None
@@ -465,10 +466,15 @@ def _run_to_completion(
     return (wall if first is None else first), wall
 
 
-def _reached(point: _KillPoint, workdir: pathlib.Path, started: float, timing) -> bool:
+def _reached(point: _KillPoint, workdir: pathlib.Path, training: float | None, timing) -> bool:
+    """Whether `point` is reached: its path exists, or (a timer) the fraction `after` of the
+    uninterrupted run's training time has passed since this run's first metrics record,
+    `training`. Counted from this run's own start of training, not from its launch: its
+    start-up and compiling, faster than the uninterrupted run's on a warm cache, would
+    otherwise let it finish before the timer fires."""
     if point.path is None:
         first, wall = timing
-        return time.monotonic() - started >= first + point.after * (wall - first)
+        return training is not None and time.monotonic() - training >= point.after * (wall - first)
     if "*" in point.path:
         return next(workdir.glob(point.path), None) is not None
     return (workdir / point.path).exists()
@@ -477,8 +483,10 @@ def _reached(point: _KillPoint, workdir: pathlib.Path, started: float, timing) -
 def _kill_at(process, point: _KillPoint, workdir: pathlib.Path, timing) -> int | None:
     """Sends `point.signal` once `point` is reached; the process's exit code, None if it ended
     before (a valid case: it is compared all the same)."""
-    started = time.monotonic()
-    while not _reached(point, workdir, started, timing):
+    started, training = time.monotonic(), None
+    while not _reached(point, workdir, training, timing):
+        if training is None and next(workdir.rglob(run_io.METRICS_FILE), None) is not None:
+            training = time.monotonic()  # This run's first metrics record: it trains.
         if process.poll() is not None:
             return None
         if time.monotonic() - started > 1800:
