@@ -548,6 +548,30 @@ def summary_without_timing(text: str) -> list[str]:
     return out
 
 
+def test_summary_without_timing_keeps_results_and_drops_what_timings_decide():
+    """The kill matrix's comparison of summary.md (here, in the default suite): a column or a
+    table of seconds, and durations in the prose, differ between any two runs; the rest
+    must not."""
+
+    def summary(seconds: str, order: tuple[str, str], took: str) -> str:
+        rows = {"adam": f"| adam | 1.0000 | 12 (1.00) | {seconds} |", "sgd": "| sgd | 0.9 | 14 |"}
+        timed = {"adam": "| adam | 1.0000 | 0.02 (1.00) |", "sgd": "| sgd | 0.93 | 0.03 (1.2) |"}
+        return "\n".join(
+            [f"Wall time {took} s in all.", "", "steps to target:", "",
+             "| optimizer | score | digits_cnn | median seconds to target |", "|---|---|---|---|",
+             *(rows[o] for o in ("adam", "sgd")), "", "seconds to target:", "",
+             "| optimizer | score | digits_cnn |", "|---|---|---|", *(timed[o] for o in order)]
+        )  # fmt: skip
+
+    first = summary("0.0159", ("adam", "sgd"), "12.2")
+    again = summary("0.0227", ("sgd", "adam"), "9.1")
+    assert summary_without_timing(first) == summary_without_timing(again)
+    kept = summary_without_timing(first)
+    assert "adam | 1.0000 | 12 (1.00)" in kept  # Steps to target are compared, seconds not.
+    assert not any("0.02 (1.00)" in line for line in kept)
+    assert summary_without_timing(first.replace("12 (1.00)", "13 (1.00)")) != kept
+
+
 def _differences(actual: dict, expected: dict, limit: int = 12) -> list[str]:
     """Where two `persisted_outputs` differ: a file missing on either side, or its first
     differing records/rows and fields."""
