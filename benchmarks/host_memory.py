@@ -21,13 +21,16 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks.child import json_of  # noqa: E402
+
 # (image shape, batch size, steps per timed repeat): repeats of ~0.6 s each on 2 CPU cores.
 SHAPES = (((28, 28, 1), 128, 5), ((8, 8, 1), 64, 100))
 SETTINGS = ("default", "kept")
@@ -95,10 +98,7 @@ def _run_child(setting: str, args: argparse.Namespace) -> dict:
     )
     argv = [sys.executable, __file__, "--child", setting, "--repeats", str(args.repeats)]
     argv += ["--steps", str(args.steps)] if args.steps else []
-    done = subprocess.run(argv, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"child {setting} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json_of(argv, env=env)
 
 
 def main() -> None:
@@ -106,7 +106,6 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.steps, args.repeats)))
         return
-    sys.path.insert(0, ROOT)
     from benchmarks import train_step
 
     load_before = os.getloadavg()

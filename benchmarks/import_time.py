@@ -22,10 +22,13 @@ import json
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import child  # noqa: E402  (the standard library only: no jax here)
+
 MODULES = ("ml_dtypes", "jax", "adamlab.training.train")
 # Imports each module in turn and prints the seconds each added, with ml_dtypes' version.
 _PROBE = """
@@ -45,15 +48,7 @@ def probe(other: str | None) -> dict:
     env = dict(os.environ)
     if other:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [other, env.get("PYTHONPATH")]))
-    out = subprocess.run(
-        [sys.executable, "-c", _PROBE, *MODULES],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return child.json_of([sys.executable, "-c", _PROBE, *MODULES], env=env, cwd=str(ROOT))
 
 
 def main() -> None:
@@ -77,7 +72,6 @@ def main() -> None:
         raise SystemExit(
             f"--other holds the installed ml_dtypes {versions['other']}: nothing to compare"
         )
-    sys.path.insert(0, str(ROOT))
     from benchmarks.train_step import machine  # After the children: this process imports jax.
 
     for setting in settings:  # The whole import, per interpreter.

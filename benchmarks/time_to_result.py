@@ -62,6 +62,10 @@ import numpy as np
 from adamlab import runtime
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import child  # noqa: E402
+
 PACKAGES = ("jax", "flax", "optax", "orbax", "tensorflow", "tensorflow_datasets", "adamlab")
 _PHASES_LINE = re.compile(r"^(\S+ \S+) INFO phases: (.*)$", re.MULTILINE)
 
@@ -263,11 +267,8 @@ def run_torch(npz: pathlib.Path, settings: dict, seed: int, python: str = sys.ex
     argv += ["--seed", str(seed)]
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     launched = time.time()
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
-    wall = time.time() - launched
-    if done.returncode != 0:
-        raise RuntimeError(f"the PyTorch job failed:\n{done.stderr[-3000:]}")
-    return {"wall_s": wall, **json.loads(done.stdout.strip().splitlines()[-1])}
+    result = child.json_of(argv, env=env)
+    return {"wall_s": time.time() - launched, **result}
 
 
 # ---------------------------------------------------------------------------- start-up costs
@@ -311,8 +312,7 @@ def startup_costs(config_name: str) -> dict:
     """`startup_costs_job` in a child process."""
     argv = [sys.executable, __file__, "--startup_costs_job", config_name]
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    done = subprocess.run(argv, capture_output=True, text=True, check=True, env=env)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return child.json_of(argv, env=env)
 
 
 # ---------------------------------------------------------------------------- report
@@ -331,7 +331,6 @@ def medians(runs: list[dict]) -> dict:
 
 def machine() -> dict:
     """vs_pytorch's machine record (CPU, cores, versions, threads, XLA_FLAGS)."""
-    sys.path.insert(0, str(ROOT))
     from benchmarks import vs_pytorch
 
     return vs_pytorch.machine()

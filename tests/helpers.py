@@ -1,12 +1,16 @@
 """Helpers shared by the test modules (importable as `helpers`: pytest puts tests/ on sys.path)."""
 
 import json
-import subprocess
+import pathlib
 import sys
 
 import jax
 import numpy as np
 from sklearn.datasets import load_digits
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks import child  # noqa: E402  (the standard library only)
 
 
 def digits_batches(num_steps: int, batch_size: int, channels: int = 1) -> list[dict]:
@@ -40,15 +44,7 @@ def assert_trees_equal(actual, expected) -> None:
 def child_json(code: str, *args: str, env: dict | None = None) -> dict:
     """Runs `code` in a fresh Python process (settings read once per process, such as XLA's
     flags or the allocator's, need one) and returns the JSON object it printed last."""
-    done = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return child.json_of([sys.executable, "-c", code, *args], env=env, timeout=120)
 
 
 def _is_timing(key: str) -> bool:
